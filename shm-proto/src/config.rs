@@ -1,0 +1,312 @@
+//! Configuration shared by every deadsfu process.
+//!
+//! One YAML file (optional) is read by every process; command-line flags and `DEADSFU_*` environment variables
+//! override it key by key; the defaults run on a laptop. An unknown key, a bad value or an unreadable file stops
+//! the process at start with a message naming the key.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The effective configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// HTTP listener of signaling, `HOST:PORT` or `:PORT` (all interfaces).
+    pub http: String,
+    /// Directory for the rings and the control sockets. Keep it on tmpfs.
+    pub runtime_dir: Option<PathBuf>,
+    /// Number of fanout workers (the supervisor starts this many). Default: number of cores.
+    pub workers: Option<u32>,
+    /// Token required for publishing and viewing (`Authorization: Bearer` or `?access_token=`).
+    pub bearer_token: Option<String>,
+    /// UDP port of ingest (all publishers).
+    pub ingest_port: u16,
+    /// UDP port of fanout worker 0; worker `k` uses `fanout_port + k`.
+    pub fanout_port: u16,
+    /// Address to put in ICE candidates instead of the host's own addresses (a host behind 1:1 NAT).
+    pub ice_candidate_host: Option<IpAddr>,
+    /// Slots per room ring (a power of two).
+    pub ring_slots: u32,
+    /// Bytes per ring slot (a power of two, at least the largest RTP payload plus 128).
+    pub ring_slot_size: u32,
+    /// Log filter, as `RUST_LOG` (e.g. `info`, `deadsfu_fanout=debug`).
+    pub log: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            http: ":8080".into(),
+            runtime_dir: None,
+            workers: None,
+            bearer_token: None,
+            ingest_port: 10000,
+            fanout_port: 10100,
+            ice_candidate_host: None,
+            ring_slots: 4096,
+            ring_slot_size: 2048,
+            log: "info".into(),
+        }
+    }
+}
+
+/// Flags and environment variables common to every process; each overrides the same key of the file.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ConfigArgs {
+    /// YAML configuration file.
+    #[arg(long, env = "DEADSFU_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// HTTP listener, HOST:PORT or :PORT.
+    #[arg(long, env = "DEADSFU_HTTP")]
+    pub http: Option<String>,
+    /// Runtime directory for rings and control sockets.
+    #[arg(long, env = "DEADSFU_RUNTIME_DIR")]
+    pub runtime_dir: Option<PathBuf>,
+    /// Number of fanout workers.
+    #[arg(long, env = "DEADSFU_WORKERS")]
+    pub workers: Option<u32>,
+    /// Bearer token required to publish and view.
+    #[arg(long, env = "DEADSFU_BEARER_TOKEN")]
+    pub bearer_token: Option<String>,
+    /// UDP port of ingest.
+    #[arg(long, env = "DEADSFU_INGEST_PORT")]
+    pub ingest_port: Option<u16>,
+    /// UDP port of fanout worker 0 (worker k uses this + k).
+    #[arg(long, env = "DEADSFU_FANOUT_PORT")]
+    pub fanout_port: Option<u16>,
+    /// Address advertised in ICE candidates (1:1 NAT).
+    #[arg(long, env = "DEADSFU_ICE_CANDIDATE_HOST")]
+    pub ice_candidate_host: Option<IpAddr>,
+    /// Slots per room ring.
+    #[arg(long, env = "DEADSFU_RING_SLOTS")]
+    pub ring_slots: Option<u32>,
+    /// Bytes per ring slot.
+    #[arg(long, env = "DEADSFU_RING_SLOT_SIZE")]
+    pub ring_slot_size: Option<u32>,
+    /// Log filter (overrides RUST_LOG).
+    #[arg(long, env = "DEADSFU_LOG")]
+    pub log: Option<String>,
+}
+
+/// Errors loading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("configuration file {path}: {source}")]
+    Parse { path: String, source: serde_yaml::Error },
+    #[error("configuration key `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+impl ConfigArgs {
+    /// The file (if any) with these flags over it, validated.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        let mut cfg = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        self.apply(&mut cfg);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// What every binary does first: load and validate the configuration, print it and stop if asked to,
+    /// else start logging. On `Err` the process exits with that code (2 for a bad configuration).
+    pub fn startup(&self, program: &str, print_config: bool) -> Result<Config, std::process::ExitCode> {
+        let cfg = self.load().map_err(|e| {
+            eprintln!("{program}: {e}");
+            std::process::ExitCode::from(2)
+        })?;
+        if print_config {
+            print!("{}", cfg.to_yaml());
+            return Err(std::process::ExitCode::SUCCESS);
+        }
+        cfg.init_logging();
+        Ok(cfg)
+    }
+
+    fn apply(&self, cfg: &mut Config) {
+        fn set<T: Clone>(dst: &mut T, src: &Option<T>) {
+            if let Some(v) = src {
+                *dst = v.clone();
+            }
+        }
+        fn set_opt<T: Clone>(dst: &mut Option<T>, src: &Option<T>) {
+            if src.is_some() {
+                *dst = src.clone();
+            }
+        }
+        set(&mut cfg.http, &self.http);
+        set_opt(&mut cfg.runtime_dir, &self.runtime_dir);
+        set_opt(&mut cfg.workers, &self.workers);
+        set_opt(&mut cfg.bearer_token, &self.bearer_token);
+        set(&mut cfg.ingest_port, &self.ingest_port);
+        set(&mut cfg.fanout_port, &self.fanout_port);
+        set_opt(&mut cfg.ice_candidate_host, &self.ice_candidate_host);
+        set(&mut cfg.ring_slots, &self.ring_slots);
+        set(&mut cfg.ring_slot_size, &self.ring_slot_size);
+        set(&mut cfg.log, &self.log);
+    }
+
+    /// The flags that reproduce `cfg` for a child process (the supervisor passes these on).
+    pub fn to_args(cfg: &Config) -> Vec<String> {
+        let mut args = vec![
+            "--http".into(),
+            cfg.http.clone(),
+            "--runtime-dir".into(),
+            cfg.runtime_dir().display().to_string(),
+            "--ingest-port".into(),
+            cfg.ingest_port.to_string(),
+            "--fanout-port".into(),
+            cfg.fanout_port.to_string(),
+            "--ring-slots".into(),
+            cfg.ring_slots.to_string(),
+            "--ring-slot-size".into(),
+            cfg.ring_slot_size.to_string(),
+            "--log".into(),
+            cfg.log.clone(),
+        ];
+        if let Some(w) = cfg.workers {
+            args.extend(["--workers".into(), w.to_string()]);
+        }
+        if let Some(host) = cfg.ice_candidate_host {
+            args.extend(["--ice-candidate-host".into(), host.to_string()]);
+        }
+        args
+    }
+}
+
+impl Config {
+    /// Reads a YAML file; keys not named in the file keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse { path: shown, source })
+    }
+
+    /// Checks every value that can be wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.http_addr()?;
+        if self.workers == Some(0) {
+            return Err(ConfigError::Invalid { key: "workers", reason: "must be at least 1".into() });
+        }
+        if !self.ring_slots.is_power_of_two() || self.ring_slots < 64 {
+            return Err(ConfigError::Invalid { key: "ring_slots", reason: "must be a power of two >= 64".into() });
+        }
+        if !self.ring_slot_size.is_power_of_two() || self.ring_slot_size < 2048 {
+            return Err(ConfigError::Invalid {
+                key: "ring_slot_size",
+                reason: "must be a power of two >= 2048 (an RTP payload of an MTU-sized packet must fit)".into(),
+            });
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
+            return Err(ConfigError::Invalid { key: "log", reason: e.to_string() });
+        }
+        if self.bearer_token.as_deref() == Some("") {
+            return Err(ConfigError::Invalid { key: "bearer_token", reason: "must not be empty".into() });
+        }
+        if let Some(dir) = &self.runtime_dir {
+            if dir.as_os_str().is_empty() {
+                return Err(ConfigError::Invalid { key: "runtime_dir", reason: "must not be empty".into() });
+            }
+        }
+        Ok(())
+    }
+
+    /// The HTTP listener as a socket address; `:PORT` means all interfaces.
+    pub fn http_addr(&self) -> Result<SocketAddr, ConfigError> {
+        let text = if self.http.starts_with(':') { format!("0.0.0.0{}", self.http) } else { self.http.clone() };
+        text.parse().map_err(|e| ConfigError::Invalid { key: "http", reason: format!("`{}`: {e}", self.http) })
+    }
+
+    /// The runtime directory: configured, else `$RUNTIME_DIRECTORY` (systemd), else `$XDG_RUNTIME_DIR/deadsfu`,
+    /// else `/dev/shm/deadsfu-$UID`.
+    pub fn runtime_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.runtime_dir {
+            return dir.clone();
+        }
+        if let Some(dir) = std::env::var_os("RUNTIME_DIRECTORY") {
+            // systemd may list several directories separated by ':'; the first is ours.
+            let first = dir.to_string_lossy().split(':').next().unwrap_or_default().to_string();
+            if !first.is_empty() {
+                return PathBuf::from(first);
+            }
+        }
+        if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
+            return PathBuf::from(dir).join("deadsfu");
+        }
+        PathBuf::from(format!("/dev/shm/deadsfu-{}", nix::unistd::getuid()))
+    }
+
+    /// The configuration as YAML, with every key.
+    pub fn to_yaml(&self) -> String {
+        serde_yaml::to_string(self).expect("a Config always serializes")
+    }
+
+    /// Sends `tracing` output to stderr (journald picks it up under systemd), filtered by `log`.
+    pub fn init_logging(&self) {
+        let filter = tracing_subscriber::EnvFilter::try_new(&self.log)
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        use std::io::IsTerminal;
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .init();
+    }
+
+    /// Number of fanout workers: configured, else the number of cores.
+    pub fn worker_count(&self) -> u32 {
+        self.workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_flags() {
+        let dir = std::env::temp_dir().join(format!("deadsfu-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.yaml");
+        std::fs::write(&path, "http: 127.0.0.1:9000\nworkers: 3\ningest_port: 12000\n").unwrap();
+        let args = ConfigArgs { config: Some(path.clone()), workers: Some(5), ..Default::default() };
+        let cfg = args.load().unwrap();
+        assert_eq!(cfg.http, "127.0.0.1:9000");
+        assert_eq!(cfg.workers, Some(5));
+        assert_eq!(cfg.ingest_port, 12000);
+        assert_eq!(cfg.fanout_port, Config::default().fanout_port);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let dir = std::env::temp_dir().join(format!("deadsfu-config-test-err-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.yaml");
+        std::fs::write(&path, "htp: 1\n").unwrap();
+        let err = Config::from_file(&path).unwrap_err().to_string();
+        assert!(err.contains("htp"), "{err}");
+        std::fs::write(&path, "workers: many\n").unwrap();
+        let err = Config::from_file(&path).unwrap_err().to_string();
+        assert!(err.contains("workers"), "{err}");
+        let cfg = Config { ring_slots: 1000, ..Default::default() };
+        assert!(cfg.validate().unwrap_err().to_string().contains("ring_slots"));
+        let cfg = Config { http: "nonsense".into(), ..Default::default() };
+        assert!(cfg.validate().unwrap_err().to_string().contains("`http`"));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn http_shorthand() {
+        let cfg = Config::default();
+        assert_eq!(cfg.http_addr().unwrap(), "0.0.0.0:8080".parse().unwrap());
+    }
+}

@@ -1,0 +1,372 @@
+//! The control protocol between signaling and the media processes.
+//!
+//! Signaling is always the client. Each media process (ingest, fanout worker `k`) listens on a Unix stream
+//! socket in the runtime directory (see [`crate::paths`]). A connection carries any number of request/response
+//! pairs, strictly alternating; signaling opens one connection per HTTP request, so a restart of either side
+//! loses nothing but the calls in flight.
+//!
+//! # Framing
+//! ```text
+//!  0        2        4                 8
+//!  +--------+--------+-----------------+------------------------------+
+//!  | MAGIC  | VERSION|  BODY_LEN (u32) |  BODY: JSON, BODY_LEN bytes  |
+//!  +--------+--------+-----------------+------------------------------+
+//!  all integers little-endian
+//! ```
+//! The body is a JSON [`Envelope`]: a request id chosen by the client and echoed by the server, and the
+//! message. `BODY_LEN` is checked against [`MAX_BODY`] before anything is allocated. A frame with another
+//! magic, another version, an oversized or truncated body, or a body that is not a valid message is an error
+//! for that connection only: the server answers nothing and drops the connection.
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// First two bytes of every frame.
+pub const MAGIC: u16 = 0xD5F0;
+/// Version of the framing and of the message set. A peer speaking another version is refused.
+pub const VERSION: u16 = 1;
+/// Length of the fixed frame header.
+pub const HEADER_LEN: usize = 8;
+/// Largest body accepted. SDP offers from browsers are 5-15 KiB; this leaves ample room.
+pub const MAX_BODY: usize = 256 * 1024;
+
+/// A server drops a connection that sends nothing for this long.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Which process answers on a socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Ingest,
+    Fanout,
+}
+
+/// A call from signaling to a media process.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Request {
+    /// Who are you and how loaded are you.
+    Status,
+    /// A publisher's SDP offer for `room` (ingest only).
+    Publish { room: String, offer: String },
+    /// A viewer's SDP offer for `room` (fanout only).
+    View { room: String, offer: String },
+    /// End a session made by `Publish` or `View`.
+    Close { session: String },
+}
+
+/// The answer to a [`Request`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Response {
+    Status(ProcessStatus),
+    /// The SDP answer and the id of the new session.
+    Answer {
+        session: String,
+        answer: String,
+    },
+    Closed,
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
+}
+
+/// What a media process says about itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessStatus {
+    pub role: Role,
+    /// Worker index for fanout, 0 for ingest.
+    pub index: u32,
+    pub pid: u32,
+    /// Live sessions (publishers for ingest, viewers for fanout).
+    pub sessions: u32,
+    /// False while the process is draining and takes no new sessions.
+    pub accepting: bool,
+}
+
+/// Why a request failed. Signaling maps these to HTTP statuses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request itself is invalid (e.g. a bad room name).
+    BadRequest,
+    /// The SDP offer could not be parsed or accepted.
+    BadOffer,
+    /// The offer shares no codec with what the room carries.
+    NoCommonCodec,
+    /// The room already has a publisher.
+    RoomBusy,
+    /// No such session in this process.
+    UnknownSession,
+    /// The process is at capacity or draining.
+    Unavailable,
+    /// The request does not apply to this process.
+    WrongRole,
+    /// A fault of the server.
+    Internal,
+}
+
+/// One frame's body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    pub id: u64,
+    pub msg: T,
+}
+
+/// Errors of the control protocol.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("control socket: {0}")]
+    Io(#[from] io::Error),
+    #[error("control frame has magic {found:#06x}, expected {MAGIC:#06x}: not a deadsfu control socket")]
+    BadMagic { found: u16 },
+    #[error("control protocol version {found} is not supported (this build speaks version {VERSION})")]
+    UnsupportedVersion { found: u16 },
+    #[error("control frame body of {len} bytes exceeds the maximum of {MAX_BODY}")]
+    TooLarge { len: usize },
+    #[error("control connection closed in the middle of a frame")]
+    Truncated,
+    #[error("control connection closed")]
+    Closed,
+    #[error("control frame body is not a valid message: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error("control response id {found} does not match request id {expected}")]
+    IdMismatch { expected: u64, found: u64 },
+}
+
+/// Writes one frame.
+pub fn write_frame<T: Serialize>(w: &mut impl Write, env: &Envelope<T>) -> Result<(), ControlError> {
+    let body = serde_json::to_vec(env)?;
+    if body.len() > MAX_BODY {
+        return Err(ControlError::TooLarge { len: body.len() });
+    }
+    let mut frame = Vec::with_capacity(HEADER_LEN + body.len());
+    frame.extend_from_slice(&MAGIC.to_le_bytes());
+    frame.extend_from_slice(&VERSION.to_le_bytes());
+    frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&body);
+    w.write_all(&frame)?;
+    w.flush()?;
+    Ok(())
+}
+
+/// Reads one frame. A clean end of stream before the first byte is [`ControlError::Closed`].
+pub fn read_frame<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> Result<Envelope<T>, ControlError> {
+    let mut header = [0u8; HEADER_LEN];
+    let mut filled = 0;
+    while filled < HEADER_LEN {
+        match r.read(&mut header[filled..]) {
+            Ok(0) if filled == 0 => return Err(ControlError::Closed),
+            Ok(0) => return Err(ControlError::Truncated),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let magic = u16::from_le_bytes([header[0], header[1]]);
+    if magic != MAGIC {
+        return Err(ControlError::BadMagic { found: magic });
+    }
+    let version = u16::from_le_bytes([header[2], header[3]]);
+    if version != VERSION {
+        return Err(ControlError::UnsupportedVersion { found: version });
+    }
+    let len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
+    if len > MAX_BODY {
+        return Err(ControlError::TooLarge { len });
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => ControlError::Truncated,
+        _ => ControlError::Io(e),
+    })?;
+    Ok(serde_json::from_slice(&body)?)
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Makes one call on the socket at `path`: connect, send, wait for the answer within `timeout`.
+pub fn call(path: &Path, request: &Request, timeout: Duration) -> Result<Response, ControlError> {
+    let mut stream = UnixStream::connect(path)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    write_frame(&mut stream, &Envelope { id, msg: request })?;
+    let env: Envelope<Response> = read_frame(&mut stream)?;
+    if env.id != id {
+        return Err(ControlError::IdMismatch { expected: id, found: env.id });
+    }
+    Ok(env.msg)
+}
+
+/// Errors starting a control server.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("another process already serves {0}")]
+    InUse(String),
+    #[error("cannot listen on {path}: {source}")]
+    Io { path: String, source: io::Error },
+}
+
+/// Binds the control socket at `path`. A stale socket file left by a dead process is replaced; a socket on
+/// which a live process answers is refused, so two processes never share one role.
+pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
+    let shown = path.display().to_string();
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(BindError::InUse(shown));
+        }
+        std::fs::remove_file(path).map_err(|source| BindError::Io { path: shown.clone(), source })?;
+    }
+    UnixListener::bind(path).map_err(|source| BindError::Io { path: shown, source })
+}
+
+/// Serves requests on `listener` from a background thread, one thread per connection, answering each with
+/// `handler`. A connection that sends a bad frame is dropped; others are not affected.
+pub fn serve<H>(listener: UnixListener, handler: H) -> thread::JoinHandle<()>
+where
+    H: Fn(Request) -> Response + Send + Sync + 'static,
+{
+    let handler = Arc::new(handler);
+    thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(stream) = conn else { continue };
+                let handler = handler.clone();
+                let spawned = thread::Builder::new()
+                    .name("control-conn".into())
+                    .spawn(move || serve_connection(stream, &*handler));
+                if let Err(e) = spawned {
+                    tracing::warn!(error = %e, "cannot spawn control connection thread");
+                }
+            }
+        })
+        .expect("spawning a thread at startup succeeds")
+}
+
+fn serve_connection(mut stream: UnixStream, handler: &(dyn Fn(Request) -> Response + Send + Sync)) {
+    // A client that stops mid-frame, or idles, must not hold a thread forever.
+    if let Err(e) = stream.set_read_timeout(Some(IDLE_TIMEOUT)) {
+        tracing::warn!(error = %e, "cannot set control read timeout");
+        return;
+    }
+    loop {
+        let env: Envelope<Request> = match read_frame(&mut stream) {
+            Ok(env) => env,
+            Err(ControlError::Closed) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "dropping control connection");
+                return;
+            }
+        };
+        let reply = Envelope { id: env.id, msg: handler(env.msg) };
+        if let Err(e) = write_frame(&mut stream, &reply) {
+            tracing::debug!(error = %e, "control reply not delivered");
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+
+    use super::*;
+
+    fn frame(magic: u16, version: u16, body: &[u8]) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&magic.to_le_bytes());
+        f.extend_from_slice(&version.to_le_bytes());
+        f.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        f.extend_from_slice(body);
+        f
+    }
+
+    #[test]
+    fn round_trip() {
+        let mut buf = Vec::new();
+        let req = Request::View { room: "a".into(), offer: "v=0".into() };
+        write_frame(&mut buf, &Envelope { id: 7, msg: req.clone() }).unwrap();
+        let back: Envelope<Request> = read_frame(&mut Cursor::new(buf)).unwrap();
+        assert_eq!(back, Envelope { id: 7, msg: req });
+    }
+
+    #[test]
+    fn truncated_header_and_body() {
+        let good = frame(MAGIC, VERSION, br#"{"id":1,"msg":{"type":"status"}}"#);
+        for cut in [3, HEADER_LEN + 4] {
+            let err = read_frame::<Request>(&mut Cursor::new(&good[..cut])).unwrap_err();
+            assert!(matches!(err, ControlError::Truncated), "cut at {cut}: {err}");
+        }
+        let err = read_frame::<Request>(&mut Cursor::new(Vec::new())).unwrap_err();
+        assert!(matches!(err, ControlError::Closed));
+    }
+
+    #[test]
+    fn oversized_is_refused_before_allocating() {
+        let mut f = frame(MAGIC, VERSION, b"");
+        f[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        let err = read_frame::<Request>(&mut Cursor::new(f)).unwrap_err();
+        assert!(matches!(err, ControlError::TooLarge { len } if len == u32::MAX as usize));
+    }
+
+    #[test]
+    fn garbage_magic_version_and_body() {
+        let err = read_frame::<Request>(&mut Cursor::new(b"GET / HTTP/1.1\r\n".to_vec())).unwrap_err();
+        assert!(matches!(err, ControlError::BadMagic { .. }));
+        let err = read_frame::<Request>(&mut Cursor::new(frame(MAGIC, 9, b"{}"))).unwrap_err();
+        assert!(err.to_string().contains("version 9"), "{err}");
+        let err = read_frame::<Request>(&mut Cursor::new(frame(MAGIC, VERSION, b"{nope"))).unwrap_err();
+        assert!(matches!(err, ControlError::Malformed(_)));
+        let body = br#"{"id":1,"msg":{"type":"launch_rockets"}}"#;
+        let err = read_frame::<Request>(&mut Cursor::new(frame(MAGIC, VERSION, body))).unwrap_err();
+        assert!(matches!(err, ControlError::Malformed(_)));
+    }
+
+    #[test]
+    fn server_drops_bad_connection_and_keeps_serving() {
+        let dir = std::env::temp_dir().join(format!("deadsfu-control-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.sock");
+        let listener = bind(&path).unwrap();
+        assert!(matches!(bind(&path), Err(BindError::InUse(_))));
+        serve(listener, |req| match req {
+            Request::Status => Response::Closed,
+            _ => Response::Error { kind: ErrorKind::WrongRole, message: "no".into() },
+        });
+
+        // A garbage client is dropped: it reads end-of-stream, not an answer.
+        let mut bad = UnixStream::connect(&path).unwrap();
+        bad.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        bad.write_all(&frame(MAGIC, VERSION, b"\xff\xfe")).unwrap();
+        let mut rest = Vec::new();
+        bad.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty());
+
+        // An oversized frame header is dropped too, without the server reading the body.
+        let mut big = UnixStream::connect(&path).unwrap();
+        big.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut f = frame(MAGIC, VERSION, b"");
+        f[4..8].copy_from_slice(&((MAX_BODY + 1) as u32).to_le_bytes());
+        big.write_all(&f).unwrap();
+        let mut rest = Vec::new();
+        big.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty());
+
+        // Good clients are unaffected.
+        let resp = call(&path, &Request::Status, Duration::from_secs(5)).unwrap();
+        assert_eq!(resp, Response::Closed);
+        let resp = call(&path, &Request::Close { session: "x".into() }, Duration::from_secs(5)).unwrap();
+        assert!(matches!(resp, Response::Error { kind: ErrorKind::WrongRole, .. }));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

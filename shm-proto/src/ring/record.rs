@@ -1,0 +1,105 @@
+//! Encoding of the records stored in the ring: slot metadata and codec-table entries.
+
+use super::layout::*;
+use super::{Codec, CodecEntry, MediaKind, PacketMeta, FMTP_MAX};
+
+/// Slot metadata as stored, i.e. the bytes from [`SLOT_ARRIVAL_UNIX_NS_OFFSET`] up to the payload.
+pub(crate) type MetaBytes = [u8; SLOT_META_LEN];
+
+/// Offset of a slot field inside [`MetaBytes`].
+const fn m(slot_offset: usize) -> usize {
+    slot_offset - SLOT_ARRIVAL_UNIX_NS_OFFSET
+}
+
+pub(crate) fn encode_meta(meta: &PacketMeta, payload_len: u32) -> MetaBytes {
+    let mut b = [0u8; SLOT_META_LEN];
+    put(&mut b, m(SLOT_ARRIVAL_UNIX_NS_OFFSET), &meta.arrival_unix_ns.to_le_bytes());
+    put(&mut b, m(SLOT_RTP_SEQ_OFFSET), &meta.seq.to_le_bytes());
+    put(&mut b, m(SLOT_TIMESTAMP_OFFSET), &meta.timestamp.to_le_bytes());
+    put(&mut b, m(SLOT_SSRC_OFFSET), &meta.ssrc.to_le_bytes());
+    put(&mut b, m(SLOT_SOURCE_OFFSET), &meta.source.to_le_bytes());
+    put(&mut b, m(SLOT_PAYLOAD_LEN_OFFSET), &payload_len.to_le_bytes());
+    b[m(SLOT_PT_OFFSET)] = meta.pt;
+    b[m(SLOT_KIND_OFFSET)] = meta.kind as u8;
+    let mut flags = 0;
+    if meta.marker {
+        flags |= FLAG_MARKER;
+    }
+    if meta.keyframe {
+        flags |= FLAG_KEYFRAME;
+    }
+    if let Some(level) = meta.audio_level {
+        flags |= FLAG_HAS_AUDIO_LEVEL;
+        b[m(SLOT_AUDIO_LEVEL_OFFSET)] = level.to_le_bytes()[0];
+    }
+    if let Some(active) = meta.voice_activity {
+        flags |= FLAG_HAS_VOICE_ACTIVITY;
+        if active {
+            flags |= FLAG_VOICE_ACTIVITY;
+        }
+    }
+    if let Some(o) = meta.video_orientation {
+        flags |= FLAG_HAS_VIDEO_ORIENTATION;
+        b[m(SLOT_VIDEO_ORIENTATION_OFFSET)] = o;
+    }
+    b[m(SLOT_FLAGS_OFFSET)] = flags;
+    b
+}
+
+/// The payload length field, read before the payload is copied (it may be torn; callers clamp it).
+pub(crate) fn payload_len(b: &MetaBytes) -> u32 {
+    u32_at(b, m(SLOT_PAYLOAD_LEN_OFFSET))
+}
+
+/// Decodes validated (not torn) metadata. `None` if it cannot have been written by a correct writer.
+pub(crate) fn decode_meta(b: &MetaBytes) -> Option<PacketMeta> {
+    let flags = b[m(SLOT_FLAGS_OFFSET)];
+    Some(PacketMeta {
+        arrival_unix_ns: u64_at(b, m(SLOT_ARRIVAL_UNIX_NS_OFFSET)),
+        seq: u64_at(b, m(SLOT_RTP_SEQ_OFFSET)),
+        timestamp: u32_at(b, m(SLOT_TIMESTAMP_OFFSET)),
+        ssrc: u32_at(b, m(SLOT_SSRC_OFFSET)),
+        source: u32_at(b, m(SLOT_SOURCE_OFFSET)),
+        pt: b[m(SLOT_PT_OFFSET)],
+        kind: MediaKind::from_u8(b[m(SLOT_KIND_OFFSET)])?,
+        marker: flags & FLAG_MARKER != 0,
+        keyframe: flags & FLAG_KEYFRAME != 0,
+        audio_level: (flags & FLAG_HAS_AUDIO_LEVEL != 0).then(|| i8::from_le_bytes([b[m(SLOT_AUDIO_LEVEL_OFFSET)]])),
+        voice_activity: (flags & FLAG_HAS_VOICE_ACTIVITY != 0).then_some(flags & FLAG_VOICE_ACTIVITY != 0),
+        video_orientation: (flags & FLAG_HAS_VIDEO_ORIENTATION != 0).then(|| b[m(SLOT_VIDEO_ORIENTATION_OFFSET)]),
+    })
+}
+
+pub(crate) type CodecBytes = [u8; CODEC_ENTRY_LEN];
+
+/// Encodes an entry whose fmtp length the caller has checked against [`FMTP_MAX`].
+pub(crate) fn encode_codec(e: &CodecEntry) -> CodecBytes {
+    let mut b = [0u8; CODEC_ENTRY_LEN];
+    b[CODEC_PT_OFFSET] = e.pt;
+    b[CODEC_KIND_OFFSET] = e.kind as u8;
+    b[CODEC_CODEC_OFFSET] = e.codec as u8;
+    b[CODEC_CHANNELS_OFFSET] = e.channels;
+    put(&mut b, CODEC_CLOCK_RATE_OFFSET, &e.clock_rate.to_le_bytes());
+    let fmtp = &e.fmtp.as_bytes()[..e.fmtp.len().min(FMTP_MAX)];
+    put(&mut b, CODEC_FMTP_LEN_OFFSET, &(fmtp.len() as u16).to_le_bytes());
+    put(&mut b, CODEC_FMTP_OFFSET, fmtp);
+    b
+}
+
+/// Decodes a validated entry; the reason if no correct writer could have written it.
+pub(crate) fn decode_codec(b: &CodecBytes) -> Result<CodecEntry, &'static str> {
+    let fmtp_len = usize::from(u16_at(b, CODEC_FMTP_LEN_OFFSET));
+    if fmtp_len > FMTP_MAX {
+        return Err("fmtp length out of range");
+    }
+    let fmtp =
+        std::str::from_utf8(&b[CODEC_FMTP_OFFSET..CODEC_FMTP_OFFSET + fmtp_len]).map_err(|_| "fmtp is not UTF-8")?;
+    Ok(CodecEntry {
+        pt: b[CODEC_PT_OFFSET],
+        kind: MediaKind::from_u8(b[CODEC_KIND_OFFSET]).ok_or("unknown media kind")?,
+        codec: Codec::from_u8(b[CODEC_CODEC_OFFSET]).ok_or("unknown codec")?,
+        clock_rate: u32_at(b, CODEC_CLOCK_RATE_OFFSET),
+        channels: b[CODEC_CHANNELS_OFFSET],
+        fmtp: fmtp.to_owned(),
+    })
+}
