@@ -1,0 +1,35 @@
+//! WebRTC session hosting shared by deadsfu's two media processes, ingest and fanout.
+//!
+//! Both processes own many str0m sessions on one UDP port and are driven by signaling over a control socket.
+//! What they share lives here:
+//! - [`net`]: the UDP sockets of a process, one per advertised address, and the only place that touches them;
+//! - [`codec`]: the mapping between negotiated payload types and the ring's codec table;
+//! - [`host`]: a sans-IO table of sessions that routes datagrams by remote address and ICE ufrag and drives
+//!   each session's timers;
+//! - [`offer`]: turning an SDP offer into a session and its answer;
+//! - [`process`]: the control-socket inbox, signals and ids that every media process needs.
+//!
+//! The run loop of a media process:
+//! ```no_run
+//! # use std::time::Instant;
+//! # use deadsfu_media::{host::SessionHost, net::UdpSet};
+//! # fn run(udp: &mut UdpSet, host: &mut SessionHost<()>) -> std::io::Result<()> {
+//! let mut buf = vec![0u8; 2048];
+//! let mut events = Vec::new();
+//! loop {
+//!     // 1. wait on mio until a socket is readable, the control inbox wakes us, or host.next_timeout()
+//!     // 2. feed every datagram: host.handle_datagram(now, source, destination, &buf[..n])
+//!     // 3. app work: write media into sessions (fanout) or read their events (ingest)
+//!     // 4. drive: host.poll(Instant::now(), &mut |t| udp.send(&t), &mut events)
+//!     # break;
+//! }
+//! # Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+
+pub mod codec;
+pub mod host;
+pub mod net;
+pub mod offer;
+pub mod process;

@@ -1,0 +1,217 @@
+//! Plumbing every media process needs: the run loop, the control inbox, termination signals, ids and clocks.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mio::{Events, Poll, Token, Waker};
+use nix::sys::signal::{SigSet, Signal};
+use shm_proto::control::{self, ErrorKind, Request, Response};
+use str0m::net::Transmit;
+
+use crate::net::UdpSet;
+
+/// How long a control connection waits for the media loop to answer.
+const LOOP_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A request from signaling waiting for the media loop, with the way back.
+pub struct Call {
+    pub request: Request,
+    pub reply: Reply,
+}
+
+/// The way back to the control connection that made a [`Call`].
+pub struct Reply(SyncSender<Response>);
+
+impl Reply {
+    pub fn send(self, response: Response) {
+        // The control thread may have given up waiting; then nobody wants the answer.
+        let _ = self.0.send(response);
+    }
+}
+
+/// Requests from the control socket, delivered into the media loop, which `waker` wakes.
+pub struct Inbox {
+    rx: Receiver<Call>,
+}
+
+impl Inbox {
+    /// Binds the control socket at `path` and serves it from background threads.
+    pub fn start(path: &Path, waker: Arc<Waker>) -> Result<Inbox, control::BindError> {
+        let listener = control::bind(path)?;
+        let (tx, rx) = mpsc::sync_channel::<Call>(256);
+        control::serve(listener, move |request| {
+            let (reply, answer) = mpsc::sync_channel(1);
+            if tx.send(Call { request, reply: Reply(reply) }).is_err() {
+                return Response::Error { kind: ErrorKind::Unavailable, message: "process is stopping".into() };
+            }
+            let _ = waker.wake();
+            answer.recv_timeout(LOOP_ANSWER_TIMEOUT).unwrap_or_else(|_| Response::Error {
+                kind: ErrorKind::Internal,
+                message: "media loop did not answer in time".into(),
+            })
+        });
+        Ok(Inbox { rx })
+    }
+
+    /// The calls waiting now.
+    pub fn drain(&self) -> impl Iterator<Item = Call> + '_ {
+        self.rx.try_iter()
+    }
+}
+
+/// Blocks SIGTERM and SIGINT in this thread (call before spawning others, so they inherit the mask) and
+/// waits for them in a thread of their own, which sets `stop` and wakes the loop.
+pub fn on_termination(waker: Arc<Waker>) -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    if let Err(e) = set.thread_block() {
+        tracing::warn!(error = %e, "cannot block termination signals");
+    }
+    let flag = stop.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Ok(sig) = set.wait() {
+                tracing::info!(signal = %sig, "stopping");
+            }
+            flag.store(true, Ordering::Release);
+            let _ = waker.wake();
+        })
+        .expect("spawning a thread at startup succeeds");
+    stop
+}
+
+/// A random id of `bytes` bytes in hex.
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf).expect("the OS random source is available");
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A random u32.
+pub fn random_u32() -> u32 {
+    let mut buf = [0u8; 4];
+    getrandom::fill(&mut buf).expect("the OS random source is available");
+    u32::from_le_bytes(buf)
+}
+
+/// Wall-clock time in ns since the Unix epoch.
+pub fn unix_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Wall-clock time in ms since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    unix_ns() / 1_000_000
+}
+
+/// A media process's core, as its loop drives it. Implementations do no I/O of their own.
+pub trait Core {
+    /// A control request from signaling.
+    fn handle_request(&mut self, now: Instant, request: Request) -> Response;
+    /// A datagram that arrived on `destination` from `source`; what the session answers at once goes to `send`.
+    fn handle_datagram(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        buf: &[u8],
+        send: &mut dyn FnMut(Transmit),
+    );
+    /// The turn's work: drive sessions, move media; datagrams to send go to `send`.
+    fn poll(&mut self, now: Instant, send: &mut dyn FnMut(Transmit));
+    /// When the loop must turn again at the latest, if ever.
+    fn next_timeout(&self, now: Instant) -> Option<Instant>;
+    /// True if the loop must turn again at once.
+    fn has_work(&self) -> bool;
+}
+
+/// The errors that stop a media process at start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot prepare runtime directory {0}: {1}")]
+    RuntimeDir(String, std::io::Error),
+    #[error("cannot bind UDP port {0}: {1}")]
+    Udp(u16, std::io::Error),
+    #[error("control socket: {0}")]
+    Control(#[from] control::BindError),
+    #[error("event loop: {0}")]
+    Poll(std::io::Error),
+}
+
+const WAKER: Token = Token(0);
+const FIRST_UDP: usize = 1;
+/// The longest the loop sleeps when nothing is due.
+const IDLE_TURN: Duration = Duration::from_millis(100);
+
+/// Where a media process listens.
+pub struct Endpoints<'a> {
+    /// The process's name in logs (`ingest`, `fanout-0`, ...).
+    pub name: String,
+    pub runtime_dir: &'a Path,
+    pub udp_port: u16,
+    pub advertise: Option<IpAddr>,
+    pub control_socket: PathBuf,
+}
+
+/// Binds the process's sockets, builds its core from the ICE candidate addresses, and runs it until SIGTERM or
+/// SIGINT.
+pub fn run<C: Core>(
+    endpoints: Endpoints<'_>,
+    make: impl FnOnce(Vec<SocketAddr>, Instant) -> C,
+) -> Result<(), StartError> {
+    let dir = endpoints.runtime_dir;
+    shm_proto::paths::prepare(dir).map_err(|e| StartError::RuntimeDir(dir.display().to_string(), e))?;
+    let mut poll = Poll::new().map_err(StartError::Poll)?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(StartError::Poll)?);
+    let stop = on_termination(waker.clone());
+    let port = endpoints.udp_port;
+    let mut udp = UdpSet::bind(port, endpoints.advertise).map_err(|e| StartError::Udp(port, e))?;
+    udp.register(poll.registry(), FIRST_UDP).map_err(StartError::Poll)?;
+    let mut core = make(udp.candidates(), Instant::now());
+    let inbox = Inbox::start(&endpoints.control_socket, waker)?;
+    tracing::info!(process = %endpoints.name, port = udp.port(), candidates = ?udp.candidates(), control = %endpoints.control_socket.display(), "ready");
+
+    let mut events = Events::with_capacity(64);
+    let mut buf = vec![0u8; 2048];
+    while !stop.load(Ordering::Acquire) {
+        let now = Instant::now();
+        let timeout = if core.has_work() {
+            Duration::ZERO
+        } else {
+            core.next_timeout(now).map_or(IDLE_TURN, |t| t.saturating_duration_since(now).min(IDLE_TURN))
+        };
+        if let Err(e) = poll.poll(&mut events, Some(timeout)) {
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(StartError::Poll(e));
+            }
+        }
+        for event in events.iter() {
+            let Some(index) = udp.index_of(event.token()) else { continue };
+            loop {
+                match udp.recv(index, &mut buf) {
+                    Ok(Some((n, source, dest))) => {
+                        core.handle_datagram(Instant::now(), source, dest, &buf[..n], &mut |t| udp.send(&t))
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "recv failed");
+                        break;
+                    }
+                }
+            }
+        }
+        let now = Instant::now();
+        for call in inbox.drain() {
+            call.reply.send(core.handle_request(now, call.request));
+        }
+        core.poll(now, &mut |t| udp.send(&t));
+    }
+    Ok(())
+}
