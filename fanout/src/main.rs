@@ -1,0 +1,40 @@
+//! deadsfu-fanout: a worker that owns viewer sessions and sends them what the rooms' rings carry.
+
+#![forbid(unsafe_code)]
+
+mod fanout;
+mod splice;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use shm_proto::config::ConfigArgs;
+
+/// deadsfu fanout worker: serves viewers over WebRTC from the rooms' shared-memory rings.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Index of this worker (0-based); it listens on UDP fanout_port + index.
+    #[arg(long, env = "DEADSFU_WORKER_INDEX", default_value_t = 0)]
+    index: u32,
+    /// Print the effective configuration as YAML and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let cfg = match args.config.startup("deadsfu-fanout", args.print_config) {
+        Ok(cfg) => cfg,
+        Err(code) => return code,
+    };
+    match fanout::run(&cfg, args.index) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(index = args.index, "{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
