@@ -1,0 +1,135 @@
+//! deadsfu-signaling: the HTTP face (WHIP, WHEP, pages, health). It never touches media, so it can restart
+//! without a packet lost; it finds ingest and the fanout workers through their control sockets.
+
+#![forbid(unsafe_code)]
+
+mod router;
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use router::{Backend, HttpRequest, Router, Target, MAX_BODY};
+use shm_proto::config::ConfigArgs;
+use shm_proto::control::{self, ControlError, Request, Response};
+use shm_proto::paths;
+
+/// How long a call to a media process may take (accepting an offer is about a millisecond).
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Threads answering HTTP requests.
+const HTTP_THREADS: usize = 8;
+
+/// deadsfu signaling process: WHIP/WHEP over HTTP, hands sessions to ingest and the fanout workers.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Print the effective configuration as YAML and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+/// The media processes, reached through their sockets in the runtime directory.
+struct Sockets {
+    runtime_dir: PathBuf,
+}
+
+impl Backend for Sockets {
+    fn call(&self, target: Target, request: &Request) -> Result<Response, ControlError> {
+        let path = match target {
+            Target::Ingest => paths::ingest_socket(&self.runtime_dir),
+            Target::Worker(i) => paths::fanout_socket(&self.runtime_dir, i),
+        };
+        control::call(&path, request, CALL_TIMEOUT)
+    }
+
+    fn workers(&self) -> Vec<u32> {
+        let Ok(dir) = std::fs::read_dir(&self.runtime_dir) else { return Vec::new() };
+        let mut out: Vec<u32> =
+            dir.filter_map(|e| e.ok()).filter_map(|e| paths::fanout_index(e.file_name().to_str()?)).collect();
+        out.sort_unstable();
+        out
+    }
+}
+
+fn main() -> ExitCode {
+    // A parent that waits for signals with sigwait (as the supervisor does) may hand its blocked mask down;
+    // signaling has no state to save, so the default action of SIGTERM and SIGINT (exit) is what it wants.
+    let mut termination = nix::sys::signal::SigSet::empty();
+    termination.add(nix::sys::signal::Signal::SIGTERM);
+    termination.add(nix::sys::signal::Signal::SIGINT);
+    let _ = termination.thread_unblock();
+    let args = Args::parse();
+    let cfg = match args.config.startup("deadsfu-signaling", args.print_config) {
+        Ok(cfg) => cfg,
+        Err(code) => return code,
+    };
+    let addr = cfg.http_addr().expect("validated at load");
+    let server = match tiny_http::Server::http(addr) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            tracing::error!(%addr, "cannot listen for HTTP: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let router = Arc::new(Router::new(Sockets { runtime_dir: cfg.runtime_dir() }, cfg.bearer_token.clone()));
+    tracing::info!(%addr, runtime_dir = %cfg.runtime_dir().display(), "signaling ready");
+    let threads: Vec<_> = (0..HTTP_THREADS)
+        .map(|_| {
+            let server = server.clone();
+            let router = router.clone();
+            std::thread::spawn(move || serve(&server, &router))
+        })
+        .collect();
+    for t in threads {
+        let _ = t.join();
+    }
+    ExitCode::SUCCESS
+}
+
+fn serve(server: &tiny_http::Server, router: &Router<Sockets>) {
+    loop {
+        let mut request = match server.recv() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("HTTP accept failed: {e}");
+                continue;
+            }
+        };
+        let mut body = Vec::new();
+        let too_large = request.body_length().is_some_and(|n| n > MAX_BODY);
+        let body = if too_large {
+            None
+        } else {
+            match request.as_reader().take(MAX_BODY as u64 + 1).read_to_end(&mut body) {
+                Ok(n) if n <= MAX_BODY => Some(body),
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::debug!("HTTP body read failed: {e}");
+                    continue;
+                }
+            }
+        };
+        let req = HttpRequest {
+            method: request.method().as_str().to_ascii_uppercase(),
+            url: request.url().to_string(),
+            headers: request.headers().iter().map(|h| (h.field.to_string(), h.value.to_string())).collect(),
+            body,
+        };
+        let resp = router.handle(&req);
+        tracing::debug!(method = %req.method, url = %req.url, status = resp.status, "http");
+        let mut out = tiny_http::Response::from_data(resp.body).with_status_code(resp.status);
+        for (name, value) in resp.headers {
+            if let Ok(h) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+                out.add_header(h);
+            }
+        }
+        if let Err(e) = request.respond(out) {
+            tracing::debug!("HTTP response not delivered: {e}");
+        }
+    }
+}

@@ -1,0 +1,552 @@
+//! The HTTP face of deadsfu, as a function from request to response.
+//!
+//! [`Router::handle`] takes a parsed request and answers it, calling the media processes through a
+//! [`Backend`]; it never touches a socket, so tests drive it with a fake backend.
+//!
+//! Routes:
+//! - `POST /whip/{room}`, `POST /whip?room=R` (publish, WHIP, RFC 9725);
+//! - `POST /whep/{room}`, `POST /whap?room=R` (view, WHEP);
+//! - `DELETE /session/{id}` (the `Location` of either);
+//! - `OPTIONS` anything (CORS preflight);
+//! - `GET /healthz`, `GET /` (viewer page), `GET /send` (publisher page).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use serde::Serialize;
+use shm_proto::control::{ControlError, ErrorKind, ProcessStatus, Request, Response};
+use shm_proto::RoomName;
+
+/// Largest SDP body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Room used by DeadSFU-style URLs without `?room=`.
+const DEFAULT_ROOM: &str = "mainroom";
+
+const VIEWER_PAGE: &str = include_str!("../assets/index.html");
+const PUBLISHER_PAGE: &str = include_str!("../assets/send.html");
+
+/// A media process signaling can call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    Ingest,
+    Worker(u32),
+}
+
+/// The media processes, as signaling reaches them.
+pub trait Backend: Send + Sync {
+    fn call(&self, target: Target, request: &Request) -> Result<Response, ControlError>;
+    /// Indexes of the fanout workers that have a control socket now.
+    fn workers(&self) -> Vec<u32>;
+}
+
+/// An HTTP request, reduced to what the router needs.
+pub struct HttpRequest {
+    pub method: String,
+    /// Path and query, as sent.
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    /// The body, or `None` when it was larger than [`MAX_BODY`].
+    pub body: Option<Vec<u8>>,
+}
+
+impl HttpRequest {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// An HTTP response.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    fn new(status: u16, content_type: &str, body: impl Into<Vec<u8>>) -> HttpResponse {
+        HttpResponse { status, headers: vec![("Content-Type", content_type.to_string())], body: body.into() }
+    }
+
+    /// A client or server error with a one-line reason.
+    fn error(status: u16, reason: impl std::fmt::Display) -> HttpResponse {
+        HttpResponse::new(status, "text/plain; charset=utf-8", format!("{reason}\n"))
+    }
+
+    fn with(mut self, name: &'static str, value: impl Into<String>) -> HttpResponse {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    #[cfg(test)]
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// What `GET /healthz` says.
+#[derive(Serialize)]
+struct Health {
+    ok: bool,
+    signaling: Pid,
+    ingest: Option<Pid>,
+    workers: Vec<WorkerHealth>,
+}
+
+#[derive(Serialize)]
+struct Pid {
+    pid: u32,
+}
+
+#[derive(Serialize)]
+struct WorkerHealth {
+    index: u32,
+    pid: u32,
+    viewers: u32,
+    accepting: bool,
+}
+
+pub struct Router<B> {
+    backend: B,
+    token: Option<String>,
+    /// Viewers handed to each worker whose answer is not back yet, so concurrent joins spread out.
+    in_flight: Mutex<HashMap<u32, u32>>,
+}
+
+impl<B: Backend> Router<B> {
+    pub fn new(backend: B, token: Option<String>) -> Router<B> {
+        Router { backend, token, in_flight: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn handle(&self, req: &HttpRequest) -> HttpResponse {
+        cors(self.route(req))
+    }
+
+    fn route(&self, req: &HttpRequest) -> HttpResponse {
+        let (path, query) = req.url.split_once('?').unwrap_or((&req.url, ""));
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        match (req.method.as_str(), segments.as_slice()) {
+            ("OPTIONS", _) => HttpResponse::new(204, "text/plain", "")
+                .with("Accept-Post", "application/sdp")
+                .with("Access-Control-Max-Age", "86400"),
+            ("GET", [""]) | ("GET", ["index.html"]) => HttpResponse::new(200, "text/html; charset=utf-8", VIEWER_PAGE),
+            ("GET", ["send"]) | ("GET", ["send.html"]) => {
+                HttpResponse::new(200, "text/html; charset=utf-8", PUBLISHER_PAGE)
+            }
+            ("GET", ["healthz"]) => self.health(),
+            ("POST", ["whip"]) => self.offer(req, query_param(query, "room"), Kind::Publish, query),
+            ("POST", ["whip", room]) => self.offer(req, Some(room.to_string()), Kind::Publish, query),
+            ("POST", ["whep"]) | ("POST", ["whap"]) => self.offer(req, query_param(query, "room"), Kind::View, query),
+            ("POST", ["whep", room]) => self.offer(req, Some(room.to_string()), Kind::View, query),
+            ("DELETE", ["session", id]) => self.delete(req, id, query),
+            ("PATCH", ["session", _]) => {
+                HttpResponse::error(405, "trickle ICE is not supported; send all candidates in the offer")
+                    .with("Allow", "DELETE")
+            }
+            (_, ["whip"]) | (_, ["whip", _]) | (_, ["whep"]) | (_, ["whep", _]) | (_, ["whap"]) => {
+                HttpResponse::error(405, format!("method {} not allowed here", req.method))
+                    .with("Allow", "POST, OPTIONS")
+            }
+            (_, ["session", _]) => HttpResponse::error(405, format!("method {} not allowed here", req.method))
+                .with("Allow", "DELETE, PATCH, OPTIONS"),
+            _ => HttpResponse::error(404, format!("no such resource: {path}")),
+        }
+    }
+
+    fn authorized(&self, req: &HttpRequest, query: &str) -> Result<(), HttpResponse> {
+        let Some(expected) = &self.token else { return Ok(()) };
+        let given = req
+            .header("Authorization")
+            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .map(|t| t.trim().to_string())
+            .or_else(|| query_param(query, "access_token"));
+        match given {
+            Some(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => Ok(()),
+            Some(_) => Err(unauthorized("wrong bearer token")),
+            None => Err(unauthorized("a bearer token is required (Authorization: Bearer, or ?access_token=)")),
+        }
+    }
+
+    fn offer(&self, req: &HttpRequest, room: Option<String>, kind: Kind, query: &str) -> HttpResponse {
+        if let Err(resp) = self.authorized(req, query) {
+            return resp;
+        }
+        let room = room.unwrap_or_else(|| DEFAULT_ROOM.to_string());
+        let room = match RoomName::new(&room) {
+            Ok(r) => r,
+            Err(e) => return HttpResponse::error(400, format!("bad room name: {e}")),
+        };
+        let content_type = req.header("Content-Type").unwrap_or("");
+        let mime = content_type.split(';').next().unwrap_or("").trim();
+        if !mime.eq_ignore_ascii_case("application/sdp") {
+            return HttpResponse::error(415, format!("expected Content-Type application/sdp, got `{content_type}`"))
+                .with("Accept-Post", "application/sdp");
+        }
+        let Some(body) = &req.body else {
+            return HttpResponse::error(413, format!("SDP offer larger than {MAX_BODY} bytes"));
+        };
+        let Ok(offer) = std::str::from_utf8(body) else {
+            return HttpResponse::error(400, "SDP offer is not UTF-8");
+        };
+        if !offer.starts_with("v=0") {
+            return HttpResponse::error(400, "malformed SDP offer: it must start with v=0");
+        }
+        let room = room.to_string();
+        let offer = offer.to_string();
+        let result = match kind {
+            Kind::Publish => self.backend.call(Target::Ingest, &Request::Publish { room, offer }),
+            Kind::View => return self.view(Request::View { room, offer }),
+        };
+        answer_or_error(result, "ingest")
+    }
+
+    /// Hands a viewer to the least-loaded worker that takes it.
+    fn view(&self, request: Request) -> HttpResponse {
+        let mut candidates: Vec<(u32, u32)> = Vec::new();
+        for index in self.backend.workers() {
+            if let Ok(Response::Status(s)) = self.backend.call(Target::Worker(index), &Request::Status) {
+                if s.accepting {
+                    candidates.push((s.sessions, index));
+                }
+            }
+        }
+        if candidates.is_empty() {
+            return HttpResponse::error(503, "no fanout worker is available").with("Retry-After", "1");
+        }
+        let mut last = HttpResponse::error(503, "no fanout worker took the viewer").with("Retry-After", "1");
+        while !candidates.is_empty() {
+            let index = {
+                let in_flight = self.in_flight.lock().expect("in_flight lock is never poisoned");
+                let load = |(sessions, index): &(u32, u32)| sessions + in_flight.get(index).copied().unwrap_or(0);
+                let best = candidates.iter().enumerate().min_by_key(|(_, c)| (load(c), c.1)).map(|(i, _)| i);
+                candidates.remove(best.expect("candidates is not empty")).1
+            };
+            *self.in_flight.lock().expect("in_flight lock is never poisoned").entry(index).or_default() += 1;
+            let result = self.backend.call(Target::Worker(index), &request);
+            *self.in_flight.lock().expect("in_flight lock is never poisoned").entry(index).or_default() -= 1;
+            match result {
+                Ok(Response::Error { kind: ErrorKind::Unavailable, message }) => {
+                    last = HttpResponse::error(503, message).with("Retry-After", "1");
+                }
+                Err(e) => {
+                    tracing::warn!(worker = index, error = %e, "worker did not answer; trying another");
+                }
+                other => return answer_or_error(other, "fanout worker"),
+            }
+        }
+        last
+    }
+
+    fn delete(&self, req: &HttpRequest, id: &str, query: &str) -> HttpResponse {
+        if let Err(resp) = self.authorized(req, query) {
+            return resp;
+        }
+        let Some(target) = session_target(id) else {
+            return HttpResponse::error(404, "no such session");
+        };
+        match self.backend.call(target, &Request::Close { session: id.to_string() }) {
+            Ok(Response::Closed) => HttpResponse::new(200, "text/plain", ""),
+            Ok(Response::Error { kind: ErrorKind::UnknownSession, .. }) => HttpResponse::error(404, "no such session"),
+            Ok(other) => answer_or_error(Ok(other), "media process"),
+            // The process that held the session is gone, and the session with it.
+            Err(ControlError::Io(_)) => HttpResponse::error(404, "no such session (its process is not running)"),
+            Err(e) => HttpResponse::error(502, format!("media process failed: {e}")),
+        }
+    }
+
+    fn health(&self) -> HttpResponse {
+        let status = |target| match self.backend.call(target, &Request::Status) {
+            Ok(Response::Status(s)) => Some(s),
+            _ => None,
+        };
+        let ingest = status(Target::Ingest).map(|s: ProcessStatus| Pid { pid: s.pid });
+        let workers: Vec<WorkerHealth> = self
+            .backend
+            .workers()
+            .into_iter()
+            .filter_map(|i| status(Target::Worker(i)))
+            .map(|s| WorkerHealth { index: s.index, pid: s.pid, viewers: s.sessions, accepting: s.accepting })
+            .collect();
+        let ok = ingest.is_some() && workers.iter().any(|w| w.accepting);
+        let health = Health { ok, signaling: Pid { pid: std::process::id() }, ingest, workers };
+        let body = serde_json::to_vec_pretty(&health).expect("health always serializes");
+        HttpResponse::new(if ok { 200 } else { 503 }, "application/json", body)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Publish,
+    View,
+}
+
+/// The process that owns a session, from its id: `i-…` is ingest, `wK-…` fanout worker K.
+fn session_target(id: &str) -> Option<Target> {
+    let (prefix, rest) = id.split_once('-')?;
+    if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    match prefix {
+        "i" => Some(Target::Ingest),
+        w => w.strip_prefix('w')?.parse().ok().map(Target::Worker),
+    }
+}
+
+fn answer_or_error(result: Result<Response, ControlError>, who: &str) -> HttpResponse {
+    match result {
+        Ok(Response::Answer { session, answer }) => HttpResponse::new(201, "application/sdp", answer)
+            .with("Location", format!("/session/{session}"))
+            .with("ETag", format!("\"{session}\"")),
+        Ok(Response::Error { kind, message }) => {
+            let status = match kind {
+                ErrorKind::BadRequest | ErrorKind::BadOffer => 400,
+                ErrorKind::NoCommonCodec => 406,
+                ErrorKind::RoomBusy => 409,
+                ErrorKind::UnknownSession => 404,
+                ErrorKind::Unavailable => 503,
+                ErrorKind::WrongRole | ErrorKind::Internal => 500,
+            };
+            HttpResponse::error(status, message)
+        }
+        Ok(other) => HttpResponse::error(502, format!("{who} answered out of turn: {other:?}")),
+        Err(ControlError::Io(e)) => {
+            HttpResponse::error(503, format!("{who} is not running ({e})")).with("Retry-After", "1")
+        }
+        Err(e) => HttpResponse::error(502, format!("{who} failed: {e}")),
+    }
+}
+
+fn unauthorized(reason: &str) -> HttpResponse {
+    HttpResponse::error(401, reason).with("WWW-Authenticate", "Bearer")
+}
+
+fn cors(resp: HttpResponse) -> HttpResponse {
+    resp.with("Access-Control-Allow-Origin", "*")
+        .with("Access-Control-Allow-Methods", "GET, POST, PATCH, DELETE, OPTIONS")
+        .with("Access-Control-Allow-Headers", "Authorization, Content-Type, If-Match")
+        .with("Access-Control-Expose-Headers", "Location, ETag, Accept-Post, Link")
+}
+
+/// The first value of `name` in a query string, percent-decoded.
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == name).map(|(_, v)| percent_decode(v))
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Compares secrets in time that depends only on their lengths.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use shm_proto::control::Role;
+
+    use super::*;
+
+    /// A backend with `workers` fanout workers that count their sessions, and an ingest.
+    struct Fake {
+        sessions: Mutex<HashMap<Target, u32>>,
+        workers: Vec<u32>,
+        ingest_up: bool,
+    }
+
+    impl Fake {
+        fn new(workers: u32) -> Fake {
+            Fake { sessions: Mutex::new(HashMap::new()), workers: (0..workers).collect(), ingest_up: true }
+        }
+    }
+
+    impl Backend for Fake {
+        fn call(&self, target: Target, request: &Request) -> Result<Response, ControlError> {
+            if target == Target::Ingest && !self.ingest_up {
+                return Err(ControlError::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)));
+            }
+            let mut sessions = self.sessions.lock().unwrap();
+            let n = sessions.entry(target).or_default();
+            Ok(match request {
+                Request::Status => Response::Status(ProcessStatus {
+                    role: if target == Target::Ingest { Role::Ingest } else { Role::Fanout },
+                    index: match target {
+                        Target::Worker(i) => i,
+                        Target::Ingest => 0,
+                    },
+                    pid: 1,
+                    sessions: *n,
+                    accepting: true,
+                }),
+                Request::Publish { offer, .. } | Request::View { offer, .. } if offer.contains("bad") => {
+                    Response::Error { kind: ErrorKind::BadOffer, message: "bad offer".into() }
+                }
+                Request::Publish { .. } | Request::View { .. } => {
+                    *n += 1;
+                    let session = match target {
+                        Target::Ingest => format!("i-{:04x}", *n),
+                        Target::Worker(i) => format!("w{i}-{:04x}", *n),
+                    };
+                    Response::Answer { session, answer: "v=0 answer".into() }
+                }
+                Request::Close { session } if session.ends_with("0001") => Response::Closed,
+                Request::Close { .. } => Response::Error { kind: ErrorKind::UnknownSession, message: "no".into() },
+            })
+        }
+
+        fn workers(&self) -> Vec<u32> {
+            self.workers.clone()
+        }
+    }
+
+    fn req(method: &str, url: &str, content_type: Option<&str>, body: &str) -> HttpRequest {
+        let mut headers = Vec::new();
+        if let Some(ct) = content_type {
+            headers.push(("Content-Type".to_string(), ct.to_string()));
+        }
+        HttpRequest { method: method.into(), url: url.into(), headers, body: Some(body.as_bytes().to_vec()) }
+    }
+
+    fn sdp(method: &str, url: &str) -> HttpRequest {
+        req(method, url, Some("application/sdp"), "v=0\r\n")
+    }
+
+    #[test]
+    fn publish_and_view_answer_with_location() {
+        let r = Router::new(Fake::new(2), None);
+        let resp = r.handle(&sdp("POST", "/whip/room1"));
+        assert_eq!(resp.status, 201);
+        assert_eq!(resp.header("Location"), Some("/session/i-0001"));
+        assert!(resp.header("ETag").is_some());
+        assert_eq!(resp.header("Content-Type"), Some("application/sdp"));
+        assert_eq!(resp.header("Access-Control-Allow-Origin"), Some("*"));
+        let a = r.handle(&sdp("POST", "/whep/room1"));
+        let b = r.handle(&sdp("POST", "/whep/room1"));
+        assert_eq!(a.status, 201);
+        assert_eq!(b.status, 201);
+        let (la, lb) = (a.header("Location").unwrap(), b.header("Location").unwrap());
+        let worker = |l: &str| session_target(l.trim_start_matches("/session/"));
+        assert_ne!(worker(la), worker(lb), "consecutive viewers go to different workers: {la} {lb}");
+    }
+
+    #[test]
+    fn deadsfu_compatible_urls() {
+        let r = Router::new(Fake::new(1), None);
+        assert_eq!(r.handle(&sdp("POST", "/whip?room=abc")).status, 201);
+        assert_eq!(r.handle(&sdp("POST", "/whap?room=abc")).status, 201);
+        assert_eq!(r.handle(&sdp("POST", "/whap")).status, 201, "room defaults to mainroom");
+        assert_eq!(r.handle(&sdp("POST", "/whip?room=a%2Fb")).status, 400);
+    }
+
+    #[test]
+    fn client_mistakes_get_4xx_with_reason() {
+        let r = Router::new(Fake::new(1), None);
+        let cases = [
+            (req("POST", "/whip/a", Some("text/plain"), "v=0"), 415),
+            (req("POST", "/whip/a", None, "v=0"), 415),
+            (req("POST", "/whip/a", Some("application/sdp"), "hello"), 400),
+            (req("POST", "/whip/a", Some("application/sdp"), "v=0 bad"), 400),
+            (sdp("POST", "/whip/a%2Fb"), 400),
+            (sdp("POST", &format!("/whip/{}", "x".repeat(65))), 400),
+            (sdp("POST", "/whip/a/b"), 404),
+            (sdp("DELETE", "/session/i-0002"), 404),
+            (sdp("DELETE", "/session/../../etc"), 404),
+            (sdp("DELETE", "/session/zz-01"), 404),
+            (sdp("GET", "/nope"), 404),
+            (sdp("PUT", "/whip/a"), 405),
+        ];
+        for (request, status) in cases {
+            let resp = r.handle(&request);
+            assert_eq!(resp.status, status, "{} {}", request.method, request.url);
+            assert!(!resp.body.is_empty(), "{} {} has a reason", request.method, request.url);
+        }
+        let mut big = sdp("POST", "/whip/a");
+        big.body = None;
+        assert_eq!(r.handle(&big).status, 413);
+        // Nothing was lost: a good request still works.
+        assert_eq!(r.handle(&sdp("POST", "/whip/a")).status, 201);
+        assert_eq!(r.handle(&sdp("DELETE", "/session/i-0001")).status, 200);
+    }
+
+    #[test]
+    fn bearer_token() {
+        let r = Router::new(Fake::new(1), Some("s3cret".into()));
+        let resp = r.handle(&sdp("POST", "/whip/a"));
+        assert_eq!(resp.status, 401);
+        assert_eq!(resp.header("WWW-Authenticate"), Some("Bearer"));
+        let mut wrong = sdp("POST", "/whip/a");
+        wrong.headers.push(("Authorization".into(), "Bearer nope".into()));
+        assert_eq!(r.handle(&wrong).status, 401);
+        let mut right = sdp("POST", "/whip/a");
+        right.headers.push(("authorization".into(), "Bearer s3cret".into()));
+        assert_eq!(r.handle(&right).status, 201);
+        assert_eq!(r.handle(&sdp("POST", "/whep/a?access_token=s3cret")).status, 201);
+        assert_eq!(r.handle(&sdp("DELETE", "/session/i-0001")).status, 401);
+        // Pages and health need no token.
+        assert_eq!(r.handle(&sdp("GET", "/")).status, 200);
+    }
+
+    #[test]
+    fn no_worker_or_no_ingest_is_503() {
+        let r = Router::new(Fake::new(0), None);
+        assert_eq!(r.handle(&sdp("POST", "/whep/a")).status, 503);
+        assert_eq!(r.handle(&sdp("GET", "/healthz")).status, 503);
+        let mut fake = Fake::new(1);
+        fake.ingest_up = false;
+        let r = Router::new(fake, None);
+        let resp = r.handle(&sdp("POST", "/whip/a"));
+        assert_eq!(resp.status, 503);
+        assert!(String::from_utf8_lossy(&resp.body).contains("ingest is not running"));
+    }
+
+    #[test]
+    fn session_ids_name_their_process() {
+        assert_eq!(session_target("i-00ff"), Some(Target::Ingest));
+        assert_eq!(session_target("w3-abcd"), Some(Target::Worker(3)));
+        assert_eq!(session_target("w-abcd"), None);
+        assert_eq!(session_target("w3-"), None);
+        assert_eq!(session_target("x3-ab"), None);
+        assert_eq!(session_target("w3-ab/cd"), None);
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%2Fb"), "a/b");
+        assert_eq!(percent_decode("a%2"), "a%2");
+        assert_eq!(percent_decode("%zz"), "%zz");
+        assert_eq!(query_param("x=1&room=r%20s", "room").as_deref(), Some("r s"));
+    }
+
+    #[test]
+    fn constant_time_compare() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+}
