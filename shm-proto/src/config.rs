@@ -21,6 +21,10 @@ pub struct Config {
     pub workers: Option<u32>,
     /// Token required for publishing and viewing (`Authorization: Bearer` or `?access_token=`).
     pub bearer_token: Option<String>,
+    /// Token required for publishing only; overrides `bearer_token` for WHIP.
+    pub publish_token: Option<String>,
+    /// Token required for viewing only; overrides `bearer_token` for WHEP.
+    pub view_token: Option<String>,
     /// UDP port of ingest (all publishers).
     pub ingest_port: u16,
     /// UDP port of fanout worker 0; worker `k` uses `fanout_port + k`.
@@ -33,6 +37,17 @@ pub struct Config {
     pub ring_slot_size: u32,
     /// Log filter, as `RUST_LOG` (e.g. `info`, `deadsfu_fanout=debug`).
     pub log: String,
+    /// H.264 slate clip (Annex B, an access unit delimiter before each frame) replacing the built-in one.
+    pub slate_h264: Option<PathBuf>,
+    /// Frame rate of `slate_h264`.
+    pub slate_fps: u32,
+    /// VP8 slate clip (IVF) replacing the built-in one.
+    pub slate_vp8: Option<PathBuf>,
+    /// Least time between two keyframe requests to a room's publisher, in milliseconds.
+    pub keyframe_request_interval_ms: u64,
+    /// A keyframe is requested from every watched publisher this often even if nobody asks, in seconds
+    /// (0: never).
+    pub keyframe_fallback_interval_s: u64,
 }
 
 impl Default for Config {
@@ -48,6 +63,13 @@ impl Default for Config {
             ring_slots: 4096,
             ring_slot_size: 2048,
             log: "info".into(),
+            publish_token: None,
+            view_token: None,
+            slate_h264: None,
+            slate_fps: 10,
+            slate_vp8: None,
+            keyframe_request_interval_ms: 1000,
+            keyframe_fallback_interval_s: 20,
         }
     }
 }
@@ -88,6 +110,27 @@ pub struct ConfigArgs {
     /// Log filter (overrides RUST_LOG).
     #[arg(long, env = "DEADSFU_LOG")]
     pub log: Option<String>,
+    /// Token required to publish (overrides --bearer-token for WHIP).
+    #[arg(long, env = "DEADSFU_PUBLISH_TOKEN")]
+    pub publish_token: Option<String>,
+    /// Token required to view (overrides --bearer-token for WHEP).
+    #[arg(long, env = "DEADSFU_VIEW_TOKEN")]
+    pub view_token: Option<String>,
+    /// H.264 slate clip (Annex B with access unit delimiters).
+    #[arg(long, env = "DEADSFU_SLATE_H264")]
+    pub slate_h264: Option<PathBuf>,
+    /// Frame rate of the H.264 slate clip.
+    #[arg(long, env = "DEADSFU_SLATE_FPS")]
+    pub slate_fps: Option<u32>,
+    /// VP8 slate clip (IVF).
+    #[arg(long, env = "DEADSFU_SLATE_VP8")]
+    pub slate_vp8: Option<PathBuf>,
+    /// Least milliseconds between keyframe requests to a publisher.
+    #[arg(long, env = "DEADSFU_KEYFRAME_REQUEST_INTERVAL_MS")]
+    pub keyframe_request_interval_ms: Option<u64>,
+    /// Seconds between unprompted keyframe requests (0: never).
+    #[arg(long, env = "DEADSFU_KEYFRAME_FALLBACK_INTERVAL_S")]
+    pub keyframe_fallback_interval_s: Option<u64>,
 }
 
 /// Errors loading the configuration.
@@ -149,6 +192,13 @@ impl ConfigArgs {
         set(&mut cfg.ring_slots, &self.ring_slots);
         set(&mut cfg.ring_slot_size, &self.ring_slot_size);
         set(&mut cfg.log, &self.log);
+        set_opt(&mut cfg.publish_token, &self.publish_token);
+        set_opt(&mut cfg.view_token, &self.view_token);
+        set_opt(&mut cfg.slate_h264, &self.slate_h264);
+        set(&mut cfg.slate_fps, &self.slate_fps);
+        set_opt(&mut cfg.slate_vp8, &self.slate_vp8);
+        set(&mut cfg.keyframe_request_interval_ms, &self.keyframe_request_interval_ms);
+        set(&mut cfg.keyframe_fallback_interval_s, &self.keyframe_fallback_interval_s);
     }
 
     /// The flags that reproduce `cfg` for a child process (the supervisor passes these on).
@@ -175,6 +225,19 @@ impl ConfigArgs {
         if let Some(host) = cfg.ice_candidate_host {
             args.extend(["--ice-candidate-host".into(), host.to_string()]);
         }
+        for (flag, path) in [("--slate-h264", &cfg.slate_h264), ("--slate-vp8", &cfg.slate_vp8)] {
+            if let Some(p) = path {
+                args.extend([flag.into(), p.display().to_string()]);
+            }
+        }
+        args.extend([
+            "--slate-fps".into(),
+            cfg.slate_fps.to_string(),
+            "--keyframe-request-interval-ms".into(),
+            cfg.keyframe_request_interval_ms.to_string(),
+            "--keyframe-fallback-interval-s".into(),
+            cfg.keyframe_fallback_interval_s.to_string(),
+        ]);
         args
     }
 }
@@ -208,8 +271,17 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
             return Err(ConfigError::Invalid { key: "log", reason: e.to_string() });
         }
-        if self.bearer_token.as_deref() == Some("") {
-            return Err(ConfigError::Invalid { key: "bearer_token", reason: "must not be empty".into() });
+        for (key, token) in [
+            ("bearer_token", &self.bearer_token),
+            ("publish_token", &self.publish_token),
+            ("view_token", &self.view_token),
+        ] {
+            if token.as_deref() == Some("") {
+                return Err(ConfigError::Invalid { key, reason: "must not be empty".into() });
+            }
+        }
+        if self.slate_fps == 0 || self.slate_fps > 120 {
+            return Err(ConfigError::Invalid { key: "slate_fps", reason: "must be between 1 and 120".into() });
         }
         if let Some(dir) = &self.runtime_dir {
             if dir.as_os_str().is_empty() {
@@ -259,6 +331,16 @@ impl Config {
             .with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr)
             .init();
+    }
+
+    /// The token WHIP requires, if any.
+    pub fn publish_token(&self) -> Option<&str> {
+        self.publish_token.as_deref().or(self.bearer_token.as_deref())
+    }
+
+    /// The token WHEP requires, if any.
+    pub fn view_token(&self) -> Option<&str> {
+        self.view_token.as_deref().or(self.bearer_token.as_deref())
     }
 
     /// Number of fanout workers: configured, else the number of cores.

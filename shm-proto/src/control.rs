@@ -60,6 +60,13 @@ pub enum Request {
     View { room: String, offer: String },
     /// End a session made by `Publish` or `View`.
     Close { session: String },
+    /// Move a viewer to another room without renegotiation (fanout only).
+    Switch { session: String, room: String },
+    /// A viewer is about to watch `room`: make sure its ring exists, so the slate can play before any
+    /// publisher arrives (ingest only).
+    Watch { room: String },
+    /// The rooms this process knows, with what it knows of them.
+    Rooms,
 }
 
 /// The answer to a [`Request`].
@@ -73,10 +80,29 @@ pub enum Response {
         answer: String,
     },
     Closed,
+    /// The request was carried out.
+    Done,
+    Rooms(Vec<RoomStatus>),
     Error {
         kind: ErrorKind,
         message: String,
     },
+}
+
+/// One room as one process sees it; signaling merges the views of all processes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomStatus {
+    pub name: String,
+    /// Ingest: a publisher is sending live video.
+    pub live: bool,
+    /// Ingest: the slate is playing.
+    pub slate: bool,
+    /// Ingest: codec names of the live publisher (`H264`, `opus`, ...).
+    pub codecs: Vec<String>,
+    /// Ingest: bits per second written into the ring over the last few seconds.
+    pub bitrate_bps: u64,
+    /// Fanout: viewers of the room on this worker.
+    pub viewers: u32,
 }
 
 /// What a media process says about itself.

@@ -51,6 +51,9 @@ pub const PACKETS_OFFSET: usize = 0x100;
 pub const BYTES_OFFSET: usize = 0x108;
 /// `u64`: times a reader reported being lapped (reader-owned line).
 pub const LAPS_OFFSET: usize = 0x140;
+/// `u64`: the newest heartbeat of any reader, Unix milliseconds (readers `fetch_max` it). The writer learns
+/// from it whether anyone watches the room.
+pub const READER_HEARTBEAT_UNIX_MS_OFFSET: usize = 0x148;
 
 // ---- GOP index.
 

@@ -28,7 +28,7 @@
 //!  0x0100 +--------------------------------------------------------------+  line 4: writer stats
 //!         | PACKETS u64 | BYTES u64                            | reserved|
 //!  0x0140 +--------------------------------------------------------------+  line 5: reader stats
-//!         | LAPS u64                                           | reserved|
+//!         | LAPS u64 | READER_HEARTBEAT_UNIX_MS u64 (fetch_max) | reserved|
 //!  0x0180 +--------------------------------------------------------------+  line 6
 //!         | GOP_COUNT u64 (keyframes ever indexed)             | reserved|
 //!  0x01C0 +--------------------------------------------------------------+  lines 7-8

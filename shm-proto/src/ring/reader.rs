@@ -293,6 +293,18 @@ impl RingReader {
     }
 
     /// Asks the writer's process for a keyframe (bumps the shared counter).
+    /// The newest reader heartbeat, Unix milliseconds; 0 if no reader ever beat.
+    pub fn reader_heartbeat_unix_ms(&self) -> u64 {
+        // Relaxed: a standalone value, nothing is published with it.
+        self.map.word(READER_HEARTBEAT_UNIX_MS_OFFSET).load(Ordering::Relaxed)
+    }
+
+    /// Tells the writer someone watches this ring (call about once a second while it does).
+    pub fn heartbeat(&self, now_unix_ms: u64) {
+        // Relaxed: a standalone value, nothing is published with it.
+        self.map.word(READER_HEARTBEAT_UNIX_MS_OFFSET).fetch_max(now_unix_ms, Ordering::Relaxed);
+    }
+
     pub fn request_keyframe(&self) {
         // Relaxed: a standalone counter.
         self.map.word(KEYFRAME_REQUESTS_OFFSET).fetch_add(1, Ordering::Relaxed);

@@ -445,6 +445,20 @@ fn keyframe_requests_reach_the_writer() {
 }
 
 #[test]
+fn reader_heartbeats_reach_the_writer_and_never_go_back() {
+    let dir = TempDir::new("rdbeat");
+    let w = RingWriter::create(&dir.ring(), SMALL, 1).expect("create");
+    let a = RingReader::open(&dir.ring()).expect("open");
+    let b = RingReader::open(&dir.ring()).expect("open");
+    assert_eq!(w.reader_heartbeat_unix_ms(), 0);
+    a.heartbeat(5_000);
+    b.heartbeat(4_000);
+    assert_eq!(w.reader_heartbeat_unix_ms(), 5_000);
+    b.heartbeat(6_000);
+    assert_eq!(w.reader_heartbeat_unix_ms(), 6_000);
+}
+
+#[test]
 fn reader_sees_a_replaced_file() {
     let dir = TempDir::new("replaced");
     let mut w = RingWriter::create(&dir.ring(), SMALL, 1).expect("create");

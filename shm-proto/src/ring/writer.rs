@@ -175,6 +175,12 @@ impl RingWriter {
         self.map.word(KEYFRAME_REQUESTS_OFFSET).load(Ordering::Relaxed)
     }
 
+    /// The newest reader heartbeat, Unix milliseconds; 0 if no reader ever beat.
+    pub fn reader_heartbeat_unix_ms(&self) -> u64 {
+        // Relaxed: a standalone value, nothing is published with it.
+        self.map.word(READER_HEARTBEAT_UNIX_MS_OFFSET).load(Ordering::Relaxed)
+    }
+
     pub fn stats(&self) -> RingStats {
         RingStats {
             packets: self.packets,
