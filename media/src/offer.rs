@@ -47,3 +47,94 @@ pub fn accept(
     let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
     Ok(Accepted { rtc, answer: answer.to_sdp_string(), ufrag })
 }
+
+/// The offer with every audio and video section's `a=msid` set to `stream_id`, so that str0m's answer, which
+/// takes the stream id of a remote media section from the offer, puts all of them in one stream at the peer.
+/// Browsers' receive-only sections carry no stream (`a=msid:- ...`) and would get a random one each.
+pub fn with_stream_id(offer: &str, stream_id: &str) -> String {
+    let mut out = String::with_capacity(offer.len() + 128);
+    let mut in_media = false;
+    let mut track = 0;
+    let mut close_section = |out: &mut String, in_media: bool| {
+        if in_media {
+            track += 1;
+            out.push_str(&format!("a=msid:{stream_id} {stream_id}-{track}\r\n"));
+        }
+    };
+    for line in offer.lines().filter(|l| !l.trim().is_empty()) {
+        if line.starts_with("m=") {
+            close_section(&mut out, in_media);
+            in_media = line.starts_with("m=audio") || line.starts_with("m=video");
+        } else if in_media && line.starts_with("a=msid:") {
+            continue;
+        }
+        out.push_str(line);
+        out.push_str("\r\n");
+    }
+    close_section(&mut out, in_media);
+    out
+}
+
+/// The audio and video media sections of an SDP: (mid, is_video), in order.
+pub fn media_sections(sdp: &str) -> Vec<(str0m::media::Mid, bool)> {
+    let mut out = Vec::new();
+    let mut current: Option<bool> = None;
+    for line in sdp.lines() {
+        if let Some(rest) = line.strip_prefix("m=") {
+            current = match rest.split(' ').next() {
+                Some("video") => Some(true),
+                Some("audio") => Some(false),
+                _ => None,
+            };
+        } else if let (Some(is_video), Some(mid)) = (current, line.strip_prefix("a=mid:")) {
+            out.push((str0m::media::Mid::from(mid.trim()), is_video));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use str0m::media::{Direction, MediaKind};
+    use str0m::Rtc;
+
+    use super::*;
+
+    /// A browser-like receive-only offer made by a str0m client.
+    fn recvonly_offer() -> String {
+        let mut client = Rtc::builder().build(Instant::now());
+        client.add_local_candidate(Candidate::host("127.0.0.1:5000".parse().unwrap(), "udp").unwrap());
+        let mut change = client.sdp_api();
+        change.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+        change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+        let (offer, _pending) = change.apply().expect("an offer");
+        offer.to_sdp_string()
+    }
+
+    #[test]
+    fn answer_puts_audio_and_video_in_one_stream() {
+        let offer = with_stream_id(&recvonly_offer(), "deadsfu-room1");
+        let candidates = ["127.0.0.1:6000".parse().unwrap()];
+        let accepted = accept(&offer, &candidates, Instant::now(), |c| c).expect("accepted");
+        let msids: Vec<&str> = accepted.answer.lines().filter(|l| l.starts_with("a=msid:")).collect();
+        assert_eq!(msids.len(), 2, "{}", accepted.answer);
+        assert!(msids.iter().all(|l| l.starts_with("a=msid:deadsfu-room1 ")), "{msids:?}");
+    }
+
+    #[test]
+    fn media_sections_in_order() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:2\r\n";
+        let sections = media_sections(sdp);
+        assert_eq!(sections, vec![(str0m::media::Mid::from("0"), false), (str0m::media::Mid::from("1"), true)]);
+    }
+
+    #[test]
+    fn refuses_garbage_and_media_less_offers() {
+        let candidates = ["127.0.0.1:6000".parse().unwrap()];
+        assert!(matches!(accept("v=0\r\n", &candidates, Instant::now(), |c| c), Err(OfferError::NoMedia)));
+        let garbage = "v=0\r\nm=video nonsense\r\n";
+        assert!(accept(garbage, &candidates, Instant::now(), |c| c).is_err());
+    }
+}
