@@ -1,8 +1,16 @@
 //! The fanout core: viewer sessions in, ring packets out to every viewer of the room.
 //!
-//! Each room a worker serves has one [`RoomFeed`]: a ring reader and a cursor, so the worker reads each packet
-//! of the ring once and hands the same bytes to every viewer of that room. A viewer starts live: audio at once,
-//! video at the next keyframe, which it asks the publisher for through the ring header.
+//! Each room a worker serves has one [`RoomFeed`]: a ring reader and a live cursor, so the worker reads each
+//! live packet of the ring once and hands the same bytes to every viewer of that room.
+//!
+//! A viewer that joins (or switches to) a room whose ring holds a keyframe starts with a *replay*: its own
+//! cursor walks the cached GOP from that keyframe up to the feed's live position, sending video in a burst
+//! with compressed timestamps, and then it joins the live feed at exactly the packet where its replay ended:
+//! nothing twice, nothing skipped. Without a cached keyframe it joins live at once and its video waits for the
+//! next keyframe, which it asks for through the ring header.
+//!
+//! Per viewer, video follows one source (a publisher session, or the slate) and one codec at a time; a new
+//! source is taken up only at one of its keyframes, so the decoder never sees a picture it cannot decode.
 //!
 //! [`Fanout`] never touches a socket or a clock itself; [`run`] is the loop around it.
 
@@ -12,11 +20,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deadsfu_media::host::{SessionHost, SessionKey};
+use deadsfu_media::host::{Session, SessionHost, SessionKey};
 use deadsfu_media::process::{self, Core, Endpoints, StartError};
 use deadsfu_media::{codec, offer};
 use shm_proto::config::Config;
-use shm_proto::control::{ErrorKind, ProcessStatus, Request, Response, Role};
+use shm_proto::control::{ErrorKind, ProcessStatus, Request, Response, Role, RoomStatus};
 use shm_proto::ring::{CodecEntry, MediaKind, PacketMeta, RingCursor, RingReader};
 use shm_proto::{paths, RoomName};
 use str0m::media::{Mid, Pt};
@@ -24,21 +32,34 @@ use str0m::net::Transmit;
 use str0m::rtp::{ExtensionValues, RtpWrite, VideoOrientation};
 use str0m::{Event, IceConnectionState};
 
-use crate::splice::{SourceId, Splicer};
+use crate::splice::{Pace, SourceId, Splicer};
 
 /// How often a room without a ring file looks for one again.
 const RING_RETRY: Duration = Duration::from_millis(100);
+/// How often an open ring is checked for having been replaced, and told that someone reads it.
+const RING_CHECK: Duration = Duration::from_millis(250);
 /// How long the loop sleeps at most while viewers wait on rings (the ring has no wake-up yet).
 const RING_POLL: Duration = Duration::from_millis(1);
 /// Most packets read from one ring per loop turn, so one busy room cannot starve sockets and timers.
 const READ_BUDGET: usize = 512;
-/// Retransmission memory per viewer video stream, in packets (about 2 s at 1.5 Mbit/s).
+/// Retransmission memory per viewer video stream, in packets (about 2 s at 1.5 Mbit/s). The payloads are
+/// shared with every other viewer of the room, so a viewer's own cost is the bookkeeping, not the bytes.
 const RTX_CACHE_PACKETS: usize = 256;
+const RTX_CACHE_AGE: Duration = Duration::from_secs(3);
 
 /// One outgoing track of a viewer.
 struct Track {
     mid: Mid,
     splicer: Option<Splicer>,
+}
+
+/// Where a viewer's video stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct VideoChoice {
+    /// The source being forwarded.
+    source: u32,
+    /// The ring payload type of that source being forwarded (a slate may carry several codecs).
+    ring_pt: u8,
 }
 
 struct Viewer {
@@ -47,8 +68,9 @@ struct Viewer {
     connected: bool,
     audio: Option<Track>,
     video: Option<Track>,
-    /// Video is held back until a keyframe, so the decoder starts clean.
-    video_started: bool,
+    video_choice: Option<VideoChoice>,
+    /// Replaying the cached GOP of its room up to the feed's live position.
+    replay: Option<RingCursor>,
     /// Ring payload type -> this viewer's payload type, for the ring's current codec table.
     pt_map: HashMap<u8, Option<Pt>>,
     pt_map_version: u64,
@@ -63,6 +85,7 @@ struct RoomFeed {
     codecs_version: u64,
     viewers: Vec<SessionKey>,
     next_open: Instant,
+    next_check: Instant,
 }
 
 pub struct Fanout {
@@ -103,7 +126,7 @@ impl Fanout {
                 accepting: true,
             }),
             Request::View { room, offer } => self.view(now, &room, &offer),
-            Request::Publish { .. } => error(ErrorKind::WrongRole, "fanout workers take viewers, not publishers"),
+            Request::Switch { session, room } => self.switch(now, &session, &room),
             Request::Close { session } => match self.ids.get(&session) {
                 Some(&key) => {
                     self.close(key);
@@ -111,6 +134,19 @@ impl Fanout {
                 }
                 None => error(ErrorKind::UnknownSession, "no such viewer session"),
             },
+            Request::Rooms => Response::Rooms(
+                self.rooms
+                    .iter()
+                    .map(|(name, feed)| RoomStatus {
+                        name: name.to_string(),
+                        viewers: feed.viewers.len() as u32,
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            Request::Publish { .. } | Request::Watch { .. } => {
+                error(ErrorKind::WrongRole, "fanout workers take viewers, not publishers")
+            }
         }
     }
 
@@ -119,10 +155,16 @@ impl Fanout {
             Ok(room) => room,
             Err(e) => return error(ErrorKind::BadRequest, &e.to_string()),
         };
-        let mut accepted = match offer::accept(offer_sdp, &self.candidates, now, |c| c) {
+        // Audio and video of a room are one stream at the viewer.
+        let offer_sdp = offer::with_stream_id(offer_sdp, &format!("deadsfu-{room}"));
+        let mut accepted = match offer::accept(&offer_sdp, &self.candidates, now, |c| c) {
             Ok(a) => a,
             Err(e) => return error(ErrorKind::BadOffer, &e.to_string()),
         };
+        let codecs = &self.feed(&room, now).codecs;
+        if let Some(reason) = no_common_codec(&accepted.rtc, codecs) {
+            return error(ErrorKind::NoCommonCodec, &reason);
+        }
         let id = format!("w{}-{}", self.index, process::random_hex(12));
         let mut viewer = Viewer {
             id: id.clone(),
@@ -130,17 +172,17 @@ impl Fanout {
             connected: false,
             audio: None,
             video: None,
-            video_started: false,
+            video_choice: None,
+            replay: None,
             pt_map: HashMap::new(),
             pt_map_version: u64::MAX,
         };
         // The answer made the send streams; find them by the media sections of the offer.
-        let mids: Vec<(Mid, bool)> = offer_media(offer_sdp);
-        for (mid, is_video) in mids {
+        for (mid, is_video) in offer::media_sections(&offer_sdp) {
             let mut api = accepted.rtc.direct_api();
             let Some(tx) = api.stream_tx_by_mid(mid, None) else { continue };
             if is_video {
-                tx.set_rtx_cache(RTX_CACHE_PACKETS, Duration::from_secs(3), None);
+                tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, None);
                 viewer.video.get_or_insert(Track { mid, splicer: None });
             } else {
                 viewer.audio.get_or_insert(Track { mid, splicer: None });
@@ -151,18 +193,47 @@ impl Fanout {
         }
         let key = self.host.insert(accepted.rtc, accepted.ufrag, viewer);
         self.ids.insert(id.clone(), key);
-        let feed = self.rooms.entry(room.clone()).or_insert_with(|| RoomFeed {
-            path: paths::ring(&self.runtime_dir, &room),
-            reader: None,
-            cursor: RingCursor::at(0),
-            codecs: Vec::new(),
-            codecs_version: u64::MAX,
-            viewers: Vec::new(),
-            next_open: now,
-        });
-        feed.viewers.push(key);
+        self.feed(&room, now).viewers.push(key);
         tracing::info!(session = %id, %room, "viewer joined");
         Response::Answer { session: id, answer: accepted.answer }
+    }
+
+    /// The feed of `room`, made (and its ring looked for) if this worker had none.
+    fn feed(&mut self, room: &RoomName, now: Instant) -> &mut RoomFeed {
+        feed(&mut self.rooms, &self.runtime_dir, room, now)
+    }
+
+    fn switch(&mut self, now: Instant, session: &str, room: &str) -> Response {
+        let Some(&key) = self.ids.get(session) else {
+            return error(ErrorKind::UnknownSession, "no such viewer session");
+        };
+        let room = match RoomName::new(room) {
+            Ok(room) => room,
+            Err(e) => return error(ErrorKind::BadRequest, &e.to_string()),
+        };
+        let old = self.host.get(key).expect("ids and host agree").app.room.clone();
+        if old == room {
+            return Response::Done;
+        }
+        let Fanout { host, rooms, runtime_dir, buf, .. } = self;
+        let session = host.get_mut(key).expect("ids and host agree");
+        if let Some(feed) = rooms.get_mut(&old) {
+            feed.viewers.retain(|k| *k != key);
+            if feed.viewers.is_empty() {
+                rooms.remove(&old);
+            }
+        }
+        let feed = feed(rooms, runtime_dir, &room, now);
+        feed.viewers.push(key);
+        session.app.room = room.clone();
+        session.app.replay = None;
+        // The next video packet forwarded must be a keyframe of the new room.
+        session.app.video_choice = None;
+        if session.app.connected {
+            feed.start(&mut session.app, &mut session.rtc, buf);
+        }
+        tracing::info!(session = %session.app.id, from = %old, to = %room, "viewer switched rooms");
+        Response::Done
     }
 
     fn close(&mut self, key: SessionKey) {
@@ -186,12 +257,46 @@ impl Fanout {
                 continue;
             }
             let reader = feed.reader.as_ref().expect("open() returned true");
+            let live_pos = feed.cursor.position();
+            // Replays first, up to where the live feed stands, so each viewer then joins it seamlessly.
+            for &key in &feed.viewers {
+                let Some(session) = self.host.get_mut(key) else { continue };
+                let Some(mut cursor) = session.app.replay.take() else { continue };
+                let mut wrote = false;
+                while cursor.position() < live_pos {
+                    let Some((meta, len)) = cursor.next(reader, &mut self.buf) else { break };
+                    if cursor.last_position().is_some_and(|p| p >= live_pos) {
+                        // Lapped and resynced past the live position: live delivers from here.
+                        break;
+                    }
+                    if meta.kind == MediaKind::Video {
+                        let payload: Arc<[u8]> = Arc::from(&self.buf[..len]);
+                        wrote |= deliver(
+                            session,
+                            &feed.codecs,
+                            feed.codecs_version,
+                            &meta,
+                            &payload,
+                            now,
+                            now_ns,
+                            Pace::Replay,
+                        );
+                    }
+                }
+                if cursor.position() < live_pos {
+                    // Lapped past its keyframe or the ring lost the packets: join live and wait for a keyframe.
+                    session.app.video_choice = None;
+                }
+                if wrote {
+                    session.touch();
+                }
+            }
             for _ in 0..READ_BUDGET {
                 let Some((meta, len)) = feed.cursor.next(reader, &mut self.buf) else { break };
                 let payload: Arc<[u8]> = Arc::from(&self.buf[..len]);
                 for &key in &feed.viewers {
                     let Some(session) = self.host.get_mut(key) else { continue };
-                    if deliver(session, &feed.codecs, feed.codecs_version, &meta, &payload, now, now_ns) {
+                    if deliver(session, &feed.codecs, feed.codecs_version, &meta, &payload, now, now_ns, Pace::Live) {
                         session.touch();
                     }
                 }
@@ -206,15 +311,19 @@ impl Fanout {
         for (key, event) in events.drain(..) {
             match event {
                 Event::Connected => {
-                    let Some(s) = self.host.get_mut(key) else { continue };
+                    let Fanout { host, rooms, buf, .. } = self;
+                    let Some(s) = host.get_mut(key) else { continue };
                     s.app.connected = true;
                     tracing::debug!(session = %s.app.id, "viewer connected");
-                    let room = s.app.room.clone();
-                    self.request_keyframe(&room);
+                    if let Some(feed) = rooms.get_mut(&s.app.room) {
+                        feed.start(&mut s.app, &mut s.rtc, buf);
+                    }
                 }
                 Event::KeyframeRequest(_) => {
                     let Some(room) = self.host.get(key).map(|s| s.app.room.clone()) else { continue };
-                    self.request_keyframe(&room);
+                    if let Some(reader) = self.rooms.get(&room).and_then(|f| f.reader.as_ref()) {
+                        reader.request_keyframe();
+                    }
                 }
                 Event::IceConnectionStateChange(IceConnectionState::Disconnected) => self.close(key),
                 _ => {}
@@ -223,12 +332,6 @@ impl Fanout {
         self.events = events;
         for key in dead {
             self.close(key);
-        }
-    }
-
-    fn request_keyframe(&self, room: &RoomName) {
-        if let Some(reader) = self.rooms.get(room).and_then(|f| f.reader.as_ref()) {
-            reader.request_keyframe();
         }
     }
 }
@@ -268,12 +371,39 @@ impl Core for Fanout {
     }
 }
 
+/// The feed of `room` in `rooms`, made (and its ring looked for) if there was none.
+fn feed<'a>(
+    rooms: &'a mut HashMap<RoomName, RoomFeed>,
+    runtime_dir: &std::path::Path,
+    room: &RoomName,
+    now: Instant,
+) -> &'a mut RoomFeed {
+    let feed = rooms.entry(room.clone()).or_insert_with(|| RoomFeed {
+        path: paths::ring(runtime_dir, room),
+        reader: None,
+        cursor: RingCursor::at(0),
+        codecs: Vec::new(),
+        codecs_version: u64::MAX,
+        viewers: Vec::new(),
+        next_open: now,
+        next_check: now,
+    });
+    feed.open(now);
+    feed
+}
+
 impl RoomFeed {
     /// Makes sure the ring is open and current; false while the room has no ring yet.
     fn open(&mut self, now: Instant) -> bool {
-        if let Some(reader) = &self.reader {
-            if reader.is_replaced() {
-                self.reader = None;
+        if now >= self.next_check {
+            self.next_check = now + RING_CHECK;
+            if let Some(reader) = &self.reader {
+                if reader.is_replaced() {
+                    tracing::debug!(path = %self.path.display(), "ring replaced; reopening");
+                    self.reader = None;
+                } else {
+                    reader.heartbeat(process::unix_ms());
+                }
             }
         }
         if self.reader.is_none() {
@@ -286,6 +416,7 @@ impl RoomFeed {
                     tracing::debug!(path = %self.path.display(), "ring opened");
                     self.cursor = RingCursor::at(reader.head());
                     self.codecs_version = u64::MAX;
+                    reader.heartbeat(process::unix_ms());
                     // Viewers waiting for this room want a keyframe now.
                     reader.request_keyframe();
                     self.reader = Some(reader);
@@ -304,38 +435,69 @@ impl RoomFeed {
         }
         true
     }
+
+    /// Starts a viewer that just connected or arrived: a replay from the newest cached keyframe it can
+    /// decode, or, without one, live from the next packet with a keyframe requested.
+    fn start(&mut self, viewer: &mut Viewer, rtc: &mut str0m::Rtc, buf: &mut [u8]) {
+        viewer.replay = None;
+        let Some(reader) = &self.reader else { return };
+        let live_pos = self.cursor.position();
+        for pos in reader.keyframes().into_iter().rev().filter(|&p| p < live_pos) {
+            let shm_proto::ring::ReadOutcome::Packet { meta, .. } = reader.read(pos, buf) else { continue };
+            if viewer_pt(viewer, rtc, &self.codecs, self.codecs_version, meta.pt).is_some() {
+                viewer.replay = Some(RingCursor::at(pos));
+                return;
+            }
+        }
+        reader.request_keyframe();
+    }
+}
+
+/// The viewer's payload type for a ring payload type, if it negotiated that codec.
+fn viewer_pt(
+    viewer: &mut Viewer,
+    rtc: &mut str0m::Rtc,
+    codecs: &[CodecEntry],
+    codecs_version: u64,
+    ring_pt: u8,
+) -> Option<Pt> {
+    if viewer.pt_map_version != codecs_version {
+        viewer.pt_map.clear();
+        viewer.pt_map_version = codecs_version;
+    }
+    *viewer.pt_map.entry(ring_pt).or_insert_with(|| {
+        let entry = codecs.iter().find(|e| e.pt == ring_pt)?;
+        rtc.codec_config().match_params(codec::params(entry)).map(|p| p.pt())
+    })
 }
 
 /// Writes one ring packet into one viewer's session; true if something was written.
+#[allow(clippy::too_many_arguments)]
 fn deliver(
-    session: &mut deadsfu_media::host::Session<Viewer>,
+    session: &mut Session<Viewer>,
     codecs: &[CodecEntry],
     codecs_version: u64,
     meta: &PacketMeta,
     payload: &Arc<[u8]>,
     now: Instant,
     now_ns: u64,
+    pace: Pace,
 ) -> bool {
-    let viewer = &mut session.app;
-    if !viewer.connected {
+    let (viewer, rtc) = (&mut session.app, &mut session.rtc);
+    if !viewer.connected || (pace == Pace::Live && viewer.replay.is_some()) {
         return false;
     }
-    if meta.kind == MediaKind::Video && !viewer.video_started {
-        if !meta.keyframe {
-            return false;
+    let Some(pt) = viewer_pt(viewer, rtc, codecs, codecs_version, meta.pt) else { return false };
+    if meta.kind == MediaKind::Video {
+        let current = viewer.video_choice.filter(|c| c.source == meta.source);
+        match current {
+            Some(c) if c.ring_pt != meta.pt => return false,
+            Some(_) => {}
+            // A new source (or the first): taken up at one of its keyframes only.
+            None if meta.keyframe => viewer.video_choice = Some(VideoChoice { source: meta.source, ring_pt: meta.pt }),
+            None => return false,
         }
-        viewer.video_started = true;
     }
-    if viewer.pt_map_version != codecs_version {
-        viewer.pt_map.clear();
-        viewer.pt_map_version = codecs_version;
-    }
-    let rtc = &mut session.rtc;
-    let pt = *viewer.pt_map.entry(meta.pt).or_insert_with(|| {
-        let entry = codecs.iter().find(|e| e.pt == meta.pt)?;
-        rtc.codec_config().match_params(codec::params(entry)).map(|p| p.pt())
-    });
-    let Some(pt) = pt else { return false };
     let (track, clock_rate) = match meta.kind {
         MediaKind::Video => (viewer.video.as_mut(), 90_000),
         MediaKind::Audio => {
@@ -348,7 +510,7 @@ fn deliver(
         let first_seq = (process::random_u32() % 16_384) as u16;
         Splicer::new(clock_rate, first_seq, process::random_u32())
     });
-    let out = splicer.map(SourceId { source: meta.source, ssrc: meta.ssrc }, meta.seq, meta.timestamp, now_ns);
+    let out = splicer.map(SourceId { source: meta.source, ssrc: meta.ssrc }, meta.seq, meta.timestamp, now_ns, pace);
     let mut api = rtc.direct_api();
     let Some(tx) = api.stream_tx_by_mid(track.mid, None) else { return false };
     let ext = ExtensionValues {
@@ -366,22 +528,23 @@ fn deliver(
     true
 }
 
-/// The audio and video media sections of an offer: (mid, is_video), in order.
-fn offer_media(sdp: &str) -> Vec<(Mid, bool)> {
-    let mut out = Vec::new();
-    let mut current: Option<bool> = None;
-    for line in sdp.lines() {
-        if let Some(rest) = line.strip_prefix("m=") {
-            current = match rest.split(' ').next() {
-                Some("video") => Some(true),
-                Some("audio") => Some(false),
-                _ => None,
-            };
-        } else if let (Some(is_video), Some(mid)) = (current, line.strip_prefix("a=mid:")) {
-            out.push((Mid::from(mid.trim()), is_video));
+/// Why a viewer cannot watch a room whose ring carries `codecs`, if it cannot: a kind the room carries for
+/// which the viewer negotiated none of the room's codecs. A room without codecs yet (no publisher) fits all.
+fn no_common_codec(rtc: &str0m::Rtc, codecs: &[CodecEntry]) -> Option<String> {
+    for kind in [MediaKind::Video, MediaKind::Audio] {
+        let room: Vec<&CodecEntry> = codecs.iter().filter(|e| e.kind == kind).collect();
+        if room.is_empty() {
+            continue;
         }
+        if room.iter().any(|e| rtc.codec_config().match_params(codec::params(e)).is_some()) {
+            continue;
+        }
+        let mut names: Vec<&str> = room.iter().map(|e| e.codec.name()).collect();
+        names.dedup();
+        let kind = if kind == MediaKind::Video { "video" } else { "audio" };
+        return Some(format!("the offer shares no {kind} codec with the room, which carries {}", names.join(", ")));
     }
-    out
+    None
 }
 
 fn error(kind: ErrorKind, message: &str) -> Response {
@@ -399,15 +562,4 @@ pub fn run(cfg: &Config, index: u32) -> Result<(), StartError> {
         control_socket: paths::fanout_socket(&runtime_dir, index),
     };
     process::run(endpoints, |candidates, now| Fanout::new(index, runtime_dir.clone(), candidates, now))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn offer_media_sections() {
-        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:2\r\n";
-        assert_eq!(offer_media(sdp), vec![(Mid::from("0"), false), (Mid::from("1"), true)]);
-    }
 }
