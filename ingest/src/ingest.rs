@@ -1,4 +1,15 @@
-//! The ingest core: publisher sessions in, ring writes out.
+//! The ingest core: publisher sessions in, ring writes out, and the slate for rooms nobody publishes to.
+//!
+//! A room is a ring and what ingest writes into it. The rules, decided here and nowhere else (ingest is the
+//! rings' only writer):
+//! - a room is *watched* while a fanout worker heartbeats its ring, or for a few seconds after signaling
+//!   announced a viewer for it (`Watch`), so the slate can start before the viewer's worker opens the ring;
+//! - a watched room without live video (no publisher, or none of its video for [`LIVE_TIMEOUT`]) plays the
+//!   slate; live video takes over again at its first keyframe, and until then its other video packets are
+//!   held back, so no viewer ever gets a picture it cannot decode;
+//! - keyframe requests that readers leave in the ring reach the publisher as PLI, at most one per
+//!   `keyframe_request_interval_ms`, plus one every `keyframe_fallback_interval_s` while the room is watched;
+//! - a publisher silent for [`PUBLISHER_TIMEOUT`] is gone, and its room is free.
 //!
 //! [`Ingest`] is fed with control requests, datagrams and time, and never touches a socket itself; [`run`] is
 //! the loop around it.
@@ -12,8 +23,8 @@ use deadsfu_media::host::{SessionHost, SessionKey};
 use deadsfu_media::process::{self, Core, Endpoints, StartError};
 use deadsfu_media::{codec, offer};
 use shm_proto::config::Config;
-use shm_proto::control::{ErrorKind, ProcessStatus, Request, Response, Role};
-use shm_proto::ring::{Codec, Geometry, MediaKind, PacketMeta, RingWriter};
+use shm_proto::control::{ErrorKind, ProcessStatus, Request, Response, Role, RoomStatus};
+use shm_proto::ring::{Codec, CodecEntry, Geometry, MediaKind, PacketMeta, RingReader, RingWriter};
 use shm_proto::{paths, RoomName};
 use str0m::media::KeyframeRequestKind;
 use str0m::net::Transmit;
@@ -21,11 +32,32 @@ use str0m::rtp::{RtpPacket, Ssrc};
 use str0m::{Event, IceConnectionState};
 
 use crate::keyframe;
+use crate::slate::{Slate, SlatePlayer};
 
-/// How often rings get a heartbeat and keyframe requests from readers are looked at.
+/// How often rings get a heartbeat, and rooms and publishers are looked at.
 const HOUSEKEEPING: Duration = Duration::from_millis(50);
-/// At most one keyframe request to a publisher this often.
-const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
+/// Live video missing this long hands the room to the slate.
+const LIVE_TIMEOUT: Duration = Duration::from_secs(1);
+/// A publisher that sends nothing for this long is gone.
+const PUBLISHER_TIMEOUT: Duration = Duration::from_secs(3);
+/// A ring whose readers have not heartbeaten for this long is not watched.
+const WATCH_TIMEOUT_MS: u64 = 3_000;
+/// After a `Watch`, the room counts as watched this long even before a reader heartbeats.
+const WATCH_GRACE: Duration = Duration::from_secs(5);
+/// How often the rings directory is scanned for watched rings ingest does not hold (after a restart).
+const ADOPT_SCAN: Duration = Duration::from_secs(1);
+/// Window of the bitrate figure.
+const BITRATE_WINDOW: Duration = Duration::from_secs(2);
+
+/// What ingest is told at start.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub runtime_dir: PathBuf,
+    pub geometry: Geometry,
+    pub keyframe_request_interval: Duration,
+    /// `None`: no unprompted keyframe requests.
+    pub keyframe_fallback_interval: Option<Duration>,
+}
 
 /// A publisher session.
 struct Publisher {
@@ -36,38 +68,111 @@ struct Publisher {
     /// Payload type -> codec, from the negotiated parameters; filled at the first packet.
     codecs: HashMap<u8, (Codec, MediaKind)>,
     video_ssrcs: Vec<Ssrc>,
+    /// Per video SSRC, the timestamp of the last keyframe start: a keyframe (SPS, PPS, IDR fragments) spans
+    /// several packets that may each look like a start, and only the first may be indexed.
+    keyframe_ts: HashMap<Ssrc, u32>,
+    last_packet: Instant,
 }
 
-/// A room's ring and who publishes into it.
+/// A room's ring and what is written into it.
 struct Room {
     ring: RingWriter,
     publisher: Option<SessionKey>,
+    /// The publisher's codec entries (empty without a publisher).
+    live_codecs: Vec<CodecEntry>,
+    last_live_video: Option<Instant>,
+    slate: Option<SlatePlayer>,
+    watched_until: Option<Instant>,
     seen_keyframe_requests: u64,
     last_keyframe_request: Option<Instant>,
+    /// Bytes written in the current window, and the rate of the last full window.
+    window_start: Instant,
+    window_bytes: u64,
+    bitrate_bps: u64,
+}
+
+impl Room {
+    fn new(ring: RingWriter, now: Instant) -> Room {
+        let seen = ring.keyframe_requests();
+        Room {
+            ring,
+            publisher: None,
+            live_codecs: Vec::new(),
+            last_live_video: None,
+            slate: None,
+            watched_until: None,
+            seen_keyframe_requests: seen,
+            last_keyframe_request: None,
+            window_start: now,
+            window_bytes: 0,
+            bitrate_bps: 0,
+        }
+    }
+
+    fn watched(&self, now: Instant, now_ms: u64) -> bool {
+        self.watched_until.is_some_and(|t| now < t)
+            || now_ms.saturating_sub(self.ring.reader_heartbeat_unix_ms()) < WATCH_TIMEOUT_MS
+    }
+
+    fn live(&self, now: Instant) -> bool {
+        self.publisher.is_some() && self.last_live_video.is_some_and(|t| now.duration_since(t) < LIVE_TIMEOUT)
+    }
+
+    fn push(&mut self, meta: &PacketMeta, payload: &[u8], room: &RoomName) {
+        match self.ring.push(meta, payload) {
+            Ok(_) => self.window_bytes += payload.len() as u64,
+            Err(e) => tracing::warn!(error = %e, %room, "packet not written"),
+        }
+    }
+
+    /// Writes the codec table: the publisher's codecs, plus the slate's while it plays, on payload types the
+    /// publisher does not use. Returns the slate's payload types.
+    fn write_codecs(&mut self, slate: &Slate, room: &RoomName) -> Vec<u8> {
+        let mut entries = self.live_codecs.clone();
+        let mut slate_pts = Vec::new();
+        if self.slate.is_some() {
+            let mut free = (96..=127u8).rev().chain(35..=63).filter(|pt| !entries.iter().any(|e| e.pt == *pt));
+            let slate_entries = slate.entries(|_| free.next().expect("the publisher leaves payload types free"));
+            slate_pts = slate_entries.iter().map(|e| e.pt).collect();
+            entries.extend(slate_entries);
+        }
+        if let Err(e) = self.ring.set_codecs(&entries) {
+            tracing::warn!(error = %e, %room, "cannot write codec table");
+        }
+        slate_pts
+    }
 }
 
 pub struct Ingest {
-    runtime_dir: PathBuf,
-    geometry: Geometry,
+    settings: Settings,
     candidates: Vec<SocketAddr>,
+    slate: Slate,
+    /// The slate's payload types in each room's ring while it plays.
+    slate_pts: HashMap<RoomName, Vec<u8>>,
     host: SessionHost<Publisher>,
     rooms: HashMap<RoomName, Room>,
     ids: HashMap<String, SessionKey>,
     events: Vec<(SessionKey, Event)>,
     next_housekeeping: Instant,
+    next_adopt_scan: Instant,
+    next_fallback: Instant,
 }
 
 impl Ingest {
-    pub fn new(runtime_dir: PathBuf, geometry: Geometry, candidates: Vec<SocketAddr>, now: Instant) -> Ingest {
+    pub fn new(settings: Settings, slate: Slate, candidates: Vec<SocketAddr>, now: Instant) -> Ingest {
+        let next_fallback = now + settings.keyframe_fallback_interval.unwrap_or(Duration::MAX / 4);
         Ingest {
-            runtime_dir,
-            geometry,
+            settings,
             candidates,
+            slate,
+            slate_pts: HashMap::new(),
             host: SessionHost::new(),
             rooms: HashMap::new(),
             ids: HashMap::new(),
             events: Vec::new(),
             next_housekeeping: now,
+            next_adopt_scan: now,
+            next_fallback,
         }
     }
 
@@ -81,7 +186,16 @@ impl Ingest {
                 accepting: true,
             }),
             Request::Publish { room, offer } => self.publish(now, &room, &offer),
-            Request::View { .. } => error(ErrorKind::WrongRole, "ingest takes publishers, not viewers"),
+            Request::Watch { room } => match RoomName::new(&room) {
+                Ok(room) => match self.room(&room, now) {
+                    Ok(r) => {
+                        r.watched_until = Some(now + WATCH_GRACE);
+                        Response::Done
+                    }
+                    Err(resp) => resp,
+                },
+                Err(e) => error(ErrorKind::BadRequest, &e.to_string()),
+            },
             Request::Close { session } => match self.ids.get(&session) {
                 Some(&key) => {
                     self.close(key);
@@ -89,7 +203,43 @@ impl Ingest {
                 }
                 None => error(ErrorKind::UnknownSession, "no such publisher session"),
             },
+            Request::Rooms => Response::Rooms(self.rooms_status(now)),
+            Request::View { .. } | Request::Switch { .. } => {
+                error(ErrorKind::WrongRole, "ingest takes publishers, not viewers")
+            }
         }
+    }
+
+    fn rooms_status(&self, now: Instant) -> Vec<RoomStatus> {
+        let now_ms = process::unix_ms();
+        self.rooms
+            .iter()
+            .filter(|(_, r)| r.publisher.is_some() || r.watched(now, now_ms))
+            .map(|(name, r)| {
+                let mut codecs: Vec<String> = r.live_codecs.iter().map(|e| e.codec.name().to_string()).collect();
+                codecs.dedup();
+                RoomStatus {
+                    name: name.to_string(),
+                    live: r.live(now),
+                    slate: r.slate.is_some(),
+                    codecs,
+                    bitrate_bps: r.bitrate_bps,
+                    viewers: 0,
+                }
+            })
+            .collect()
+    }
+
+    /// The room, its ring opened (created if need be) if ingest did not hold it yet.
+    fn room(&mut self, room: &RoomName, now: Instant) -> Result<&mut Room, Response> {
+        if !self.rooms.contains_key(room) {
+            let path = paths::ring(&self.settings.runtime_dir, room);
+            let ring = RingWriter::create(&path, self.settings.geometry, process::unix_ms())
+                .map_err(|e| error(ErrorKind::Internal, &format!("cannot open ring for room {room}: {e}")))?;
+            tracing::debug!(%room, epoch = ring.epoch(), "ring opened for writing");
+            self.rooms.insert(room.clone(), Room::new(ring, now));
+        }
+        Ok(self.rooms.get_mut(room).expect("inserted above"))
     }
 
     fn publish(&mut self, now: Instant, room: &str, offer_sdp: &str) -> Response {
@@ -104,17 +254,8 @@ impl Ingest {
             Ok(a) => a,
             Err(e) => return error(ErrorKind::BadOffer, &e.to_string()),
         };
-        if !self.rooms.contains_key(&room) {
-            let path = paths::ring(&self.runtime_dir, &room);
-            match RingWriter::create(&path, self.geometry, process::unix_ms()) {
-                Ok(ring) => {
-                    self.rooms.insert(
-                        room.clone(),
-                        Room { ring, publisher: None, seen_keyframe_requests: 0, last_keyframe_request: None },
-                    );
-                }
-                Err(e) => return error(ErrorKind::Internal, &format!("cannot open ring for room {room}: {e}")),
-            }
+        if let Err(resp) = self.room(&room, now) {
+            return resp;
         }
         let id = format!("i-{}", process::random_hex(12));
         let publisher = Publisher {
@@ -123,9 +264,11 @@ impl Ingest {
             source: process::random_u32(),
             codecs: HashMap::new(),
             video_ssrcs: Vec::new(),
+            keyframe_ts: HashMap::new(),
+            last_packet: now,
         };
         let key = self.host.insert(accepted.rtc, accepted.ufrag, publisher);
-        let r = self.rooms.get_mut(&room).expect("room inserted above");
+        let r = self.rooms.get_mut(&room).expect("room made above");
         r.publisher = Some(key);
         r.seen_keyframe_requests = r.ring.keyframe_requests();
         self.ids.insert(id.clone(), key);
@@ -140,6 +283,8 @@ impl Ingest {
         if let Some(room) = self.rooms.get_mut(&s.app.room) {
             if room.publisher == Some(key) {
                 room.publisher = None;
+                room.live_codecs.clear();
+                room.last_live_video = None;
             }
         }
         tracing::info!(session = %s.app.id, room = %s.app.room, "publisher left");
@@ -151,7 +296,7 @@ impl Ingest {
         let mut events = std::mem::take(&mut self.events);
         for (key, event) in events.drain(..) {
             match event {
-                Event::RtpPacket(pkt) => self.on_rtp(key, pkt),
+                Event::RtpPacket(pkt) => self.on_rtp(key, pkt, now),
                 Event::IceConnectionStateChange(IceConnectionState::Disconnected) => self.close(key),
                 Event::Connected => {
                     if let Some(s) = self.host.get(key) {
@@ -167,28 +312,47 @@ impl Ingest {
         }
     }
 
-    fn on_rtp(&mut self, key: SessionKey, pkt: RtpPacket) {
+    fn on_rtp(&mut self, key: SessionKey, pkt: RtpPacket, now: Instant) {
         let Some(session) = self.host.get_mut(key) else { return };
         let publisher = &mut session.app;
+        publisher.last_packet = now;
         let Some(room) = self.rooms.get_mut(&publisher.room) else { return };
         if publisher.codecs.is_empty() {
-            let entries: Vec<_> = session.rtc.codec_config().params().iter().filter_map(codec::entry).collect();
-            publisher.codecs = entries.iter().map(|e| (e.pt, (e.codec, e.kind))).collect();
-            if let Err(e) = room.ring.set_codecs(&entries) {
-                tracing::warn!(error = %e, room = %publisher.room, "cannot write codec table");
-            }
+            room.live_codecs = session.rtc.codec_config().params().iter().filter_map(codec::entry).collect();
+            publisher.codecs = room.live_codecs.iter().map(|e| (e.pt, (e.codec, e.kind))).collect();
+            let pts = room.write_codecs(&self.slate, &publisher.room);
+            self.slate_pts.insert(publisher.room.clone(), pts);
         }
         let pt = *pkt.header.payload_type;
         let Some(&(codec, kind)) = publisher.codecs.get(&pt) else {
             tracing::trace!(pt, "packet of a payload type the ring does not carry");
             return;
         };
-        if kind == MediaKind::Video && !publisher.video_ssrcs.contains(&pkt.header.ssrc) {
-            publisher.video_ssrcs.push(pkt.header.ssrc);
+        let ssrc = pkt.header.ssrc;
+        let is_keyframe = kind == MediaKind::Video
+            && keyframe::is_keyframe(codec, &pkt.payload)
+            && publisher.keyframe_ts.insert(ssrc, pkt.header.timestamp) != Some(pkt.header.timestamp);
+        if kind == MediaKind::Video {
+            if !publisher.video_ssrcs.contains(&pkt.header.ssrc) {
+                publisher.video_ssrcs.push(pkt.header.ssrc);
+            }
+            if room.slate.is_some() {
+                if !is_keyframe {
+                    // The slate holds the picture until live video can start clean.
+                    return;
+                }
+                room.slate = None;
+                room.write_codecs(&self.slate, &publisher.room);
+                self.slate_pts.remove(&publisher.room);
+                tracing::info!(room = %publisher.room, "live video is back; slate stopped");
+            }
+            room.last_live_video = Some(now);
         }
+        // How long ago the socket delivered it, so the ring records when it really arrived.
+        let waited = now.saturating_duration_since(pkt.timestamp).as_nanos() as u64;
         let ext = &pkt.header.ext_vals;
         let meta = PacketMeta {
-            arrival_unix_ns: process::unix_ns(),
+            arrival_unix_ns: process::unix_ns().saturating_sub(waited),
             seq: *pkt.seq_no,
             timestamp: pkt.header.timestamp,
             ssrc: *pkt.header.ssrc,
@@ -196,42 +360,143 @@ impl Ingest {
             pt,
             kind,
             marker: pkt.header.marker,
-            keyframe: kind == MediaKind::Video && keyframe::is_keyframe(codec, &pkt.payload),
+            keyframe: is_keyframe,
             audio_level: ext.audio_level,
             voice_activity: ext.voice_activity,
             video_orientation: ext.video_orientation.map(|o| o as u8),
         };
-        if let Err(e) = room.ring.push(&meta, &pkt.payload) {
-            tracing::warn!(error = %e, room = %publisher.room, "packet not written");
-        }
+        room.push(&meta, &pkt.payload, &publisher.room);
     }
 
-    /// Heartbeats the rings and forwards keyframe requests that readers left in them.
+    /// Heartbeats, the slate, keyframe requests, silent publishers, bitrate windows.
     fn housekeeping(&mut self, now: Instant) {
         let now_ms = process::unix_ms();
-        for room in self.rooms.values_mut() {
+        let silent: Vec<SessionKey> = self
+            .host
+            .keys()
+            .filter(|k| self.host.get(*k).is_some_and(|s| now.duration_since(s.app.last_packet) >= PUBLISHER_TIMEOUT))
+            .collect();
+        for key in silent {
+            tracing::info!("publisher silent for {PUBLISHER_TIMEOUT:?}; closing");
+            self.close(key);
+        }
+        if now >= self.next_adopt_scan {
+            self.next_adopt_scan = now + ADOPT_SCAN;
+            self.adopt_watched_rings(now, now_ms);
+        }
+        let fallback = now >= self.next_fallback;
+        if fallback {
+            self.next_fallback = now + self.settings.keyframe_fallback_interval.unwrap_or(Duration::MAX / 4);
+        }
+        for (name, room) in &mut self.rooms {
             room.ring.heartbeat(now_ms);
-            let requests = room.ring.keyframe_requests();
-            if requests == room.seen_keyframe_requests {
-                continue;
+            if now.duration_since(room.window_start) >= BITRATE_WINDOW {
+                let secs = now.duration_since(room.window_start).as_secs_f64();
+                room.bitrate_bps = (room.window_bytes as f64 * 8.0 / secs) as u64;
+                room.window_bytes = 0;
+                room.window_start = now;
+            }
+            let watched = room.watched(now, now_ms);
+            let want_slate = watched && !room.live(now);
+            match (&room.slate, want_slate) {
+                (None, true) => {
+                    room.slate = Some(SlatePlayer::new(&self.slate, now, process::random_u32));
+                    let pts = room.write_codecs(&self.slate, name);
+                    self.slate_pts.insert(name.clone(), pts);
+                    tracing::info!(room = %name, "no live video; slate playing");
+                }
+                (Some(_), false) if !watched => {
+                    room.slate = None;
+                    room.write_codecs(&self.slate, name);
+                    self.slate_pts.remove(name);
+                    tracing::debug!(room = %name, "nobody watches; slate stopped");
+                }
+                _ => {}
             }
             let Some(key) = room.publisher else { continue };
-            if room.last_keyframe_request.is_some_and(|t| now.duration_since(t) < KEYFRAME_REQUEST_INTERVAL) {
+            let requests = room.ring.keyframe_requests();
+            let asked = requests != room.seen_keyframe_requests;
+            // While the slate stands in for a publisher that is still there, keep asking for its keyframe.
+            let waiting = room.slate.is_some();
+            if !(asked || waiting || (fallback && watched)) {
+                continue;
+            }
+            if room
+                .last_keyframe_request
+                .is_some_and(|t| now.duration_since(t) < self.settings.keyframe_request_interval)
+            {
                 continue;
             }
             room.seen_keyframe_requests = requests;
             room.last_keyframe_request = Some(now);
             let Some(session) = self.host.get_mut(key) else { continue };
-            let ssrcs = session.app.video_ssrcs.clone();
             let mut api = session.rtc.direct_api();
-            for ssrc in ssrcs {
-                if let Some(rx) = api.stream_rx(&ssrc) {
+            for ssrc in &session.app.video_ssrcs {
+                if let Some(rx) = api.stream_rx(ssrc) {
                     rx.request_keyframe(KeyframeRequestKind::Pli);
                 }
             }
             session.touch();
-            tracing::debug!(id = %session.app.id, "keyframe requested from publisher");
+            tracing::debug!(session = %session.app.id, asked, fallback, "keyframe requested from publisher");
         }
+    }
+
+    /// Takes over rings that readers watch but no ingest writes (ingest restarted while viewers stayed), so
+    /// their viewers get the slate until a publisher returns.
+    fn adopt_watched_rings(&mut self, now: Instant, now_ms: u64) {
+        let Ok(dir) = std::fs::read_dir(paths::rings_dir(&self.settings.runtime_dir)) else { return };
+        for entry in dir.flatten() {
+            let name = entry.file_name();
+            let Some(room) = name.to_str().and_then(|n| n.strip_suffix(".ring")).and_then(|n| RoomName::new(n).ok())
+            else {
+                continue;
+            };
+            if self.rooms.contains_key(&room) {
+                continue;
+            }
+            let Ok(reader) = RingReader::open(&entry.path()) else { continue };
+            if now_ms.saturating_sub(reader.reader_heartbeat_unix_ms()) < WATCH_TIMEOUT_MS {
+                drop(reader);
+                if self.room(&room, now).is_ok() {
+                    tracing::info!(%room, "took over a watched ring");
+                }
+            }
+        }
+    }
+
+    /// Writes the slate frames that are due.
+    fn play_slates(&mut self, now: Instant) {
+        for (name, room) in &mut self.rooms {
+            let Some(player) = &mut room.slate else { continue };
+            let Some(pts) = self.slate_pts.get(name) else { continue };
+            let source = player.source;
+            let due = player.poll(&self.slate, now);
+            let arrival = process::unix_ns();
+            for d in due {
+                let meta = PacketMeta {
+                    arrival_unix_ns: arrival,
+                    seq: d.seq,
+                    timestamp: d.timestamp,
+                    ssrc: d.ssrc,
+                    source,
+                    pt: pts[d.clip],
+                    kind: MediaKind::Video,
+                    marker: d.marker,
+                    keyframe: d.keyframe,
+                    audio_level: None,
+                    voice_activity: None,
+                    video_orientation: None,
+                };
+                match room.ring.push(&meta, d.payload) {
+                    Ok(_) => room.window_bytes += d.payload.len() as u64,
+                    Err(e) => tracing::warn!(error = %e, room = %name, "slate packet not written"),
+                }
+            }
+        }
+    }
+
+    fn next_slate_frame(&self) -> Option<Instant> {
+        self.rooms.values().filter_map(|r| r.slate.as_ref()).map(|p| p.next_due(&self.slate)).min()
     }
 }
 
@@ -257,14 +522,19 @@ impl Core for Ingest {
             self.housekeeping(now);
             self.next_housekeeping = now + HOUSEKEEPING;
         }
+        self.play_slates(now);
     }
 
     fn next_timeout(&self, _now: Instant) -> Option<Instant> {
-        Some(self.host.next_timeout().map_or(self.next_housekeeping, |t| t.min(self.next_housekeeping)))
+        let mut t = self.next_housekeeping;
+        for other in [self.host.next_timeout(), self.next_slate_frame()].into_iter().flatten() {
+            t = t.min(other);
+        }
+        Some(t)
     }
 
     fn has_work(&self) -> bool {
-        self.host.has_dirty()
+        self.host.has_dirty() || !self.events.is_empty()
     }
 }
 
@@ -273,9 +543,16 @@ fn error(kind: ErrorKind, message: &str) -> Response {
 }
 
 /// Runs ingest until SIGTERM or SIGINT.
-pub fn run(cfg: &Config) -> Result<(), StartError> {
+pub fn run(cfg: &Config) -> Result<(), RunError> {
     let runtime_dir = cfg.runtime_dir();
-    let geometry = Geometry { slot_count: cfg.ring_slots, slot_size: cfg.ring_slot_size };
+    let settings = Settings {
+        runtime_dir: runtime_dir.clone(),
+        geometry: Geometry { slot_count: cfg.ring_slots, slot_size: cfg.ring_slot_size },
+        keyframe_request_interval: Duration::from_millis(cfg.keyframe_request_interval_ms),
+        keyframe_fallback_interval: (cfg.keyframe_fallback_interval_s > 0)
+            .then(|| Duration::from_secs(cfg.keyframe_fallback_interval_s)),
+    };
+    let slate = Slate::load(cfg.slate_h264.as_deref(), cfg.slate_vp8.as_deref(), cfg.slate_fps)?;
     let endpoints = Endpoints {
         name: "ingest".into(),
         runtime_dir: &runtime_dir,
@@ -283,5 +560,15 @@ pub fn run(cfg: &Config) -> Result<(), StartError> {
         advertise: cfg.ice_candidate_host,
         control_socket: paths::ingest_socket(&runtime_dir),
     };
-    process::run(endpoints, |candidates, now| Ingest::new(runtime_dir.clone(), geometry, candidates, now))
+    process::run(endpoints, |candidates, now| Ingest::new(settings, slate, candidates, now))?;
+    Ok(())
+}
+
+/// Why ingest stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("slate: {0}")]
+    Slate(#[from] crate::slate::SlateError),
+    #[error(transparent)]
+    Start(#[from] StartError),
 }

@@ -4,6 +4,7 @@
 
 mod ingest;
 mod keyframe;
+mod slate;
 
 use std::process::ExitCode;
 
