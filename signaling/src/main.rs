@@ -8,11 +8,12 @@ mod router;
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use router::{Backend, HttpRequest, Router, Target, MAX_BODY};
+use router::{Backend, HttpRequest, Router, Target, Tokens, MAX_BODY};
 use shm_proto::config::ConfigArgs;
 use shm_proto::control::{self, ControlError, Request, Response};
 use shm_proto::paths;
@@ -76,7 +77,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let router = Arc::new(Router::new(Sockets { runtime_dir: cfg.runtime_dir() }, cfg.bearer_token.clone()));
+    let tokens = Tokens { publish: cfg.publish_token().map(String::from), view: cfg.view_token().map(String::from) };
+    let router = Arc::new(Router::new(Sockets { runtime_dir: cfg.runtime_dir() }, tokens));
     tracing::info!(%addr, runtime_dir = %cfg.runtime_dir().display(), "signaling ready");
     let threads: Vec<_> = (0..HTTP_THREADS)
         .map(|_| {
@@ -91,7 +93,7 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn serve(server: &tiny_http::Server, router: &Router<Sockets>) {
+fn serve(server: &tiny_http::Server, router: &Arc<Router<Sockets>>) {
     loop {
         let mut request = match server.recv() {
             Ok(r) => r,
@@ -120,16 +122,44 @@ fn serve(server: &tiny_http::Server, router: &Router<Sockets>) {
             headers: request.headers().iter().map(|h| (h.field.to_string(), h.value.to_string())).collect(),
             body,
         };
-        let resp = router.handle(&req);
-        tracing::debug!(method = %req.method, url = %req.url, status = resp.status, "http");
-        let mut out = tiny_http::Response::from_data(resp.body).with_status_code(resp.status);
-        for (name, value) in resp.headers {
-            if let Ok(h) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-                out.add_header(h);
+        if Router::<Sockets>::is_long_poll(&req) {
+            // Held for up to LONG_POLL: on a thread of its own, so waiting pages never starve the others.
+            if LONG_POLLS.fetch_add(1, Ordering::AcqRel) < MAX_LONG_POLLS {
+                let router = router.clone();
+                let spawned = std::thread::Builder::new().name("long-poll".into()).spawn(move || {
+                    answer(request, &req, &router);
+                    LONG_POLLS.fetch_sub(1, Ordering::AcqRel);
+                });
+                if spawned.is_err() {
+                    LONG_POLLS.fetch_sub(1, Ordering::AcqRel);
+                    tracing::warn!("cannot spawn a long-poll thread");
+                }
+                continue;
             }
+            LONG_POLLS.fetch_sub(1, Ordering::AcqRel);
+            let resp = tiny_http::Response::from_string("too many waiting room-list requests; retry shortly\n")
+                .with_status_code(503);
+            let _ = request.respond(resp);
+            continue;
         }
-        if let Err(e) = request.respond(out) {
-            tracing::debug!("HTTP response not delivered: {e}");
+        answer(request, &req, router);
+    }
+}
+
+/// Long-polls being held, and the most that may be.
+static LONG_POLLS: AtomicUsize = AtomicUsize::new(0);
+const MAX_LONG_POLLS: usize = 2048;
+
+fn answer(request: tiny_http::Request, req: &HttpRequest, router: &Router<Sockets>) {
+    let resp = router.handle(req);
+    tracing::debug!(method = %req.method, url = %req.url, status = resp.status, "http");
+    let mut out = tiny_http::Response::from_data(resp.body).with_status_code(resp.status);
+    for (name, value) in resp.headers {
+        if let Ok(h) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+            out.add_header(h);
         }
+    }
+    if let Err(e) = request.respond(out) {
+        tracing::debug!("HTTP response not delivered: {e}");
     }
 }

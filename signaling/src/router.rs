@@ -7,14 +7,18 @@
 //! - `POST /whip/{room}`, `POST /whip?room=R` (publish, WHIP, RFC 9725);
 //! - `POST /whep/{room}`, `POST /whap?room=R` (view, WHEP);
 //! - `DELETE /session/{id}` (the `Location` of either);
+//! - `POST /session/{id}/switch` with `{"room": "B"}` (or `?room=B`): move a viewer to another room;
+//! - `GET /rooms`, `GET /rooms?wait=VERSION` (long-poll until the list differs from `VERSION`);
 //! - `OPTIONS` anything (CORS preflight);
 //! - `GET /healthz`, `GET /` (viewer page), `GET /send` (publisher page).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use std::time::Duration;
+
 use serde::Serialize;
-use shm_proto::control::{ControlError, ErrorKind, ProcessStatus, Request, Response};
+use shm_proto::control::{ControlError, ErrorKind, ProcessStatus, Request, Response, RoomStatus};
 use shm_proto::RoomName;
 
 /// Largest SDP body accepted.
@@ -106,16 +110,51 @@ struct WorkerHealth {
     accepting: bool,
 }
 
+/// The tokens that guard publishing and viewing; `None` leaves that open.
+#[derive(Clone, Debug, Default)]
+pub struct Tokens {
+    pub publish: Option<String>,
+    pub view: Option<String>,
+}
+
+/// The room list `GET /rooms` answers.
+#[derive(Serialize, Debug, PartialEq)]
+pub struct RoomList {
+    /// Changes whenever a room appears or goes, changes state or codecs, or gains or loses viewers.
+    pub version: u64,
+    pub rooms: Vec<RoomEntry>,
+}
+
+#[derive(Serialize, Debug, PartialEq)]
+pub struct RoomEntry {
+    pub name: String,
+    /// `live`, `slate` or `idle` (a publisher connecting, or nobody).
+    pub state: &'static str,
+    pub codecs: Vec<String>,
+    pub viewers: u32,
+    pub bitrate_kbps: f64,
+}
+
+/// Longest a `GET /rooms?wait=` is held.
+pub const LONG_POLL: Duration = Duration::from_secs(25);
+const LONG_POLL_STEP: Duration = Duration::from_millis(200);
+
 pub struct Router<B> {
     backend: B,
-    token: Option<String>,
+    tokens: Tokens,
     /// Viewers handed to each worker whose answer is not back yet, so concurrent joins spread out.
     in_flight: Mutex<HashMap<u32, u32>>,
 }
 
 impl<B: Backend> Router<B> {
-    pub fn new(backend: B, token: Option<String>) -> Router<B> {
-        Router { backend, token, in_flight: Mutex::new(HashMap::new()) }
+    pub fn new(backend: B, tokens: Tokens) -> Router<B> {
+        Router { backend, tokens, in_flight: Mutex::new(HashMap::new()) }
+    }
+
+    /// True if `req` is a long-poll that may be held for up to [`LONG_POLL`] (serve it on its own thread).
+    pub fn is_long_poll(req: &HttpRequest) -> bool {
+        let (path, query) = req.url.split_once('?').unwrap_or((&req.url, ""));
+        req.method == "GET" && path == "/rooms" && query_param(query, "wait").is_some()
     }
 
     pub fn handle(&self, req: &HttpRequest) -> HttpResponse {
@@ -134,11 +173,17 @@ impl<B: Backend> Router<B> {
                 HttpResponse::new(200, "text/html; charset=utf-8", PUBLISHER_PAGE)
             }
             ("GET", ["healthz"]) => self.health(),
+            ("GET", ["rooms"]) => self.rooms(query),
+            ("POST", ["session", id, "switch"]) => self.switch(req, id, query),
             ("POST", ["whip"]) => self.offer(req, query_param(query, "room"), Kind::Publish, query),
             ("POST", ["whip", room]) => self.offer(req, Some(room.to_string()), Kind::Publish, query),
             ("POST", ["whep"]) | ("POST", ["whap"]) => self.offer(req, query_param(query, "room"), Kind::View, query),
             ("POST", ["whep", room]) => self.offer(req, Some(room.to_string()), Kind::View, query),
             ("DELETE", ["session", id]) => self.delete(req, id, query),
+            (_, ["session", _, "switch"]) => {
+                HttpResponse::error(405, format!("method {} not allowed here", req.method))
+                    .with("Allow", "POST, OPTIONS")
+            }
             ("PATCH", ["session", _]) => {
                 HttpResponse::error(405, "trickle ICE is not supported; send all candidates in the offer")
                     .with("Allow", "DELETE")
@@ -153,8 +198,12 @@ impl<B: Backend> Router<B> {
         }
     }
 
-    fn authorized(&self, req: &HttpRequest, query: &str) -> Result<(), HttpResponse> {
-        let Some(expected) = &self.token else { return Ok(()) };
+    fn authorized(&self, req: &HttpRequest, query: &str, kind: Kind) -> Result<(), HttpResponse> {
+        let token = match kind {
+            Kind::Publish => &self.tokens.publish,
+            Kind::View => &self.tokens.view,
+        };
+        let Some(expected) = token else { return Ok(()) };
         let given = req
             .header("Authorization")
             .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
@@ -168,7 +217,7 @@ impl<B: Backend> Router<B> {
     }
 
     fn offer(&self, req: &HttpRequest, room: Option<String>, kind: Kind, query: &str) -> HttpResponse {
-        if let Err(resp) = self.authorized(req, query) {
+        if let Err(resp) = self.authorized(req, query, kind) {
             return resp;
         }
         let room = room.unwrap_or_else(|| DEFAULT_ROOM.to_string());
@@ -195,7 +244,10 @@ impl<B: Backend> Router<B> {
         let offer = offer.to_string();
         let result = match kind {
             Kind::Publish => self.backend.call(Target::Ingest, &Request::Publish { room, offer }),
-            Kind::View => return self.view(Request::View { room, offer }),
+            Kind::View => {
+                self.watch(&room);
+                return self.view(Request::View { room, offer });
+            }
         };
         answer_or_error(result, "ingest")
     }
@@ -237,13 +289,128 @@ impl<B: Backend> Router<B> {
         last
     }
 
-    fn delete(&self, req: &HttpRequest, id: &str, query: &str) -> HttpResponse {
-        if let Err(resp) = self.authorized(req, query) {
+    /// Tells ingest a viewer is coming for `room`, so its ring exists and the slate plays if nobody publishes.
+    /// Viewing does not depend on it: a viewer of a room whose ingest is down waits for it.
+    fn watch(&self, room: &str) {
+        if let Err(e) = self.backend.call(Target::Ingest, &Request::Watch { room: room.to_string() }) {
+            tracing::debug!(%room, error = %e, "ingest not told of a viewer");
+        }
+    }
+
+    fn switch(&self, req: &HttpRequest, id: &str, query: &str) -> HttpResponse {
+        if let Err(resp) = self.authorized(req, query, Kind::View) {
             return resp;
         }
+        let room = match query_param(query, "room") {
+            Some(room) => room,
+            None => {
+                #[derive(serde::Deserialize)]
+                struct Body {
+                    room: String,
+                }
+                let body = req.body.as_deref().unwrap_or_default();
+                match serde_json::from_slice::<Body>(body) {
+                    Ok(b) => b.room,
+                    Err(e) => {
+                        return HttpResponse::error(400, format!("expected a JSON body {{\"room\": \"NAME\"}}: {e}"))
+                    }
+                }
+            }
+        };
+        if let Err(e) = RoomName::new(&room) {
+            return HttpResponse::error(400, format!("bad room name: {e}"));
+        }
+        let Some(target @ Target::Worker(_)) = session_target(id) else {
+            return HttpResponse::error(404, "no such viewer session");
+        };
+        self.watch(&room);
+        match self.backend.call(target, &Request::Switch { session: id.to_string(), room: room.clone() }) {
+            Ok(Response::Done) => {
+                let body = serde_json::json!({ "room": room }).to_string();
+                HttpResponse::new(200, "application/json", body)
+            }
+            Ok(Response::Error { kind: ErrorKind::UnknownSession, .. }) | Err(ControlError::Io(_)) => {
+                HttpResponse::error(404, "no such viewer session")
+            }
+            other => answer_or_error(other, "fanout worker"),
+        }
+    }
+
+    /// `GET /rooms`: every room with a publisher or viewers, merged from ingest and the workers.
+    fn rooms(&self, query: &str) -> HttpResponse {
+        let wait = query_param(query, "wait").map(|v| v.parse::<u64>());
+        let list = match wait {
+            Some(Err(_)) => return HttpResponse::error(400, "wait must be a version number from a previous answer"),
+            Some(Ok(seen)) => {
+                let deadline = std::time::Instant::now() + LONG_POLL;
+                loop {
+                    let list = self.room_list();
+                    if list.version != seen || std::time::Instant::now() >= deadline {
+                        break list;
+                    }
+                    std::thread::sleep(LONG_POLL_STEP);
+                }
+            }
+            None => self.room_list(),
+        };
+        let body = serde_json::to_vec_pretty(&list).expect("a room list always serializes");
+        HttpResponse::new(200, "application/json", body).with("Cache-Control", "no-store")
+    }
+
+    pub fn room_list(&self) -> RoomList {
+        let mut merged: std::collections::BTreeMap<String, RoomStatus> = std::collections::BTreeMap::new();
+        let mut merge = |target| {
+            if let Ok(Response::Rooms(rooms)) = self.backend.call(target, &Request::Rooms) {
+                for r in rooms {
+                    let m = merged
+                        .entry(r.name.clone())
+                        .or_insert_with(|| RoomStatus { name: r.name.clone(), ..Default::default() });
+                    m.live |= r.live;
+                    m.slate |= r.slate;
+                    if !r.codecs.is_empty() {
+                        m.codecs = r.codecs;
+                    }
+                    m.bitrate_bps += r.bitrate_bps;
+                    m.viewers += r.viewers;
+                }
+            }
+        };
+        merge(Target::Ingest);
+        for index in self.backend.workers() {
+            merge(Target::Worker(index));
+        }
+        let rooms: Vec<RoomEntry> = merged
+            .into_values()
+            .map(|r| RoomEntry {
+                state: if r.live {
+                    "live"
+                } else if r.slate {
+                    "slate"
+                } else {
+                    "idle"
+                },
+                name: r.name,
+                codecs: r.codecs,
+                viewers: r.viewers,
+                bitrate_kbps: (r.bitrate_bps as f64 / 100.0).round() / 10.0,
+            })
+            .collect();
+        // The version covers what a room list shows, except the bitrate, which changes all the time.
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        for r in &rooms {
+            std::hash::Hash::hash(&(&r.name, r.state, &r.codecs, r.viewers), &mut hasher);
+        }
+        RoomList { version: std::hash::Hasher::finish(&hasher) >> 11, rooms }
+    }
+
+    fn delete(&self, req: &HttpRequest, id: &str, query: &str) -> HttpResponse {
         let Some(target) = session_target(id) else {
             return HttpResponse::error(404, "no such session");
         };
+        let kind = if target == Target::Ingest { Kind::Publish } else { Kind::View };
+        if let Err(resp) = self.authorized(req, query, kind) {
+            return resp;
+        }
         match self.backend.call(target, &Request::Close { session: id.to_string() }) {
             Ok(Response::Closed) => HttpResponse::new(200, "text/plain", ""),
             Ok(Response::Error { kind: ErrorKind::UnknownSession, .. }) => HttpResponse::error(404, "no such session"),
@@ -415,8 +582,21 @@ mod tests {
                     };
                     Response::Answer { session, answer: "v=0 answer".into() }
                 }
-                Request::Close { session } if session.ends_with("0001") => Response::Closed,
-                Request::Close { .. } => Response::Error { kind: ErrorKind::UnknownSession, message: "no".into() },
+                Request::Close { session } | Request::Switch { session, .. } if !session.ends_with("0001") => {
+                    Response::Error { kind: ErrorKind::UnknownSession, message: "no".into() }
+                }
+                Request::Close { .. } => Response::Closed,
+                Request::Switch { .. } | Request::Watch { .. } => Response::Done,
+                Request::Rooms => Response::Rooms(match target {
+                    Target::Ingest => vec![RoomStatus {
+                        name: "a".into(),
+                        live: true,
+                        codecs: vec!["H264".into()],
+                        bitrate_bps: 1_500_000,
+                        ..Default::default()
+                    }],
+                    Target::Worker(_) => vec![RoomStatus { name: "a".into(), viewers: *n, ..Default::default() }],
+                }),
             })
         }
 
@@ -433,13 +613,20 @@ mod tests {
         HttpRequest { method: method.into(), url: url.into(), headers, body: Some(body.as_bytes().to_vec()) }
     }
 
+    impl HttpRequest {
+        fn with_url(mut self, url: &str) -> HttpRequest {
+            self.url = url.into();
+            self
+        }
+    }
+
     fn sdp(method: &str, url: &str) -> HttpRequest {
         req(method, url, Some("application/sdp"), "v=0\r\n")
     }
 
     #[test]
     fn publish_and_view_answer_with_location() {
-        let r = Router::new(Fake::new(2), None);
+        let r = Router::new(Fake::new(2), Tokens::default());
         let resp = r.handle(&sdp("POST", "/whip/room1"));
         assert_eq!(resp.status, 201);
         assert_eq!(resp.header("Location"), Some("/session/i-0001"));
@@ -457,7 +644,7 @@ mod tests {
 
     #[test]
     fn deadsfu_compatible_urls() {
-        let r = Router::new(Fake::new(1), None);
+        let r = Router::new(Fake::new(1), Tokens::default());
         assert_eq!(r.handle(&sdp("POST", "/whip?room=abc")).status, 201);
         assert_eq!(r.handle(&sdp("POST", "/whap?room=abc")).status, 201);
         assert_eq!(r.handle(&sdp("POST", "/whap")).status, 201, "room defaults to mainroom");
@@ -466,7 +653,7 @@ mod tests {
 
     #[test]
     fn client_mistakes_get_4xx_with_reason() {
-        let r = Router::new(Fake::new(1), None);
+        let r = Router::new(Fake::new(1), Tokens::default());
         let cases = [
             (req("POST", "/whip/a", Some("text/plain"), "v=0"), 415),
             (req("POST", "/whip/a", None, "v=0"), 415),
@@ -496,7 +683,8 @@ mod tests {
 
     #[test]
     fn bearer_token() {
-        let r = Router::new(Fake::new(1), Some("s3cret".into()));
+        let both = Tokens { publish: Some("s3cret".into()), view: Some("s3cret".into()) };
+        let r = Router::new(Fake::new(1), both);
         let resp = r.handle(&sdp("POST", "/whip/a"));
         assert_eq!(resp.status, 401);
         assert_eq!(resp.header("WWW-Authenticate"), Some("Bearer"));
@@ -513,13 +701,60 @@ mod tests {
     }
 
     #[test]
+    fn separate_publish_and_view_tokens() {
+        let r = Router::new(Fake::new(1), Tokens { publish: Some("P".into()), view: Some("V".into()) });
+        assert_eq!(r.handle(&sdp("POST", "/whip/a?access_token=V")).status, 401);
+        assert_eq!(r.handle(&sdp("POST", "/whep/a?access_token=P")).status, 401);
+        assert_eq!(r.handle(&sdp("POST", "/whip/a?access_token=P")).status, 201);
+        assert_eq!(r.handle(&sdp("POST", "/whep/a?access_token=V")).status, 201);
+        assert_eq!(r.handle(&sdp("DELETE", "/session/w0-0001?access_token=P")).status, 401);
+        assert_eq!(r.handle(&sdp("DELETE", "/session/w0-0001?access_token=V")).status, 200);
+    }
+
+    #[test]
+    fn switch_a_viewer() {
+        let r = Router::new(Fake::new(1), Tokens::default());
+        let json = |room: &str| {
+            req("POST", "/session/w0-0001/switch", Some("application/json"), &format!("{{\"room\":\"{room}\"}}"))
+        };
+        let resp = r.handle(&json("b"));
+        assert_eq!(resp.status, 200);
+        assert_eq!(String::from_utf8_lossy(&resp.body), r#"{"room":"b"}"#);
+        assert_eq!(r.handle(&sdp("POST", "/session/w0-0001/switch?room=c")).status, 200);
+        assert_eq!(r.handle(&json("a/b")).status, 400);
+        assert_eq!(r.handle(&req("POST", "/session/w0-0001/switch", None, "room=b")).status, 400);
+        assert_eq!(r.handle(&json("b").with_url("/session/w0-0002/switch")).status, 404);
+        assert_eq!(r.handle(&json("b").with_url("/session/i-0001/switch")).status, 404, "publishers do not switch");
+        assert_eq!(r.handle(&sdp("GET", "/session/w0-0001/switch")).status, 405);
+    }
+
+    #[test]
+    fn room_list_merges_processes_and_versions_change_with_viewers() {
+        let r = Router::new(Fake::new(2), Tokens::default());
+        let before = r.room_list();
+        assert_eq!(before.rooms.len(), 1);
+        assert_eq!(before.rooms[0].state, "live");
+        assert_eq!(before.rooms[0].codecs, vec!["H264".to_string()]);
+        assert_eq!(before.rooms[0].bitrate_kbps, 1500.0);
+        assert_eq!(r.handle(&sdp("POST", "/whep/a")).status, 201);
+        let after = r.room_list();
+        assert_eq!(after.rooms[0].viewers, 1);
+        assert_ne!(before.version, after.version);
+        // A long-poll with an old version answers at once.
+        let resp = r.handle(&sdp("GET", &format!("/rooms?wait={}", before.version)));
+        assert_eq!(resp.status, 200);
+        assert!(String::from_utf8_lossy(&resp.body).contains("\"viewers\": 1"));
+        assert_eq!(r.handle(&sdp("GET", "/rooms?wait=x")).status, 400);
+    }
+
+    #[test]
     fn no_worker_or_no_ingest_is_503() {
-        let r = Router::new(Fake::new(0), None);
+        let r = Router::new(Fake::new(0), Tokens::default());
         assert_eq!(r.handle(&sdp("POST", "/whep/a")).status, 503);
         assert_eq!(r.handle(&sdp("GET", "/healthz")).status, 503);
         let mut fake = Fake::new(1);
         fake.ingest_up = false;
-        let r = Router::new(fake, None);
+        let r = Router::new(fake, Tokens::default());
         let resp = r.handle(&sdp("POST", "/whip/a"));
         assert_eq!(resp.status, 503);
         assert!(String::from_utf8_lossy(&resp.body).contains("ingest is not running"));

@@ -52,9 +52,15 @@ impl Slot {
     fn start(&mut self, cfg: &Config, now: Instant) {
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args);
-        if let Some(token) = &cfg.bearer_token {
-            // In the environment rather than argv, so it does not show in `ps`.
-            cmd.env("DEADSFU_BEARER_TOKEN", token);
+        // Tokens go in the environment rather than argv, so they do not show in `ps`.
+        for (var, token) in [
+            ("DEADSFU_BEARER_TOKEN", &cfg.bearer_token),
+            ("DEADSFU_PUBLISH_TOKEN", &cfg.publish_token),
+            ("DEADSFU_VIEW_TOKEN", &cfg.view_token),
+        ] {
+            if let Some(token) = token {
+                cmd.env(var, token);
+            }
         }
         match cmd.spawn() {
             Ok(child) => {
