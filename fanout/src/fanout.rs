@@ -127,6 +127,10 @@ impl Fanout {
             }),
             Request::View { room, offer } => self.view(now, &room, &offer),
             Request::Switch { session, room } => self.switch(now, &session, &room),
+            Request::Check { session } => match self.ids.contains_key(&session) {
+                true => Response::Done,
+                false => error(ErrorKind::UnknownSession, "no such viewer session"),
+            },
             Request::Close { session } => match self.ids.get(&session) {
                 Some(&key) => {
                     self.close(key);

@@ -196,6 +196,10 @@ impl Ingest {
                 },
                 Err(e) => error(ErrorKind::BadRequest, &e.to_string()),
             },
+            Request::Check { session } => match self.ids.contains_key(&session) {
+                true => Response::Done,
+                false => error(ErrorKind::UnknownSession, "no such publisher session"),
+            },
             Request::Close { session } => match self.ids.get(&session) {
                 Some(&key) => {
                     self.close(key);

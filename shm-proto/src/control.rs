@@ -67,6 +67,8 @@ pub enum Request {
     Watch { room: String },
     /// The rooms this process knows, with what it knows of them.
     Rooms,
+    /// Does this process hold `session`? `Done` if it does.
+    Check { session: String },
 }
 
 /// The answer to a [`Request`].

@@ -184,10 +184,7 @@ impl<B: Backend> Router<B> {
                 HttpResponse::error(405, format!("method {} not allowed here", req.method))
                     .with("Allow", "POST, OPTIONS")
             }
-            ("PATCH", ["session", _]) => {
-                HttpResponse::error(405, "trickle ICE is not supported; send all candidates in the offer")
-                    .with("Allow", "DELETE")
-            }
+            ("PATCH", ["session", id]) => self.patch(req, id, query),
             (_, ["whip"]) | (_, ["whip", _]) | (_, ["whep"]) | (_, ["whep", _]) | (_, ["whap"]) => {
                 HttpResponse::error(405, format!("method {} not allowed here", req.method))
                     .with("Allow", "POST, OPTIONS")
@@ -403,6 +400,55 @@ impl<B: Backend> Router<B> {
         RoomList { version: std::hash::Hasher::finish(&hasher) >> 11, rooms }
     }
 
+    /// `PATCH` on a session (RFC 9725 section 4.3): trickled candidates are accepted with `204`. The media
+    /// processes are ICE lite, so they need no remote candidates (they answer the client's checks from
+    /// wherever they come); the request only has to be valid and name a live session. ICE restarts
+    /// (`If-Match: *`) are refused with `422`, as the RFC asks of a session that supports trickle only:
+    /// a client whose path broke posts a new offer.
+    fn patch(&self, req: &HttpRequest, id: &str, query: &str) -> HttpResponse {
+        let Some(target) = session_target(id) else {
+            return HttpResponse::error(404, "no such session");
+        };
+        let kind = if target == Target::Ingest { Kind::Publish } else { Kind::View };
+        if let Err(resp) = self.authorized(req, query, kind) {
+            return resp;
+        }
+        let content_type = req.header("Content-Type").unwrap_or("");
+        let mime = content_type.split(';').next().unwrap_or("").trim();
+        if !mime.eq_ignore_ascii_case("application/trickle-ice-sdpfrag") {
+            return HttpResponse::error(
+                415,
+                format!("expected Content-Type application/trickle-ice-sdpfrag, got `{content_type}`"),
+            )
+            .with("Accept-Patch", "application/trickle-ice-sdpfrag");
+        }
+        let Some(body) = &req.body else {
+            return HttpResponse::error(413, format!("SDP fragment larger than {MAX_BODY} bytes"));
+        };
+        let Ok(frag) = std::str::from_utf8(body) else {
+            return HttpResponse::error(400, "SDP fragment is not UTF-8");
+        };
+        if let Some(line) = frag.lines().map(str::trim).find(|l| !l.is_empty() && !is_sdpfrag_line(l)) {
+            return HttpResponse::error(400, format!("not a trickle-ice-sdpfrag line: `{line}`"));
+        }
+        let if_match = req.header("If-Match").map(str::trim);
+        if if_match == Some("*") {
+            return HttpResponse::error(422, "ICE restart is not supported; start a new session with a new offer");
+        }
+        if let Some(tag) = if_match {
+            if tag != format!("\"{id}\"") {
+                return HttpResponse::error(412, "If-Match does not match the session's ETag");
+            }
+        }
+        match self.backend.call(target, &Request::Check { session: id.to_string() }) {
+            Ok(Response::Done) => HttpResponse::new(204, "text/plain", ""),
+            Ok(Response::Error { kind: ErrorKind::UnknownSession, .. }) | Err(ControlError::Io(_)) => {
+                HttpResponse::error(404, "no such session")
+            }
+            other => answer_or_error(other, "media process"),
+        }
+    }
+
     fn delete(&self, req: &HttpRequest, id: &str, query: &str) -> HttpResponse {
         let Some(target) = session_target(id) else {
             return HttpResponse::error(404, "no such session");
@@ -481,6 +527,14 @@ fn answer_or_error(result: Result<Response, ControlError>, who: &str) -> HttpRes
         }
         Err(e) => HttpResponse::error(502, format!("{who} failed: {e}")),
     }
+}
+
+/// Lines a trickle-ice-sdpfrag (RFC 8840) may carry: ICE credentials and options, media and mid lines that
+/// say where candidates belong, candidates, and the end-of-candidates marker.
+fn is_sdpfrag_line(line: &str) -> bool {
+    ["a=ice-ufrag:", "a=ice-pwd:", "a=ice-options:", "m=", "a=mid:", "a=candidate:", "a=end-of-candidates", "c="]
+        .iter()
+        .any(|p| line.starts_with(p))
 }
 
 fn unauthorized(reason: &str) -> HttpResponse {
@@ -582,11 +636,13 @@ mod tests {
                     };
                     Response::Answer { session, answer: "v=0 answer".into() }
                 }
-                Request::Close { session } | Request::Switch { session, .. } if !session.ends_with("0001") => {
+                Request::Close { session } | Request::Switch { session, .. } | Request::Check { session }
+                    if !session.ends_with("0001") =>
+                {
                     Response::Error { kind: ErrorKind::UnknownSession, message: "no".into() }
                 }
                 Request::Close { .. } => Response::Closed,
-                Request::Switch { .. } | Request::Watch { .. } => Response::Done,
+                Request::Switch { .. } | Request::Watch { .. } | Request::Check { .. } => Response::Done,
                 Request::Rooms => Response::Rooms(match target {
                     Target::Ingest => vec![RoomStatus {
                         name: "a".into(),
@@ -709,6 +765,27 @@ mod tests {
         assert_eq!(r.handle(&sdp("POST", "/whep/a?access_token=V")).status, 201);
         assert_eq!(r.handle(&sdp("DELETE", "/session/w0-0001?access_token=P")).status, 401);
         assert_eq!(r.handle(&sdp("DELETE", "/session/w0-0001?access_token=V")).status, 200);
+    }
+
+    #[test]
+    fn trickle_patch() {
+        let r = Router::new(Fake::new(1), Tokens::default());
+        let frag = "a=ice-ufrag:abcd\r\na=ice-pwd:0123456789012345678901\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\na=candidate:1 1 udp 2130706431 3b1c2e6c-1d9a-4d3a-9f1e-2c7b8b0e9f10.local 51234 typ host\r\na=end-of-candidates\r\n";
+        let patch = |url: &str, ct: &str, if_match: Option<&str>, body: &str| {
+            let mut r = req("PATCH", url, Some(ct), body);
+            if let Some(tag) = if_match {
+                r.headers.push(("If-Match".into(), tag.into()));
+            }
+            r
+        };
+        let ct = "application/trickle-ice-sdpfrag";
+        assert_eq!(r.handle(&patch("/session/w0-0001", ct, Some("\"w0-0001\""), frag)).status, 204);
+        assert_eq!(r.handle(&patch("/session/i-0001", ct, None, frag)).status, 204);
+        assert_eq!(r.handle(&patch("/session/w0-0001", ct, Some("\"w0-0009\""), frag)).status, 412);
+        assert_eq!(r.handle(&patch("/session/w0-0001", ct, Some("*"), frag)).status, 422);
+        assert_eq!(r.handle(&patch("/session/w0-0001", "application/sdp", None, frag)).status, 415);
+        assert_eq!(r.handle(&patch("/session/w0-0001", ct, None, "v=0\r\ns=-\r\n")).status, 400);
+        assert_eq!(r.handle(&patch("/session/w0-0002", ct, None, frag)).status, 404);
     }
 
     #[test]
