@@ -94,7 +94,10 @@ def pid_alive(pid: int) -> bool:
 class Sfu:
     """One `deadsfu` supervisor with its signaling, ingest and workers, on loopback."""
 
-    def __init__(self, log_dir: Path, workers: int = 2, token: str | None = None, name: str = "deadsfu") -> None:
+    def __init__(
+        self, log_dir: Path, workers: int = 2, token: str | None = None, name: str = "deadsfu",
+        extra_args: list[str] | None = None,
+    ) -> None:
         for binary in (SUPERVISOR, RING_TOOL):
             if not binary.exists():
                 raise FileNotFoundError(
@@ -120,6 +123,7 @@ class Sfu:
         ]
         if token is not None:
             self.args += ["--bearer-token", token]
+        self.args += list(extra_args or [])
         self.args += shlex.split(os.environ.get("DEADSFU_EXTRA_ARGS", ""))
         self.proc: subprocess.Popen | None = None
         self.child_pids: set[int] = set()
@@ -244,6 +248,15 @@ class Sfu:
         )
         assert out.returncode == 0, f"deadsfu-ring stat failed ({out.returncode}): {out.stderr}"
         return json.loads(out.stdout)
+
+    def rooms(self, wait: int | None = None, timeout: float = 10) -> tuple[Response, dict | None]:
+        """`GET /rooms` (long-polling with `?wait=N`); the response and its JSON body (None if not JSON)."""
+        path = "/rooms" if wait is None else f"/rooms?wait={wait}"
+        r = self.get(path, timeout=timeout)
+        try:
+            return r, json.loads(r.body)
+        except ValueError:
+            return r, None
 
     def with_token(self, path: str, token: str) -> str:
         sep = "&" if "?" in path else "?"

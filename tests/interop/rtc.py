@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import json
 import re
 import time
 import urllib.parse
@@ -18,6 +19,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSession
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from media import Clock, Fixture, PacedAudioTrack, PacedVideoTrack, read_barcode
+from rtpcheck import RtpTap
 
 # On loopback, aiortc would otherwise gather candidates on every interface and stall on DNS/STUN. The
 # tests only ever talk to 127.0.0.1.
@@ -156,8 +158,9 @@ class Peer:
 
     async def close(self, delete: bool = True) -> None:
         if delete and self.location and self.base_url:
+            location, self.location = self.location, None  # DELETE once, however often close() is called
             try:
-                await http_request_async(self.base_url, "DELETE", urllib.parse.urlsplit(self.location).path)
+                await http_request_async(self.base_url, "DELETE", urllib.parse.urlsplit(location).path)
             except OSError:
                 pass
         await self.pc.close()
@@ -188,23 +191,65 @@ class Publisher(Peer):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return await self.offer_answer(base_url, f"/whip/{room}", headers)
 
+    async def vanish(self) -> None:
+        """Disappears without a word: stops sending and closes its UDP sockets, so no DELETE, no DTLS alert, no
+        RTCP BYE, and no answer to STUN (consent checks) from then on. `close(delete=False)` cleans up later."""
+        self.video.stop()
+        self.audio.stop()
+        for t in self.pc.getTransceivers():
+            dtls = t.sender.transport
+            conn = getattr(getattr(dtls, "transport", None), "_connection", None)
+            for proto in list(getattr(conn, "_protocols", [])):
+                proto.transport.abort()
+
+
+@dataclass(frozen=True)
+class FrameRx:
+    t: float  # monotonic time it was decoded
+    n: int | None  # file frame number (barcode), None if unreadable
+    width: int
+    height: int
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (self.width, self.height)
+
 
 @dataclass
 class Reception:
     video: list[tuple[float, int | None]] = field(default_factory=list)  # (monotonic time, file frame number)
     audio: list[float] = field(default_factory=list)  # monotonic time of each decoded audio frame
     video_sizes: set[tuple[int, int]] = field(default_factory=set)
+    frames: list[FrameRx] = field(default_factory=list)  # every decoded video frame, with its size
+
+    def frames_since(self, t: float) -> list[FrameRx]:
+        return [f for f in self.frames if f.t >= t]
+
+    def first_frame(self, since: float, size: tuple[int, int] | None = None) -> FrameRx | None:
+        """The first frame decoded at or after `since` (of that size, if given)."""
+        return next((f for f in self.frames if f.t >= since and (size is None or f.size == size)), None)
 
 
 class Viewer(Peer):
-    """A WHEP viewer: recvonly audio + video; decodes everything and reads each frame's barcode."""
+    """A WHEP viewer: recvonly audio + video; decodes everything and reads each frame's barcode.
 
-    def __init__(self, name: str) -> None:
+    `video_codecs` (e.g. `["VP8"]`) restricts the video codecs it offers (aiortc offers VP8 and H.264 by
+    default); RTX stays offered. Every RTP packet its receivers get is logged in `rtp` (see rtpcheck.py).
+    """
+
+    def __init__(self, name: str, video_codecs: list[str] | None = None) -> None:
         super().__init__(name)
         self.rx = Reception()
         self._tasks: list[asyncio.Task] = []
-        self.pc.addTransceiver("audio", direction="recvonly")
-        self.pc.addTransceiver("video", direction="recvonly")
+        at = self.pc.addTransceiver("audio", direction="recvonly")
+        vt = self.pc.addTransceiver("video", direction="recvonly")
+        if video_codecs is not None:
+            caps = RTCRtpSender.getCapabilities("video").codecs
+            wanted = {f"video/{c}".lower() for c in video_codecs}
+            chosen = [c for c in caps if c.mimeType.lower() in wanted]
+            assert chosen, f"aiortc has none of the video codecs {video_codecs}"
+            vt.setCodecPreferences(chosen + [c for c in caps if c.mimeType == "video/rtx"])
+        self.rtp = {"audio": RtpTap(at.receiver, "audio"), "video": RtpTap(vt.receiver, "video")}
         self.pc.on("track", self._on_track)
 
     def _on_track(self, track: MediaStreamTrack) -> None:
@@ -218,14 +263,23 @@ class Viewer(Peer):
                 return
             now = time.monotonic()
             if track.kind == "video":
-                self.rx.video.append((now, read_barcode(frame)))
+                n = read_barcode(frame)
+                self.rx.video.append((now, n))
                 self.rx.video_sizes.add((frame.width, frame.height))
+                self.rx.frames.append(FrameRx(now, n, frame.width, frame.height))
             else:
                 self.rx.audio.append(now)
 
     async def view(self, base_url: str, room: str, token: str | None = None) -> Response:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return await self.offer_answer(base_url, f"/whep/{room}", headers)
+
+    async def switch(self, room: str, headers: dict[str, str] | None = None) -> Response:
+        """`POST /session/{id}/switch` with `{"room": room}`: moves this viewer to another room, no renegotiation."""
+        hdrs = {"Content-Type": "application/json"}
+        hdrs.update(headers or {})
+        body = json.dumps({"room": room})
+        return await http_request_async(self.base_url, "POST", f"/session/{self.session_id}/switch", body, hdrs)
 
     def worker_index(self) -> int:
         m = re.match(r"w(\d+)-", self.session_id or "")
