@@ -46,6 +46,9 @@ const READ_BUDGET: usize = 512;
 /// shared with every other viewer of the room, so a viewer's own cost is the bookkeeping, not the bytes.
 const RTX_CACHE_PACKETS: usize = 256;
 const RTX_CACHE_AGE: Duration = Duration::from_secs(3);
+/// A viewer that sends nothing (no RTCP, no consent checks) for this long is gone. Browsers send receiver
+/// reports about every second and consent checks every few seconds.
+const VIEWER_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// One outgoing track of a viewer.
 struct Track {
@@ -195,7 +198,7 @@ impl Fanout {
         if viewer.audio.is_none() && viewer.video.is_none() {
             return error(ErrorKind::BadOffer, "the offer asks to receive neither audio nor video");
         }
-        let key = self.host.insert(accepted.rtc, accepted.ufrag, viewer);
+        let key = self.host.insert(accepted.rtc, accepted.ufrag, viewer, now);
         self.ids.insert(id.clone(), key);
         self.feed(&room, now).viewers.push(key);
         tracing::info!(session = %id, %room, "viewer joined");
@@ -335,6 +338,10 @@ impl Fanout {
         }
         self.events = events;
         for key in dead {
+            self.close(key);
+        }
+        for key in self.host.silent(now, VIEWER_TIMEOUT) {
+            tracing::info!("viewer silent for {VIEWER_TIMEOUT:?}; closing");
             self.close(key);
         }
     }

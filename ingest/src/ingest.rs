@@ -71,7 +71,6 @@ struct Publisher {
     /// Per video SSRC, the timestamp of the last keyframe start: a keyframe (SPS, PPS, IDR fragments) spans
     /// several packets that may each look like a start, and only the first may be indexed.
     keyframe_ts: HashMap<Ssrc, u32>,
-    last_packet: Instant,
 }
 
 /// A room's ring and what is written into it.
@@ -269,9 +268,8 @@ impl Ingest {
             codecs: HashMap::new(),
             video_ssrcs: Vec::new(),
             keyframe_ts: HashMap::new(),
-            last_packet: now,
         };
-        let key = self.host.insert(accepted.rtc, accepted.ufrag, publisher);
+        let key = self.host.insert(accepted.rtc, accepted.ufrag, publisher, now);
         let r = self.rooms.get_mut(&room).expect("room made above");
         r.publisher = Some(key);
         r.seen_keyframe_requests = r.ring.keyframe_requests();
@@ -319,7 +317,6 @@ impl Ingest {
     fn on_rtp(&mut self, key: SessionKey, pkt: RtpPacket, now: Instant) {
         let Some(session) = self.host.get_mut(key) else { return };
         let publisher = &mut session.app;
-        publisher.last_packet = now;
         let Some(room) = self.rooms.get_mut(&publisher.room) else { return };
         if publisher.codecs.is_empty() {
             room.live_codecs = session.rtc.codec_config().params().iter().filter_map(codec::entry).collect();
@@ -375,12 +372,7 @@ impl Ingest {
     /// Heartbeats, the slate, keyframe requests, silent publishers, bitrate windows.
     fn housekeeping(&mut self, now: Instant) {
         let now_ms = process::unix_ms();
-        let silent: Vec<SessionKey> = self
-            .host
-            .keys()
-            .filter(|k| self.host.get(*k).is_some_and(|s| now.duration_since(s.app.last_packet) >= PUBLISHER_TIMEOUT))
-            .collect();
-        for key in silent {
+        for key in self.host.silent(now, PUBLISHER_TIMEOUT) {
             tracing::info!("publisher silent for {PUBLISHER_TIMEOUT:?}; closing");
             self.close(key);
         }

@@ -366,6 +366,26 @@ mod tests {
     }
 
     #[test]
+    fn a_configured_clip_replaces_the_default() {
+        // A custom VP8 clip: the default's first 10 frames, as its own IVF file.
+        let mut at = 32;
+        for _ in 0..10 {
+            let size = u32::from_le_bytes(DEFAULT_VP8[at..at + 4].try_into().unwrap()) as usize;
+            at += 12 + size;
+        }
+        let dir = std::env::temp_dir().join(format!("deadsfu-slate-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("custom.ivf");
+        std::fs::write(&path, &DEFAULT_VP8[..at]).unwrap();
+        let slate = Slate::load(None, Some(&path), 10).unwrap();
+        assert_eq!(slate.clips[1].frames.len(), 10);
+        assert_eq!(slate.clips[0].frames.len(), Slate::default_clips().clips[0].frames.len(), "H.264 stays default");
+        let missing = Slate::load(Some(&dir.join("nope.h264")), None, 10).unwrap_err().to_string();
+        assert!(missing.contains("nope.h264"), "{missing}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
     fn bad_clips_are_refused() {
         assert!(matches!(vp8_ivf(b"nope"), Err(SlateError::NotIvf)));
         let mut ivf = DEFAULT_VP8.to_vec();

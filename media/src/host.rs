@@ -22,11 +22,18 @@ pub struct Session<T> {
     pub app: T,
     ufrag: String,
     remotes: Vec<SocketAddr>,
+    /// When the peer last sent anything (or when the session was made).
+    last_input: Instant,
     next_timeout: Option<Instant>,
     dirty: bool,
 }
 
 impl<T> Session<T> {
+    /// How long the peer has been silent at `now`.
+    pub fn silent_for(&self, now: Instant) -> std::time::Duration {
+        now.saturating_duration_since(self.last_input)
+    }
+
     /// Marks the session as having work to flush (e.g. after writing media into it).
     pub fn touch(&mut self) {
         self.dirty = true;
@@ -88,12 +95,15 @@ impl<T> SessionHost<T> {
         self.sessions.is_empty()
     }
 
-    /// Adds a session whose local ICE ufrag is `ufrag`.
-    pub fn insert(&mut self, rtc: Rtc, ufrag: String, app: T) -> SessionKey {
+    /// Adds a session whose local ICE ufrag is `ufrag`, made at `now`.
+    pub fn insert(&mut self, rtc: Rtc, ufrag: String, app: T, now: Instant) -> SessionKey {
         let key = SessionKey(self.next_key);
         self.next_key += 1;
         self.by_ufrag.insert(ufrag.clone(), key);
-        self.sessions.insert(key, Session { rtc, app, ufrag, remotes: Vec::new(), next_timeout: None, dirty: true });
+        self.sessions.insert(
+            key,
+            Session { rtc, app, ufrag, remotes: Vec::new(), last_input: now, next_timeout: None, dirty: true },
+        );
         key
     }
 
@@ -151,6 +161,7 @@ impl<T> SessionHost<T> {
         if let Err(e) = session.rtc.handle_input(input) {
             tracing::debug!(error = %e, "session refused input");
         }
+        session.last_input = now;
         session.drain(key, send, events);
         if !session.remotes.contains(&source) {
             session.remotes.push(source);
@@ -163,6 +174,11 @@ impl<T> SessionHost<T> {
         let msg = StunMessage::parse(buf).ok()?;
         let (local, _remote) = msg.split_username()?;
         self.by_ufrag.get(local).copied()
+    }
+
+    /// Sessions whose peer has sent nothing for `limit`: gone without saying so (ICE consent lapsed).
+    pub fn silent(&self, now: Instant, limit: std::time::Duration) -> Vec<SessionKey> {
+        self.sessions.iter().filter(|(_, s)| s.silent_for(now) >= limit).map(|(k, _)| *k).collect()
     }
 
     /// When the next session wants to be polled, if any does.
