@@ -453,14 +453,26 @@ impl RoomFeed {
         viewer.replay = None;
         let Some(reader) = &self.reader else { return };
         let live_pos = self.cursor.position();
+        // The viewer's favourite video codec of the room: the first of the codec table it negotiated. A slate
+        // carries several, and its keyframes of all of them share a moment; replay starts in the favourite.
+        let video: Vec<u8> = self.codecs.iter().filter(|e| e.kind == MediaKind::Video).map(|e| e.pt).collect();
+        let favourite =
+            video.into_iter().find(|pt| viewer_pt(viewer, rtc, &self.codecs, self.codecs_version, *pt).is_some());
+        let mut fallback = None;
         for pos in reader.keyframes().into_iter().rev().filter(|&p| p < live_pos) {
             let shm_proto::ring::ReadOutcome::Packet { meta, .. } = reader.read(pos, buf) else { continue };
-            if viewer_pt(viewer, rtc, &self.codecs, self.codecs_version, meta.pt).is_some() {
-                viewer.replay = Some(RingCursor::at(pos));
-                return;
+            if Some(meta.pt) == favourite {
+                fallback = Some(pos);
+                break;
+            }
+            if fallback.is_none() && viewer_pt(viewer, rtc, &self.codecs, self.codecs_version, meta.pt).is_some() {
+                fallback = Some(pos);
             }
         }
-        reader.request_keyframe();
+        match fallback {
+            Some(pos) => viewer.replay = Some(RingCursor::at(pos)),
+            None => reader.request_keyframe(),
+        }
     }
 }
 
