@@ -5,13 +5,29 @@
 //! one socket per advertised IPv4 address, all on the same port, and the socket a datagram arrived on names its
 //! destination. With `ice_candidate_host` (a host behind 1:1 NAT) one socket is bound to all interfaces and the
 //! advertised address stands in as the destination.
+//!
+//! Sending is batched: [`UdpSet::send`] queues a datagram on the socket of its source address and
+//! [`UdpSet::flush`] hands each socket's queue to the kernel with `sendmmsg`, up to [`BATCH`] datagrams per
+//! system call. On this machine class the kernel's send path costs more than the SRTP sealing, and one
+//! syscall per datagram would dominate the fan-out. A datagram the kernel will not take (socket buffer full)
+//! is dropped and counted, as the network would drop it; it is never retried out of order.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
+use std::io::IoSlice;
+use std::os::fd::AsRawFd;
+
 use mio::net::UdpSocket;
 use mio::{Interest, Registry, Token};
+use nix::sys::socket::{self, sockopt, MsgFlags, MultiHeaders, SockaddrStorage};
 use str0m::net::Transmit;
+
+/// Most datagrams handed to the kernel in one `sendmmsg`.
+pub const BATCH: usize = 64;
+/// Socket buffers asked for (the kernel caps them at `net.core.{r,w}mem_max`): room for a burst such as a
+/// GOP replay to a joining viewer, and for publishers' keyframes.
+const SOCKET_BUFFER: usize = 4 << 20;
 
 struct Bound {
     socket: UdpSocket,
@@ -23,6 +39,10 @@ struct Bound {
 pub struct UdpSet {
     sockets: Vec<Bound>,
     first_token: usize,
+    /// Per socket, the datagrams waiting for [`UdpSet::flush`].
+    queues: Vec<Vec<(SockaddrStorage, Vec<u8>)>>,
+    headers: MultiHeaders<SockaddrStorage>,
+    dropped: u64,
 }
 
 impl UdpSet {
@@ -45,7 +65,13 @@ impl UdpSet {
         if sockets.is_empty() {
             return Err(io::Error::new(io::ErrorKind::AddrNotAvailable, "no IPv4 address to bind"));
         }
-        Ok(UdpSet { sockets, first_token: 0 })
+        for b in &sockets {
+            // Best effort: a smaller buffer only means drops sooner under a burst.
+            let _ = socket::setsockopt(&b.socket, sockopt::SndBuf, &SOCKET_BUFFER);
+            let _ = socket::setsockopt(&b.socket, sockopt::RcvBuf, &SOCKET_BUFFER);
+        }
+        let queues = sockets.iter().map(|_| Vec::with_capacity(BATCH)).collect();
+        Ok(UdpSet { sockets, first_token: 0, queues, headers: MultiHeaders::preallocate(BATCH, None), dropped: 0 })
     }
 
     /// The addresses to put in ICE host candidates.
@@ -90,14 +116,54 @@ impl UdpSet {
         }
     }
 
-    /// Sends a str0m transmit from the socket of its source address. A full socket buffer drops the datagram
-    /// (as the network would); other errors are logged and dropped: one peer's bad address must not stop the
-    /// process.
-    pub fn send(&self, t: &Transmit) {
-        let b = self.sockets.iter().find(|b| b.advertised == t.source).unwrap_or(&self.sockets[0]);
-        if let Err(e) = b.socket.send_to(&t.contents, t.destination) {
-            tracing::trace!(error = %e, dest = %t.destination, "send failed");
+    /// Queues a str0m transmit on the socket of its source address; full batches go out at once.
+    pub fn send(&mut self, t: Transmit) {
+        let index = self.sockets.iter().position(|b| b.advertised == t.source).unwrap_or(0);
+        self.queues[index].push((SockaddrStorage::from(t.destination), t.contents.into()));
+        if self.queues[index].len() >= BATCH {
+            self.flush_socket(index);
         }
+    }
+
+    /// Sends everything queued.
+    pub fn flush(&mut self) {
+        for index in 0..self.sockets.len() {
+            if !self.queues[index].is_empty() {
+                self.flush_socket(index);
+            }
+        }
+    }
+
+    /// Datagrams dropped because the kernel would not take them, since the start.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    fn flush_socket(&mut self, index: usize) {
+        let fd = self.sockets[index].socket.as_raw_fd();
+        let queue = std::mem::take(&mut self.queues[index]);
+        let mut at = 0;
+        while at < queue.len() {
+            let chunk = &queue[at..(at + BATCH).min(queue.len())];
+            let slices: Vec<[IoSlice<'_>; 1]> = chunk.iter().map(|(_, d)| [IoSlice::new(d)]).collect();
+            let addrs: Vec<Option<SockaddrStorage>> = chunk.iter().map(|(a, _)| Some(*a)).collect();
+            match socket::sendmmsg(fd, &mut self.headers, &slices, &addrs, [], MsgFlags::MSG_DONTWAIT) {
+                Ok(results) => {
+                    // At least one went out, or the call would have failed; continue after the last sent.
+                    at += results.count().max(1);
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => {
+                    // Full buffer, or a bad destination: drop this datagram, keep the rest in order.
+                    tracing::trace!(error = %e, dest = ?chunk[0].0, "send failed");
+                    self.dropped += 1;
+                    at += 1;
+                }
+            }
+        }
+        let mut queue = queue;
+        queue.clear();
+        self.queues[index] = queue;
     }
 }
 

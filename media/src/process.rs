@@ -197,7 +197,7 @@ pub fn run<C: Core>(
             loop {
                 match udp.recv(index, &mut buf) {
                     Ok(Some((n, source, dest))) => {
-                        core.handle_datagram(Instant::now(), source, dest, &buf[..n], &mut |t| udp.send(&t))
+                        core.handle_datagram(Instant::now(), source, dest, &buf[..n], &mut |t| udp.send(t))
                     }
                     Ok(None) => break,
                     Err(e) => {
@@ -211,7 +211,8 @@ pub fn run<C: Core>(
         for call in inbox.drain() {
             call.reply.send(core.handle_request(now, call.request));
         }
-        core.poll(now, &mut |t| udp.send(&t));
+        core.poll(now, &mut |t| udp.send(t));
+        udp.flush();
     }
     Ok(())
 }
