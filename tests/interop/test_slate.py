@@ -133,8 +133,16 @@ def test_vp8_viewer_sees_the_slate_in_vp8(host: Sfu, figures: list[str]) -> None
         try:
             r = await v.view(host.url, "slate-vp8")
             assert r.status == 201, f"WHEP (VP8 only) to an empty room: {r.status} {r.body.strip()!r}"
-            await wait_for(lambda: v.rx.first_frame(0, SLATE_SIZE) is not None, FIRST_SLATE_TIMEOUT,
-                           f"a slate frame {SLATE_SIZE} (sizes seen {sorted(v.rx.video_sizes)})")
+            try:
+                await wait_for(lambda: v.rx.first_frame(0, SLATE_SIZE) is not None, FIRST_SLATE_TIMEOUT,
+                               f"a slate frame {SLATE_SIZE}")
+            except AssertionError as e:
+                video = v.rtp["video"]
+                raise AssertionError(
+                    f"{e}: sizes decoded {sorted(v.rx.video_sizes)}, video RTP packets {len(video.packets)}"
+                    f" (codecs {video.codecs()}), audio RTP packets {len(v.rtp['audio'].packets)},"
+                    f" connection {v.pc.connectionState}"
+                ) from None
             f = v.rx.first_frame(0, SLATE_SIZE)
             await wait_for(lambda: time.monotonic() >= f.t + 1.0, 2, "a second of slate")
             reports = rtp_reports(v)

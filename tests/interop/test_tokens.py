@@ -42,8 +42,10 @@ async def attempt(sfu: Sfu, endpoint: str, room: str, token: str) -> tuple[int, 
     [("whip", V, 401), ("whep", P, 401), ("whip", P, 201), ("whep", V, 201)],
     ids=["whip-with-view-token", "whep-with-publish-token", "whip-with-publish-token", "whep-with-view-token"],
 )
-def test_split_tokens(split_host: Sfu, endpoint: str, token: str, status: int) -> None:
+def test_split_tokens(split_host: Sfu, figures: list[str], endpoint: str, token: str, status: int) -> None:
     got, reason = asyncio.run(attempt(split_host, endpoint, f"split-{endpoint}", token))
+    which = {P: "the publish token", V: "the view token"}[token]
+    figures.append(f"tokens: {endpoint.upper()} with {which} -> {got}{f' {reason!r}' if got != 201 else ''}")
     assert got == status, f"{endpoint} with {token}: {got} {reason!r}"
     if status == 401:
         assert reason and "\n" not in reason, f"401 needs a one-line reason: {reason!r}"
