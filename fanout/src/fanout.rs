@@ -38,8 +38,15 @@ use crate::splice::{Pace, SourceId, Splicer};
 const RING_RETRY: Duration = Duration::from_millis(100);
 /// How often an open ring is checked for having been replaced, and told that someone reads it.
 const RING_CHECK: Duration = Duration::from_millis(250);
-/// How long the loop sleeps at most while viewers wait on rings (the ring has no wake-up yet).
+/// How often rings with viewers are polled while media flows: the bound on the delay a packet waits in the
+/// ring. The ring has no wake-up across processes; a 1 ms poll costs a few microseconds a turn.
 const RING_POLL: Duration = Duration::from_millis(1);
+/// How often they are polled once no packet came for [`RING_IDLE_AFTER`]: viewers waiting for a publisher
+/// cost next to nothing, and the first packet after a pause waits at most this long.
+const RING_POLL_IDLE: Duration = Duration::from_millis(20);
+const RING_IDLE_AFTER: Duration = Duration::from_millis(500);
+/// How often viewers are checked for having gone silent.
+const SILENCE_CHECK: Duration = Duration::from_secs(1);
 /// Most packets read from one ring per loop turn, so one busy room cannot starve sockets and timers.
 const READ_BUDGET: usize = 512;
 /// Retransmission memory per viewer video stream, in packets (about 2 s at 1.5 Mbit/s). The payloads are
@@ -102,6 +109,9 @@ pub struct Fanout {
     buf: Vec<u8>,
     /// Origin of the monotonic nanosecond clock the splicers use.
     t0: Instant,
+    /// When a ring last had a new packet.
+    last_packet: Instant,
+    next_silence_check: Instant,
 }
 
 impl Fanout {
@@ -116,6 +126,8 @@ impl Fanout {
             events: Vec::new(),
             buf: vec![0u8; 64 * 1024],
             t0: now,
+            last_packet: now,
+            next_silence_check: now + SILENCE_CHECK,
         }
     }
 
@@ -295,16 +307,17 @@ impl Fanout {
                     session.app.video_choice = None;
                 }
                 if wrote {
-                    session.touch();
+                    self.host.touch(key);
                 }
             }
             for _ in 0..READ_BUDGET {
                 let Some((meta, len)) = feed.cursor.next(reader, &mut self.buf) else { break };
+                self.last_packet = now;
                 let payload: Arc<[u8]> = Arc::from(&self.buf[..len]);
                 for &key in &feed.viewers {
                     let Some(session) = self.host.get_mut(key) else { continue };
                     if deliver(session, &feed.codecs, feed.codecs_version, &meta, &payload, now, now_ns, Pace::Live) {
-                        session.touch();
+                        self.host.touch(key);
                     }
                 }
             }
@@ -340,9 +353,12 @@ impl Fanout {
         for key in dead {
             self.close(key);
         }
-        for key in self.host.silent(now, VIEWER_TIMEOUT) {
-            tracing::info!("viewer silent for {VIEWER_TIMEOUT:?}; closing");
-            self.close(key);
+        if now >= self.next_silence_check {
+            self.next_silence_check = now + SILENCE_CHECK;
+            for key in self.host.silent(now, VIEWER_TIMEOUT) {
+                tracing::info!("viewer silent for {VIEWER_TIMEOUT:?}; closing");
+                self.close(key);
+            }
         }
     }
 }
@@ -368,9 +384,10 @@ impl Core for Fanout {
         self.drive(now, send);
     }
 
-    fn next_timeout(&self, now: Instant) -> Option<Instant> {
+    fn next_timeout(&mut self, now: Instant) -> Option<Instant> {
         let sessions = self.host.next_timeout();
-        let rings = (!self.rooms.is_empty()).then_some(now + RING_POLL);
+        let poll = if now.duration_since(self.last_packet) < RING_IDLE_AFTER { RING_POLL } else { RING_POLL_IDLE };
+        let rings = (!self.rooms.is_empty()).then_some(now + poll);
         match (sessions, rings) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

@@ -432,8 +432,8 @@ impl Ingest {
                     rx.request_keyframe(KeyframeRequestKind::Pli);
                 }
             }
-            session.touch();
             tracing::debug!(session = %session.app.id, asked, fallback, "keyframe requested from publisher");
+            self.host.touch(key);
         }
     }
 
@@ -521,7 +521,7 @@ impl Core for Ingest {
         self.play_slates(now);
     }
 
-    fn next_timeout(&self, _now: Instant) -> Option<Instant> {
+    fn next_timeout(&mut self, _now: Instant) -> Option<Instant> {
         let mut t = self.next_housekeeping;
         for other in [self.host.next_timeout(), self.next_slate_frame()].into_iter().flatten() {
             t = t.min(other);

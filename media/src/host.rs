@@ -1,10 +1,12 @@
 //! A sans-IO table of WebRTC sessions sharing one port.
 //!
 //! Datagrams are routed to a session by the remote address it last used, and a STUN request from an address
-//! not seen before by the ICE ufrag in its USERNAME: never by asking every session. Each session remembers
-//! when it next wants to be polled, so a quiet session costs nothing until its timer is due.
+//! not seen before by the ICE ufrag in its USERNAME: never by asking every session. Sessions wait in a timer
+//! heap until they next want to be polled, and sessions with new work sit on a dirty list, so a loop turn
+//! costs what the active sessions cost, not what all of them do.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -32,11 +34,6 @@ impl<T> Session<T> {
     /// How long the peer has been silent at `now`.
     pub fn silent_for(&self, now: Instant) -> std::time::Duration {
         now.saturating_duration_since(self.last_input)
-    }
-
-    /// Marks the session as having work to flush (e.g. after writing media into it).
-    pub fn touch(&mut self) {
-        self.dirty = true;
     }
 
     /// Polls the session until it only has a timeout left.
@@ -74,11 +71,23 @@ pub struct SessionHost<T> {
     by_remote: HashMap<SocketAddr, SessionKey>,
     by_ufrag: HashMap<String, SessionKey>,
     next_key: u64,
+    /// Sessions with work to flush at the next [`SessionHost::poll`].
+    dirty: Vec<SessionKey>,
+    /// When sessions want to be polled. An entry is stale unless it equals its session's `next_timeout`;
+    /// stale entries are dropped when they reach the top.
+    timers: BinaryHeap<Reverse<(Instant, SessionKey)>>,
 }
 
 impl<T> Default for SessionHost<T> {
     fn default() -> Self {
-        SessionHost { sessions: HashMap::new(), by_remote: HashMap::new(), by_ufrag: HashMap::new(), next_key: 1 }
+        SessionHost {
+            sessions: HashMap::new(),
+            by_remote: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            next_key: 1,
+            dirty: Vec::new(),
+            timers: BinaryHeap::new(),
+        }
     }
 }
 
@@ -104,7 +113,18 @@ impl<T> SessionHost<T> {
             key,
             Session { rtc, app, ufrag, remotes: Vec::new(), last_input: now, next_timeout: None, dirty: true },
         );
+        self.dirty.push(key);
         key
+    }
+
+    /// Marks a session as having work to flush (e.g. after writing media into it).
+    pub fn touch(&mut self, key: SessionKey) {
+        if let Some(s) = self.sessions.get_mut(&key) {
+            if !s.dirty {
+                s.dirty = true;
+                self.dirty.push(key);
+            }
+        }
     }
 
     pub fn remove(&mut self, key: SessionKey) -> Option<Session<T>> {
@@ -163,6 +183,9 @@ impl<T> SessionHost<T> {
         }
         session.last_input = now;
         session.drain(key, send, events);
+        if let Some(t) = session.next_timeout {
+            self.timers.push(Reverse((t, key)));
+        }
         if !session.remotes.contains(&source) {
             session.remotes.push(source);
             self.by_remote.insert(source, key);
@@ -182,13 +205,19 @@ impl<T> SessionHost<T> {
     }
 
     /// When the next session wants to be polled, if any does.
-    pub fn next_timeout(&self) -> Option<Instant> {
-        self.sessions.values().filter_map(|s| if s.dirty { None } else { s.next_timeout }).min()
+    pub fn next_timeout(&mut self) -> Option<Instant> {
+        while let Some(Reverse((t, key))) = self.timers.peek().copied() {
+            if self.sessions.get(&key).is_some_and(|s| s.next_timeout == Some(t)) {
+                return Some(t);
+            }
+            self.timers.pop();
+        }
+        None
     }
 
     /// True if some session was touched and must be polled now.
     pub fn has_dirty(&self) -> bool {
-        self.sessions.values().any(|s| s.dirty)
+        !self.dirty.is_empty()
     }
 
     /// Drives every session that has work or whose timer is due: transmits go to `send`, events to `events`.
@@ -199,22 +228,37 @@ impl<T> SessionHost<T> {
         send: &mut dyn FnMut(Transmit),
         events: &mut Vec<(SessionKey, Event)>,
     ) -> Vec<SessionKey> {
-        let mut dead = Vec::new();
-        for (key, s) in self.sessions.iter_mut() {
-            let due = s.next_timeout.is_none_or(|t| t <= now);
-            if !(s.dirty || due) {
-                continue;
+        let mut work = std::mem::take(&mut self.dirty);
+        while let Some(Reverse((t, key))) = self.timers.peek().copied() {
+            if t > now {
+                break;
             }
-            if due {
+            self.timers.pop();
+            if let Some(s) = self.sessions.get_mut(&key) {
+                if s.next_timeout == Some(t) && !s.dirty {
+                    s.dirty = true;
+                    work.push(key);
+                }
+            }
+        }
+        let mut dead = Vec::new();
+        for key in work.drain(..) {
+            let Some(s) = self.sessions.get_mut(&key) else { continue };
+            if s.next_timeout.is_none_or(|t| t <= now) {
                 if let Err(e) = s.rtc.handle_input(Input::Timeout(now)) {
                     tracing::debug!(error = %e, "session timeout failed");
                 }
             }
-            s.drain(*key, send, events);
+            s.drain(key, send, events);
+            if let Some(t) = s.next_timeout {
+                self.timers.push(Reverse((t, key)));
+            }
             if !s.rtc.is_alive() {
-                dead.push(*key);
+                dead.push(key);
             }
         }
+        // Keep the allocation for the next turn.
+        self.dirty = work;
         dead
     }
 }

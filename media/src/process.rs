@@ -127,7 +127,7 @@ pub trait Core {
     /// The turn's work: drive sessions, move media; datagrams to send go to `send`.
     fn poll(&mut self, now: Instant, send: &mut dyn FnMut(Transmit));
     /// When the loop must turn again at the latest, if ever.
-    fn next_timeout(&self, now: Instant) -> Option<Instant>;
+    fn next_timeout(&mut self, now: Instant) -> Option<Instant>;
     /// True if the loop must turn again at once.
     fn has_work(&self) -> bool;
 }
