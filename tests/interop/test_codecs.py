@@ -1,6 +1,6 @@
 """A viewer whose offer shares no video codec with the room's live publisher gets a clear 4xx, not a black
-screen: the room publishes H.264, a viewer offering only VP8 gets 406 with a one-line reason naming the codecs;
-a viewer offering VP8 and H.264 gets 201 and decodes the room's H.264."""
+screen: the room publishes H.264, a viewer offering only VP8 gets 406 with a one-line reason naming the room's
+codec; a viewer offering VP8 and H.264 gets 201 and decodes the room's H.264."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def test_viewer_without_a_common_codec_is_406(host: Sfu, figures: list[str]) -> 
             assert r.status == 406, f"VP8-only viewer of an H.264 room: {r.status} {shown}"
             assert reason and "\n" not in reason, f"406 needs a one-line reason: {reason!r}"
             names = reason.upper().replace(".", "")
-            assert "VP8" in names and "H264" in names, f"the reason names neither offered nor room codecs: {reason!r}"
+            assert "H264" in names, f"the reason does not name the room's codec (H264): {reason!r}"
 
             r = await both.view(host.url, ROOM)
             assert r.status == 201, f"VP8 + H.264 viewer: {r.status} {r.body.strip()!r}"
