@@ -178,8 +178,19 @@ impl<T> SessionHost<T> {
             return Routed::Dropped;
         };
         let session = self.sessions.get_mut(&key).expect("key was found in the table above");
-        if let Err(e) = session.rtc.handle_input(input) {
-            tracing::debug!(error = %e, "session refused input");
+        match session.rtc.handle_input(input) {
+            Ok(()) => {}
+            // A failed handshake (e.g. a certificate the DTLS stack refuses) can never recover: end the session
+            // now rather than leaving it to the silence timeout.
+            Err(e @ str0m::RtcError::Dtls(_)) => {
+                tracing::warn!(error = %e, %source, "DTLS failed; closing the session");
+                session.rtc.disconnect();
+                if !session.dirty {
+                    session.dirty = true;
+                    self.dirty.push(key);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "session refused input"),
         }
         session.last_input = now;
         session.drain(key, send, events);

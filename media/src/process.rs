@@ -178,14 +178,19 @@ pub fn run<C: Core>(
     let inbox = Inbox::start(&endpoints.control_socket, waker)?;
     tracing::info!(process = %endpoints.name, port = udp.port(), candidates = ?udp.candidates(), control = %endpoints.control_socket.display(), "ready");
 
+    shm_proto::service::ready();
+    let mut watchdog = shm_proto::service::Watchdog::from_env(Instant::now());
+
     let mut events = Events::with_capacity(64);
     let mut buf = vec![0u8; 2048];
     while !stop.load(Ordering::Acquire) {
         let now = Instant::now();
+        watchdog.tick(now);
         let timeout = if core.has_work() {
             Duration::ZERO
         } else {
-            core.next_timeout(now).map_or(IDLE_TURN, |t| t.saturating_duration_since(now).min(IDLE_TURN))
+            let due = [core.next_timeout(now), watchdog.deadline()].into_iter().flatten().min();
+            due.map_or(IDLE_TURN, |t| t.saturating_duration_since(now).min(IDLE_TURN))
         };
         if let Err(e) = poll.poll(&mut events, Some(timeout)) {
             if e.kind() != std::io::ErrorKind::Interrupted {
@@ -214,5 +219,6 @@ pub fn run<C: Core>(
         core.poll(now, &mut |t| udp.send(t));
         udp.flush();
     }
+    shm_proto::service::stopping();
     Ok(())
 }

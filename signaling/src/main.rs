@@ -80,6 +80,11 @@ fn main() -> ExitCode {
     let tokens = Tokens { publish: cfg.publish_token().map(String::from), view: cfg.view_token().map(String::from) };
     let router = Arc::new(Router::new(Sockets { runtime_dir: cfg.runtime_dir() }, tokens));
     tracing::info!(%addr, runtime_dir = %cfg.runtime_dir().display(), "signaling ready");
+    shm_proto::service::ready();
+    std::thread::Builder::new()
+        .name("watchdog".into())
+        .spawn(move || watchdog(addr))
+        .expect("spawning a thread at startup succeeds");
     let threads: Vec<_> = (0..HTTP_THREADS)
         .map(|_| {
             let server = server.clone();
@@ -91,6 +96,22 @@ fn main() -> ExitCode {
         let _ = t.join();
     }
     ExitCode::SUCCESS
+}
+
+/// Pings systemd's watchdog while the HTTP listener at `addr` accepts connections.
+fn watchdog(addr: std::net::SocketAddr) {
+    let mut watchdog = shm_proto::service::Watchdog::from_env(std::time::Instant::now());
+    let mut probe = addr;
+    if probe.ip().is_unspecified() {
+        probe.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    while let Some(deadline) = watchdog.deadline() {
+        std::thread::sleep(deadline.saturating_duration_since(std::time::Instant::now()));
+        match std::net::TcpStream::connect_timeout(&probe, Duration::from_secs(1)) {
+            Ok(_) => watchdog.tick(std::time::Instant::now()),
+            Err(e) => tracing::warn!(%probe, error = %e, "HTTP listener does not accept; withholding watchdog ping"),
+        }
+    }
 }
 
 fn serve(server: &tiny_http::Server, router: &Arc<Router<Sockets>>) {
