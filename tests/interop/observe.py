@@ -61,6 +61,15 @@ def rtp_problems(v: Viewer, reports: dict[str, StreamReport], kinds: tuple[str, 
     return out
 
 
+def udp_rcvbuf_errors() -> int | None:
+    """The host's count of UDP datagrams dropped because a socket's receive buffer was full (all sockets)."""
+    try:
+        lines = [line.split() for line in open("/proc/net/snmp") if line.startswith("Udp:")]
+        return int(lines[1][lines[0].index("RcvbufErrors")])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def received_lost(rtp: dict[str, dict[str, int]]) -> str:
     """aiortc's inbound RTP counters, as `kind received/lost`."""
     return ", ".join(f"{kind} {d.get('received')}/{d.get('lost')}" for kind, d in sorted(rtp.items()))

@@ -17,7 +17,7 @@ import time
 
 from harness import Sfu
 from media import FIXTURE_DIR, VIDEO_FPS, load_fixture, video_figures
-from observe import burst, gop_start, received_lost, is_keyframe, rtp_lines, rtp_problems, rtp_reports, stream_index
+from observe import burst, gop_start, udp_rcvbuf_errors, received_lost, is_keyframe, rtp_lines, rtp_problems, rtp_reports, stream_index
 from rtc import Publisher, Viewer, wait_for
 
 ROOM = "gop-replay"
@@ -92,6 +92,7 @@ async def gop_replay(sfu: Sfu, figures: list[str]) -> None:
         problems.extend(rtp_problems(v, reports))
         await v.close()
 
+    drops_before = udp_rcvbuf_errors()
     try:
         r = await pub.publish(sfu.url, ROOM)
         assert r.status == 201, f"WHIP publish: {r.status} {r.body.strip()!r}"
@@ -99,5 +100,9 @@ async def gop_replay(sfu: Sfu, figures: list[str]) -> None:
         await asyncio.gather(*(one_viewer(v, k, s) for v, (k, s) in zip(viewers, JOIN_AT)))
     finally:
         await asyncio.gather(*(v.close() for v in viewers), pub.close(), return_exceptions=True)
+        drops_after = udp_rcvbuf_errors()
+        if drops_before is not None and drops_after is not None:
+            lines.append(f"  UDP datagrams dropped on full receive buffers during the test (host-wide, /proc/net/snmp"
+                         f" RcvbufErrors): {drops_after - drops_before}")
         figures.extend(lines)
     assert not problems, "; ".join(problems)
