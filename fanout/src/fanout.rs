@@ -27,6 +27,7 @@ use shm_proto::config::Config;
 use shm_proto::control::{ErrorKind, ProcessStatus, Request, Response, Role, RoomStatus};
 use shm_proto::ring::{CodecEntry, MediaKind, PacketMeta, RingCursor, RingReader};
 use shm_proto::{paths, RoomName};
+use str0m::format::CodecConfig;
 use str0m::media::{Mid, Pt};
 use str0m::net::Transmit;
 use str0m::rtp::{ExtensionValues, RtpWrite, VideoOrientation};
@@ -81,6 +82,8 @@ struct Viewer {
     video_choice: Option<VideoChoice>,
     /// Replaying the cached GOP of its room up to the feed's live position.
     replay: Option<RingCursor>,
+    /// What the viewer negotiated.
+    negotiated: CodecConfig,
     /// Ring payload type -> this viewer's payload type, for the ring's current codec table.
     pt_map: HashMap<u8, Option<Pt>>,
     pt_map_version: u64,
@@ -153,8 +156,9 @@ impl Fanout {
                 }
                 None => error(ErrorKind::UnknownSession, "no such viewer session"),
             },
-            Request::Rooms => Response::Rooms(
-                self.rooms
+            Request::Rooms => Response::Rooms {
+                rooms: self
+                    .rooms
                     .iter()
                     .map(|(name, feed)| RoomStatus {
                         name: name.to_string(),
@@ -162,7 +166,7 @@ impl Fanout {
                         ..Default::default()
                     })
                     .collect(),
-            ),
+            },
             Request::Publish { .. } | Request::Watch { .. } => {
                 error(ErrorKind::WrongRole, "fanout workers take viewers, not publishers")
             }
@@ -180,8 +184,11 @@ impl Fanout {
             Ok(a) => a,
             Err(e) => return error(ErrorKind::BadOffer, &e.to_string()),
         };
+        let sections = offer::media_sections(&offer_sdp);
+        let mids: Vec<Mid> = sections.iter().map(|(mid, _)| *mid).collect();
+        let negotiated = codec::negotiated(&accepted.rtc, &mids);
         let codecs = &self.feed(&room, now).codecs;
-        if let Some(reason) = no_common_codec(&accepted.rtc, codecs) {
+        if let Some(reason) = no_common_codec(&negotiated, codecs) {
             return error(ErrorKind::NoCommonCodec, &reason);
         }
         let id = format!("w{}-{}", self.index, process::random_hex(12));
@@ -193,11 +200,12 @@ impl Fanout {
             video: None,
             video_choice: None,
             replay: None,
+            negotiated,
             pt_map: HashMap::new(),
             pt_map_version: u64::MAX,
         };
         // The answer made the send streams; find them by the media sections of the offer.
-        for (mid, is_video) in offer::media_sections(&offer_sdp) {
+        for (mid, is_video) in sections {
             let mut api = accepted.rtc.direct_api();
             let Some(tx) = api.stream_tx_by_mid(mid, None) else { continue };
             if is_video {
@@ -249,7 +257,7 @@ impl Fanout {
         // The next video packet forwarded must be a keyframe of the new room.
         session.app.video_choice = None;
         if session.app.connected {
-            feed.start(&mut session.app, &mut session.rtc, buf);
+            feed.start(&mut session.app, buf);
         }
         tracing::info!(session = %session.app.id, from = %old, to = %room, "viewer switched rooms");
         Response::Done
@@ -336,7 +344,7 @@ impl Fanout {
                     s.app.connected = true;
                     tracing::debug!(session = %s.app.id, "viewer connected");
                     if let Some(feed) = rooms.get_mut(&s.app.room) {
-                        feed.start(&mut s.app, &mut s.rtc, buf);
+                        feed.start(&mut s.app, buf);
                     }
                 }
                 Event::KeyframeRequest(_) => {
@@ -466,7 +474,7 @@ impl RoomFeed {
 
     /// Starts a viewer that just connected or arrived: a replay from the newest cached keyframe it can
     /// decode, or, without one, live from the next packet with a keyframe requested.
-    fn start(&mut self, viewer: &mut Viewer, rtc: &mut str0m::Rtc, buf: &mut [u8]) {
+    fn start(&mut self, viewer: &mut Viewer, buf: &mut [u8]) {
         viewer.replay = None;
         let Some(reader) = &self.reader else { return };
         let live_pos = self.cursor.position();
@@ -474,7 +482,7 @@ impl RoomFeed {
         // carries several, and its keyframes of all of them share a moment; replay starts in the favourite.
         let video: Vec<u8> = self.codecs.iter().filter(|e| e.kind == MediaKind::Video).map(|e| e.pt).collect();
         let favourite =
-            video.into_iter().find(|pt| viewer_pt(viewer, rtc, &self.codecs, self.codecs_version, *pt).is_some());
+            video.into_iter().find(|pt| viewer_pt(viewer, &self.codecs, self.codecs_version, *pt).is_some());
         let mut fallback = None;
         for pos in reader.keyframes().into_iter().rev().filter(|&p| p < live_pos) {
             let shm_proto::ring::ReadOutcome::Packet { meta, .. } = reader.read(pos, buf) else { continue };
@@ -482,7 +490,7 @@ impl RoomFeed {
                 fallback = Some(pos);
                 break;
             }
-            if fallback.is_none() && viewer_pt(viewer, rtc, &self.codecs, self.codecs_version, meta.pt).is_some() {
+            if fallback.is_none() && viewer_pt(viewer, &self.codecs, self.codecs_version, meta.pt).is_some() {
                 fallback = Some(pos);
             }
         }
@@ -494,20 +502,15 @@ impl RoomFeed {
 }
 
 /// The viewer's payload type for a ring payload type, if it negotiated that codec.
-fn viewer_pt(
-    viewer: &mut Viewer,
-    rtc: &mut str0m::Rtc,
-    codecs: &[CodecEntry],
-    codecs_version: u64,
-    ring_pt: u8,
-) -> Option<Pt> {
+fn viewer_pt(viewer: &mut Viewer, codecs: &[CodecEntry], codecs_version: u64, ring_pt: u8) -> Option<Pt> {
     if viewer.pt_map_version != codecs_version {
         viewer.pt_map.clear();
         viewer.pt_map_version = codecs_version;
     }
+    let negotiated = &viewer.negotiated;
     *viewer.pt_map.entry(ring_pt).or_insert_with(|| {
         let entry = codecs.iter().find(|e| e.pt == ring_pt)?;
-        rtc.codec_config().match_params(codec::params(entry)).map(|p| p.pt())
+        negotiated.match_params(codec::params(entry)).map(|p| p.pt())
     })
 }
 
@@ -527,7 +530,7 @@ fn deliver(
     if !viewer.connected || (pace == Pace::Live && viewer.replay.is_some()) {
         return false;
     }
-    let Some(pt) = viewer_pt(viewer, rtc, codecs, codecs_version, meta.pt) else { return false };
+    let Some(pt) = viewer_pt(viewer, codecs, codecs_version, meta.pt) else { return false };
     if meta.kind == MediaKind::Video {
         let current = viewer.video_choice.filter(|c| c.source == meta.source);
         match current {
@@ -570,13 +573,13 @@ fn deliver(
 
 /// Why a viewer cannot watch a room whose ring carries `codecs`, if it cannot: a kind the room carries for
 /// which the viewer negotiated none of the room's codecs. A room without codecs yet (no publisher) fits all.
-fn no_common_codec(rtc: &str0m::Rtc, codecs: &[CodecEntry]) -> Option<String> {
+fn no_common_codec(negotiated: &CodecConfig, codecs: &[CodecEntry]) -> Option<String> {
     for kind in [MediaKind::Video, MediaKind::Audio] {
         let room: Vec<&CodecEntry> = codecs.iter().filter(|e| e.kind == kind).collect();
         if room.is_empty() {
             continue;
         }
-        if room.iter().any(|e| rtc.codec_config().match_params(codec::params(e)).is_some()) {
+        if room.iter().any(|e| negotiated.match_params(codec::params(e)).is_some()) {
             continue;
         }
         let mut names: Vec<&str> = room.iter().map(|e| e.codec.name()).collect();

@@ -26,7 +26,7 @@ use shm_proto::config::Config;
 use shm_proto::control::{ErrorKind, ProcessStatus, Request, Response, Role, RoomStatus};
 use shm_proto::ring::{Codec, CodecEntry, Geometry, MediaKind, PacketMeta, RingReader, RingWriter};
 use shm_proto::{paths, RoomName};
-use str0m::media::KeyframeRequestKind;
+use str0m::media::{KeyframeRequestKind, Mid};
 use str0m::net::Transmit;
 use str0m::rtp::{RtpPacket, Ssrc};
 use str0m::{Event, IceConnectionState};
@@ -67,6 +67,8 @@ struct Publisher {
     source: u32,
     /// Payload type -> codec, from the negotiated parameters; filled at the first packet.
     codecs: HashMap<u8, (Codec, MediaKind)>,
+    /// The audio and video media sections of the offer.
+    mids: Vec<Mid>,
     video_ssrcs: Vec<Ssrc>,
     /// Per video SSRC, the timestamp of the last keyframe start: a keyframe (SPS, PPS, IDR fragments) spans
     /// several packets that may each look like a start, and only the first may be indexed.
@@ -81,6 +83,8 @@ struct Room {
     live_codecs: Vec<CodecEntry>,
     last_live_video: Option<Instant>,
     slate: Option<SlatePlayer>,
+    /// Per slate clip, its payload type in the ring while it plays, or `None` if that clip is not played.
+    slate_pts: Vec<Option<u8>>,
     watched_until: Option<Instant>,
     seen_keyframe_requests: u64,
     last_keyframe_request: Option<Instant>,
@@ -99,6 +103,7 @@ impl Room {
             live_codecs: Vec::new(),
             last_live_video: None,
             slate: None,
+            slate_pts: Vec::new(),
             watched_until: None,
             seen_keyframe_requests: seen,
             last_keyframe_request: None,
@@ -125,20 +130,24 @@ impl Room {
     }
 
     /// Writes the codec table: the publisher's codecs, plus the slate's while it plays, on payload types the
-    /// publisher does not use. Returns the slate's payload types.
-    fn write_codecs(&mut self, slate: &Slate, room: &RoomName) -> Vec<u8> {
+    /// publisher does not use. With a publisher connected, the slate plays only in codecs the publisher sends,
+    /// so a viewer is never admitted on the strength of a slate codec it could not watch live in.
+    fn write_codecs(&mut self, slate: &Slate, room: &RoomName) {
         let mut entries = self.live_codecs.clone();
-        let mut slate_pts = Vec::new();
+        self.slate_pts.clear();
         if self.slate.is_some() {
-            let mut free = (96..=127u8).rev().chain(35..=63).filter(|pt| !entries.iter().any(|e| e.pt == *pt));
-            let slate_entries = slate.entries(|_| free.next().expect("the publisher leaves payload types free"));
-            slate_pts = slate_entries.iter().map(|e| e.pt).collect();
-            entries.extend(slate_entries);
+            let mut free = (96..=127u8).rev().chain(35..=63).filter(|pt| !self.live_codecs.iter().any(|e| e.pt == *pt));
+            for entry in slate.entries(|_| free.next().expect("the publisher leaves payload types free")) {
+                let fits = self.live_codecs.is_empty() || self.live_codecs.iter().any(|e| e.codec == entry.codec);
+                self.slate_pts.push(fits.then_some(entry.pt));
+                if fits {
+                    entries.push(entry);
+                }
+            }
         }
         if let Err(e) = self.ring.set_codecs(&entries) {
             tracing::warn!(error = %e, %room, "cannot write codec table");
         }
-        slate_pts
     }
 }
 
@@ -146,8 +155,6 @@ pub struct Ingest {
     settings: Settings,
     candidates: Vec<SocketAddr>,
     slate: Slate,
-    /// The slate's payload types in each room's ring while it plays.
-    slate_pts: HashMap<RoomName, Vec<u8>>,
     host: SessionHost<Publisher>,
     rooms: HashMap<RoomName, Room>,
     ids: HashMap<String, SessionKey>,
@@ -164,7 +171,6 @@ impl Ingest {
             settings,
             candidates,
             slate,
-            slate_pts: HashMap::new(),
             host: SessionHost::new(),
             rooms: HashMap::new(),
             ids: HashMap::new(),
@@ -206,7 +212,7 @@ impl Ingest {
                 }
                 None => error(ErrorKind::UnknownSession, "no such publisher session"),
             },
-            Request::Rooms => Response::Rooms(self.rooms_status(now)),
+            Request::Rooms => Response::Rooms { rooms: self.rooms_status(now) },
             Request::View { .. } | Request::Switch { .. } => {
                 error(ErrorKind::WrongRole, "ingest takes publishers, not viewers")
             }
@@ -266,12 +272,15 @@ impl Ingest {
             room: room.clone(),
             source: process::random_u32(),
             codecs: HashMap::new(),
+            mids: offer::media_sections(offer_sdp).into_iter().map(|(mid, _)| mid).collect(),
             video_ssrcs: Vec::new(),
             keyframe_ts: HashMap::new(),
         };
         let key = self.host.insert(accepted.rtc, accepted.ufrag, publisher, now);
         let r = self.rooms.get_mut(&room).expect("room made above");
         r.publisher = Some(key);
+        // A publisher gets LIVE_TIMEOUT to send its first video before the slate stands in for it.
+        r.last_live_video = Some(now);
         r.seen_keyframe_requests = r.ring.keyframe_requests();
         self.ids.insert(id.clone(), key);
         tracing::info!(session = %id, %room, "publisher joined");
@@ -319,10 +328,10 @@ impl Ingest {
         let publisher = &mut session.app;
         let Some(room) = self.rooms.get_mut(&publisher.room) else { return };
         if publisher.codecs.is_empty() {
-            room.live_codecs = session.rtc.codec_config().params().iter().filter_map(codec::entry).collect();
+            let negotiated = codec::negotiated(&session.rtc, &publisher.mids);
+            room.live_codecs = negotiated.params().iter().filter_map(codec::entry).collect();
             publisher.codecs = room.live_codecs.iter().map(|e| (e.pt, (e.codec, e.kind))).collect();
-            let pts = room.write_codecs(&self.slate, &publisher.room);
-            self.slate_pts.insert(publisher.room.clone(), pts);
+            room.write_codecs(&self.slate, &publisher.room);
         }
         let pt = *pkt.header.payload_type;
         let Some(&(codec, kind)) = publisher.codecs.get(&pt) else {
@@ -344,7 +353,6 @@ impl Ingest {
                 }
                 room.slate = None;
                 room.write_codecs(&self.slate, &publisher.room);
-                self.slate_pts.remove(&publisher.room);
                 tracing::info!(room = %publisher.room, "live video is back; slate stopped");
             }
             room.last_live_video = Some(now);
@@ -397,14 +405,12 @@ impl Ingest {
             match (&room.slate, want_slate) {
                 (None, true) => {
                     room.slate = Some(SlatePlayer::new(&self.slate, now, process::random_u32));
-                    let pts = room.write_codecs(&self.slate, name);
-                    self.slate_pts.insert(name.clone(), pts);
+                    room.write_codecs(&self.slate, name);
                     tracing::info!(room = %name, "no live video; slate playing");
                 }
                 (Some(_), false) if !watched => {
                     room.slate = None;
                     room.write_codecs(&self.slate, name);
-                    self.slate_pts.remove(name);
                     tracing::debug!(room = %name, "nobody watches; slate stopped");
                 }
                 _ => {}
@@ -464,18 +470,18 @@ impl Ingest {
     fn play_slates(&mut self, now: Instant) {
         for (name, room) in &mut self.rooms {
             let Some(player) = &mut room.slate else { continue };
-            let Some(pts) = self.slate_pts.get(name) else { continue };
             let source = player.source;
             let due = player.poll(&self.slate, now);
             let arrival = process::unix_ns();
             for d in due {
+                let Some(pt) = room.slate_pts.get(d.clip).copied().flatten() else { continue };
                 let meta = PacketMeta {
                     arrival_unix_ns: arrival,
                     seq: d.seq,
                     timestamp: d.timestamp,
                     ssrc: d.ssrc,
                     source,
-                    pt: pts[d.clip],
+                    pt,
                     kind: MediaKind::Video,
                     marker: d.marker,
                     keyframe: d.keyframe,

@@ -3,8 +3,9 @@
 use std::num::NonZeroU32;
 
 use shm_proto::ring::{Codec, CodecEntry, MediaKind};
-use str0m::format::{Codec as SCodec, CodecSpec, FormatParams, PayloadParams};
-use str0m::media::{Frequency, Pt};
+use str0m::format::{Codec as SCodec, CodecConfig, CodecSpec, FormatParams, PayloadParams};
+use str0m::media::{Frequency, Mid, Pt};
+use str0m::Rtc;
 
 /// The ring's name for a str0m codec, if the ring carries it.
 pub fn ring_codec(codec: SCodec) -> Option<Codec> {
@@ -59,4 +60,12 @@ pub fn params(entry: &CodecEntry) -> PayloadParams {
         format: FormatParams::parse_line(&entry.fmtp),
     };
     PayloadParams::new(Pt::new_with_value(entry.pt), None, spec)
+}
+
+/// What the peer negotiated: the session's codec configuration cut down to the payload types the peer's
+/// media sections agreed on. (A session's configuration also lists every codec this side could have used.)
+pub fn negotiated(rtc: &Rtc, mids: &[Mid]) -> CodecConfig {
+    let pts: Vec<Pt> = mids.iter().filter_map(|m| rtc.media(*m)).flat_map(|m| m.remote_pts().to_vec()).collect();
+    let params = rtc.codec_config().params().iter().filter(|p| pts.contains(&p.pt())).copied().collect();
+    CodecConfig::new_from_payload_params(params)
 }

@@ -84,7 +84,9 @@ pub enum Response {
     Closed,
     /// The request was carried out.
     Done,
-    Rooms(Vec<RoomStatus>),
+    Rooms {
+        rooms: Vec<RoomStatus>,
+    },
     Error {
         kind: ErrorKind,
         message: String,
@@ -326,6 +328,39 @@ mod tests {
         write_frame(&mut buf, &Envelope { id: 7, msg: req.clone() }).unwrap();
         let back: Envelope<Request> = read_frame(&mut Cursor::new(buf)).unwrap();
         assert_eq!(back, Envelope { id: 7, msg: req });
+    }
+
+    #[test]
+    fn every_message_frames() {
+        let requests = [
+            Request::Status,
+            Request::Publish { room: "a".into(), offer: "v=0".into() },
+            Request::View { room: "a".into(), offer: "v=0".into() },
+            Request::Close { session: "i-00".into() },
+            Request::Switch { session: "w0-00".into(), room: "b".into() },
+            Request::Watch { room: "a".into() },
+            Request::Rooms,
+            Request::Check { session: "w0-00".into() },
+        ];
+        let status = ProcessStatus { role: Role::Fanout, index: 1, pid: 2, sessions: 3, accepting: true };
+        let responses = [
+            Response::Status(status),
+            Response::Answer { session: "i-00".into(), answer: "v=0".into() },
+            Response::Closed,
+            Response::Done,
+            Response::Rooms { rooms: vec![RoomStatus { name: "a".into(), viewers: 2, ..Default::default() }] },
+            Response::Error { kind: ErrorKind::RoomBusy, message: "busy".into() },
+        ];
+        for msg in requests {
+            let mut buf = Vec::new();
+            write_frame(&mut buf, &Envelope { id: 1, msg: msg.clone() }).unwrap();
+            assert_eq!(read_frame::<Request>(&mut Cursor::new(buf)).unwrap().msg, msg);
+        }
+        for msg in responses {
+            let mut buf = Vec::new();
+            write_frame(&mut buf, &Envelope { id: 1, msg: msg.clone() }).unwrap();
+            assert_eq!(read_frame::<Response>(&mut Cursor::new(buf)).unwrap().msg, msg);
+        }
     }
 
     #[test]

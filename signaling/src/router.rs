@@ -357,7 +357,7 @@ impl<B: Backend> Router<B> {
     pub fn room_list(&self) -> RoomList {
         let mut merged: std::collections::BTreeMap<String, RoomStatus> = std::collections::BTreeMap::new();
         let mut merge = |target| {
-            if let Ok(Response::Rooms(rooms)) = self.backend.call(target, &Request::Rooms) {
+            if let Ok(Response::Rooms { rooms }) = self.backend.call(target, &Request::Rooms) {
                 for r in rooms {
                     let m = merged
                         .entry(r.name.clone())
@@ -608,7 +608,21 @@ mod tests {
     }
 
     impl Backend for Fake {
+        /// Answers as a media process would, through the wire format, so what cannot be framed fails here too.
         fn call(&self, target: Target, request: &Request) -> Result<Response, ControlError> {
+            let resp = self.answer(target, request)?;
+            let mut wire = Vec::new();
+            shm_proto::control::write_frame(&mut wire, &shm_proto::control::Envelope { id: 1, msg: resp })?;
+            Ok(shm_proto::control::read_frame::<Response>(&mut wire.as_slice())?.msg)
+        }
+
+        fn workers(&self) -> Vec<u32> {
+            self.workers.clone()
+        }
+    }
+
+    impl Fake {
+        fn answer(&self, target: Target, request: &Request) -> Result<Response, ControlError> {
             if target == Target::Ingest && !self.ingest_up {
                 return Err(ControlError::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)));
             }
@@ -643,21 +657,19 @@ mod tests {
                 }
                 Request::Close { .. } => Response::Closed,
                 Request::Switch { .. } | Request::Watch { .. } | Request::Check { .. } => Response::Done,
-                Request::Rooms => Response::Rooms(match target {
-                    Target::Ingest => vec![RoomStatus {
-                        name: "a".into(),
-                        live: true,
-                        codecs: vec!["H264".into()],
-                        bitrate_bps: 1_500_000,
-                        ..Default::default()
-                    }],
-                    Target::Worker(_) => vec![RoomStatus { name: "a".into(), viewers: *n, ..Default::default() }],
-                }),
+                Request::Rooms => Response::Rooms {
+                    rooms: match target {
+                        Target::Ingest => vec![RoomStatus {
+                            name: "a".into(),
+                            live: true,
+                            codecs: vec!["H264".into()],
+                            bitrate_bps: 1_500_000,
+                            ..Default::default()
+                        }],
+                        Target::Worker(_) => vec![RoomStatus { name: "a".into(), viewers: *n, ..Default::default() }],
+                    },
+                },
             })
-        }
-
-        fn workers(&self) -> Vec<u32> {
-            self.workers.clone()
         }
     }
 
