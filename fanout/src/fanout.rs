@@ -50,6 +50,10 @@ const RING_IDLE_AFTER: Duration = Duration::from_millis(500);
 const SILENCE_CHECK: Duration = Duration::from_secs(1);
 /// Most packets read from one ring per loop turn, so one busy room cannot starve sockets and timers.
 const READ_BUDGET: usize = 512;
+/// Most replayed packets sent to one viewer per loop turn (a turn is about a millisecond while media flows):
+/// a cached GOP goes out at up to about 8000 packets a second, far above any stream's rate so the viewer
+/// catches up in a fraction of a second, yet in bursts the socket buffers on both ends absorb.
+const REPLAY_BUDGET: usize = 8;
 /// Retransmission memory per viewer video stream, in packets (about 2 s at 1.5 Mbit/s). The payloads are
 /// shared with every other viewer of the room, so a viewer's own cost is the bookkeeping, not the bytes.
 const RTX_CACHE_PACKETS: usize = 256;
@@ -285,34 +289,46 @@ impl Fanout {
             }
             let reader = feed.reader.as_ref().expect("open() returned true");
             let live_pos = feed.cursor.position();
-            // Replays first, up to where the live feed stands, so each viewer then joins it seamlessly.
+            // Replays first, up to where the live feed stands. A replay goes out at most REPLAY_BUDGET packets a
+            // turn and skips live packets meanwhile; each turn it walks on to the live position of that turn,
+            // which it soon reaches (it is far faster than any stream), and then it joins live at exactly the
+            // next packet.
             for &key in &feed.viewers {
                 let Some(session) = self.host.get_mut(key) else { continue };
                 let Some(mut cursor) = session.app.replay.take() else { continue };
                 let mut wrote = false;
-                while cursor.position() < live_pos {
-                    let Some((meta, len)) = cursor.next(reader, &mut self.buf) else { break };
+                let mut sent = 0;
+                let mut done = false;
+                while sent < REPLAY_BUDGET {
+                    if cursor.position() >= live_pos {
+                        done = true;
+                        break;
+                    }
+                    let Some((meta, len)) = cursor.next(reader, &mut self.buf) else {
+                        // The ring lost the packets: join live and wait for a keyframe.
+                        session.app.video_choice = None;
+                        done = true;
+                        break;
+                    };
                     if cursor.last_position().is_some_and(|p| p >= live_pos) {
                         // Lapped and resynced past the live position: live delivers from here.
+                        session.app.video_choice = None;
+                        done = true;
                         break;
                     }
                     if meta.kind == MediaKind::Video {
                         let payload: Arc<[u8]> = Arc::from(&self.buf[..len]);
-                        wrote |= deliver(
-                            session,
-                            &feed.codecs,
-                            feed.codecs_version,
-                            &meta,
-                            &payload,
-                            now,
-                            now_ns,
-                            Pace::Replay,
-                        );
+                        let pace = Pace::Replay;
+                        if deliver(session, &feed.codecs, feed.codecs_version, &meta, &payload, now, now_ns, pace) {
+                            wrote = true;
+                            sent += 1;
+                        }
                     }
                 }
-                if cursor.position() < live_pos {
-                    // Lapped past its keyframe or the ring lost the packets: join live and wait for a keyframe.
-                    session.app.video_choice = None;
+                if !done {
+                    session.app.replay = Some(cursor);
+                    // Keep the loop turning quickly until the replay catches up.
+                    self.last_packet = now;
                 }
                 if wrote {
                     self.host.touch(key);
