@@ -119,6 +119,8 @@ pub struct Fanout {
     /// When a ring last had a new packet.
     last_packet: Instant,
     next_silence_check: Instant,
+    /// Stopping: no new viewers.
+    draining: bool,
 }
 
 impl Fanout {
@@ -135,6 +137,7 @@ impl Fanout {
             t0: now,
             last_packet: now,
             next_silence_check: now + SILENCE_CHECK,
+            draining: false,
         }
     }
 
@@ -145,7 +148,7 @@ impl Fanout {
                 index: self.index,
                 pid: std::process::id(),
                 sessions: self.host.len() as u32,
-                accepting: true,
+                accepting: !self.draining,
             }),
             Request::View { room, offer } => self.view(now, &room, &offer),
             Request::Switch { session, room } => self.switch(now, &session, &room),
@@ -178,6 +181,9 @@ impl Fanout {
     }
 
     fn view(&mut self, now: Instant, room: &str, offer_sdp: &str) -> Response {
+        if self.draining {
+            return error(ErrorKind::Unavailable, "this worker is stopping");
+        }
         let room = match RoomName::new(room) {
             Ok(room) => room,
             Err(e) => return error(ErrorKind::BadRequest, &e.to_string()),
@@ -267,17 +273,19 @@ impl Fanout {
         Response::Done
     }
 
+    /// Ends a viewer's session: detached from its room at once, gone from the host once its goodbye is out.
     fn close(&mut self, key: SessionKey) {
-        let Some(mut s) = self.host.remove(key) else { return };
-        s.rtc.disconnect();
-        self.ids.remove(&s.app.id);
-        if let Some(feed) = self.rooms.get_mut(&s.app.room) {
-            feed.viewers.retain(|k| *k != key);
-            if feed.viewers.is_empty() {
-                self.rooms.remove(&s.app.room);
+        let Some(s) = self.host.get(key) else { return };
+        if self.ids.remove(&s.app.id).is_some() {
+            tracing::info!(session = %s.app.id, room = %s.app.room, "viewer left");
+            if let Some(feed) = self.rooms.get_mut(&s.app.room) {
+                feed.viewers.retain(|k| *k != key);
+                if feed.viewers.is_empty() {
+                    self.rooms.remove(&s.app.room);
+                }
             }
         }
-        tracing::info!(session = %s.app.id, room = %s.app.room, "viewer left");
+        self.host.close(key);
     }
 
     /// Reads what is new in every ring with viewers and writes it into their sessions.
@@ -416,6 +424,19 @@ impl Core for Fanout {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    fn shutdown(&mut self, _now: Instant) {
+        self.draining = true;
+        let keys: Vec<SessionKey> = self.host.keys().collect();
+        tracing::info!(sessions = keys.len(), "stopping: closing every viewer session");
+        for key in keys {
+            self.close(key);
+        }
+    }
+
+    fn is_drained(&self) -> bool {
+        self.host.is_empty()
     }
 
     fn has_work(&self) -> bool {

@@ -162,6 +162,8 @@ pub struct Ingest {
     next_housekeeping: Instant,
     next_adopt_scan: Instant,
     next_fallback: Instant,
+    /// Stopping: no new publishers.
+    draining: bool,
 }
 
 impl Ingest {
@@ -178,6 +180,7 @@ impl Ingest {
             next_housekeeping: now,
             next_adopt_scan: now,
             next_fallback,
+            draining: false,
         }
     }
 
@@ -188,7 +191,7 @@ impl Ingest {
                 index: 0,
                 pid: std::process::id(),
                 sessions: self.host.len() as u32,
-                accepting: true,
+                accepting: !self.draining,
             }),
             Request::Publish { room, offer } => self.publish(now, &room, &offer),
             Request::Watch { room } => match RoomName::new(&room) {
@@ -252,6 +255,9 @@ impl Ingest {
     }
 
     fn publish(&mut self, now: Instant, room: &str, offer_sdp: &str) -> Response {
+        if self.draining {
+            return error(ErrorKind::Unavailable, "ingest is stopping");
+        }
         let room = match RoomName::new(room) {
             Ok(room) => room,
             Err(e) => return error(ErrorKind::BadRequest, &e.to_string()),
@@ -287,18 +293,20 @@ impl Ingest {
         Response::Answer { session: id, answer: accepted.answer }
     }
 
+    /// Ends a publisher's session: its room is free at once, the session gone once its goodbye is out.
     fn close(&mut self, key: SessionKey) {
-        let Some(mut s) = self.host.remove(key) else { return };
-        s.rtc.disconnect();
-        self.ids.remove(&s.app.id);
-        if let Some(room) = self.rooms.get_mut(&s.app.room) {
-            if room.publisher == Some(key) {
-                room.publisher = None;
-                room.live_codecs.clear();
-                room.last_live_video = None;
+        let Some(s) = self.host.get(key) else { return };
+        if self.ids.remove(&s.app.id).is_some() {
+            tracing::info!(session = %s.app.id, room = %s.app.room, "publisher left");
+            if let Some(room) = self.rooms.get_mut(&s.app.room) {
+                if room.publisher == Some(key) {
+                    room.publisher = None;
+                    room.live_codecs.clear();
+                    room.last_live_video = None;
+                }
             }
         }
-        tracing::info!(session = %s.app.id, room = %s.app.room, "publisher left");
+        self.host.close(key);
     }
 
     /// Drives the sessions and writes what publishers sent into the rings.
@@ -533,6 +541,19 @@ impl Core for Ingest {
             t = t.min(other);
         }
         Some(t)
+    }
+
+    fn shutdown(&mut self, _now: Instant) {
+        self.draining = true;
+        let keys: Vec<SessionKey> = self.host.keys().collect();
+        tracing::info!(sessions = keys.len(), "stopping: closing every publisher session");
+        for key in keys {
+            self.close(key);
+        }
+    }
+
+    fn is_drained(&self) -> bool {
+        self.host.is_empty()
     }
 
     fn has_work(&self) -> bool {

@@ -28,6 +28,8 @@ pub struct Session<T> {
     last_input: Instant,
     next_timeout: Option<Instant>,
     dirty: bool,
+    /// Closing: its goodbye (RTCP BYE, DTLS close_notify) goes out at the next poll, then it is dead.
+    closing: bool,
 }
 
 impl<T> Session<T> {
@@ -111,7 +113,16 @@ impl<T> SessionHost<T> {
         self.by_ufrag.insert(ufrag.clone(), key);
         self.sessions.insert(
             key,
-            Session { rtc, app, ufrag, remotes: Vec::new(), last_input: now, next_timeout: None, dirty: true },
+            Session {
+                rtc,
+                app,
+                ufrag,
+                remotes: Vec::new(),
+                last_input: now,
+                next_timeout: None,
+                dirty: true,
+                closing: false,
+            },
         );
         self.dirty.push(key);
         key
@@ -125,6 +136,23 @@ impl<T> SessionHost<T> {
                 self.dirty.push(key);
             }
         }
+    }
+
+    /// Ends a session: a live one says goodbye to its peer (RTCP BYE, DTLS close_notify, so a browser learns
+    /// at once rather than by a timeout) at the next poll, which then reports it dead; a dead one is removed
+    /// and returned.
+    pub fn close(&mut self, key: SessionKey) -> Option<Session<T>> {
+        let s = self.sessions.get_mut(&key)?;
+        if s.rtc.is_alive() && !s.closing {
+            if let Err(e) = s.rtc.close() {
+                tracing::debug!(error = %e, "session close failed");
+                s.rtc.disconnect();
+            }
+            s.closing = true;
+            self.touch(key);
+            return None;
+        }
+        self.remove(key)
     }
 
     pub fn remove(&mut self, key: SessionKey) -> Option<Session<T>> {
@@ -261,6 +289,10 @@ impl<T> SessionHost<T> {
                 }
             }
             s.drain(key, send, events);
+            if s.closing {
+                // The goodbye went out with this drain; nothing more is owed to the peer.
+                s.rtc.disconnect();
+            }
             if let Some(t) = s.next_timeout {
                 self.timers.push(Reverse((t, key)));
             }

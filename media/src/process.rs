@@ -130,6 +130,10 @@ pub trait Core {
     fn next_timeout(&mut self, now: Instant) -> Option<Instant>;
     /// True if the loop must turn again at once.
     fn has_work(&self) -> bool;
+    /// The process is stopping: take no new sessions and say goodbye to every peer.
+    fn shutdown(&mut self, now: Instant);
+    /// True once every session is gone.
+    fn is_drained(&self) -> bool;
 }
 
 /// The errors that stop a media process at start.
@@ -149,6 +153,8 @@ const WAKER: Token = Token(0);
 const FIRST_UDP: usize = 1;
 /// The longest the loop sleeps when nothing is due.
 const IDLE_TURN: Duration = Duration::from_millis(100);
+/// After SIGTERM, how long the loop keeps turning for goodbyes to go out.
+const DRAIN: Duration = Duration::from_secs(1);
 
 /// Where a media process listens.
 pub struct Endpoints<'a> {
@@ -183,8 +189,17 @@ pub fn run<C: Core>(
 
     let mut events = Events::with_capacity(64);
     let mut buf = vec![0u8; 2048];
-    while !stop.load(Ordering::Acquire) {
+    let mut drain_until: Option<Instant> = None;
+    loop {
         let now = Instant::now();
+        if drain_until.is_none() && stop.load(Ordering::Acquire) {
+            shm_proto::service::stopping();
+            core.shutdown(now);
+            drain_until = Some(now + DRAIN);
+        }
+        if drain_until.is_some_and(|t| now >= t || core.is_drained()) {
+            break;
+        }
         watchdog.tick(now);
         let timeout = if core.has_work() {
             Duration::ZERO
@@ -219,6 +234,5 @@ pub fn run<C: Core>(
         core.poll(now, &mut |t| udp.send(t));
         udp.flush();
     }
-    shm_proto::service::stopping();
     Ok(())
 }
