@@ -51,9 +51,9 @@ const SILENCE_CHECK: Duration = Duration::from_secs(1);
 /// Most packets read from one ring per loop turn, so one busy room cannot starve sockets and timers.
 const READ_BUDGET: usize = 512;
 /// Most replayed packets sent to one viewer per loop turn (a turn is about a millisecond while media flows):
-/// a cached GOP goes out at up to about 8000 packets a second, far above any stream's rate so the viewer
+/// a cached GOP goes out at up to about 4000 packets a second, far above any stream's rate so the viewer
 /// catches up in a fraction of a second, yet in bursts the socket buffers on both ends absorb.
-const REPLAY_BUDGET: usize = 8;
+const REPLAY_BUDGET: usize = 4;
 /// Retransmission memory per viewer video stream, in packets (about 2 s at 1.5 Mbit/s). The payloads are
 /// shared with every other viewer of the room, so a viewer's own cost is the bookkeeping, not the bytes.
 const RTX_CACHE_PACKETS: usize = 256;
