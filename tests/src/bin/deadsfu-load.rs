@@ -38,8 +38,11 @@ const WAKER: Token = Token(usize::MAX);
 /// Datagrams per `recvmmsg`.
 const BATCH: usize = 32;
 const DGRAM_MAX: usize = 2048;
-/// How long the payload -> ring arrival map keeps entries.
-const RING_MEMORY_NS: u64 = 4_000_000_000;
+/// A viewer with no complete video frame this long after its POST is counted as failed.
+const MEDIA_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the payload -> ring arrival map keeps entries: under the fixture's loop period (10 s), whose
+/// payloads repeat bit for bit; a packet later than this is counted as unmatched, not measured.
+const RING_MEMORY_NS: u64 = 9_000_000_000;
 
 struct Args {
     url: String,
@@ -906,6 +909,20 @@ fn main() {
             load.on_answer(r);
         }
         if !load.ramp_done && next_post == n && in_flight == 0 {
+            // A viewer without a complete video frame long after its POST will not get one: count it failed,
+            // so the ramp ends and the report says why.
+            for v in load.viewers.iter_mut() {
+                if v.state == State::Active
+                    && v.t_first_frame.is_none()
+                    && v.t_post.is_some_and(|t| now.duration_since(t) > MEDIA_TIMEOUT)
+                {
+                    v.state = State::Failed;
+                    v.error = Some(format!(
+                        "no complete video frame within {MEDIA_TIMEOUT:?} ({})",
+                        if v.t_connected.is_some() { "connected" } else { "ICE/DTLS not connected" }
+                    ));
+                }
+            }
             let all = load.viewers.iter().all(|v| v.state == State::Failed || v.t_first_frame.is_some());
             if all {
                 load.ramp_done = true;
