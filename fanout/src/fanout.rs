@@ -231,7 +231,7 @@ impl Fanout {
         let key = self.host.insert(accepted.rtc, accepted.ufrag, viewer, now);
         self.ids.insert(id.clone(), key);
         self.feed(&room, now).viewers.push(key);
-        tracing::info!(session = %id, %room, "viewer joined");
+        tracing::debug!(session = %id, %room, "viewer joined");
         Response::Answer { session: id, answer: accepted.answer }
     }
 
@@ -269,7 +269,7 @@ impl Fanout {
         if session.app.connected {
             feed.start(&mut session.app, buf);
         }
-        tracing::info!(session = %session.app.id, from = %old, to = %room, "viewer switched rooms");
+        tracing::debug!(session = %session.app.id, from = %old, to = %room, "viewer switched rooms");
         Response::Done
     }
 
@@ -277,7 +277,7 @@ impl Fanout {
     fn close(&mut self, key: SessionKey) {
         let Some(s) = self.host.get(key) else { return };
         if self.ids.remove(&s.app.id).is_some() {
-            tracing::info!(session = %s.app.id, room = %s.app.room, "viewer left");
+            tracing::debug!(session = %s.app.id, room = %s.app.room, "viewer left");
             if let Some(feed) = self.rooms.get_mut(&s.app.room) {
                 feed.viewers.retain(|k| *k != key);
                 if feed.viewers.is_empty() {
