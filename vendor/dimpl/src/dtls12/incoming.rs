@@ -61,10 +61,20 @@ impl Incoming {
     }
 }
 
+/// Most records one datagram may carry.
+///
+/// deadsfu patch: 8 upstream. aiortc (OpenSSL behind a memory BIO with no MTU set, read out
+/// 1500 bytes at a time into one datagram) sends its client flight with an RSA 2048 certificate
+/// (Certificate, ClientKeyExchange, CertificateVerify, ChangeCipherSpec, Finished, the larger
+/// messages in fragments) as more than 8 records in one datagram, which were all discarded
+/// ("too many records in packet") so the handshake never completed. 32 still bounds the work
+/// per datagram.
+pub const MAX_RECORDS_PER_DATAGRAM: usize = 32;
+
 /// A number of records parsed from a single UDP packet.
 #[derive(Debug)]
 pub struct Records {
-    pub records: ArrayVec<Record, 8>,
+    pub records: ArrayVec<Record, MAX_RECORDS_PER_DATAGRAM>,
 }
 
 impl Records {
@@ -73,7 +83,7 @@ impl Records {
         decrypt: &mut dyn RecordHandler,
         cs: Option<Dtls12CipherSuite>,
     ) -> Result<Records, InternalError> {
-        let mut parsed_records: ArrayVec<Record, 8> = ArrayVec::new();
+        let mut parsed_records: ArrayVec<Record, MAX_RECORDS_PER_DATAGRAM> = ArrayVec::new();
         if let Err(error) = Self::parse_records(packet, decrypt, cs, &mut parsed_records) {
             for record in parsed_records {
                 decrypt.push_buffer(record.into_buffer());
@@ -97,7 +107,7 @@ impl Records {
         mut packet: &[u8],
         decrypt: &mut dyn RecordHandler,
         cs: Option<Dtls12CipherSuite>,
-        parsed_records: &mut ArrayVec<Record, 8>,
+        parsed_records: &mut ArrayVec<Record, MAX_RECORDS_PER_DATAGRAM>,
     ) -> Result<(), InternalError> {
         // Find record boundaries and copy each record ONCE from the packet
         while !packet.is_empty() {
@@ -756,7 +766,7 @@ mod tests {
     fn oversized_datagram_recycles_all_pooled_records() {
         let mut handler = TestHandler::default();
         let mut packet = Vec::new();
-        for sequence in 0..9 {
+        for sequence in 0..(MAX_RECORDS_PER_DATAGRAM as u64 + 1) {
             packet.extend_from_slice(&build_record(
                 ContentType::ApplicationData,
                 1,

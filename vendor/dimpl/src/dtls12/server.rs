@@ -1321,9 +1321,11 @@ fn handshake_serialize_certificate_request(
     body: &mut Buf,
     sig_algs: &SignatureAndHashAlgorithmVec,
 ) -> Result<(), Error> {
-    // Only advertise ECDSA_SIGN (the only supported client cert type)
+    // deadsfu patch: advertise RSA_SIGN next to ECDSA_SIGN; the signature verifier checks
+    // RSASSA-PKCS1-v1_5 CertificateVerify signatures too.
     let mut cert_types = CertificateTypeVec::new();
     cert_types.push(ClientCertificateType::ECDSA_SIGN);
+    cert_types.push(ClientCertificateType::RSA_SIGN);
 
     // If intersection is empty (e.g., client didn't advertise), fall back to our supported set
     // Build the selected list with the capacity expected by CertificateRequest
@@ -1474,7 +1476,7 @@ mod tests {
     }
 
     #[test]
-    fn certificate_request_does_not_select_rsa_signatures() {
+    fn certificate_request_selects_rsa_signatures_in_client_order() {
         let mut client = SignatureAndHashAlgorithmVec::new();
         client.push(SignatureAndHashAlgorithm::new(
             HashAlgorithm::SHA256,
@@ -1487,13 +1489,15 @@ mod tests {
 
         let selected = select_certificate_request_sig_algs(Some(&client));
 
-        assert_eq!(selected.len(), 1);
+        assert_eq!(selected.len(), 2);
         assert_eq!(selected[0].signature, SignatureAlgorithm::ECDSA);
         assert_eq!(selected[0].hash, HashAlgorithm::SHA256);
+        assert_eq!(selected[1].signature, SignatureAlgorithm::RSA);
+        assert_eq!(selected[1].hash, HashAlgorithm::SHA256);
     }
 
     #[test]
-    fn certificate_request_rejects_rsa_only_signatures() {
+    fn certificate_request_accepts_rsa_only_signatures() {
         let mut client = SignatureAndHashAlgorithmVec::new();
         client.push(SignatureAndHashAlgorithm::new(
             HashAlgorithm::SHA256,
@@ -1502,6 +1506,16 @@ mod tests {
 
         let selected = select_certificate_request_sig_algs(Some(&client));
 
-        assert!(selected.is_empty());
+        assert_eq!(selected.len(), 1);
+        assert_eq!(selected[0].signature, SignatureAlgorithm::RSA);
+    }
+
+    #[test]
+    fn certificate_request_advertises_ecdsa_and_rsa_sign() {
+        let mut body = Buf::new();
+        handshake_serialize_certificate_request(&mut body, &SignatureAndHashAlgorithmVec::new())
+            .unwrap();
+        // certificate_types: length 2, ecdsa_sign (64), rsa_sign (1)
+        assert_eq!(&body[..3], &[2, 64, 1]);
     }
 }

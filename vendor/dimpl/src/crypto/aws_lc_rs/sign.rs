@@ -7,6 +7,8 @@ use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA384_ASN1};
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, UnparsedPublicKey};
 use aws_lc_rs::signature::{ECDSA_P384_SHA256_ASN1, ECDSA_P384_SHA384_ASN1};
 use aws_lc_rs::signature::{EcdsaKeyPair, EcdsaSigningAlgorithm, EcdsaVerificationAlgorithm};
+use aws_lc_rs::signature::{RSA_PKCS1_2048_8192_SHA256, RSA_PKCS1_2048_8192_SHA384};
+use aws_lc_rs::signature::{RSA_PKCS1_2048_8192_SHA512, RsaParameters};
 use der::{Decode, Encode};
 use spki::ObjectIdentifier;
 use x509_cert::Certificate as X509Certificate;
@@ -191,6 +193,9 @@ impl SignatureVerifier for AwsLcSignatureVerifier {
         hash_alg: HashAlgorithm,
         sig_alg: SignatureAlgorithm,
     ) -> Result<(), CryptoError> {
+        if sig_alg == SignatureAlgorithm::RSA {
+            return verify_rsa_pkcs1(cert_der, data, signature, hash_alg);
+        }
         if sig_alg != SignatureAlgorithm::ECDSA {
             return Err(CryptoError::UnsupportedSignatureAlgorithm(sig_alg));
         }
@@ -245,6 +250,52 @@ impl SignatureVerifier for AwsLcSignatureVerifier {
                 group,
             })
     }
+}
+
+/// deadsfu patch: verify an RSASSA-PKCS1-v1_5 signature (a DTLS 1.2 client's CertificateVerify
+/// made with an RSA certificate, as GStreamer's webrtcbin and browsers' `generateCertificate`
+/// with `RSASSA-PKCS1-v1_5` make). Keys of 2048 to 8192 bits, SHA-256/384/512.
+fn verify_rsa_pkcs1(
+    cert_der: &[u8],
+    data: &[u8],
+    signature: &[u8],
+    hash_alg: HashAlgorithm,
+) -> Result<(), CryptoError> {
+    const OID_RSA_ENCRYPTION: ObjectIdentifier =
+        ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+
+    let algorithm: &'static RsaParameters = match hash_alg {
+        HashAlgorithm::SHA256 => &RSA_PKCS1_2048_8192_SHA256,
+        HashAlgorithm::SHA384 => &RSA_PKCS1_2048_8192_SHA384,
+        HashAlgorithm::SHA512 => &RSA_PKCS1_2048_8192_SHA512,
+        _ => {
+            return Err(CryptoError::UnsupportedSignaturePair {
+                signature: SignatureAlgorithm::RSA,
+                hash: hash_alg,
+            });
+        }
+    };
+
+    let cert =
+        X509Certificate::from_der(cert_der).map_err(|_| CryptoError::CertificateParseFailed)?;
+    let spki = cert.tbs_certificate().subject_public_key_info();
+    if spki.algorithm.oid != OID_RSA_ENCRYPTION {
+        return Err(CryptoError::UnsupportedPublicKeyAlgorithm);
+    }
+    // The subjectPublicKey of rsaEncryption is a DER RSAPublicKey (RFC 8017), which is what
+    // aws-lc-rs's RSA verification takes.
+    let pubkey_bytes = spki
+        .subject_public_key
+        .as_bytes()
+        .ok_or(CryptoError::InvalidSubjectPublicKey)?;
+
+    UnparsedPublicKey::new(algorithm, pubkey_bytes)
+        .verify(data, signature)
+        .map_err(|_| CryptoError::SignatureVerificationFailed {
+            signature: SignatureAlgorithm::RSA,
+            hash: hash_alg,
+            group: NamedGroup::default(),
+        })
 }
 
 /// Static instance of the key provider.

@@ -259,14 +259,14 @@ impl ClientCertificateType {
     }
 
     /// Returns true if this certificate type is supported by this implementation.
-    /// Currently only ECDSA_SIGN is supported.
+    /// ECDSA_SIGN and (deadsfu patch) RSA_SIGN, for client certificates.
     pub fn is_supported(&self) -> bool {
         Self::supported().contains(self)
     }
 
     /// Supported client certificate types.
-    pub const fn supported() -> &'static [ClientCertificateType; 1] {
-        &[ClientCertificateType::ECDSA_SIGN]
+    pub const fn supported() -> &'static [ClientCertificateType; 2] {
+        &[ClientCertificateType::ECDSA_SIGN, ClientCertificateType::RSA_SIGN]
     }
 
     pub const fn as_u8(&self) -> u8 {
@@ -349,11 +349,18 @@ impl SignatureAndHashAlgorithm {
         ALL
     }
 
-    /// Supported signature+hash combinations.
-    pub const fn supported() -> &'static [SignatureAndHashAlgorithm; 2] {
-        const SUPPORTED: &[SignatureAndHashAlgorithm; 2] = &[
+    /// Supported signature+hash combinations, i.e. those the signature verifier checks.
+    ///
+    /// deadsfu patch: RSASSA-PKCS1-v1_5 with SHA-256/384/512 added (verified by the aws-lc-rs
+    /// backend only), so that the DTLS 1.2 server's CertificateRequest lets a client sign its
+    /// CertificateVerify with an RSA key. dimpl's own keys and cipher suites stay ECDSA only.
+    pub const fn supported() -> &'static [SignatureAndHashAlgorithm; 5] {
+        const SUPPORTED: &[SignatureAndHashAlgorithm; 5] = &[
             SignatureAndHashAlgorithm::new(HashAlgorithm::SHA256, SignatureAlgorithm::ECDSA),
             SignatureAndHashAlgorithm::new(HashAlgorithm::SHA384, SignatureAlgorithm::ECDSA),
+            SignatureAndHashAlgorithm::new(HashAlgorithm::SHA256, SignatureAlgorithm::RSA),
+            SignatureAndHashAlgorithm::new(HashAlgorithm::SHA384, SignatureAlgorithm::RSA),
+            SignatureAndHashAlgorithm::new(HashAlgorithm::SHA512, SignatureAlgorithm::RSA),
         ];
 
         SUPPORTED
@@ -370,13 +377,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rsa_signature_algorithms_are_recognized_but_not_supported() {
-        let rsa_sha256 =
-            SignatureAndHashAlgorithm::new(HashAlgorithm::SHA256, SignatureAlgorithm::RSA);
-
-        assert!(SignatureAndHashAlgorithm::all().contains(&rsa_sha256));
-        assert!(!rsa_sha256.is_supported());
-        assert_eq!(SignatureAndHashAlgorithm::supported().len(), 2);
+    fn rsa_pkcs1_signature_algorithms_are_supported() {
+        // deadsfu patch: RSA client certificates are accepted (see DEADSFU-PATCH.md).
+        for hash in [HashAlgorithm::SHA256, HashAlgorithm::SHA384, HashAlgorithm::SHA512] {
+            assert!(SignatureAndHashAlgorithm::new(hash, SignatureAlgorithm::RSA).is_supported());
+        }
+        let rsa_sha1 = SignatureAndHashAlgorithm::new(HashAlgorithm::SHA1, SignatureAlgorithm::RSA);
+        assert!(!rsa_sha1.is_supported());
+        assert_eq!(SignatureAndHashAlgorithm::supported().len(), 5);
+        assert!(ClientCertificateType::RSA_SIGN.is_supported());
     }
 
     #[test]
