@@ -478,19 +478,16 @@ test("WHIP/WHEP conformance with independent clients", { timeout: 90_000 }, asyn
     await withCertificates("conf-ecdsa", "ecdsa", "ecdsa");
   });
 
-  // deadsfu's DTLS stack (str0m 0.25 with dimpl 0.9) is the DTLS server and its CertificateRequest advertises
-  // ECDSA signatures only, so a client with an RSA certificate cannot sign its CertificateVerify: Chromium
-  // aborts the handshake with a fatal handshake_failure alert (40) and its connection goes to "failed".
-  // Known bug; these steps report it without failing the run. Drop `todo` once they pass.
-  const RSA_BUG = "SFU bug: DTLS refuses RSA client certificates (CertificateRequest offers ECDSA only; alert 40)";
-
+  // deadsfu is the DTLS server; unpatched dimpl 0.9 (str0m 0.25's DTLS) offered ECDSA signatures only in its
+  // CertificateRequest and Chromium aborted with alert 40. The vendored dimpl (vendor/dimpl/DEADSFU-PATCH.md)
+  // offers and verifies RSASSA-PKCS1-v1_5 too.
   await step("RSA 2048 certificate from generateCertificate: publisher", async () => {
     await withCertificates("conf-rsa-pub", "rsa", "ecdsa");
-  }, { todo: RSA_BUG });
+  });
 
   await step("RSA 2048 certificate from generateCertificate: viewer", async () => {
     await withCertificates("conf-rsa-view", "ecdsa", "rsa");
-  }, { todo: RSA_BUG });
+  });
 
   await step("from another origin: CORS preflight, exposed Location and ETag, PATCH codes, DELETE", async () => {
     const room = "conf-cors";

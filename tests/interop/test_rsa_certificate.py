@@ -7,9 +7,9 @@ server; against deadsfu it is the client, which signs CertificateVerify with its
 An `RTCPeerConnection` makes its certificate in its constructor from `RTCCertificate.generateCertificate`,
 looked up in `aiortc.rtcpeerconnection`; the peers are built while that name is the RSA class.
 
-Known SFU bug (so both tests are strict xfails, and start failing the day it is fixed): deadsfu's DTLS stack
-(str0m 0.25 on dimpl 0.9) is the DTLS server and its CertificateRequest advertises ECDSA signature algorithms
-only, so a client holding an RSA certificate cannot complete the handshake and the peer connection fails.
+deadsfu is the DTLS server. Its DTLS stack (str0m 0.25 on dimpl 0.9) used to offer ECDSA signature algorithms
+only in its CertificateRequest, so these peers failed the handshake; deadsfu now builds with a patched dimpl
+(vendor/dimpl/DEADSFU-PATCH.md) that also offers and verifies RSASSA-PKCS1-v1_5. These tests guard that.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from contextlib import contextmanager
 from unittest import mock
 
 import aiortc.rtcpeerconnection
-import pytest
 from aiortc.rtcdtlstransport import RTCCertificate, generate_certificate
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -29,10 +28,6 @@ from harness import Sfu
 from media import load_fixture
 from rtc import Peer, Publisher, Viewer, wait_for
 
-RSA_BUG = (
-    "SFU bug: deadsfu's DTLS server advertises ECDSA-only signature algorithms in its CertificateRequest, "
-    "so a peer with an RSA certificate cannot connect"
-)
 CIPHERS = (
     b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:"
     b"ECDHE-RSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA"
@@ -115,12 +110,10 @@ async def rsa_session(sfu: Sfu, room: str, rsa_publisher: bool) -> None:
         await asyncio.gather(viewer.close(), pub.close(), return_exceptions=True)
 
 
-@pytest.mark.xfail(reason=RSA_BUG, strict=True)
 def test_rsa_publisher(sfu: Sfu) -> None:
     asyncio.run(rsa_session(sfu, "rsa-publisher", rsa_publisher=True))
 
 
-@pytest.mark.xfail(reason=RSA_BUG, strict=True)
 def test_rsa_viewer(sfu: Sfu) -> None:
     asyncio.run(rsa_session(sfu, "rsa-viewer", rsa_publisher=False))
 
