@@ -19,9 +19,13 @@ fn bench(p: &str0m::crypto::CryptoProvider) {
     // AES-128-GCM
     let mut gcm = p.srtp_provider.aead_aes_128_gcm().create_cipher([7u8; 16], true);
     let iv = [1u8; 12];
-    for _ in 0..1000 { gcm.encrypt(&iv, &hdr, &input, &mut out).unwrap(); }
+    for _ in 0..1000 {
+        gcm.encrypt(&iv, &hdr, &input, &mut out).unwrap();
+    }
     let t = Instant::now();
-    for _ in 0..n { gcm.encrypt(black_box(&iv), &hdr, black_box(&input), &mut out).unwrap(); }
+    for _ in 0..n {
+        gcm.encrypt(black_box(&iv), &hdr, black_box(&input), &mut out).unwrap();
+    }
     println!("aws-lc-rs AEAD_AES_128_GCM protect 1200 B: {:.0} ns/packet", t.elapsed().as_nanos() as f64 / n as f64);
     // AES-128-CM + HMAC-SHA1-80
     let mut cm = p.srtp_provider.aes_128_cm_sha1_80().create_cipher([7u8; 16], true);
@@ -35,11 +39,18 @@ fn bench(p: &str0m::crypto::CryptoProvider) {
         let tag = p.sha1_hmac_provider.sha1_hmac(&hkey, &[&hdr[..], &out2[..], &roc[..]]);
         black_box(tag);
     }
-    println!("aws-lc-rs AES_CM_128_HMAC_SHA1_80 protect 1200 B: {:.0} ns/packet", t.elapsed().as_nanos() as f64 / n as f64);
+    println!(
+        "aws-lc-rs AES_CM_128_HMAC_SHA1_80 protect 1200 B: {:.0} ns/packet",
+        t.elapsed().as_nanos() as f64 / n as f64
+    );
     let t = Instant::now();
-    for _ in 0..n { cm.encrypt(black_box(&iv16), black_box(&input), &mut out2).unwrap(); }
+    for _ in 0..n {
+        cm.encrypt(black_box(&iv16), black_box(&input), &mut out2).unwrap();
+    }
     println!("aws-lc-rs   of which AES-128-CTR: {:.0} ns/packet", t.elapsed().as_nanos() as f64 / n as f64);
     let t = Instant::now();
-    for _ in 0..n { black_box(p.sha1_hmac_provider.sha1_hmac(&hkey, &[&hdr[..], black_box(&out2[..]), &roc[..]])); }
+    for _ in 0..n {
+        black_box(p.sha1_hmac_provider.sha1_hmac(&hkey, &[&hdr[..], black_box(&out2[..]), &roc[..]]));
+    }
     println!("aws-lc-rs   of which HMAC-SHA1: {:.0} ns/packet", t.elapsed().as_nanos() as f64 / n as f64);
 }

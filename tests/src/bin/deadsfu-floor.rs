@@ -55,7 +55,7 @@ fn thread_cpu() -> Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
-fn capture_from_ring(path: &PathBuf, want: usize) -> Result<Vec<Packet>, String> {
+fn capture_from_ring(path: &std::path::Path, want: usize) -> Result<Vec<Packet>, String> {
     let reader = RingReader::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let head = reader.head();
     let slots = reader.geometry().slot_count as u64;
