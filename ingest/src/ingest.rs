@@ -59,6 +59,25 @@ pub struct Settings {
     pub keyframe_fallback_interval: Option<Duration>,
 }
 
+/// Why a room might want a keyframe from its publisher now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct KeyframeNeed {
+    /// A reader bumped the ring's request counter (a joining or switching viewer, or a viewer's PLI/FIR).
+    asked: bool,
+    /// The slate is standing in for a publisher that is still connected.
+    waiting: bool,
+    /// The slow periodic fallback is due and someone watches.
+    fallback: bool,
+}
+
+impl KeyframeNeed {
+    /// True if a PLI goes to the publisher now: some reason holds and the last request is at least
+    /// `interval` old. Requests are throttled per room, however many viewers ask.
+    fn request_now(self, last: Option<Instant>, now: Instant, interval: Duration) -> bool {
+        (self.asked || self.waiting || self.fallback) && last.is_none_or(|t| now.duration_since(t) >= interval)
+    }
+}
+
 /// A publisher session.
 struct Publisher {
     id: String,
@@ -425,16 +444,13 @@ impl Ingest {
             }
             let Some(key) = room.publisher else { continue };
             let requests = room.ring.keyframe_requests();
-            let asked = requests != room.seen_keyframe_requests;
-            // While the slate stands in for a publisher that is still there, keep asking for its keyframe.
-            let waiting = room.slate.is_some();
-            if !(asked || waiting || (fallback && watched)) {
-                continue;
-            }
-            if room
-                .last_keyframe_request
-                .is_some_and(|t| now.duration_since(t) < self.settings.keyframe_request_interval)
-            {
+            let why = KeyframeNeed {
+                asked: requests != room.seen_keyframe_requests,
+                // While the slate stands in for a publisher that is still there, keep asking for its keyframe.
+                waiting: room.slate.is_some(),
+                fallback: fallback && watched,
+            };
+            if !why.request_now(room.last_keyframe_request, now, self.settings.keyframe_request_interval) {
                 continue;
             }
             room.seen_keyframe_requests = requests;
@@ -446,7 +462,7 @@ impl Ingest {
                     rx.request_keyframe(KeyframeRequestKind::Pli);
                 }
             }
-            tracing::debug!(session = %session.app.id, asked, fallback, "keyframe requested from publisher");
+            tracing::debug!(session = %session.app.id, ?why, "keyframe requested from publisher");
             self.host.touch(key);
         }
     }
@@ -594,4 +610,42 @@ pub enum RunError {
     Slate(#[from] crate::slate::SlateError),
     #[error(transparent)]
     Start(#[from] StartError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn a_flood_of_keyframe_requests_reaches_the_publisher_once_a_second() {
+        let asked = KeyframeNeed { asked: true, ..Default::default() };
+        let t0 = Instant::now();
+        let mut last = None;
+        let mut sent = 0;
+        // Viewers ask every 50 ms (each housekeeping turn) for 3 s.
+        for i in 0..60 {
+            let now = t0 + Duration::from_millis(50 * i);
+            if asked.request_now(last, now, SECOND) {
+                last = Some(now);
+                sent += 1;
+            }
+        }
+        assert_eq!(sent, 3);
+    }
+
+    #[test]
+    fn no_reason_no_request() {
+        let t0 = Instant::now();
+        assert!(!KeyframeNeed::default().request_now(None, t0, SECOND));
+        for need in [
+            KeyframeNeed { waiting: true, ..Default::default() },
+            KeyframeNeed { fallback: true, ..Default::default() },
+        ] {
+            assert!(need.request_now(None, t0, SECOND), "{need:?}");
+            assert!(!need.request_now(Some(t0), t0 + SECOND / 2, SECOND), "{need:?} throttled");
+            assert!(need.request_now(Some(t0), t0 + SECOND, SECOND), "{need:?} after the interval");
+        }
+    }
 }
