@@ -10,6 +10,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use shm_proto::config::ConfigArgs;
 
+/// A worker allocates a payload per ring packet and str0m a buffer per datagram, from one thread, all day;
+/// mimalloc returns that churn to the system where glibc's allocator kept the high-water mark resident.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// deadsfu fanout worker: serves viewers over WebRTC from the rooms' shared-memory rings.
 #[derive(Parser, Debug)]
 #[command(version)]

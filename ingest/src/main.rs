@@ -11,6 +11,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use shm_proto::config::ConfigArgs;
 
+/// Ingest allocates per received datagram and per packet event, from one thread, all day; mimalloc
+/// returns that churn to the system where glibc's allocator kept the high-water mark resident.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// deadsfu ingest process: receives publishers over WebRTC and writes their media into per-room rings.
 #[derive(Parser, Debug)]
 #[command(version)]
