@@ -24,7 +24,7 @@ use deadsfu_media::host::{Session, SessionHost, SessionKey};
 use deadsfu_media::process::{self, Core, Endpoints, StartError};
 use deadsfu_media::{codec, offer};
 use shm_proto::config::Config;
-use shm_proto::control::{ErrorKind, ProcessStatus, Request, Response, Role, RoomStatus};
+use shm_proto::control::{ErrorKind, ProcessMetrics, ProcessStatus, Request, Response, Role, RoomStatus};
 use shm_proto::ring::{CodecEntry, MediaKind, PacketMeta, RingCursor, RingReader};
 use shm_proto::{paths, RoomName};
 use str0m::format::CodecConfig;
@@ -174,6 +174,8 @@ impl Fanout {
                     })
                     .collect(),
             },
+            // Answered by the process loop, which holds the counters.
+            Request::Metrics => error(ErrorKind::Internal, "metrics are answered by the process loop"),
             Request::Publish { .. } | Request::Watch { .. } => {
                 error(ErrorKind::WrongRole, "fanout workers take viewers, not publishers")
             }
@@ -437,6 +439,10 @@ impl Core for Fanout {
 
     fn is_drained(&self) -> bool {
         self.host.is_empty()
+    }
+
+    fn metrics(&self, m: &mut ProcessMetrics) {
+        m.sessions = self.host.len() as u32;
     }
 
     fn has_work(&self) -> bool {

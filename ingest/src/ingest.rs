@@ -23,7 +23,7 @@ use deadsfu_media::host::{SessionHost, SessionKey};
 use deadsfu_media::process::{self, Core, Endpoints, StartError};
 use deadsfu_media::{codec, offer};
 use shm_proto::config::Config;
-use shm_proto::control::{ErrorKind, ProcessStatus, Request, Response, Role, RoomStatus};
+use shm_proto::control::{ErrorKind, ProcessMetrics, ProcessStatus, Request, Response, RingMetrics, Role, RoomStatus};
 use shm_proto::ring::{Codec, CodecEntry, Geometry, MediaKind, PacketMeta, RingReader, RingWriter};
 use shm_proto::{paths, RoomName};
 use str0m::media::{KeyframeRequestKind, Mid};
@@ -183,6 +183,8 @@ pub struct Ingest {
     next_fallback: Instant,
     /// Stopping: no new publishers.
     draining: bool,
+    /// PLIs sent to publishers since start.
+    keyframe_requests_sent: u64,
 }
 
 impl Ingest {
@@ -200,6 +202,7 @@ impl Ingest {
             next_adopt_scan: now,
             next_fallback,
             draining: false,
+            keyframe_requests_sent: 0,
         }
     }
 
@@ -235,6 +238,8 @@ impl Ingest {
                 None => error(ErrorKind::UnknownSession, "no such publisher session"),
             },
             Request::Rooms => Response::Rooms { rooms: self.rooms_status(now) },
+            // Answered by the process loop, which holds the counters.
+            Request::Metrics => error(ErrorKind::Internal, "metrics are answered by the process loop"),
             Request::View { .. } | Request::Switch { .. } => {
                 error(ErrorKind::WrongRole, "ingest takes publishers, not viewers")
             }
@@ -463,6 +468,7 @@ impl Ingest {
                 }
             }
             tracing::debug!(session = %session.app.id, ?why, "keyframe requested from publisher");
+            self.keyframe_requests_sent += 1;
             self.host.touch(key);
         }
     }
@@ -570,6 +576,27 @@ impl Core for Ingest {
 
     fn is_drained(&self) -> bool {
         self.host.is_empty()
+    }
+
+    fn metrics(&self, m: &mut ProcessMetrics) {
+        m.sessions = self.host.len() as u32;
+        m.keyframe_requests_sent = self.keyframe_requests_sent;
+        m.rings = self
+            .rooms
+            .iter()
+            .map(|(name, room)| {
+                let stats = room.ring.stats();
+                RingMetrics {
+                    room: name.to_string(),
+                    head: room.ring.head(),
+                    epoch: room.ring.epoch(),
+                    packets: stats.packets,
+                    bytes: stats.bytes,
+                    laps: stats.laps,
+                    keyframe_requests: stats.keyframe_requests,
+                }
+            })
+            .collect();
     }
 
     fn has_work(&self) -> bool {

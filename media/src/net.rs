@@ -51,6 +51,16 @@ pub struct UdpSet {
     headers: MultiHeaders<SockaddrStorage>,
     dropped: u64,
     gso: bool,
+    counters: NetCounters,
+}
+
+/// What a [`UdpSet`] moved since it was made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetCounters {
+    pub datagrams_in: u64,
+    pub bytes_in: u64,
+    pub datagrams_out: u64,
+    pub bytes_out: u64,
 }
 
 impl UdpSet {
@@ -80,7 +90,7 @@ impl UdpSet {
         }
         let queues = sockets.iter().map(|_| Vec::with_capacity(BATCH)).collect();
         let headers = MultiHeaders::preallocate(BATCH, None);
-        Ok(UdpSet { sockets, first_token: 0, queues, headers, dropped: 0, gso: true })
+        Ok(UdpSet { sockets, first_token: 0, queues, headers, dropped: 0, gso: true, counters: NetCounters::default() })
     }
 
     /// The addresses to put in ICE host candidates.
@@ -116,10 +126,14 @@ impl UdpSet {
     }
 
     /// Reads one datagram from socket `index`: its length, source and destination, or `None` when drained.
-    pub fn recv(&self, index: usize, buf: &mut [u8]) -> io::Result<Option<(usize, SocketAddr, SocketAddr)>> {
+    pub fn recv(&mut self, index: usize, buf: &mut [u8]) -> io::Result<Option<(usize, SocketAddr, SocketAddr)>> {
         let b = &self.sockets[index];
         match b.socket.recv_from(buf) {
-            Ok((n, source)) => Ok(Some((n, source, b.advertised))),
+            Ok((n, source)) => {
+                self.counters.datagrams_in += 1;
+                self.counters.bytes_in += n as u64;
+                Ok(Some((n, source, b.advertised)))
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(e) => Err(e),
         }
@@ -127,6 +141,8 @@ impl UdpSet {
 
     /// Queues a str0m transmit on the socket of its source address; full batches go out at once.
     pub fn send(&mut self, t: Transmit) {
+        self.counters.datagrams_out += 1;
+        self.counters.bytes_out += t.contents.len() as u64;
         let index = self.sockets.iter().position(|b| b.advertised == t.source).unwrap_or(0);
         self.queues[index].push((t.destination, t.contents.into()));
         if self.queues[index].len() >= BATCH {
@@ -141,6 +157,11 @@ impl UdpSet {
                 self.flush_socket(index);
             }
         }
+    }
+
+    /// Datagrams and bytes received and queued for sending so far.
+    pub fn counters(&self) -> NetCounters {
+        self.counters
     }
 
     /// Whether consecutive datagrams to one destination still go out as UDP GSO messages.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mio::{Events, Poll, Token, Waker};
 use nix::sys::signal::{SigSet, Signal};
-use shm_proto::control::{self, ErrorKind, Request, Response};
+use shm_proto::control::{self, ErrorKind, ProcessMetrics, Request, Response};
 use str0m::net::Transmit;
 
 use crate::net::UdpSet;
@@ -87,6 +87,23 @@ pub fn on_termination(waker: Arc<Waker>) -> Arc<AtomicBool> {
     stop
 }
 
+fn metrics(core: &impl Core, udp: &UdpSet) -> ProcessMetrics {
+    let (cpu_ms, rss_bytes) = shm_proto::service::own_usage();
+    let net = udp.counters();
+    let mut m = ProcessMetrics {
+        cpu_ms,
+        rss_bytes,
+        datagrams_in: net.datagrams_in,
+        bytes_in: net.bytes_in,
+        datagrams_out: net.datagrams_out,
+        bytes_out: net.bytes_out,
+        send_dropped: udp.dropped(),
+        ..Default::default()
+    };
+    core.metrics(&mut m);
+    m
+}
+
 /// A random id of `bytes` bytes in hex.
 pub fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
@@ -134,6 +151,8 @@ pub trait Core {
     fn shutdown(&mut self, now: Instant);
     /// True once every session is gone.
     fn is_drained(&self) -> bool;
+    /// Adds what the core counts (sessions, rings, ...) to `m`; the loop fills in the rest.
+    fn metrics(&self, m: &mut ProcessMetrics);
 }
 
 /// The errors that stop a media process at start.
@@ -229,7 +248,11 @@ pub fn run<C: Core>(
         }
         let now = Instant::now();
         for call in inbox.drain() {
-            call.reply.send(core.handle_request(now, call.request));
+            let response = match call.request {
+                Request::Metrics => Response::Metrics { metrics: metrics(&core, &udp) },
+                request => core.handle_request(now, request),
+            };
+            call.reply.send(response);
         }
         core.poll(now, &mut |t| udp.send(t));
         udp.flush();

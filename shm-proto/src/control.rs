@@ -69,6 +69,8 @@ pub enum Request {
     Rooms,
     /// Does this process hold `session`? `Done` if it does.
     Check { session: String },
+    /// Counters and gauges of this process, for `GET /metrics`.
+    Metrics,
 }
 
 /// The answer to a [`Request`].
@@ -87,10 +89,46 @@ pub enum Response {
     Rooms {
         rooms: Vec<RoomStatus>,
     },
+    Metrics {
+        metrics: ProcessMetrics,
+    },
     Error {
         kind: ErrorKind,
         message: String,
     },
+}
+
+/// What a media process counts about itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessMetrics {
+    pub sessions: u32,
+    /// User plus system CPU time since the process started, in milliseconds.
+    pub cpu_ms: u64,
+    pub rss_bytes: u64,
+    pub datagrams_in: u64,
+    pub bytes_in: u64,
+    pub datagrams_out: u64,
+    pub bytes_out: u64,
+    /// Datagrams the kernel would not take (socket buffer full).
+    pub send_dropped: u64,
+    /// Ingest: keyframe requests (PLI) sent to publishers.
+    pub keyframe_requests_sent: u64,
+    /// Ingest: the rings it writes.
+    pub rings: Vec<RingMetrics>,
+}
+
+/// The counters of one room's ring.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingMetrics {
+    pub room: String,
+    pub head: u64,
+    pub epoch: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    /// Times a reader was lapped.
+    pub laps: u64,
+    /// Keyframe requests readers left in the ring.
+    pub keyframe_requests: u64,
 }
 
 /// One room as one process sees it; signaling merges the views of all processes.
@@ -341,6 +379,7 @@ mod tests {
             Request::Watch { room: "a".into() },
             Request::Rooms,
             Request::Check { session: "w0-00".into() },
+            Request::Metrics,
         ];
         let status = ProcessStatus { role: Role::Fanout, index: 1, pid: 2, sessions: 3, accepting: true };
         let responses = [
@@ -350,6 +389,13 @@ mod tests {
             Response::Done,
             Response::Rooms { rooms: vec![RoomStatus { name: "a".into(), viewers: 2, ..Default::default() }] },
             Response::Error { kind: ErrorKind::RoomBusy, message: "busy".into() },
+            Response::Metrics {
+                metrics: ProcessMetrics {
+                    sessions: 1,
+                    rings: vec![RingMetrics { room: "a".into(), head: 9, ..Default::default() }],
+                    ..Default::default()
+                },
+            },
         ];
         for msg in requests {
             let mut buf = Vec::new();

@@ -5,6 +5,29 @@ use std::time::{Duration, Instant};
 
 use sd_notify::NotifyState;
 
+/// CPU time (user + system, ms) and resident memory (bytes) of this process, from /proc; zeros where /proc
+/// is not readable.
+pub fn own_usage() -> (u64, u64) {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100).max(1) as u64;
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(4096) as u64;
+    let cpu_ms = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            // Fields after the command name, which may hold spaces and ends with ')'.
+            let rest = stat.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let utime: u64 = f.get(11)?.parse().ok()?;
+            let stime: u64 = f.get(12)?.parse().ok()?;
+            Some((utime + stime) * 1000 / ticks)
+        })
+        .unwrap_or(0);
+    let rss = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|m| m.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * page);
+    (cpu_ms, rss)
+}
+
 /// The process serves now.
 pub fn ready() {
     if let Err(e) = sd_notify::notify(&[NotifyState::Ready]) {

@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod metrics;
 mod router;
 
 use std::io::Read;

@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::Serialize;
-use shm_proto::control::{ControlError, ErrorKind, ProcessStatus, Request, Response, RoomStatus};
+use shm_proto::control::{ControlError, ErrorKind, ProcessMetrics, ProcessStatus, Request, Response, RoomStatus};
 use shm_proto::RoomName;
 
 /// Largest SDP body accepted.
@@ -144,11 +144,13 @@ pub struct Router<B> {
     tokens: Tokens,
     /// Viewers handed to each worker whose answer is not back yet, so concurrent joins spread out.
     in_flight: Mutex<HashMap<u32, u32>>,
+    /// Per worker, the pid seen last and how often it changed.
+    worker_pids: Mutex<HashMap<u32, (u32, u64)>>,
 }
 
 impl<B: Backend> Router<B> {
     pub fn new(backend: B, tokens: Tokens) -> Router<B> {
-        Router { backend, tokens, in_flight: Mutex::new(HashMap::new()) }
+        Router { backend, tokens, in_flight: Mutex::new(HashMap::new()), worker_pids: Mutex::new(HashMap::new()) }
     }
 
     /// True if `req` is a long-poll that may be held for up to [`LONG_POLL`] (serve it on its own thread).
@@ -173,6 +175,7 @@ impl<B: Backend> Router<B> {
                 HttpResponse::new(200, "text/html; charset=utf-8", PUBLISHER_PAGE)
             }
             ("GET", ["healthz"]) => self.health(),
+            ("GET", ["metrics"]) => self.metrics(),
             ("GET", ["rooms"]) => self.rooms(query),
             ("POST", ["session", id, "switch"]) => self.switch(req, id, query),
             ("POST", ["whip"]) => self.offer(req, query_param(query, "room"), Kind::Publish, query),
@@ -467,6 +470,41 @@ impl<B: Backend> Router<B> {
         }
     }
 
+    /// `GET /metrics`: every process's counters, in the Prometheus text format.
+    fn metrics(&self) -> HttpResponse {
+        let ask = |target| match self.backend.call(target, &Request::Metrics) {
+            Ok(Response::Metrics { metrics }) => Some(metrics),
+            _ => None,
+        };
+        let workers: Vec<(u32, Option<ProcessMetrics>)> =
+            self.backend.workers().into_iter().map(|i| (i, ask(Target::Worker(i)))).collect();
+        let mut restarts = Vec::new();
+        {
+            let mut pids = self.worker_pids.lock().expect("worker_pids lock is never poisoned");
+            for index in workers.iter().map(|(i, _)| *i) {
+                if let Ok(Response::Status(s)) = self.backend.call(Target::Worker(index), &Request::Status) {
+                    let seen = pids.entry(index).or_insert((s.pid, 0));
+                    if seen.0 != s.pid {
+                        *seen = (s.pid, seen.1 + 1);
+                    }
+                }
+            }
+            restarts.extend(pids.iter().map(|(i, (_, n))| (*i, *n)));
+        }
+        let scrape = crate::metrics::Scrape {
+            signaling: shm_proto::service::own_usage(),
+            ingest: ask(Target::Ingest),
+            workers,
+            restarts,
+            viewers: self.room_list().rooms.into_iter().map(|r| (r.name, r.viewers)).collect(),
+        };
+        HttpResponse::new(
+            200,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            crate::metrics::render(&scrape),
+        )
+    }
+
     fn health(&self) -> HttpResponse {
         let status = |target| match self.backend.call(target, &Request::Status) {
             Ok(Response::Status(s)) => Some(s),
@@ -657,6 +695,9 @@ mod tests {
                 }
                 Request::Close { .. } => Response::Closed,
                 Request::Switch { .. } | Request::Watch { .. } | Request::Check { .. } => Response::Done,
+                Request::Metrics => {
+                    Response::Metrics { metrics: ProcessMetrics { sessions: *n, ..Default::default() } }
+                }
                 Request::Rooms => Response::Rooms {
                     rooms: match target {
                         Target::Ingest => vec![RoomStatus {
@@ -834,6 +875,19 @@ mod tests {
         assert_eq!(resp.status, 200);
         assert!(String::from_utf8_lossy(&resp.body).contains("\"viewers\": 1"));
         assert_eq!(r.handle(&sdp("GET", "/rooms?wait=x")).status, 400);
+    }
+
+    #[test]
+    fn metrics_cover_every_process() {
+        let r = Router::new(Fake::new(2), Tokens::default());
+        assert_eq!(r.handle(&sdp("POST", "/whep/a")).status, 201);
+        let resp = r.handle(&sdp("GET", "/metrics"));
+        assert_eq!(resp.status, 200);
+        let text = String::from_utf8_lossy(&resp.body);
+        for process in ["signaling", "ingest", "fanout-0", "fanout-1"] {
+            assert!(text.contains(&format!("deadsfu_up{{process=\"{process}\"}} 1")), "{process} in\n{text}");
+        }
+        assert!(text.contains("deadsfu_room_viewers{room=\"a\"} 1"), "{text}");
     }
 
     #[test]

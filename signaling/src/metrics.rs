@@ -1,0 +1,191 @@
+//! `GET /metrics`: every process's counters in the Prometheus text format.
+//!
+//! Signaling asks ingest and each worker for their [`ProcessMetrics`] at scrape time and renders them with
+//! its own, labelled by process (`signaling`, `ingest`, `fanout-K`) and, for rings, by room.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use shm_proto::control::ProcessMetrics;
+
+type Labels = Vec<(String, String)>;
+
+/// What one scrape saw.
+pub struct Scrape {
+    /// Signaling's own CPU milliseconds and resident bytes.
+    pub signaling: (u64, u64),
+    /// Ingest's metrics, or `None` if it did not answer.
+    pub ingest: Option<ProcessMetrics>,
+    /// Each worker with a control socket: index and metrics, or `None` if it did not answer.
+    pub workers: Vec<(u32, Option<ProcessMetrics>)>,
+    /// Worker index and the restarts signaling has seen (its pid changed between scrapes).
+    pub restarts: Vec<(u32, u64)>,
+    /// Viewers per room, over all workers.
+    pub viewers: Vec<(String, u32)>,
+}
+
+struct Families {
+    up: Family<Labels, Gauge>,
+    sessions: Family<Labels, Gauge>,
+    cpu: Family<Labels, Counter<f64>>,
+    rss: Family<Labels, Gauge>,
+    datagrams_in: Family<Labels, Counter>,
+    bytes_in: Family<Labels, Counter>,
+    datagrams_out: Family<Labels, Counter>,
+    bytes_out: Family<Labels, Counter>,
+    send_dropped: Family<Labels, Counter>,
+    keyframe_requests_sent: Family<Labels, Counter>,
+    ring_head: Family<Labels, Gauge>,
+    ring_epoch: Family<Labels, Gauge>,
+    ring_packets: Family<Labels, Counter>,
+    ring_bytes: Family<Labels, Counter>,
+    ring_laps: Family<Labels, Counter>,
+    ring_keyframe_requests: Family<Labels, Counter>,
+    room_viewers: Family<Labels, Gauge>,
+    worker_restarts: Family<Labels, Counter>,
+}
+
+fn process(name: &str) -> Labels {
+    vec![("process".into(), name.into())]
+}
+
+fn room(name: &str) -> Labels {
+    vec![("room".into(), name.into())]
+}
+
+fn gauge(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Renders a scrape as Prometheus text.
+pub fn render(scrape: &Scrape) -> String {
+    let f = Families {
+        up: Family::default(),
+        sessions: Family::default(),
+        cpu: Family::default(),
+        rss: Family::default(),
+        datagrams_in: Family::default(),
+        bytes_in: Family::default(),
+        datagrams_out: Family::default(),
+        bytes_out: Family::default(),
+        send_dropped: Family::default(),
+        keyframe_requests_sent: Family::default(),
+        ring_head: Family::default(),
+        ring_epoch: Family::default(),
+        ring_packets: Family::default(),
+        ring_bytes: Family::default(),
+        ring_laps: Family::default(),
+        ring_keyframe_requests: Family::default(),
+        room_viewers: Family::default(),
+        worker_restarts: Family::default(),
+    };
+    let (cpu_ms, rss) = scrape.signaling;
+    f.up.get_or_create(&process("signaling")).set(1);
+    f.cpu.get_or_create(&process("signaling")).inc_by(cpu_ms as f64 / 1000.0);
+    f.rss.get_or_create(&process("signaling")).set(gauge(rss));
+    let media = std::iter::once(("ingest".to_string(), scrape.ingest.as_ref()))
+        .chain(scrape.workers.iter().map(|(i, m)| (format!("fanout-{i}"), m.as_ref())));
+    for (name, m) in media {
+        let labels = process(&name);
+        f.up.get_or_create(&labels).set(i64::from(m.is_some()));
+        let Some(m) = m else { continue };
+        f.sessions.get_or_create(&labels).set(i64::from(m.sessions));
+        f.cpu.get_or_create(&labels).inc_by(m.cpu_ms as f64 / 1000.0);
+        f.rss.get_or_create(&labels).set(gauge(m.rss_bytes));
+        f.datagrams_in.get_or_create(&labels).inc_by(m.datagrams_in);
+        f.bytes_in.get_or_create(&labels).inc_by(m.bytes_in);
+        f.datagrams_out.get_or_create(&labels).inc_by(m.datagrams_out);
+        f.bytes_out.get_or_create(&labels).inc_by(m.bytes_out);
+        f.send_dropped.get_or_create(&labels).inc_by(m.send_dropped);
+        if name == "ingest" {
+            f.keyframe_requests_sent.get_or_create(&labels).inc_by(m.keyframe_requests_sent);
+        }
+        for r in &m.rings {
+            let labels = room(&r.room);
+            f.ring_head.get_or_create(&labels).set(gauge(r.head));
+            f.ring_epoch.get_or_create(&labels).set(gauge(r.epoch));
+            f.ring_packets.get_or_create(&labels).inc_by(r.packets);
+            f.ring_bytes.get_or_create(&labels).inc_by(r.bytes);
+            f.ring_laps.get_or_create(&labels).inc_by(r.laps);
+            f.ring_keyframe_requests.get_or_create(&labels).inc_by(r.keyframe_requests);
+        }
+    }
+    for (name, n) in &scrape.viewers {
+        f.room_viewers.get_or_create(&room(name)).set(i64::from(*n));
+    }
+    for (index, n) in &scrape.restarts {
+        f.worker_restarts.get_or_create(&vec![("worker".to_string(), index.to_string())]).inc_by(*n);
+    }
+
+    let mut reg = Registry::with_prefix("deadsfu");
+    reg.register("up", "Whether the process answered this scrape (1) or not (0)", f.up);
+    reg.register("sessions", "Live sessions: publishers in ingest, viewers in a worker", f.sessions);
+    reg.register("process_cpu_seconds", "User and system CPU time of the process", f.cpu);
+    reg.register("process_resident_memory_bytes", "Resident memory of the process", f.rss);
+    reg.register("datagrams_received", "UDP datagrams received", f.datagrams_in);
+    reg.register("received_bytes", "UDP payload bytes received", f.bytes_in);
+    reg.register("datagrams_sent", "UDP datagrams sent", f.datagrams_out);
+    reg.register("sent_bytes", "UDP payload bytes sent", f.bytes_out);
+    reg.register("send_dropped", "Datagrams dropped because the socket buffer was full", f.send_dropped);
+    reg.register("keyframe_requests_sent", "Keyframe requests (PLI) sent to publishers", f.keyframe_requests_sent);
+    reg.register("ring_head", "Next position the room's ring writer fills", f.ring_head);
+    reg.register("ring_epoch", "Writer epoch of the room's ring (bumped at each ingest restart)", f.ring_epoch);
+    reg.register("ring_packets", "Packets written into the room's ring", f.ring_packets);
+    reg.register("ring_bytes", "Payload bytes written into the room's ring", f.ring_bytes);
+    reg.register("ring_reader_laps", "Times a reader of the room's ring was lapped", f.ring_laps);
+    reg.register(
+        "ring_keyframe_requests",
+        "Keyframe requests readers left in the room's ring",
+        f.ring_keyframe_requests,
+    );
+    reg.register("room_viewers", "Viewers of the room over all workers", f.room_viewers);
+    reg.register("worker_restarts", "Restarts of the worker seen by signaling (its pid changed)", f.worker_restarts);
+    let mut out = String::new();
+    encode(&mut out, &reg).expect("writing to a String cannot fail");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use shm_proto::control::RingMetrics;
+
+    use super::*;
+
+    #[test]
+    fn renders_every_process_and_ring() {
+        let ingest = ProcessMetrics {
+            sessions: 1,
+            cpu_ms: 1500,
+            datagrams_in: 10,
+            keyframe_requests_sent: 2,
+            rings: vec![RingMetrics { room: "lobby".into(), head: 42, epoch: 2, laps: 3, ..Default::default() }],
+            ..Default::default()
+        };
+        let worker = ProcessMetrics { sessions: 5, datagrams_out: 100, ..Default::default() };
+        let text = render(&Scrape {
+            signaling: (10, 4096),
+            ingest: Some(ingest),
+            workers: vec![(0, Some(worker)), (1, None)],
+            restarts: vec![(1, 2)],
+            viewers: vec![("lobby".into(), 5)],
+        });
+        for line in [
+            r#"deadsfu_up{process="fanout-1"} 0"#,
+            r#"deadsfu_up{process="fanout-0"} 1"#,
+            r#"deadsfu_sessions{process="fanout-0"} 5"#,
+            r#"deadsfu_process_cpu_seconds_total{process="ingest"} 1.5"#,
+            r#"deadsfu_datagrams_sent_total{process="fanout-0"} 100"#,
+            r#"deadsfu_keyframe_requests_sent_total{process="ingest"} 2"#,
+            r#"deadsfu_ring_head{room="lobby"} 42"#,
+            r#"deadsfu_ring_epoch{room="lobby"} 2"#,
+            r#"deadsfu_ring_reader_laps_total{room="lobby"} 3"#,
+            r#"deadsfu_room_viewers{room="lobby"} 5"#,
+            r#"deadsfu_worker_restarts_total{worker="1"} 2"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
