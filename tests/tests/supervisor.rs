@@ -58,3 +58,22 @@ fn two_instances_run_side_by_side() {
     let (pa, pb) = (pids(&ha), pids(&hb));
     assert!(pa.iter().all(|p| !pb.contains(p)), "no process shared: {pa:?} {pb:?}");
 }
+
+#[test]
+fn signaling_notices_workers_added_and_removed_at_runtime() {
+    let sfu = Sfu::start(1, &[]);
+    let count = |sfu: &Sfu| sfu.health().and_then(|h| h["workers"].as_array().map(Vec::len));
+    assert_eq!(count(&sfu), Some(1));
+    // A second worker started by hand, as `systemctl start deadsfu-fanout@1` would.
+    let mut extra = std::process::Command::new(deadsfu_tests::bin_dir().join("deadsfu-fanout"))
+        .args(["--index", "1", "--fanout-port", "0", "--ingest-port", "0", "--log", "warn", "--runtime-dir"])
+        .arg(&sfu.runtime_dir)
+        .spawn()
+        .expect("fanout binary is built");
+    wait_for("signaling to see worker 1", Duration::from_secs(5), || (count(&sfu)? == 2).then_some(()));
+    // And stopped again: its socket file stays behind, but a worker that does not answer is not listed.
+    kill(Pid::from_raw(extra.id() as i32), Signal::SIGKILL).unwrap();
+    extra.wait().unwrap();
+    wait_for("signaling to drop worker 1", Duration::from_secs(5), || (count(&sfu)? == 1).then_some(()));
+    assert_eq!(sfu.health().unwrap()["ok"], true);
+}
