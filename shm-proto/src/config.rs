@@ -15,6 +15,13 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// HTTP listener of signaling, `HOST:PORT` or `:PORT` (all interfaces).
     pub http: String,
+    /// HTTPS listener of signaling (`HOST:PORT` or `:PORT`), serving the same as `http`; needs `tls_cert` and
+    /// `tls_key`.
+    pub https: Option<String>,
+    /// PEM file with the certificate chain for `https`.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file with the private key for `https`.
+    pub tls_key: Option<PathBuf>,
     /// Directory for the rings and the control sockets. Keep it on tmpfs.
     pub runtime_dir: Option<PathBuf>,
     /// Number of fanout workers (the supervisor starts this many). Default: number of cores.
@@ -54,6 +61,9 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             http: ":8080".into(),
+            https: None,
+            tls_cert: None,
+            tls_key: None,
             runtime_dir: None,
             workers: None,
             bearer_token: None,
@@ -83,6 +93,15 @@ pub struct ConfigArgs {
     /// HTTP listener, HOST:PORT or :PORT.
     #[arg(long, env = "DEADSFU_HTTP")]
     pub http: Option<String>,
+    /// HTTPS listener, HOST:PORT or :PORT (needs --tls-cert and --tls-key).
+    #[arg(long, env = "DEADSFU_HTTPS")]
+    pub https: Option<String>,
+    /// PEM certificate chain for the HTTPS listener.
+    #[arg(long, env = "DEADSFU_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for the HTTPS listener.
+    #[arg(long, env = "DEADSFU_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     /// Runtime directory for rings and control sockets.
     #[arg(long, env = "DEADSFU_RUNTIME_DIR")]
     pub runtime_dir: Option<PathBuf>,
@@ -183,6 +202,9 @@ impl ConfigArgs {
             }
         }
         set(&mut cfg.http, &self.http);
+        set_opt(&mut cfg.https, &self.https);
+        set_opt(&mut cfg.tls_cert, &self.tls_cert);
+        set_opt(&mut cfg.tls_key, &self.tls_key);
         set_opt(&mut cfg.runtime_dir, &self.runtime_dir);
         set_opt(&mut cfg.workers, &self.workers);
         set_opt(&mut cfg.bearer_token, &self.bearer_token);
@@ -222,6 +244,15 @@ impl ConfigArgs {
         if let Some(w) = cfg.workers {
             args.extend(["--workers".into(), w.to_string()]);
         }
+        for (flag, value) in [
+            ("--https", cfg.https.clone()),
+            ("--tls-cert", cfg.tls_cert.as_ref().map(|p| p.display().to_string())),
+            ("--tls-key", cfg.tls_key.as_ref().map(|p| p.display().to_string())),
+        ] {
+            if let Some(v) = value {
+                args.extend([flag.into(), v]);
+            }
+        }
         if let Some(host) = cfg.ice_candidate_host {
             args.extend(["--ice-candidate-host".into(), host.to_string()]);
         }
@@ -256,6 +287,21 @@ impl Config {
     /// Checks every value that can be wrong.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.http_addr()?;
+        if self.https.is_some() {
+            self.https_addr()?;
+            for (key, file) in [("tls_cert", &self.tls_cert), ("tls_key", &self.tls_key)] {
+                match file {
+                    None => return Err(ConfigError::Invalid { key, reason: "required when `https` is set".into() }),
+                    Some(p) if !p.is_file() => {
+                        return Err(ConfigError::Invalid {
+                            key,
+                            reason: format!("{} is not a readable file", p.display()),
+                        })
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
         if self.workers == Some(0) {
             return Err(ConfigError::Invalid { key: "workers", reason: "must be at least 1".into() });
         }
@@ -293,8 +339,12 @@ impl Config {
 
     /// The HTTP listener as a socket address; `:PORT` means all interfaces.
     pub fn http_addr(&self) -> Result<SocketAddr, ConfigError> {
-        let text = if self.http.starts_with(':') { format!("0.0.0.0{}", self.http) } else { self.http.clone() };
-        text.parse().map_err(|e| ConfigError::Invalid { key: "http", reason: format!("`{}`: {e}", self.http) })
+        listen_addr("http", &self.http)
+    }
+
+    /// The HTTPS listener, if configured.
+    pub fn https_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        self.https.as_deref().map(|a| listen_addr("https", a)).transpose()
     }
 
     /// The runtime directory: configured, else `$RUNTIME_DIRECTORY` (systemd), else `$XDG_RUNTIME_DIR/deadsfu`,
@@ -349,6 +399,11 @@ impl Config {
     }
 }
 
+fn listen_addr(key: &'static str, text: &str) -> Result<SocketAddr, ConfigError> {
+    let full = if text.starts_with(':') { format!("0.0.0.0{text}") } else { text.to_string() };
+    full.parse().map_err(|e| ConfigError::Invalid { key, reason: format!("`{text}`: {e}") })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,6 +439,21 @@ mod tests {
         let cfg = Config { http: "nonsense".into(), ..Default::default() };
         assert!(cfg.validate().unwrap_err().to_string().contains("`http`"));
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn https_needs_its_files() {
+        let cfg = Config { https: Some(":8443".into()), ..Default::default() };
+        assert!(cfg.validate().unwrap_err().to_string().contains("tls_cert"));
+        let cfg = Config {
+            https: Some(":8443".into()),
+            tls_cert: Some("/nonexistent/cert.pem".into()),
+            tls_key: Some("/nonexistent/key.pem".into()),
+            ..Default::default()
+        };
+        assert!(cfg.validate().unwrap_err().to_string().contains("/nonexistent/cert.pem"));
+        let cfg = Config { https: Some("nope".into()), ..Default::default() };
+        assert!(cfg.validate().unwrap_err().to_string().contains("`https`"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 mod metrics;
 mod router;
+mod tls;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -78,6 +79,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(https) = cfg.https_addr().expect("validated at load") {
+        let (cert, key) = (cfg.tls_cert.as_deref(), cfg.tls_key.as_deref());
+        let (cert, key) = (cert.expect("validated at load"), key.expect("validated at load"));
+        // The relay reaches the HTTP listener on loopback when it listens on all interfaces.
+        let mut upstream = addr;
+        if upstream.ip().is_unspecified() {
+            upstream.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let started = tls::config(cert, key).and_then(|config| tls::serve(https, upstream, config));
+        if let Err(e) = started {
+            tracing::error!("{e}");
+            return ExitCode::from(2);
+        }
+        tracing::info!(%https, "HTTPS listener ready");
+    }
     let tokens = Tokens { publish: cfg.publish_token().map(String::from), view: cfg.view_token().map(String::from) };
     let router = Arc::new(Router::new(Sockets { runtime_dir: cfg.runtime_dir() }, tokens));
     tracing::info!(%addr, runtime_dir = %cfg.runtime_dir().display(), "signaling ready");
