@@ -187,6 +187,7 @@ impl ConfigArgs {
             return Err(std::process::ExitCode::SUCCESS);
         }
         cfg.init_logging();
+        crate::service::follow_supervisor();
         Ok(cfg)
     }
 

@@ -28,6 +28,23 @@ pub fn own_usage() -> (u64, u64) {
     (cpu_ms, rss)
 }
 
+/// Environment variable the one-host supervisor sets in its children: its own pid.
+pub const SUPERVISOR_PID_ENV: &str = "DEADSFU_SUPERVISOR_PID";
+
+/// Under the one-host supervisor, dies with it: asks the kernel for SIGTERM when the parent goes, and exits at
+/// once if the parent is already gone (it died between the fork and this call). Outside the supervisor (e.g.
+/// under systemd) does nothing.
+pub fn follow_supervisor() {
+    let Some(expected) = std::env::var(SUPERVISOR_PID_ENV).ok().and_then(|p| p.parse::<i32>().ok()) else { return };
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM) {
+        tracing::warn!(error = %e, "cannot ask to be stopped with the supervisor");
+    }
+    if nix::unistd::getppid().as_raw() != expected {
+        eprintln!("deadsfu: the supervisor (pid {expected}) is gone; exiting");
+        std::process::exit(0);
+    }
+}
+
 /// The process serves now.
 pub fn ready() {
     if let Err(e) = sd_notify::notify(&[NotifyState::Ready]) {

@@ -77,3 +77,26 @@ fn signaling_notices_workers_added_and_removed_at_runtime() {
     wait_for("signaling to drop worker 1", Duration::from_secs(5), || (count(&sfu)? == 1).then_some(()));
     assert_eq!(sfu.health().unwrap()["ok"], true);
 }
+
+#[test]
+fn children_die_with_a_killed_supervisor() {
+    let mut sfu = Sfu::start(1, &[]);
+    let before = sfu.health().unwrap();
+    // A restarted child too, not only the first generation.
+    let worker = before["workers"][0]["pid"].as_u64().unwrap();
+    kill(Pid::from_raw(worker as i32), Signal::SIGKILL).unwrap();
+    let after = wait_for("worker 0 to come back", Duration::from_secs(10), || {
+        let h = sfu.health()?;
+        let pid = h["workers"].as_array()?.first()?["pid"].as_u64()?;
+        (pid != worker).then_some(h)
+    });
+    kill(Pid::from_raw(sfu.child.id() as i32), Signal::SIGKILL).unwrap();
+    sfu.child.wait().unwrap();
+    for pid in pids(&after) {
+        wait_for(&format!("pid {pid} to exit with the supervisor"), Duration::from_secs(5), || {
+            // A zombie still has /proc/PID but no cmdline; either way the process has ended.
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            cmdline.is_empty().then_some(())
+        });
+    }
+}

@@ -52,6 +52,8 @@ impl Slot {
     fn start(&mut self, cfg: &Config, now: Instant) {
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args);
+        // The child dies with the supervisor, even if the supervisor is killed outright.
+        cmd.env(shm_proto::service::SUPERVISOR_PID_ENV, std::process::id().to_string());
         // Tokens go in the environment rather than argv, so they do not show in `ps`.
         for (var, token) in [
             ("DEADSFU_BEARER_TOKEN", &cfg.bearer_token),
