@@ -192,10 +192,11 @@ impl Fanout {
         };
         // Audio and video of a room are one stream at the viewer.
         let offer_sdp = offer::with_stream_id(offer_sdp, &format!("deadsfu-{room}"));
-        let mut accepted = match offer::accept(&offer_sdp, &self.candidates, now, |c| c) {
-            Ok(a) => a,
-            Err(e) => return error(ErrorKind::BadOffer, &e.to_string()),
-        };
+        let mut accepted =
+            match offer::accept(&offer_sdp, &self.candidates, now, |c| c.set_extension_map(viewer_extensions())) {
+                Ok(a) => a,
+                Err(e) => return error(ErrorKind::BadOffer, &e.to_string()),
+            };
         let sections = offer::media_sections(&offer_sdp);
         let mids: Vec<Mid> = sections.iter().map(|(mid, _)| *mid).collect();
         let negotiated = codec::negotiated(&accepted.rtc, &mids);
@@ -612,6 +613,19 @@ fn deliver(
             .nackable(meta.kind == MediaKind::Video),
     );
     true
+}
+
+/// The RTP header extensions offered to viewers: what a forwarder passes on (audio level, video orientation)
+/// and the MID. Transport-wide sequence numbers and abs-send-time feed bandwidth estimation, which deadsfu
+/// does not do yet: leaving them out spares every packet to every viewer their bookkeeping and bytes, and the
+/// viewers their transport feedback.
+fn viewer_extensions() -> str0m::rtp::ExtensionMap {
+    use str0m::rtp::Extension;
+    let mut map = str0m::rtp::ExtensionMap::empty();
+    map.set(1, Extension::AudioLevel);
+    map.set(4, Extension::RtpMid);
+    map.set(13, Extension::VideoOrientation);
+    map
 }
 
 /// Why a viewer cannot watch a room whose ring carries `codecs`, if it cannot: a kind the room carries for
