@@ -24,7 +24,7 @@ use deadsfu_media::host::{Session, SessionHost, SessionKey};
 use deadsfu_media::process::{self, Core, Endpoints, StartError};
 use deadsfu_media::{codec, offer};
 use shm_proto::config::Config;
-use shm_proto::control::{ErrorKind, ProcessMetrics, ProcessStatus, Request, Response, Role, RoomStatus};
+use shm_proto::control::{ErrorKind, ProcessStatus, Request, Response, Role, RoomStatus};
 use shm_proto::ring::{CodecEntry, MediaKind, PacketMeta, RingCursor, RingReader};
 use shm_proto::{paths, RoomName};
 use str0m::format::CodecConfig;
@@ -77,7 +77,7 @@ struct VideoChoice {
     ring_pt: u8,
 }
 
-struct Viewer {
+pub struct Viewer {
     id: String,
     room: RoomName,
     connected: bool,
@@ -399,19 +399,26 @@ impl Fanout {
 }
 
 impl Core for Fanout {
-    fn handle_request(&mut self, now: Instant, request: Request) -> Response {
-        self.request(now, request)
+    type App = Viewer;
+
+    fn host(&self) -> &SessionHost<Viewer> {
+        &self.host
     }
 
-    fn handle_datagram(
-        &mut self,
-        now: Instant,
-        source: SocketAddr,
-        destination: SocketAddr,
-        buf: &[u8],
-        send: &mut dyn FnMut(Transmit),
-    ) {
-        self.host.handle_datagram(now, source, destination, buf, send, &mut self.events);
+    fn host_and_events(&mut self) -> (&mut SessionHost<Viewer>, &mut Vec<(SessionKey, Event)>) {
+        (&mut self.host, &mut self.events)
+    }
+
+    fn end_session(&mut self, key: SessionKey) {
+        self.close(key);
+    }
+
+    fn stop_accepting(&mut self) {
+        self.draining = true;
+    }
+
+    fn handle_request(&mut self, now: Instant, request: Request) -> Response {
+        self.request(now, request)
     }
 
     fn poll(&mut self, now: Instant, send: &mut dyn FnMut(Transmit)) {
@@ -427,23 +434,6 @@ impl Core for Fanout {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
-    }
-
-    fn shutdown(&mut self, _now: Instant) {
-        self.draining = true;
-        let keys: Vec<SessionKey> = self.host.keys().collect();
-        tracing::info!(sessions = keys.len(), "stopping: closing every viewer session");
-        for key in keys {
-            self.close(key);
-        }
-    }
-
-    fn is_drained(&self) -> bool {
-        self.host.is_empty()
-    }
-
-    fn metrics(&self, m: &mut ProcessMetrics) {
-        m.sessions = self.host.len() as u32;
     }
 
     fn has_work(&self) -> bool {

@@ -79,7 +79,7 @@ impl KeyframeNeed {
 }
 
 /// A publisher session.
-struct Publisher {
+pub struct Publisher {
     id: String,
     room: RoomName,
     /// Identifies this session's packets in the ring (so readers see a source change).
@@ -533,19 +533,26 @@ impl Ingest {
 }
 
 impl Core for Ingest {
-    fn handle_request(&mut self, now: Instant, request: Request) -> Response {
-        self.request(now, request)
+    type App = Publisher;
+
+    fn host(&self) -> &SessionHost<Publisher> {
+        &self.host
     }
 
-    fn handle_datagram(
-        &mut self,
-        now: Instant,
-        source: SocketAddr,
-        destination: SocketAddr,
-        buf: &[u8],
-        send: &mut dyn FnMut(Transmit),
-    ) {
-        self.host.handle_datagram(now, source, destination, buf, send, &mut self.events);
+    fn host_and_events(&mut self) -> (&mut SessionHost<Publisher>, &mut Vec<(SessionKey, Event)>) {
+        (&mut self.host, &mut self.events)
+    }
+
+    fn end_session(&mut self, key: SessionKey) {
+        self.close(key);
+    }
+
+    fn stop_accepting(&mut self) {
+        self.draining = true;
+    }
+
+    fn handle_request(&mut self, now: Instant, request: Request) -> Response {
+        self.request(now, request)
     }
 
     fn poll(&mut self, now: Instant, send: &mut dyn FnMut(Transmit)) {
@@ -563,19 +570,6 @@ impl Core for Ingest {
             t = t.min(other);
         }
         Some(t)
-    }
-
-    fn shutdown(&mut self, _now: Instant) {
-        self.draining = true;
-        let keys: Vec<SessionKey> = self.host.keys().collect();
-        tracing::info!(sessions = keys.len(), "stopping: closing every publisher session");
-        for key in keys {
-            self.close(key);
-        }
-    }
-
-    fn is_drained(&self) -> bool {
-        self.host.is_empty()
     }
 
     fn metrics(&self, m: &mut ProcessMetrics) {

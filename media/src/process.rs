@@ -11,7 +11,9 @@ use mio::{Events, Poll, Token, Waker};
 use nix::sys::signal::{SigSet, Signal};
 use shm_proto::control::{self, ErrorKind, ProcessMetrics, Request, Response};
 use str0m::net::Transmit;
+use str0m::Event;
 
+use crate::host::{SessionHost, SessionKey};
 use crate::net::UdpSet;
 
 /// How long a control connection waits for the media loop to answer.
@@ -129,9 +131,29 @@ pub fn unix_ms() -> u64 {
 }
 
 /// A media process's core, as its loop drives it. Implementations do no I/O of their own.
+///
+/// Both media processes hold their sessions in a [`SessionHost`]; what every core does with it (routing
+/// datagrams, draining on shutdown, counting sessions) is written here once.
 pub trait Core {
+    /// The application's state per session.
+    type App;
+    /// The session table.
+    fn host(&self) -> &SessionHost<Self::App>;
+    /// The session table and the queue its sessions' events go to.
+    fn host_and_events(&mut self) -> (&mut SessionHost<Self::App>, &mut Vec<(SessionKey, Event)>);
+    /// Ends one session the way the core ends any (DELETE, silence): detach it, say goodbye.
+    fn end_session(&mut self, key: SessionKey);
+    /// Take no new sessions from now on.
+    fn stop_accepting(&mut self);
     /// A control request from signaling.
     fn handle_request(&mut self, now: Instant, request: Request) -> Response;
+    /// The turn's work: drive sessions, move media; datagrams to send go to `send`.
+    fn poll(&mut self, now: Instant, send: &mut dyn FnMut(Transmit));
+    /// When the loop must turn again at the latest, if ever.
+    fn next_timeout(&mut self, now: Instant) -> Option<Instant>;
+    /// True if the loop must turn again at once.
+    fn has_work(&self) -> bool;
+
     /// A datagram that arrived on `destination` from `source`; what the session answers at once goes to `send`.
     fn handle_datagram(
         &mut self,
@@ -140,19 +162,30 @@ pub trait Core {
         destination: SocketAddr,
         buf: &[u8],
         send: &mut dyn FnMut(Transmit),
-    );
-    /// The turn's work: drive sessions, move media; datagrams to send go to `send`.
-    fn poll(&mut self, now: Instant, send: &mut dyn FnMut(Transmit));
-    /// When the loop must turn again at the latest, if ever.
-    fn next_timeout(&mut self, now: Instant) -> Option<Instant>;
-    /// True if the loop must turn again at once.
-    fn has_work(&self) -> bool;
+    ) {
+        let (host, events) = self.host_and_events();
+        host.handle_datagram(now, source, destination, buf, send, events);
+    }
+
     /// The process is stopping: take no new sessions and say goodbye to every peer.
-    fn shutdown(&mut self, now: Instant);
+    fn shutdown(&mut self, _now: Instant) {
+        self.stop_accepting();
+        let keys: Vec<SessionKey> = self.host().keys().collect();
+        tracing::info!(sessions = keys.len(), "stopping: closing every session");
+        for key in keys {
+            self.end_session(key);
+        }
+    }
+
     /// True once every session is gone.
-    fn is_drained(&self) -> bool;
-    /// Adds what the core counts (sessions, rings, ...) to `m`; the loop fills in the rest.
-    fn metrics(&self, m: &mut ProcessMetrics);
+    fn is_drained(&self) -> bool {
+        self.host().is_empty()
+    }
+
+    /// Adds what the core counts to `m`; the loop fills in the rest.
+    fn metrics(&self, m: &mut ProcessMetrics) {
+        m.sessions = self.host().len() as u32;
+    }
 }
 
 /// The errors that stop a media process at start.
