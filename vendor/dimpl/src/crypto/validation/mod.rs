@@ -3,6 +3,8 @@
 //! This module defines the validation rules for crypto providers used with dimpl,
 //! based on the documented support in lib.rs.
 
+use std::sync::Mutex;
+
 use arrayvec::ArrayVec;
 
 use super::{Aad, CryptoProvider, Nonce, SupportedDtls12CipherSuite, SupportedKxGroup};
@@ -84,6 +86,45 @@ impl CryptoProvider {
         self.validate_dtls13_encrypt_sn()?;
         self.validate_kx_exchange()?;
         Ok(())
+    }
+
+    /// [`Self::validate`], run once per provider per process.
+    ///
+    /// [`Config`](crate::Config) is typically built once per connection (str0m builds one per
+    /// `Rtc`), and `validate` is a self-test: ECDHE round trips for every key exchange group and
+    /// ECDSA verifications with P-256 and P-384, about 0.65 ms of CPU. A provider is made of
+    /// `&'static` components, so a provider whose components are the very same objects as one
+    /// that already passed gives the same result and is not tested again. Failures are not
+    /// remembered: a failing provider is tested (and fails) every time.
+    pub(crate) fn validate_once(&self) -> Result<(), Error> {
+        if self.already_validated() {
+            return Ok(());
+        }
+        self.validate()?;
+        let mut validated = VALIDATED.lock().unwrap_or_else(|e| e.into_inner());
+        if validated.len() < MAX_VALIDATED && !validated.iter().any(|p| p.same_components(self)) {
+            validated.push(self.clone());
+        }
+        Ok(())
+    }
+
+    fn already_validated(&self) -> bool {
+        let validated = VALIDATED.lock().unwrap_or_else(|e| e.into_inner());
+        validated.iter().any(|p| p.same_components(self))
+    }
+
+    /// Whether every component is the same object (address and vtable, slices by address and
+    /// length). Different vtables for the same type only cost a second validation.
+    fn same_components(&self, other: &CryptoProvider) -> bool {
+        use std::ptr::eq;
+        eq(self.kx_groups, other.kx_groups)
+            && eq(self.signature_verification, other.signature_verification)
+            && eq(self.key_provider, other.key_provider)
+            && eq(self.secure_random, other.secure_random)
+            && eq(self.hash_provider, other.hash_provider)
+            && eq(self.hmac_provider, other.hmac_provider)
+            && eq(self.cipher_suites, other.cipher_suites)
+            && eq(self.dtls13_cipher_suites, other.dtls13_cipher_suites)
     }
 
     /// Validate that at least one cipher suite is supported.
@@ -428,6 +469,12 @@ impl CryptoProvider {
     }
 }
 
+/// Providers that passed [`CryptoProvider::validate`] in this process (see
+/// [`CryptoProvider::validate_once`]); a process using more providers than this validates the
+/// others every time.
+static VALIDATED: Mutex<Vec<CryptoProvider>> = Mutex::new(Vec::new());
+const MAX_VALIDATED: usize = 16;
+
 const HASH_TEST_VECTORS: &[(HashAlgorithm, &[u8])] = &[
     (
         HashAlgorithm::SHA256,
@@ -663,14 +710,96 @@ const SN_TEST_VECTORS: &[SnTestVector] = &[
 #[cfg(test)]
 #[cfg(feature = "aws-lc-rs")]
 mod tests_aws_lc_rs {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::Ordering::SeqCst;
+
     use super::*;
-    use crate::crypto::aws_lc_rs;
+    use crate::crypto::{ActiveKeyExchange, aws_lc_rs};
     use crate::dtls12::message::Dtls12CipherSuite;
+    use crate::{Config, CryptoError};
 
     #[test]
     fn test_default_provider_validates() {
         let provider = aws_lc_rs::default_provider();
         assert!(provider.validate().is_ok());
+    }
+
+    /// A key exchange group that counts its exchanges and, if `fail`, refuses to start any.
+    #[derive(Debug)]
+    struct CountingKx {
+        inner: &'static dyn SupportedKxGroup,
+        starts: &'static AtomicUsize,
+        fail: bool,
+    }
+
+    impl SupportedKxGroup for CountingKx {
+        fn name(&self) -> NamedGroup {
+            self.inner.name()
+        }
+
+        fn start_exchange(&self, buf: Buf) -> Result<Box<dyn ActiveKeyExchange>, CryptoError> {
+            self.starts.fetch_add(1, SeqCst);
+            if self.fail {
+                return Err(CryptoError::UnsupportedEcdheNamedGroup(self.name()));
+            }
+            self.inner.start_exchange(buf)
+        }
+    }
+
+    /// The default provider with counting key exchange groups, new objects on every call.
+    fn counting_provider(fail: bool) -> (CryptoProvider, &'static AtomicUsize) {
+        let mut provider = aws_lc_rs::default_provider();
+        let starts: &'static AtomicUsize = Box::leak(Box::new(AtomicUsize::new(0)));
+        let groups: Vec<&'static dyn SupportedKxGroup> = provider
+            .kx_groups
+            .iter()
+            .map(|&inner| {
+                let kx: &'static CountingKx = Box::leak(Box::new(CountingKx {
+                    inner,
+                    starts,
+                    fail,
+                }));
+                kx as &'static dyn SupportedKxGroup
+            })
+            .collect();
+        provider.kx_groups = Box::leak(groups.into_boxed_slice());
+        (provider, starts)
+    }
+
+    #[test]
+    fn validate_once_tests_a_provider_once() {
+        let (provider, starts) = counting_provider(false);
+        let groups = provider.kx_groups.len();
+        provider.validate_once().unwrap();
+        // Two exchanges (alice and bob) per group.
+        assert_eq!(starts.load(SeqCst), 2 * groups);
+        provider.validate_once().unwrap();
+        provider.clone().validate_once().unwrap();
+        Config::builder()
+            .with_crypto_provider(provider.clone())
+            .build()
+            .unwrap();
+        assert_eq!(starts.load(SeqCst), 2 * groups);
+        // validate() itself still always tests.
+        provider.validate().unwrap();
+        assert_eq!(starts.load(SeqCst), 4 * groups);
+
+        // A provider with other components is tested on its own.
+        let (other, other_starts) = counting_provider(false);
+        other.validate_once().unwrap();
+        assert_eq!(other_starts.load(SeqCst), 2 * groups);
+    }
+
+    #[test]
+    fn validate_once_does_not_remember_failures() {
+        let (provider, starts) = counting_provider(true);
+        assert!(provider.validate_once().is_err());
+        assert_eq!(starts.load(SeqCst), 1);
+        assert!(provider.validate_once().is_err());
+        assert_eq!(starts.load(SeqCst), 2);
+        let config = Config::builder().with_crypto_provider(provider).build();
+        assert!(config.is_err());
+        assert_eq!(starts.load(SeqCst), 3);
     }
 
     #[test]
