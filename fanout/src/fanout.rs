@@ -651,5 +651,5 @@ pub fn run(cfg: &Config, index: u32) -> Result<(), StartError> {
         advertise: cfg.ice_candidate_host,
         control_socket: paths::fanout_socket(&runtime_dir, index),
     };
-    process::run(endpoints, |candidates, now| Fanout::new(index, runtime_dir.clone(), candidates, now))
+    process::run(endpoints, |candidates, _waker, now| Fanout::new(index, runtime_dir.clone(), candidates, now))
 }

@@ -9,21 +9,32 @@
 //!   held back, so no viewer ever gets a picture it cannot decode;
 //! - keyframe requests that readers leave in the ring reach the publisher as PLI, at most one per
 //!   `keyframe_request_interval_ms`, plus one every `keyframe_fallback_interval_s` while the room is watched;
-//! - a publisher silent for [`PUBLISHER_TIMEOUT`] is gone, and its room is free.
+//! - a publisher silent for [`PUBLISHER_TIMEOUT`] is gone, and its room is free;
+//! - on an edge (an upstream configured), a watched room without a publisher is pulled from the upstream
+//!   ([`crate::upstream`]) and written like a publisher's media; a failed pull is retried with backoff while
+//!   the slate stands in, and a pull ends `upstream_grace` after the room's last viewer left. An edge refuses
+//!   publishers unless told otherwise; an accepted one takes the room over from the pull.
 //!
 //! [`Ingest`] is fed with control requests, datagrams and time, and never touches a socket itself; [`run`] is
 //! the loop around it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use deadsfu_media::host::{SessionHost, SessionKey};
 use deadsfu_media::process::{self, Core, Endpoints, StartError};
 use deadsfu_media::{codec, offer};
+use mio::Waker;
 use shm_proto::config::Config;
-use shm_proto::control::{ErrorKind, ProcessMetrics, ProcessStatus, Request, Response, RingMetrics, Role, RoomStatus};
+use shm_proto::control::{
+    ErrorKind, ProcessMetrics, ProcessStatus, Request, Response, RingMetrics, Role, RoomStatus, UpstreamMetrics,
+    UpstreamStatus,
+};
 use shm_proto::ring::{Codec, CodecEntry, Geometry, MediaKind, PacketMeta, RingReader, RingWriter};
 use shm_proto::{paths, RoomName};
 use str0m::media::{KeyframeRequestKind, Mid};
@@ -33,6 +44,7 @@ use str0m::{Event, IceConnectionState};
 
 use crate::keyframe;
 use crate::slate::{Slate, SlatePlayer};
+use crate::upstream::{Pull, PullEvent, Upstream};
 
 /// How often rings get a heartbeat, and rooms and publishers are looked at.
 const HOUSEKEEPING: Duration = Duration::from_millis(50);
@@ -48,6 +60,9 @@ const WATCH_GRACE: Duration = Duration::from_secs(5);
 const ADOPT_SCAN: Duration = Duration::from_secs(1);
 /// Window of the bitrate figure.
 const BITRATE_WINDOW: Duration = Duration::from_secs(2);
+/// Wait before the first retry of a failed pull; it doubles with each failure in a row up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(8);
 
 /// What ingest is told at start.
 #[derive(Clone, Debug)]
@@ -57,6 +72,12 @@ pub struct Settings {
     pub keyframe_request_interval: Duration,
     /// `None`: no unprompted keyframe requests.
     pub keyframe_fallback_interval: Option<Duration>,
+    /// The upstream this edge pulls rooms from; `None` on an origin.
+    pub upstream: Option<Arc<Upstream>>,
+    /// How long a pull outlives the room's last viewer.
+    pub upstream_grace: Duration,
+    /// Publishers are refused (an edge not told to take them).
+    pub refuse_publishers: bool,
 }
 
 /// Why a room might want a keyframe from its publisher now.
@@ -78,20 +99,65 @@ impl KeyframeNeed {
     }
 }
 
-/// A publisher session.
-pub struct Publisher {
-    id: String,
+/// One source of a room's media: a publisher, or an edge's pull from the upstream.
+struct Feed {
     room: RoomName,
-    /// Identifies this session's packets in the ring (so readers see a source change).
+    /// Identifies this source's packets in the ring (so readers see a source change).
     source: u32,
-    /// Payload type -> codec, from the negotiated parameters; filled at the first packet.
-    codecs: HashMap<u8, (Codec, MediaKind)>,
-    /// The audio and video media sections of the offer.
-    mids: Vec<Mid>,
+    /// Payload type -> ring entry, from the negotiated parameters.
+    codecs: HashMap<u8, CodecEntry>,
     video_ssrcs: Vec<Ssrc>,
     /// Per video SSRC, the timestamp of the last keyframe start: a keyframe (SPS, PPS, IDR fragments) spans
     /// several packets that may each look like a start, and only the first may be indexed.
     keyframe_ts: HashMap<Ssrc, u32>,
+}
+
+impl Feed {
+    fn new(room: RoomName) -> Feed {
+        Feed {
+            room,
+            source: process::random_u32(),
+            codecs: HashMap::new(),
+            video_ssrcs: Vec::new(),
+            keyframe_ts: HashMap::new(),
+        }
+    }
+}
+
+/// A publisher session.
+pub struct Publisher {
+    id: String,
+    /// The audio and video media sections of the offer.
+    mids: Vec<Mid>,
+    /// Its codecs are filled at the first packet.
+    feed: Feed,
+}
+
+/// An edge's running pull of a room.
+struct ActivePull {
+    pull: Pull,
+    /// Its codecs are filled when the pull connects.
+    feed: Feed,
+    /// Media has arrived.
+    receiving: bool,
+}
+
+/// An edge room's record of its pulls: the failures in a row that wait for a retry.
+#[derive(Default)]
+struct UpstreamRecord {
+    failures: u32,
+    last_error: Option<String>,
+    retry_at: Option<Instant>,
+    /// Failed attempts by kind since start.
+    failure_counts: BTreeMap<&'static str, u64>,
+    /// When the room stopped being watched (its pull ends a grace period later).
+    unwatched_since: Option<Instant>,
+}
+
+/// How long to wait before the next attempt after `failures` failures in a row.
+fn retry_delay(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    (RETRY_FIRST * 2u32.pow(doublings)).min(RETRY_MAX)
 }
 
 /// A room's ring and what is written into it.
@@ -105,6 +171,7 @@ struct Room {
     /// Per slate clip, its payload type in the ring while it plays, or `None` if that clip is not played.
     slate_pts: Vec<Option<u8>>,
     watched_until: Option<Instant>,
+    upstream: UpstreamRecord,
     seen_keyframe_requests: u64,
     last_keyframe_request: Option<Instant>,
     /// Bytes written in the current window, and the rate of the last full window.
@@ -124,6 +191,7 @@ impl Room {
             slate: None,
             slate_pts: Vec::new(),
             watched_until: None,
+            upstream: UpstreamRecord::default(),
             seen_keyframe_requests: seen,
             last_keyframe_request: None,
             window_start: now,
@@ -137,8 +205,9 @@ impl Room {
             || now_ms.saturating_sub(self.ring.reader_heartbeat_unix_ms()) < WATCH_TIMEOUT_MS
     }
 
+    /// Live video arrived lately (`last_live_video` is cleared when a source goes).
     fn live(&self, now: Instant) -> bool {
-        self.publisher.is_some() && self.last_live_video.is_some_and(|t| now.duration_since(t) < LIVE_TIMEOUT)
+        self.last_live_video.is_some_and(|t| now.duration_since(t) < LIVE_TIMEOUT)
     }
 
     fn push(&mut self, meta: &PacketMeta, payload: &[u8], room: &RoomName) {
@@ -148,16 +217,71 @@ impl Room {
         }
     }
 
+    /// Writes a packet of the room's source into the ring: video held back while the slate plays until a
+    /// keyframe, keyframes detected and indexed.
+    fn write_live(&mut self, feed: &mut Feed, pkt: &RtpPacket, slate: &Slate, now: Instant) {
+        let pt = *pkt.header.payload_type;
+        let Some(entry) = feed.codecs.get(&pt) else {
+            tracing::trace!(pt, "packet of a payload type the ring does not carry");
+            return;
+        };
+        let (codec, kind) = (entry.codec, entry.kind);
+        if !self.live_codecs.iter().any(|e| e.pt == pt) {
+            // A pull learns which of the negotiated codecs the upstream sends as they arrive.
+            self.live_codecs.push(entry.clone());
+            self.write_codecs(slate, &feed.room);
+        }
+        let ssrc = pkt.header.ssrc;
+        let is_keyframe = kind == MediaKind::Video
+            && keyframe::is_keyframe(codec, &pkt.payload)
+            && feed.keyframe_ts.insert(ssrc, pkt.header.timestamp) != Some(pkt.header.timestamp);
+        if kind == MediaKind::Video {
+            if !feed.video_ssrcs.contains(&ssrc) {
+                feed.video_ssrcs.push(ssrc);
+            }
+            if self.slate.is_some() {
+                if !is_keyframe {
+                    // The slate holds the picture until live video can start clean.
+                    return;
+                }
+                self.slate = None;
+                self.write_codecs(slate, &feed.room);
+                tracing::info!(room = %feed.room, "live video is back; slate stopped");
+            }
+            self.last_live_video = Some(now);
+        }
+        // How long ago the socket delivered it, so the ring records when it really arrived.
+        let waited = now.saturating_duration_since(pkt.timestamp).as_nanos() as u64;
+        let ext = &pkt.header.ext_vals;
+        let meta = PacketMeta {
+            arrival_unix_ns: process::unix_ns().saturating_sub(waited),
+            seq: *pkt.seq_no,
+            timestamp: pkt.header.timestamp,
+            ssrc: *ssrc,
+            source: feed.source,
+            pt,
+            kind,
+            marker: pkt.header.marker,
+            keyframe: is_keyframe,
+            audio_level: ext.audio_level,
+            voice_activity: ext.voice_activity,
+            video_orientation: ext.video_orientation.map(|o| o as u8),
+        };
+        self.push(&meta, &pkt.payload, &feed.room);
+    }
+
     /// Writes the codec table: the publisher's codecs, plus the slate's while it plays, on payload types the
-    /// publisher does not use. With a publisher connected, the slate plays only in codecs the publisher sends,
-    /// so a viewer is never admitted on the strength of a slate codec it could not watch live in.
+    /// publisher does not use. Once the source's video codecs are known, the slate plays only in those, so a
+    /// viewer is never admitted on the strength of a slate codec it could not watch live in.
     fn write_codecs(&mut self, slate: &Slate, room: &RoomName) {
         let mut entries = self.live_codecs.clone();
         self.slate_pts.clear();
         if self.slate.is_some() {
+            let live_video: Vec<Codec> =
+                self.live_codecs.iter().filter(|e| e.kind == MediaKind::Video).map(|e| e.codec).collect();
             let mut free = (96..=127u8).rev().chain(35..=63).filter(|pt| !self.live_codecs.iter().any(|e| e.pt == *pt));
             for entry in slate.entries(|_| free.next().expect("the publisher leaves payload types free")) {
-                let fits = self.live_codecs.is_empty() || self.live_codecs.iter().any(|e| e.codec == entry.codec);
+                let fits = live_video.is_empty() || live_video.contains(&entry.codec);
                 self.slate_pts.push(fits.then_some(entry.pt));
                 if fits {
                     entries.push(entry);
@@ -185,10 +309,26 @@ pub struct Ingest {
     draining: bool,
     /// PLIs sent to publishers since start.
     keyframe_requests_sent: u64,
+    /// An edge's running pulls, by room; their events arrive on `pull_events`, tagged with the pull's id.
+    pulls: HashMap<RoomName, ActivePull>,
+    pull_rooms: HashMap<u64, RoomName>,
+    pull_sender: Sender<(u64, PullEvent)>,
+    pull_events: Receiver<(u64, PullEvent)>,
+    next_pull_id: u64,
+    /// Threads of ended pulls still saying goodbye to the upstream.
+    ending_pulls: Vec<JoinHandle<()>>,
+    waker: Arc<Waker>,
 }
 
 impl Ingest {
-    pub fn new(settings: Settings, slate: Slate, candidates: Vec<SocketAddr>, now: Instant) -> Ingest {
+    pub fn new(
+        settings: Settings,
+        slate: Slate,
+        candidates: Vec<SocketAddr>,
+        waker: Arc<Waker>,
+        now: Instant,
+    ) -> Ingest {
+        let (pull_sender, pull_events) = mpsc::channel();
         let next_fallback = now + settings.keyframe_fallback_interval.unwrap_or(Duration::MAX / 4);
         Ingest {
             settings,
@@ -203,6 +343,13 @@ impl Ingest {
             next_fallback,
             draining: false,
             keyframe_requests_sent: 0,
+            pulls: HashMap::new(),
+            pull_rooms: HashMap::new(),
+            pull_sender,
+            pull_events,
+            next_pull_id: 1,
+            ending_pulls: Vec::new(),
+            waker,
         }
     }
 
@@ -250,7 +397,7 @@ impl Ingest {
         let now_ms = process::unix_ms();
         self.rooms
             .iter()
-            .filter(|(_, r)| r.publisher.is_some() || r.watched(now, now_ms))
+            .filter(|(name, r)| r.publisher.is_some() || r.watched(now, now_ms) || self.pulls.contains_key(*name))
             .map(|(name, r)| {
                 let mut codecs: Vec<String> = r.live_codecs.iter().map(|e| e.codec.name().to_string()).collect();
                 codecs.dedup();
@@ -261,9 +408,26 @@ impl Ingest {
                     codecs,
                     bitrate_bps: r.bitrate_bps,
                     viewers: 0,
+                    upstream: self.upstream_status(name, r),
                 }
             })
             .collect()
+    }
+
+    /// How the room's pull stands, on an edge that pulls it or failed to.
+    fn upstream_status(&self, name: &RoomName, room: &Room) -> Option<UpstreamStatus> {
+        let record = &room.upstream;
+        let state = match self.pulls.get(name) {
+            Some(p) if p.receiving => "pulling",
+            Some(_) => "connecting",
+            None if record.failures > 0 => "retrying",
+            None => return None,
+        };
+        Some(UpstreamStatus {
+            state: state.to_string(),
+            error: (state != "pulling").then(|| record.last_error.clone()).flatten(),
+            failures: record.failures,
+        })
     }
 
     /// The room, its ring opened (created if need be) if ingest did not hold it yet.
@@ -286,6 +450,13 @@ impl Ingest {
             Ok(room) => room,
             Err(e) => return error(ErrorKind::BadRequest, &e.to_string()),
         };
+        if self.settings.refuse_publishers {
+            let upstream = self.settings.upstream.as_ref().map_or("an upstream", |u| u.base());
+            return error(
+                ErrorKind::Forbidden,
+                &format!("this host is an edge of {upstream} and takes no publishers: publish there (or start this host with --edge-publish true)"),
+            );
+        }
         if self.rooms.get(&room).is_some_and(|r| r.publisher.is_some()) {
             return error(ErrorKind::RoomBusy, &format!("room {room} already has a publisher"));
         }
@@ -299,13 +470,12 @@ impl Ingest {
         let id = format!("i-{}", process::random_hex(12));
         let publisher = Publisher {
             id: id.clone(),
-            room: room.clone(),
-            source: process::random_u32(),
-            codecs: HashMap::new(),
             mids: offer::media_sections(offer_sdp).into_iter().map(|(mid, _)| mid).collect(),
-            video_ssrcs: Vec::new(),
-            keyframe_ts: HashMap::new(),
+            feed: Feed::new(room.clone()),
         };
+        if self.end_pull(&room) {
+            tracing::info!(%room, "a publisher takes the room over from the upstream pull");
+        }
         let key = self.host.insert(accepted.rtc, accepted.ufrag, publisher, now);
         let r = self.rooms.get_mut(&room).expect("room made above");
         r.publisher = Some(key);
@@ -321,8 +491,8 @@ impl Ingest {
     fn close(&mut self, key: SessionKey) {
         let Some(s) = self.host.get(key) else { return };
         if self.ids.remove(&s.app.id).is_some() {
-            tracing::info!(session = %s.app.id, room = %s.app.room, "publisher left");
-            if let Some(room) = self.rooms.get_mut(&s.app.room) {
+            tracing::info!(session = %s.app.id, room = %s.app.feed.room, "publisher left");
+            if let Some(room) = self.rooms.get_mut(&s.app.feed.room) {
                 if room.publisher == Some(key) {
                     room.publisher = None;
                     room.live_codecs.clear();
@@ -331,6 +501,91 @@ impl Ingest {
             }
         }
         self.host.close(key);
+    }
+
+    /// Ends the room's pull, if it has one (its thread deletes the upstream session); true if it had one.
+    fn end_pull(&mut self, name: &RoomName) -> bool {
+        let Some(active) = self.pulls.remove(name) else { return false };
+        self.pull_rooms.remove(&active.pull.id());
+        self.ending_pulls.extend(active.pull.stop());
+        if let Some(room) = self.rooms.get_mut(name) {
+            room.live_codecs.clear();
+            room.last_live_video = None;
+        }
+        true
+    }
+
+    /// On an edge: starts pulls for watched rooms nobody publishes to (when no retry is pending), and ends
+    /// pulls whose room has had no viewer for the grace period or got a publisher.
+    fn manage_pulls(&mut self, now: Instant, now_ms: u64) {
+        let Some(upstream) = self.settings.upstream.clone() else { return };
+        self.ending_pulls.retain(|t| !t.is_finished());
+        let mut ended = Vec::new();
+        for (name, room) in &mut self.rooms {
+            let wanted = room.publisher.is_none() && room.watched(now, now_ms);
+            let record = &mut room.upstream;
+            let pulling = self.pulls.contains_key(name);
+            if wanted {
+                record.unwatched_since = None;
+                if !pulling && !self.draining && record.retry_at.is_none_or(|t| now >= t) {
+                    let id = self.next_pull_id;
+                    self.next_pull_id += 1;
+                    let pull =
+                        Pull::start(upstream.clone(), name.clone(), id, self.pull_sender.clone(), self.waker.clone());
+                    self.pulls
+                        .insert(name.clone(), ActivePull { pull, feed: Feed::new(name.clone()), receiving: false });
+                    self.pull_rooms.insert(id, name.clone());
+                    tracing::info!(room = %name, upstream = upstream.base(), attempt = record.failures + 1, "pulling the room from the upstream");
+                }
+            } else if !pulling {
+                // Nobody waits for this room any more: no retries, no status.
+                record.failures = 0;
+                record.last_error = None;
+                record.retry_at = None;
+            } else if room.publisher.is_some()
+                || now.duration_since(*record.unwatched_since.get_or_insert(now)) >= self.settings.upstream_grace
+            {
+                ended.push(name.clone());
+            }
+        }
+        for name in ended {
+            self.end_pull(&name);
+            tracing::info!(room = %name, grace = ?self.settings.upstream_grace, "no viewers left; pull ended");
+        }
+    }
+
+    /// Takes in what the pulls sent: their media goes into the rings like a publisher's.
+    fn drain_pulls(&mut self, now: Instant) {
+        while let Ok((id, event)) = self.pull_events.try_recv() {
+            // Events of a pull that was ended already are dropped.
+            let Some(name) = self.pull_rooms.get(&id).cloned() else { continue };
+            let (Some(room), Some(active)) = (self.rooms.get_mut(&name), self.pulls.get_mut(&name)) else { continue };
+            match event {
+                PullEvent::Connected { codecs } => {
+                    active.feed.codecs = codecs.into_iter().map(|e| (e.pt, e)).collect();
+                    tracing::debug!(room = %name, "pull connected to the upstream");
+                }
+                PullEvent::Packet(pkt) => {
+                    if !active.receiving {
+                        active.receiving = true;
+                        room.upstream.failures = 0;
+                        room.upstream.last_error = None;
+                        tracing::info!(room = %name, "media arrives from the upstream");
+                    }
+                    room.write_live(&mut active.feed, &pkt, &self.slate, now);
+                }
+                PullEvent::Failed(failure) => {
+                    let record = &mut room.upstream;
+                    record.failures += 1;
+                    *record.failure_counts.entry(failure.kind.label()).or_default() += 1;
+                    let delay = retry_delay(record.failures);
+                    record.retry_at = Some(now + delay);
+                    record.last_error = Some(failure.message.clone());
+                    tracing::warn!(room = %name, reason = %failure.message, kind = failure.kind.label(), retry_in = ?delay, "pull from the upstream failed");
+                    self.end_pull(&name);
+                }
+            }
+        }
     }
 
     /// Drives the sessions and writes what publishers sent into the rings.
@@ -358,55 +613,14 @@ impl Ingest {
     fn on_rtp(&mut self, key: SessionKey, pkt: RtpPacket, now: Instant) {
         let Some(session) = self.host.get_mut(key) else { return };
         let publisher = &mut session.app;
-        let Some(room) = self.rooms.get_mut(&publisher.room) else { return };
-        if publisher.codecs.is_empty() {
+        let Some(room) = self.rooms.get_mut(&publisher.feed.room) else { return };
+        if publisher.feed.codecs.is_empty() {
             let negotiated = codec::negotiated(&session.rtc, &publisher.mids);
             room.live_codecs = negotiated.params().iter().filter_map(codec::entry).collect();
-            publisher.codecs = room.live_codecs.iter().map(|e| (e.pt, (e.codec, e.kind))).collect();
-            room.write_codecs(&self.slate, &publisher.room);
+            publisher.feed.codecs = room.live_codecs.iter().map(|e| (e.pt, e.clone())).collect();
+            room.write_codecs(&self.slate, &publisher.feed.room);
         }
-        let pt = *pkt.header.payload_type;
-        let Some(&(codec, kind)) = publisher.codecs.get(&pt) else {
-            tracing::trace!(pt, "packet of a payload type the ring does not carry");
-            return;
-        };
-        let ssrc = pkt.header.ssrc;
-        let is_keyframe = kind == MediaKind::Video
-            && keyframe::is_keyframe(codec, &pkt.payload)
-            && publisher.keyframe_ts.insert(ssrc, pkt.header.timestamp) != Some(pkt.header.timestamp);
-        if kind == MediaKind::Video {
-            if !publisher.video_ssrcs.contains(&pkt.header.ssrc) {
-                publisher.video_ssrcs.push(pkt.header.ssrc);
-            }
-            if room.slate.is_some() {
-                if !is_keyframe {
-                    // The slate holds the picture until live video can start clean.
-                    return;
-                }
-                room.slate = None;
-                room.write_codecs(&self.slate, &publisher.room);
-                tracing::info!(room = %publisher.room, "live video is back; slate stopped");
-            }
-            room.last_live_video = Some(now);
-        }
-        // How long ago the socket delivered it, so the ring records when it really arrived.
-        let waited = now.saturating_duration_since(pkt.timestamp).as_nanos() as u64;
-        let ext = &pkt.header.ext_vals;
-        let meta = PacketMeta {
-            arrival_unix_ns: process::unix_ns().saturating_sub(waited),
-            seq: *pkt.seq_no,
-            timestamp: pkt.header.timestamp,
-            ssrc: *pkt.header.ssrc,
-            source: publisher.source,
-            pt,
-            kind,
-            marker: pkt.header.marker,
-            keyframe: is_keyframe,
-            audio_level: ext.audio_level,
-            voice_activity: ext.voice_activity,
-            video_orientation: ext.video_orientation.map(|o| o as u8),
-        };
-        room.push(&meta, &pkt.payload, &publisher.room);
+        room.write_live(&mut publisher.feed, &pkt, &self.slate, now);
     }
 
     /// Heartbeats, the slate, keyframe requests, silent publishers, bitrate windows.
@@ -416,6 +630,7 @@ impl Ingest {
             tracing::info!("publisher silent for {PUBLISHER_TIMEOUT:?}; closing");
             self.close(key);
         }
+        self.manage_pulls(now, now_ms);
         if now >= self.next_adopt_scan {
             self.next_adopt_scan = now + ADOPT_SCAN;
             self.adopt_watched_rings(now, now_ms);
@@ -447,7 +662,10 @@ impl Ingest {
                 }
                 _ => {}
             }
-            let Some(key) = room.publisher else { continue };
+            let pull = self.pulls.get(name).filter(|p| p.receiving);
+            if room.publisher.is_none() && pull.is_none() {
+                continue;
+            }
             let requests = room.ring.keyframe_requests();
             let why = KeyframeNeed {
                 asked: requests != room.seen_keyframe_requests,
@@ -460,15 +678,21 @@ impl Ingest {
             }
             room.seen_keyframe_requests = requests;
             room.last_keyframe_request = Some(now);
-            let Some(session) = self.host.get_mut(key) else { continue };
+            self.keyframe_requests_sent += 1;
+            if let Some(pull) = pull {
+                pull.pull.request_keyframe();
+                tracing::debug!(room = %name, ?why, "keyframe requested from the upstream");
+                continue;
+            }
+            let Some(session) = room.publisher.and_then(|key| self.host.get_mut(key)) else { continue };
             let mut api = session.rtc.direct_api();
-            for ssrc in &session.app.video_ssrcs {
+            for ssrc in &session.app.feed.video_ssrcs {
                 if let Some(rx) = api.stream_rx(ssrc) {
                     rx.request_keyframe(KeyframeRequestKind::Pli);
                 }
             }
             tracing::debug!(session = %session.app.id, ?why, "keyframe requested from publisher");
-            self.keyframe_requests_sent += 1;
+            let key = room.publisher.expect("the session was found by it");
             self.host.touch(key);
         }
     }
@@ -549,6 +773,14 @@ impl Core for Ingest {
 
     fn stop_accepting(&mut self) {
         self.draining = true;
+        let names: Vec<RoomName> = self.pulls.keys().cloned().collect();
+        for name in names {
+            self.end_pull(&name);
+        }
+    }
+
+    fn is_drained(&self) -> bool {
+        self.host.is_empty() && self.ending_pulls.iter().all(|t| t.is_finished())
     }
 
     fn handle_request(&mut self, now: Instant, request: Request) -> Response {
@@ -556,6 +788,7 @@ impl Core for Ingest {
     }
 
     fn poll(&mut self, now: Instant, send: &mut dyn FnMut(Transmit)) {
+        self.drain_pulls(now);
         self.drive(now, send);
         if now >= self.next_housekeeping {
             self.housekeeping(now);
@@ -591,6 +824,16 @@ impl Core for Ingest {
                 }
             })
             .collect();
+        m.upstream = self
+            .rooms
+            .iter()
+            .filter(|(name, room)| self.pulls.contains_key(*name) || !room.upstream.failure_counts.is_empty())
+            .map(|(name, room)| UpstreamMetrics {
+                room: name.to_string(),
+                pulling: self.pulls.get(name).is_some_and(|p| p.receiving),
+                failures: room.upstream.failure_counts.iter().map(|(k, n)| (k.to_string(), *n)).collect(),
+            })
+            .collect();
     }
 
     fn has_work(&self) -> bool {
@@ -611,6 +854,9 @@ pub fn run(cfg: &Config) -> Result<(), RunError> {
         keyframe_request_interval: Duration::from_millis(cfg.keyframe_request_interval_ms),
         keyframe_fallback_interval: (cfg.keyframe_fallback_interval_s > 0)
             .then(|| Duration::from_secs(cfg.keyframe_fallback_interval_s)),
+        upstream: cfg.dial_upstream.as_deref().map(|url| Arc::new(Upstream::new(url, cfg.upstream_token.clone()))),
+        upstream_grace: Duration::from_secs(cfg.upstream_grace_s),
+        refuse_publishers: cfg.refuses_publishers(),
     };
     let slate = Slate::load(cfg.slate_h264.as_deref(), cfg.slate_vp8.as_deref(), cfg.slate_fps)?;
     let endpoints = Endpoints {
@@ -620,7 +866,7 @@ pub fn run(cfg: &Config) -> Result<(), RunError> {
         advertise: cfg.ice_candidate_host,
         control_socket: paths::ingest_socket(&runtime_dir),
     };
-    process::run(endpoints, |candidates, now| Ingest::new(settings, slate, candidates, now))?;
+    process::run(endpoints, |candidates, waker, now| Ingest::new(settings, slate, candidates, waker, now))?;
     Ok(())
 }
 
@@ -654,6 +900,13 @@ mod tests {
             }
         }
         assert_eq!(sent, 3);
+    }
+
+    #[test]
+    fn retries_back_off_to_a_ceiling() {
+        let delays: Vec<u64> = (1..=7).map(|n| retry_delay(n).as_millis() as u64).collect();
+        assert_eq!(delays, [500, 1000, 2000, 4000, 8000, 8000, 8000]);
+        assert_eq!(retry_delay(u32::MAX), RETRY_MAX);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 mod ingest;
 mod keyframe;
 mod slate;
+mod upstream;
 
 use std::process::ExitCode;
 

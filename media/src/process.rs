@@ -218,11 +218,11 @@ pub struct Endpoints<'a> {
     pub control_socket: PathBuf,
 }
 
-/// Binds the process's sockets, builds its core from the ICE candidate addresses, and runs it until SIGTERM or
-/// SIGINT.
+/// Binds the process's sockets, builds its core from the ICE candidate addresses and a waker (which turns the
+/// loop at once, for threads that feed the core), and runs it until SIGTERM or SIGINT.
 pub fn run<C: Core>(
     endpoints: Endpoints<'_>,
-    make: impl FnOnce(Vec<SocketAddr>, Instant) -> C,
+    make: impl FnOnce(Vec<SocketAddr>, Arc<Waker>, Instant) -> C,
 ) -> Result<(), StartError> {
     let dir = endpoints.runtime_dir;
     shm_proto::paths::prepare(dir).map_err(|e| StartError::RuntimeDir(dir.display().to_string(), e))?;
@@ -232,7 +232,7 @@ pub fn run<C: Core>(
     let port = endpoints.udp_port;
     let mut udp = UdpSet::bind(port, endpoints.advertise).map_err(|e| StartError::Udp(port, e))?;
     udp.register(poll.registry(), FIRST_UDP).map_err(StartError::Poll)?;
-    let mut core = make(udp.candidates(), Instant::now());
+    let mut core = make(udp.candidates(), waker.clone(), Instant::now());
     let inbox = Inbox::start(&endpoints.control_socket, waker)?;
     tracing::info!(process = %endpoints.name, port = udp.port(), candidates = ?udp.candidates(), control = %endpoints.control_socket.display(), "ready");
 

@@ -55,6 +55,16 @@ pub struct Config {
     /// A keyframe is requested from every watched publisher this often even if nobody asks, in seconds
     /// (0: never).
     pub keyframe_fallback_interval_s: u64,
+    /// Base URL of an upstream deadsfu (`http://origin:8080`): this host is an edge that pulls a room over
+    /// WHEP (`POST {url}/whep/{room}`) when its viewers ask for a room nobody publishes to here.
+    pub dial_upstream: Option<String>,
+    /// Bearer token sent with the pulls to `dial_upstream`.
+    pub upstream_token: Option<String>,
+    /// Seconds a pull goes on after the edge's last viewer of the room left.
+    pub upstream_grace_s: u64,
+    /// An edge (`dial_upstream` set) refuses publishers unless this is true; a local publisher then takes the
+    /// room over from the pull.
+    pub edge_publish: bool,
 }
 
 impl Default for Config {
@@ -80,6 +90,10 @@ impl Default for Config {
             slate_vp8: None,
             keyframe_request_interval_ms: 1000,
             keyframe_fallback_interval_s: 20,
+            dial_upstream: None,
+            upstream_token: None,
+            upstream_grace_s: 10,
+            edge_publish: false,
         }
     }
 }
@@ -150,6 +164,18 @@ pub struct ConfigArgs {
     /// Seconds between unprompted keyframe requests (0: never).
     #[arg(long, env = "DEADSFU_KEYFRAME_FALLBACK_INTERVAL_S")]
     pub keyframe_fallback_interval_s: Option<u64>,
+    /// Base URL of an upstream deadsfu to pull rooms from over WHEP (this host becomes an edge).
+    #[arg(long, env = "DEADSFU_DIAL_UPSTREAM")]
+    pub dial_upstream: Option<String>,
+    /// Bearer token for the pulls from the upstream.
+    #[arg(long, env = "DEADSFU_UPSTREAM_TOKEN")]
+    pub upstream_token: Option<String>,
+    /// Seconds a pull goes on after the room's last viewer left.
+    #[arg(long, env = "DEADSFU_UPSTREAM_GRACE_S")]
+    pub upstream_grace_s: Option<u64>,
+    /// Accept publishers on an edge.
+    #[arg(long, env = "DEADSFU_EDGE_PUBLISH")]
+    pub edge_publish: Option<bool>,
 }
 
 /// Errors loading the configuration.
@@ -222,6 +248,10 @@ impl ConfigArgs {
         set_opt(&mut cfg.slate_vp8, &self.slate_vp8);
         set(&mut cfg.keyframe_request_interval_ms, &self.keyframe_request_interval_ms);
         set(&mut cfg.keyframe_fallback_interval_s, &self.keyframe_fallback_interval_s);
+        set_opt(&mut cfg.dial_upstream, &self.dial_upstream);
+        set_opt(&mut cfg.upstream_token, &self.upstream_token);
+        set(&mut cfg.upstream_grace_s, &self.upstream_grace_s);
+        set(&mut cfg.edge_publish, &self.edge_publish);
     }
 
     /// The flags that reproduce `cfg` for a child process (the supervisor passes these on).
@@ -269,7 +299,14 @@ impl ConfigArgs {
             cfg.keyframe_request_interval_ms.to_string(),
             "--keyframe-fallback-interval-s".into(),
             cfg.keyframe_fallback_interval_s.to_string(),
+            "--upstream-grace-s".into(),
+            cfg.upstream_grace_s.to_string(),
+            "--edge-publish".into(),
+            cfg.edge_publish.to_string(),
         ]);
+        if let Some(url) = &cfg.dial_upstream {
+            args.extend(["--dial-upstream".into(), url.clone()]);
+        }
         args
     }
 }
@@ -322,6 +359,7 @@ impl Config {
             ("bearer_token", &self.bearer_token),
             ("publish_token", &self.publish_token),
             ("view_token", &self.view_token),
+            ("upstream_token", &self.upstream_token),
         ] {
             if token.as_deref() == Some("") {
                 return Err(ConfigError::Invalid { key, reason: "must not be empty".into() });
@@ -329,6 +367,9 @@ impl Config {
         }
         if self.slate_fps == 0 || self.slate_fps > 120 {
             return Err(ConfigError::Invalid { key: "slate_fps", reason: "must be between 1 and 120".into() });
+        }
+        if let Some(url) = &self.dial_upstream {
+            upstream_url(url).map_err(|reason| ConfigError::Invalid { key: "dial_upstream", reason })?;
         }
         if let Some(dir) = &self.runtime_dir {
             if dir.as_os_str().is_empty() {
@@ -394,10 +435,31 @@ impl Config {
         self.view_token.as_deref().or(self.bearer_token.as_deref())
     }
 
+    /// True if this host is an edge that refuses publishers.
+    pub fn refuses_publishers(&self) -> bool {
+        self.dial_upstream.is_some() && !self.edge_publish
+    }
+
     /// Number of fanout workers: configured, else the number of cores.
     pub fn worker_count(&self) -> u32 {
         self.workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1))
     }
+}
+
+/// The base URL of an upstream deadsfu, without a trailing slash: `http` or `https`, a host, an optional port
+/// and path prefix, nothing else. A room's pull goes to `{base}/whep/{room}`.
+pub fn upstream_url(text: &str) -> Result<&str, String> {
+    let rest = text
+        .strip_prefix("http://")
+        .or_else(|| text.strip_prefix("https://"))
+        .ok_or_else(|| format!("`{text}` is not an http:// or https:// URL"))?;
+    if rest.is_empty() || rest.starts_with('/') || rest.starts_with(':') {
+        return Err(format!("`{text}` names no host"));
+    }
+    if text.contains(['?', '#', ' ']) {
+        return Err(format!("`{text}`: a base URL has no query, fragment or spaces"));
+    }
+    Ok(text.trim_end_matches('/'))
 }
 
 fn listen_addr(key: &'static str, text: &str) -> Result<SocketAddr, ConfigError> {
@@ -461,5 +523,44 @@ mod tests {
     fn http_shorthand() {
         let cfg = Config::default();
         assert_eq!(cfg.http_addr().unwrap(), "0.0.0.0:8080".parse().unwrap());
+    }
+
+    #[test]
+    fn upstream_urls() {
+        assert_eq!(upstream_url("http://origin:8080/").unwrap(), "http://origin:8080");
+        assert_eq!(upstream_url("https://sfu.example/prefix").unwrap(), "https://sfu.example/prefix");
+        for bad in ["origin:8080", "ftp://x", "http://", "http:///whep", "http://x/?room=a", "http://a b"] {
+            assert!(upstream_url(bad).is_err(), "{bad}");
+        }
+        let cfg = Config { dial_upstream: Some("origin".into()), ..Default::default() };
+        assert!(cfg.validate().unwrap_err().to_string().contains("dial_upstream"));
+        let edge = Config { dial_upstream: Some("http://origin:8080".into()), ..Default::default() };
+        assert!(edge.validate().is_ok());
+        assert!(edge.refuses_publishers());
+        assert!(!Config { edge_publish: true, ..edge }.refuses_publishers());
+        assert!(!Config::default().refuses_publishers());
+    }
+
+    #[test]
+    fn child_flags_carry_the_edge_settings() {
+        let cfg = Config {
+            dial_upstream: Some("http://origin:8080".into()),
+            upstream_grace_s: 3,
+            edge_publish: true,
+            ..Default::default()
+        };
+        let args = ConfigArgs::to_args(&cfg);
+        let parsed = <Flags as clap::Parser>::try_parse_from(std::iter::once("x".to_string()).chain(args)).unwrap();
+        let mut again = Config::default();
+        parsed.config.apply(&mut again);
+        assert_eq!(again.dial_upstream, cfg.dial_upstream);
+        assert_eq!(again.upstream_grace_s, 3);
+        assert!(again.edge_publish);
+    }
+
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        config: ConfigArgs,
     }
 }

@@ -115,6 +115,9 @@ pub struct ProcessMetrics {
     pub keyframe_requests_sent: u64,
     /// Ingest: the rings it writes.
     pub rings: Vec<RingMetrics>,
+    /// Ingest on an edge: its pulls from the upstream.
+    #[serde(default)]
+    pub upstream: Vec<UpstreamMetrics>,
 }
 
 /// The counters of one room's ring.
@@ -145,6 +148,32 @@ pub struct RoomStatus {
     pub bitrate_bps: u64,
     /// Fanout: viewers of the room on this worker.
     pub viewers: u32,
+    /// Ingest on an edge: the pull of this room from the upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<UpstreamStatus>,
+}
+
+/// How an edge's pull of a room from its upstream stands.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamStatus {
+    /// `connecting` (offer posted or ICE/DTLS under way), `pulling` (media arrives), or `retrying` (the last
+    /// attempt failed; the next one is due after a backoff).
+    pub state: String,
+    /// Why the last attempt failed, while it is not pulling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Attempts that failed in a row.
+    pub failures: u32,
+}
+
+/// What an edge's ingest counts about one pull.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamMetrics {
+    pub room: String,
+    /// 1 while media arrives from the upstream.
+    pub pulling: bool,
+    /// Failed attempts by kind (`unreachable`, `unauthorized`, `not_found`, `refused`, `no_media`, `dropped`).
+    pub failures: Vec<(String, u64)>,
 }
 
 /// What a media process says about itself.
@@ -172,6 +201,8 @@ pub enum ErrorKind {
     NoCommonCodec,
     /// The room already has a publisher.
     RoomBusy,
+    /// The request is valid but this host does not allow it (e.g. publishing to an edge).
+    Forbidden,
     /// No such session in this process.
     UnknownSession,
     /// The process is at capacity or draining.

@@ -44,6 +44,8 @@ struct Families {
     ring_laps: Family<Labels, Counter>,
     ring_keyframe_requests: Family<Labels, Counter>,
     room_viewers: Family<Labels, Gauge>,
+    upstream_pulling: Family<Labels, Gauge>,
+    upstream_failures: Family<Labels, Counter>,
     worker_restarts: Family<Labels, Counter>,
 }
 
@@ -79,6 +81,8 @@ pub fn render(scrape: &Scrape) -> String {
         ring_laps: Family::default(),
         ring_keyframe_requests: Family::default(),
         room_viewers: Family::default(),
+        upstream_pulling: Family::default(),
+        upstream_failures: Family::default(),
         worker_restarts: Family::default(),
     };
     let (cpu_ms, rss) = scrape.signaling;
@@ -111,6 +115,13 @@ pub fn render(scrape: &Scrape) -> String {
             f.ring_laps.get_or_create(&labels).inc_by(r.laps);
             f.ring_keyframe_requests.get_or_create(&labels).inc_by(r.keyframe_requests);
         }
+        for u in &m.upstream {
+            f.upstream_pulling.get_or_create(&room(&u.room)).set(i64::from(u.pulling));
+            for (reason, n) in &u.failures {
+                let labels = vec![("room".to_string(), u.room.clone()), ("reason".to_string(), reason.clone())];
+                f.upstream_failures.get_or_create(&labels).inc_by(*n);
+            }
+        }
     }
     for (name, n) in &scrape.viewers {
         f.room_viewers.get_or_create(&room(name)).set(i64::from(*n));
@@ -141,6 +152,16 @@ pub fn render(scrape: &Scrape) -> String {
         f.ring_keyframe_requests,
     );
     reg.register("room_viewers", "Viewers of the room over all workers", f.room_viewers);
+    reg.register(
+        "upstream_pulling",
+        "On an edge: 1 while the room's media arrives from the upstream",
+        f.upstream_pulling,
+    );
+    reg.register(
+        "upstream_pull_failures",
+        "On an edge: failed pulls of the room from the upstream, by reason",
+        f.upstream_failures,
+    );
     reg.register("worker_restarts", "Restarts of the worker seen by signaling (its pid changed)", f.worker_restarts);
     let mut out = String::new();
     encode(&mut out, &reg).expect("writing to a String cannot fail");
@@ -149,7 +170,7 @@ pub fn render(scrape: &Scrape) -> String {
 
 #[cfg(test)]
 mod tests {
-    use shm_proto::control::RingMetrics;
+    use shm_proto::control::{RingMetrics, UpstreamMetrics};
 
     use super::*;
 
@@ -161,6 +182,11 @@ mod tests {
             datagrams_in: 10,
             keyframe_requests_sent: 2,
             rings: vec![RingMetrics { room: "lobby".into(), head: 42, epoch: 2, laps: 3, ..Default::default() }],
+            upstream: vec![UpstreamMetrics {
+                room: "lobby".into(),
+                pulling: true,
+                failures: vec![("unreachable".into(), 4), ("unauthorized".into(), 1)],
+            }],
             ..Default::default()
         };
         let worker = ProcessMetrics { sessions: 5, datagrams_out: 100, ..Default::default() };
@@ -183,6 +209,9 @@ mod tests {
             r#"deadsfu_ring_reader_laps_total{room="lobby"} 3"#,
             r#"deadsfu_room_viewers{room="lobby"} 5"#,
             r#"deadsfu_worker_restarts_total{worker="1"} 2"#,
+            r#"deadsfu_upstream_pulling{room="lobby"} 1"#,
+            r#"deadsfu_upstream_pull_failures_total{room="lobby",reason="unreachable"} 4"#,
+            r#"deadsfu_upstream_pull_failures_total{room="lobby",reason="unauthorized"} 1"#,
         ] {
             assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");
         }

@@ -18,7 +18,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::Serialize;
-use shm_proto::control::{ControlError, ErrorKind, ProcessMetrics, ProcessStatus, Request, Response, RoomStatus};
+use shm_proto::control::{
+    ControlError, ErrorKind, ProcessMetrics, ProcessStatus, Request, Response, RoomStatus, UpstreamStatus,
+};
 use shm_proto::RoomName;
 
 /// Largest SDP body accepted.
@@ -133,6 +135,9 @@ pub struct RoomEntry {
     pub codecs: Vec<String>,
     pub viewers: u32,
     pub bitrate_kbps: f64,
+    /// On an edge: how the pull of the room from the upstream stands.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<UpstreamStatus>,
 }
 
 /// Longest a `GET /rooms?wait=` is held.
@@ -372,6 +377,9 @@ impl<B: Backend> Router<B> {
                     }
                     m.bitrate_bps += r.bitrate_bps;
                     m.viewers += r.viewers;
+                    if r.upstream.is_some() {
+                        m.upstream = r.upstream;
+                    }
                 }
             }
         };
@@ -393,12 +401,14 @@ impl<B: Backend> Router<B> {
                 codecs: r.codecs,
                 viewers: r.viewers,
                 bitrate_kbps: (r.bitrate_bps as f64 / 100.0).round() / 10.0,
+                upstream: r.upstream,
             })
             .collect();
         // The version covers what a room list shows, except the bitrate, which changes all the time.
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         for r in &rooms {
-            std::hash::Hash::hash(&(&r.name, r.state, &r.codecs, r.viewers), &mut hasher);
+            let upstream = r.upstream.as_ref().map(|u| (&u.state, u.failures));
+            std::hash::Hash::hash(&(&r.name, r.state, &r.codecs, r.viewers, upstream), &mut hasher);
         }
         RoomList { version: std::hash::Hasher::finish(&hasher) >> 11, rooms }
     }
@@ -553,6 +563,7 @@ fn answer_or_error(result: Result<Response, ControlError>, who: &str) -> HttpRes
                 ErrorKind::BadRequest | ErrorKind::BadOffer => 400,
                 ErrorKind::NoCommonCodec => 406,
                 ErrorKind::RoomBusy => 409,
+                ErrorKind::Forbidden => 403,
                 ErrorKind::UnknownSession => 404,
                 ErrorKind::Unavailable => 503,
                 ErrorKind::WrongRole | ErrorKind::Internal => 500,

@@ -96,7 +96,7 @@ class Sfu:
 
     def __init__(
         self, log_dir: Path, workers: int = 2, token: str | None = None, name: str = "deadsfu",
-        extra_args: list[str] | None = None,
+        extra_args: list[str] | None = None, http_port: int | None = None,
     ) -> None:
         for binary in (SUPERVISOR, RING_TOOL):
             if not binary.exists():
@@ -106,7 +106,7 @@ class Sfu:
         self.name = name
         self.workers = workers
         self.token = token
-        self.http_port = free_tcp_port()
+        self.http_port = http_port or free_tcp_port()
         self.ingest_port = free_udp_range(1)
         self.fanout_port = free_udp_range(workers)
         self.url = f"http://127.0.0.1:{self.http_port}"

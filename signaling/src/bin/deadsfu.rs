@@ -59,6 +59,7 @@ impl Slot {
             ("DEADSFU_BEARER_TOKEN", &cfg.bearer_token),
             ("DEADSFU_PUBLISH_TOKEN", &cfg.publish_token),
             ("DEADSFU_VIEW_TOKEN", &cfg.view_token),
+            ("DEADSFU_UPSTREAM_TOKEN", &cfg.upstream_token),
         ] {
             if let Some(token) = token {
                 cmd.env(var, token);
