@@ -10,6 +10,11 @@
 //! Modes: `--paced` (default) sends each packet to all N viewers at the stream's own pace (its arrival times
 //! in the ring, looped), for `--seconds S`; `--flat` sends `--packets P` packets to all N as fast as it can.
 //!
+//! Paced, it also reports the floor's added latency: for every viewer's copy, the time from the packet being
+//! due (its place in the stream) to `sendmmsg` returning with it, p50 and p99. A packet cannot reach the last
+//! of N viewers before N seals and sends are done, so this is the least added latency a fan-out of N on one
+//! core can have for this stream (its frames come in bursts of packets).
+//!
 //! Usage: `deadsfu-floor --viewers 1000 [--ring DIR/rings/R.ring] [--seconds 10 | --flat --packets 200000]`
 //! Prints one JSON object.
 
@@ -197,6 +202,9 @@ fn main() {
     let mut ring_packets: u64 = 0;
     let mut i = 0usize;
     let mut lap = 0u32;
+    // Per viewer copy, microseconds from due to sent; and when the current packet was due.
+    let mut latency_us: Vec<u32> = Vec::new();
+    let mut due_at = t0;
     loop {
         let p = &capture[i];
         if flat {
@@ -212,6 +220,7 @@ fn main() {
             if due > now {
                 std::thread::sleep(due - now);
             }
+            due_at = due;
         }
         ring_packets += 1;
         for v in keys.iter_mut() {
@@ -220,14 +229,22 @@ fn main() {
             let len = seal(v, p, slot);
             out.push(len, v.addr);
             if out.len() == BATCH {
+                let n = out.len();
                 let (s, e) = out.flush(fd);
                 sent += s;
                 send_errors += e;
+                if !flat {
+                    record_latency(&mut latency_us, due_at, n);
+                }
             }
         }
+        let n = out.len();
         let (s, e) = out.flush(fd);
         sent += s;
         send_errors += e;
+        if !flat {
+            record_latency(&mut latency_us, due_at, n);
+        }
         i += 1;
         if i == capture.len() {
             i = 0;
@@ -241,6 +258,8 @@ fn main() {
     stop.store(true, Ordering::Relaxed);
     let recv_cpu = drain.join().expect("drain thread");
     let r = received.load(Ordering::Relaxed);
+    latency_us.sort_unstable();
+    let pct = |q: f64| latency_us.get(((latency_us.len() as f64 - 1.0) * q).round() as usize).copied();
     let report = json!({
         "mode": if flat { "flat" } else { "paced" },
         "viewers": viewers,
@@ -255,8 +274,15 @@ fn main() {
         "sender_cpu_us_per_packet": if sent > 0 { cpu.as_secs_f64() * 1e6 / sent as f64 } else { 0.0 },
         "receiver_cpu_s": recv_cpu.as_secs_f64(),
         "sender_core_percent": 100.0 * cpu.as_secs_f64() / wall.as_secs_f64(),
+        "latency_us": { "p50": pct(0.50), "p99": pct(0.99), "max": latency_us.last() },
     });
     println!("{report}");
+}
+
+/// Notes `n` copies sent now of a packet due at `due`.
+fn record_latency(samples: &mut Vec<u32>, due: Instant, n: usize) {
+    let us = due.elapsed().as_micros().min(u32::MAX as u128) as u32;
+    samples.extend(std::iter::repeat_n(us, n));
 }
 
 /// Writes viewer `v`'s copy of `p` into `slot`: RTP header with its seq/SSRC, payload sealed in place, tag.
