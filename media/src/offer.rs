@@ -1,9 +1,12 @@
 //! From a WHIP/WHEP SDP offer to a session and its answer.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use str0m::change::SdpOffer;
+use str0m::crypto::dtls::DtlsCert;
+use str0m::crypto::CryptoProvider;
 use str0m::{Candidate, Rtc, RtcConfig};
 
 /// A session made from an offer.
@@ -26,7 +29,8 @@ pub enum OfferError {
 }
 
 /// A server-side session: ICE lite, RTP mode (packets in and out, no depacketizing), host candidates on
-/// `candidates`. `tune` adjusts the configuration (codecs, RTX cache) before the session is built.
+/// `candidates`. `tune` adjusts the configuration (codecs, RTX cache) before the session is built. The
+/// session's DTLS certificate is the process's (see [`process_dtls_cert`]) unless `tune` sets one.
 pub fn accept(
     offer: &str,
     candidates: &[SocketAddr],
@@ -38,7 +42,13 @@ pub fn accept(
     }
     let offer = SdpOffer::from_sdp_string(offer).map_err(|e| OfferError::Malformed(e.to_string()))?;
     let config = Rtc::builder().set_rtp_mode(true).set_ice_lite(true);
-    let mut rtc = tune(config).build(now);
+    let mut config = tune(config);
+    if config.dtls_cert().is_none() {
+        if let Some(cert) = process_dtls_cert(&config, now) {
+            config = config.set_dtls_cert(cert);
+        }
+    }
+    let mut rtc = config.build(now);
     for addr in candidates {
         let c = Candidate::host(*addr, "udp").map_err(|e| OfferError::Refused(e.to_string()))?;
         rtc.add_local_candidate(c);
@@ -46,6 +56,32 @@ pub fn accept(
     let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| OfferError::Refused(e.to_string()))?;
     let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
     Ok(Accepted { rtc, answer: answer.to_sdp_string(), ufrag })
+}
+
+/// How long the process's DTLS certificate is used before a new one is made (it is valid for 365 days).
+const DTLS_CERT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// One DTLS certificate for every session the process accepts, made again once it is [`DTLS_CERT_MAX_AGE`]
+/// old; `None` if the crypto provider cannot make one (str0m then fails the same way). str0m would otherwise
+/// make one per `Rtc`: a P-256 key pair and a signature, ~30 us of CPU per join. The certificate only
+/// authenticates the server's end, the keys of each session come from its own ECDHE exchange.
+fn process_dtls_cert(config: &RtcConfig, now: Instant) -> Option<DtlsCert> {
+    static CERT: Mutex<Option<(Instant, DtlsCert)>> = Mutex::new(None);
+    let mut cert = CERT.lock().unwrap_or_else(|e| e.into_inner());
+    match &*cert {
+        Some((made, c)) if now.saturating_duration_since(*made) < DTLS_CERT_MAX_AGE => Some(c.clone()),
+        _ => {
+            // The provider str0m would use to make it (`Rtc` building does the same lookup).
+            let provider = config
+                .crypto_provider()
+                .cloned()
+                .or_else(|| CryptoProvider::get_default().cloned().map(Arc::new))
+                .unwrap_or_else(|| Arc::new(str0m::crypto::from_feature_flags()));
+            let fresh = provider.dtls_provider.generate_certificate()?;
+            *cert = Some((now, fresh.clone()));
+            Some(fresh)
+        }
+    }
 }
 
 /// The offer with every audio and video section's `a=msid` set to `stream_id`, so that str0m's answer, which
@@ -121,6 +157,29 @@ mod tests {
         let msids: Vec<&str> = accepted.answer.lines().filter(|l| l.starts_with("a=msid:")).collect();
         assert_eq!(msids.len(), 2, "{}", accepted.answer);
         assert!(msids.iter().all(|l| l.starts_with("a=msid:deadsfu-room1 ")), "{msids:?}");
+    }
+
+    fn fingerprint(answer: &str) -> &str {
+        answer.lines().find(|l| l.starts_with("a=fingerprint:")).expect("a fingerprint")
+    }
+
+    #[test]
+    fn sessions_share_the_process_dtls_certificate_unless_given_one() {
+        let offer = recvonly_offer();
+        let candidates = ["127.0.0.1:6000".parse().unwrap()];
+        let now = Instant::now();
+        let a = accept(&offer, &candidates, now, |c| c).expect("accepted");
+        let b = accept(&offer, &candidates, now, |c| c).expect("accepted");
+        assert_eq!(fingerprint(&a.answer), fingerprint(&b.answer));
+
+        let own = str0m::crypto::from_feature_flags().dtls_provider.generate_certificate().expect("a certificate");
+        let c = accept(&offer, &candidates, now, |c| c.set_dtls_cert(own)).expect("accepted");
+        assert_ne!(fingerprint(&c.answer), fingerprint(&a.answer));
+
+        // A day later the process makes a new one.
+        let later = now + DTLS_CERT_MAX_AGE;
+        let d = accept(&offer, &candidates, later, |c| c).expect("accepted");
+        assert_ne!(fingerprint(&d.answer), fingerprint(&a.answer));
     }
 
     #[test]
