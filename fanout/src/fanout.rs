@@ -39,13 +39,11 @@ use crate::splice::{Pace, SourceId, Splicer};
 const RING_RETRY: Duration = Duration::from_millis(100);
 /// How often an open ring is checked for having been replaced, and told that someone reads it.
 const RING_CHECK: Duration = Duration::from_millis(250);
-/// How often rings with viewers are polled while media flows: the bound on the delay a packet waits in the
-/// ring. The ring has no wake-up across processes; a 1 ms poll costs a few microseconds a turn.
-const RING_POLL: Duration = Duration::from_millis(1);
-/// How often they are polled once no packet came for [`RING_IDLE_AFTER`]: viewers waiting for a publisher
-/// cost next to nothing, and the first packet after a pause waits at most this long.
-const RING_POLL_IDLE: Duration = Duration::from_millis(20);
-const RING_IDLE_AFTER: Duration = Duration::from_millis(500);
+/// Turn pace while a viewer's replay runs ([`REPLAY_BUDGET`] packets a turn).
+const REPLAY_TURN: Duration = Duration::from_millis(1);
+/// How often rings with viewers are polled besides: new packets come with a wake-up from ingest
+/// ([`deadsfu_media::wake`]), so this only bounds the wait of a packet whose wake-up was lost.
+const RING_POLL: Duration = Duration::from_millis(20);
 /// How often viewers are checked for having gone silent.
 const SILENCE_CHECK: Duration = Duration::from_secs(1);
 /// Most packets read from one ring per loop turn, so one busy room cannot starve sockets and timers.
@@ -103,6 +101,16 @@ struct RoomFeed {
     viewers: Vec<SessionKey>,
     next_open: Instant,
     next_check: Instant,
+    /// The worker index whose wake-up bit this feed set in the ring.
+    wake_bit: Option<u32>,
+}
+
+impl Drop for RoomFeed {
+    fn drop(&mut self) {
+        if let (Some(reader), Some(index)) = (&self.reader, self.wake_bit) {
+            reader.unwant_wake(index);
+        }
+    }
 }
 
 pub struct Fanout {
@@ -116,8 +124,10 @@ pub struct Fanout {
     buf: Vec<u8>,
     /// Origin of the monotonic nanosecond clock the splicers use.
     t0: Instant,
-    /// When a ring last had a new packet.
-    last_packet: Instant,
+    /// A replay is under way: turn every [`REPLAY_TURN`].
+    replaying: bool,
+    /// A ring had more than [`READ_BUDGET`] new packets: turn again at once.
+    backlog: bool,
     next_silence_check: Instant,
     /// Stopping: no new viewers.
     draining: bool,
@@ -135,7 +145,8 @@ impl Fanout {
             events: Vec::new(),
             buf: vec![0u8; 64 * 1024],
             t0: now,
-            last_packet: now,
+            replaying: false,
+            backlog: false,
             next_silence_check: now + SILENCE_CHECK,
             draining: false,
         }
@@ -240,7 +251,7 @@ impl Fanout {
 
     /// The feed of `room`, made (and its ring looked for) if this worker had none.
     fn feed(&mut self, room: &RoomName, now: Instant) -> &mut RoomFeed {
-        feed(&mut self.rooms, &self.runtime_dir, room, now)
+        feed(&mut self.rooms, &self.runtime_dir, self.index, room, now)
     }
 
     fn switch(&mut self, now: Instant, session: &str, room: &str) -> Response {
@@ -255,7 +266,7 @@ impl Fanout {
         if old == room {
             return Response::Done;
         }
-        let Fanout { host, rooms, runtime_dir, buf, .. } = self;
+        let Fanout { host, rooms, runtime_dir, buf, index, .. } = self;
         let session = host.get_mut(key).expect("ids and host agree");
         if let Some(feed) = rooms.get_mut(&old) {
             feed.viewers.retain(|k| *k != key);
@@ -263,7 +274,7 @@ impl Fanout {
                 rooms.remove(&old);
             }
         }
-        let feed = feed(rooms, runtime_dir, &room, now);
+        let feed = feed(rooms, runtime_dir, *index, &room, now);
         feed.viewers.push(key);
         session.app.room = room.clone();
         session.app.replay = None;
@@ -294,8 +305,10 @@ impl Fanout {
     /// Reads what is new in every ring with viewers and writes it into their sessions.
     fn pump(&mut self, now: Instant) {
         let now_ns = now.duration_since(self.t0).as_nanos() as u64;
+        self.replaying = false;
+        self.backlog = false;
         for feed in self.rooms.values_mut() {
-            if !feed.open(now) {
+            if !feed.open(now, self.index) {
                 continue;
             }
             let reader = feed.reader.as_ref().expect("open() returned true");
@@ -338,16 +351,18 @@ impl Fanout {
                 }
                 if !done {
                     session.app.replay = Some(cursor);
-                    // Keep the loop turning quickly until the replay catches up.
-                    self.last_packet = now;
+                    self.replaying = true;
                 }
                 if wrote {
                     self.host.touch(key);
                 }
             }
-            for _ in 0..READ_BUDGET {
+            for n in 0..=READ_BUDGET {
+                if n == READ_BUDGET {
+                    self.backlog = true;
+                    break;
+                }
                 let Some((meta, len)) = feed.cursor.next(reader, &mut self.buf) else { break };
-                self.last_packet = now;
                 let payload: Arc<[u8]> = Arc::from(&self.buf[..len]);
                 for &key in &feed.viewers {
                     let Some(session) = self.host.get_mut(key) else { continue };
@@ -428,7 +443,7 @@ impl Core for Fanout {
 
     fn next_timeout(&mut self, now: Instant) -> Option<Instant> {
         let sessions = self.host.next_timeout();
-        let poll = if now.duration_since(self.last_packet) < RING_IDLE_AFTER { RING_POLL } else { RING_POLL_IDLE };
+        let poll = if self.replaying { REPLAY_TURN } else { RING_POLL };
         let rings = (!self.rooms.is_empty()).then_some(now + poll);
         match (sessions, rings) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -437,7 +452,7 @@ impl Core for Fanout {
     }
 
     fn has_work(&self) -> bool {
-        self.host.has_dirty()
+        self.host.has_dirty() || self.backlog
     }
 }
 
@@ -445,6 +460,7 @@ impl Core for Fanout {
 fn feed<'a>(
     rooms: &'a mut HashMap<RoomName, RoomFeed>,
     runtime_dir: &std::path::Path,
+    index: u32,
     room: &RoomName,
     now: Instant,
 ) -> &'a mut RoomFeed {
@@ -457,14 +473,16 @@ fn feed<'a>(
         viewers: Vec::new(),
         next_open: now,
         next_check: now,
+        wake_bit: None,
     });
-    feed.open(now);
+    feed.open(now, index);
     feed
 }
 
 impl RoomFeed {
-    /// Makes sure the ring is open and current; false while the room has no ring yet.
-    fn open(&mut self, now: Instant) -> bool {
+    /// Makes sure the ring is open and current, and that worker `index` is woken when it gets packets; false
+    /// while the room has no ring yet.
+    fn open(&mut self, now: Instant, index: u32) -> bool {
         if now >= self.next_check {
             self.next_check = now + RING_CHECK;
             if let Some(reader) = &self.reader {
@@ -473,6 +491,8 @@ impl RoomFeed {
                     self.reader = None;
                 } else {
                     reader.heartbeat(process::unix_ms());
+                    // Again and again: another worker sharing the bit (index + 64) may have cleared it.
+                    reader.want_wake(index);
                 }
             }
         }
@@ -487,6 +507,8 @@ impl RoomFeed {
                     self.cursor = RingCursor::at(reader.head());
                     self.codecs_version = u64::MAX;
                     reader.heartbeat(process::unix_ms());
+                    reader.want_wake(index);
+                    self.wake_bit = Some(index);
                     // Viewers waiting for this room want a keyframe now.
                     reader.request_keyframe();
                     self.reader = Some(reader);
@@ -650,6 +672,7 @@ pub fn run(cfg: &Config, index: u32) -> Result<(), StartError> {
         udp_port: if cfg.fanout_port == 0 { 0 } else { cfg.fanout_port.saturating_add(index as u16) },
         advertise: cfg.ice_candidate_host,
         control_socket: paths::fanout_socket(&runtime_dir, index),
+        wake_socket: Some(paths::fanout_wake_socket(&runtime_dir, index)),
     };
     process::run(endpoints, |candidates, _waker, now| Fanout::new(index, runtime_dir.clone(), candidates, now))
 }

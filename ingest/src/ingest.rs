@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use deadsfu_media::host::{SessionHost, SessionKey};
 use deadsfu_media::process::{self, Core, Endpoints, StartError};
+use deadsfu_media::wake::WakeSender;
 use deadsfu_media::{codec, offer};
 use mio::Waker;
 use shm_proto::config::Config;
@@ -178,6 +179,8 @@ struct Room {
     window_start: Instant,
     window_bytes: u64,
     bitrate_bps: u64,
+    /// Packets were written this loop turn: its readers get a wake-up.
+    written: bool,
 }
 
 impl Room {
@@ -197,6 +200,7 @@ impl Room {
             window_start: now,
             window_bytes: 0,
             bitrate_bps: 0,
+            written: false,
         }
     }
 
@@ -212,7 +216,10 @@ impl Room {
 
     fn push(&mut self, meta: &PacketMeta, payload: &[u8], room: &RoomName) {
         match self.ring.push(meta, payload) {
-            Ok(_) => self.window_bytes += payload.len() as u64,
+            Ok(_) => {
+                self.window_bytes += payload.len() as u64;
+                self.written = true;
+            }
             Err(e) => tracing::warn!(error = %e, %room, "packet not written"),
         }
     }
@@ -318,6 +325,7 @@ pub struct Ingest {
     /// Threads of ended pulls still saying goodbye to the upstream.
     ending_pulls: Vec<JoinHandle<()>>,
     waker: Arc<Waker>,
+    wakes: WakeSender,
 }
 
 impl Ingest {
@@ -329,6 +337,7 @@ impl Ingest {
         now: Instant,
     ) -> Ingest {
         let (pull_sender, pull_events) = mpsc::channel();
+        let wakes = WakeSender::new(&settings.runtime_dir);
         let next_fallback = now + settings.keyframe_fallback_interval.unwrap_or(Duration::MAX / 4);
         Ingest {
             settings,
@@ -350,6 +359,7 @@ impl Ingest {
             next_pull_id: 1,
             ending_pulls: Vec::new(),
             waker,
+            wakes,
         }
     }
 
@@ -744,10 +754,25 @@ impl Ingest {
                     video_orientation: None,
                 };
                 match room.ring.push(&meta, d.payload) {
-                    Ok(_) => room.window_bytes += d.payload.len() as u64,
+                    Ok(_) => {
+                        room.window_bytes += d.payload.len() as u64;
+                        room.written = true;
+                    }
                     Err(e) => tracing::warn!(error = %e, room = %name, "slate packet not written"),
                 }
             }
+        }
+    }
+
+    /// Wakes the workers that read a ring written this turn.
+    fn wake_readers(&mut self) {
+        let mut mask = 0;
+        for room in self.rooms.values_mut().filter(|r| r.written) {
+            room.written = false;
+            mask |= room.ring.wake_mask();
+        }
+        if mask != 0 {
+            self.wakes.wake(mask);
         }
     }
 
@@ -795,6 +820,7 @@ impl Core for Ingest {
             self.next_housekeeping = now + HOUSEKEEPING;
         }
         self.play_slates(now);
+        self.wake_readers();
     }
 
     fn next_timeout(&mut self, _now: Instant) -> Option<Instant> {
@@ -865,6 +891,7 @@ pub fn run(cfg: &Config) -> Result<(), RunError> {
         udp_port: cfg.ingest_port,
         advertise: cfg.ice_candidate_host,
         control_socket: paths::ingest_socket(&runtime_dir),
+        wake_socket: None,
     };
     process::run(endpoints, |candidates, waker, now| Ingest::new(settings, slate, candidates, waker, now))?;
     Ok(())

@@ -7,7 +7,8 @@
 //! - [`host`]: a sans-IO table of sessions that routes datagrams by remote address and ICE ufrag and drives
 //!   each session's timers;
 //! - [`offer`]: turning an SDP offer into a session and its answer;
-//! - [`process`]: the control-socket inbox, signals and ids that every media process needs.
+//! - [`process`]: the control-socket inbox, signals and ids that every media process needs;
+//! - [`wake`]: ingest waking the fanout workers when rings they read have new packets.
 //!
 //! The run loop of a media process:
 //! ```no_run
@@ -33,3 +34,4 @@ pub mod host;
 pub mod net;
 pub mod offer;
 pub mod process;
+pub mod wake;

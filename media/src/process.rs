@@ -202,6 +202,8 @@ pub enum StartError {
 }
 
 const WAKER: Token = Token(0);
+/// The worker's wake-up socket (see [`crate::wake`]).
+const WAKE_SOCKET: Token = Token(usize::MAX);
 const FIRST_UDP: usize = 1;
 /// The longest the loop sleeps when nothing is due.
 const IDLE_TURN: Duration = Duration::from_millis(100);
@@ -216,6 +218,8 @@ pub struct Endpoints<'a> {
     pub udp_port: u16,
     pub advertise: Option<IpAddr>,
     pub control_socket: PathBuf,
+    /// Where to receive wake-ups from ingest (fanout workers); each one turns the loop.
+    pub wake_socket: Option<PathBuf>,
 }
 
 /// Binds the process's sockets, builds its core from the ICE candidate addresses and a waker (which turns the
@@ -232,6 +236,14 @@ pub fn run<C: Core>(
     let port = endpoints.udp_port;
     let mut udp = UdpSet::bind(port, endpoints.advertise).map_err(|e| StartError::Udp(port, e))?;
     udp.register(poll.registry(), FIRST_UDP).map_err(StartError::Poll)?;
+    let wake_socket = match &endpoints.wake_socket {
+        Some(path) => {
+            let mut socket = crate::wake::bind(path).map_err(StartError::Poll)?;
+            poll.registry().register(&mut socket, WAKE_SOCKET, mio::Interest::READABLE).map_err(StartError::Poll)?;
+            Some(socket)
+        }
+        None => None,
+    };
     let mut core = make(udp.candidates(), waker.clone(), Instant::now());
     let inbox = Inbox::start(&endpoints.control_socket, waker)?;
     tracing::info!(process = %endpoints.name, port = udp.port(), candidates = ?udp.candidates(), control = %endpoints.control_socket.display(), "ready");
@@ -265,6 +277,12 @@ pub fn run<C: Core>(
             }
         }
         for event in events.iter() {
+            if event.token() == WAKE_SOCKET {
+                if let Some(socket) = &wake_socket {
+                    crate::wake::drain(socket);
+                }
+                continue;
+            }
             let Some(index) = udp.index_of(event.token()) else { continue };
             loop {
                 match udp.recv(index, &mut buf) {
@@ -289,6 +307,9 @@ pub fn run<C: Core>(
         }
         core.poll(now, &mut |t| udp.send(t));
         udp.flush();
+    }
+    if let Some(path) = &endpoints.wake_socket {
+        let _ = std::fs::remove_file(path);
     }
     Ok(())
 }

@@ -19,6 +19,11 @@ pub fn fanout_socket(runtime_dir: &Path, index: u32) -> PathBuf {
     runtime_dir.join(format!("fanout-{index}.sock"))
 }
 
+/// Where fanout worker `index` receives its wake-up datagrams from ingest (see `RingReader::want_wake`).
+pub fn fanout_wake_socket(runtime_dir: &Path, index: u32) -> PathBuf {
+    runtime_dir.join(format!("fanout-{index}.wake"))
+}
+
 /// The worker index of a fanout control socket's file name, if it is one.
 pub fn fanout_index(file_name: &str) -> Option<u32> {
     file_name.strip_prefix("fanout-")?.strip_suffix(".sock")?.parse().ok()

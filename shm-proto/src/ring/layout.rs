@@ -54,6 +54,9 @@ pub const LAPS_OFFSET: usize = 0x140;
 /// `u64`: the newest heartbeat of any reader, Unix milliseconds (readers `fetch_max` it). The writer learns
 /// from it whether anyone watches the room.
 pub const READER_HEARTBEAT_UNIX_MS_OFFSET: usize = 0x148;
+/// `u64` (minor 1): bit `k % 64` is set while fanout worker `k` reads this ring and wants a wake-up datagram on
+/// its wake socket after the writer pushed (readers `fetch_or` and `fetch_and` their bit).
+pub const WAKE_MASK_OFFSET: usize = 0x150;
 
 // ---- GOP index.
 

@@ -28,7 +28,7 @@
 //!  0x0100 +--------------------------------------------------------------+  line 4: writer stats
 //!         | PACKETS u64 | BYTES u64                            | reserved|
 //!  0x0140 +--------------------------------------------------------------+  line 5: reader stats
-//!         | LAPS u64 | READER_HEARTBEAT_UNIX_MS u64 (fetch_max) | reserved|
+//!         | LAPS u64 | READER_HEARTBEAT_UNIX_MS u64 (fetch_max) | WAKE_MASK u64 (fetch_or/and) | reserved |
 //!  0x0180 +--------------------------------------------------------------+  line 6
 //!         | GOP_COUNT u64 (keyframes ever indexed)             | reserved|
 //!  0x01C0 +--------------------------------------------------------------+  lines 7-8
@@ -185,7 +185,7 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"DSFURING");
 /// Major layout version: readers refuse any other.
 pub const LAYOUT_MAJOR: u16 = 1;
 /// Minor layout version: additions in reserved space only.
-pub const LAYOUT_MINOR: u16 = 0;
+pub const LAYOUT_MINOR: u16 = 1;
 /// Entries in the codec table.
 pub const MAX_CODECS: usize = 16;
 /// Longest fmtp string of a codec entry, in bytes.

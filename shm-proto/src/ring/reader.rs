@@ -310,6 +310,17 @@ impl RingReader {
         self.map.word(KEYFRAME_REQUESTS_OFFSET).fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Asks the writer to wake worker `worker` (on its wake socket) after each push, while it reads this ring.
+    pub fn want_wake(&self, worker: u32) {
+        // Relaxed: a standalone bit mask; a missed wake is covered by the reader's own slow poll.
+        self.map.word(WAKE_MASK_OFFSET).fetch_or(1 << (worker % 64), Ordering::Relaxed);
+    }
+
+    /// Withdraws [`RingReader::want_wake`].
+    pub fn unwant_wake(&self, worker: u32) {
+        self.map.word(WAKE_MASK_OFFSET).fetch_and(!(1 << (worker % 64)), Ordering::Relaxed);
+    }
+
     /// Reports that this reader was lapped (bumps the shared counter).
     pub fn note_lapped(&self) {
         self.map.word(LAPS_OFFSET).fetch_add(1, Ordering::Relaxed);

@@ -146,12 +146,12 @@ fn version_mismatch_names_both_versions() {
     assert!(
         matches!(
             err,
-            RingError::VersionMismatch { found_major: 2, found_minor: 3, supported_major: 1, supported_minor: 0 }
+            RingError::VersionMismatch { found_major: 2, found_minor: 3, supported_major: 1, supported_minor: 1 }
         ),
         "{err:?}"
     );
     let text = err.to_string();
-    assert!(text.contains("2.3") && text.contains("1.0"), "{text}");
+    assert!(text.contains("2.3") && text.contains("1.1"), "{text}");
 
     // Another minor of the same major is fine.
     file.write_all_at(&1u16.to_le_bytes(), LAYOUT_MAJOR_OFFSET as u64).expect("patch major");
@@ -632,4 +632,23 @@ fn codec_table_is_never_read_torn() {
             reads += 1;
         }
     });
+}
+
+#[test]
+fn readers_ask_for_wake_ups_by_worker_bit() {
+    let dir = TempDir::new("wake");
+    let w = RingWriter::create(&dir.ring(), SMALL, 1).expect("create");
+    let r0 = RingReader::open(&dir.ring()).expect("open");
+    let r1 = RingReader::open(&dir.ring()).expect("open");
+    assert_eq!(w.wake_mask(), 0);
+    r0.want_wake(0);
+    r1.want_wake(3);
+    r1.want_wake(3);
+    assert_eq!(w.wake_mask(), 0b1001);
+    r0.unwant_wake(0);
+    assert_eq!(w.wake_mask(), 0b1000);
+    // Worker 67 shares worker 3's bit: either withdrawing it leaves the other to its slow poll, nothing worse.
+    r0.want_wake(67);
+    r1.unwant_wake(3);
+    assert_eq!(w.wake_mask(), 0);
 }

@@ -181,6 +181,12 @@ impl RingWriter {
         self.map.word(READER_HEARTBEAT_UNIX_MS_OFFSET).load(Ordering::Relaxed)
     }
 
+    /// The workers that want a wake-up after a push: bit `k % 64` for worker `k`.
+    pub fn wake_mask(&self) -> u64 {
+        // Relaxed: a standalone bit mask, nothing is published with it.
+        self.map.word(WAKE_MASK_OFFSET).load(Ordering::Relaxed)
+    }
+
     pub fn stats(&self) -> RingStats {
         RingStats {
             packets: self.packets,
