@@ -1,0 +1,269 @@
+// The publisher page /send beyond the camera: it publishes again on its own, with the same capture, when
+// the SFU's ingest process is killed under it (the supervisor restarts ingest; a viewer gets live frames
+// again), and it shares the screen (getDisplayMedia) to a viewer, chosen from the keyboard.
+//
+// Headless Chromium has no screen to capture: without --use-fake-device-for-media-stream getDisplayMedia
+// fails with "NotReadableError: Could not start video source", and --auto-select-desktop-capture-source
+// waits for a picker that headless never shows. With the harness's flags (fake devices, fake UI) Chromium
+// answers getDisplayMedia with its fake display-capture device (displaySurface "monitor"), which is what
+// the screen-share test publishes.
+//
+// Run from the repository root after `cargo build --release --workspace`: node --test tests/browser/
+
+import { test, after } from "node:test";
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+import {
+  ARTIFACTS, Sfu, closeAllBrowsers, fatal, inboundVideo, launchBrowser, openPage, pidAlive, until,
+} from "./harness.mjs";
+
+const sfu = new Sfu({ workers: 1, name: "deadsfu" });
+const pageLog = [];
+const foreign = [];
+let failures = 0;
+let browser = null;
+
+after(async () => {
+  await closeAllBrowsers();
+  if (failures) {
+    console.error(`\n----- page log -----\n${pageLog.join("\n") || "(nothing)"}\n----- end of page log -----`);
+    sfu.dump("test failed");
+  }
+  // Ingest was restarted under a new pid: let cleanup() know every current one.
+  if (sfu.child && !sfu.exited) sfu.health = (await sfu.healthz().catch(() => null)) || sfu.health;
+  await sfu.stop();
+  await sfu.cleanup();
+});
+
+function pageState(page) {
+  return page.evaluate(() => ({
+    state: document.querySelector("#state")?.dataset.state,
+    text: document.querySelector("#state")?.textContent,
+    error: document.querySelector("#error")?.textContent,
+    pc: window.pc ? window.pc.connectionState : null,
+  }));
+}
+
+/** Steps as subtests of `t`, each screenshotting the pages in `pages` when it fails. */
+function stepper(t, pages) {
+  return (name, fn) => t.test(name, async (st) => {
+    failures++;
+    try {
+      await fn(st);
+      failures--;
+    } catch (e) {
+      for (const [n, p] of Object.entries(pages)) {
+        if (p && !p.isClosed()) await p.screenshot({ path: path.join(ARTIFACTS, `send-${n}-failure.png`) }).catch(() => {});
+      }
+      throw e;
+    }
+  });
+}
+
+async function ensureStarted() {
+  if (!sfu.health) await sfu.start();
+  if (!browser) browser = await launchBrowser("send", { allowedOrigins: [sfu.base], foreign });
+  return browser;
+}
+
+/** Waits for the publisher page to be live on a connected peer connection, failing at once on "failed". */
+function waitLive(page, what, timeout = 10_000) {
+  return until(what, async () => {
+    const s = await pageState(page);
+    if (s.state === "failed") throw fatal(`publisher failed: ${s.text}: ${s.error}`);
+    if (s.state === "live" && s.pc === "connected") return s;
+    throw new Error(JSON.stringify(s));
+  }, { timeout });
+}
+
+/** The size the publisher sends, per its statistics line. */
+function outgoingSize(page) {
+  return until("the publisher to show its outgoing resolution", async () => {
+    const r = await page.textContent("#st-res");
+    const m = /^(\d+)×(\d+)$/.exec(r || "");
+    return m ? { width: Number(m[1]), height: Number(m[2]) } : (() => { throw new Error(r); })();
+  }, { timeout: 5_000 });
+}
+
+/** Waits until the viewer says live (not slate) and plays `size` with frames advancing (10 or more over
+ *  >= 500 ms). */
+async function waitViewerLive(page, size, what, timeout = 10_000) {
+  let first = null;
+  return until(what, async () => {
+    const el = await page.evaluate(() => {
+      const v = document.querySelector("#video");
+      return { w: v.videoWidth, h: v.videoHeight, paused: v.paused, state: document.querySelector("#state").dataset.state };
+    });
+    const s = await inboundVideo(page);
+    const v = { ...el, frames: s ? s.framesDecoded : 0, at: Date.now() };
+    if (v.paused || v.state !== "live" || v.w !== size.width || v.h !== size.height) { first = null; throw new Error(JSON.stringify(v)); }
+    if (!first || v.frames < first.frames) { first = v; return false; }
+    if (v.at - first.at >= 500 && v.frames - first.frames >= 10) return { first, now: v };
+    return false;
+  }, { timeout, interval: 100 });
+}
+
+/** The pid of this test's ingest, checked to be a child of this test's deadsfu serving its runtime dir. */
+async function ourIngestPid() {
+  const h = await sfu.healthz();
+  const pid = h?.ingest?.pid;
+  assert.ok(Number.isInteger(pid) && pid > 0, `/healthz names ingest: ${JSON.stringify(h)}`);
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+  const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+  const cmdline = fs.readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0");
+  assert.equal(ppid, sfu.child.pid, `ingest ${pid} is a child of this test's deadsfu`);
+  assert.ok(/deadsfu-ingest$/.test(cmdline[0]) && cmdline.includes(sfu.runtimeDir), `ingest ${pid} serves ${sfu.runtimeDir}: ${cmdline.join(" ")}`);
+  return pid;
+}
+
+test("/send publishes again on its own when ingest is killed, and a viewer gets live frames again", { timeout: 90_000 }, async (t) => {
+  fs.mkdirSync(ARTIFACTS, { recursive: true });
+  const pages = {};
+  const step = stepper(t, pages);
+  let ok = false, size = null;
+  await step("the SFU starts, /send publishes, / plays it", async () => {
+    const b = await ensureStarted();
+    pages.pub = await openPage(b.context, "send-relive", pageLog);
+    await pages.pub.goto(`${sfu.base}/send?room=relive&resolution=640x360`);
+    await pages.pub.locator("#start:not([disabled])").waitFor({ timeout: 5_000 });
+    await pages.pub.getByRole("button", { name: "Start" }).click();
+    await waitLive(pages.pub, "the publisher to go live");
+    size = await outgoingSize(pages.pub);
+    pages.viewer = await openPage(b.context, "viewer-relive", pageLog);
+    await pages.viewer.goto(`${sfu.base}/?room=relive`);
+    await waitViewerLive(pages.viewer, size, "the viewer to play the room live");
+    ok = true;
+  });
+  if (!ok) return;
+
+  await step("SIGKILL of ingest: the publisher says why, publishes again with the same capture, the viewer is live again", async () => {
+    const { pub, viewer } = pages;
+    const pid = await ourIngestPid();
+    await pub.evaluate(() => {
+      window.__pcBefore = window.pc;
+      const v = document.querySelector("#preview");
+      window.__streamBefore = v.srcObject;
+      window.__tracksBefore = v.srcObject.getTracks().map((x) => x.id).join(",");
+      window.__states = [];
+      const el = document.querySelector("#state");
+      new MutationObserver(() => window.__states.push(`${Math.round(performance.now())} [${el.dataset.state}] ${el.textContent}`))
+        .observe(el, { childList: true, characterData: true, subtree: true, attributes: true });
+    });
+    const t0 = Date.now();
+    process.kill(pid, "SIGKILL");
+    await until(`ingest (pid ${pid}) to die`, () => !pidAlive(pid), { timeout: 3_000, interval: 20 });
+
+    const reconnecting = await until("the publisher's state line to say it is reconnecting, and why", async () => {
+      const s = await pageState(pub);
+      return s.state === "reconnecting" && /^reconnecting: \S/.test(s.text) ? { ...s, at: Date.now() } : (() => { throw new Error(JSON.stringify(s)); })();
+    }, { timeout: 8_000, interval: 20 });
+    const back = await until("the publisher to be live again on a new connection", async () => {
+      const s = await pub.evaluate(() => ({
+        fresh: !!window.pc && window.pc !== window.__pcBefore,
+        pc: window.pc?.connectionState,
+        state: document.querySelector("#state").dataset.state,
+        text: document.querySelector("#state").textContent,
+      }));
+      if (s.state === "failed") throw fatal(`the publisher gave up: ${s.text}: ${await pub.textContent("#error")}`);
+      return s.fresh && s.pc === "connected" && s.state === "live" ? { ...s, at: Date.now() } : (() => { throw new Error(JSON.stringify(s)); })();
+    }, { timeout: 15_000, interval: 50 });
+    const newPid = await ourIngestPid();
+    assert.notEqual(newPid, pid, "ingest was restarted");
+    const capture = await pub.evaluate(() => {
+      const v = document.querySelector("#preview");
+      return {
+        same: v.srcObject === window.__streamBefore,
+        tracks: v.srcObject.getTracks().map((x) => x.id).join(",") === window.__tracksBefore,
+        live: v.srcObject.getTracks().every((x) => x.readyState === "live"),
+        sending: window.pc.getSenders().filter((s) => s.track).map((s) => s.track.id).every((id) => window.__tracksBefore.split(",").includes(id)),
+        states: window.__states,
+        republishes: window.deadsfu.republishes,
+      };
+    });
+    assert.ok(capture.same && capture.tracks && capture.live && capture.sending, `the same capture goes on: ${JSON.stringify(capture)}`);
+    assert.equal(await pub.isEnabled("#stop"), true, "Stop stays available");
+    assert.equal(await pub.isEnabled("#start"), false, "Start is not offered while publishing");
+
+    const r = await waitViewerLive(viewer, size, "the viewer to play live frames again", 15_000);
+    console.log(`ingest ${pid} killed: publisher said "${reconnecting.text}" after ${reconnecting.at - t0} ms, ` +
+      `live again on a new connection (ingest ${newPid}) after ${back.at - t0} ms, ${capture.republishes} attempt(s); ` +
+      `the viewer live with frames advancing (${r.first.frames} -> ${r.now.frames}) by ${r.now.at - t0} ms`);
+    console.log(`publisher state line: ${capture.states.filter((s, i, a) => i === 0 || s.replace(/^\d+ /, "") !== a[i - 1].replace(/^\d+ /, "")).join(" | ")}`);
+    const rooms = await (await fetch(`${sfu.base}/rooms`)).json();
+    assert.equal(rooms.rooms.find((x) => x.name === "relive")?.state, "live", `/rooms: ${JSON.stringify(rooms)}`);
+  });
+
+  await step("Stop ends the session and stops trying", async () => {
+    const { pub } = pages;
+    const del = pub.waitForResponse((r) => r.request().method() === "DELETE", { timeout: 5_000 });
+    await pub.getByRole("button", { name: "Stop" }).click();
+    const resp = await del;
+    assert.ok(resp.status() >= 200 && resp.status() < 300, `DELETE ${resp.url()} -> ${resp.status()}`);
+    await until("the publisher to say stopped", async () => {
+      const s = await pageState(pub);
+      return s.state === "idle" && s.text === "stopped" && s.pc === null ? s : (() => { throw new Error(JSON.stringify(s)); })();
+    }, { timeout: 5_000 });
+    await new Promise((r) => setTimeout(r, 1_000));
+    const s = await pageState(pub);
+    assert.deepEqual([s.state, s.pc], ["idle", null], `still stopped a second later: ${JSON.stringify(s)}`);
+    await pub.close();
+    await pages.viewer.close();
+  });
+});
+
+test("/send shares the screen, chosen from the keyboard, and a viewer plays it", { timeout: 60_000 }, async (t) => {
+  fs.mkdirSync(ARTIFACTS, { recursive: true });
+  const pages = {};
+  const step = stepper(t, pages);
+  let ok = false;
+  await step("Screen chosen with the arrow keys captures the display", async () => {
+    const b = await ensureStarted();
+    const pub = pages.pub = await openPage(b.context, "send-screen", pageLog);
+    await pub.goto(`${sfu.base}/send?room=screen`);
+    await pub.locator("#start:not([disabled])").waitFor({ timeout: 5_000 });
+    // The camera preview is up; the source choice is a labelled radio group, moved through with the arrows.
+    await until("the camera preview", () => pub.evaluate(() => document.querySelector("#preview").srcObject?.getVideoTracks()[0]?.readyState === "live"), { timeout: 5_000 });
+    const camera = pub.getByRole("radio", { name: "Camera" });
+    await camera.focus();
+    assert.equal(await camera.isChecked(), true, "the camera is the default source");
+    await pub.keyboard.press("ArrowRight");
+    assert.equal(await pub.getByRole("radio", { name: "Screen" }).isChecked(), true, "ArrowRight chooses Screen");
+    const surface = await until("the preview to show a display capture", async () => {
+      const s = await pub.evaluate(() => {
+        const t = document.querySelector("#preview").srcObject?.getVideoTracks()[0];
+        return t ? { ...t.getSettings(), label: t.label, readyState: t.readyState, error: document.querySelector("#error").textContent } : { error: document.querySelector("#error").textContent };
+      });
+      if (s.error) throw fatal(`the page could not capture the screen: ${s.error}`);
+      return s.displaySurface && s.readyState === "live" ? s : (() => { throw new Error(JSON.stringify(s)); })();
+    }, { timeout: 8_000 });
+    console.log(`screen capture: ${surface.label} (displaySurface ${surface.displaySurface}, ${surface.width}x${surface.height})`);
+    assert.equal(await pub.isDisabled("#camera"), true, "the camera choice is off while sharing the screen");
+    ok = true;
+  });
+  if (!ok) return;
+
+  await step("Start publishes the screen, the viewer plays it", async () => {
+    const { pub } = pages;
+    await pub.getByRole("button", { name: "Start" }).focus();
+    await pub.keyboard.press("Enter");
+    await waitLive(pub, "the screen publisher to go live");
+    const sent = await pub.evaluate(() => {
+      const s = window.pc.getSenders().find((x) => x.track && x.track.kind === "video");
+      return s ? { surface: s.track.getSettings().displaySurface, id: s.track.id } : null;
+    });
+    assert.ok(sent && sent.surface, `the video sender carries the display capture: ${JSON.stringify(sent)}`);
+    const size = await outgoingSize(pub);
+    const viewer = pages.viewer = await openPage(browser.context, "viewer-screen", pageLog);
+    await viewer.goto(`${sfu.base}/?room=screen`);
+    const r = await waitViewerLive(viewer, size, "the viewer to play the screen share");
+    console.log(`viewer of the screen share: ${size.width}x${size.height}, ${r.first.frames} -> ${r.now.frames} frames`);
+    await viewer.screenshot({ path: path.join(ARTIFACTS, "viewer-screen.png") });
+    await pub.screenshot({ path: path.join(ARTIFACTS, "send-screen.png") });
+  });
+
+  await step("the pages asked no host but the SFU and threw nothing", async () => {
+    assert.deepEqual(foreign, [], "no request to any other host");
+    assert.deepEqual(pageLog.filter((l) => l.includes(" pageerror]")), [], "no uncaught errors in the pages");
+  });
+});
