@@ -5,7 +5,8 @@ origin, and a second-level edge of that edge. An aiortc publisher sends the fixt
 viewer of the second-level edge must decode the publisher's own frames (their barcodes), every frame in order.
 Also: a publisher is refused by an edge; the pulls end after the grace period once the viewer left; an
 upstream that goes away leaves the edge's viewer on the slate with the reason in `/rooms` and `/metrics`, and
-the picture comes back when the upstream does; a wrong upstream token shows as `401` in `/rooms`.
+the picture comes back when the upstream does; a wrong upstream token or path shows as `401` or `404` in `/rooms`
+and `/metrics`.
 """
 
 from __future__ import annotations
@@ -164,13 +165,24 @@ def test_edge_publish_takes_publishers(start_sfu, tree) -> None:
     assert asyncio.run(attempt()) == 201
 
 
-def test_wrong_upstream_token_shows_in_rooms_and_metrics(start_sfu, tree, figures: list[str]) -> None:
+@pytest.mark.parametrize(
+    "case,status,reason",
+    [("wrong-token", "401", "unauthorized"), ("wrong-path", "404", "not_found")],
+)
+def test_refused_pulls_show_in_rooms_and_metrics(start_sfu, tree, figures: list[str], case: str, status: str,
+                                                 reason: str) -> None:
+    """An upstream that refuses the pull (a wrong token, a URL that names no deadsfu): the edge's viewer gets the
+    slate, the edge retries, and `/rooms` and `/metrics` say why."""
     origin, _, _ = tree
-    edge = start_sfu(name="edge-bad-token", workers=1, extra_args=edge_args(origin, token="wrong"))
-    room = "cascade-401"
+    if case == "wrong-token":
+        args = edge_args(origin, token="wrong")
+    else:
+        args = ["--dial-upstream", origin.url + "/no-such-prefix", "--upstream-token", ORIGIN_TOKEN]
+    edge = start_sfu(name=f"edge-{case}", workers=1, extra_args=args)
+    room = f"cascade-{status}"
 
     async def run() -> None:
-        viewer = Viewer("bad-token-viewer")
+        viewer = Viewer(f"{case}-viewer")
         try:
             r = await viewer.view(edge.url, room)
             assert r.status == 201, f"WHEP to the edge: {r.status} {r.body}"
@@ -178,16 +190,16 @@ def test_wrong_upstream_token_shows_in_rooms_and_metrics(start_sfu, tree, figure
 
             def failed() -> bool:
                 entry = room_entry(edge, room)
-                return bool(entry and entry.get("upstream", {}).get("failures", 0) >= 2)
+                return bool(entry and (entry.get("upstream") or {}).get("failures", 0) >= 2)
 
             await wait_for(failed, 10, "two failed pulls")
             entry = await asyncio.to_thread(room_entry, edge, room)
-            figures.append(f"cascade: wrong upstream token -> /rooms {json.dumps(entry['upstream'])}")
+            figures.append(f"cascade: {case} -> /rooms {json.dumps(entry['upstream'])}")
             assert entry["state"] == "slate", entry
             assert entry["upstream"]["state"] in ("retrying", "connecting"), entry
-            assert "401" in entry["upstream"]["error"], entry
-            n = await asyncio.to_thread(metric, edge, "deadsfu_upstream_pull_failures_total", room=room, reason="unauthorized")
-            assert n is not None and n >= 2, f"unauthorized failures in /metrics: {n}"
+            assert status in entry["upstream"]["error"], entry
+            n = await asyncio.to_thread(metric, edge, "deadsfu_upstream_pull_failures_total", room=room, reason=reason)
+            assert n is not None and n >= 2, f"{reason} failures in /metrics: {n}"
             # The viewer sees the slate meanwhile.
             t = time.monotonic()
             await wait_for(lambda: slate_since(viewer, t) >= 3, 5, "slate frames on the edge")
