@@ -1,0 +1,548 @@
+//! Measures the memory of a viewer session as the fanout makes and feeds them, in memory, no sockets.
+//!
+//! N str0m clients make browser-like receive-only offers; the server side accepts each exactly as the fanout
+//! does (`offer::with_stream_id`, `offer::accept` with the fanout's header extensions, the RTX cache on the
+//! video stream), keeps it in a [`SessionHost`] with an app state like the fanout's viewer, and connects it
+//! (ICE, DTLS, SRTP). Then a room's stream flows for a few simulated seconds: H.264 video at 150 packets/s of
+//! ~1100 bytes and Opus audio at 50 packets/s, each packet one payload shared by every session and written
+//! into each with `write_rtp` as the fanout's `deliver` does. The clients' RTCP and consent checks reach the
+//! server, the server's media is dropped on the way to them.
+//!
+//! A counting global allocator (over mimalloc, the fanout's allocator) tags every allocation with who made it
+//! (the server side, the shared payloads, the clients and harness), so the live heap per session is exact:
+//! bytes allocated minus bytes freed, as asked for (not counting the allocator's own overhead). The process's
+//! RSS is shown besides; it includes the clients.
+//!
+//! `cargo run --release -p deadsfu-media --example session_memory [-- SESSIONS]` (200 by default);
+//! `SESSION_MEMORY_SITES=1` also records a backtrace for each server allocation and prints the bytes still live
+//! after the media phase by allocation site (slow: use a few sessions).
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use deadsfu_media::host::SessionHost;
+use deadsfu_media::{codec, offer};
+use str0m::format::{Codec, CodecConfig};
+use str0m::media::{Direction, MediaKind, Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{ExtensionValues, RtpWrite, SeqNo};
+use str0m::{Candidate, Event, Input, Output, Rtc};
+
+// ---- The counting allocator ----
+
+/// Who made an allocation.
+const OTHER: usize = 0;
+const SERVER: usize = 1;
+const PAYLOAD: usize = 2;
+const PROFILER: usize = 3;
+const TAGS: usize = 4;
+
+/// Room before each block for its size and tag, keeping the block's alignment.
+const HEADER: usize = 16;
+
+static LIVE: [AtomicIsize; TAGS] = [const { AtomicIsize::new(0) }; TAGS];
+static CURRENT: AtomicUsize = AtomicUsize::new(OTHER);
+static SITES_ON: AtomicBool = AtomicBool::new(false);
+/// Live server allocations by address, with where they were made (while `SITES_ON`).
+static SITES: Mutex<Option<HashMap<usize, Site>>> = Mutex::new(None);
+/// The phase a recorded allocation was made in (0 accept, 1 connect, 2 media).
+static PHASE: AtomicUsize = AtomicUsize::new(0);
+const PHASES: [&str; 3] = ["accept", "connect", "media"];
+
+thread_local! {
+    /// Set while the profiler itself runs: its allocations are its own and not recorded.
+    static IN_PROFILER: Cell<bool> = const { Cell::new(false) };
+}
+
+struct Counting;
+
+/// A recorded allocation: its size, the phase it was made in and where.
+type Site = (usize, usize, std::backtrace::Backtrace);
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn in_profiler() -> bool {
+    IN_PROFILER.try_with(|c| c.get()).unwrap_or(true)
+}
+
+fn with_profiler<R>(f: impl FnOnce() -> R) -> R {
+    IN_PROFILER.with(|c| c.set(true));
+    let r = f();
+    IN_PROFILER.with(|c| c.set(false));
+    r
+}
+
+fn outer(layout: Layout) -> (Layout, usize) {
+    let offset = HEADER.max(layout.align());
+    let outer = Layout::from_size_align(layout.size() + offset, layout.align().max(HEADER)).expect("a layout");
+    (outer, offset)
+}
+
+impl Counting {
+    /// Writes the header of a block at `base` and counts it; returns the caller's pointer.
+    ///
+    /// # Safety
+    /// `base` points to a block of at least `offset + size` bytes, `offset` >= 16 and 16-aligned.
+    unsafe fn record(base: *mut u8, offset: usize, size: usize, tag: usize) -> *mut u8 {
+        // SAFETY: the block has `offset` bytes before the caller's part, 16 of which hold the header.
+        let user = unsafe { base.add(offset) };
+        // SAFETY: user - 16 is inside the block and 8-aligned (offset and base are 16-aligned).
+        unsafe { (user.sub(16) as *mut usize).write(size) };
+        // SAFETY: as above.
+        unsafe { (user.sub(8) as *mut usize).write(tag) };
+        LIVE[tag].fetch_add(size as isize, Ordering::Relaxed);
+        if tag == SERVER && SITES_ON.load(Ordering::Relaxed) {
+            with_profiler(|| {
+                let bt = std::backtrace::Backtrace::force_capture();
+                let mut sites = SITES.lock().unwrap_or_else(|e| e.into_inner());
+                sites.get_or_insert_with(HashMap::new).insert(user as usize, (size, PHASE.load(Ordering::Relaxed), bt));
+            });
+        }
+        user
+    }
+
+    /// The size and tag in the header of the caller's pointer `user`, uncounting it.
+    ///
+    /// # Safety
+    /// `user` came from [`Counting::record`].
+    unsafe fn forget(user: *mut u8) -> (usize, usize) {
+        // SAFETY: written by `record`.
+        let size = unsafe { (user.sub(16) as *const usize).read() };
+        // SAFETY: written by `record`.
+        let tag = unsafe { (user.sub(8) as *const usize).read() };
+        LIVE[tag].fetch_sub(size as isize, Ordering::Relaxed);
+        if tag == SERVER && SITES_ON.load(Ordering::Relaxed) && !in_profiler() {
+            let removed =
+                with_profiler(|| SITES.lock().unwrap_or_else(|e| e.into_inner()).as_mut()?.remove(&(user as usize)));
+            drop(removed);
+        }
+        (size, tag)
+    }
+}
+
+fn current_tag() -> usize {
+    if in_profiler() {
+        PROFILER
+    } else {
+        CURRENT.load(Ordering::Relaxed)
+    }
+}
+
+// SAFETY: every block comes from mimalloc with room for the header before the caller's part, and goes back to
+// it with the same layout.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let (outer, offset) = outer(layout);
+        // SAFETY: `outer` has a nonzero size.
+        let base = unsafe { mimalloc::MiMalloc.alloc(outer) };
+        if base.is_null() {
+            return base;
+        }
+        // SAFETY: `base` holds `outer`.
+        unsafe { Self::record(base, offset, layout.size(), current_tag()) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        let (outer, offset) = outer(layout);
+        // SAFETY: `ptr` came from `alloc`.
+        unsafe { Self::forget(ptr) };
+        // SAFETY: the block was allocated at ptr - offset with `outer`.
+        unsafe { mimalloc::MiMalloc.dealloc(ptr.sub(offset), outer) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // The block keeps its maker's tag; its site (if recorded) is where it was grown.
+        let (outer_old, offset) = outer(layout);
+        // SAFETY: `ptr` came from `alloc`.
+        let (_, tag) = unsafe { Self::forget(ptr) };
+        // SAFETY: the block was allocated at ptr - offset with `outer_old`; the new size keeps the header.
+        let base = unsafe { mimalloc::MiMalloc.realloc(ptr.sub(offset), outer_old, new_size + offset) };
+        if base.is_null() {
+            // The old block is still there: count it again.
+            // SAFETY: the old block is unchanged.
+            unsafe { Self::record(ptr.sub(offset), offset, layout.size(), tag) };
+            return base;
+        }
+        // SAFETY: `base` holds `new_size + offset` bytes.
+        unsafe { Self::record(base, offset, new_size, tag) }
+    }
+}
+
+/// Runs `f` with its allocations counted as `tag`'s.
+fn as_tag<R>(tag: usize, f: impl FnOnce() -> R) -> R {
+    let before = CURRENT.swap(tag, Ordering::Relaxed);
+    let r = f();
+    CURRENT.store(before, Ordering::Relaxed);
+    r
+}
+
+fn live(tag: usize) -> isize {
+    LIVE[tag].load(Ordering::Relaxed)
+}
+
+/// Bytes in use in glibc's malloc: what C code (aws-lc, the crypto under str0m and dimpl) allocates, which
+/// bypasses Rust's global allocator. Server and clients together.
+fn c_heap() -> isize {
+    // SAFETY: mallinfo2 only reads the allocator's statistics.
+    let info = unsafe { nix::libc::mallinfo2() };
+    (info.uordblks + info.hblkhd) as isize
+}
+
+fn rss() -> isize {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
+    let pages: isize = statm.split_whitespace().nth(1).expect("resident").parse().expect("a number");
+    pages * 4096
+}
+
+// ---- What the fanout does ----
+
+/// The fanout's `viewer_extensions`.
+fn viewer_extensions() -> str0m::rtp::ExtensionMap {
+    use str0m::rtp::Extension;
+    let mut map = str0m::rtp::ExtensionMap::empty();
+    map.set(1, Extension::AudioLevel);
+    map.set(4, Extension::RtpMid);
+    map.set(13, Extension::VideoOrientation);
+    map
+}
+
+/// The fanout's RTX cache (fanout.rs).
+const RTX_CACHE_PACKETS: usize = 256;
+const RTX_CACHE_AGE: Duration = Duration::from_secs(3);
+
+/// Like the fanout's `Viewer`: what it keeps per session besides the `Rtc`.
+#[allow(dead_code)]
+struct Viewer {
+    id: String,
+    room: String,
+    audio: Option<(Mid, Pt, SeqNo)>,
+    video: Option<(Mid, Pt, SeqNo)>,
+    negotiated: CodecConfig,
+    pt_map: HashMap<u8, Option<Pt>>,
+}
+
+// ---- The harness ----
+
+type Datagram = (SocketAddr, SocketAddr, Vec<u8>);
+
+struct Client {
+    rtc: Rtc,
+    connected: bool,
+}
+
+/// Polls a client until it times out; datagrams go to `out`.
+fn drain_client(c: &mut Client, out: &mut Vec<Datagram>) {
+    loop {
+        match c.rtc.poll_output().expect("poll_output") {
+            Output::Transmit(t) => out.push((t.source, t.destination, t.contents.to_vec())),
+            Output::Event(Event::Connected) => c.connected = true,
+            Output::Event(_) => {}
+            Output::Timeout(_) => return,
+        }
+    }
+}
+
+/// RTP (not RTCP) by RFC 5761's demultiplexing: the server's media, which the clients need not decrypt.
+fn is_rtp(d: &[u8]) -> bool {
+    d.len() > 1 && (128..=191).contains(&d[0]) && !(192..=223).contains(&d[1])
+}
+
+struct Room {
+    host: SessionHost<Viewer>,
+    clients: Vec<Client>,
+    by_addr: HashMap<SocketAddr, usize>,
+    server_addr: SocketAddr,
+    /// Server output on its way to the clients.
+    to_clients: Vec<Datagram>,
+    events: Vec<(deadsfu_media::host::SessionKey, Event)>,
+    /// RTP datagrams the server sent.
+    rtp_sent: u64,
+}
+
+impl Room {
+    /// One round: clients' output to the server, the server's timers and output to the clients.
+    fn round(&mut self, now: Instant) {
+        let mut to_server = Vec::new();
+        for c in &mut self.clients {
+            c.rtc.handle_input(Input::Timeout(now)).expect("client timeout");
+            drain_client(c, &mut to_server);
+        }
+        let Room { host, to_clients, events, rtp_sent, .. } = self;
+        let mut send = |t: str0m::net::Transmit| {
+            as_tag(OTHER, || {
+                if is_rtp(&t.contents) {
+                    *rtp_sent += 1;
+                } else {
+                    to_clients.push((t.source, t.destination, t.contents.to_vec()))
+                }
+            })
+        };
+        as_tag(SERVER, || {
+            for (source, destination, data) in &to_server {
+                host.handle_datagram(now, *source, *destination, data, &mut send, events);
+            }
+            host.poll(now, &mut send, events);
+        });
+        for (source, destination, data) in std::mem::take(&mut self.to_clients) {
+            let Some(&i) = self.by_addr.get(&destination) else { continue };
+            let receive = Receive::new(Protocol::Udp, source, destination, &data).expect("a datagram");
+            self.clients[i].rtc.handle_input(Input::Receive(now, receive)).expect("client input");
+        }
+        self.events.clear();
+    }
+}
+
+fn main() {
+    let n: usize = std::env::args().nth(1).map_or(200, |a| a.parse().expect("SESSIONS: a number"));
+    let sites = std::env::var_os("SESSION_MEMORY_SITES").is_some();
+    let media_seconds = 4;
+    let server_addr: SocketAddr = "127.0.0.1:6000".parse().unwrap();
+    let mut now = Instant::now();
+    // The process's DTLS certificate and the crypto provider's self-test, made once, before counting.
+    let _ = offer::accept(&client_offer(now, "10.0.0.1:1".parse().unwrap()).0, &[server_addr], now, |c| c);
+
+    let mut room = Room {
+        host: SessionHost::new(),
+        clients: Vec::with_capacity(n),
+        by_addr: HashMap::new(),
+        server_addr,
+        to_clients: Vec::new(),
+        events: Vec::new(),
+        rtp_sent: 0,
+    };
+    SITES_ON.store(sites, Ordering::Relaxed);
+    let (heap0, rss0, c0) = (live(SERVER), rss(), c_heap());
+    let client0 = live(OTHER);
+
+    // 1. Accept, as the fanout's `view` does.
+    for i in 0..n {
+        let addr = SocketAddr::from(([10, (i / 250) as u8, (i % 250) as u8 + 1, 1], 5000));
+        let (offer_sdp, client, pending) = client_offer(now, addr);
+        let (answer, _key) = as_tag(SERVER, || {
+            let offer_sdp = offer::with_stream_id(&offer_sdp, "deadsfu-bench");
+            let mut accepted =
+                offer::accept(&offer_sdp, &[room.server_addr], now, |c| c.set_extension_map(viewer_extensions()))
+                    .expect("accepted");
+            let sections = offer::media_sections(&offer_sdp);
+            let mids: Vec<Mid> = sections.iter().map(|(mid, _)| *mid).collect();
+            let negotiated = codec::negotiated(&accepted.rtc, &mids);
+            let mut viewer = Viewer {
+                id: format!("w0-{:012x}", i),
+                room: "bench".to_string(),
+                audio: None,
+                video: None,
+                pt_map: HashMap::new(),
+                negotiated,
+            };
+            for (mid, is_video) in sections {
+                let wanted = if is_video { Codec::H264 } else { Codec::Opus };
+                let pt = viewer.negotiated.params().iter().find(|p| p.spec().codec == wanted).expect("codec").pt();
+                viewer.pt_map.insert(if is_video { 96 } else { 111 }, Some(pt));
+                let mut api = accepted.rtc.direct_api();
+                let Some(tx) = api.stream_tx_by_mid(mid, None) else { continue };
+                if is_video {
+                    tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, None);
+                    viewer.video.get_or_insert((mid, pt, SeqNo::from(1000)));
+                } else {
+                    viewer.audio.get_or_insert((mid, pt, SeqNo::from(2000)));
+                }
+            }
+            let key = room.host.insert(accepted.rtc, accepted.ufrag, viewer, now);
+            (accepted.answer, key)
+        });
+        let mut client = Client { rtc: client, connected: false };
+        let answer = str0m::change::SdpAnswer::from_sdp_string(&answer).expect("an answer");
+        client.rtc.sdp_api().accept_answer(pending, answer).expect("answer accepted");
+        room.by_addr.insert(addr, i);
+        room.clients.push(client);
+    }
+    let (heap1, rss1, c1) = (live(SERVER), rss(), c_heap());
+
+    // 2. Connect: ICE, DTLS, SRTP.
+    PHASE.store(1, Ordering::Relaxed);
+    for _ in 0..200 {
+        room.round(now);
+        if room.clients.iter().all(|c| c.connected) && room.host.iter_mut().all(|(_, s)| s.rtc.is_connected()) {
+            break;
+        }
+        now += Duration::from_millis(10);
+    }
+    assert!(room.clients.iter().all(|c| c.connected), "clients not connected");
+    assert!(room.host.iter_mut().all(|(_, s)| s.rtc.is_connected()), "server sessions not connected");
+    // A second of quiet, as after a real join (timers, first reports).
+    for _ in 0..100 {
+        now += Duration::from_millis(10);
+        room.round(now);
+    }
+    let (heap2, rss2, c2) = (live(SERVER), rss(), c_heap());
+    let payload2 = live(PAYLOAD);
+
+    // 3. Media: 150 video packets/s (~1100 bytes), 50 audio packets/s (~120 bytes), in 5 ms turns.
+    PHASE.store(2, Ordering::Relaxed);
+    let step = Duration::from_millis(5);
+    let steps = media_seconds * 200;
+    let keys: Vec<_> = room.host.keys().collect();
+    let (mut video_n, mut audio_n) = (0u64, 0u64);
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let t0 = now;
+    for s in 0..steps {
+        now += step;
+        let elapsed = now - t0;
+        let mut packets: Vec<(bool, Arc<[u8]>)> = Vec::new();
+        while video_n * 1_000_000 / 150 <= elapsed.as_micros() as u64 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let len = 1000 + (rng % 200) as usize;
+            packets.push((true, as_tag(PAYLOAD, || Arc::from(vec![0x5cu8; len]))));
+            video_n += 1;
+        }
+        while audio_n * 1_000_000 / 50 <= elapsed.as_micros() as u64 {
+            packets.push((false, as_tag(PAYLOAD, || Arc::from(vec![0xa5u8; 120]))));
+            audio_n += 1;
+        }
+        as_tag(SERVER, || {
+            for (is_video, payload) in &packets {
+                for &key in &keys {
+                    let session = room.host.get_mut(key).expect("a session");
+                    let (viewer, rtc) = (&mut session.app, &mut session.rtc);
+                    let track = if *is_video { viewer.video.as_mut() } else { viewer.audio.as_mut() };
+                    let Some((mid, pt, seq)) = track else { continue };
+                    let (clock, n) = if *is_video { (90_000, video_n) } else { (48_000, audio_n) };
+                    let timestamp = (elapsed.as_micros() as u64 * clock / 1_000_000) as u32;
+                    let mut api = rtc.direct_api();
+                    let tx = api.stream_tx_by_mid(*mid, None).expect("a send stream");
+                    let ext = ExtensionValues { audio_level: (!*is_video).then_some(-30), ..Default::default() };
+                    tx.write_rtp(
+                        RtpWrite::new(*pt, *seq, timestamp, now, payload.clone())
+                            .marker(*is_video && n % 5 == 0)
+                            .ext_vals(ext)
+                            .nackable(*is_video),
+                    );
+                    *seq = (**seq + 1).into();
+                    room.host.touch(key);
+                }
+            }
+        });
+        drop(packets);
+        room.round(now);
+        if s % 200 == 199 {
+            eprintln!("media: {} s", (s + 1) / 200);
+        }
+    }
+    let (heap3, rss3, c3) = (live(SERVER), rss(), c_heap());
+    let payload3 = live(PAYLOAD);
+    SITES_ON.store(false, Ordering::Relaxed);
+    let clients = live(OTHER) - client0;
+
+    println!(
+        "sent {video_n} video and {audio_n} audio packets to each session; the server sent {:.0} RTP datagrams per session",
+        room.rtp_sent as f64 / n as f64
+    );
+    println!(
+        "size of an Rtc {} bytes, of a host session {} bytes",
+        std::mem::size_of::<Rtc>(),
+        std::mem::size_of::<deadsfu_media::host::Session<Viewer>>()
+    );
+    let kb = |b: isize| b as f64 / 1024.0 / n as f64;
+    println!(
+        "{n} viewer sessions as the fanout makes them (RTX cache {RTX_CACHE_PACKETS} packets / {RTX_CACHE_AGE:?})"
+    );
+    println!("server live heap per session (allocated - freed):");
+    println!("  after accept                   {:7.1} KB", kb(heap1 - heap0));
+    println!("  after connect (ICE/DTLS/SRTP)  {:7.1} KB  (+{:.1})", kb(heap2 - heap0), kb(heap2 - heap1));
+    println!(
+        "  after {media_seconds} s of media             {:7.1} KB  (+{:.1})",
+        kb(heap3 - heap0),
+        kb(heap3 - heap2)
+    );
+    println!(
+        "shared payloads kept (by the RTX caches): {:.0} KB in all, {:.1} KB per session",
+        (payload3 - payload2) as f64 / 1024.0,
+        kb(payload3 - payload2)
+    );
+    println!(
+        "process RSS per session: accept {:.1} KB, connect {:.1} KB, media {:.1} KB (includes the clients: {:.1} KB of heap each)",
+        kb(rss1 - rss0),
+        kb(rss2 - rss0),
+        kb(rss3 - rss0),
+        kb(clients)
+    );
+    println!(
+        "C heap (glibc malloc: aws-lc, server and client) per session: accept {:.1} KB, connect {:.1} KB, media {:.1} KB",
+        kb(c1 - c0),
+        kb(c2 - c0),
+        kb(c3 - c0)
+    );
+    if sites {
+        print_sites(n);
+    }
+    // Skip tearing everything down.
+    std::process::exit(0);
+}
+
+/// A browser-like receive-only offer from a str0m client at `addr`.
+fn client_offer(now: Instant, addr: SocketAddr) -> (String, Rtc, str0m::change::SdpPendingOffer) {
+    let mut client = Rtc::builder().build(now);
+    client.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+    let mut change = client.sdp_api();
+    change.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+    change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+    let (offer, pending) = change.apply().unwrap();
+    (offer.to_sdp_string(), client, pending)
+}
+
+/// Live server bytes, by the phase and site that allocated them.
+fn print_sites(n: usize) {
+    let sites = with_profiler(|| SITES.lock().unwrap().take().unwrap_or_default());
+    let mut by_site: HashMap<String, (usize, usize)> = HashMap::new();
+    with_profiler(|| {
+        for (_, (size, phase, bt)) in sites {
+            let text = bt.to_string();
+            let frames: Vec<&str> = text
+                .lines()
+                .filter_map(|l| l.trim().split_once(": ").map(|(_, f)| f))
+                .filter(|f| !f.starts_with("at "))
+                .filter(|f| {
+                    ![
+                        "std::",
+                        "alloc::",
+                        "core::",
+                        "<alloc::",
+                        "<core::",
+                        "__rust",
+                        "<session_memory::Counting",
+                        "session_memory::Counting",
+                        "session_memory::with_profiler",
+                        "hashbrown::",
+                        "<T as alloc",
+                        "<u8 as alloc",
+                        "<std::",
+                        "rust_begin",
+                        "__libc",
+                        "_start",
+                        "main",
+                    ]
+                    .iter()
+                    .any(|p| f.starts_with(p))
+                })
+                .take(4)
+                .collect();
+            let e = by_site.entry(format!("[{}] {}", PHASES[phase], frames.join("\n      <- "))).or_default();
+            e.0 += size;
+            e.1 += 1;
+        }
+    });
+    let mut sorted: Vec<_> = by_site.into_iter().collect();
+    sorted.sort_by_key(|(_, (bytes, _))| std::cmp::Reverse(*bytes));
+    println!("server heap still live after the media phase, by the phase and site that allocated it (per session):");
+    for (site, (bytes, count)) in sorted.iter().filter(|(_, (bytes, _))| *bytes >= 100 * n) {
+        println!("  {:7.1} KB in {:5.0} blocks: {site}", *bytes as f64 / 1024.0 / n as f64, *count as f64 / n as f64);
+    }
+}
