@@ -27,6 +27,8 @@ pub struct Session<T> {
     /// When the peer last sent anything (or when the session was made).
     last_input: Instant,
     next_timeout: Option<Instant>,
+    /// The timeout of this session's entry in the timer heap, if one is there (stale entries aside).
+    queued: Option<Instant>,
     dirty: bool,
     /// Closing: its goodbye (RTCP BYE, DTLS close_notify) goes out at the next poll, then it is dead.
     closing: bool,
@@ -36,6 +38,13 @@ impl<T> Session<T> {
     /// How long the peer has been silent at `now`.
     pub fn silent_for(&self, now: Instant) -> std::time::Duration {
         now.saturating_duration_since(self.last_input)
+    }
+
+    /// An entry at `t` left the timer heap.
+    fn unqueue(&mut self, t: Instant) {
+        if self.queued == Some(t) {
+            self.queued = None;
+        }
     }
 
     /// Polls the session until it only has a timeout left.
@@ -59,6 +68,18 @@ impl<T> Session<T> {
     }
 }
 
+/// Puts the session's timeout in the timer heap unless its entry is there already: a session that sends a
+/// packet every few milliseconds mostly keeps the same timeout, and would otherwise leave an entry per
+/// packet in the heap until that time came.
+fn queue_timeout<T>(timers: &mut BinaryHeap<Reverse<(Instant, SessionKey)>>, key: SessionKey, s: &mut Session<T>) {
+    if let Some(t) = s.next_timeout {
+        if s.queued != Some(t) {
+            timers.push(Reverse((t, key)));
+            s.queued = Some(t);
+        }
+    }
+}
+
 /// What happened to a datagram.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Routed {
@@ -69,14 +90,17 @@ pub enum Routed {
 }
 
 pub struct SessionHost<T> {
-    sessions: HashMap<SessionKey, Session<T>>,
+    /// Boxed: an `Rtc` is about 10 KB, and a table of them inline would keep that much per empty slot (up to
+    /// half the slots after it grows) and move every session each time it grows.
+    sessions: HashMap<SessionKey, Box<Session<T>>>,
     by_remote: HashMap<SocketAddr, SessionKey>,
     by_ufrag: HashMap<String, SessionKey>,
     next_key: u64,
     /// Sessions with work to flush at the next [`SessionHost::poll`].
     dirty: Vec<SessionKey>,
-    /// When sessions want to be polled. An entry is stale unless it equals its session's `next_timeout`;
-    /// stale entries are dropped when they reach the top.
+    /// When sessions want to be polled: a session's timeout is pushed when it changes, not at every drain. An
+    /// entry is stale unless it equals its session's `next_timeout`; stale entries are dropped when they reach
+    /// the top.
     timers: BinaryHeap<Reverse<(Instant, SessionKey)>>,
 }
 
@@ -113,16 +137,17 @@ impl<T> SessionHost<T> {
         self.by_ufrag.insert(ufrag.clone(), key);
         self.sessions.insert(
             key,
-            Session {
+            Box::new(Session {
                 rtc,
                 app,
                 ufrag,
                 remotes: Vec::new(),
                 last_input: now,
                 next_timeout: None,
+                queued: None,
                 dirty: true,
                 closing: false,
-            },
+            }),
         );
         self.dirty.push(key);
         key
@@ -156,7 +181,7 @@ impl<T> SessionHost<T> {
     }
 
     pub fn remove(&mut self, key: SessionKey) -> Option<Session<T>> {
-        let s = self.sessions.remove(&key)?;
+        let s = *self.sessions.remove(&key)?;
         self.by_ufrag.remove(&s.ufrag);
         for r in &s.remotes {
             if self.by_remote.get(r) == Some(&key) {
@@ -167,15 +192,15 @@ impl<T> SessionHost<T> {
     }
 
     pub fn get_mut(&mut self, key: SessionKey) -> Option<&mut Session<T>> {
-        self.sessions.get_mut(&key)
+        self.sessions.get_mut(&key).map(|s| &mut **s)
     }
 
     pub fn get(&self, key: SessionKey) -> Option<&Session<T>> {
-        self.sessions.get(&key)
+        self.sessions.get(&key).map(|s| &**s)
     }
 
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (SessionKey, &mut Session<T>)> {
-        self.sessions.iter_mut().map(|(k, s)| (*k, s))
+        self.sessions.iter_mut().map(|(k, s)| (*k, &mut **s))
     }
 
     pub fn keys(&self) -> impl Iterator<Item = SessionKey> + '_ {
@@ -222,9 +247,7 @@ impl<T> SessionHost<T> {
         }
         session.last_input = now;
         session.drain(key, send, events);
-        if let Some(t) = session.next_timeout {
-            self.timers.push(Reverse((t, key)));
-        }
+        queue_timeout(&mut self.timers, key, session);
         if !session.remotes.contains(&source) {
             session.remotes.push(source);
             self.by_remote.insert(source, key);
@@ -250,6 +273,9 @@ impl<T> SessionHost<T> {
                 return Some(t);
             }
             self.timers.pop();
+            if let Some(s) = self.sessions.get_mut(&key) {
+                s.unqueue(t);
+            }
         }
         None
     }
@@ -274,6 +300,7 @@ impl<T> SessionHost<T> {
             }
             self.timers.pop();
             if let Some(s) = self.sessions.get_mut(&key) {
+                s.unqueue(t);
                 if s.next_timeout == Some(t) && !s.dirty {
                     s.dirty = true;
                     work.push(key);
@@ -293,15 +320,71 @@ impl<T> SessionHost<T> {
                 // The goodbye went out with this drain; nothing more is owed to the peer.
                 s.rtc.disconnect();
             }
-            if let Some(t) = s.next_timeout {
-                self.timers.push(Reverse((t, key)));
-            }
+            queue_timeout(&mut self.timers, key, s);
             if !s.rtc.is_alive() {
                 dead.push(key);
             }
         }
         // Keep the allocation for the next turn.
         self.dirty = work;
+        // A session's timeout moves on as it sends, so stale entries pile up until their time comes: at a few
+        // hundred packets a second, more than a hundred per session. Keep the heap to about the live entries.
+        if self.timers.len() > 2 * self.sessions.len() + 64 {
+            let sessions = &self.sessions;
+            self.timers.retain(|Reverse((t, key))| sessions.get(key).is_some_and(|s| s.queued == Some(*t)));
+        }
         dead
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use str0m::media::{Direction, MediaKind};
+    use str0m::Candidate;
+
+    use super::*;
+
+    fn session(now: Instant) -> (Rtc, String) {
+        let mut client = Rtc::builder().build(now);
+        client.add_local_candidate(Candidate::host("127.0.0.1:5000".parse().unwrap(), "udp").unwrap());
+        let mut change = client.sdp_api();
+        change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+        let (offer, _) = change.apply().unwrap();
+        let candidates = ["127.0.0.1:6000".parse().unwrap()];
+        let accepted = crate::offer::accept(&offer.to_sdp_string(), &candidates, now, |c| c).unwrap();
+        (accepted.rtc, accepted.ufrag)
+    }
+
+    #[test]
+    fn timer_heap_stays_small_while_sessions_are_touched() {
+        let mut now = Instant::now();
+        let mut host = SessionHost::new();
+        let keys: Vec<SessionKey> = (0..3)
+            .map(|_| {
+                let (rtc, ufrag) = session(now);
+                host.insert(rtc, ufrag, (), now)
+            })
+            .collect();
+        let mut events = Vec::new();
+        for i in 0..2000 {
+            now += Duration::from_millis(1);
+            for &key in &keys {
+                host.touch(key);
+                // The entry of a timeout the session has moved on from, as a sending session leaves them.
+                host.timers.push(Reverse((now + Duration::from_secs(1) + Duration::from_micros(i), key)));
+            }
+            let dead = host.poll(now, &mut |_| {}, &mut events);
+            assert!(dead.is_empty());
+            assert!(host.timers.len() <= 2 * keys.len() + 64 + keys.len(), "{} timer entries", host.timers.len());
+            // Every session's timeout is in the heap.
+            for &key in &keys {
+                let t = host.get(key).unwrap().next_timeout.expect("a timeout");
+                assert!(host.timers.iter().any(|Reverse(e)| *e == (t, key)));
+            }
+            let next = host.next_timeout().expect("a timeout");
+            assert!(keys.iter().all(|k| host.get(*k).unwrap().next_timeout.unwrap() >= next));
+        }
     }
 }
