@@ -52,10 +52,14 @@ const READ_BUDGET: usize = 512;
 /// a cached GOP goes out at up to about 4000 packets a second, far above any stream's rate so the viewer
 /// catches up in a fraction of a second, yet in bursts the socket buffers on both ends absorb.
 const REPLAY_BUDGET: usize = 4;
-/// Retransmission memory per viewer video stream, in packets (about 2 s at 1.5 Mbit/s). The payloads are
-/// shared with every other viewer of the room, so a viewer's own cost is the bookkeeping, not the bytes.
-const RTX_CACHE_PACKETS: usize = 256;
-const RTX_CACHE_AGE: Duration = Duration::from_secs(3);
+/// Retransmission memory per viewer video stream: the last 128 packets, none older than 1 s. A NACK comes one
+/// round trip (plus a packet interval) after the packet left, and again each round trip after: 128 packets
+/// are 0.85 s at 150 packets/s (1.3 Mbit/s of ~1100-byte packets), three tries at a 250 ms round trip; a live
+/// viewer's jitter buffer holds well under a second, so an older packet would come too late to be played.
+/// The payloads are shared with every other viewer of the room; a viewer's own cost is str0m's bookkeeping,
+/// ~430 bytes a packet (55 KB; `media/examples/session_memory.rs`).
+const RTX_CACHE_PACKETS: usize = 128;
+const RTX_CACHE_AGE: Duration = Duration::from_secs(1);
 /// A viewer that sends nothing (no RTCP, no consent checks) for this long is gone. Browsers send receiver
 /// reports about every second and consent checks every few seconds.
 const VIEWER_TIMEOUT: Duration = Duration::from_secs(15);
@@ -99,6 +103,8 @@ struct RoomFeed {
     codecs: Vec<CodecEntry>,
     codecs_version: u64,
     viewers: Vec<SessionKey>,
+    /// The viewers whose replay runs: a turn looks at these only, not at every viewer.
+    replaying: Vec<SessionKey>,
     next_open: Instant,
     next_check: Instant,
     /// The worker index whose wake-up bit this feed set in the ring.
@@ -269,7 +275,7 @@ impl Fanout {
         let Fanout { host, rooms, runtime_dir, buf, index, .. } = self;
         let session = host.get_mut(key).expect("ids and host agree");
         if let Some(feed) = rooms.get_mut(&old) {
-            feed.viewers.retain(|k| *k != key);
+            feed.remove(key);
             if feed.viewers.is_empty() {
                 rooms.remove(&old);
             }
@@ -281,7 +287,7 @@ impl Fanout {
         // The next video packet forwarded must be a keyframe of the new room.
         session.app.video_choice = None;
         if session.app.connected {
-            feed.start(&mut session.app, buf);
+            feed.start(key, &mut session.app, buf);
         }
         tracing::debug!(session = %session.app.id, from = %old, to = %room, "viewer switched rooms");
         Response::Done
@@ -293,7 +299,7 @@ impl Fanout {
         if self.ids.remove(&s.app.id).is_some() {
             tracing::debug!(session = %s.app.id, room = %s.app.room, "viewer left");
             if let Some(feed) = self.rooms.get_mut(&s.app.room) {
-                feed.viewers.retain(|k| *k != key);
+                feed.remove(key);
                 if feed.viewers.is_empty() {
                     self.rooms.remove(&s.app.room);
                 }
@@ -317,9 +323,10 @@ impl Fanout {
             // turn and skips live packets meanwhile; each turn it walks on to the live position of that turn,
             // which it soon reaches (it is far faster than any stream), and then it joins live at exactly the
             // next packet.
-            for &key in &feed.viewers {
-                let Some(session) = self.host.get_mut(key) else { continue };
-                let Some(mut cursor) = session.app.replay.take() else { continue };
+            let mut replaying = std::mem::take(&mut feed.replaying);
+            replaying.retain(|&key| {
+                let Some(session) = self.host.get_mut(key) else { return false };
+                let Some(mut cursor) = session.app.replay.take() else { return false };
                 let mut wrote = false;
                 let mut sent = 0;
                 let mut done = false;
@@ -356,7 +363,9 @@ impl Fanout {
                 if wrote {
                     self.host.touch(key);
                 }
-            }
+                !done
+            });
+            feed.replaying = replaying;
             for n in 0..=READ_BUDGET {
                 if n == READ_BUDGET {
                     self.backlog = true;
@@ -386,7 +395,7 @@ impl Fanout {
                     s.app.connected = true;
                     tracing::debug!(session = %s.app.id, "viewer connected");
                     if let Some(feed) = rooms.get_mut(&s.app.room) {
-                        feed.start(&mut s.app, buf);
+                        feed.start(key, &mut s.app, buf);
                     }
                 }
                 Event::KeyframeRequest(_) => {
@@ -471,6 +480,7 @@ fn feed<'a>(
         codecs: Vec::new(),
         codecs_version: u64::MAX,
         viewers: Vec::new(),
+        replaying: Vec::new(),
         next_open: now,
         next_check: now,
         wake_bit: None,
@@ -530,8 +540,9 @@ impl RoomFeed {
 
     /// Starts a viewer that just connected or arrived: a replay from the newest cached keyframe it can
     /// decode, or, without one, live from the next packet with a keyframe requested.
-    fn start(&mut self, viewer: &mut Viewer, buf: &mut [u8]) {
+    fn start(&mut self, key: SessionKey, viewer: &mut Viewer, buf: &mut [u8]) {
         viewer.replay = None;
+        self.replaying.retain(|k| *k != key);
         let Some(reader) = &self.reader else { return };
         let live_pos = self.cursor.position();
         // The viewer's favourite video codec of the room: the first of the codec table it negotiated. A slate
@@ -551,9 +562,18 @@ impl RoomFeed {
             }
         }
         match fallback {
-            Some(pos) => viewer.replay = Some(RingCursor::at(pos)),
+            Some(pos) => {
+                viewer.replay = Some(RingCursor::at(pos));
+                self.replaying.push(key);
+            }
             None => reader.request_keyframe(),
         }
+    }
+
+    /// Detaches a viewer that leaves the room.
+    fn remove(&mut self, key: SessionKey) {
+        self.viewers.retain(|k| *k != key);
+        self.replaying.retain(|k| *k != key);
     }
 }
 
