@@ -13,7 +13,8 @@
 //! bytes allocated minus bytes freed, as asked for (not counting the allocator's own overhead). The process's
 //! RSS is shown besides; it includes the clients.
 //!
-//! `cargo run --release -p deadsfu-media --example session_memory [-- SESSIONS]` (200 by default);
+//! `cargo run --release -p deadsfu-media --example session_memory [-- SESSIONS [RTX_PACKETS RTX_AGE_MS]]`
+//! (200 sessions and the fanout's RTX cache by default);
 //! `SESSION_MEMORY_SITES=1` also records a backtrace for each server allocation and prints the bytes still live
 //! after the media phase by allocation site (slow: use a few sessions).
 
@@ -194,7 +195,15 @@ fn c_heap() -> isize {
     (info.uordblks + info.hblkhd) as isize
 }
 
+/// The resident set after a pause and a little allocator traffic, so that mimalloc returns the pages it freed
+/// meanwhile (it does so some milliseconds after, on later calls), as a running fanout's would be.
 fn rss() -> isize {
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(20));
+        for size in [64, 1200, 20_000, 200_000] {
+            drop(std::hint::black_box(vec![1u8; size]));
+        }
+    }
     let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
     let pages: isize = statm.split_whitespace().nth(1).expect("resident").parse().expect("a number");
     pages * 4096
@@ -212,9 +221,9 @@ fn viewer_extensions() -> str0m::rtp::ExtensionMap {
     map
 }
 
-/// The fanout's RTX cache (fanout.rs).
-const RTX_CACHE_PACKETS: usize = 256;
-const RTX_CACHE_AGE: Duration = Duration::from_secs(3);
+/// The fanout's RTX cache (fanout.rs): keep them the same.
+const RTX_CACHE_PACKETS: usize = 128;
+const RTX_CACHE_AGE: Duration = Duration::from_secs(1);
 
 /// Like the fanout's `Viewer`: what it keeps per session besides the `Rtc`.
 #[allow(dead_code)]
@@ -299,7 +308,10 @@ impl Room {
 }
 
 fn main() {
-    let n: usize = std::env::args().nth(1).map_or(200, |a| a.parse().expect("SESSIONS: a number"));
+    let arg = |i: usize| std::env::args().nth(i).map(|a| a.parse::<u64>().expect("arguments are numbers"));
+    let n = arg(1).unwrap_or(200) as usize;
+    let rtx_packets = arg(2).map_or(RTX_CACHE_PACKETS, |p| p as usize);
+    let rtx_age = arg(3).map_or(RTX_CACHE_AGE, Duration::from_millis);
     let sites = std::env::var_os("SESSION_MEMORY_SITES").is_some();
     let media_seconds = 4;
     let server_addr: SocketAddr = "127.0.0.1:6000".parse().unwrap();
@@ -347,7 +359,7 @@ fn main() {
                 let mut api = accepted.rtc.direct_api();
                 let Some(tx) = api.stream_tx_by_mid(mid, None) else { continue };
                 if is_video {
-                    tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, None);
+                    tx.set_rtx_cache(rtx_packets, rtx_age, None);
                     viewer.video.get_or_insert((mid, pt, SeqNo::from(1000)));
                 } else {
                     viewer.audio.get_or_insert((mid, pt, SeqNo::from(2000)));
@@ -363,6 +375,7 @@ fn main() {
         room.clients.push(client);
     }
     let (heap1, rss1, c1) = (live(SERVER), rss(), c_heap());
+    let client1 = live(OTHER);
 
     // 2. Connect: ICE, DTLS, SRTP.
     PHASE.store(1, Ordering::Relaxed);
@@ -381,6 +394,7 @@ fn main() {
         room.round(now);
     }
     let (heap2, rss2, c2) = (live(SERVER), rss(), c_heap());
+    let client2 = live(OTHER);
     let payload2 = live(PAYLOAD);
 
     // 3. Media: 150 video packets/s (~1100 bytes), 50 audio packets/s (~120 bytes), in 5 ms turns.
@@ -439,7 +453,7 @@ fn main() {
     let (heap3, rss3, c3) = (live(SERVER), rss(), c_heap());
     let payload3 = live(PAYLOAD);
     SITES_ON.store(false, Ordering::Relaxed);
-    let clients = live(OTHER) - client0;
+    let client3 = live(OTHER);
 
     println!(
         "sent {video_n} video and {audio_n} audio packets to each session; the server sent {:.0} RTP datagrams per session",
@@ -451,9 +465,7 @@ fn main() {
         std::mem::size_of::<deadsfu_media::host::Session<Viewer>>()
     );
     let kb = |b: isize| b as f64 / 1024.0 / n as f64;
-    println!(
-        "{n} viewer sessions as the fanout makes them (RTX cache {RTX_CACHE_PACKETS} packets / {RTX_CACHE_AGE:?})"
-    );
+    println!("{n} viewer sessions as the fanout makes them (RTX cache {rtx_packets} packets / {rtx_age:?})");
     println!("server live heap per session (allocated - freed):");
     println!("  after accept                   {:7.1} KB", kb(heap1 - heap0));
     println!("  after connect (ICE/DTLS/SRTP)  {:7.1} KB  (+{:.1})", kb(heap2 - heap0), kb(heap2 - heap1));
@@ -468,11 +480,16 @@ fn main() {
         kb(payload3 - payload2)
     );
     println!(
-        "process RSS per session: accept {:.1} KB, connect {:.1} KB, media {:.1} KB (includes the clients: {:.1} KB of heap each)",
+        "process RSS per session: accept {:.1} KB, connect {:.1} KB, media {:.1} KB",
         kb(rss1 - rss0),
         kb(rss2 - rss0),
         kb(rss3 - rss0),
-        kb(clients)
+    );
+    println!(
+        "  of which the clients' heap: accept {:.1} KB, connect {:.1} KB, media {:.1} KB",
+        kb(client1 - client0),
+        kb(client2 - client0),
+        kb(client3 - client0),
     );
     println!(
         "C heap (glibc malloc: aws-lc, server and client) per session: accept {:.1} KB, connect {:.1} KB, media {:.1} KB",
