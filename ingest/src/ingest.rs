@@ -79,6 +79,8 @@ pub struct Settings {
     pub upstream_grace: Duration,
     /// Publishers are refused (an edge not told to take them).
     pub refuse_publishers: bool,
+    /// The slate plays in watched rooms without live video.
+    pub slate: bool,
 }
 
 /// Why a room might want a keyframe from its publisher now.
@@ -658,7 +660,7 @@ impl Ingest {
                 room.window_start = now;
             }
             let watched = room.watched(now, now_ms);
-            let want_slate = watched && !room.live(now);
+            let want_slate = self.settings.slate && watched && !room.live(now);
             match (&room.slate, want_slate) {
                 (None, true) => {
                     room.slate = Some(SlatePlayer::new(&self.slate, now, process::random_u32));
@@ -883,6 +885,7 @@ pub fn run(cfg: &Config) -> Result<(), RunError> {
         upstream: cfg.dial_upstream.as_deref().map(|url| Arc::new(Upstream::new(url, cfg.upstream_token.clone()))),
         upstream_grace: Duration::from_secs(cfg.upstream_grace_s),
         refuse_publishers: cfg.refuses_publishers(),
+        slate: cfg.slate,
     };
     let slate = Slate::load(cfg.slate_h264.as_deref(), cfg.slate_vp8.as_deref(), cfg.slate_fps)?;
     let endpoints = Endpoints {

@@ -44,6 +44,8 @@ pub struct Config {
     pub ring_slot_size: u32,
     /// Log filter, as `RUST_LOG` (e.g. `info`, `deadsfu_fanout=debug`).
     pub log: String,
+    /// Play the slate in watched rooms without live video (false: their viewers get nothing until it returns).
+    pub slate: bool,
     /// H.264 slate clip (Annex B, an access unit delimiter before each frame) replacing the built-in one.
     pub slate_h264: Option<PathBuf>,
     /// Frame rate of `slate_h264`.
@@ -85,6 +87,7 @@ impl Default for Config {
             log: "info".into(),
             publish_token: None,
             view_token: None,
+            slate: true,
             slate_h264: None,
             slate_fps: 10,
             slate_vp8: None,
@@ -149,6 +152,9 @@ pub struct ConfigArgs {
     /// Token required to view (overrides --bearer-token for WHEP).
     #[arg(long, env = "DEADSFU_VIEW_TOKEN")]
     pub view_token: Option<String>,
+    /// Play the slate in rooms without live video (true or false).
+    #[arg(long, env = "DEADSFU_SLATE")]
+    pub slate: Option<bool>,
     /// H.264 slate clip (Annex B with access unit delimiters).
     #[arg(long, env = "DEADSFU_SLATE_H264")]
     pub slate_h264: Option<PathBuf>,
@@ -243,6 +249,7 @@ impl ConfigArgs {
         set(&mut cfg.log, &self.log);
         set_opt(&mut cfg.publish_token, &self.publish_token);
         set_opt(&mut cfg.view_token, &self.view_token);
+        set(&mut cfg.slate, &self.slate);
         set_opt(&mut cfg.slate_h264, &self.slate_h264);
         set(&mut cfg.slate_fps, &self.slate_fps);
         set_opt(&mut cfg.slate_vp8, &self.slate_vp8);
@@ -293,6 +300,8 @@ impl ConfigArgs {
             }
         }
         args.extend([
+            "--slate".into(),
+            cfg.slate.to_string(),
             "--slate-fps".into(),
             cfg.slate_fps.to_string(),
             "--keyframe-request-interval-ms".into(),

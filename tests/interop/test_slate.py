@@ -156,3 +156,32 @@ def test_vp8_viewer_sees_the_slate_in_vp8(host: Sfu, figures: list[str]) -> None
             await v.close()
 
     asyncio.run(run())
+
+
+def test_no_slate_when_switched_off(start_sfu, figures: list[str]) -> None:
+    """`--slate false`: a viewer of a room nobody publishes to gets no video until a publisher comes, then
+    gets the publisher's frames."""
+    sfu = start_sfu(name="deadsfu-no-slate", extra_args=["--slate", "false"])
+    fixture = load_fixture(MAIN_FIXTURE)
+    live_size = (fixture.width, fixture.height)
+
+    async def run() -> None:
+        viewer = Viewer("no-slate-viewer")
+        pub = Publisher(fixture)
+        try:
+            assert (await viewer.view(sfu.url, "no-slate")).status == 201
+            await viewer.wait_connected()
+            await asyncio.sleep(2.0)
+            assert not viewer.rx.frames, f"frames without a publisher: {sorted({f.size for f in viewer.rx.frames})}"
+            entry = await asyncio.to_thread(room_entry, sfu, "no-slate")
+            assert entry and entry["state"] == "idle", entry
+            t = time.monotonic()
+            assert (await pub.publish(sfu.url, "no-slate")).status == 201
+            await wait_for(lambda: viewer.rx.first_frame(t, live_size) is not None, 5, "a live frame")
+            figures.append(f"no slate: first live frame {viewer.rx.first_frame(t, live_size).t - t:.2f} s after the publisher's POST")
+            assert all(f.size == live_size for f in viewer.rx.frames), sorted({f.size for f in viewer.rx.frames})
+        finally:
+            await viewer.close()
+            await pub.close()
+
+    asyncio.run(run())
