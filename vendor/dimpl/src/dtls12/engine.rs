@@ -1090,6 +1090,15 @@ impl Engine {
         self.buffers_free.push(buf);
     }
 
+    /// deadsfu: frees what only the handshake needed, once it is complete: the transcript (every handshake
+    /// message, certificates included; the Finished messages were its last use) and the buffers pooled
+    /// while the flights were made. Records after the handshake take buffers from the pool again as they
+    /// need them. The saved last flight stays, for resending it if the peer resends its own.
+    pub(crate) fn release_handshake_buffers(&mut self) {
+        self.transcript = Buf::new();
+        self.buffers_free = BufferPool::default();
+    }
+
     /// Encrypt data appropriate for the role (client or server)
     fn encrypt_data(&mut self, plaintext: &mut Buf, aad: Aad, nonce: Nonce) -> Result<(), Error> {
         if self.is_client {

@@ -1124,6 +1124,8 @@ impl State {
         }
 
         server.engine.release_application_data();
+        // deadsfu: the handshake's transcript and buffers are not needed any more.
+        server.engine.release_handshake_buffers();
 
         Ok(Self::AwaitApplicationData)
     }
