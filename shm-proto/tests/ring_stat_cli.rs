@@ -60,15 +60,18 @@ fn stat_prints_the_header_and_follows_the_head() {
         video_orientation: None,
     };
     writer.push(&meta, b"key").expect("push");
-    RingReader::open(&ring).expect("open").request_keyframe();
+    let reader = RingReader::open(&ring).expect("open");
+    reader.request_keyframe();
+    reader.want_wake(2);
 
     let (ok, v, err) = stat(&ring);
     assert!(ok, "{err}");
     assert_eq!(v["path"], ring.to_str().expect("UTF-8 path"));
-    assert_eq!(v["layout_version"], "1.0");
+    assert_eq!(v["layout_version"], "1.1");
     assert_eq!(v["geometry"]["slot_count"], 64);
     assert_eq!(v["geometry"]["slot_size"], 512);
     assert_eq!(v["epoch"], 1);
+    assert_eq!(v["wake_worker_bits"], serde_json::json!([2]));
     assert_eq!(v["writer_state"], "live");
     assert_eq!(v["writer_pid"], std::process::id());
     assert_eq!(v["heartbeat_unix_ms"], 1_000);

@@ -84,6 +84,8 @@ fn stat(path: &Path) -> ExitCode {
         "writer_pid": reader.writer_pid(),
         "heartbeat_unix_ms": reader.heartbeat_unix_ms(),
         "head": reader.head(),
+        "reader_heartbeat_unix_ms": reader.reader_heartbeat_unix_ms(),
+        "wake_worker_bits": (0..64).filter(|b| reader.wake_mask() & (1 << b) != 0).collect::<Vec<u32>>(),
         "replaced": reader.is_replaced(),
         "latest_keyframe": reader.latest_keyframe(),
         "keyframes": reader.keyframes(),

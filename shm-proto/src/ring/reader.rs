@@ -316,6 +316,11 @@ impl RingReader {
         self.map.word(WAKE_MASK_OFFSET).fetch_or(1 << (worker % 64), Ordering::Relaxed);
     }
 
+    /// The workers that asked for wake-ups: bit `k % 64` for worker `k`.
+    pub fn wake_mask(&self) -> u64 {
+        self.map.word(WAKE_MASK_OFFSET).load(Ordering::Relaxed)
+    }
+
     /// Withdraws [`RingReader::want_wake`].
     pub fn unwant_wake(&self, worker: u32) {
         self.map.word(WAKE_MASK_OFFSET).fetch_and(!(1 << (worker % 64)), Ordering::Relaxed);
