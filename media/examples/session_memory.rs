@@ -549,7 +549,7 @@ fn print_sites(n: usize) {
                     .iter()
                     .any(|p| f.starts_with(p))
                 })
-                .take(4)
+                .take(8)
                 .collect();
             let e = by_site.entry(format!("[{}] {}", PHASES[phase], frames.join("\n      <- "))).or_default();
             e.0 += size;
