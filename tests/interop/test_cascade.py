@@ -18,7 +18,7 @@ import time
 import pytest
 
 from harness import Sfu
-from media import MAIN_FIXTURE, SMALL_FIXTURE, VIDEO_FPS, load_fixture, video_figures
+from media import MAIN_FIXTURE, SMALL_FIXTURE, VIDEO_FPS, load_fixture, unwrap, video_figures
 from rtc import Publisher, Viewer, http_request, wait_for
 
 GRACE_S = 2
@@ -105,6 +105,22 @@ async def deepest_edge(tree, figures: list[str]) -> None:
         assert f.ratio >= MIN_VIDEO_RATIO, f"decoded {f.decoded} of {f.window} publisher frames at edge2"
         if rtp.get("video", {}).get("lost", 0) == 0:
             assert f.duplicates == 0 and f.out_of_order == 0, f"frames repeated or out of order at edge2: {f}"
+
+        # A late joiner of the edge starts from the edge's cached GOP: its first frame is one the publisher
+        # sent before the viewer's POST (a replayed keyframe), not the next keyframe to come.
+        late = Viewer("edge2-late-viewer")
+        try:
+            sent_at_post = pub.video.last_sent()
+            assert (await late.view(edge2.url, room)).status == 201
+            await late.wait_connected()
+            await wait_for(lambda: live_since(late, 0), FIRST_FRAME_TIMEOUT, "the late joiner's first frame")
+            f0 = next(f for f in late.rx.frames if f.n is not None and f.size != SLATE_SIZE)
+            g0 = unwrap(f0.n, pub.video.last_sent(), fixture.frames_per_loop)
+            figures.append(f"cascade: late joiner at edge2: first frame g {g0} (publisher at g {sent_at_post} at its POST),"
+                           f" {1000 * (f0.t - late.t_post):.0f} ms after the POST")
+            assert g0 <= sent_at_post, f"the late joiner started at g {g0}, after its POST (g {sent_at_post}): no replay"
+        finally:
+            await late.close()
 
         for sfu, upstream in ((edge1, origin), (edge2, edge1)):
             entry = await asyncio.to_thread(room_entry, sfu, room)
