@@ -254,8 +254,10 @@ export class Sfu {
     if (!this.child || this.exited) return this.exited;
     this.log.push(`[test] ${new Date().toISOString()} sending SIGTERM to ${this.child.pid}\n`);
     this.child.kill("SIGTERM");
-    const timer = new Promise((r) => setTimeout(() => r(null), SIGTERM_GRACE_MS));
-    const res = await Promise.race([this.exitPromise, timer]);
+    let timer;
+    const grace = new Promise((r) => { timer = setTimeout(() => r(null), SIGTERM_GRACE_MS); });
+    const res = await Promise.race([this.exitPromise, grace]);
+    clearTimeout(timer); // a pending timer would hold the test process open for the whole grace
     if (res) return res;
     this.child.kill("SIGKILL");
     await this.exitPromise;
