@@ -20,11 +20,11 @@
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -294,16 +294,78 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Makes one call on the socket at `path`: connect, send, wait for the answer within `timeout`.
 pub fn call(path: &Path, request: &Request, timeout: Duration) -> Result<Response, ControlError> {
-    let mut stream = UnixStream::connect(path)?;
+    exchange(&mut connect(path, timeout)?, request)
+}
+
+fn connect(path: &Path, timeout: Duration) -> Result<UnixStream, ControlError> {
+    let stream = UnixStream::connect(path)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
+    Ok(stream)
+}
+
+/// One request and its answer on an open connection.
+fn exchange(stream: &mut UnixStream, request: &Request) -> Result<Response, ControlError> {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-    write_frame(&mut stream, &Envelope { id, msg: request })?;
-    let env: Envelope<Response> = read_frame(&mut stream)?;
+    write_frame(stream, &Envelope { id, msg: request })?;
+    let env: Envelope<Response> = read_frame(stream)?;
     if env.id != id {
         return Err(ControlError::IdMismatch { expected: id, found: env.id });
     }
     Ok(env.msg)
+}
+
+/// How long a [`Client`] keeps an idle connection: well under the server's [`IDLE_TIMEOUT`], so the client,
+/// never the server, closes it.
+const CLIENT_IDLE: Duration = Duration::from_secs(10);
+
+/// A client of one control socket that keeps its connections open between calls. Each new connection costs
+/// the serving process a thread; signaling makes several calls per viewer that joins.
+pub struct Client {
+    path: PathBuf,
+    timeout: Duration,
+    idle: Mutex<Vec<(UnixStream, Instant)>>,
+}
+
+impl Client {
+    pub fn new(path: PathBuf, timeout: Duration) -> Client {
+        Client { path, timeout, idle: Mutex::new(Vec::new()) }
+    }
+
+    /// Makes one call, on an idle connection if there is one. A kept connection whose server went away (it
+    /// restarted) fails before its request is read; the call is then made on a fresh connection.
+    pub fn call(&self, request: &Request) -> Result<Response, ControlError> {
+        while let Some(mut stream) = self.take_idle() {
+            match exchange(&mut stream, request) {
+                Ok(response) => {
+                    self.keep(stream);
+                    return Ok(response);
+                }
+                Err(ControlError::Closed) => continue,
+                Err(ControlError::Io(e))
+                    if matches!(e.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let mut stream = connect(&self.path, self.timeout)?;
+        let response = exchange(&mut stream, request)?;
+        self.keep(stream);
+        Ok(response)
+    }
+
+    fn take_idle(&self) -> Option<UnixStream> {
+        let mut idle = self.idle.lock().expect("the idle list's lock is never poisoned");
+        let now = Instant::now();
+        idle.retain(|(_, since)| now.duration_since(*since) < CLIENT_IDLE);
+        idle.pop().map(|(stream, _)| stream)
+    }
+
+    fn keep(&self, stream: UnixStream) {
+        self.idle.lock().expect("the idle list's lock is never poisoned").push((stream, Instant::now()));
+    }
 }
 
 /// Errors starting a control server.
@@ -507,6 +569,41 @@ mod tests {
         assert_eq!(resp, Response::Closed);
         let resp = call(&path, &Request::Close { session: "x".into() }, Duration::from_secs(5)).unwrap();
         assert!(matches!(resp, Response::Error { kind: ErrorKind::WrongRole, .. }));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_client_keeps_its_connection_and_survives_a_server_restart() {
+        let dir = std::env::temp_dir().join(format!("deadsfu-control-client-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.sock");
+        let connections = Arc::new(AtomicU64::new(0));
+        let serve_counting = |listener: UnixListener, connections: Arc<AtomicU64>, answer: Response| {
+            thread::spawn(move || {
+                for conn in listener.incoming() {
+                    let Ok(stream) = conn else { return };
+                    connections.fetch_add(1, Ordering::Relaxed);
+                    let answer = answer.clone();
+                    thread::spawn(move || serve_connection(stream, &move |_| answer.clone()));
+                }
+            })
+        };
+        let server = bind(&path).unwrap();
+        serve_counting(server, connections.clone(), Response::Done);
+        let client = Client::new(path.clone(), Duration::from_secs(5));
+        for _ in 0..3 {
+            assert_eq!(client.call(&Request::Status).unwrap(), Response::Done);
+        }
+        assert_eq!(connections.load(Ordering::Relaxed), 1, "three calls, one connection");
+
+        // A kept connection whose server went away (a peer that closed) is stale: the call goes out on a fresh
+        // connection instead of failing.
+        drop(client.take_idle().expect("a kept connection"));
+        let (stale, peer) = UnixStream::pair().unwrap();
+        drop(peer);
+        client.keep(stale);
+        assert_eq!(client.call(&Request::Status).unwrap(), Response::Done);
+        assert_eq!(connections.load(Ordering::Relaxed), 2);
         std::fs::remove_dir_all(&dir).ok();
     }
 }

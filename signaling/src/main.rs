@@ -7,11 +7,12 @@ mod metrics;
 mod router;
 mod tls;
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
@@ -36,18 +37,29 @@ struct Args {
     print_config: bool,
 }
 
-/// The media processes, reached through their sockets in the runtime directory.
+/// The media processes, reached through their sockets in the runtime directory, on connections kept open.
 struct Sockets {
     runtime_dir: PathBuf,
+    clients: Mutex<HashMap<Target, Arc<control::Client>>>,
+}
+
+impl Sockets {
+    fn client(&self, target: Target) -> Arc<control::Client> {
+        let mut clients = self.clients.lock().expect("the clients' lock is never poisoned");
+        let client = clients.entry(target).or_insert_with(|| {
+            let path = match target {
+                Target::Ingest => paths::ingest_socket(&self.runtime_dir),
+                Target::Worker(i) => paths::fanout_socket(&self.runtime_dir, i),
+            };
+            Arc::new(control::Client::new(path, CALL_TIMEOUT))
+        });
+        client.clone()
+    }
 }
 
 impl Backend for Sockets {
     fn call(&self, target: Target, request: &Request) -> Result<Response, ControlError> {
-        let path = match target {
-            Target::Ingest => paths::ingest_socket(&self.runtime_dir),
-            Target::Worker(i) => paths::fanout_socket(&self.runtime_dir, i),
-        };
-        control::call(&path, request, CALL_TIMEOUT)
+        self.client(target).call(request)
     }
 
     fn workers(&self) -> Vec<u32> {
@@ -95,7 +107,8 @@ fn main() -> ExitCode {
         tracing::info!(%https, "HTTPS listener ready");
     }
     let tokens = Tokens { publish: cfg.publish_token().map(String::from), view: cfg.view_token().map(String::from) };
-    let router = Arc::new(Router::new(Sockets { runtime_dir: cfg.runtime_dir() }, tokens));
+    let router =
+        Arc::new(Router::new(Sockets { runtime_dir: cfg.runtime_dir(), clients: Mutex::new(HashMap::new()) }, tokens));
     tracing::info!(%addr, runtime_dir = %cfg.runtime_dir().display(), "signaling ready");
     shm_proto::service::ready();
     std::thread::Builder::new()
