@@ -882,7 +882,10 @@ pub fn run(cfg: &Config) -> Result<(), RunError> {
         keyframe_request_interval: Duration::from_millis(cfg.keyframe_request_interval_ms),
         keyframe_fallback_interval: (cfg.keyframe_fallback_interval_s > 0)
             .then(|| Duration::from_secs(cfg.keyframe_fallback_interval_s)),
-        upstream: cfg.dial_upstream.as_deref().map(|url| Arc::new(Upstream::new(url, cfg.upstream_token.clone()))),
+        upstream: match cfg.dial_upstream.as_deref() {
+            Some(url) => Some(Arc::new(Upstream::new(url, cfg.upstream_token.clone(), cfg.upstream_ca.as_deref())?)),
+            None => None,
+        },
         upstream_grace: Duration::from_secs(cfg.upstream_grace_s),
         refuse_publishers: cfg.refuses_publishers(),
         slate: cfg.slate,
@@ -905,6 +908,8 @@ pub fn run(cfg: &Config) -> Result<(), RunError> {
 pub enum RunError {
     #[error("slate: {0}")]
     Slate(#[from] crate::slate::SlateError),
+    #[error(transparent)]
+    Upstream(#[from] crate::upstream::CaError),
     #[error(transparent)]
     Start(#[from] StartError),
 }

@@ -7,6 +7,7 @@
 //! upstream session is deleted) or when it fails; then it reports why, once, and ingest decides on a retry.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs, UdpSocket};
+use std::path::Path;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -48,18 +49,31 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
+/// Why the upstream's settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream_ca {path}: {reason}")]
+pub struct CaError {
+    path: String,
+    reason: String,
+}
+
 impl Upstream {
-    /// `base` is a validated base URL (see `shm_proto::config::upstream_url`).
-    pub fn new(base: &str, token: Option<String>) -> Upstream {
+    /// `base` is a validated base URL (see `shm_proto::config::upstream_url`); `ca`, a PEM file of the
+    /// certificate authorities to check an https upstream against instead of the public ones.
+    pub fn new(base: &str, token: Option<String>, ca: Option<&Path>) -> Result<Upstream, CaError> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let tls = ureq::tls::TlsConfig::builder().unversioned_rustls_crypto_provider(provider).build();
+        let mut tls = ureq::tls::TlsConfig::builder().unversioned_rustls_crypto_provider(provider);
+        if let Some(path) = ca {
+            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&load_certificates(path)?));
+        }
+        let tls = tls.build();
         let agent = ureq::Agent::config_builder()
             .timeout_global(Some(HTTP_TIMEOUT))
             .http_status_as_error(false)
             .tls_config(tls)
             .build()
             .into();
-        Upstream { base: base.trim_end_matches('/').to_string(), token, agent }
+        Ok(Upstream { base: base.trim_end_matches('/').to_string(), token, agent })
     }
 
     pub fn base(&self) -> &str {
@@ -143,6 +157,21 @@ impl Upstream {
             tracing::debug!(error = %e, url, "DELETE of the upstream session failed");
         }
     }
+}
+
+fn load_certificates(path: &Path) -> Result<Vec<ureq::tls::Certificate<'static>>, CaError> {
+    let fail = |reason: String| CaError { path: path.display().to_string(), reason };
+    let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        if let ureq::tls::PemItem::Certificate(cert) = item.map_err(|e| fail(e.to_string()))? {
+            certs.push(cert);
+        }
+    }
+    if certs.is_empty() {
+        return Err(fail("no PEM certificate in the file".into()));
+    }
+    Ok(certs)
 }
 
 /// Why a pull failed, by kind (the label of the failure counter in `/metrics`).
@@ -413,20 +442,33 @@ mod tests {
 
     #[test]
     fn locations_resolve_against_the_base() {
-        let u = Upstream::new("http://origin:8080/prefix/", None);
+        let u = Upstream::new("http://origin:8080/prefix/", None, None).unwrap();
         assert_eq!(u.base(), "http://origin:8080/prefix");
         assert_eq!(u.whep_url(&RoomName::new("a").unwrap()), "http://origin:8080/prefix/whep/a");
         assert_eq!(u.resolve("/session/w0-1"), "http://origin:8080/session/w0-1");
         assert_eq!(u.resolve("session/w0-1"), "http://origin:8080/prefix/session/w0-1");
         assert_eq!(u.resolve("https://other/session/x"), "https://other/session/x");
-        let plain = Upstream::new("https://sfu.example", None);
+        let plain = Upstream::new("https://sfu.example", None, None).unwrap();
         assert_eq!(plain.resolve("/session/x"), "https://sfu.example/session/x");
+    }
+
+    #[test]
+    fn a_ca_file_without_certificates_is_refused() {
+        let dir = std::env::temp_dir().join(format!("deadsfu-upstream-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let err = Upstream::new("https://origin", None, Some(&empty)).unwrap_err().to_string();
+        assert!(err.contains("no PEM certificate"), "{err}");
+        let err = Upstream::new("https://origin", None, Some(&dir.join("missing.pem"))).unwrap_err().to_string();
+        assert!(err.contains("missing.pem"), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]
     fn unreachable_upstreams_fail_with_a_reason() {
         // Port 1 on loopback: nothing listens, the connection is refused at once.
-        let u = Upstream::new("http://127.0.0.1:1", None);
+        let u = Upstream::new("http://127.0.0.1:1", None, None).unwrap();
         let err = u.post(&RoomName::new("a").unwrap(), "v=0\r\n".into()).unwrap_err();
         assert_eq!(err.kind, FailureKind::Unreachable, "{err:?}");
         assert!(err.message.contains("127.0.0.1:1"), "{}", err.message);

@@ -62,6 +62,9 @@ pub struct Config {
     pub dial_upstream: Option<String>,
     /// Bearer token sent with the pulls to `dial_upstream`.
     pub upstream_token: Option<String>,
+    /// PEM file of the certificate authorities an `https` upstream's certificate is checked against, instead
+    /// of the built-in public ones.
+    pub upstream_ca: Option<PathBuf>,
     /// Seconds a pull goes on after the edge's last viewer of the room left.
     pub upstream_grace_s: u64,
     /// An edge (`dial_upstream` set) refuses publishers unless this is true; a local publisher then takes the
@@ -95,6 +98,7 @@ impl Default for Config {
             keyframe_fallback_interval_s: 20,
             dial_upstream: None,
             upstream_token: None,
+            upstream_ca: None,
             upstream_grace_s: 10,
             edge_publish: false,
         }
@@ -176,6 +180,9 @@ pub struct ConfigArgs {
     /// Bearer token for the pulls from the upstream.
     #[arg(long, env = "DEADSFU_UPSTREAM_TOKEN")]
     pub upstream_token: Option<String>,
+    /// PEM certificate authorities for an https upstream (instead of the public ones).
+    #[arg(long, env = "DEADSFU_UPSTREAM_CA")]
+    pub upstream_ca: Option<PathBuf>,
     /// Seconds a pull goes on after the room's last viewer left.
     #[arg(long, env = "DEADSFU_UPSTREAM_GRACE_S")]
     pub upstream_grace_s: Option<u64>,
@@ -257,6 +264,7 @@ impl ConfigArgs {
         set(&mut cfg.keyframe_fallback_interval_s, &self.keyframe_fallback_interval_s);
         set_opt(&mut cfg.dial_upstream, &self.dial_upstream);
         set_opt(&mut cfg.upstream_token, &self.upstream_token);
+        set_opt(&mut cfg.upstream_ca, &self.upstream_ca);
         set(&mut cfg.upstream_grace_s, &self.upstream_grace_s);
         set(&mut cfg.edge_publish, &self.edge_publish);
     }
@@ -315,6 +323,9 @@ impl ConfigArgs {
         ]);
         if let Some(url) = &cfg.dial_upstream {
             args.extend(["--dial-upstream".into(), url.clone()]);
+        }
+        if let Some(ca) = &cfg.upstream_ca {
+            args.extend(["--upstream-ca".into(), ca.display().to_string()]);
         }
         args
     }
@@ -379,6 +390,14 @@ impl Config {
         }
         if let Some(url) = &self.dial_upstream {
             upstream_url(url).map_err(|reason| ConfigError::Invalid { key: "dial_upstream", reason })?;
+        }
+        if let Some(ca) = &self.upstream_ca {
+            if !ca.is_file() {
+                return Err(ConfigError::Invalid {
+                    key: "upstream_ca",
+                    reason: format!("{} is not a readable file", ca.display()),
+                });
+            }
         }
         if let Some(dir) = &self.runtime_dir {
             if dir.as_os_str().is_empty() {

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from harness import Sfu
+from harness import Sfu, free_tcp_port
 from media import MAIN_FIXTURE, SMALL_FIXTURE, VIDEO_FPS, load_fixture, unwrap, video_figures
 from rtc import Publisher, Viewer, http_request, wait_for
 
@@ -323,5 +323,49 @@ def test_edge_viewers_switch_rooms(tree, figures: list[str]) -> None:
         finally:
             await viewer.close()
             await asyncio.gather(*(p.close() for p in pubs))
+
+    asyncio.run(run())
+
+
+def test_https_upstream_with_its_own_ca(tmp_path, start_sfu, figures: list[str]) -> None:
+    """An origin serving HTTPS with a self-signed certificate: an edge given it with `--upstream-ca` pulls; an
+    edge without it refuses the certificate and says so."""
+    from test_https import self_signed
+
+    cert, key = self_signed(tmp_path)
+    port = free_tcp_port()
+    origin = start_sfu(name="origin-https", workers=1,
+                       extra_args=["--https", f"127.0.0.1:{port}", "--tls-cert", str(cert), "--tls-key", str(key)])
+    https_url = f"https://127.0.0.1:{port}"
+    trusting = start_sfu(name="edge-ca", workers=1, extra_args=["--dial-upstream", https_url, "--upstream-ca", str(cert)])
+    doubting = start_sfu(name="edge-no-ca", workers=1, extra_args=["--dial-upstream", https_url])
+    room = "cascade-https"
+    fixture = load_fixture()
+
+    async def run() -> None:
+        pub = Publisher(fixture)
+        viewers = [Viewer("ca-viewer"), Viewer("no-ca-viewer")]
+        try:
+            assert (await pub.publish(origin.url, room)).status == 201
+            await pub.wait_connected()
+            for v, edge in zip(viewers, (trusting, doubting)):
+                assert (await v.view(edge.url, room)).status == 201
+            await asyncio.gather(*(v.wait_connected() for v in viewers))
+            await wait_for(lambda: live_since(viewers[0], 0), FIRST_FRAME_TIMEOUT, "publisher frames through https")
+
+            def refused() -> dict | None:
+                entry = room_entry(doubting, room)
+                up = (entry or {}).get("upstream") or {}
+                return up if up.get("failures", 0) >= 1 and up.get("error") else None
+
+            await wait_for(lambda: refused() is not None, 10, "the edge without the CA to fail")
+            up = await asyncio.to_thread(refused)
+            figures.append(f"cascade: https upstream, edge without its CA -> /rooms {json.dumps(up)}")
+            assert "certificate" in up["error"].lower() or "unknownissuer" in up["error"].lower(), up
+            assert not live_since(viewers[1], 0), "the edge without the CA showed publisher frames"
+        finally:
+            for v in viewers:
+                await v.close()
+            await pub.close()
 
     asyncio.run(run())
