@@ -161,8 +161,9 @@ export function outboundVideo(page) {
  *  under /dev/shm. `start()` waits for /healthz to report every process; `stop()` sends SIGTERM;
  *  `cleanup()` (for an `after` hook) kills whatever is left, by pid, and removes the runtime dir. */
 export class Sfu {
-  constructor({ workers = 2, name = "deadsfu" } = {}) {
+  constructor({ workers = 2, name = "deadsfu", args = [] } = {}) {
     this.workers = workers;
+    this.extraArgs = args;
     this.name = name;
     this.child = null;
     this.exited = null; // { code, signal } once it exited
@@ -202,6 +203,7 @@ export class Sfu {
       "--runtime-dir", this.runtimeDir,
       "--ingest-port", String(ingestPort),
       "--fanout-port", String(fanoutPort),
+      ...this.extraArgs,
       // Extra flags for the supervisor, shell-split on whitespace, e.g. `--log debug` (as tests/interop).
       ...(process.env.DEADSFU_EXTRA_ARGS || "").split(/\s+/).filter(Boolean),
     ];
