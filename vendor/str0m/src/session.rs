@@ -993,6 +993,7 @@ impl Session {
                 stream.handle_rtcp(now, fb);
             }
         }
+        release_drained(&mut self.feedback_rx);
 
         // Not in the above if due to lifetime issues, still okay because the method
         // doesn't do anything when BWE isn't configured.
@@ -1210,6 +1211,7 @@ impl Session {
         };
 
         let len = Rtcp::write_packet(&mut self.feedback_tx, &mut data, output);
+        release_drained(&mut self.feedback_tx);
 
         if len == 0 {
             return None;
@@ -1605,6 +1607,15 @@ fn update_max_seq(map: &mut HashMap<Ssrc, SeqNoWindow>, ssrc: Ssrc, seq_no: SeqN
     map.entry(ssrc)
         .and_modify(|window| window.update(seq_no))
         .or_insert_with(|| SeqNoWindow::new(seq_no));
+}
+
+/// Free an RTCP queue's buffer once it is drained (deadsfu patch). An `Rtcp` is large, a
+/// queue holds a few of them at a time and only briefly, and a session keeps its queues for
+/// its whole life: a buffer kept after the first compound packet would stay with the session.
+fn release_drained(queue: &mut VecDeque<Rtcp>) {
+    if queue.is_empty() && queue.capacity() > 0 {
+        queue.shrink_to(0);
+    }
 }
 
 #[cfg(test)]

@@ -1011,6 +1011,12 @@ impl PartialEq for UserExtensionValues {
 impl Eq for UserExtensionValues {}
 
 impl UserExtensionValues {
+    /// Whether no user value was ever set (deadsfu: lets the RTX cache keep a sent
+    /// packet's header compactly).
+    pub(crate) fn is_unset(&self) -> bool {
+        self.map.is_none()
+    }
+
     /// Set a user extension value.
     ///
     /// This uses the type of the value as "key", i.e. it can only hold a single

@@ -1,8 +1,10 @@
+use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 
 use crate::io::DATAGRAM_MAX_PACKET_SIZE;
-use crate::rtp_::SeqNo;
+use crate::packet::Vp8Patch;
+use crate::rtp_::{ExtensionValues, Mid, Pt, Rid, RtpHeader, SeqNo, Ssrc, VideoOrientation};
 
 use super::RtpPacket;
 use super::rtx_cache_buf::EvictingBuffer;
@@ -13,12 +15,149 @@ const RTX_CACHE_QUANTIZE_SLOTS: usize = DATAGRAM_MAX_PACKET_SIZE / RTX_CACHE_SIZ
 #[derive(Debug)]
 pub(crate) struct RtxCache {
     // Data, new additions here probably need to be cleared in [`clear`].
-    packet_by_seq_no: EvictingBuffer<RtpPacket>,
+    packet_by_seq_no: EvictingBuffer<CachedPacket>,
 
     // Technically we want [Option<SeqNo>; X] to indicate the absence of
     // a SeqNo. However We can half the storage space by using the sentinel
     // values SeqNo::MAX to indicate None
     seq_no_by_quantized_size: [SeqNo; RTX_CACHE_QUANTIZE_SLOTS],
+}
+
+/// What a resend needs of a sent packet (deadsfu patch).
+///
+/// A whole [`RtpPacket`] is about 430 bytes, most of it the [`RtpHeader`] with its CSRC array
+/// and [`ExtensionValues`], and the cache holds up to its size of them per stream. A resend
+/// (see `StreamTx::poll_packet`) reads the cached packet's header (cloned, then given the RTX
+/// PT, SSRC and sequence number), payload and VP8 patch, and its sequence number, which is the
+/// cache position. So the cache keeps those, with the header in the compact form a packet
+/// written by `StreamTx::write_rtp` has, and the whole header boxed for any other packet.
+/// [`CachedPacket::restore`] rebuilds the packet as it was cached, apart from what no resend
+/// reads: `time`, `timestamp` (when it was queued) and `header.header_len` (recomputed when
+/// the header is written).
+#[derive(Debug)]
+pub(crate) struct CachedPacket {
+    payload: Arc<[u8]>,
+    vp8_patch: Option<Vp8Patch>,
+    header: CachedHeader,
+}
+
+#[derive(Debug)]
+enum CachedHeader {
+    /// A header as `write_rtp` makes it: `RtpHeader::default()` apart from these fields, no
+    /// CSRC, the sequence number the low 16 bits of the packet's, and no extension values but
+    /// these.
+    Compact {
+        marker: bool,
+        payload_type: Pt,
+        timestamp: u32,
+        ssrc: Ssrc,
+        audio_level: Option<i8>,
+        voice_activity: Option<bool>,
+        video_orientation: Option<VideoOrientation>,
+        mid: Option<Mid>,
+        rid: Option<Rid>,
+    },
+    /// Any other header, as it was.
+    Full(Box<RtpHeader>),
+}
+
+impl CachedPacket {
+    fn new(packet: RtpPacket) -> Self {
+        let RtpPacket {
+            seq_no,
+            header,
+            payload,
+            vp8_patch,
+            ..
+        } = packet;
+        CachedPacket {
+            payload,
+            vp8_patch,
+            header: CachedHeader::new(seq_no, header),
+        }
+    }
+
+    pub fn payload_len(&self) -> usize {
+        self.payload.len()
+    }
+
+    /// Rebuild the packet as it was cached, into `out` (see [`CachedPacket`] for what is not).
+    pub fn restore(&self, seq_no: SeqNo, out: &mut RtpPacket) {
+        out.seq_no = seq_no;
+        out.payload = self.payload.clone();
+        out.vp8_patch = self.vp8_patch;
+        out.nackable = true;
+        out.last_sender_info = None;
+        match &self.header {
+            CachedHeader::Compact {
+                marker,
+                payload_type,
+                timestamp,
+                ssrc,
+                audio_level,
+                voice_activity,
+                video_orientation,
+                mid,
+                rid,
+            } => {
+                out.header = RtpHeader {
+                    marker: *marker,
+                    payload_type: *payload_type,
+                    sequence_number: *seq_no as u16,
+                    timestamp: *timestamp,
+                    ssrc: *ssrc,
+                    ext_vals: ExtensionValues {
+                        audio_level: *audio_level,
+                        voice_activity: *voice_activity,
+                        video_orientation: *video_orientation,
+                        mid: *mid,
+                        rid: *rid,
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                };
+            }
+            CachedHeader::Full(header) => out.header = (**header).clone(),
+        }
+    }
+}
+
+impl CachedHeader {
+    fn new(seq_no: SeqNo, header: RtpHeader) -> Self {
+        let d = RtpHeader::default();
+        let e = &header.ext_vals;
+        let compact = header.version == d.version
+            && header.has_padding == d.has_padding
+            && header.has_extension == d.has_extension
+            && header.csrc_count == 0
+            && header.csrc == d.csrc
+            && header.sequence_number == *seq_no as u16
+            && e.video_content_type.is_none()
+            && e.tx_time_offs.is_none()
+            && e.abs_send_time.is_none()
+            && e.abs_capture_time.is_none()
+            && e.transport_cc.is_none()
+            && e.play_delay_min.is_none()
+            && e.play_delay_max.is_none()
+            && e.video_timing.is_none()
+            && e.rid_repair.is_none()
+            && e.frame_mark.is_none()
+            && e.user_values.is_unset();
+        if !compact {
+            return CachedHeader::Full(Box::new(header));
+        }
+        CachedHeader::Compact {
+            marker: header.marker,
+            payload_type: header.payload_type,
+            timestamp: header.timestamp,
+            ssrc: header.ssrc,
+            audio_level: e.audio_level,
+            voice_activity: e.voice_activity,
+            video_orientation: e.video_orientation,
+            mid: e.mid,
+            rid: e.rid,
+        }
+    }
 }
 
 impl RtxCache {
@@ -33,7 +172,8 @@ impl RtxCache {
         assert!(packet.nackable);
         let seq_no = packet.seq_no;
         let quantized_size = packet.payload.len() / RTX_CACHE_SIZE_QUANTIZER;
-        self.packet_by_seq_no.push(*seq_no, now, packet);
+        self.packet_by_seq_no
+            .push(*seq_no, now, CachedPacket::new(packet));
         self.seq_no_by_quantized_size[quantized_size] = seq_no;
         self.remove_old_packets(now);
     }
@@ -42,11 +182,15 @@ impl RtxCache {
         Some(self.packet_by_seq_no.last_position()?.into())
     }
 
-    pub fn get_cached_packet_by_seq_no(&mut self, seq_no: SeqNo) -> Option<&mut RtpPacket> {
-        self.packet_by_seq_no.get_mut(*seq_no)
+    pub fn get_cached_packet_by_seq_no(&self, seq_no: SeqNo) -> Option<&CachedPacket> {
+        self.packet_by_seq_no.get(*seq_no)
     }
 
-    pub fn get_cached_packet_smaller_than(&mut self, max_size: usize) -> Option<&mut RtpPacket> {
+    /// The sequence number and entry of a cached packet smaller than `max_size`.
+    pub fn get_cached_packet_smaller_than(
+        &self,
+        max_size: usize,
+    ) -> Option<(SeqNo, &CachedPacket)> {
         let quantized_size = max_size / RTX_CACHE_SIZE_QUANTIZER;
 
         let seq_no = self.seq_no_by_quantized_size[..quantized_size]
@@ -55,7 +199,7 @@ impl RtxCache {
             .filter(|seq_no| !seq_no.is_max())
             .find(|seq_no| self.packet_by_seq_no.contains(***seq_no))?;
 
-        self.get_cached_packet_by_seq_no(*seq_no)
+        Some((*seq_no, self.get_cached_packet_by_seq_no(*seq_no)?))
     }
 
     fn remove_old_packets(&mut self, now: Instant) {
@@ -84,9 +228,33 @@ mod test {
         now + Duration::from_millis(millis)
     }
 
+    /// What a resend of the packet would carry: its sequence number, header and payload.
+    fn key(p: &RtpPacket) -> (SeqNo, RtpHeader, Vec<u8>) {
+        (p.seq_no, p.header.clone(), p.payload.to_vec())
+    }
+
+    fn restored(seq_no: SeqNo, c: &CachedPacket) -> (SeqNo, RtpHeader, Vec<u8>) {
+        let mut out = RtpPacket::blank();
+        c.restore(seq_no, &mut out);
+        key(&out)
+    }
+
+    fn by_seq(cache: &RtxCache, seq_no: u64) -> Option<(SeqNo, RtpHeader, Vec<u8>)> {
+        let c = cache.get_cached_packet_by_seq_no(seq_no.into())?;
+        Some(restored(seq_no.into(), c))
+    }
+
+    fn smaller(cache: &RtxCache, max_size: usize) -> Option<(SeqNo, RtpHeader, Vec<u8>)> {
+        let (seq_no, c) = cache.get_cached_packet_smaller_than(max_size)?;
+        Some(restored(seq_no, c))
+    }
+
     fn packet(now: Instant, seq_no: u64, millis: u64) -> RtpPacket {
         RtpPacket {
-            header: RtpHeader::default(),
+            header: RtpHeader {
+                sequence_number: seq_no as u16,
+                ..Default::default()
+            },
             seq_no: seq_no.into(),
             time: MediaTime::from_90khz(0),
             payload: millis.to_be_bytes().into(),
@@ -102,14 +270,8 @@ mod test {
         let now = Instant::now();
         let mut rtx_cache = RtxCache::new(0, Duration::from_secs(3));
         rtx_cache.cache_sent_packet(packet(now, 1, 10), after(now, 10));
-        assert_eq!(
-            Some(&mut packet(now, 1, 10)),
-            rtx_cache.get_cached_packet_by_seq_no(1.into())
-        );
-        assert_eq!(
-            Some(&mut packet(now, 1, 10)),
-            rtx_cache.get_cached_packet_smaller_than(1000)
-        );
+        assert_eq!(Some(key(&packet(now, 1, 10))), by_seq(&rtx_cache, 1));
+        assert_eq!(Some(key(&packet(now, 1, 10))), smaller(&rtx_cache, 1000));
     }
 
     #[test]
@@ -117,8 +279,8 @@ mod test {
         let now = Instant::now();
         let mut rtx_cache = RtxCache::new(10, Duration::from_secs(0));
         rtx_cache.cache_sent_packet(packet(now, 1, 10), after(now, 10));
-        assert_eq!(None, rtx_cache.get_cached_packet_by_seq_no(1.into()));
-        assert_eq!(None, rtx_cache.get_cached_packet_smaller_than(1000));
+        assert_eq!(None, by_seq(&rtx_cache, 1));
+        assert_eq!(None, smaller(&rtx_cache, 1000));
     }
 
     #[test]
@@ -126,24 +288,12 @@ mod test {
         let now = Instant::now();
         let mut rtx_cache = RtxCache::new(1, Duration::from_secs(3));
         rtx_cache.cache_sent_packet(packet(now, 1, 10), after(now, 10));
-        assert_eq!(
-            Some(&mut packet(now, 1, 10)),
-            rtx_cache.get_cached_packet_by_seq_no(1.into())
-        );
-        assert_eq!(
-            Some(&mut packet(now, 1, 10)),
-            rtx_cache.get_cached_packet_smaller_than(1000)
-        );
-        assert_eq!(
-            Some(&mut packet(now, 1, 10)),
-            rtx_cache.get_cached_packet_smaller_than(25)
-        );
-        assert_eq!(None, rtx_cache.get_cached_packet_smaller_than(24));
+        assert_eq!(Some(key(&packet(now, 1, 10))), by_seq(&rtx_cache, 1));
+        assert_eq!(Some(key(&packet(now, 1, 10))), smaller(&rtx_cache, 1000));
+        assert_eq!(Some(key(&packet(now, 1, 10))), smaller(&rtx_cache, 25));
+        assert_eq!(None, smaller(&rtx_cache, 24));
         rtx_cache.cache_sent_packet(packet(now, 2, 20), after(now, 20));
-        assert_eq!(
-            Some(&mut packet(now, 2, 20)),
-            rtx_cache.get_cached_packet_by_seq_no(2.into())
-        );
+        assert_eq!(Some(key(&packet(now, 2, 20))), by_seq(&rtx_cache, 2));
     }
 
     #[test]
@@ -158,12 +308,9 @@ mod test {
             rtx_cache.cache_sent_packet(pkt, now);
         }
 
-        assert_eq!(
-            Some(&mut packet(now, 200, 2000)),
-            rtx_cache.get_cached_packet_by_seq_no(200.into())
-        );
-        assert_eq!(None, rtx_cache.get_cached_packet_by_seq_no(100.into()));
-        assert_eq!(None, rtx_cache.get_cached_packet_by_seq_no(101.into()));
+        assert_eq!(Some(key(&packet(now, 200, 2000))), by_seq(&rtx_cache, 200));
+        assert_eq!(None, by_seq(&rtx_cache, 100));
+        assert_eq!(None, by_seq(&rtx_cache, 101));
     }
 
     #[test]
@@ -178,15 +325,56 @@ mod test {
             rtx_cache.cache_sent_packet(pkt, now);
         }
 
-        assert_eq!(None, rtx_cache.get_cached_packet_by_seq_no(99.into()));
+        assert_eq!(None, by_seq(&rtx_cache, 99));
 
-        assert_eq!(
-            Some(&mut packet(now, 100, 1000)),
-            rtx_cache.get_cached_packet_by_seq_no(100.into())
-        );
-        assert_eq!(
-            Some(&mut packet(now, 200, 2000)),
-            rtx_cache.get_cached_packet_by_seq_no(200.into())
-        );
+        assert_eq!(Some(key(&packet(now, 100, 1000))), by_seq(&rtx_cache, 100));
+        assert_eq!(Some(key(&packet(now, 200, 2000))), by_seq(&rtx_cache, 200));
+    }
+
+    #[test]
+    fn rtx_cache_restores_headers() {
+        let now = Instant::now();
+        let mut rtx_cache = RtxCache::new(10, Duration::from_secs(3));
+
+        // As write_rtp makes it, with the extension values kept compactly.
+        let mut compact = packet(now, 1, 10);
+        compact.header.marker = true;
+        compact.header.payload_type = 96.into();
+        compact.header.timestamp = 123_456;
+        compact.header.ssrc = 42.into();
+        compact.header.ext_vals.audio_level = Some(-30);
+        compact.header.ext_vals.voice_activity = Some(true);
+        compact.header.ext_vals.video_orientation = Some(VideoOrientation::Deg90);
+        compact.header.ext_vals.mid = Some("1".into());
+        compact.header.ext_vals.rid = Some("h".into());
+        let want_compact = key(&compact);
+        rtx_cache.cache_sent_packet(compact, after(now, 10));
+        assert!(matches!(
+            rtx_cache
+                .get_cached_packet_by_seq_no(1.into())
+                .unwrap()
+                .header,
+            CachedHeader::Compact { .. }
+        ));
+
+        // Anything else is kept whole.
+        let mut full = packet(now, 2, 20);
+        full.header.csrc_count = 2;
+        full.header.csrc[0] = 7;
+        full.header.csrc[1] = 8;
+        full.header.ext_vals.frame_mark = Some(3);
+        full.header.ext_vals.mid = Some("1".into());
+        let want_full = key(&full);
+        rtx_cache.cache_sent_packet(full, after(now, 20));
+        assert!(matches!(
+            rtx_cache
+                .get_cached_packet_by_seq_no(2.into())
+                .unwrap()
+                .header,
+            CachedHeader::Full(_)
+        ));
+
+        assert_eq!(Some(want_compact), by_seq(&rtx_cache, 1));
+        assert_eq!(Some(want_full), by_seq(&rtx_cache, 2));
     }
 }

@@ -14,7 +14,11 @@ use crate::util::already_happened;
 /// overwrite an entry that has not been evicted due to age, the buffer grows.
 #[derive(Debug)]
 pub struct EvictingBuffer<T> {
+    /// Empty until the first push (deadsfu patch: a stream that never caches a packet, such as
+    /// an audio stream, does not pay for the initial slots).
     buf: Vec<Option<Entry<T>>>,
+    /// The size `buf` starts with at the first push.
+    initial_size: usize,
     /// How long to keep entries for.
     max_age: Duration,
     /// The maximum size allowed to grow to. Once this sized is reached, new pushed
@@ -53,7 +57,8 @@ impl<T> EvictingBuffer<T> {
     /// Creates a new buffer with an initial size.
     pub fn new(initial_size: usize, max_age: Duration, max_size: usize) -> Self {
         Self {
-            buf: prepare_buf(initial_size),
+            buf: Vec::new(),
+            initial_size,
             max_age,
             max_size,
             last_position: None,
@@ -68,7 +73,13 @@ impl<T> EvictingBuffer<T> {
 
     #[inline(always)]
     fn is_inert(&self) -> bool {
-        self.buf.is_empty() || self.max_age.is_zero()
+        self.initial_size == 0 || self.max_age.is_zero()
+    }
+
+    /// Nothing was ever pushed, so there is nothing to find.
+    #[inline(always)]
+    fn is_unallocated(&self) -> bool {
+        self.buf.is_empty()
     }
 
     /// Push a new entry.
@@ -97,6 +108,10 @@ impl<T> EvictingBuffer<T> {
             return;
         }
 
+        if self.is_unallocated() {
+            self.buf = prepare_buf(self.initial_size);
+        }
+
         let mut index = self.index_for_position(position);
 
         if let Some(entry) = &self.buf[index] {
@@ -121,7 +136,7 @@ impl<T> EvictingBuffer<T> {
     /// Get the entry for the previously inserted position.
     #[allow(unused)]
     pub fn get(&self, position: u64) -> Option<&T> {
-        if self.is_inert() {
+        if self.is_inert() || self.is_unallocated() {
             return None;
         }
 
@@ -134,8 +149,9 @@ impl<T> EvictingBuffer<T> {
         None
     }
 
+    #[allow(unused)]
     pub fn get_mut(&mut self, position: u64) -> Option<&mut T> {
-        if self.is_inert() {
+        if self.is_inert() || self.is_unallocated() {
             return None;
         }
 
@@ -228,7 +244,7 @@ impl<T> EvictingBuffer<T> {
     }
 
     pub fn contains(&self, position: u64) -> bool {
-        if self.is_inert() {
+        if self.is_inert() || self.is_unallocated() {
             return false;
         }
 
@@ -382,5 +398,20 @@ mod test {
         assert_eq!(buf.get(2), Some(&'A'));
         assert_eq!(buf.get(3), Some(&'B'));
         assert_eq!(buf.get(4), Some(&'C'));
+    }
+
+    #[test]
+    fn allocates_on_first_push() {
+        let mut buf = EvictingBuffer::new(4, Duration::from_secs(10), 10);
+        let now = Instant::now();
+        assert!(buf.buf.is_empty());
+        assert_eq!(buf.get(5), None);
+        assert!(!buf.contains(5));
+        assert_eq!(buf.last(), None);
+        buf.maybe_evict(now);
+
+        buf.push(5, now + Duration::from_secs(1), 'A');
+        assert_eq!(buf.buf.len(), 4);
+        assert_eq!(buf.get(5), Some(&'A'));
     }
 }

@@ -145,6 +145,10 @@ pub struct StreamTx {
     /// sending spurious resends as padding.
     rtx_cache: RtxCache,
 
+    /// A resend's packet, rebuilt from its compact [`RtxCache`] entry (deadsfu patch). Made on
+    /// the first resend; its payload is released once the resend is written.
+    resend_packet: Option<Box<RtpPacket>>,
+
     /// Determines retransmitted bytes ratio value to clear queued resends.
     rtx_ratio_cap: Option<f32>,
 
@@ -380,6 +384,7 @@ impl StreamTx {
             padding: 0,
             blank_packet: RtpPacket::blank(),
             rtx_cache: RtxCache::new(2000, DEFAULT_RTX_CACHE_DURATION),
+            resend_packet: None,
             rtx_ratio_cap: DEFAULT_RTX_RATIO_CAP,
             last_sender_report: already_happened(),
             pending_request_keyframe: None,
@@ -622,6 +627,7 @@ impl StreamTx {
             if pop_send_queue {
                 self.send_queue.pop(now);
             }
+            self.release_resend_payload();
 
             return None;
         };
@@ -787,6 +793,7 @@ impl StreamTx {
         if next.kind == NextPacketKind::Regular {
             self.last_sent_seq_no = seq_no;
         }
+        self.release_resend_payload();
 
         self.last_used = now;
 
@@ -822,6 +829,16 @@ impl StreamTx {
             is_padding,
             payload_size: body_len,
         })
+    }
+
+    /// Drop the last resend's reference to its payload, which the RTX cache may otherwise
+    /// have evicted already (deadsfu patch).
+    fn release_resend_payload(&mut self) {
+        if let Some(pkt) = &mut self.resend_packet {
+            if !pkt.payload.is_empty() {
+                pkt.payload = Arc::default();
+            }
+        }
     }
 
     fn rtx_ratio_downsampled(&mut self, now: Instant) -> f32 {
@@ -871,7 +888,7 @@ impl StreamTx {
             }
         }
 
-        let seq_no = loop {
+        let (orig_seq_no, cached) = loop {
             let resend = self.resends.pop_front()?;
 
             let pkt = self.rtx_cache.get_cached_packet_by_seq_no(resend.seq_no);
@@ -882,15 +899,15 @@ impl StreamTx {
                 continue;
             };
 
-            // Cached packets must be nackable. This is ensured before adding the
-            // entry to the self.rtx_cache.
-            assert!(pkt.nackable);
-
-            break pkt.seq_no;
+            // Cached packets are nackable: this is ensured before adding the
+            // entry to the self.rtx_cache, and restore() sets it.
+            break (resend.seq_no, pkt);
         };
 
-        // Borrow checker gymnastics.
-        let pkt = self.rtx_cache.get_cached_packet_by_seq_no(seq_no).unwrap();
+        let pkt = self
+            .resend_packet
+            .get_or_insert_with(|| Box::new(RtpPacket::blank()));
+        cached.restore(orig_seq_no, pkt);
 
         let len = pkt.payload.len() as u64;
         self.stats.update_packet_counts(len, true);
@@ -899,8 +916,6 @@ impl StreamTx {
         }
 
         let seq_no = self.seq_no_rtx.inc();
-
-        let orig_seq_no = pkt.seq_no;
 
         Some(NextPacket {
             kind: NextPacketKind::Resend(orig_seq_no),
@@ -947,12 +962,18 @@ impl StreamTx {
                 // is a headroom since we can accept slightly larger padding than asked for.
                 let max_size = (self.padding * 2).min(self.mtu_warn - MAX_RTP_OVERHEAD);
 
-                let Some(pkt) = self.rtx_cache.get_cached_packet_smaller_than(max_size) else {
+                let Some((orig_seq_no, cached)) =
+                    self.rtx_cache.get_cached_packet_smaller_than(max_size)
+                else {
                     // Couldn't find spurious packet, try a blank packet instead.
                     break 'outer;
                 };
 
-                let orig_seq_no = pkt.seq_no;
+                let pkt = self
+                    .resend_packet
+                    .get_or_insert_with(|| Box::new(RtpPacket::blank()));
+                cached.restore(orig_seq_no, pkt);
+
                 let seq_no = self.seq_no_rtx.inc();
 
                 self.padding = self.padding.saturating_sub(pkt.payload.len());
@@ -1072,7 +1093,7 @@ impl StreamTx {
             let resend = Resend {
                 seq_no,
                 queued_at: now,
-                payload_size: packet.payload.len(),
+                payload_size: packet.payload_len(),
             };
             self.resends.push_back(resend);
         }
@@ -1324,6 +1345,7 @@ impl StreamTx {
         self.send_queue.clear();
         self.queue_info = None;
         self.rtx_cache.clear();
+        self.release_resend_payload();
         self.resends.clear();
         self.padding = 0;
     }
