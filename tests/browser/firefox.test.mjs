@@ -11,7 +11,7 @@ import fs from "node:fs";
 import path from "node:path";
 import puppeteer from "puppeteer-core";
 import {
-  ARTIFACTS, Sfu, closeAllBrowsers, fatal, inboundVideo, launchBrowser, openPage, pidAlive, until,
+  ARTIFACTS, Sfu, closeAllBrowsers, fatal, inboundVideo, launchBrowser, openPage, pidAlive, until, pageState,
 } from "./harness.mjs";
 
 const FIREFOX = process.env.FIREFOX || "/usr/bin/firefox-esr";
@@ -63,14 +63,6 @@ async function firefoxPage(name) {
   return page;
 }
 
-function pageState(page) {
-  return page.evaluate(() => ({
-    state: document.querySelector("#state")?.dataset.state,
-    text: document.querySelector("#state")?.textContent,
-    error: document.querySelector("#error")?.textContent,
-    pc: window.pc ? window.pc.connectionState : null,
-  }));
-}
 
 /** The viewer page's <video> now: size, paused, frames presented (requestVideoFrameCallback, counted from the
  *  first call) and frames decoded (inbound-rtp). */

@@ -13,7 +13,7 @@ import fs from "node:fs";
 import path from "node:path";
 import {
   ARTIFACTS, Sfu, closeAllBrowsers, fatal, inboundVideo, launchBrowser as launch, openPage as open, outboundVideo,
-  pidAlive, until, SIGTERM_GRACE_MS,
+  pidAlive, until, SIGTERM_GRACE_MS, pageState,
 } from "./harness.mjs";
 
 const WORKERS = 2;
@@ -66,15 +66,6 @@ async function openPage(context, name) {
   return page;
 }
 
-function pageState(page) {
-  return page.evaluate(() => ({
-    state: document.querySelector("#state")?.dataset.state,
-    text: document.querySelector("#state")?.textContent,
-    error: document.querySelector("#error")?.textContent,
-    pc: window.pc ? window.pc.connectionState : null,
-    ice: window.pc ? window.pc.iceConnectionState : null,
-  }));
-}
 
 /** Opens the viewer page on `context` and asserts that it plays the room. */
 async function watchRoom(context, name, publisher) {

@@ -106,6 +106,18 @@ export function pidAlive(pid) {
 // stats of the page's `window.pc`
 
 /** Reads the inbound-rtp video stats of the page's `window.pc` (or null). */
+/** What a page's state line and connection say (either page, Chromium or Firefox). */
+export function pageState(page) {
+  return page.evaluate(() => ({
+    state: document.querySelector("#state")?.dataset.state,
+    text: document.querySelector("#state")?.textContent,
+    error: document.querySelector("#error")?.textContent,
+    pc: window.pc ? window.pc.connectionState : null,
+    ice: window.pc ? window.pc.iceConnectionState : null,
+    url: location.search,
+  }));
+}
+
 export function inboundVideo(page) {
   return page.evaluate(async () => {
     if (!window.pc) return null;

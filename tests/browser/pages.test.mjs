@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
 import {
-  ARTIFACTS, Sfu, closeAllBrowsers, fatal, inboundVideo, launchBrowser, openPage, pidAlive, until,
+  ARTIFACTS, Sfu, closeAllBrowsers, fatal, inboundVideo, launchBrowser, openPage, pidAlive, until, pageState,
 } from "./harness.mjs";
 
 const ROOM_A = { name: "pagesa", width: 640, height: 360 };
@@ -33,15 +33,6 @@ after(async () => {
   await sfu.cleanup();
 });
 
-function pageState(page) {
-  return page.evaluate(() => ({
-    state: document.querySelector("#state")?.dataset.state,
-    text: document.querySelector("#state")?.textContent,
-    error: document.querySelector("#error")?.textContent,
-    pc: window.pc ? window.pc.connectionState : null,
-    url: location.search,
-  }));
-}
 
 /** What the viewer's <video> shows: its size, whether it plays, and frames decoded per getStats. */
 async function viewerNow(page) {

@@ -15,7 +15,7 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
 import {
-  ARTIFACTS, Sfu, closeAllBrowsers, fatal, inboundVideo, launchBrowser, openPage, pidAlive, until,
+  ARTIFACTS, Sfu, closeAllBrowsers, fatal, inboundVideo, launchBrowser, openPage, pidAlive, until, pageState,
 } from "./harness.mjs";
 
 const sfu = new Sfu({ workers: 1, name: "deadsfu" });
@@ -36,14 +36,6 @@ after(async () => {
   await sfu.cleanup();
 });
 
-function pageState(page) {
-  return page.evaluate(() => ({
-    state: document.querySelector("#state")?.dataset.state,
-    text: document.querySelector("#state")?.textContent,
-    error: document.querySelector("#error")?.textContent,
-    pc: window.pc ? window.pc.connectionState : null,
-  }));
-}
 
 /** Steps as subtests of `t`, each screenshotting the pages in `pages` when it fails. */
 function stepper(t, pages) {
