@@ -14,7 +14,7 @@
 //!
 //! [`Fanout`] never touches a socket or a clock itself; [`run`] is the loop around it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -52,6 +52,8 @@ const READ_BUDGET: usize = 512;
 /// a cached GOP goes out at up to about 4000 packets a second, far above any stream's rate so the viewer
 /// catches up in a fraction of a second, yet in bursts the socket buffers on both ends absorb.
 const REPLAY_BUDGET: usize = 4;
+/// Payloads read live that a room keeps for replays: about 5 s of a 1.5 Mbit/s stream, at most ~1.5 MB.
+const RECENT_PAYLOADS: usize = 1024;
 /// Retransmission memory per viewer video stream: the last 128 packets, none older than 1 s. A NACK comes one
 /// round trip (plus a packet interval) after the packet left, and again each round trip after: 128 packets
 /// are 0.85 s at 150 packets/s (1.3 Mbit/s of ~1100-byte packets), three tries at a 250 ms round trip; a live
@@ -105,6 +107,9 @@ struct RoomFeed {
     viewers: Vec<SessionKey>,
     /// The viewers whose replay runs: a turn looks at these only, not at every viewer.
     replaying: Vec<SessionKey>,
+    /// The payloads of the newest packets read live, by ring position: a replay sends these rather than a
+    /// copy of its own, so viewers joining together share one copy of the GOP (in their RTX caches too).
+    recent: VecDeque<(u64, Arc<[u8]>)>,
     next_open: Instant,
     next_check: Instant,
     /// The worker index whose wake-up bit this feed set in the ring.
@@ -348,7 +353,8 @@ impl Fanout {
                         break;
                     }
                     if meta.kind == MediaKind::Video {
-                        let payload: Arc<[u8]> = Arc::from(&self.buf[..len]);
+                        let pos = cursor.last_position().expect("a packet was just read");
+                        let payload = shared_payload(&feed.recent, pos).unwrap_or_else(|| Arc::from(&self.buf[..len]));
                         let pace = Pace::Replay;
                         if deliver(session, &feed.codecs, feed.codecs_version, &meta, &payload, now, now_ns, pace) {
                             wrote = true;
@@ -373,6 +379,15 @@ impl Fanout {
                 }
                 let Some((meta, len)) = feed.cursor.next(reader, &mut self.buf) else { break };
                 let payload: Arc<[u8]> = Arc::from(&self.buf[..len]);
+                let pos = feed.cursor.last_position().expect("a packet was just read");
+                if feed.recent.back().is_some_and(|(last, _)| *last + 1 != pos) {
+                    // Lapped and resynced: keep the positions contiguous.
+                    feed.recent.clear();
+                }
+                if feed.recent.len() == RECENT_PAYLOADS {
+                    feed.recent.pop_front();
+                }
+                feed.recent.push_back((pos, payload.clone()));
                 for &key in &feed.viewers {
                     let Some(session) = self.host.get_mut(key) else { continue };
                     if deliver(session, &feed.codecs, feed.codecs_version, &meta, &payload, now, now_ns, Pace::Live) {
@@ -481,6 +496,7 @@ fn feed<'a>(
         codecs_version: u64::MAX,
         viewers: Vec::new(),
         replaying: Vec::new(),
+        recent: VecDeque::new(),
         next_open: now,
         next_check: now,
         wake_bit: None,
@@ -515,6 +531,7 @@ impl RoomFeed {
                 Ok(reader) => {
                     tracing::debug!(path = %self.path.display(), "ring opened");
                     self.cursor = RingCursor::at(reader.head());
+                    self.recent.clear();
                     self.codecs_version = u64::MAX;
                     reader.heartbeat(process::unix_ms());
                     reader.want_wake(index);
@@ -575,6 +592,13 @@ impl RoomFeed {
         self.viewers.retain(|k| *k != key);
         self.replaying.retain(|k| *k != key);
     }
+}
+
+/// The payload read live at ring position `pos`, if it is still kept.
+fn shared_payload(recent: &VecDeque<(u64, Arc<[u8]>)>, pos: u64) -> Option<Arc<[u8]>> {
+    let first = recent.front()?.0;
+    let (at, payload) = recent.get(usize::try_from(pos.checked_sub(first)?).ok()?)?;
+    (*at == pos).then(|| payload.clone())
 }
 
 /// The viewer's payload type for a ring payload type, if it negotiated that codec.
@@ -695,4 +719,23 @@ pub fn run(cfg: &Config, index: u32) -> Result<(), StartError> {
         wake_socket: Some(paths::fanout_wake_socket(&runtime_dir, index)),
     };
     process::run(endpoints, |candidates, _waker, now| Fanout::new(index, runtime_dir.clone(), candidates, now))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replays_find_the_payloads_read_live_by_position() {
+        let mut recent: VecDeque<(u64, Arc<[u8]>)> = VecDeque::new();
+        assert!(shared_payload(&recent, 5).is_none());
+        for pos in 10..20u64 {
+            recent.push_back((pos, Arc::from(&[pos as u8][..])));
+        }
+        let p = shared_payload(&recent, 13).expect("kept");
+        assert_eq!(&*p, &[13u8]);
+        assert!(Arc::ptr_eq(&p, &recent[3].1), "the same allocation, not a copy");
+        assert!(shared_payload(&recent, 9).is_none(), "older than kept");
+        assert!(shared_payload(&recent, 20).is_none(), "not read yet");
+    }
 }
