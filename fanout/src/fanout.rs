@@ -52,8 +52,10 @@ const READ_BUDGET: usize = 512;
 /// a cached GOP goes out at up to about 4000 packets a second, far above any stream's rate so the viewer
 /// catches up in a fraction of a second, yet in bursts the socket buffers on both ends absorb.
 const REPLAY_BUDGET: usize = 4;
-/// Payloads read live that a room keeps for replays: about 5 s of a 1.5 Mbit/s stream, at most ~1.5 MB.
+/// Payloads read live that a room keeps for replays: those from its newest keyframe on (less
+/// [`KEYFRAME_MARGIN`] positions), and at most this many: about 5 s of a 1.5 Mbit/s stream, ~1.5 MB.
 const RECENT_PAYLOADS: usize = 1024;
+const KEYFRAME_MARGIN: u64 = 16;
 /// Retransmission memory per viewer video stream: the last 128 packets, none older than 1 s. A NACK comes one
 /// round trip (plus a packet interval) after the packet left, and again each round trip after: 128 packets
 /// are 0.85 s at 150 packets/s (1.3 Mbit/s of ~1100-byte packets), three tries at a 250 ms round trip; a live
@@ -393,6 +395,14 @@ impl Fanout {
                     if deliver(session, &feed.codecs, feed.codecs_version, &meta, &payload, now, now_ns, Pace::Live) {
                         self.host.touch(key);
                     }
+                }
+            }
+            // Replays start at the newest keyframe (of the viewer's codec: a slate's keyframes of its codecs
+            // are written together, a few positions apart), so older payloads need not be kept.
+            if let Some(keyframe) = reader.latest_keyframe() {
+                let keep_from = keyframe.saturating_sub(KEYFRAME_MARGIN);
+                while feed.recent.front().is_some_and(|(pos, _)| *pos < keep_from) {
+                    feed.recent.pop_front();
                 }
             }
         }
