@@ -6,7 +6,7 @@
 
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
-import { Sfu, closeAllBrowsers, inboundVideo, launchBrowser, openPage, until } from "./harness.mjs";
+import { Sfu, inboundVideo, launchBrowser, openPage, until, finish } from "./harness.mjs";
 
 const origin = new Sfu({ workers: 1, name: "origin", args: ["--view-token", "origin-secret"] });
 let edge = null;
@@ -14,15 +14,7 @@ let badEdge = null;
 const pageLog = [];
 let failed = false;
 
-after(async () => {
-  await closeAllBrowsers();
-  for (const s of [origin, edge, badEdge].filter(Boolean)) {
-    if (failed) s.dump("test failed");
-    await s.stop();
-    await s.cleanup();
-  }
-  if (failed) console.error(`\n----- page log -----\n${pageLog.join("\n")}\n-----`);
-});
+after(() => finish([origin, edge, badEdge], { failed, pageLog }));
 
 function stateText(page) {
   return page.evaluate(() => document.querySelector("#state")?.textContent || "");

@@ -351,6 +351,20 @@ export async function closeAllBrowsers() {
   for (const b of [...openBrowsers]) await b.close();
 }
 
+/** The end of a test file: closes the browsers, prints the page log and the SFUs' output if the test failed,
+ *  and stops the SFUs. A test that killed a process asks each SFU for its current pids first, so cleanup()
+ *  knows the restarted ones. */
+export async function finish(sfus, { failed, pageLog }) {
+  await closeAllBrowsers();
+  if (failed) console.error(`\n----- page log -----\n${pageLog.join("\n") || "(nothing)"}\n----- end of page log -----`);
+  for (const sfu of sfus.filter(Boolean)) {
+    if (failed) sfu.dump("test failed");
+    if (sfu.child && !sfu.exited) sfu.health = (await sfu.healthz().catch(() => null)) || sfu.health;
+    await sfu.stop();
+    await sfu.cleanup();
+  }
+}
+
 /** A page of `context` (its first blank one if any) whose console, errors and failed requests land in `log`. */
 export async function openPage(context, name, log) {
   const page = context.pages().find((p) => p.url() === "about:blank") || (await context.newPage());

@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
 import {
-  ARTIFACTS, Sfu, closeAllBrowsers, fatal, inboundVideo, launchBrowser, openPage, pidAlive, until, pageState,
+  ARTIFACTS, Sfu, fatal, inboundVideo, launchBrowser, openPage, pidAlive, until, pageState, finish,
 } from "./harness.mjs";
 
 const ROOM_A = { name: "pagesa", width: 640, height: 360 };
@@ -21,17 +21,7 @@ const pageLog = [];
 const foreign = [];
 let failures = 0;
 
-after(async () => {
-  await closeAllBrowsers();
-  if (failures) {
-    console.error(`\n----- page log -----\n${pageLog.join("\n") || "(nothing)"}\n----- end of page log -----`);
-    sfu.dump("test failed");
-  }
-  // The worker the test killed was restarted under a new pid: let cleanup() know every current one.
-  if (sfu.child && !sfu.exited) sfu.health = (await sfu.healthz().catch(() => null)) || sfu.health;
-  await sfu.stop();
-  await sfu.cleanup();
-});
+after(() => finish([sfu], { failed: failures > 0, pageLog }));
 
 
 /** What the viewer's <video> shows: its size, whether it plays, and frames decoded per getStats. */

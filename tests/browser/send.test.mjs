@@ -15,7 +15,7 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
 import {
-  ARTIFACTS, Sfu, closeAllBrowsers, fatal, inboundVideo, launchBrowser, openPage, pidAlive, until, pageState,
+  ARTIFACTS, Sfu, fatal, inboundVideo, launchBrowser, openPage, pidAlive, until, pageState, finish,
 } from "./harness.mjs";
 
 const sfu = new Sfu({ workers: 1, name: "deadsfu" });
@@ -24,17 +24,7 @@ const foreign = [];
 let failures = 0;
 let browser = null;
 
-after(async () => {
-  await closeAllBrowsers();
-  if (failures) {
-    console.error(`\n----- page log -----\n${pageLog.join("\n") || "(nothing)"}\n----- end of page log -----`);
-    sfu.dump("test failed");
-  }
-  // Ingest was restarted under a new pid: let cleanup() know every current one.
-  if (sfu.child && !sfu.exited) sfu.health = (await sfu.healthz().catch(() => null)) || sfu.health;
-  await sfu.stop();
-  await sfu.cleanup();
-});
+after(() => finish([sfu], { failed: failures > 0, pageLog }));
 
 
 /** Steps as subtests of `t`, each screenshotting the pages in `pages` when it fails. */
