@@ -24,7 +24,7 @@ use deadsfu_media::host::{Session, SessionHost, SessionKey};
 use deadsfu_media::process::{self, Core, Endpoints, StartError};
 use deadsfu_media::{codec, offer};
 use shm_proto::config::Config;
-use shm_proto::control::{ErrorKind, ProcessStatus, Request, Response, Role, RoomStatus};
+use shm_proto::control::{ErrorKind, ProcessMetrics, ProcessStatus, Request, Response, Role, RoomStatus};
 use shm_proto::ring::{CodecEntry, MediaKind, PacketMeta, RingCursor, RingReader};
 use shm_proto::{paths, RoomName};
 use str0m::format::CodecConfig;
@@ -61,9 +61,12 @@ const KEYFRAME_MARGIN: u64 = 16;
 /// are 0.85 s at 150 packets/s (1.3 Mbit/s of ~1100-byte packets), three tries at a 250 ms round trip; a live
 /// viewer's jitter buffer holds well under a second, so an older packet would come too late to be played.
 /// The payloads are shared with every other viewer of the room; a viewer's own cost is str0m's bookkeeping,
-/// ~430 bytes a packet (55 KB; `media/examples/session_memory.rs`).
+/// ~96 bytes a packet (12 KB; `vendor/str0m/DEADSFU-PATCH.md`, `media/examples/session_memory.rs`).
 const RTX_CACHE_PACKETS: usize = 128;
 const RTX_CACHE_AGE: Duration = Duration::from_secs(1);
+/// A worker whose live feed of a room is this far behind the ring's writer (it was short of CPU) skips to the
+/// newest keyframe: its viewers lose what lies between rather than watch ever older video.
+const MAX_LAG: Duration = Duration::from_secs(1);
 /// A viewer that sends nothing (no RTCP, no consent checks) for this long is gone. Browsers send receiver
 /// reports about every second and consent checks every few seconds.
 const VIEWER_TIMEOUT: Duration = Duration::from_secs(15);
@@ -144,6 +147,11 @@ pub struct Fanout {
     next_silence_check: Instant,
     /// Stopping: no new viewers.
     draining: bool,
+    /// RTP packets written to viewers: live, and replayed to joining ones.
+    packets_live: u64,
+    packets_replayed: u64,
+    /// Times a live feed fell [`MAX_LAG`] behind and skipped to the newest keyframe.
+    lag_skips: u64,
 }
 
 impl Fanout {
@@ -162,6 +170,9 @@ impl Fanout {
             backlog: false,
             next_silence_check: now + SILENCE_CHECK,
             draining: false,
+            packets_live: 0,
+            packets_replayed: 0,
+            lag_skips: 0,
         }
     }
 
@@ -318,6 +329,7 @@ impl Fanout {
     /// Reads what is new in every ring with viewers and writes it into their sessions.
     fn pump(&mut self, now: Instant) {
         let now_ns = now.duration_since(self.t0).as_nanos() as u64;
+        let stale_before = process::unix_ns().saturating_sub(MAX_LAG.as_nanos() as u64);
         self.replaying = false;
         self.backlog = false;
         for feed in self.rooms.values_mut() {
@@ -331,6 +343,7 @@ impl Fanout {
             // which it soon reaches (it is far faster than any stream), and then it joins live at exactly the
             // next packet.
             let mut replaying = std::mem::take(&mut feed.replaying);
+            let mut replayed = 0;
             replaying.retain(|&key| {
                 let Some(session) = self.host.get_mut(key) else { return false };
                 let Some(mut cursor) = session.app.replay.take() else { return false };
@@ -364,6 +377,7 @@ impl Fanout {
                         }
                     }
                 }
+                replayed += sent;
                 if !done {
                     session.app.replay = Some(cursor);
                     self.replaying = true;
@@ -374,14 +388,24 @@ impl Fanout {
                 !done
             });
             feed.replaying = replaying;
+            self.packets_replayed += replayed as u64;
             for n in 0..=READ_BUDGET {
                 if n == READ_BUDGET {
                     self.backlog = true;
                     break;
                 }
                 let Some((meta, len)) = feed.cursor.next(reader, &mut self.buf) else { break };
-                let payload: Arc<[u8]> = Arc::from(&self.buf[..len]);
                 let pos = feed.cursor.last_position().expect("a packet was just read");
+                if meta.arrival_unix_ns < stale_before {
+                    if let Some(keyframe) = reader.latest_keyframe().filter(|&k| k > pos) {
+                        tracing::warn!(room = %feed.path.display(), skipped = keyframe - pos, "fell over {MAX_LAG:?} \
+                            behind the ring (short of CPU?); skipping to the newest keyframe");
+                        feed.cursor.skip_to(keyframe);
+                        self.lag_skips += 1;
+                        continue;
+                    }
+                }
+                let payload: Arc<[u8]> = Arc::from(&self.buf[..len]);
                 if feed.recent.back().is_some_and(|(last, _)| *last + 1 != pos) {
                     // Lapped and resynced: keep the positions contiguous.
                     feed.recent.clear();
@@ -394,6 +418,7 @@ impl Fanout {
                     let Some(session) = self.host.get_mut(key) else { continue };
                     if deliver(session, &feed.codecs, feed.codecs_version, &meta, &payload, now, now_ns, Pace::Live) {
                         self.host.touch(key);
+                        self.packets_live += 1;
                     }
                 }
             }
@@ -487,6 +512,13 @@ impl Core for Fanout {
 
     fn has_work(&self) -> bool {
         self.host.has_dirty() || self.backlog
+    }
+
+    fn metrics(&self, m: &mut ProcessMetrics) {
+        m.sessions = self.host.len() as u32;
+        m.viewer_packets_live = self.packets_live;
+        m.viewer_packets_replayed = self.packets_replayed;
+        m.lag_skips = self.lag_skips;
     }
 }
 

@@ -300,7 +300,7 @@ pub fn run<C: Core>(
         let now = Instant::now();
         for call in inbox.drain() {
             let response = match call.request {
-                Request::Metrics => Response::Metrics { metrics: metrics(&core, &udp) },
+                Request::Metrics => Response::Metrics { metrics: Box::new(metrics(&core, &udp)) },
                 request => core.handle_request(now, request),
             };
             call.reply.send(response);

@@ -90,7 +90,8 @@ pub enum Response {
         rooms: Vec<RoomStatus>,
     },
     Metrics {
-        metrics: ProcessMetrics,
+        /// Boxed: the counters outweigh every other response.
+        metrics: Box<ProcessMetrics>,
     },
     Error {
         kind: ErrorKind,
@@ -118,6 +119,15 @@ pub struct ProcessMetrics {
     /// Ingest on an edge: its pulls from the upstream.
     #[serde(default)]
     pub upstream: Vec<UpstreamMetrics>,
+    /// Fanout: RTP packets written to viewers live from the rings.
+    #[serde(default)]
+    pub viewer_packets_live: u64,
+    /// Fanout: RTP packets replayed to joining viewers from the rooms' cached GOPs.
+    #[serde(default)]
+    pub viewer_packets_replayed: u64,
+    /// Fanout: times a room's live feed fell too far behind its ring (short of CPU) and skipped ahead.
+    #[serde(default)]
+    pub lag_skips: u64,
 }
 
 /// The counters of one room's ring.
@@ -483,11 +493,11 @@ mod tests {
             Response::Rooms { rooms: vec![RoomStatus { name: "a".into(), viewers: 2, ..Default::default() }] },
             Response::Error { kind: ErrorKind::RoomBusy, message: "busy".into() },
             Response::Metrics {
-                metrics: ProcessMetrics {
+                metrics: Box::new(ProcessMetrics {
                     sessions: 1,
                     rings: vec![RingMetrics { room: "a".into(), head: 9, ..Default::default() }],
                     ..Default::default()
-                },
+                }),
             },
         ];
         for msg in requests {

@@ -37,6 +37,8 @@ struct Families {
     bytes_out: Family<Labels, Counter>,
     send_dropped: Family<Labels, Counter>,
     keyframe_requests_sent: Family<Labels, Counter>,
+    viewer_packets: Family<Labels, Counter>,
+    lag_skips: Family<Labels, Counter>,
     ring_head: Family<Labels, Gauge>,
     ring_epoch: Family<Labels, Gauge>,
     ring_packets: Family<Labels, Counter>,
@@ -74,6 +76,8 @@ pub fn render(scrape: &Scrape) -> String {
         bytes_out: Family::default(),
         send_dropped: Family::default(),
         keyframe_requests_sent: Family::default(),
+        viewer_packets: Family::default(),
+        lag_skips: Family::default(),
         ring_head: Family::default(),
         ring_epoch: Family::default(),
         ring_packets: Family::default(),
@@ -105,6 +109,12 @@ pub fn render(scrape: &Scrape) -> String {
         f.send_dropped.get_or_create(&labels).inc_by(m.send_dropped);
         if name == "ingest" {
             f.keyframe_requests_sent.get_or_create(&labels).inc_by(m.keyframe_requests_sent);
+        } else {
+            for (kind, n) in [("live", m.viewer_packets_live), ("replay", m.viewer_packets_replayed)] {
+                let labels = vec![("process".to_string(), name.clone()), ("kind".to_string(), kind.to_string())];
+                f.viewer_packets.get_or_create(&labels).inc_by(n);
+            }
+            f.lag_skips.get_or_create(&labels).inc_by(m.lag_skips);
         }
         for r in &m.rings {
             let labels = room(&r.room);
@@ -141,6 +151,16 @@ pub fn render(scrape: &Scrape) -> String {
     reg.register("sent_bytes", "UDP payload bytes sent", f.bytes_out);
     reg.register("send_dropped", "Datagrams dropped because the socket buffer was full", f.send_dropped);
     reg.register("keyframe_requests_sent", "Keyframe requests (PLI) sent to publishers", f.keyframe_requests_sent);
+    reg.register(
+        "viewer_packets",
+        "RTP packets written to viewers: live from the ring, or replayed from the cached GOP to joining viewers",
+        f.viewer_packets,
+    );
+    reg.register(
+        "lag_skips",
+        "Times a worker fell over a second behind a room's ring (short of CPU) and skipped to its newest keyframe",
+        f.lag_skips,
+    );
     reg.register("ring_head", "Next position the room's ring writer fills", f.ring_head);
     reg.register("ring_epoch", "Writer epoch of the room's ring (bumped at each ingest restart)", f.ring_epoch);
     reg.register("ring_packets", "Packets written into the room's ring", f.ring_packets);
@@ -189,7 +209,14 @@ mod tests {
             }],
             ..Default::default()
         };
-        let worker = ProcessMetrics { sessions: 5, datagrams_out: 100, ..Default::default() };
+        let worker = ProcessMetrics {
+            sessions: 5,
+            datagrams_out: 100,
+            viewer_packets_live: 90,
+            viewer_packets_replayed: 7,
+            lag_skips: 1,
+            ..Default::default()
+        };
         let text = render(&Scrape {
             signaling: (10, 4096),
             ingest: Some(ingest),
@@ -204,6 +231,9 @@ mod tests {
             r#"deadsfu_process_cpu_seconds_total{process="ingest"} 1.5"#,
             r#"deadsfu_datagrams_sent_total{process="fanout-0"} 100"#,
             r#"deadsfu_keyframe_requests_sent_total{process="ingest"} 2"#,
+            r#"deadsfu_viewer_packets_total{process="fanout-0",kind="live"} 90"#,
+            r#"deadsfu_viewer_packets_total{process="fanout-0",kind="replay"} 7"#,
+            r#"deadsfu_lag_skips_total{process="fanout-0"} 1"#,
             r#"deadsfu_ring_head{room="lobby"} 42"#,
             r#"deadsfu_ring_epoch{room="lobby"} 2"#,
             r#"deadsfu_ring_reader_laps_total{room="lobby"} 3"#,

@@ -483,7 +483,7 @@ impl<B: Backend> Router<B> {
     /// `GET /metrics`: every process's counters, in the Prometheus text format.
     fn metrics(&self) -> HttpResponse {
         let ask = |target| match self.backend.call(target, &Request::Metrics) {
-            Ok(Response::Metrics { metrics }) => Some(metrics),
+            Ok(Response::Metrics { metrics }) => Some(*metrics),
             _ => None,
         };
         let workers: Vec<(u32, Option<ProcessMetrics>)> =
@@ -707,7 +707,7 @@ mod tests {
                 Request::Close { .. } => Response::Closed,
                 Request::Switch { .. } | Request::Watch { .. } | Request::Check { .. } => Response::Done,
                 Request::Metrics => {
-                    Response::Metrics { metrics: ProcessMetrics { sessions: *n, ..Default::default() } }
+                    Response::Metrics { metrics: Box::new(ProcessMetrics { sessions: *n, ..Default::default() }) }
                 }
                 Request::Rooms => Response::Rooms {
                     rooms: match target {

@@ -42,6 +42,12 @@ impl RingCursor {
         self.laps
     }
 
+    /// Moves the cursor forward to `pos`; never backwards. A reader that fell too far behind the writer skips
+    /// to a newer keyframe with it.
+    pub fn skip_to(&mut self, pos: u64) {
+        self.pos = self.pos.max(pos);
+    }
+
     /// Whether a lap happened since the last call; clears the flag. After a lap the next packet is the resync
     /// point (a keyframe, unless none was left in the ring).
     pub fn take_lapped(&mut self) -> bool {

@@ -652,3 +652,24 @@ fn readers_ask_for_wake_ups_by_worker_bit() {
     r1.unwant_wake(3);
     assert_eq!(w.wake_mask(), 0);
 }
+
+#[test]
+fn a_cursor_skips_forward_only() {
+    let dir = TempDir::new("skip");
+    let mut w = RingWriter::create(&dir.ring(), SMALL, 1).expect("create");
+    let r = RingReader::open(&dir.ring()).expect("open");
+    let mut b = buf(SMALL);
+    for pos in 0..10 {
+        w.push(&meta(pos, MediaKind::Video, pos == 6), &payload(pos, 20)).expect("push");
+    }
+    let mut cursor = RingCursor::at(2);
+    cursor.skip_to(r.latest_keyframe().expect("a keyframe"));
+    let (m, len) = cursor.next(&r, &mut b).expect("the keyframe");
+    assert_eq!(cursor.last_position(), Some(6));
+    assert!(m.keyframe);
+    assert_eq!(&b[..len], payload(6, 20));
+    cursor.skip_to(3);
+    assert_eq!(cursor.position(), 7, "never backwards");
+    assert!(!cursor.take_lapped(), "a skip is not a lap");
+    assert_eq!(cursor.laps(), 0);
+}
