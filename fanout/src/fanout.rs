@@ -39,7 +39,7 @@ use crate::splice::{Pace, SourceId, Splicer};
 const RING_RETRY: Duration = Duration::from_millis(100);
 /// How often an open ring is checked for having been replaced, and told that someone reads it.
 const RING_CHECK: Duration = Duration::from_millis(250);
-/// Turn pace while a viewer's replay runs ([`REPLAY_BUDGET`] packets a turn).
+/// Turn pace while a viewer's replay runs ([`replay_budget`] packets a turn).
 const REPLAY_TURN: Duration = Duration::from_millis(1);
 /// How often rings with viewers are polled besides: new packets come with a wake-up from ingest
 /// ([`deadsfu_media::wake`]), so this only bounds the wait of a packet whose wake-up was lost.
@@ -48,10 +48,13 @@ const RING_POLL: Duration = Duration::from_millis(20);
 const SILENCE_CHECK: Duration = Duration::from_secs(1);
 /// Most packets read from one ring per loop turn, so one busy room cannot starve sockets and timers.
 const READ_BUDGET: usize = 512;
-/// Most replayed packets sent to one viewer per loop turn (a turn is about a millisecond while media flows):
-/// a cached GOP goes out at up to about 4000 packets a second, far above any stream's rate so the viewer
-/// catches up in a fraction of a second, yet in bursts the socket buffers on both ends absorb.
+/// Pace of a replay: a cached GOP goes out to a joining viewer at about 4000 packets a second, far above any
+/// stream's rate so the viewer catches up in a fraction of a second, yet in bursts the socket buffers on both
+/// ends absorb: [`REPLAY_BUDGET`] packets a turn of [`REPLAY_TURN`], more when a turn took longer (a busy
+/// worker), up to [`REPLAY_BURST`]. Without the catch-up a replay on a busy worker would crawl at a few
+/// packets per long turn, barely faster than live, and send twice the GOP before it joined.
 const REPLAY_BUDGET: usize = 4;
+const REPLAY_BURST: usize = 32;
 /// Payloads read live that a room keeps for replays: those from its newest keyframe on (less
 /// [`KEYFRAME_MARGIN`] positions), and at most this many: about 5 s of a 1.5 Mbit/s stream, ~1.5 MB.
 const RECENT_PAYLOADS: usize = 1024;
@@ -140,6 +143,8 @@ pub struct Fanout {
     buf: Vec<u8>,
     /// Origin of the monotonic nanosecond clock the splicers use.
     t0: Instant,
+    /// When the rings were last read: a replay's budget grows with the time since.
+    last_pump: Instant,
     /// A replay is under way: turn every [`REPLAY_TURN`].
     replaying: bool,
     /// A ring had more than [`READ_BUDGET`] new packets: turn again at once.
@@ -166,6 +171,7 @@ impl Fanout {
             events: Vec::new(),
             buf: vec![0u8; 64 * 1024],
             t0: now,
+            last_pump: now,
             replaying: false,
             backlog: false,
             next_silence_check: now + SILENCE_CHECK,
@@ -330,6 +336,8 @@ impl Fanout {
     fn pump(&mut self, now: Instant) {
         let now_ns = now.duration_since(self.t0).as_nanos() as u64;
         let stale_before = process::unix_ns().saturating_sub(MAX_LAG.as_nanos() as u64);
+        let replay_budget = replay_budget(now.saturating_duration_since(self.last_pump));
+        self.last_pump = now;
         self.replaying = false;
         self.backlog = false;
         for feed in self.rooms.values_mut() {
@@ -338,7 +346,7 @@ impl Fanout {
             }
             let reader = feed.reader.as_ref().expect("open() returned true");
             let live_pos = feed.cursor.position();
-            // Replays first, up to where the live feed stands. A replay goes out at most REPLAY_BUDGET packets a
+            // Replays first, up to where the live feed stands. A replay goes out at most replay_budget packets a
             // turn and skips live packets meanwhile; each turn it walks on to the live position of that turn,
             // which it soon reaches (it is far faster than any stream), and then it joins live at exactly the
             // next packet.
@@ -350,7 +358,7 @@ impl Fanout {
                 let mut wrote = false;
                 let mut sent = 0;
                 let mut done = false;
-                while sent < REPLAY_BUDGET {
+                while sent < replay_budget {
                     if cursor.position() >= live_pos {
                         done = true;
                         break;
@@ -520,6 +528,13 @@ impl Core for Fanout {
         m.viewer_packets_replayed = self.packets_replayed;
         m.lag_skips = self.lag_skips;
     }
+}
+
+/// Most packets a replay sends this turn, `since` the last: [`REPLAY_BUDGET`] per [`REPLAY_TURN`], at most
+/// [`REPLAY_BURST`].
+fn replay_budget(since: Duration) -> usize {
+    let turns = (since.as_micros() / REPLAY_TURN.as_micros()).max(1);
+    usize::try_from(turns).unwrap_or(usize::MAX).saturating_mul(REPLAY_BUDGET).min(REPLAY_BURST)
 }
 
 /// The feed of `room` in `rooms`, made (and its ring looked for) if there was none.
@@ -766,6 +781,15 @@ pub fn run(cfg: &Config, index: u32) -> Result<(), StartError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replay_keeps_its_pace_on_a_busy_worker() {
+        assert_eq!(replay_budget(Duration::ZERO), REPLAY_BUDGET);
+        assert_eq!(replay_budget(REPLAY_TURN), REPLAY_BUDGET);
+        assert_eq!(replay_budget(REPLAY_TURN * 3), 3 * REPLAY_BUDGET);
+        assert_eq!(replay_budget(Duration::from_millis(30)), REPLAY_BURST);
+        assert_eq!(replay_budget(Duration::from_secs(3600)), REPLAY_BURST);
+    }
 
     #[test]
     fn replays_find_the_payloads_read_live_by_position() {
