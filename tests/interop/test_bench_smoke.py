@@ -7,8 +7,10 @@ plausible); speed is the benchmark's business, not a test's.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -17,16 +19,35 @@ from harness import BIN_DIR, REPO_ROOT
 pytestmark = pytest.mark.timeout(300)
 
 
-def test_bench_smoke(tmp_path):
+def bench(tmp_path, *args: str) -> subprocess.CompletedProcess:
     for b in ("deadsfu", "deadsfu-load", "deadsfu-floor"):
         assert (BIN_DIR / b).exists(), f"{BIN_DIR / b} missing: run `cargo build --release --workspace`"
-    out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / "bench"), "--viewers", "5", "--workers", "1",
-         "--seconds", "3", "--warmup", "1", "--idle-seconds", "2", "--json", str(out), "--workdir", str(tmp_path)],
+        [sys.executable, str(REPO_ROOT / "scripts" / "bench"), "--seconds", "3", "--warmup", "1",
+         "--idle-seconds", "2", "--workdir", str(tmp_path), *args],
         capture_output=True, text=True, timeout=240,
     )
     assert proc.returncode == 0, f"bench failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def cgroup_cpu_root() -> Path | None:
+    """Where `scripts/bench --cpu-limit` makes its cgroups: cgroup v1's cpu controller or cgroup v2."""
+    v1, v2 = Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup")
+    if (v1 / "cpu.cfs_quota_us").exists():
+        return v1
+    controllers = v2 / "cgroup.controllers"
+    if controllers.exists() and "cpu" in controllers.read_text().split():
+        return v2
+    return None
+
+
+CGROUP_CPU = cgroup_cpu_root()
+
+
+def test_bench_smoke(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = bench(tmp_path, "--viewers", "5", "--workers", "1", "--json", str(out))
     assert "| workers | viewers |" in proc.stdout, proc.stdout
     report = json.loads(out.read_text())
     assert report["machine"]
@@ -38,6 +59,9 @@ def test_bench_smoke(tmp_path):
     assert ramp["with_media"] == 5 and ramp["failed"] == 0, ramp
     assert ramp["ttff_ms"]["n"] == 5 and 0 < ramp["ttff_ms"]["p50"] <= ramp["ttff_ms"]["p99"], ramp
     assert ramp["joins_per_s_per_core"] is None or ramp["joins_per_s_per_core"] > 0
+    # Every joining viewer got the cached GOP replayed (the publisher ran 2.5 s before the viewers came).
+    assert ramp["packets_replayed"] >= 5 and ramp["packets_live"] >= 0, ramp
+    assert ramp["joins_per_s_per_core_less_live"] is None or ramp["joins_per_s_per_core_less_live"] > 0
 
     w = r["window"]
     assert w["ring_packets"] > 0 and w["received"] > 0, w
@@ -53,3 +77,20 @@ def test_bench_smoke(tmp_path):
     assert r["ratio_fanout_floor"] > 0
     assert isinstance(r["rss_kb_per_viewer"], (int, float))
     assert r["idle"]["viewers_connected"] == 5 and r["idle"]["fanout_core_percent"] >= 0, r["idle"]
+
+
+@pytest.mark.skipif(CGROUP_CPU is None or not os.access(CGROUP_CPU, os.W_OK),
+                    reason="no writable cgroup cpu controller (run as root)")
+def test_bench_cpu_limit_smoke(tmp_path):
+    """`--cpu-limit` holds each worker to its share of a core and prints what each worker count carried."""
+    out = tmp_path / "bench.json"
+    proc = bench(tmp_path, "--viewers", "5", "--workers", "1,2", "--no-floor", "--cpu-limit", "0.5",
+                 "--json", str(out))
+    assert "| workers | viewers | limit per worker |" in proc.stdout, proc.stdout
+    assert "- 2 workers: at most 5 viewers" in proc.stdout, proc.stdout
+    results = json.loads(out.read_text())["results"]
+    assert [(r["workers"], r.get("cpu_limit")) for r in results] == [(1, 0.5), (2, 0.5)], results
+    for r in results:
+        w = r["window"]
+        assert w["delivery_ratio"] >= 0.99 and w["delivered_per_s"] > 0 and w["fanout_throttled_s"] >= 0, w
+    assert not list(CGROUP_CPU.glob("deadsfu-bench-*")), "the bench removed its cgroups"
