@@ -406,7 +406,7 @@ impl Fanout {
                 let pos = feed.cursor.last_position().expect("a packet was just read");
                 if meta.arrival_unix_ns < stale_before {
                     if let Some(keyframe) = reader.latest_keyframe().filter(|&k| k > pos) {
-                        tracing::warn!(room = %feed.path.display(), skipped = keyframe - pos, "fell over {MAX_LAG:?} \
+                        tracing::warn!(ring = %feed.path.display(), skipped = keyframe - pos, "fell over {MAX_LAG:?} \
                             behind the ring (short of CPU?); skipping to the newest keyframe");
                         feed.cursor.skip_to(keyframe);
                         self.lag_skips += 1;

@@ -81,11 +81,13 @@ def test_bench_smoke(tmp_path):
 
 @pytest.mark.skipif(CGROUP_CPU is None or not os.access(CGROUP_CPU, os.W_OK),
                     reason="no writable cgroup cpu controller (run as root)")
-def test_bench_cpu_limit_smoke(tmp_path):
-    """`--cpu-limit` holds each worker to its share of a core and prints what each worker count carried."""
+def test_bench_cpu_limit_and_pacing_smoke(tmp_path):
+    """`--cpu-limit` holds each worker to its share of a core and prints what each worker count carried; with
+    `--publisher-pacing` the publisher spaces its packets out."""
     out = tmp_path / "bench.json"
     proc = bench(tmp_path, "--viewers", "5", "--workers", "1,2", "--no-floor", "--cpu-limit", "0.5",
-                 "--json", str(out))
+                 "--publisher-pacing", "2.5", "--json", str(out))
+    assert "pacing RTP at" in (tmp_path / "publisher-bench.log").read_text()
     assert "| workers | viewers | limit per worker |" in proc.stdout, proc.stdout
     assert "- 2 workers: at most 5 viewers" in proc.stdout, proc.stdout
     results = json.loads(out.read_text())["results"]
