@@ -13,6 +13,9 @@ pub(crate) struct SendQueue {
     last_emitted: Option<Instant>,
 }
 
+/// deadsfu: slots a drained queue keeps (a frame of a few packets goes without reallocating).
+const KEEP_DRAINED: usize = 8;
+
 impl SendQueue {
     pub fn new() -> Self {
         Self {
@@ -74,6 +77,13 @@ impl SendQueue {
         let queue_time = now - packet.timestamp;
         self.total.decrease(now, packet.payload.len(), queue_time);
         self.last_emitted = Some(now);
+
+        // deadsfu: a burst (a keyframe's packets written at once) grows the queue to its size; a packet
+        // here is about 430 bytes, so a 64-slot queue would keep ~27 KB for the stream's life. Once
+        // drained, keep room for a few packets only.
+        if self.queue.is_empty() && self.queue.capacity() > KEEP_DRAINED {
+            self.queue.shrink_to(KEEP_DRAINED);
+        }
 
         Some(packet)
     }
@@ -207,6 +217,33 @@ mod test {
     use crate::rtp_::RtpHeader;
 
     use super::*;
+
+    #[test]
+    fn a_drained_queue_gives_back_what_a_burst_took() {
+        let mut queue = SendQueue::new();
+        let start = Instant::now();
+        for seq in 0..40u64 {
+            queue.push(RtpPacket {
+                seq_no: seq.into(),
+                time: MediaTime::from_90khz(10),
+                header: RtpHeader::default(),
+                payload: [].into(),
+                vp8_patch: None,
+                timestamp: start,
+                last_sender_info: None,
+                nackable: true,
+            });
+        }
+        queue.handle_timeout(start);
+        assert!(queue.queue.capacity() >= 40);
+        for _ in 0..39 {
+            assert!(queue.pop(start).is_some());
+        }
+        assert!(queue.queue.capacity() >= 40, "kept while packets wait");
+        assert!(queue.pop(start).is_some());
+        assert!(queue.is_empty());
+        assert!(queue.queue.capacity() <= 2 * KEEP_DRAINED, "{}", queue.queue.capacity());
+    }
 
     #[test]
     fn peek_pop_no_timestamp() {
