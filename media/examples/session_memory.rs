@@ -4,7 +4,7 @@
 //! does (`offer::with_stream_id`, `offer::accept` with the fanout's header extensions, the RTX cache on the
 //! video stream), keeps it in a [`SessionHost`] with an app state like the fanout's viewer, and connects it
 //! (ICE, DTLS, SRTP). Then a room's stream flows for a few simulated seconds: H.264 video at 150 packets/s of
-//! ~1100 bytes and Opus audio at 50 packets/s, each packet one payload shared by every session and written
+//! ~1100 bytes with a keyframe of 40 packets at once every 2 s, and Opus audio at 50 packets/s, each packet one payload shared by every session and written
 //! into each with `write_rtp` as the fanout's `deliver` does. The clients' RTCP and consent checks reach the
 //! server, the server's media is dropped on the way to them.
 //!
@@ -33,6 +33,9 @@ use str0m::media::{Direction, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpWrite, SeqNo};
 use str0m::{Candidate, Event, Input, Output, Rtc};
+
+/// Packets of a keyframe, written into every session in one turn.
+const KEYFRAME_PACKETS: usize = 40;
 
 // ---- The counting allocator ----
 
@@ -397,7 +400,8 @@ fn main() {
     let client2 = live(OTHER);
     let payload2 = live(PAYLOAD);
 
-    // 3. Media: 150 video packets/s (~1100 bytes), 50 audio packets/s (~120 bytes), in 5 ms turns.
+    // 3. Media: 150 video packets/s (~1100 bytes) with a keyframe burst every 2 s, 50 audio packets/s (~120
+    // bytes), in 5 ms turns.
     PHASE.store(2, Ordering::Relaxed);
     let step = Duration::from_millis(5);
     let steps = media_seconds * 200;
@@ -409,7 +413,10 @@ fn main() {
         now += step;
         let elapsed = now - t0;
         let mut packets: Vec<(bool, Arc<[u8]>)> = Vec::new();
-        while video_n * 1_000_000 / 150 <= elapsed.as_micros() as u64 {
+        // Every 2 s a keyframe: KEYFRAME_PACKETS packets at once, as a publisher's burst reaches the fanout (the
+        // packets after it are late by as much, keeping the mean rate).
+        let keyframe = if s % 400 == 0 { KEYFRAME_PACKETS } else { 0 };
+        while video_n * 1_000_000 / 150 <= elapsed.as_micros() as u64 || packets.len() < keyframe {
             rng ^= rng << 13;
             rng ^= rng >> 7;
             rng ^= rng << 17;
