@@ -293,5 +293,16 @@ class Viewer(Peer):
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
+async def publish_and_view(base_url: str, room: str, publisher: Publisher, *viewers: Viewer) -> None:
+    """Publishes into `room` and waits for the publisher's connection, then has every viewer view the room;
+    any answer but 201 fails the test."""
+    r = await publisher.publish(base_url, room)
+    assert r.status == 201, f"{publisher.name}: publish: {r.status} {r.body.strip()!r}"
+    await publisher.wait_connected()
+    for v in viewers:
+        r = await v.view(base_url, room)
+        assert r.status == 201, f"{v.name}: view: {r.status} {r.body.strip()!r}"
+
+
 async def gather_closing(*coros: Awaitable) -> None:
     await asyncio.gather(*coros, return_exceptions=True)

@@ -11,7 +11,7 @@ import time
 
 from harness import Sfu
 from media import MAIN_FIXTURE, VIDEO_FPS, load_fixture, unwrap
-from rtc import Publisher, Viewer, wait_for
+from rtc import Publisher, Viewer, publish_and_view, wait_for
 
 STOPPED_S = 5.0  # far over the worker's 1 s limit, well under the ring's ~19 s of this stream and a fixture loop
 GOP_FRAMES = 60  # the fixture's keyframe interval (2 s at 30 fps)
@@ -31,11 +31,7 @@ async def run(sfu: Sfu, figures: list[str]) -> None:
     publisher = Publisher(fixture, "lag-publisher")
     viewer = Viewer("lag-viewer")
     try:
-        r = await publisher.publish(sfu.url, "lag")
-        assert r.status == 201, f"publish: {r.status} {r.body.strip()!r}"
-        await publisher.wait_connected()
-        r = await viewer.view(sfu.url, "lag")
-        assert r.status == 201, f"view: {r.status} {r.body.strip()!r}"
+        await publish_and_view(sfu.url, "lag", publisher, viewer)
         await wait_for(lambda: len(viewer.rx.video) > 10, 10, "the viewer decoding")
         assert lag_skips(sfu) == 0, "no skip while the worker keeps up"
 

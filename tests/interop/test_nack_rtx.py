@@ -9,7 +9,7 @@ import time
 
 from harness import Sfu
 from media import MAIN_FIXTURE, VIDEO_FPS, load_fixture
-from rtc import Publisher, Viewer, wait_for
+from rtc import Publisher, Viewer, publish_and_view, wait_for
 
 EVERY = 40
 WINDOW = 6.0
@@ -46,11 +46,7 @@ def test_lost_packets_are_resent_over_rtx(sfu: Sfu, figures: list[str]) -> None:
         viewer = Viewer("lossy-viewer")
         dropped, repaired = make_lossy(viewer)
         try:
-            r = await publisher.publish(sfu.url, "rtx")
-            assert r.status == 201, f"publish: {r.status} {r.body.strip()!r}"
-            await publisher.wait_connected()
-            r = await viewer.view(sfu.url, "rtx")
-            assert r.status == 201, f"view: {r.status} {r.body.strip()!r}"
+            await publish_and_view(sfu.url, "rtx", publisher, viewer)
             await wait_for(lambda: len(viewer.rx.video) > 0, 10, "the viewer's first frame")
             t0 = time.monotonic()
             await asyncio.sleep(WINDOW)  # the observation window

@@ -14,7 +14,7 @@ import pytest
 from harness import Sfu
 from media import MAIN_FIXTURE, load_fixture
 from observe import rtp_problems, rtp_reports
-from rtc import Publisher, Viewer, wait_for
+from rtc import Publisher, Viewer, publish_and_view, wait_for
 
 BACK_WITHIN = 2.0  # a viewer that retries as the page does has media again within this
 
@@ -40,12 +40,7 @@ async def run(sfu: Sfu, figures: list[str], sig: signal.Signals) -> None:
     a, b = Viewer("on-victim"), Viewer("on-survivor")
     peers = [publisher, a, b]
     try:
-        r = await publisher.publish(sfu.url, room)
-        assert r.status == 201, f"publish: {r.status} {r.body.strip()!r}"
-        await publisher.wait_connected()
-        for v in (a, b):
-            r = await v.view(sfu.url, room)
-            assert r.status == 201, f"{v.name}: {r.status} {r.body.strip()!r}"
+        await publish_and_view(sfu.url, room, publisher, a, b)
         assert {a.worker_index(), b.worker_index()} == {0, 1}, "the two viewers are on different workers"
         for v in (a, b):
             await wait_for(lambda v=v: len(v.rx.video) > 10, 10, f"{v.name} decoding")
