@@ -11,7 +11,7 @@ import fs from "node:fs";
 import path from "node:path";
 import puppeteer from "puppeteer-core";
 import {
-  ARTIFACTS, Sfu, closeAllBrowsers, fatal, inboundVideo, launchBrowser, openPage, pidAlive, until, pageState,
+  ARTIFACTS, Sfu, closeAllBrowsers, fatal, inboundVideo, launchBrowser, lumaOf, openPage, pidAlive, until, pageState,
 } from "./harness.mjs";
 
 const FIREFOX = process.env.FIREFOX || "/usr/bin/firefox-esr";
@@ -111,20 +111,9 @@ async function sendingSize(page) {
   return m ? { width: Number(m[1]), height: Number(m[2]) } : null;
 }
 
-/** Whether the video area of the viewer shows a picture: luma mean and variance of the <video> drawn to a canvas. */
+/** Whether the video area of the viewer shows a picture: luma mean and variance of the <video>. */
 function videoLuma(page) {
-  return page.evaluate(() => {
-    const v = document.querySelector("#video");
-    const c = document.createElement("canvas");
-    c.width = v.videoWidth; c.height = v.videoHeight;
-    const g = c.getContext("2d");
-    g.drawImage(v, 0, 0);
-    const d = g.getImageData(0, 0, c.width, c.height).data;
-    let n = 0, sum = 0, sq = 0;
-    for (let i = 0; i < d.length; i += 16) { const y = 0.299 * d[i] + 0.587 * d[i + 1] + 0.114 * d[i + 2]; n++; sum += y; sq += y * y; }
-    const mean = sum / n;
-    return { mean, variance: sq / n - mean * mean };
-  });
+  return page.evaluate(`(${lumaOf})(document.querySelector("#video"))`);
 }
 
 async function waitLive(page, what) {

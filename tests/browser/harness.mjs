@@ -102,10 +102,25 @@ export function pidAlive(pid) {
   }
 }
 
+/** Runs in the page: the luma mean and variance of `source` (a playing <video>, a decoded <img>) drawn to a
+ *  canvas, every fourth pixel; a picture, not a black or flat frame, has a variance well over 100. The drivers
+ *  take it serialised into the script they run: `(${lumaOf})(element)`. */
+export function lumaOf(source) {
+  const c = document.createElement("canvas");
+  c.width = source.videoWidth || source.naturalWidth;
+  c.height = source.videoHeight || source.naturalHeight;
+  const g = c.getContext("2d");
+  g.drawImage(source, 0, 0);
+  const d = g.getImageData(0, 0, c.width, c.height).data;
+  let n = 0, sum = 0, sq = 0;
+  for (let i = 0; i < d.length; i += 16) { const y = 0.299 * d[i] + 0.587 * d[i + 1] + 0.114 * d[i + 2]; n++; sum += y; sq += y * y; }
+  const mean = sum / n;
+  return { mean, variance: sq / n - mean * mean };
+}
+
 // ---------------------------------------------------------------------------------------------
 // stats of the page's `window.pc`
 
-/** Reads the inbound-rtp video stats of the page's `window.pc` (or null). */
 /** What a page's state line and connection say (either page, Chromium or Firefox). */
 export function pageState(page) {
   return page.evaluate(() => ({
@@ -118,6 +133,7 @@ export function pageState(page) {
   }));
 }
 
+/** Reads the inbound-rtp video stats of the page's `window.pc` (or null). */
 export function inboundVideo(page) {
   return page.evaluate(async () => {
     if (!window.pc) return null;

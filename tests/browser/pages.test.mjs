@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
 import {
-  ARTIFACTS, Sfu, fatal, inboundVideo, launchBrowser, openPage, pidAlive, until, pageState, finish,
+  ARTIFACTS, Sfu, fatal, inboundVideo, launchBrowser, lumaOf, openPage, pidAlive, until, pageState, finish,
 } from "./harness.mjs";
 
 const ROOM_A = { name: "pagesa", width: 640, height: 360 };
@@ -132,20 +132,12 @@ test("the viewer and publisher pages: play, switch rooms, recover from a worker 
     const box = await viewer.locator("#video").boundingBox();
     const clip = await viewer.screenshot({ clip: box });
     // Decode the video area of the screenshot in the page itself and measure its pixel variance.
-    const variance = await viewer.evaluate(async (b64) => {
+    const variance = await viewer.evaluate(`(async () => {
       const img = new Image();
-      img.src = "data:image/png;base64," + b64;
+      img.src = "data:image/png;base64,${clip.toString("base64")}";
       await img.decode();
-      const c = document.createElement("canvas");
-      c.width = img.naturalWidth; c.height = img.naturalHeight;
-      const g = c.getContext("2d");
-      g.drawImage(img, 0, 0);
-      const d = g.getImageData(0, 0, c.width, c.height).data;
-      let n = 0, sum = 0, sq = 0;
-      for (let i = 0; i < d.length; i += 16) { const y = 0.299 * d[i] + 0.587 * d[i + 1] + 0.114 * d[i + 2]; n++; sum += y; sq += y * y; }
-      const mean = sum / n;
-      return { mean, variance: sq / n - mean * mean };
-    }, clip.toString("base64"));
+      return (${lumaOf})(img);
+    })()`);
     console.log(`viewer-playing.png video area: mean luma ${variance.mean.toFixed(1)}, variance ${variance.variance.toFixed(1)}`);
     assert.ok(variance.variance > 100 && variance.mean > 10, `the video area is not black: ${JSON.stringify(variance)}`);
   }, { needsPlaying: false });

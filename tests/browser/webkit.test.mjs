@@ -14,7 +14,7 @@ import { spawn } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import {
-  ARTIFACTS, Sfu, closeAllBrowsers, fatal, freeTcpPort, launchBrowser, openPage, pidAlive, until,
+  ARTIFACTS, Sfu, closeAllBrowsers, fatal, freeTcpPort, launchBrowser, lumaOf, openPage, pidAlive, until,
 } from "./harness.mjs";
 
 const WEBDRIVER = process.env.WEBKIT_WEBDRIVER || "/usr/bin/WebKitWebDriver";
@@ -100,7 +100,7 @@ class WebDriver {
     return v.capabilities;
   }
   go(url) { return this.call("POST", this.s("/url"), { url }); }
-  /** Runs `fn` (a function, serialised) in the page with `args`; returns what it returns. */
+  /** Runs `fn` (a function, or a function's source) in the page with `args`; returns what it returns. */
   run(fn, ...args) {
     return this.call("POST", this.s("/execute/sync"), { script: `return (${fn}).apply(null, arguments);`, args });
   }
@@ -286,17 +286,10 @@ test("the pages in WebKitGTK", { timeout: 90_000, skip: missing || false }, asyn
     assert.ok(!again.resources.some((u) => /\/whip\//.test(u)), `no WHIP request was tried: ${again.resources.join(" ")}`);
     // The preview plays the mock camera (a test pattern), drawn and not black.
     const preview = await until("the preview to have played for a second", async () => {
-      const v = await wd.run(() => {
+      const v = await wd.run(`() => {
         const video = document.querySelector("#preview");
-        const c = document.createElement("canvas");
-        c.width = video.videoWidth; c.height = video.videoHeight;
-        const g = c.getContext("2d");
-        g.drawImage(video, 0, 0);
-        const d = g.getImageData(0, 0, c.width, c.height).data;
-        let n = 0, sum = 0, sq = 0;
-        for (let i = 0; i < d.length; i += 16) { const y = 0.299 * d[i] + 0.587 * d[i + 1] + 0.114 * d[i + 2]; n++; sum += y; sq += y * y; }
-        return { paused: video.paused, t: video.currentTime, w: video.videoWidth, h: video.videoHeight, mean: sum / n, variance: sq / n - (sum / n) ** 2 };
-      });
+        return { paused: video.paused, t: video.currentTime, w: video.videoWidth, h: video.videoHeight, ...(${lumaOf})(video) };
+      }`);
       return !v.paused && v.t >= 1 && v.variance > 100 ? v : (() => { throw new Error(JSON.stringify(v)); })();
     }, { timeout: 5_000, interval: 200 });
     console.log(`webkit /send preview: ${preview.w}x${preview.h}, luma mean ${preview.mean.toFixed(1)}, variance ${preview.variance.toFixed(1)}`);
