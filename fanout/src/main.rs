@@ -2,12 +2,10 @@
 
 #![forbid(unsafe_code)]
 
-mod fanout;
-mod splice;
-
 use std::process::ExitCode;
 
 use clap::Parser;
+use deadsfu_fanout::fanout;
 use shm_proto::config::ConfigArgs;
 
 /// A worker allocates a payload per ring packet and str0m a buffer per datagram, from one thread, all day;

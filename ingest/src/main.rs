@@ -2,14 +2,10 @@
 
 #![forbid(unsafe_code)]
 
-mod ingest;
-mod keyframe;
-mod slate;
-mod upstream;
-
 use std::process::ExitCode;
 
 use clap::Parser;
+use deadsfu_ingest::ingest;
 use shm_proto::config::ConfigArgs;
 
 /// Ingest allocates per received datagram and per packet event, from one thread, all day; mimalloc

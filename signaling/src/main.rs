@@ -3,10 +3,6 @@
 
 #![forbid(unsafe_code)]
 
-mod metrics;
-mod router;
-mod tls;
-
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::PathBuf;
@@ -16,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
-use router::{Backend, HttpRequest, Router, Target, Tokens, MAX_BODY};
+use deadsfu_signaling::router::{Backend, HttpRequest, Router, Target, Tokens, MAX_BODY};
+use deadsfu_signaling::tls;
 use shm_proto::config::ConfigArgs;
 use shm_proto::control::{self, ControlError, Request, Response};
 use shm_proto::paths;
