@@ -119,6 +119,9 @@ struct RoomFeed {
     /// copy of its own, so viewers joining together share one copy of the GOP (in their RTX caches too).
     recent: VecDeque<(u64, Arc<[u8]>)>,
     next_open: Instant,
+    /// Failed opens in a row: the retry waits 5 ms after the first, doubling up to [`RING_RETRY`], since a
+    /// new room's ring appears only once signaling told ingest of the viewer it accepted.
+    open_failures: u32,
     next_check: Instant,
     /// The worker index whose wake-up bit this feed set in the ring.
     wake_bit: Option<u32>,
@@ -555,6 +558,7 @@ fn feed<'a>(
         replaying: Vec::new(),
         recent: VecDeque::new(),
         next_open: now,
+        open_failures: 0,
         next_check: now,
         wake_bit: None,
     });
@@ -583,9 +587,11 @@ impl RoomFeed {
             if now < self.next_open {
                 return false;
             }
-            self.next_open = now + RING_RETRY;
+            let backoff = Duration::from_millis(5).saturating_mul(1 << self.open_failures.min(5));
+            self.next_open = now + backoff.min(RING_RETRY);
             match RingReader::open(&self.path) {
                 Ok(reader) => {
+                    self.open_failures = 0;
                     tracing::debug!(path = %self.path.display(), "ring opened");
                     self.cursor = RingCursor::at(reader.head());
                     self.recent.clear();
@@ -598,6 +604,7 @@ impl RoomFeed {
                     self.reader = Some(reader);
                 }
                 Err(e) => {
+                    self.open_failures = self.open_failures.saturating_add(1);
                     tracing::trace!(error = %e, path = %self.path.display(), "ring not available");
                     return false;
                 }

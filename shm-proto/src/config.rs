@@ -70,6 +70,30 @@ pub struct Config {
     /// An edge (`dial_upstream` set) refuses publishers unless this is true; a local publisher then takes the
     /// room over from the pull.
     pub edge_publish: bool,
+    /// Admin listener of signaling (`HOST:PORT` or `:PORT`): when set, `/metrics` is served there only
+    /// (and `/healthz` there as well as on `http`). Keep it on a private address.
+    pub admin: Option<String>,
+    /// Open HTTP connections, all listeners together; past it a connection gets 503.
+    pub http_max_connections: usize,
+    /// Open HTTP connections from one client address; past it a connection gets 503.
+    pub http_max_connections_per_ip: usize,
+    /// Milliseconds for a request's head (and a TLS handshake) to arrive; an idle keep-alive connection is
+    /// closed after it too.
+    pub http_header_timeout_ms: u64,
+    /// Milliseconds for a request's body to arrive after its head; past it the client gets 408.
+    pub http_body_timeout_ms: u64,
+    /// Room-list long-polls (`GET /rooms?wait=`) held at once; past it 503.
+    pub http_max_long_polls: usize,
+    /// Rooms ingest holds at once (published, watched or pulled); a request for a new room past it gets 503.
+    pub max_rooms: usize,
+    /// Sessions one media process holds (publishers in ingest, viewers in each worker); past it 503.
+    pub max_sessions: usize,
+    /// Sessions of one media process whose ICE and DTLS have not completed yet; past it 503.
+    pub max_pending_sessions: usize,
+    /// Seconds a room with no publisher and no viewer is kept before it and its ring file are removed.
+    pub room_grace_s: u64,
+    /// On an edge: pulls from the upstream at once; a viewer of a further room gets 503.
+    pub max_pulls: usize,
 }
 
 impl Default for Config {
@@ -101,6 +125,17 @@ impl Default for Config {
             upstream_ca: None,
             upstream_grace_s: 10,
             edge_publish: false,
+            admin: None,
+            http_max_connections: 1024,
+            http_max_connections_per_ip: 64,
+            http_header_timeout_ms: 10000,
+            http_body_timeout_ms: 10000,
+            http_max_long_polls: 1024,
+            max_rooms: 1000,
+            max_sessions: 5000,
+            max_pending_sessions: 500,
+            room_grace_s: 10,
+            max_pulls: 100,
         }
     }
 }
@@ -189,6 +224,39 @@ pub struct ConfigArgs {
     /// Accept publishers on an edge.
     #[arg(long, env = "DEADSFU_EDGE_PUBLISH")]
     pub edge_publish: Option<bool>,
+    /// Admin listener for /metrics (HOST:PORT or :PORT); /metrics then leaves the public listener.
+    #[arg(long, env = "DEADSFU_ADMIN")]
+    pub admin: Option<String>,
+    /// Most open HTTP connections.
+    #[arg(long, env = "DEADSFU_HTTP_MAX_CONNECTIONS")]
+    pub http_max_connections: Option<usize>,
+    /// Most open HTTP connections from one address.
+    #[arg(long, env = "DEADSFU_HTTP_MAX_CONNECTIONS_PER_IP")]
+    pub http_max_connections_per_ip: Option<usize>,
+    /// Milliseconds for a request head to arrive.
+    #[arg(long, env = "DEADSFU_HTTP_HEADER_TIMEOUT_MS")]
+    pub http_header_timeout_ms: Option<u64>,
+    /// Milliseconds for a request body to arrive.
+    #[arg(long, env = "DEADSFU_HTTP_BODY_TIMEOUT_MS")]
+    pub http_body_timeout_ms: Option<u64>,
+    /// Most room-list long-polls held at once.
+    #[arg(long, env = "DEADSFU_HTTP_MAX_LONG_POLLS")]
+    pub http_max_long_polls: Option<usize>,
+    /// Most rooms at once.
+    #[arg(long, env = "DEADSFU_MAX_ROOMS")]
+    pub max_rooms: Option<usize>,
+    /// Most sessions per media process.
+    #[arg(long, env = "DEADSFU_MAX_SESSIONS")]
+    pub max_sessions: Option<usize>,
+    /// Most not-yet-connected sessions per media process.
+    #[arg(long, env = "DEADSFU_MAX_PENDING_SESSIONS")]
+    pub max_pending_sessions: Option<usize>,
+    /// Seconds an empty room is kept.
+    #[arg(long, env = "DEADSFU_ROOM_GRACE_S")]
+    pub room_grace_s: Option<u64>,
+    /// Most concurrent pulls from the upstream.
+    #[arg(long, env = "DEADSFU_MAX_PULLS")]
+    pub max_pulls: Option<usize>,
 }
 
 /// Errors loading the configuration.
@@ -267,6 +335,17 @@ impl ConfigArgs {
         set_opt(&mut cfg.upstream_ca, &self.upstream_ca);
         set(&mut cfg.upstream_grace_s, &self.upstream_grace_s);
         set(&mut cfg.edge_publish, &self.edge_publish);
+        set_opt(&mut cfg.admin, &self.admin);
+        set(&mut cfg.http_max_connections, &self.http_max_connections);
+        set(&mut cfg.http_max_connections_per_ip, &self.http_max_connections_per_ip);
+        set(&mut cfg.http_header_timeout_ms, &self.http_header_timeout_ms);
+        set(&mut cfg.http_body_timeout_ms, &self.http_body_timeout_ms);
+        set(&mut cfg.http_max_long_polls, &self.http_max_long_polls);
+        set(&mut cfg.max_rooms, &self.max_rooms);
+        set(&mut cfg.max_sessions, &self.max_sessions);
+        set(&mut cfg.max_pending_sessions, &self.max_pending_sessions);
+        set(&mut cfg.room_grace_s, &self.room_grace_s);
+        set(&mut cfg.max_pulls, &self.max_pulls);
     }
 
     /// The flags that reproduce `cfg` for a child process (the supervisor passes these on).
@@ -320,7 +399,30 @@ impl ConfigArgs {
             cfg.upstream_grace_s.to_string(),
             "--edge-publish".into(),
             cfg.edge_publish.to_string(),
+            "--http-max-connections".into(),
+            cfg.http_max_connections.to_string(),
+            "--http-max-connections-per-ip".into(),
+            cfg.http_max_connections_per_ip.to_string(),
+            "--http-header-timeout-ms".into(),
+            cfg.http_header_timeout_ms.to_string(),
+            "--http-body-timeout-ms".into(),
+            cfg.http_body_timeout_ms.to_string(),
+            "--http-max-long-polls".into(),
+            cfg.http_max_long_polls.to_string(),
+            "--max-rooms".into(),
+            cfg.max_rooms.to_string(),
+            "--max-sessions".into(),
+            cfg.max_sessions.to_string(),
+            "--max-pending-sessions".into(),
+            cfg.max_pending_sessions.to_string(),
+            "--room-grace-s".into(),
+            cfg.room_grace_s.to_string(),
+            "--max-pulls".into(),
+            cfg.max_pulls.to_string(),
         ]);
+        if let Some(admin) = &cfg.admin {
+            args.extend(["--admin".into(), admin.clone()]);
+        }
         if let Some(url) = &cfg.dial_upstream {
             args.extend(["--dial-upstream".into(), url.clone()]);
         }
@@ -345,6 +447,27 @@ impl Config {
     /// Checks every value that can be wrong.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.http_addr()?;
+        self.admin_addr()?;
+        for (key, value) in [
+            ("http_max_connections", self.http_max_connections),
+            ("http_max_connections_per_ip", self.http_max_connections_per_ip),
+            ("http_max_long_polls", self.http_max_long_polls),
+            ("max_rooms", self.max_rooms),
+            ("max_sessions", self.max_sessions),
+            ("max_pending_sessions", self.max_pending_sessions),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid { key, reason: "must be at least 1".into() });
+            }
+        }
+        for (key, value) in [
+            ("http_header_timeout_ms", self.http_header_timeout_ms),
+            ("http_body_timeout_ms", self.http_body_timeout_ms),
+        ] {
+            if value < 100 {
+                return Err(ConfigError::Invalid { key, reason: format!("{value} ms is too short (at least 100)") });
+            }
+        }
         if self.https.is_some() {
             self.https_addr()?;
             for (key, file) in [("tls_cert", &self.tls_cert), ("tls_key", &self.tls_key)] {
@@ -410,6 +533,11 @@ impl Config {
     /// The HTTP listener as a socket address; `:PORT` means all interfaces.
     pub fn http_addr(&self) -> Result<SocketAddr, ConfigError> {
         listen_addr("http", &self.http)
+    }
+
+    /// The admin listener, if configured.
+    pub fn admin_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        self.admin.as_deref().map(|a| listen_addr("admin", a)).transpose()
     }
 
     /// The HTTPS listener, if configured.

@@ -128,6 +128,9 @@ pub struct ProcessMetrics {
     /// Fanout: times a room's live feed fell too far behind its ring (short of CPU) and skipped ahead.
     #[serde(default)]
     pub lag_skips: u64,
+    /// Requests refused at a limit since start, by limit (`rooms`, `sessions`, `pending_sessions`, ...).
+    #[serde(default)]
+    pub refused: Vec<(String, u64)>,
 }
 
 /// The counters of one room's ring.

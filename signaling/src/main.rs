@@ -4,15 +4,14 @@
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
-use deadsfu_signaling::router::{Backend, HttpRequest, Router, Target, Tokens, MAX_BODY};
+use deadsfu_signaling::http::{Face, Limits, Listener, Server};
+use deadsfu_signaling::router::{Backend, Router, Target, Tokens};
 use deadsfu_signaling::tls;
 use shm_proto::config::ConfigArgs;
 use shm_proto::control::{self, ControlError, Request, Response};
@@ -20,8 +19,6 @@ use shm_proto::paths;
 
 /// How long a call to a media process may take (accepting an offer is about a millisecond).
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
-/// Threads answering HTTP requests.
-const HTTP_THREADS: usize = 8;
 
 /// deadsfu signaling process: WHIP/WHEP over HTTP, hands sessions to ingest and the fanout workers.
 #[derive(Parser, Debug)]
@@ -81,48 +78,79 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     let addr = cfg.http_addr().expect("validated at load");
-    let server = match tiny_http::Server::http(addr) {
-        Ok(s) => Arc::new(s),
+    let admin = cfg.admin_addr().expect("validated at load");
+    let mut listeners = Vec::new();
+    match Listener::bind(addr, Face::Public { metrics: admin.is_none() }, None) {
+        Ok(l) => listeners.push(l),
         Err(e) => {
             tracing::error!(%addr, "cannot listen for HTTP: {e}");
             return ExitCode::FAILURE;
         }
-    };
+    }
     if let Some(https) = cfg.https_addr().expect("validated at load") {
         let (cert, key) = (cfg.tls_cert.as_deref(), cfg.tls_key.as_deref());
         let (cert, key) = (cert.expect("validated at load"), key.expect("validated at load"));
-        // The relay reaches the HTTP listener on loopback when it listens on all interfaces.
-        let mut upstream = addr;
-        if upstream.ip().is_unspecified() {
-            upstream.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-        }
-        let started = tls::config(cert, key).and_then(|config| tls::serve(https, upstream, config));
-        if let Err(e) = started {
-            tracing::error!("{e}");
-            return ExitCode::from(2);
+        let bound = tls::config(cert, key).and_then(|config| {
+            Listener::bind(https, Face::Public { metrics: admin.is_none() }, Some(config))
+                .map_err(|source| tls::TlsError::Listen { addr: https, source })
+        });
+        match bound {
+            Ok(l) => listeners.push(l),
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::from(2);
+            }
         }
         tracing::info!(%https, "HTTPS listener ready");
     }
+    if let Some(admin) = admin {
+        match Listener::bind(admin, Face::Admin, None) {
+            Ok(l) => listeners.push(l),
+            Err(e) => {
+                tracing::error!(%admin, "cannot listen for the admin listener: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        tracing::info!(%admin, "admin listener ready (/metrics, /healthz)");
+    }
+    let limits = Limits {
+        max_connections: cfg.http_max_connections,
+        max_connections_per_ip: cfg.http_max_connections_per_ip,
+        header_timeout: Duration::from_millis(cfg.http_header_timeout_ms),
+        body_timeout: Duration::from_millis(cfg.http_body_timeout_ms),
+        max_long_polls: cfg.http_max_long_polls,
+        ..Limits::default()
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(limits.max_in_flight + 8)
+        .thread_name("http")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the HTTP runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let tokens = Tokens { publish: cfg.publish_token().map(String::from), view: cfg.view_token().map(String::from) };
     let router =
         Arc::new(Router::new(Sockets { runtime_dir: cfg.runtime_dir(), clients: Mutex::new(HashMap::new()) }, tokens));
+    let server = Server::new(router, limits);
     tracing::info!(%addr, runtime_dir = %cfg.runtime_dir().display(), "signaling ready");
     shm_proto::service::ready();
     std::thread::Builder::new()
         .name("watchdog".into())
         .spawn(move || watchdog(addr))
         .expect("spawning a thread at startup succeeds");
-    let threads: Vec<_> = (0..HTTP_THREADS)
-        .map(|_| {
-            let server = server.clone();
-            let router = router.clone();
-            std::thread::spawn(move || serve(&server, &router))
-        })
-        .collect();
-    for t in threads {
-        let _ = t.join();
+    match runtime.block_on(server.run(listeners)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("HTTP server failed: {e}");
+            ExitCode::FAILURE
+        }
     }
-    ExitCode::SUCCESS
 }
 
 /// Pings systemd's watchdog while the HTTP listener at `addr` accepts connections.
@@ -138,76 +166,5 @@ fn watchdog(addr: std::net::SocketAddr) {
             Ok(_) => watchdog.tick(std::time::Instant::now()),
             Err(e) => tracing::warn!(%probe, error = %e, "HTTP listener does not accept; withholding watchdog ping"),
         }
-    }
-}
-
-fn serve(server: &tiny_http::Server, router: &Arc<Router<Sockets>>) {
-    loop {
-        let mut request = match server.recv() {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!("HTTP accept failed: {e}");
-                continue;
-            }
-        };
-        let mut body = Vec::new();
-        let too_large = request.body_length().is_some_and(|n| n > MAX_BODY);
-        let body = if too_large {
-            None
-        } else {
-            match request.as_reader().take(MAX_BODY as u64 + 1).read_to_end(&mut body) {
-                Ok(n) if n <= MAX_BODY => Some(body),
-                Ok(_) => None,
-                Err(e) => {
-                    tracing::debug!("HTTP body read failed: {e}");
-                    continue;
-                }
-            }
-        };
-        let req = HttpRequest {
-            method: request.method().as_str().to_ascii_uppercase(),
-            url: request.url().to_string(),
-            headers: request.headers().iter().map(|h| (h.field.to_string(), h.value.to_string())).collect(),
-            body,
-        };
-        if Router::<Sockets>::is_long_poll(&req) {
-            // Held for up to LONG_POLL: on a thread of its own, so waiting pages never starve the others.
-            if LONG_POLLS.fetch_add(1, Ordering::AcqRel) < MAX_LONG_POLLS {
-                let router = router.clone();
-                let spawned = std::thread::Builder::new().name("long-poll".into()).spawn(move || {
-                    answer(request, &req, &router);
-                    LONG_POLLS.fetch_sub(1, Ordering::AcqRel);
-                });
-                if spawned.is_err() {
-                    LONG_POLLS.fetch_sub(1, Ordering::AcqRel);
-                    tracing::warn!("cannot spawn a long-poll thread");
-                }
-                continue;
-            }
-            LONG_POLLS.fetch_sub(1, Ordering::AcqRel);
-            let resp = tiny_http::Response::from_string("too many waiting room-list requests; retry shortly\n")
-                .with_status_code(503);
-            let _ = request.respond(resp);
-            continue;
-        }
-        answer(request, &req, router);
-    }
-}
-
-/// Long-polls being held, and the most that may be.
-static LONG_POLLS: AtomicUsize = AtomicUsize::new(0);
-const MAX_LONG_POLLS: usize = 2048;
-
-fn answer(request: tiny_http::Request, req: &HttpRequest, router: &Router<Sockets>) {
-    let resp = router.handle(req);
-    tracing::debug!(method = %req.method, url = %req.url, status = resp.status, "http");
-    let mut out = tiny_http::Response::from_data(resp.body).with_status_code(resp.status);
-    for (name, value) in resp.headers {
-        if let Ok(h) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-            out.add_header(h);
-        }
-    }
-    if let Err(e) = request.respond(out) {
-        tracing::debug!("HTTP response not delivered: {e}");
     }
 }

@@ -24,6 +24,8 @@ pub struct Scrape {
     pub restarts: Vec<(u32, u64)>,
     /// Viewers per room, over all workers.
     pub viewers: Vec<(String, u32)>,
+    /// Signaling's own refusals at its HTTP limits, by reason.
+    pub http_refused: Vec<(&'static str, u64)>,
 }
 
 struct Families {
@@ -49,6 +51,7 @@ struct Families {
     upstream_pulling: Family<Labels, Gauge>,
     upstream_failures: Family<Labels, Counter>,
     worker_restarts: Family<Labels, Counter>,
+    refused: Family<Labels, Counter>,
 }
 
 fn process(name: &str) -> Labels {
@@ -88,7 +91,14 @@ pub fn render(scrape: &Scrape) -> String {
         upstream_pulling: Family::default(),
         upstream_failures: Family::default(),
         worker_restarts: Family::default(),
+        refused: Family::default(),
     };
+    let refused = |process: &str, limit: &str| {
+        vec![("process".to_string(), process.to_string()), ("limit".to_string(), limit.to_string())]
+    };
+    for (limit, n) in &scrape.http_refused {
+        f.refused.get_or_create(&refused("signaling", limit)).inc_by(*n);
+    }
     let (cpu_ms, rss) = scrape.signaling;
     f.up.get_or_create(&process("signaling")).set(1);
     f.cpu.get_or_create(&process("signaling")).inc_by(cpu_ms as f64 / 1000.0);
@@ -107,6 +117,9 @@ pub fn render(scrape: &Scrape) -> String {
         f.datagrams_out.get_or_create(&labels).inc_by(m.datagrams_out);
         f.bytes_out.get_or_create(&labels).inc_by(m.bytes_out);
         f.send_dropped.get_or_create(&labels).inc_by(m.send_dropped);
+        for (limit, n) in &m.refused {
+            f.refused.get_or_create(&refused(&name, limit)).inc_by(*n);
+        }
         if name == "ingest" {
             f.keyframe_requests_sent.get_or_create(&labels).inc_by(m.keyframe_requests_sent);
         } else {
@@ -182,6 +195,11 @@ pub fn render(scrape: &Scrape) -> String {
         "On an edge: failed pulls of the room from the upstream, by reason",
         f.upstream_failures,
     );
+    reg.register(
+        "refused",
+        "Requests and connections refused at a limit, by process and limit (see the README's limits table)",
+        f.refused,
+    );
     reg.register("worker_restarts", "Restarts of the worker seen by signaling (its pid changed)", f.worker_restarts);
     let mut out = String::new();
     encode(&mut out, &reg).expect("writing to a String cannot fail");
@@ -215,6 +233,7 @@ mod tests {
             viewer_packets_live: 90,
             viewer_packets_replayed: 7,
             lag_skips: 1,
+            refused: vec![("sessions".into(), 3)],
             ..Default::default()
         };
         let text = render(&Scrape {
@@ -223,6 +242,7 @@ mod tests {
             workers: vec![(0, Some(worker)), (1, None)],
             restarts: vec![(1, 2)],
             viewers: vec![("lobby".into(), 5)],
+            http_refused: vec![("connections_per_ip", 6)],
         });
         for line in [
             r#"deadsfu_up{process="fanout-1"} 0"#,
@@ -234,6 +254,8 @@ mod tests {
             r#"deadsfu_viewer_packets_total{process="fanout-0",kind="live"} 90"#,
             r#"deadsfu_viewer_packets_total{process="fanout-0",kind="replay"} 7"#,
             r#"deadsfu_lag_skips_total{process="fanout-0"} 1"#,
+            r#"deadsfu_refused_total{process="fanout-0",limit="sessions"} 3"#,
+            r#"deadsfu_refused_total{process="signaling",limit="connections_per_ip"} 6"#,
             r#"deadsfu_ring_head{room="lobby"} 42"#,
             r#"deadsfu_ring_epoch{room="lobby"} 2"#,
             r#"deadsfu_ring_reader_laps_total{room="lobby"} 3"#,

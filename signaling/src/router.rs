@@ -13,8 +13,7 @@
 //! - `GET /healthz`, `GET /` (viewer page), `GET /send` (publisher page).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -22,6 +21,8 @@ use shm_proto::control::{
     ControlError, ErrorKind, ProcessMetrics, ProcessStatus, Request, Response, RoomStatus, UpstreamStatus,
 };
 use shm_proto::RoomName;
+
+use crate::http::Refusals;
 
 /// Largest SDP body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -79,7 +80,8 @@ impl HttpResponse {
         HttpResponse::new(status, "text/plain; charset=utf-8", format!("{reason}\n"))
     }
 
-    fn with(mut self, name: &'static str, value: impl Into<String>) -> HttpResponse {
+    /// The response with one more header.
+    pub fn with(mut self, name: &'static str, value: impl Into<String>) -> HttpResponse {
         self.headers.push((name, value.into()));
         self
     }
@@ -140,9 +142,8 @@ pub struct RoomEntry {
     pub upstream: Option<UpstreamStatus>,
 }
 
-/// Longest a `GET /rooms?wait=` is held.
+/// Longest a `GET /rooms?wait=` is held (by the HTTP server, which waits on a shared room list).
 pub const LONG_POLL: Duration = Duration::from_secs(25);
-const LONG_POLL_STEP: Duration = Duration::from_millis(200);
 
 pub struct Router<B> {
     backend: B,
@@ -151,17 +152,44 @@ pub struct Router<B> {
     in_flight: Mutex<HashMap<u32, u32>>,
     /// Per worker, the pid seen last and how often it changed.
     worker_pids: Mutex<HashMap<u32, (u32, u64)>>,
+    /// What the HTTP server refused at its limits, shown in `/metrics`.
+    refusals: Arc<Refusals>,
 }
 
 impl<B: Backend> Router<B> {
     pub fn new(backend: B, tokens: Tokens) -> Router<B> {
-        Router { backend, tokens, in_flight: Mutex::new(HashMap::new()), worker_pids: Mutex::new(HashMap::new()) }
+        Router {
+            backend,
+            tokens,
+            in_flight: Mutex::new(HashMap::new()),
+            worker_pids: Mutex::new(HashMap::new()),
+            refusals: Arc::default(),
+        }
     }
 
-    /// True if `req` is a long-poll that may be held for up to [`LONG_POLL`] (serve it on its own thread).
-    pub fn is_long_poll(req: &HttpRequest) -> bool {
+    /// The HTTP server's refusal counters, which `/metrics` reports.
+    pub fn refusals(&self) -> Arc<Refusals> {
+        self.refusals.clone()
+    }
+
+    /// For a long-poll (`GET /rooms?wait=VERSION`), the version the client saw, or the answer to a bad one;
+    /// `None` for any other request. The HTTP server holds long-polls (see [`crate::http`]).
+    pub fn long_poll(req: &HttpRequest) -> Option<Result<u64, HttpResponse>> {
         let (path, query) = req.url.split_once('?').unwrap_or((&req.url, ""));
-        req.method == "GET" && path == "/rooms" && query_param(query, "wait").is_some()
+        if req.method != "GET" || path != "/rooms" {
+            return None;
+        }
+        let wait = query_param(query, "wait")?;
+        Some(
+            wait.parse()
+                .map_err(|_| cors(HttpResponse::error(400, "wait must be a version number from a previous answer"))),
+        )
+    }
+
+    /// The answer to `GET /rooms` for `list`.
+    pub fn rooms_answer(list: &RoomList) -> HttpResponse {
+        let body = serde_json::to_vec_pretty(list).expect("a room list always serializes");
+        cors(HttpResponse::new(200, "application/json", body).with("Cache-Control", "no-store"))
     }
 
     pub fn handle(&self, req: &HttpRequest) -> HttpResponse {
@@ -250,8 +278,11 @@ impl<B: Backend> Router<B> {
         let result = match kind {
             Kind::Publish => self.backend.call(Target::Ingest, &Request::Publish { room, offer }),
             Kind::View => {
-                self.watch(&room);
-                return self.view(Request::View { room, offer });
+                let resp = self.view(Request::View { room: room.clone(), offer });
+                if resp.status == 201 {
+                    self.watch(&room);
+                }
+                return resp;
             }
         };
         answer_or_error(result, "ingest")
@@ -294,8 +325,9 @@ impl<B: Backend> Router<B> {
         last
     }
 
-    /// Tells ingest a viewer is coming for `room`, so its ring exists and the slate plays if nobody publishes.
-    /// Viewing does not depend on it: a viewer of a room whose ingest is down waits for it.
+    /// Tells ingest a viewer was accepted for `room`, so its ring exists and the slate plays if nobody
+    /// publishes. Only an accepted viewer does: a refused request never makes a room. Viewing does not depend
+    /// on it: a viewer of a room whose ingest is down (or not yet told) waits for the ring to appear.
     fn watch(&self, room: &str) {
         if let Err(e) = self.backend.call(Target::Ingest, &Request::Watch { room: room.to_string() }) {
             tracing::debug!(%room, error = %e, "ingest not told of a viewer");
@@ -328,9 +360,9 @@ impl<B: Backend> Router<B> {
         let Some(target @ Target::Worker(_)) = session_target(id) else {
             return HttpResponse::error(404, "no such viewer session");
         };
-        self.watch(&room);
         match self.backend.call(target, &Request::Switch { session: id.to_string(), room: room.clone() }) {
             Ok(Response::Done) => {
+                self.watch(&room);
                 let body = serde_json::json!({ "room": room }).to_string();
                 HttpResponse::new(200, "application/json", body)
             }
@@ -341,24 +373,13 @@ impl<B: Backend> Router<B> {
         }
     }
 
-    /// `GET /rooms`: every room with a publisher or viewers, merged from ingest and the workers.
+    /// `GET /rooms`: every room with a publisher or viewers, merged from ingest and the workers. A long-poll
+    /// (`?wait=`) reaching the router is answered at once; the HTTP server is what holds it.
     fn rooms(&self, query: &str) -> HttpResponse {
-        let wait = query_param(query, "wait").map(|v| v.parse::<u64>());
-        let list = match wait {
-            Some(Err(_)) => return HttpResponse::error(400, "wait must be a version number from a previous answer"),
-            Some(Ok(seen)) => {
-                let deadline = std::time::Instant::now() + LONG_POLL;
-                loop {
-                    let list = self.room_list();
-                    if list.version != seen || std::time::Instant::now() >= deadline {
-                        break list;
-                    }
-                    std::thread::sleep(LONG_POLL_STEP);
-                }
-            }
-            None => self.room_list(),
-        };
-        let body = serde_json::to_vec_pretty(&list).expect("a room list always serializes");
+        if query_param(query, "wait").is_some_and(|v| v.parse::<u64>().is_err()) {
+            return HttpResponse::error(400, "wait must be a version number from a previous answer");
+        }
+        let body = serde_json::to_vec_pretty(&self.room_list()).expect("a room list always serializes");
         HttpResponse::new(200, "application/json", body).with("Cache-Control", "no-store")
     }
 
@@ -507,6 +528,7 @@ impl<B: Backend> Router<B> {
             workers,
             restarts,
             viewers: self.room_list().rooms.into_iter().map(|r| (r.name, r.viewers)).collect(),
+            http_refused: self.refusals.snapshot(),
         };
         HttpResponse::new(
             200,
@@ -584,6 +606,11 @@ fn is_sdpfrag_line(line: &str) -> bool {
     ["a=ice-ufrag:", "a=ice-pwd:", "a=ice-options:", "m=", "a=mid:", "a=candidate:", "a=end-of-candidates", "c="]
         .iter()
         .any(|p| line.starts_with(p))
+}
+
+/// A client or server error with a one-line reason and the CORS headers, for answers made outside the router.
+pub fn error_response(status: u16, reason: impl std::fmt::Display) -> HttpResponse {
+    cors(HttpResponse::error(status, reason))
 }
 
 fn unauthorized(reason: &str) -> HttpResponse {
