@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadsfu_media::host::{Session, SessionHost, SessionKey};
+use deadsfu_media::limits::{Refusals, SessionLimits};
 use deadsfu_media::process::{self, Core, Endpoints, StartError};
 use deadsfu_media::{codec, offer};
 use shm_proto::config::Config;
@@ -137,6 +138,8 @@ impl Drop for RoomFeed {
 
 pub struct Fanout {
     index: u32,
+    limits: SessionLimits,
+    refused: Refusals,
     runtime_dir: PathBuf,
     candidates: Vec<SocketAddr>,
     host: SessionHost<Viewer>,
@@ -163,9 +166,17 @@ pub struct Fanout {
 }
 
 impl Fanout {
-    pub fn new(index: u32, runtime_dir: PathBuf, candidates: Vec<SocketAddr>, now: Instant) -> Fanout {
+    pub fn new(
+        index: u32,
+        runtime_dir: PathBuf,
+        candidates: Vec<SocketAddr>,
+        limits: SessionLimits,
+        now: Instant,
+    ) -> Fanout {
         Fanout {
             index,
+            limits,
+            refused: Refusals::default(),
             runtime_dir,
             candidates,
             host: SessionHost::new(),
@@ -234,6 +245,10 @@ impl Fanout {
             Ok(room) => room,
             Err(e) => return error(ErrorKind::BadRequest, &e.to_string()),
         };
+        if let Err(refusal) = self.limits.admit(&self.host) {
+            self.refused.count(refusal.limit);
+            return error(ErrorKind::Unavailable, &refusal.message);
+        }
         // Audio and video of a room are one stream at the viewer.
         let offer_sdp = offer::with_stream_id(offer_sdp, &format!("deadsfu-{room}"));
         let mut accepted =
@@ -246,6 +261,7 @@ impl Fanout {
         let negotiated = codec::negotiated(&accepted.rtc, &mids);
         let codecs = &self.feed(&room, now).codecs;
         if let Some(reason) = no_common_codec(&negotiated, codecs) {
+            self.drop_feed_if_unwatched(&room);
             return error(ErrorKind::NoCommonCodec, &reason);
         }
         let id = format!("w{}-{}", self.index, process::random_hex(12));
@@ -273,6 +289,7 @@ impl Fanout {
             }
         }
         if viewer.audio.is_none() && viewer.video.is_none() {
+            self.drop_feed_if_unwatched(&room);
             return error(ErrorKind::BadOffer, "the offer asks to receive neither audio nor video");
         }
         let key = self.host.insert(accepted.rtc, accepted.ufrag, viewer, now);
@@ -280,6 +297,14 @@ impl Fanout {
         self.feed(&room, now).viewers.push(key);
         tracing::debug!(session = %id, %room, "viewer joined");
         Response::Answer { session: id, answer: accepted.answer }
+    }
+
+    /// Forgets the feed of `room` if no viewer of this worker watches it, so a refused viewer leaves no reader
+    /// heartbeating the ring (which would keep the room and its slate alive).
+    fn drop_feed_if_unwatched(&mut self, room: &RoomName) {
+        if self.rooms.get(room).is_some_and(|f| f.viewers.is_empty()) {
+            self.rooms.remove(room);
+        }
     }
 
     /// The feed of `room`, made (and its ring looked for) if this worker had none.
@@ -530,6 +555,7 @@ impl Core for Fanout {
         m.viewer_packets_live = self.packets_live;
         m.viewer_packets_replayed = self.packets_replayed;
         m.lag_skips = self.lag_skips;
+        m.refused = self.refused.to_metrics();
     }
 }
 
@@ -782,7 +808,8 @@ pub fn run(cfg: &Config, index: u32) -> Result<(), StartError> {
         control_socket: paths::fanout_socket(&runtime_dir, index),
         wake_socket: Some(paths::fanout_wake_socket(&runtime_dir, index)),
     };
-    process::run(endpoints, |candidates, _waker, now| Fanout::new(index, runtime_dir.clone(), candidates, now))
+    let limits = SessionLimits::from_config(cfg);
+    process::run(endpoints, |candidates, _waker, now| Fanout::new(index, runtime_dir.clone(), candidates, limits, now))
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use deadsfu_media::host::{SessionHost, SessionKey};
+use deadsfu_media::limits::{Refusals, SessionLimits};
 use deadsfu_media::process::{self, Core, Endpoints, StartError};
 use deadsfu_media::wake::WakeSender;
 use deadsfu_media::{codec, offer};
@@ -81,6 +82,14 @@ pub struct Settings {
     pub refuse_publishers: bool,
     /// The slate plays in watched rooms without live video.
     pub slate: bool,
+    /// Publisher sessions held at once, and those still connecting.
+    pub sessions: SessionLimits,
+    /// Rooms held at once.
+    pub max_rooms: usize,
+    /// How long a room with no publisher, no viewer and no pull is kept before it and its ring file go.
+    pub room_grace: Duration,
+    /// On an edge: pulls at once.
+    pub max_pulls: usize,
 }
 
 /// Why a room might want a keyframe from its publisher now.
@@ -174,6 +183,8 @@ struct Room {
     /// Per slate clip, its payload type in the ring while it plays, or `None` if that clip is not played.
     slate_pts: Vec<Option<u8>>,
     watched_until: Option<Instant>,
+    /// Since when nobody publishes, watches or pulls the room: it is removed [`Settings::room_grace`] later.
+    idle_since: Option<Instant>,
     upstream: UpstreamRecord,
     seen_keyframe_requests: u64,
     last_keyframe_request: Option<Instant>,
@@ -196,6 +207,7 @@ impl Room {
             slate: None,
             slate_pts: Vec::new(),
             watched_until: None,
+            idle_since: None,
             upstream: UpstreamRecord::default(),
             seen_keyframe_requests: seen,
             last_keyframe_request: None,
@@ -328,6 +340,7 @@ pub struct Ingest {
     ending_pulls: Vec<JoinHandle<()>>,
     waker: Arc<Waker>,
     wakes: WakeSender,
+    refused: Refusals,
 }
 
 impl Ingest {
@@ -362,6 +375,7 @@ impl Ingest {
             ending_pulls: Vec::new(),
             waker,
             wakes,
+            refused: Refusals::default(),
         }
     }
 
@@ -442,9 +456,15 @@ impl Ingest {
         })
     }
 
-    /// The room, its ring opened (created if need be) if ingest did not hold it yet.
+    /// The room, its ring opened (created if need be) if ingest did not hold it yet and holds fewer than
+    /// [`Settings::max_rooms`].
     fn room(&mut self, room: &RoomName, now: Instant) -> Result<&mut Room, Response> {
         if !self.rooms.contains_key(room) {
+            if self.rooms.len() >= self.settings.max_rooms {
+                self.refused.count("rooms");
+                let max = self.settings.max_rooms;
+                return Err(error(ErrorKind::Unavailable, &format!("this server holds its limit of {max} rooms")));
+            }
             let path = paths::ring(&self.settings.runtime_dir, room);
             let ring = RingWriter::create(&path, self.settings.geometry, process::unix_ms())
                 .map_err(|e| error(ErrorKind::Internal, &format!("cannot open ring for room {room}: {e}")))?;
@@ -471,6 +491,10 @@ impl Ingest {
         }
         if self.rooms.get(&room).is_some_and(|r| r.publisher.is_some()) {
             return error(ErrorKind::RoomBusy, &format!("room {room} already has a publisher"));
+        }
+        if let Err(refusal) = self.settings.sessions.admit(&self.host) {
+            self.refused.count(refusal.limit);
+            return error(ErrorKind::Unavailable, &refusal.message);
         }
         let accepted = match offer::accept(offer_sdp, &self.candidates, now, |c| c) {
             Ok(a) => a,
@@ -540,6 +564,15 @@ impl Ingest {
             if wanted {
                 record.unwatched_since = None;
                 if !pulling && !self.draining && record.retry_at.is_none_or(|t| now >= t) {
+                    if self.pulls.len() >= self.settings.max_pulls {
+                        let reason = format!("this edge pulls its limit of {} rooms at once", self.settings.max_pulls);
+                        if record.last_error.as_deref() != Some(reason.as_str()) {
+                            self.refused.count("pulls");
+                            tracing::warn!(room = %name, "{reason}; the room waits on the slate");
+                            record.last_error = Some(reason);
+                        }
+                        continue;
+                    }
                     let id = self.next_pull_id;
                     self.next_pull_id += 1;
                     let pull =
@@ -651,6 +684,7 @@ impl Ingest {
         if fallback {
             self.next_fallback = now + self.settings.keyframe_fallback_interval.unwrap_or(Duration::MAX / 4);
         }
+        self.drop_idle_rooms(now, now_ms);
         for (name, room) in &mut self.rooms {
             room.ring.heartbeat(now_ms);
             if now.duration_since(room.window_start) >= BITRATE_WINDOW {
@@ -709,8 +743,27 @@ impl Ingest {
         }
     }
 
+    /// Removes the rooms nobody has published, watched or pulled for [`Settings::room_grace`], and their ring
+    /// files: a room exists only while someone uses it.
+    fn drop_idle_rooms(&mut self, now: Instant, now_ms: u64) {
+        let grace = self.settings.room_grace;
+        let mut idle = Vec::new();
+        for (name, room) in &mut self.rooms {
+            if room.publisher.is_some() || room.watched(now, now_ms) || self.pulls.contains_key(name) {
+                room.idle_since = None;
+            } else if now.saturating_duration_since(*room.idle_since.get_or_insert(now)) >= grace {
+                idle.push(name.clone());
+            }
+        }
+        for name in idle {
+            self.rooms.remove(&name);
+            remove_ring(&self.settings.runtime_dir, &name);
+            tracing::debug!(room = %name, ?grace, "room unused; removed with its ring");
+        }
+    }
+
     /// Takes over rings that readers watch but no ingest writes (ingest restarted while viewers stayed), so
-    /// their viewers get the slate until a publisher returns.
+    /// their viewers get the slate until a publisher returns; removes ring files nobody writes or reads.
     fn adopt_watched_rings(&mut self, now: Instant, now_ms: u64) {
         let Ok(dir) = std::fs::read_dir(paths::rings_dir(&self.settings.runtime_dir)) else { return };
         for entry in dir.flatten() {
@@ -723,11 +776,18 @@ impl Ingest {
                 continue;
             }
             let Ok(reader) = RingReader::open(&entry.path()) else { continue };
+            let unused_ms = self.settings.room_grace.as_millis() as u64 + WATCH_TIMEOUT_MS;
             if now_ms.saturating_sub(reader.reader_heartbeat_unix_ms()) < WATCH_TIMEOUT_MS {
                 drop(reader);
                 if self.room(&room, now).is_ok() {
                     tracing::info!(%room, "took over a watched ring");
                 }
+            } else if now_ms.saturating_sub(reader.reader_heartbeat_unix_ms().max(reader.heartbeat_unix_ms()))
+                >= unused_ms
+            {
+                drop(reader);
+                remove_ring(&self.settings.runtime_dir, &room);
+                tracing::info!(%room, "removed a ring file nobody writes or reads");
             }
         }
     }
@@ -836,6 +896,7 @@ impl Core for Ingest {
     fn metrics(&self, m: &mut ProcessMetrics) {
         m.sessions = self.host.len() as u32;
         m.keyframe_requests_sent = self.keyframe_requests_sent;
+        m.refused = self.refused.to_metrics();
         m.rings = self
             .rooms
             .iter()
@@ -869,6 +930,16 @@ impl Core for Ingest {
     }
 }
 
+/// Deletes a room's ring file; readers that map it keep their mapping until they notice it was replaced.
+fn remove_ring(runtime_dir: &std::path::Path, room: &RoomName) {
+    let path = paths::ring(runtime_dir, room);
+    if let Err(e) = std::fs::remove_file(&path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove a ring file");
+        }
+    }
+}
+
 fn error(kind: ErrorKind, message: &str) -> Response {
     Response::Error { kind, message: message.to_string() }
 }
@@ -889,6 +960,10 @@ pub fn run(cfg: &Config) -> Result<(), RunError> {
         upstream_grace: Duration::from_secs(cfg.upstream_grace_s),
         refuse_publishers: cfg.refuses_publishers(),
         slate: cfg.slate,
+        sessions: SessionLimits::from_config(cfg),
+        max_rooms: cfg.max_rooms,
+        room_grace: Duration::from_secs(cfg.room_grace_s),
+        max_pulls: cfg.max_pulls,
     };
     let slate = Slate::load(cfg.slate_h264.as_deref(), cfg.slate_vp8.as_deref(), cfg.slate_fps)?;
     let endpoints = Endpoints {
@@ -919,6 +994,78 @@ mod tests {
     use super::*;
 
     const SECOND: Duration = Duration::from_secs(1);
+
+    fn ingest(dir: &std::path::Path, max_rooms: usize, now: Instant) -> (Ingest, mio::Poll) {
+        let poll = mio::Poll::new().expect("a poll instance");
+        let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).expect("a waker"));
+        let settings = Settings {
+            runtime_dir: dir.to_path_buf(),
+            geometry: Geometry { slot_count: 64, slot_size: 2048 },
+            keyframe_request_interval: SECOND,
+            keyframe_fallback_interval: None,
+            upstream: None,
+            upstream_grace: SECOND,
+            refuse_publishers: false,
+            slate: true,
+            sessions: SessionLimits::default(),
+            max_rooms,
+            room_grace: 2 * SECOND,
+            max_pulls: 1,
+        };
+        let slate = Slate::load(None, None, 10).expect("the built-in slate");
+        (Ingest::new(settings, slate, vec!["127.0.0.1:9".parse().unwrap()], waker, now), poll)
+    }
+
+    fn temp_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("deadsfu-ingest-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        paths::prepare(&dir).unwrap();
+        dir
+    }
+
+    fn watch(ingest: &mut Ingest, room: &str, now: Instant) -> Response {
+        ingest.handle_request(now, Request::Watch { room: room.into() })
+    }
+
+    #[test]
+    fn an_unused_room_and_its_ring_file_go_after_the_grace() {
+        let dir = temp_dir("gc");
+        let t0 = Instant::now();
+        let (mut ingest, _poll) = ingest(&dir, 10, t0);
+        assert_eq!(watch(&mut ingest, "lobby", t0), Response::Done);
+        let ring = paths::ring(&dir, &RoomName::new("lobby").unwrap());
+        assert!(ring.exists());
+        // Watched for WATCH_GRACE, then idle for the room grace (2 s).
+        ingest.housekeeping(t0 + WATCH_GRACE - SECOND);
+        assert!(ring.exists());
+        ingest.housekeeping(t0 + WATCH_GRACE + SECOND);
+        assert!(ring.exists(), "removed before its grace");
+        ingest.housekeeping(t0 + WATCH_GRACE + 3 * SECOND + Duration::from_millis(100));
+        assert!(!ring.exists(), "an unused room's ring is still there");
+        assert!(ingest.rooms.is_empty());
+        // Watched again: made again.
+        assert_eq!(watch(&mut ingest, "lobby", t0 + 10 * SECOND), Response::Done);
+        assert!(ring.exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn rooms_past_the_limit_are_refused_and_make_no_ring() {
+        let dir = temp_dir("limit");
+        let t0 = Instant::now();
+        let (mut ingest, _poll) = ingest(&dir, 2, t0);
+        assert_eq!(watch(&mut ingest, "a", t0), Response::Done);
+        assert_eq!(watch(&mut ingest, "b", t0), Response::Done);
+        match watch(&mut ingest, "c", t0) {
+            Response::Error { kind: ErrorKind::Unavailable, message } => assert!(message.contains("limit of 2 rooms")),
+            other => panic!("{other:?}"),
+        }
+        assert!(!paths::ring(&dir, &RoomName::new("c").unwrap()).exists());
+        // A room already held is not refused.
+        assert_eq!(watch(&mut ingest, "a", t0), Response::Done);
+        assert_eq!(ingest.refused.get("rooms"), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn a_flood_of_keyframe_requests_reaches_the_publisher_once_a_second() {

@@ -126,6 +126,11 @@ impl<T> SessionHost<T> {
         self.sessions.len()
     }
 
+    /// Sessions whose ICE and DTLS have not both completed yet.
+    pub fn pending(&self) -> usize {
+        self.sessions.values().filter(|s| !s.rtc.is_connected()).count()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.sessions.is_empty()
     }

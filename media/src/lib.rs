@@ -31,6 +31,7 @@
 
 pub mod codec;
 pub mod host;
+pub mod limits;
 pub mod net;
 pub mod offer;
 pub mod process;

@@ -222,6 +222,11 @@ pub struct Endpoints<'a> {
     pub wake_socket: Option<PathBuf>,
 }
 
+/// Datagrams read from one socket in a loop turn. A flood of datagrams (hostile or not) is then read in
+/// batches between which the loop answers control requests, polls the sessions and pings the watchdog; the
+/// kernel drops what the socket buffer cannot hold.
+const DATAGRAM_BUDGET: usize = 256;
+
 /// Binds the process's sockets, builds its core from the ICE candidate addresses and a waker (which turns the
 /// loop at once, for threads that feed the core), and runs it until SIGTERM or SIGINT.
 pub fn run<C: Core>(
@@ -254,6 +259,10 @@ pub fn run<C: Core>(
     let mut events = Events::with_capacity(64);
     let mut buf = vec![0u8; 2048];
     let mut drain_until: Option<Instant> = None;
+    // Sockets left with datagrams to read when a turn's budget ran out (mio reports a socket again only
+    // once it was read dry), and the ones to read this turn.
+    let mut unfinished: Vec<usize> = Vec::new();
+    let mut ready: Vec<usize> = Vec::new();
     loop {
         let now = Instant::now();
         if drain_until.is_none() && stop.load(Ordering::Acquire) {
@@ -265,7 +274,7 @@ pub fn run<C: Core>(
             break;
         }
         watchdog.tick(now);
-        let timeout = if core.has_work() {
+        let timeout = if core.has_work() || !unfinished.is_empty() {
             Duration::ZERO
         } else {
             let due = [core.next_timeout(now), watchdog.deadline()].into_iter().flatten().min();
@@ -276,6 +285,7 @@ pub fn run<C: Core>(
                 return Err(StartError::Poll(e));
             }
         }
+        ready.append(&mut unfinished);
         for event in events.iter() {
             if event.token() == WAKE_SOCKET {
                 if let Some(socket) = &wake_socket {
@@ -283,18 +293,32 @@ pub fn run<C: Core>(
                 }
                 continue;
             }
-            let Some(index) = udp.index_of(event.token()) else { continue };
-            loop {
+            if let Some(index) = udp.index_of(event.token()) {
+                if !ready.contains(&index) {
+                    ready.push(index);
+                }
+            }
+        }
+        for index in ready.drain(..) {
+            let mut dry = false;
+            for _ in 0..DATAGRAM_BUDGET {
                 match udp.recv(index, &mut buf) {
                     Ok(Some((n, source, dest))) => {
                         core.handle_datagram(Instant::now(), source, dest, &buf[..n], &mut |t| udp.send(t))
                     }
-                    Ok(None) => break,
+                    Ok(None) => {
+                        dry = true;
+                        break;
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, "recv failed");
+                        dry = true;
                         break;
                     }
                 }
+            }
+            if !dry {
+                unfinished.push(index);
             }
         }
         let now = Instant::now();

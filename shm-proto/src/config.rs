@@ -295,6 +295,8 @@ impl ConfigArgs {
         }
         cfg.init_logging();
         crate::service::follow_supervisor();
+        let files = crate::service::raise_fd_limit();
+        tracing::debug!(files, "open-file limit");
         Ok(cfg)
     }
 

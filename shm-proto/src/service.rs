@@ -45,6 +45,21 @@ pub fn follow_supervisor() {
     }
 }
 
+/// Raises the soft limit of open files to the hard one: each HTTP connection and each session's sockets take
+/// a descriptor, and the usual soft limit of 1024 is below the connection limits' defaults. Returns the limit
+/// in force.
+pub fn raise_fd_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return 0 };
+    if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => return hard,
+            Err(e) => tracing::warn!(error = %e, soft, hard, "cannot raise the open-file limit"),
+        }
+    }
+    soft
+}
+
 /// The process serves now.
 pub fn ready() {
     if let Err(e) = sd_notify::notify(&[NotifyState::Ready]) {
