@@ -70,6 +70,8 @@ impl Upstream {
         let agent = ureq::Agent::config_builder()
             .timeout_global(Some(HTTP_TIMEOUT))
             .http_status_as_error(false)
+            // A redirect would carry the offer (and the token) wherever the upstream points.
+            .max_redirects(0)
             .tls_config(tls)
             .build()
             .into();
@@ -147,16 +149,51 @@ impl Upstream {
         Ok((body, self.resolve(&location)))
     }
 
-    /// Ends the upstream session, so its worker frees the viewer at once. Best effort.
+    /// Ends the upstream session, so its worker frees the viewer at once. Best effort. The token goes only to
+    /// the upstream's own origin: a `Location` naming another host gets the DELETE without it.
     fn delete(&self, url: &str) {
         let mut request = self.agent.delete(url);
         if let Some(token) = &self.token {
-            request = request.header("Authorization", format!("Bearer {token}"));
+            if same_origin(url, &self.base) {
+                request = request.header("Authorization", format!("Bearer {token}"));
+            } else {
+                tracing::warn!(url, upstream = %self.base, "the upstream's session is on another origin; not sending it the token");
+            }
         }
         if let Err(e) = request.call() {
             tracing::debug!(error = %e, url, "DELETE of the upstream session failed");
         }
     }
+}
+
+/// Scheme, host (lowercase) and port of an absolute http(s) URL, the port defaulted by the scheme.
+fn origin(url: &str) -> Option<(&'static str, String, u16)> {
+    let (scheme, rest, default_port) = if let Some(rest) = url.strip_prefix("https://") {
+        ("https", rest, 443)
+    } else {
+        ("http", url.strip_prefix("http://")?, 80)
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    if authority.contains('@') {
+        return None;
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        // An IPv6 literal's colons are inside its brackets; a port follows the closing one.
+        Some((host, port))
+            if (!host.starts_with('[') || host.ends_with(']'))
+                && !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            (host, port.parse().ok()?)
+        }
+        _ => (authority, default_port),
+    };
+    Some((scheme, host.to_ascii_lowercase(), port))
+}
+
+/// True if `url` is on the same origin (scheme, host, port) as `base`.
+fn same_origin(url: &str, base: &str) -> bool {
+    matches!((origin(url), origin(base)), (Some(a), Some(b)) if a == b)
 }
 
 fn load_certificates(path: &Path) -> Result<Vec<ureq::tls::Certificate<'static>>, CaError> {
@@ -450,6 +487,21 @@ mod tests {
         assert_eq!(u.resolve("https://other/session/x"), "https://other/session/x");
         let plain = Upstream::new("https://sfu.example", None, None).unwrap();
         assert_eq!(plain.resolve("/session/x"), "https://sfu.example/session/x");
+    }
+
+    #[test]
+    fn the_token_goes_to_the_upstreams_origin_only() {
+        let base = "http://origin:8080/prefix";
+        assert!(same_origin("http://origin:8080/session/w0-1", base));
+        assert!(same_origin("http://ORIGIN:8080/x", base));
+        assert!(!same_origin("http://origin:8081/session/w0-1", base));
+        assert!(!same_origin("https://origin:8080/session/w0-1", base));
+        assert!(!same_origin("http://evil.example/session/w0-1", base));
+        assert!(!same_origin("http://origin:8080@evil.example/x", base));
+        assert!(same_origin("https://sfu.example/session/x", "https://sfu.example"));
+        assert!(same_origin("https://sfu.example:443/session/x", "https://sfu.example"));
+        assert!(same_origin("http://[::1]:8080/session/x", "http://[::1]:8080"));
+        assert!(!same_origin("http://[::1]:8081/session/x", "http://[::1]:8080"));
     }
 
     #[test]
