@@ -89,6 +89,10 @@ pub enum Routed {
     Dropped,
 }
 
+/// Remote addresses remembered per session for routing. A browser uses one or two (IPv4 and IPv6, or a
+/// relayed path besides a direct one); more only come from a peer trying many paths or one that means harm.
+pub const MAX_REMOTES: usize = 8;
+
 pub struct SessionHost<T> {
     /// Boxed: an `Rtc` is about 10 KB, and a table of them inline would keep that much per empty slot (up to
     /// half the slots after it grows) and move every session each time it grows.
@@ -254,6 +258,14 @@ impl<T> SessionHost<T> {
         session.drain(key, send, events);
         queue_timeout(&mut self.timers, key, session);
         if !session.remotes.contains(&source) {
+            // A peer that checks from ever new addresses (or ports) must not grow the tables: the oldest
+            // address is forgotten (its datagrams are routed by STUN ufrag again if it comes back).
+            if session.remotes.len() >= MAX_REMOTES {
+                let oldest = session.remotes.remove(0);
+                if self.by_remote.get(&oldest) == Some(&key) {
+                    self.by_remote.remove(&oldest);
+                }
+            }
             session.remotes.push(source);
             self.by_remote.insert(source, key);
         }
@@ -360,6 +372,45 @@ mod tests {
         let candidates = ["127.0.0.1:6000".parse().unwrap()];
         let accepted = crate::offer::accept(&offer.to_sdp_string(), &candidates, now, |c| c).unwrap();
         (accepted.rtc, accepted.ufrag)
+    }
+
+    #[test]
+    fn a_peer_checking_from_ever_new_addresses_does_not_grow_the_tables() {
+        let now = Instant::now();
+        let mut client = Rtc::builder().build(now);
+        client.add_local_candidate(Candidate::host("127.0.0.1:5000".parse().unwrap(), "udp").unwrap());
+        let mut change = client.sdp_api();
+        change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+        let (offer, pending) = change.apply().unwrap();
+        let server_addr: SocketAddr = "127.0.0.1:6000".parse().unwrap();
+        let accepted = crate::offer::accept(&offer.to_sdp_string(), &[server_addr], now, |c| c).unwrap();
+        let answer = str0m::change::SdpAnswer::from_sdp_string(&accepted.answer).unwrap();
+        client.sdp_api().accept_answer(pending, answer).unwrap();
+        let mut host = SessionHost::new();
+        let key = host.insert(accepted.rtc, accepted.ufrag, (), now);
+        // The client's first connectivity check, replayed from 100 source ports.
+        let mut t = now;
+        let check = loop {
+            match client.poll_output().unwrap() {
+                Output::Transmit(tx) => break tx.contents.to_vec(),
+                Output::Timeout(at) => {
+                    t = at.max(t + Duration::from_millis(1));
+                    client.handle_input(Input::Timeout(t)).unwrap();
+                }
+                Output::Event(_) => {}
+            }
+        };
+        let mut events = Vec::new();
+        for port in 0..100u16 {
+            let source = SocketAddr::from(([127, 0, 0, 1], 20000 + port));
+            let routed = host.handle_datagram(t, source, server_addr, &check, &mut |_| {}, &mut events);
+            assert_eq!(routed, Routed::To(key), "a check from a new address is taken");
+        }
+        assert_eq!(host.get(key).unwrap().remotes.len(), MAX_REMOTES);
+        assert_eq!(host.by_remote.len(), MAX_REMOTES);
+        // The newest addresses are the ones remembered.
+        assert!(host.by_remote.contains_key(&SocketAddr::from(([127, 0, 0, 1], 20099))));
+        assert!(!host.by_remote.contains_key(&SocketAddr::from(([127, 0, 0, 1], 20000))));
     }
 
     #[test]
