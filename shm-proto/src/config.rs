@@ -82,6 +82,8 @@ pub struct Config {
     pub http_header_timeout_ms: u64,
     /// Milliseconds for a request's body to arrive after its head; past it the client gets 408.
     pub http_body_timeout_ms: u64,
+    /// Bytes of a request's head (request line and headers), at least 8192; past it the client gets 431.
+    pub http_max_header_bytes: usize,
     /// Room-list long-polls (`GET /rooms?wait=`) held at once; past it 503.
     pub http_max_long_polls: usize,
     /// Rooms ingest holds at once (published, watched or pulled); a request for a new room past it gets 503.
@@ -130,6 +132,7 @@ impl Default for Config {
             http_max_connections_per_ip: 64,
             http_header_timeout_ms: 10000,
             http_body_timeout_ms: 10000,
+            http_max_header_bytes: 16384,
             http_max_long_polls: 1024,
             max_rooms: 1000,
             max_sessions: 5000,
@@ -239,6 +242,9 @@ pub struct ConfigArgs {
     /// Milliseconds for a request body to arrive.
     #[arg(long, env = "DEADSFU_HTTP_BODY_TIMEOUT_MS")]
     pub http_body_timeout_ms: Option<u64>,
+    /// Most bytes of a request head.
+    #[arg(long, env = "DEADSFU_HTTP_MAX_HEADER_BYTES")]
+    pub http_max_header_bytes: Option<usize>,
     /// Most room-list long-polls held at once.
     #[arg(long, env = "DEADSFU_HTTP_MAX_LONG_POLLS")]
     pub http_max_long_polls: Option<usize>,
@@ -342,6 +348,7 @@ impl ConfigArgs {
         set(&mut cfg.http_max_connections_per_ip, &self.http_max_connections_per_ip);
         set(&mut cfg.http_header_timeout_ms, &self.http_header_timeout_ms);
         set(&mut cfg.http_body_timeout_ms, &self.http_body_timeout_ms);
+        set(&mut cfg.http_max_header_bytes, &self.http_max_header_bytes);
         set(&mut cfg.http_max_long_polls, &self.http_max_long_polls);
         set(&mut cfg.max_rooms, &self.max_rooms);
         set(&mut cfg.max_sessions, &self.max_sessions);
@@ -409,6 +416,8 @@ impl ConfigArgs {
             cfg.http_header_timeout_ms.to_string(),
             "--http-body-timeout-ms".into(),
             cfg.http_body_timeout_ms.to_string(),
+            "--http-max-header-bytes".into(),
+            cfg.http_max_header_bytes.to_string(),
             "--http-max-long-polls".into(),
             cfg.http_max_long_polls.to_string(),
             "--max-rooms".into(),
@@ -461,6 +470,10 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError::Invalid { key, reason: "must be at least 1".into() });
             }
+        }
+        if self.http_max_header_bytes < 8192 {
+            let reason = format!("{} bytes is too small (at least 8192)", self.http_max_header_bytes);
+            return Err(ConfigError::Invalid { key: "http_max_header_bytes", reason });
         }
         for (key, value) in [
             ("http_header_timeout_ms", self.http_header_timeout_ms),

@@ -33,9 +33,6 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::router::{Backend, HttpRequest, HttpResponse, RoomList, Router, LONG_POLL, MAX_BODY};
 
-/// Largest request head (request line and headers) read; a larger one is answered `431`. hyper's read
-/// buffer is this size, so it also bounds what one connection holds while its head arrives.
-pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Most header lines in a request.
 pub const MAX_HEADERS: usize = 64;
 /// How often the shared room-list snapshot is refreshed while long-polls wait.
@@ -55,6 +52,9 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// Time for a request body to arrive once its head has.
     pub body_timeout: Duration,
+    /// Largest request head (request line and headers), at least 8192; a larger one is answered `431`.
+    /// hyper's read buffer is this size, so it also bounds what one connection holds while its head arrives.
+    pub max_head_bytes: usize,
     /// Room-list long-polls waiting at once.
     pub max_long_polls: usize,
     /// Requests being answered at once (each may call the media processes).
@@ -68,6 +68,7 @@ impl Default for Limits {
             max_connections_per_ip: 64,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(10),
+            max_head_bytes: 16 * 1024,
             max_long_polls: 1024,
             max_in_flight: 64,
         }
@@ -286,7 +287,7 @@ async fn serve_connection<B: Backend + 'static>(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(shared.limits.header_timeout)
-        .max_buf_size(MAX_HEAD_BYTES)
+        .max_buf_size(shared.limits.max_head_bytes.max(8192))
         .max_headers(MAX_HEADERS);
     let service_shared = shared.clone();
     let service = service_fn(move |req| {

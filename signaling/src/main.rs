@@ -118,6 +118,7 @@ fn main() -> ExitCode {
         max_connections_per_ip: cfg.http_max_connections_per_ip,
         header_timeout: Duration::from_millis(cfg.http_header_timeout_ms),
         body_timeout: Duration::from_millis(cfg.http_body_timeout_ms),
+        max_head_bytes: cfg.http_max_header_bytes,
         max_long_polls: cfg.http_max_long_polls,
         ..Limits::default()
     };
