@@ -40,6 +40,7 @@ pub fn accept(
     if !offer.lines().any(|l| l.starts_with("m=audio") || l.starts_with("m=video")) {
         return Err(OfferError::NoMedia);
     }
+    check_sections(offer)?;
     let offer = SdpOffer::from_sdp_string(offer).map_err(|e| OfferError::Malformed(e.to_string()))?;
     let config = Rtc::builder().set_rtp_mode(true).set_ice_lite(true);
     let mut config = tune(config);
@@ -56,6 +57,69 @@ pub fn accept(
     let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| OfferError::Refused(e.to_string()))?;
     let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
     Ok(Accepted { rtc, answer: answer.to_sdp_string(), ufrag })
+}
+
+/// Most media sections (m-lines) an offer may have: a publisher sends an audio and a video section (a few
+/// more with simulcast or several cameras), a viewer receives two. Each section costs a transceiver, streams
+/// and payload tables in the session.
+pub const MAX_MEDIA_SECTIONS: usize = 16;
+
+/// Checks what str0m takes on trust: at most [`MAX_MEDIA_SECTIONS`] media sections, and one meaning per
+/// payload type across the whole offer. With BUNDLE every section shares one transport, so a payload type
+/// must mean the same codec (and format parameters) in every section that lists it; str0m checks this per
+/// section only, and asserts on a payload type claimed twice.
+fn check_sections(offer: &str) -> Result<(), OfferError> {
+    let sections = offer.lines().filter(|l| l.starts_with("m=")).count();
+    if sections > MAX_MEDIA_SECTIONS {
+        return Err(OfferError::Refused(format!(
+            "the offer has {sections} media sections, more than the {MAX_MEDIA_SECTIONS} allowed"
+        )));
+    }
+    // Payload type -> (section index, "codec/clock[/channels]" lowercase, format parameters).
+    let mut meaning: std::collections::HashMap<u8, (usize, String, String)> = std::collections::HashMap::new();
+    let mut rtpmap: Vec<(u8, String)> = Vec::new();
+    let mut fmtp: std::collections::HashMap<u8, String> = std::collections::HashMap::new();
+    let mut section = 0;
+    let mut flush = |section: usize,
+                     rtpmap: &mut Vec<(u8, String)>,
+                     fmtp: &mut std::collections::HashMap<u8, String>|
+     -> Result<(), OfferError> {
+        for (pt, codec) in rtpmap.drain(..) {
+            let params = fmtp.remove(&pt).unwrap_or_default();
+            match meaning.get(&pt) {
+                Some((first, c, p)) if *c != codec || *p != params => {
+                    return Err(OfferError::Malformed(format!(
+                        "payload type {pt} is {c} in media section {first} and {codec} in media section {section}; \
+                         with BUNDLE a payload type must mean the same in every section"
+                    )));
+                }
+                Some(_) => {}
+                None => {
+                    meaning.insert(pt, (section, codec, params));
+                }
+            }
+        }
+        fmtp.clear();
+        Ok(())
+    };
+    for line in offer.lines() {
+        if line.starts_with("m=") {
+            flush(section, &mut rtpmap, &mut fmtp)?;
+            section += 1;
+        } else if let Some(rest) = line.strip_prefix("a=rtpmap:") {
+            let Some((pt, codec)) = rest.split_once(' ') else { continue };
+            let Ok(pt) = pt.trim().parse::<u8>() else { continue };
+            if rtpmap.iter().any(|(p, c)| *p == pt && !c.eq_ignore_ascii_case(codec.trim())) {
+                return Err(OfferError::Malformed(format!("payload type {pt} has two rtpmap lines in one section")));
+            }
+            rtpmap.push((pt, codec.trim().to_ascii_lowercase()));
+        } else if let Some(rest) = line.strip_prefix("a=fmtp:") {
+            let Some((pt, params)) = rest.split_once(' ') else { continue };
+            let Ok(pt) = pt.trim().parse::<u8>() else { continue };
+            fmtp.insert(pt, params.trim().to_ascii_lowercase());
+        }
+    }
+    flush(section, &mut rtpmap, &mut fmtp)
 }
 
 /// How long the process's DTLS certificate is used before a new one is made (it is valid for 365 days).
@@ -187,6 +251,57 @@ mod tests {
         let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:2\r\n";
         let sections = media_sections(sdp);
         assert_eq!(sections, vec![(str0m::media::Mid::from("0"), false), (str0m::media::Mid::from("1"), true)]);
+    }
+
+    /// An offer in the shape browsers send, with each section given as (kind, payload types, attributes).
+    fn offer_with(sections: &[(&str, &str, &[&str])]) -> String {
+        let mut sdp = String::from("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n");
+        let mids: Vec<String> = (0..sections.len()).map(|i| i.to_string()).collect();
+        sdp.push_str(&format!("a=group:BUNDLE {}\r\n", mids.join(" ")));
+        for (mid, (kind, pts, attrs)) in sections.iter().enumerate() {
+            sdp.push_str(&format!("m={kind} 9 UDP/TLS/RTP/SAVPF {pts}\r\nc=IN IP4 0.0.0.0\r\n"));
+            sdp.push_str("a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n");
+            sdp.push_str(&format!("a=fingerprint:sha-256 {}\r\n", ["AB"; 32].join(":")));
+            sdp.push_str(&format!("a=setup:actpass\r\na=mid:{mid}\r\na=recvonly\r\na=rtcp-mux\r\n"));
+            for a in *attrs {
+                sdp.push_str(a);
+                sdp.push_str("\r\n");
+            }
+        }
+        sdp
+    }
+
+    #[test]
+    fn a_payload_type_with_two_meanings_is_refused_not_a_panic() {
+        let candidates = ["127.0.0.1:6000".parse().unwrap()];
+        let vp8_and_opus_on_96 =
+            offer_with(&[("video", "96", &["a=rtpmap:96 VP8/90000"]), ("audio", "96", &["a=rtpmap:96 opus/48000/2"])]);
+        let rtx_97_then_h264_97 = offer_with(&[
+            ("video", "96 97", &["a=rtpmap:96 VP8/90000", "a=rtpmap:97 rtx/90000", "a=fmtp:97 apt=96"]),
+            ("video", "97", &["a=rtpmap:97 H264/90000", "a=fmtp:97 packetization-mode=1;profile-level-id=42e01f"]),
+        ]);
+        for offer in [vp8_and_opus_on_96, rtx_97_then_h264_97] {
+            match accept(&offer, &candidates, Instant::now(), |c| c) {
+                Err(OfferError::Malformed(reason)) => assert!(reason.contains("payload type"), "{reason}"),
+                Err(e) => panic!("refused for another reason: {e}"),
+                Ok(_) => panic!("accepted:\n{offer}"),
+            }
+        }
+        // The same payload type with the same meaning in two sections (two video tracks) is fine.
+        let two_cameras =
+            offer_with(&[("video", "96", &["a=rtpmap:96 VP8/90000"]), ("video", "96", &["a=rtpmap:96 VP8/90000"])]);
+        assert!(accept(&two_cameras, &candidates, Instant::now(), |c| c).is_ok());
+    }
+
+    #[test]
+    fn too_many_media_sections_are_refused() {
+        let candidates = ["127.0.0.1:6000".parse().unwrap()];
+        let sections: Vec<(&str, &str, &[&str])> =
+            (0..=MAX_MEDIA_SECTIONS).map(|_| ("audio", "111", &["a=rtpmap:111 opus/48000/2"][..])).collect();
+        match accept(&offer_with(&sections), &candidates, Instant::now(), |c| c) {
+            Err(OfferError::Refused(reason)) => assert!(reason.contains("media sections"), "{reason}"),
+            other => panic!("{:?}", other.map(|a| a.answer)),
+        }
     }
 
     #[test]
