@@ -68,6 +68,10 @@ const KEYFRAME_MARGIN: u64 = 16;
 /// ~96 bytes a packet (12 KB; `vendor/str0m/DEADSFU-PATCH.md`, `media/examples/session_memory.rs`).
 const RTX_CACHE_PACKETS: usize = 128;
 const RTX_CACHE_AGE: Duration = Duration::from_secs(1);
+/// Resends per viewer, in packets and payload bytes per second: a viewer on a lossy path needs a few
+/// percent of a stream's 100-400 packets a second; a viewer that NACKs everything it can gets at most about
+/// one stream's worth again, not its whole cache many times a second.
+const RTX_BUDGET: (u32, u32) = (200, 256 * 1024);
 /// A worker whose live feed of a room is this far behind the ring's writer (it was short of CPU) skips to the
 /// newest keyframe: its viewers lose what lies between rather than watch ever older video.
 const MAX_LAG: Duration = Duration::from_secs(1);
@@ -283,6 +287,7 @@ impl Fanout {
             let Some(tx) = api.stream_tx_by_mid(mid, None) else { continue };
             if is_video {
                 tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, None);
+                tx.set_rtx_budget(Some(RTX_BUDGET));
                 viewer.video.get_or_insert(Track { mid, splicer: None });
             } else {
                 viewer.audio.get_or_insert(Track { mid, splicer: None });

@@ -285,3 +285,48 @@ def test_udp_garbage_and_floods_kill_nothing(host, figures):
     n, slowest = asyncio.run(run())
     figures.append(f"udp flood: {n} garbage datagrams in 3 s to ingest and workers; slowest /healthz meanwhile {slowest * 1000:.0f} ms; nothing restarted")
     assert_nothing_restarted(host)
+
+
+def test_a_nack_flood_is_answered_within_the_resend_budget(host, figures):
+    """A viewer that NACKs the last 100 video packets every 10 ms for 3 s (30,000 resend requests) gets
+    resends at the worker's budget (200 packets a second, plus a second's burst), not its cache again and
+    again."""
+    seconds, budget = 3.0, 200
+
+    async def run() -> tuple[int, int, int]:
+        pub, v = Publisher(load_fixture(), "pub"), Viewer("nacker")
+        receiver = next(t.receiver for t in v.pc.getTransceivers() if t.kind == "video")
+        codecs = lambda: getattr(receiver, "_RTCRtpReceiver__codecs", {})  # noqa: E731
+        seen: dict[str, int] = {"rtx": 0}
+        last: dict[str, int] = {}
+        inner = receiver._handle_rtp_packet
+
+        async def counting(packet, arrival_time_ms: int) -> None:
+            codec = codecs().get(packet.payload_type)
+            if codec is not None and codec.mimeType.lower() == "video/rtx":
+                seen["rtx"] += 1
+            else:
+                last["ssrc"], last["seq"] = packet.ssrc, packet.sequence_number
+            await inner(packet, arrival_time_ms)
+
+        receiver._handle_rtp_packet = counting
+        try:
+            await publish_and_view(host.url, "nacked", pub, v)
+            await wait_for(lambda: len(v.rx.video) >= 30, 20, "viewer decodes 30 frames")
+            rtx_before, nacks = seen["rtx"], 0
+            t_end = time.monotonic() + seconds
+            while time.monotonic() < t_end:
+                seq = last["seq"]
+                await receiver._send_rtcp_nack(last["ssrc"], sorted((seq - k) & 0xFFFF for k in range(1, 101)))
+                nacks += 1
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.5)  # the last answers on their way
+            return nacks, seen["rtx"] - rtx_before, len(v.rx.video)
+        finally:
+            await asyncio.gather(v.close(), pub.close())
+
+    nacks, resent, frames = asyncio.run(run())
+    figures.append(f"NACK flood: {nacks} NACKs for 100 packets each in {seconds:.0f} s -> {resent} packets resent over RTX (budget {budget}/s)")
+    assert resent <= budget * (seconds + 0.5 + 1), f"{resent} resends for a flood of {nacks} NACKs"
+    assert resent > 0, "no resend at all: the budget is not what bounds them"
+    assert_nothing_restarted(host)

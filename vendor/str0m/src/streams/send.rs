@@ -152,6 +152,13 @@ pub struct StreamTx {
     /// Determines retransmitted bytes ratio value to clear queued resends.
     rtx_ratio_cap: Option<f32>,
 
+    /// Most resends queued at once: the RTX cache's size (deadsfu patch). A NACK for a packet
+    /// already queued is not queued again.
+    resends_max: usize,
+
+    /// Resends allowed per second, as packets and bytes, if limited (deadsfu patch).
+    rtx_budget: Option<RtxBudget>,
+
     /// Last time we produced a SR.
     last_sender_report: Instant,
 
@@ -386,6 +393,8 @@ impl StreamTx {
             rtx_cache: RtxCache::new(2000, DEFAULT_RTX_CACHE_DURATION),
             resend_packet: None,
             rtx_ratio_cap: DEFAULT_RTX_RATIO_CAP,
+            resends_max: 2000,
+            rtx_budget: None,
             last_sender_report: already_happened(),
             pending_request_keyframe: None,
             pending_request_remb: None,
@@ -468,6 +477,7 @@ impl StreamTx {
     ) {
         // Dump old cache to avoid having to deal with resizing logic inside the cache impl.
         self.rtx_cache = RtxCache::new(max_packets, max_age);
+        self.resends_max = max_packets;
         if rtx_ratio_cap.is_some() {
             self.stats
                 .bytes_transmitted
@@ -480,6 +490,22 @@ impl StreamTx {
             self.stats.bytes_retransmitted = None;
         }
         self.rtx_ratio_cap = rtx_ratio_cap;
+    }
+
+    /// Limit resends (answers to NACKs) to `packets_per_sec` packets and `bytes_per_sec` payload
+    /// bytes per second, with bursts of up to a second's worth (deadsfu patch). A resend over the
+    /// budget is dropped, not delayed: a late one is of no use to the receiver. `None` lifts the
+    /// limit (the default).
+    ///
+    /// Whatever the remote sends, the resends it can cause are bounded by this; the ratio cap of
+    /// [`StreamTx::set_rtx_cache`] bounds them only relative to what was sent.
+    pub fn set_rtx_budget(&mut self, budget: Option<(u32, u32)>) {
+        self.rtx_budget = budget.map(|(packets, bytes)| RtxBudget::new(packets, bytes));
+    }
+
+    /// Resends dropped because they were over the budget of [`StreamTx::set_rtx_budget`].
+    pub fn rtx_over_budget(&self) -> u64 {
+        self.rtx_budget.as_ref().map_or(0, |b| b.dropped)
     }
 
     /// Set whether this stream is unpaced or not.
@@ -899,6 +925,12 @@ impl StreamTx {
                 continue;
             };
 
+            if let Some(budget) = &mut self.rtx_budget {
+                if !budget.take(now, resend.payload_size) {
+                    continue;
+                }
+            }
+
             // Cached packets are nackable: this is ensured before adding the
             // entry to the self.rtx_cache, and restore() sets it.
             break (resend.seq_no, pkt);
@@ -1085,6 +1117,13 @@ impl StreamTx {
 
         // Schedule all resends. They will be handled on next poll_packet
         for seq_no in iter {
+            // Bounded whatever the NACKs say (deadsfu patch): one entry per packet, and no more
+            // than the cache holds.
+            if self.resends.len() >= self.resends_max
+                || self.resends.iter().any(|r| r.seq_no == seq_no)
+            {
+                continue;
+            }
             let Some(packet) = self.rtx_cache.get_cached_packet_by_seq_no(seq_no) else {
                 // Packet was not available in RTX cache, it has probably expired.
                 continue;
@@ -1400,6 +1439,50 @@ enum NextPacketKind {
     Regular,
     Resend(SeqNo),
     Blank(u8),
+}
+
+/// A token bucket for resends (deadsfu patch): packets and bytes per second, holding up to one
+/// second's worth.
+#[derive(Debug)]
+struct RtxBudget {
+    packets_per_sec: f64,
+    bytes_per_sec: f64,
+    packets: f64,
+    bytes: f64,
+    at: Option<Instant>,
+    dropped: u64,
+}
+
+impl RtxBudget {
+    fn new(packets_per_sec: u32, bytes_per_sec: u32) -> RtxBudget {
+        let (packets_per_sec, bytes_per_sec) = (packets_per_sec as f64, bytes_per_sec as f64);
+        RtxBudget {
+            packets_per_sec,
+            bytes_per_sec,
+            packets: packets_per_sec,
+            bytes: bytes_per_sec,
+            at: None,
+            dropped: 0,
+        }
+    }
+
+    /// Takes one packet of `size` bytes from the budget, if it has them.
+    fn take(&mut self, now: Instant, size: usize) -> bool {
+        if let Some(at) = self.at {
+            let secs = now.saturating_duration_since(at).as_secs_f64();
+            self.packets = (self.packets + secs * self.packets_per_sec).min(self.packets_per_sec);
+            self.bytes = (self.bytes + secs * self.bytes_per_sec).min(self.bytes_per_sec);
+        }
+        self.at = Some(now);
+        let size = size as f64;
+        if self.packets < 1.0 || self.bytes < size {
+            self.dropped += 1;
+            return false;
+        }
+        self.packets -= 1.0;
+        self.bytes -= size;
+        true
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
