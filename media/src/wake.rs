@@ -46,8 +46,16 @@ impl WakeSender {
 
 /// A worker's side: the bound socket, registered in its run loop.
 pub fn bind(path: &Path) -> io::Result<mio::net::UnixDatagram> {
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        // A socket left by a worker that died: this worker takes its place.
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket; remove it if it is not needed", path.display()),
+            ))
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }

@@ -386,15 +386,22 @@ impl Client {
 pub enum BindError {
     #[error("another process already serves {0}")]
     InUse(String),
+    #[error("{0} exists and is not a socket; remove it if it is not needed, or set another runtime_dir")]
+    NotASocket(String),
     #[error("cannot listen on {path}: {source}")]
     Io { path: String, source: io::Error },
 }
 
 /// Binds the control socket at `path`. A stale socket file left by a dead process is replaced; a socket on
-/// which a live process answers is refused, so two processes never share one role.
+/// which a live process answers is refused, so two processes never share one role; anything else at the
+/// path (a file, a directory, a symbolic link) is left alone and refused.
 pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
     let shown = path.display().to_string();
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            return Err(BindError::NotASocket(shown));
+        }
         if UnixStream::connect(path).is_ok() {
             return Err(BindError::InUse(shown));
         }
@@ -413,8 +420,24 @@ where
     thread::Builder::new()
         .name("control".into())
         .spawn(move || {
+            let own = nix::unistd::geteuid().as_raw();
             for conn in listener.incoming() {
                 let Ok(stream) = conn else { continue };
+                match nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials) {
+                    Ok(peer) if peer_allowed(peer.uid(), own) => {}
+                    Ok(peer) => {
+                        tracing::warn!(
+                            peer_uid = peer.uid(),
+                            peer_pid = peer.pid(),
+                            "control connection from another user refused"
+                        );
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "control connection without peer credentials refused");
+                        continue;
+                    }
+                }
                 let handler = handler.clone();
                 let spawned = thread::Builder::new()
                     .name("control-conn".into())
@@ -425,6 +448,12 @@ where
             }
         })
         .expect("spawning a thread at startup succeeds")
+}
+
+/// Whether a control connection from a process of `peer_uid` is served by a process of `own_uid`: the same
+/// user, or root (who could read the rings and sockets anyway).
+fn peer_allowed(peer_uid: u32, own_uid: u32) -> bool {
+    peer_uid == own_uid || peer_uid == 0
 }
 
 fn serve_connection(mut stream: UnixStream, handler: &(dyn Fn(Request) -> Response + Send + Sync)) {
@@ -545,6 +574,32 @@ mod tests {
         let body = br#"{"id":1,"msg":{"type":"launch_rockets"}}"#;
         let err = read_frame::<Request>(&mut Cursor::new(frame(MAGIC, VERSION, body))).unwrap_err();
         assert!(matches!(err, ControlError::Malformed(_)));
+    }
+
+    #[test]
+    fn bind_replaces_only_a_stale_socket() {
+        let dir = std::env::temp_dir().join(format!("deadsfu-bind-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("not-a-socket.sock");
+        std::fs::write(&file, b"keep me").unwrap();
+        assert!(matches!(bind(&file), Err(BindError::NotASocket(_))));
+        assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+        let link = dir.join("link.sock");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        assert!(matches!(bind(&link), Err(BindError::NotASocket(_))));
+        // A socket nobody serves is stale and replaced.
+        let stale = dir.join("stale.sock");
+        drop(UnixListener::bind(&stale).unwrap());
+        bind(&stale).expect("a stale socket is replaced");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn control_peers_are_this_user_or_root() {
+        assert!(peer_allowed(1000, 1000));
+        assert!(peer_allowed(0, 1000));
+        assert!(!peer_allowed(1001, 1000));
+        assert!(!peer_allowed(65534, 0));
     }
 
     #[test]

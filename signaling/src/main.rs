@@ -77,6 +77,11 @@ fn main() -> ExitCode {
         Ok(cfg) => cfg,
         Err(code) => return code,
     };
+    let runtime_dir = cfg.runtime_dir();
+    if let Err(e) = shm_proto::paths::prepare(&runtime_dir) {
+        tracing::error!("runtime directory {}: {e}", runtime_dir.display());
+        return ExitCode::from(2);
+    }
     let addr = cfg.http_addr().expect("validated at load");
     let admin = cfg.admin_addr().expect("validated at load");
     let mut listeners = Vec::new();
