@@ -686,6 +686,18 @@ impl Ingest {
         }
         self.drop_idle_rooms(now, now_ms);
         for (name, room) in &mut self.rooms {
+            if room.ring.is_broken() {
+                // Someone truncated the file: write a new one at the path, which readers reopen.
+                let path = paths::ring(&self.settings.runtime_dir, name);
+                match RingWriter::create(&path, self.settings.geometry, now_ms) {
+                    Ok(ring) => {
+                        tracing::warn!(room = %name, "ring file truncated under ingest; made a new one");
+                        room.ring = ring;
+                        room.write_codecs(&self.slate, name);
+                    }
+                    Err(e) => tracing::warn!(room = %name, error = %e, "ring file truncated; cannot make a new one"),
+                }
+            }
             room.ring.heartbeat(now_ms);
             if now.duration_since(room.window_start) >= BITRATE_WINDOW {
                 let secs = now.duration_since(room.window_start).as_secs_f64();

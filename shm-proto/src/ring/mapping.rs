@@ -11,8 +11,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use memmap2::{MmapOptions, MmapRaw};
 
-/// A shared, read-write mapping of the first `len` bytes of a ring file.
+use super::sigbus::Registration;
+
+/// A shared, read-write mapping of the first `len` bytes of a ring file, protected from the file's
+/// truncation (see [`super::sigbus`]).
 pub(crate) struct Mapping {
+    // Dropped first: the handler forgets the range before it is unmapped.
+    guard: Registration,
     raw: MmapRaw,
 }
 
@@ -27,7 +32,18 @@ impl Mapping {
         if raw.as_ptr().align_offset(std::mem::align_of::<AtomicU64>()) != 0 {
             return Err(io::Error::other("mapping is not 8-byte aligned"));
         }
-        Ok(Mapping { raw })
+        let guard = Registration::new(raw.as_ptr() as usize, raw.len());
+        Ok(Mapping { guard, raw })
+    }
+
+    /// True once the file was found truncated under the mapping, which now reads zeros.
+    pub fn is_broken(&self) -> bool {
+        self.guard.is_broken()
+    }
+
+    /// Bytes mapped.
+    pub fn len(&self) -> usize {
+        self.raw.len()
     }
 
     /// The whole mapping as 64-bit atomic words.

@@ -171,6 +171,7 @@ mod cursor;
 mod mapping;
 mod reader;
 mod record;
+mod sigbus;
 mod writer;
 
 #[cfg(test)]

@@ -166,12 +166,16 @@ impl RingReader {
     /// Whether this reader should reopen the path: the file was marked replaced, or another file (or none) is
     /// at the path now. Costs a `stat(2)`: call it on a timer, not per packet.
     pub fn is_replaced(&self) -> bool {
+        // A truncated file: what is mapped reads zeros, or will fault (caught, see `sigbus`).
+        if self.map.is_broken() {
+            return true;
+        }
         // SYNC POINT R: pairs with the release store of the replacing writer.
         if self.map.word(REPLACED_OFFSET).load(Ordering::Acquire) != 0 {
             return true;
         }
         match fs::metadata(&self.path) {
-            Ok(m) => m.dev() != self.dev || m.ino() != self.ino,
+            Ok(m) => m.dev() != self.dev || m.ino() != self.ino || m.len() < self.map.len() as u64,
             Err(e) if e.kind() == io::ErrorKind::NotFound => true,
             // Cannot tell (permissions changed?): keep reading what we have.
             Err(_) => false,

@@ -673,3 +673,36 @@ fn a_cursor_skips_forward_only() {
     assert!(!cursor.take_lapped(), "a skip is not a lap");
     assert_eq!(cursor.laps(), 0);
 }
+
+/// A ring file truncated under a reader and its writer kills neither: the access that faults is caught, the
+/// mapping reads zeros from then on, the reader says to reopen the path and the writer says it is broken.
+#[test]
+fn a_ring_truncated_under_its_reader_and_writer_kills_neither() {
+    let dir = TempDir::new("truncated");
+    let geometry = Geometry { slot_count: 64, slot_size: 4096 };
+    let mut writer = RingWriter::create(&dir.ring(), geometry, 1).expect("create");
+    for pos in 0..32 {
+        writer.push(&meta(pos, MediaKind::Video, pos == 0), &payload(pos, 1000)).expect("push");
+    }
+    let reader = RingReader::open(&dir.ring()).expect("open");
+    assert!(!reader.is_replaced());
+    // Leave the header, cut every slot off.
+    let file = fs::OpenOptions::new().write(true).open(dir.ring()).expect("open file");
+    file.set_len(4096).expect("truncate");
+    let mut out = buf(geometry);
+    for pos in 0..32 {
+        // Faults (SIGBUS) on the first slot read; the handler maps zeros over the ring and the read goes on.
+        let outcome = reader.read(pos, &mut out);
+        assert!(!matches!(outcome, ReadOutcome::Packet { .. }), "read a packet from a truncated file: {outcome:?}");
+    }
+    assert!(reader.is_replaced(), "the reader does not say to reopen a truncated ring");
+    for pos in 32..40 {
+        let _ = writer.push(&meta(pos, MediaKind::Video, false), &payload(pos, 1000));
+    }
+    assert!(writer.is_broken(), "the writer does not know its file was truncated");
+    // A new writer makes a whole file again, which a new reader opens.
+    drop(writer);
+    let _writer = RingWriter::create(&dir.ring(), geometry, 2).expect("recreate");
+    let again = RingReader::open(&dir.ring()).expect("reopen");
+    assert!(!again.is_replaced());
+}

@@ -93,6 +93,12 @@ impl RingWriter {
         Err(RingError::WriterBusy { pid: 0 })
     }
 
+    /// True once the file was truncated under this writer (caught as `SIGBUS`, see `sigbus`): what it writes
+    /// goes to private memory no reader sees. Make a new writer for the path.
+    pub fn is_broken(&self) -> bool {
+        self.map.is_broken()
+    }
+
     /// Epoch of this writer: 1 for a new file, one more than the previous writer's for a reused one.
     pub fn epoch(&self) -> u64 {
         self.epoch
