@@ -293,6 +293,19 @@ mod tests {
         assert!(accept(&two_cameras, &candidates, Instant::now(), |c| c).is_ok());
     }
 
+    /// The vendored str0m itself refuses such offers with an error instead of asserting (the check above
+    /// answers first, with a clearer reason).
+    #[test]
+    fn str0m_refuses_a_payload_type_with_two_meanings_without_panicking() {
+        let offer =
+            offer_with(&[("video", "96", &["a=rtpmap:96 VP8/90000"]), ("audio", "96", &["a=rtpmap:96 opus/48000/2"])]);
+        let offer = SdpOffer::from_sdp_string(&offer).expect("parses");
+        let mut rtc = Rtc::builder().set_rtp_mode(true).set_ice_lite(true).build(Instant::now());
+        rtc.add_local_candidate(Candidate::host("127.0.0.1:6000".parse().unwrap(), "udp").unwrap());
+        let err = rtc.sdp_api().accept_offer(offer).expect_err("refused");
+        assert!(err.to_string().contains("payload type 96"), "{err}");
+    }
+
     #[test]
     fn too_many_media_sections_are_refused() {
         let candidates = ["127.0.0.1:6000".parse().unwrap()];

@@ -1156,7 +1156,7 @@ fn add_new_lines(
             // Match/remap remote params.
             session
                 .codec_config
-                .update_params(&m.rtp_params(), m.direction());
+                .update_params(&m.rtp_params(), m.direction())?;
 
             // Remap the extension to that of the answer.
             session.exts.remap(&m.extmaps());

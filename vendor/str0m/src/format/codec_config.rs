@@ -602,7 +602,14 @@ impl CodecConfig {
             })
     }
 
-    pub(crate) fn update_params(&mut self, remote_params: &[PayloadParams], remote_dir: Direction) {
+    /// Locks the local parameters to those of a remote m-line. An error (deadsfu patch: was a panic)
+    /// if the remote binds a payload type that another m-line locked to a different codec, or no
+    /// payload type is left for a remap.
+    pub(crate) fn update_params(
+        &mut self,
+        remote_params: &[PayloadParams],
+        remote_dir: Direction,
+    ) -> Result<(), String> {
         // 0-128 of "claimed" PTs. I.e. PTs that we already allocated to something.
         let mut claimed: [bool; 128] = [false; 128];
 
@@ -612,14 +619,14 @@ impl CodecConfig {
                 continue;
             }
 
-            claimed.assert_claim_once(p.pt);
+            claimed.claim_once(p.pt)?;
 
             if let Some(rtx) = p.resend {
-                claimed.assert_claim_once(rtx);
+                claimed.claim_once(rtx)?;
             }
 
             if let Some(red) = p.red {
-                claimed.assert_claim_once(red);
+                claimed.claim_once(red)?;
             }
         }
 
@@ -646,7 +653,7 @@ impl CodecConfig {
                 &mut claimed,
                 local_is_controlling,
                 &mut unlocked,
-            );
+            )?;
         }
 
         // Make a pass to reassign unconfirmed payloads that have PT which are now claimed.
@@ -657,14 +664,13 @@ impl CodecConfig {
 
             if claimed.is_claimed(p.pt) {
                 let Some(pt) = claimed.find_unclaimed(PREFERED_RANGES, &unlocked) else {
-                    // TODO: handle this gracefully.
-                    panic!("Exhausted all PT ranges, inconsistent PayloadParam state");
+                    return Err("no payload type is left to reassign a conflicting one to".into());
                 };
 
                 debug!("Reassigned PT {} => {}", p.pt, pt);
                 p.pt = pt;
 
-                claimed.assert_claim_once(pt);
+                claimed.claim_once(pt)?;
                 unlocked.remove(&pt);
             }
 
@@ -675,7 +681,7 @@ impl CodecConfig {
                         Some(new_red) => {
                             debug!("Reassigned RED PT {:?} => {:?}", p.red, new_red);
                             p.red = Some(new_red);
-                            claimed.assert_claim_once(new_red);
+                            claimed.claim_once(new_red)?;
                             unlocked.remove(&new_red);
                         }
                         // RED is opt-in; drop it rather than panic if no PT is free.
@@ -693,17 +699,17 @@ impl CodecConfig {
 
             if claimed.is_claimed(rtx) {
                 let Some(rtx) = claimed.find_unclaimed(PREFERED_RANGES, &unlocked) else {
-                    // TODO: handle this gracefully.
-                    panic!("Exhausted all PT ranges, inconsistent PayloadParam state");
+                    return Err("no payload type is left to reassign a conflicting one to".into());
                 };
 
                 debug!("Reassigned RTX PT {:?} => {:?}", p.resend, rtx);
                 p.resend = Some(rtx);
 
-                claimed.assert_claim_once(rtx);
+                claimed.claim_once(rtx)?;
                 unlocked.remove(&rtx);
             }
         }
+        Ok(())
     }
 
     pub(crate) fn has_pt(&self, pt: Pt) -> bool {
@@ -773,7 +779,7 @@ mod test {
                     let expected = local_enabled && sections[0];
                     for enabled in sections {
                         remote.set_fb_transport_cc(enabled);
-                        config.update_params(&[remote], direction);
+                        config.update_params(&[remote], direction).expect("payload types claimed once");
                         assert_eq!(config.params()[0].fb_transport_cc(), expected);
                     }
                 }
@@ -849,7 +855,7 @@ mod test {
         );
 
         let mut config = CodecConfig::new_from_payload_params(vec![claimed, local_cn]);
-        config.update_params(&[remote_cn], Direction::SendOnly);
+        config.update_params(&[remote_cn], Direction::SendOnly).expect("payload types claimed once");
 
         let cn = config
             .iter()
@@ -886,7 +892,7 @@ mod test {
         let remote_vp8 = PayloadParams::new(96.into(), Some(97.into()), vp8);
 
         let mut config = CodecConfig::new_from_payload_params(vec![claimed, local_vp8]);
-        config.update_params(&[remote_vp8], Direction::SendOnly);
+        config.update_params(&[remote_vp8], Direction::SendOnly).expect("payload types claimed once");
 
         let vp8 = config
             .iter()
@@ -1038,7 +1044,7 @@ mod test {
         let mut remote = CodecConfig::empty();
         remote.enable_opus(true, true);
 
-        local.update_params(remote.params(), Direction::SendRecv);
+        local.update_params(remote.params(), Direction::SendRecv).expect("payload types claimed once");
 
         let opus = local
             .params()
@@ -1056,7 +1062,7 @@ mod test {
         let mut remote = CodecConfig::empty();
         remote.enable_opus(true, false); // remote does not offer RED
 
-        local.update_params(remote.params(), Direction::SendRecv);
+        local.update_params(remote.params(), Direction::SendRecv).expect("payload types claimed once");
 
         let opus = local
             .params()
@@ -1086,7 +1092,7 @@ mod test {
         }
 
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            local.update_params(remote.params(), Direction::SendRecv);
+            local.update_params(remote.params(), Direction::SendRecv).expect("payload types claimed once");
         }));
 
         assert!(
@@ -1144,7 +1150,7 @@ mod test {
             },
         )];
 
-        config.update_params(&remote_h264_params, Direction::RecvOnly);
+        config.update_params(&remote_h264_params, Direction::RecvOnly).expect("payload types claimed once");
 
         // Verify PT 109 is now locked as RTX for H264
         assert!(
@@ -1167,7 +1173,7 @@ mod test {
             },
         )];
 
-        config.update_params(&remote_opus_params, Direction::SendOnly);
+        config.update_params(&remote_opus_params, Direction::SendOnly).expect("payload types claimed once");
 
         // Verify the fix: Opus should be remapped to PT_OPUS (its default)
         let opus_param = config
@@ -1297,7 +1303,7 @@ mod test {
 
         // Process Chrome's offer - this locks the H264 PTs that Chrome offered
         // Chrome is SendOnly, so from our perspective we're receiving (recvonly)
-        config.update_params(&chrome_h264_params, Direction::SendOnly);
+        config.update_params(&chrome_h264_params, Direction::SendOnly).expect("payload types claimed once");
 
         // Verify: Chrome's H264 profiles are locked at their specific PTs
         assert!(
@@ -1477,7 +1483,7 @@ mod test {
         let remote = h265_remote_ptl(1, 0, 156); // Level 5.2
 
         // Direction::SendOnly = remote is sending (we receive)
-        config.update_params(&remote, Direction::SendOnly);
+        config.update_params(&remote, Direction::SendOnly).expect("payload types claimed once");
 
         let ptl = get_h265(&config)
             .spec()
@@ -1500,7 +1506,7 @@ mod test {
         let mut config = h265_config(1, 0, 156); // Level 5.2
         let remote = h265_remote_ptl(1, 0, 180); // Level 6.0
 
-        config.update_params(&remote, Direction::SendOnly);
+        config.update_params(&remote, Direction::SendOnly).expect("payload types claimed once");
 
         let ptl = get_h265(&config)
             .spec()
@@ -1523,7 +1529,7 @@ mod test {
         let mut config = h265_config(1, 0, 180); // Level 6.0
         let remote = h265_remote_ptl(1, 0, 156); // Level 5.2
 
-        config.update_params(&remote, Direction::SendRecv);
+        config.update_params(&remote, Direction::SendRecv).expect("payload types claimed once");
 
         let ptl = get_h265(&config)
             .spec()
@@ -1540,7 +1546,7 @@ mod test {
         let mut config = h265_config(1, 0, 156); // Level 5.2
         let remote = h265_remote_ptl(1, 0, 180); // Level 6.0
 
-        config.update_params(&remote, Direction::SendRecv);
+        config.update_params(&remote, Direction::SendRecv).expect("payload types claimed once");
 
         let ptl = get_h265(&config)
             .spec()
@@ -1556,7 +1562,7 @@ mod test {
         let mut config = h265_config(1, 0, 156); // Level 5.2
         let remote = h265_remote_ptl(1, 0, 156); // Level 5.2
 
-        config.update_params(&remote, Direction::SendRecv);
+        config.update_params(&remote, Direction::SendRecv).expect("payload types claimed once");
 
         let ptl = get_h265(&config)
             .spec()
@@ -1576,7 +1582,7 @@ mod test {
         let remote = h265_remote_ptl(1, 0, 156); // Level 5.2
 
         // Direction::RecvOnly = remote is receiving (we send)
-        config.update_params(&remote, Direction::RecvOnly);
+        config.update_params(&remote, Direction::RecvOnly).expect("payload types claimed once");
 
         let ptl = get_h265(&config)
             .spec()
@@ -1597,7 +1603,7 @@ mod test {
         let mut config = h265_config(1, 0, 180); // Full PTL
         let remote = h265_remote_profile_only(1); // profile-id only
 
-        config.update_params(&remote, Direction::SendRecv);
+        config.update_params(&remote, Direction::SendRecv).expect("payload types claimed once");
 
         let h265 = get_h265(&config);
         assert!(
@@ -1619,7 +1625,7 @@ mod test {
         let mut config = h265_config(1, 0, 180); // Full PTL
         let remote = h265_remote_no_fmtp();
 
-        config.update_params(&remote, Direction::SendRecv);
+        config.update_params(&remote, Direction::SendRecv).expect("payload types claimed once");
 
         let h265 = get_h265(&config);
         assert!(
@@ -1657,7 +1663,7 @@ mod test {
         );
         let remote = h265_remote_ptl(1, 0, 156);
 
-        config.update_params(&remote, Direction::SendRecv);
+        config.update_params(&remote, Direction::SendRecv).expect("payload types claimed once");
 
         let h265 = get_h265(&config);
         assert!(
@@ -1771,7 +1777,7 @@ mod test {
         let remote = h266_remote_ptl(1, 0, 64); // Level 4.0
 
         // Direction::SendOnly = remote is sending (we receive)
-        config.update_params(&remote, Direction::SendOnly);
+        config.update_params(&remote, Direction::SendOnly).expect("payload types claimed once");
 
         let ptl = get_h266(&config)
             .spec()
@@ -1794,7 +1800,7 @@ mod test {
         let mut config = h266_config(1, 0, 64); // Level 4.0
         let remote = h266_remote_ptl(1, 0, 96); // Level 6.0
 
-        config.update_params(&remote, Direction::SendOnly);
+        config.update_params(&remote, Direction::SendOnly).expect("payload types claimed once");
 
         let ptl = get_h266(&config)
             .spec()
@@ -1817,7 +1823,7 @@ mod test {
         let mut config = h266_config(1, 0, 96); // Level 6.0
         let remote = h266_remote_ptl(1, 0, 64); // Level 4.0
 
-        config.update_params(&remote, Direction::SendRecv);
+        config.update_params(&remote, Direction::SendRecv).expect("payload types claimed once");
 
         let ptl = get_h266(&config)
             .spec()
@@ -1834,7 +1840,7 @@ mod test {
         let mut config = h266_config(1, 0, 64); // Level 4.0
         let remote = h266_remote_ptl(1, 0, 96); // Level 6.0
 
-        config.update_params(&remote, Direction::SendRecv);
+        config.update_params(&remote, Direction::SendRecv).expect("payload types claimed once");
 
         let ptl = get_h266(&config)
             .spec()
@@ -1850,7 +1856,7 @@ mod test {
         let mut config = h266_config(1, 0, 64); // Level 4.0
         let remote = h266_remote_ptl(1, 0, 64); // Level 4.0
 
-        config.update_params(&remote, Direction::SendRecv);
+        config.update_params(&remote, Direction::SendRecv).expect("payload types claimed once");
 
         let ptl = get_h266(&config)
             .spec()
@@ -1870,7 +1876,7 @@ mod test {
         let remote = h266_remote_ptl(1, 0, 64); // Level 4.0
 
         // Direction::RecvOnly = remote is receiving (we send)
-        config.update_params(&remote, Direction::RecvOnly);
+        config.update_params(&remote, Direction::RecvOnly).expect("payload types claimed once");
 
         let ptl = get_h266(&config)
             .spec()
@@ -1891,7 +1897,7 @@ mod test {
         let mut config = h266_config(1, 0, 96); // Full PTL
         let remote = h266_remote_profile_only(1); // profile-id only
 
-        config.update_params(&remote, Direction::SendRecv);
+        config.update_params(&remote, Direction::SendRecv).expect("payload types claimed once");
 
         let h266 = get_h266(&config);
         assert!(
@@ -1913,7 +1919,7 @@ mod test {
         let mut config = h266_config(1, 0, 96); // Full PTL
         let remote = h266_remote_no_fmtp();
 
-        config.update_params(&remote, Direction::SendRecv);
+        config.update_params(&remote, Direction::SendRecv).expect("payload types claimed once");
 
         let h266 = get_h266(&config);
         assert!(
@@ -1949,7 +1955,7 @@ mod test {
         );
         let remote = h266_remote_ptl(1, 0, 64);
 
-        config.update_params(&remote, Direction::SendRecv);
+        config.update_params(&remote, Direction::SendRecv).expect("payload types claimed once");
 
         let h266 = get_h266(&config);
         assert!(

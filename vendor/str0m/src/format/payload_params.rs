@@ -26,7 +26,9 @@ pub(crate) const PREFERED_RANGES: &[RangeInclusive<usize>] = &[
 ];
 
 pub(crate) trait Claimed {
-    fn assert_claim_once(&mut self, pt: Pt);
+    /// Claims `pt`; an error if it was claimed already (deadsfu patch: was an assertion, which a
+    /// remote offer binding one PT to different codecs in different m-lines could trip).
+    fn claim_once(&mut self, pt: Pt) -> Result<(), String>;
     fn is_claimed(&self, pt: Pt) -> bool;
     fn find_unclaimed(
         &self,
@@ -36,10 +38,13 @@ pub(crate) trait Claimed {
 }
 
 impl Claimed for [bool; 128] {
-    fn assert_claim_once(&mut self, pt: Pt) {
+    fn claim_once(&mut self, pt: Pt) -> Result<(), String> {
         let idx = *pt as usize;
-        assert!(!self[idx], "Pt locked multiple times: {}", pt);
+        if self[idx] {
+            return Err(format!("payload type {pt} is bound to more than one codec"));
+        }
         self[idx] = true;
+        Ok(())
     }
     fn is_claimed(&self, pt: Pt) -> bool {
         let idx = *pt as usize;
@@ -639,7 +644,7 @@ impl PayloadParams {
         claimed: &mut [bool; 128],
         local_is_controlling: bool,
         unlocked: &mut HashSet<Pt>,
-    ) {
+    ) -> Result<(), String> {
         let Some((first, _)) = remote_pts
             .iter()
             // One unrestricted AMR-WB payload can match several local mode sets.
@@ -653,7 +658,7 @@ impl PayloadParams {
             .filter_map(|p| self.match_score(p).map(|s| (p, s)))
             .max_by_key(|(_, s)| *s)
         else {
-            return;
+            return Ok(());
         };
 
         // The first negotiated m-line determines TWCC support for this PT.
@@ -761,7 +766,7 @@ impl PayloadParams {
             // This can happen if the incoming PTs are suggestions (send-direction) rather than demanded
             // (receive-direction). We only want to warn if we get receive direction changes.
             if local_is_controlling {
-                return;
+                return Ok(());
             }
             // Just verify it's still the same. We should validate this in apply_offer/answer instead
             // of ever seeing this error message.
@@ -800,13 +805,13 @@ impl PayloadParams {
                     remote_pt = new_pt;
                     unlocked.remove(&new_pt);
                 } else {
-                    panic!("Exhausted all PT ranges, inconsistent PayloadParam state");
+                    return Err("no payload type is left to remap a conflicting one to".into());
                 }
             }
 
             // Lock down the PT
             self.pt = remote_pt;
-            claimed.assert_claim_once(remote_pt);
+            claimed.claim_once(remote_pt)?;
 
             // Check if RTX PT also conflicts
             if local_is_controlling {
@@ -822,7 +827,7 @@ impl PayloadParams {
                             remote_rtx = Some(new_rtx);
                             unlocked.remove(&new_rtx);
                         } else {
-                            panic!("Exhausted all PT ranges, inconsistent PayloadParam state");
+                            return Err("no payload type is left to remap a conflicting RTX one to".into());
                         }
                     }
                 }
@@ -831,7 +836,7 @@ impl PayloadParams {
             // Lock down the RTX PT
             self.resend = remote_rtx;
             if let Some(rtx) = remote_rtx {
-                claimed.assert_claim_once(rtx);
+                claimed.claim_once(rtx)?;
             }
 
             // RED is opt-in on our side and audio-only: keep it only if the matched remote also
@@ -867,12 +872,13 @@ impl PayloadParams {
             }
             self.red = remote_red;
             if let Some(red) = remote_red {
-                claimed.assert_claim_once(red);
+                claimed.claim_once(red)?;
             }
 
             // This is now locked.
             self.locked = true;
         }
+        Ok(())
     }
 }
 
