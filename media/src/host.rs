@@ -89,8 +89,9 @@ pub enum Routed {
     Dropped,
 }
 
-/// Remote addresses remembered per session for routing. A browser uses one or two (IPv4 and IPv6, or a
-/// relayed path besides a direct one); more only come from a peer trying many paths or one that means harm.
+/// Remote addresses a session takes datagrams from, over its life. A browser uses one or two (IPv4 and IPv6,
+/// or a relayed path besides a direct one) and a new one when its network changes; more only come from a
+/// peer that means harm. A client past it starts a new session.
 pub const MAX_REMOTES: usize = 8;
 
 pub struct SessionHost<T> {
@@ -240,6 +241,13 @@ impl<T> SessionHost<T> {
             return Routed::Dropped;
         };
         let session = self.sessions.get_mut(&key).expect("key was found in the table above");
+        let new_remote = !session.remotes.contains(&source);
+        if new_remote && session.remotes.len() >= MAX_REMOTES {
+            // Every address a peer checks from becomes a remote candidate and pair inside str0m's ICE
+            // agent: a peer trying ever new ones would grow the session without bound.
+            tracing::trace!(%source, "datagram from one address too many for its session");
+            return Routed::Dropped;
+        }
         match session.rtc.handle_input(input) {
             Ok(()) => {}
             // A failed handshake (e.g. a certificate the DTLS stack refuses) can never recover: end the session
@@ -257,15 +265,7 @@ impl<T> SessionHost<T> {
         session.last_input = now;
         session.drain(key, send, events);
         queue_timeout(&mut self.timers, key, session);
-        if !session.remotes.contains(&source) {
-            // A peer that checks from ever new addresses (or ports) must not grow the tables: the oldest
-            // address is forgotten (its datagrams are routed by STUN ufrag again if it comes back).
-            if session.remotes.len() >= MAX_REMOTES {
-                let oldest = session.remotes.remove(0);
-                if self.by_remote.get(&oldest) == Some(&key) {
-                    self.by_remote.remove(&oldest);
-                }
-            }
+        if new_remote {
             session.remotes.push(source);
             self.by_remote.insert(source, key);
         }
@@ -404,13 +404,14 @@ mod tests {
         for port in 0..100u16 {
             let source = SocketAddr::from(([127, 0, 0, 1], 20000 + port));
             let routed = host.handle_datagram(t, source, server_addr, &check, &mut |_| {}, &mut events);
-            assert_eq!(routed, Routed::To(key), "a check from a new address is taken");
+            let expected = if usize::from(port) < MAX_REMOTES { Routed::To(key) } else { Routed::Dropped };
+            assert_eq!(routed, expected, "check from port {}", 20000 + port);
         }
         assert_eq!(host.get(key).unwrap().remotes.len(), MAX_REMOTES);
         assert_eq!(host.by_remote.len(), MAX_REMOTES);
-        // The newest addresses are the ones remembered.
-        assert!(host.by_remote.contains_key(&SocketAddr::from(([127, 0, 0, 1], 20099))));
-        assert!(!host.by_remote.contains_key(&SocketAddr::from(([127, 0, 0, 1], 20000))));
+        // The addresses it has are still served.
+        let first = SocketAddr::from(([127, 0, 0, 1], 20000));
+        assert_eq!(host.handle_datagram(t, first, server_addr, &check, &mut |_| {}, &mut events), Routed::To(key));
     }
 
     #[test]
