@@ -1,5 +1,6 @@
 //! Arbitrary datagrams from a few source addresses into a `SessionHost` holding one session made from a real
-//! browser offer, with time moving on between them: STUN, DTLS, RTP, RTCP and garbage. Nothing may panic.
+//! offer (aiortc 1.16's, from the seeds of `offer_accept`: the smallest real ones, as the offer is parsed for
+//! every input), with time moving on between them: STUN, DTLS, RTP, RTCP and garbage. Nothing may panic.
 //!
 //! Input: a byte choosing the session (bit 0: a publisher's offer taken as ingest takes it, or a viewer's as a
 //! fanout worker does), then records, each starting with a control byte `c`:
@@ -20,8 +21,8 @@ use libfuzzer_sys::fuzz_target;
 use str0m::crypto::CryptoProvider;
 use str0m::ice::StunMessage;
 
-const PUBLISH_OFFER: &str = include_str!("../seeds/offer_accept/chromium-publish.sdp");
-const VIEW_OFFER: &str = include_str!("../seeds/offer_accept/chromium-view.sdp");
+const PUBLISH_OFFER: &str = include_str!("../seeds/offer_accept/aiortc-publish.sdp");
+const VIEW_OFFER: &str = include_str!("../seeds/offer_accept/aiortc-view.sdp");
 
 fn provider() -> &'static CryptoProvider {
     static PROVIDER: OnceLock<CryptoProvider> = OnceLock::new();
