@@ -8,9 +8,18 @@
 //! instrumentation is most of an execution's time): remainder 0 of 4, ingest's `Publish`; 1, a `View` of room
 //! `view`, whose ring carries a publisher's codec table (H264, VP8, Opus); 2, ingest again; 3, a `View` of
 //! room `empty`, which has no ring yet.
+//!
+//! Known and skipped for now: str0m 0.25 panics with "Pt locked multiple times" (`assert_claim_once` in
+//! vendor/str0m/src/format/payload_params.rs, from `CodecConfig::update_params` in `accept_offer`) on offers
+//! that give one payload type more than one meaning across media sections. The fix is under way in
+//! vendor/str0m and media/src/offer.rs; until it lands this target lets that one panic pass (the panic hook
+//! stays quiet for it and the input counts as handled), so fuzzing goes on past it. Inputs that hit it are in
+//! fuzz/regressions/offer_accept/. Remove `KNOWN_PANIC` and the `init` block when the fix is merged.
 #![no_main]
 
+use std::any::Any;
 use std::net::SocketAddr;
+use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -24,6 +33,15 @@ use mio::{Poll, Token, Waker};
 use shm_proto::control::{Request, Response};
 use shm_proto::ring::{Codec, CodecEntry, Geometry, MediaKind, RingWriter};
 use shm_proto::{paths, RoomName};
+
+/// The start of the message of the known str0m panic (see the crate documentation above).
+const KNOWN_PANIC: &str = "Pt locked multiple times";
+
+fn is_known_panic(payload: &(dyn Any + Send)) -> bool {
+    let message =
+        payload.downcast_ref::<String>().map(String::as_str).or_else(|| payload.downcast_ref::<&str>().copied());
+    message.is_some_and(|m| m.starts_with(KNOWN_PANIC))
+}
 
 /// Small rings: ingest opens one per offer it takes.
 const GEOMETRY: Geometry = Geometry { slot_count: 16, slot_size: 256 };
@@ -85,7 +103,7 @@ fn check(resp: &Response) {
     }
 }
 
-fuzz_target!(|data: &[u8]| {
+fn run(data: &[u8]) {
     let offer = String::from_utf8_lossy(data).into_owned();
     let w = world();
     let now = Instant::now();
@@ -112,4 +130,23 @@ fuzz_target!(|data: &[u8]| {
             check(&fanout.handle_request(now, Request::View { room: room.into(), offer }));
         }
     }
-});
+}
+
+fuzz_target!(
+    init: {
+        // libFuzzer's hook aborts on every panic; let the known one unwind to the `catch_unwind` below.
+        let abort = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            if !is_known_panic(info.payload()) {
+                abort(info);
+            }
+        }));
+    },
+    |data: &[u8]| {
+        if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| run(data))) {
+            if !is_known_panic(payload.as_ref()) {
+                panic::resume_unwind(payload);
+            }
+        }
+    }
+);
