@@ -9,17 +9,12 @@
 //! `view`, whose ring carries a publisher's codec table (H264, VP8, Opus); 2, ingest again; 3, a `View` of
 //! room `empty`, which has no ring yet.
 //!
-//! Known and skipped for now: str0m 0.25 panics with "Pt locked multiple times" (`assert_claim_once` in
-//! vendor/str0m/src/format/payload_params.rs, from `CodecConfig::update_params` in `accept_offer`) on offers
-//! that give one payload type more than one meaning across media sections. The fix is under way in
-//! vendor/str0m and media/src/offer.rs; until it lands this target lets that one panic pass (the panic hook
-//! stays quiet for it and the input counts as handled), so fuzzing goes on past it. Inputs that hit it are in
-//! fuzz/regressions/offer_accept/. Remove `KNOWN_PANIC` and the `init` block when the fix is merged.
+//! Offers that gave one payload type more than one meaning across media sections made str0m panic ("Pt
+//! locked multiple times"); the inputs that found it are in fuzz/regressions/offer_accept/ and are refused
+//! with an error now (media/src/offer.rs checks first; vendor/str0m returns an error too).
 #![no_main]
 
-use std::any::Any;
 use std::net::SocketAddr;
-use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -27,21 +22,13 @@ use std::time::{Duration, Instant};
 use deadsfu_fanout::fanout::Fanout;
 use deadsfu_ingest::ingest::{Ingest, Settings};
 use deadsfu_ingest::slate::Slate;
+use deadsfu_media::limits::SessionLimits;
 use deadsfu_media::process::Core;
 use libfuzzer_sys::fuzz_target;
 use mio::{Poll, Token, Waker};
 use shm_proto::control::{Request, Response};
 use shm_proto::ring::{Codec, CodecEntry, Geometry, MediaKind, RingWriter};
 use shm_proto::{paths, RoomName};
-
-/// The start of the message of the known str0m panic (see the crate documentation above).
-const KNOWN_PANIC: &str = "Pt locked multiple times";
-
-fn is_known_panic(payload: &(dyn Any + Send)) -> bool {
-    let message =
-        payload.downcast_ref::<String>().map(String::as_str).or_else(|| payload.downcast_ref::<&str>().copied());
-    message.is_some_and(|m| m.starts_with(KNOWN_PANIC))
-}
 
 /// Small rings: ingest opens one per offer it takes.
 const GEOMETRY: Geometry = Geometry { slot_count: 16, slot_size: 256 };
@@ -119,34 +106,21 @@ fn run(data: &[u8]) {
                 upstream_grace: Duration::from_secs(10),
                 refuse_publishers: false,
                 slate: false,
+                sessions: SessionLimits::default(),
+                max_rooms: 16,
+                room_grace: Duration::from_secs(10),
+                max_pulls: 1,
             };
             let slate = Slate { clips: Vec::new() };
             let mut ingest = Ingest::new(settings, slate, w.candidates.clone(), w.waker.clone(), now);
             check(&ingest.handle_request(now, Request::Publish { room: "pub".into(), offer }));
         }
         k => {
-            let mut fanout = Fanout::new(0, w.runtime_dir.clone(), w.candidates.clone(), now);
+            let mut fanout = Fanout::new(0, w.runtime_dir.clone(), w.candidates.clone(), SessionLimits::default(), now);
             let room = if k == 1 { "view" } else { "empty" };
             check(&fanout.handle_request(now, Request::View { room: room.into(), offer }));
         }
     }
 }
 
-fuzz_target!(
-    init: {
-        // libFuzzer's hook aborts on every panic; let the known one unwind to the `catch_unwind` below.
-        let abort = panic::take_hook();
-        panic::set_hook(Box::new(move |info| {
-            if !is_known_panic(info.payload()) {
-                abort(info);
-            }
-        }));
-    },
-    |data: &[u8]| {
-        if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| run(data))) {
-            if !is_known_panic(payload.as_ref()) {
-                panic::resume_unwind(payload);
-            }
-        }
-    }
-);
+fuzz_target!(|data: &[u8]| run(data));
