@@ -253,6 +253,9 @@ impl Fanout {
             self.refused.count(refusal.limit);
             return error(ErrorKind::Unavailable, &refusal.message);
         }
+        if let Err(reason) = self.limits.check_offer(offer_sdp) {
+            return error(ErrorKind::BadOffer, &reason);
+        }
         // Audio and video of a room are one stream at the viewer.
         let offer_sdp = offer::with_stream_id(offer_sdp, &format!("deadsfu-{room}"));
         let mut accepted =

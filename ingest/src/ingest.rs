@@ -496,6 +496,9 @@ impl Ingest {
             self.refused.count(refusal.limit);
             return error(ErrorKind::Unavailable, &refusal.message);
         }
+        if let Err(reason) = self.settings.sessions.check_offer(offer_sdp) {
+            return error(ErrorKind::BadOffer, &reason);
+        }
         let accepted = match offer::accept(offer_sdp, &self.candidates, now, |c| c) {
             Ok(a) => a,
             Err(e) => return error(ErrorKind::BadOffer, &e.to_string()),

@@ -15,11 +15,29 @@ pub struct SessionLimits {
     /// Sessions whose ICE and DTLS have not completed: each costs a DTLS handshake and memory before its
     /// peer proved it can answer, so these are bounded apart and tighter.
     pub max_pending: usize,
+    /// Media sections (m-lines) in one offer (at most [`crate::offer::MAX_MEDIA_SECTIONS`]).
+    pub max_media_sections: usize,
 }
 
 impl SessionLimits {
     pub fn from_config(cfg: &Config) -> SessionLimits {
-        SessionLimits { max_sessions: cfg.max_sessions, max_pending: cfg.max_pending_sessions }
+        SessionLimits {
+            max_sessions: cfg.max_sessions,
+            max_pending: cfg.max_pending_sessions,
+            max_media_sections: cfg.max_media_sections,
+        }
+    }
+
+    /// The reason to refuse `offer` (it becomes a 400), if it has more media sections than allowed.
+    pub fn check_offer(&self, offer: &str) -> Result<(), String> {
+        let sections = crate::offer::media_section_count(offer);
+        if sections > self.max_media_sections {
+            return Err(format!(
+                "the offer has {sections} media sections, more than the {} this server takes",
+                self.max_media_sections
+            ));
+        }
+        Ok(())
     }
 
     /// Whether `host` may take one more session; the limit that refuses it otherwise.
@@ -43,6 +61,21 @@ impl SessionLimits {
 impl Default for SessionLimits {
     fn default() -> Self {
         SessionLimits::from_config(&Config::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offers_with_too_many_media_sections_are_refused() {
+        let limits = SessionLimits { max_media_sections: 2, ..SessionLimits::default() };
+        let two = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n";
+        assert!(limits.check_offer(two).is_ok());
+        let three = format!("{two}m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n");
+        let err = limits.check_offer(&three).unwrap_err();
+        assert!(err.contains("3 media sections, more than the 2"), "{err}");
     }
 }
 

@@ -59,17 +59,22 @@ pub fn accept(
     Ok(Accepted { rtc, answer: answer.to_sdp_string(), ufrag })
 }
 
-/// Most media sections (m-lines) an offer may have: a publisher sends an audio and a video section (a few
-/// more with simulcast or several cameras), a viewer receives two. Each section costs a transceiver, streams
-/// and payload tables in the session.
-pub const MAX_MEDIA_SECTIONS: usize = 16;
+/// Most media sections (m-lines) any offer may have, whatever the configuration: each section costs a
+/// transceiver, streams and payload tables in the session. The processes refuse fewer by default
+/// (`max_media_sections`, see [`crate::limits::SessionLimits`]).
+pub const MAX_MEDIA_SECTIONS: usize = 64;
+
+/// The media sections (m-lines) of an SDP, of any kind.
+pub fn media_section_count(sdp: &str) -> usize {
+    sdp.lines().filter(|l| l.starts_with("m=")).count()
+}
 
 /// Checks what str0m takes on trust: at most [`MAX_MEDIA_SECTIONS`] media sections, and one meaning per
 /// payload type across the whole offer. With BUNDLE every section shares one transport, so a payload type
 /// must mean the same codec (and format parameters) in every section that lists it; str0m checks this per
 /// section only, and asserts on a payload type claimed twice.
 fn check_sections(offer: &str) -> Result<(), OfferError> {
-    let sections = offer.lines().filter(|l| l.starts_with("m=")).count();
+    let sections = media_section_count(offer);
     if sections > MAX_MEDIA_SECTIONS {
         return Err(OfferError::Refused(format!(
             "the offer has {sections} media sections, more than the {MAX_MEDIA_SECTIONS} allowed"

@@ -92,6 +92,8 @@ pub struct Config {
     pub max_sessions: usize,
     /// Sessions of one media process whose ICE and DTLS have not completed yet; past it 503.
     pub max_pending_sessions: usize,
+    /// Media sections (m-lines) in one SDP offer, 1 to 64; past it 400.
+    pub max_media_sections: usize,
     /// Seconds a room with no publisher and no viewer is kept before it and its ring file are removed.
     pub room_grace_s: u64,
     /// On an edge: pulls from the upstream at once; a viewer of a further room gets 503.
@@ -137,6 +139,7 @@ impl Default for Config {
             max_rooms: 1000,
             max_sessions: 5000,
             max_pending_sessions: 500,
+            max_media_sections: 16,
             room_grace_s: 10,
             max_pulls: 100,
         }
@@ -257,6 +260,9 @@ pub struct ConfigArgs {
     /// Most not-yet-connected sessions per media process.
     #[arg(long, env = "DEADSFU_MAX_PENDING_SESSIONS")]
     pub max_pending_sessions: Option<usize>,
+    /// Most media sections in an offer.
+    #[arg(long, env = "DEADSFU_MAX_MEDIA_SECTIONS")]
+    pub max_media_sections: Option<usize>,
     /// Seconds an empty room is kept.
     #[arg(long, env = "DEADSFU_ROOM_GRACE_S")]
     pub room_grace_s: Option<u64>,
@@ -353,6 +359,7 @@ impl ConfigArgs {
         set(&mut cfg.max_rooms, &self.max_rooms);
         set(&mut cfg.max_sessions, &self.max_sessions);
         set(&mut cfg.max_pending_sessions, &self.max_pending_sessions);
+        set(&mut cfg.max_media_sections, &self.max_media_sections);
         set(&mut cfg.room_grace_s, &self.room_grace_s);
         set(&mut cfg.max_pulls, &self.max_pulls);
     }
@@ -426,6 +433,8 @@ impl ConfigArgs {
             cfg.max_sessions.to_string(),
             "--max-pending-sessions".into(),
             cfg.max_pending_sessions.to_string(),
+            "--max-media-sections".into(),
+            cfg.max_media_sections.to_string(),
             "--room-grace-s".into(),
             cfg.room_grace_s.to_string(),
             "--max-pulls".into(),
@@ -470,6 +479,10 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError::Invalid { key, reason: "must be at least 1".into() });
             }
+        }
+        if !(1..=64).contains(&self.max_media_sections) {
+            let reason = format!("{} is not between 1 and 64", self.max_media_sections);
+            return Err(ConfigError::Invalid { key: "max_media_sections", reason });
         }
         if self.http_max_header_bytes < 8192 {
             let reason = format!("{} bytes is too small (at least 8192)", self.http_max_header_bytes);

@@ -590,7 +590,12 @@ fn answer_or_error(result: Result<Response, ControlError>, who: &str) -> HttpRes
                 ErrorKind::Unavailable => 503,
                 ErrorKind::WrongRole | ErrorKind::Internal => 500,
             };
-            HttpResponse::error(status, message)
+            let resp = HttpResponse::error(status, message);
+            // A limit reached or a process stopping: waiting helps.
+            if status == 503 {
+                return resp.with("Retry-After", "1");
+            }
+            resp
         }
         Ok(other) => HttpResponse::error(502, format!("{who} answered out of turn: {other:?}")),
         Err(ControlError::Io(e)) => {
@@ -926,6 +931,17 @@ mod tests {
             assert!(text.contains(&format!("deadsfu_up{{process=\"{process}\"}} 1")), "{process} in\n{text}");
         }
         assert!(text.contains("deadsfu_room_viewers{room=\"a\"} 1"), "{text}");
+    }
+
+    #[test]
+    fn a_media_process_at_its_limit_is_503_with_retry_after() {
+        let resp = answer_or_error(
+            Ok(Response::Error { kind: ErrorKind::Unavailable, message: "limit of 5 sessions".into() }),
+            "ingest",
+        );
+        assert_eq!(resp.status, 503);
+        assert_eq!(resp.header("Retry-After"), Some("1"));
+        assert!(String::from_utf8_lossy(&resp.body).contains("limit of 5 sessions"));
     }
 
     #[test]
