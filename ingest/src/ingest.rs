@@ -1011,6 +1011,10 @@ mod tests {
     const SECOND: Duration = Duration::from_secs(1);
 
     fn ingest(dir: &std::path::Path, max_rooms: usize, now: Instant) -> (Ingest, mio::Poll) {
+        edge(dir, max_rooms, None, now)
+    }
+
+    fn edge(dir: &std::path::Path, max_rooms: usize, upstream: Option<&str>, now: Instant) -> (Ingest, mio::Poll) {
         let poll = mio::Poll::new().expect("a poll instance");
         let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).expect("a waker"));
         let settings = Settings {
@@ -1018,7 +1022,7 @@ mod tests {
             geometry: Geometry { slot_count: 64, slot_size: 2048 },
             keyframe_request_interval: SECOND,
             keyframe_fallback_interval: None,
-            upstream: None,
+            upstream: upstream.map(|u| Arc::new(Upstream::new(u, None, None).expect("an upstream"))),
             upstream_grace: SECOND,
             refuse_publishers: false,
             slate: true,
@@ -1061,6 +1065,31 @@ mod tests {
         // Watched again: made again.
         assert_eq!(watch(&mut ingest, "lobby", t0 + 10 * SECOND), Response::Done);
         assert!(ring.exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_edge_pulls_at_most_max_pulls_rooms_at_once() {
+        let dir = temp_dir("pulls");
+        let t0 = Instant::now();
+        // Nothing listens on port 1: a pull fails (later, on its thread); what counts is how many start.
+        let (mut ingest, _poll) = edge(&dir, 10, Some("http://127.0.0.1:1"), t0);
+        assert_eq!(watch(&mut ingest, "a", t0), Response::Done);
+        assert_eq!(watch(&mut ingest, "b", t0), Response::Done);
+        ingest.housekeeping(t0);
+        assert_eq!(ingest.pulls.len(), 1, "max_pulls is 1");
+        let waiting: Vec<_> = ingest
+            .rooms
+            .iter()
+            .filter(|(name, _)| !ingest.pulls.contains_key(*name))
+            .map(|(_, r)| r.upstream.last_error.clone().unwrap_or_default())
+            .collect();
+        assert_eq!(waiting.len(), 1);
+        assert!(waiting[0].contains("limit of 1 rooms"), "{waiting:?}");
+        assert_eq!(ingest.refused.get("pulls"), 1);
+        // Asked again, the waiting room is counted once, not at every turn.
+        ingest.housekeeping(t0 + Duration::from_millis(60));
+        assert_eq!(ingest.refused.get("pulls"), 1);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
