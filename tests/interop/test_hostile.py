@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import socket
 import subprocess
 import threading
@@ -165,6 +166,10 @@ def test_slow_heads_are_dropped_while_a_publisher_and_viewer_keep_working(start_
         extra_args=["--http-header-timeout-ms", "3000", "--http-max-connections-per-ip", "2000", "--http-max-connections", "2000"],
     )
     baseline = _pids(sfu)
+    # 1000 sockets of our own: past the usual soft limit of 1024 descriptors with the rest of the test.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 4096 <= hard or (soft < hard and hard == resource.RLIM_INFINITY):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (4096, hard))
     stop = threading.Event()
     conns: list[socket.socket] = []
 
