@@ -11,6 +11,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A systemd-style notify socket in a fresh directory named after `name`: what a child started with
+/// `NOTIFY_SOCKET=<path>` tells systemd arrives here. Returns the socket (reads time out after `timeout`), its
+/// path, and the directory to remove afterwards.
+pub fn notify_socket(name: &str, timeout: Duration) -> (std::os::unix::net::UnixDatagram, PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("deadsfu-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let path = dir.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).expect("a notify socket");
+    sock.set_read_timeout(Some(timeout)).expect("a read timeout");
+    (sock, path, dir)
+}
+
 /// The directory holding the deadsfu binaries of this build.
 pub fn bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("DEADSFU_BIN_DIR") {

@@ -1,19 +1,13 @@
 //! Every process tells systemd it is ready once it serves, and pings the watchdog while it runs.
 
-use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use deadsfu_tests::{bin_dir, free_port};
+use deadsfu_tests::{bin_dir, free_port, notify_socket};
 
 /// Runs `program` with a notify socket and a 1 s watchdog; returns the messages it sent within `window`.
 fn notifications(program: &str, args: &[&str], window: Duration) -> Vec<String> {
-    let dir = std::env::temp_dir().join(format!("deadsfu-notify-{}-{program}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let sock_path = dir.join("notify.sock");
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let (sock, sock_path, dir) = notify_socket(&format!("notify-{program}"), Duration::from_millis(100));
     let runtime = format!("/dev/shm/deadsfu-notify-{}-{program}", std::process::id());
     let mut child = Command::new(bin_dir().join(program))
         .args(args)

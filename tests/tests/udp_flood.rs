@@ -2,23 +2,17 @@
 //! being pinged and the control socket keeps answering while the flood lasts.
 
 use std::net::UdpSocket;
-use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deadsfu_tests::{bin_dir, free_port};
+use deadsfu_tests::{bin_dir, free_port, notify_socket};
 use shm_proto::control::{Request, Response};
 
 #[test]
 fn a_datagram_flood_leaves_the_watchdog_and_control_answering() {
-    let dir = std::env::temp_dir().join(format!("deadsfu-flood-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let sock_path = dir.join("notify.sock");
-    let notify = UnixDatagram::bind(&sock_path).unwrap();
-    notify.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    let (notify, sock_path, dir) = notify_socket("flood", Duration::from_millis(20));
     let runtime = format!("/dev/shm/deadsfu-flood-{}", std::process::id());
     let port = free_port();
     let child = Command::new(bin_dir().join("deadsfu-ingest"))
