@@ -64,16 +64,36 @@ pub fn accept(
 /// (`max_media_sections`, see [`crate::limits::SessionLimits`]).
 pub const MAX_MEDIA_SECTIONS: usize = 64;
 
+/// Most lines an offer may have: a browser's offer with every codec it has is about 100 lines per video
+/// section, so this leaves room for [`MAX_MEDIA_SECTIONS`] sections of the usual size.
+pub const MAX_OFFER_LINES: usize = 4096;
+/// Longest line an offer may have, in bytes: a browser's longest (a fingerprint, an fmtp, a candidate) is under
+/// 200. A request body is bounded before it gets here; this keeps one line from being the whole of it.
+pub const MAX_OFFER_LINE_LEN: usize = 1024;
+
 /// The media sections (m-lines) of an SDP, of any kind.
 pub fn media_section_count(sdp: &str) -> usize {
     sdp.lines().filter(|l| l.starts_with("m=")).count()
 }
 
-/// Checks what str0m takes on trust: at most [`MAX_MEDIA_SECTIONS`] media sections, and one meaning per
+/// Checks what str0m takes on trust: at most [`MAX_OFFER_LINES`] lines of at most [`MAX_OFFER_LINE_LEN`]
+/// bytes, at most [`MAX_MEDIA_SECTIONS`] media sections, and one meaning per
 /// payload type across the whole offer. With BUNDLE every section shares one transport, so a payload type
 /// must mean the same codec (and format parameters) in every section that lists it; str0m checks this per
 /// section only, and asserts on a payload type claimed twice.
 fn check_sections(offer: &str) -> Result<(), OfferError> {
+    for (n, line) in offer.lines().enumerate() {
+        if n >= MAX_OFFER_LINES {
+            return Err(OfferError::Refused(format!("the offer has more than {MAX_OFFER_LINES} lines")));
+        }
+        if line.len() > MAX_OFFER_LINE_LEN {
+            return Err(OfferError::Refused(format!(
+                "line {} of the offer is {} bytes long, more than the {MAX_OFFER_LINE_LEN} allowed",
+                n + 1,
+                line.len()
+            )));
+        }
+    }
     let sections = media_section_count(offer);
     if sections > MAX_MEDIA_SECTIONS {
         return Err(OfferError::Refused(format!(
@@ -320,6 +340,32 @@ mod tests {
             Err(OfferError::Refused(reason)) => assert!(reason.contains("media sections"), "{reason}"),
             other => panic!("{:?}", other.map(|a| a.answer)),
         }
+    }
+
+    #[test]
+    fn overlong_offers_and_lines_are_refused() {
+        let long_line = format!("{}a=x-padding:{}\r\n", recvonly_offer(), "x".repeat(MAX_OFFER_LINE_LEN));
+        let Err(OfferError::Refused(why)) = accept(&long_line, &[], Instant::now(), |c| c) else {
+            panic!("a line over {MAX_OFFER_LINE_LEN} bytes was accepted");
+        };
+        assert!(why.contains("bytes long"), "{why}");
+        let many_lines = format!("{}{}", recvonly_offer(), "a=x-padding\r\n".repeat(MAX_OFFER_LINES));
+        let Err(OfferError::Refused(why)) = accept(&many_lines, &[], Instant::now(), |c| c) else {
+            panic!("an offer over {MAX_OFFER_LINES} lines was accepted");
+        };
+        assert!(why.contains("lines"), "{why}");
+    }
+
+    #[test]
+    fn a_parse_error_names_no_address() {
+        let garbage = "v=0\r\nm=video nonsense\r\n";
+        let why = match accept(garbage, &[], Instant::now(), |c| c) {
+            Err(OfferError::Malformed(why)) => why,
+            Err(e) => panic!("refused for another reason: {e}"),
+            Ok(_) => panic!("garbage was accepted"),
+        };
+        assert!(why.contains("Parse error at"), "{why}");
+        assert!(!why.contains("0x") && !why.contains("PointerOffset"), "{why}");
     }
 
     #[test]

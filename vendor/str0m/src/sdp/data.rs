@@ -37,7 +37,12 @@ impl Sdp {
         sdp_parser()
             .easy_parse(input)
             .map(|(sdp, _)| sdp)
-            .map_err(|e| SdpError::ParseError(e.to_string()))
+            .map_err(|e| {
+                // The error's position is a pointer into `input`: report it as a byte offset, so
+                // the message (often shown to the remote) neither leaks an address nor varies.
+                let e = e.map_position(|p| p.translate_position(input));
+                SdpError::ParseError(e.to_string())
+            })
     }
 
     /// Get the MIDs listed in the BUNDLE group, if any.
