@@ -75,6 +75,11 @@ impl HttpResponse {
         HttpResponse { status, headers: vec![("Content-Type", content_type.to_string())], body: body.into() }
     }
 
+    /// The value of a header the response carries.
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
     /// A client or server error with a one-line reason.
     fn error(status: u16, reason: impl std::fmt::Display) -> HttpResponse {
         HttpResponse::new(status, "text/plain; charset=utf-8", format!("{reason}\n"))
@@ -84,11 +89,6 @@ impl HttpResponse {
     pub fn with(mut self, name: &'static str, value: impl Into<String>) -> HttpResponse {
         self.headers.push((name, value.into()));
         self
-    }
-
-    #[cfg(test)]
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
@@ -279,8 +279,16 @@ impl<B: Backend> Router<B> {
             Kind::Publish => self.backend.call(Target::Ingest, &Request::Publish { room, offer }),
             Kind::View => {
                 let resp = self.view(Request::View { room: room.clone(), offer });
-                if resp.status == 201 {
-                    self.watch(&room);
+                if resp.status != 201 {
+                    return resp;
+                }
+                if let Err(refused) = self.watch(&room) {
+                    // Ingest holds no room for it (its room limit): the viewer would wait for a ring that
+                    // never comes. Undo the session and say why.
+                    if let Some(id) = resp.header("Location").and_then(|l| l.strip_prefix("/session/")) {
+                        self.close_viewer(id);
+                    }
+                    return refused;
                 }
                 return resp;
             }
@@ -327,10 +335,25 @@ impl<B: Backend> Router<B> {
 
     /// Tells ingest a viewer was accepted for `room`, so its ring exists and the slate plays if nobody
     /// publishes. Only an accepted viewer does: a refused request never makes a room. Viewing does not depend
-    /// on it: a viewer of a room whose ingest is down (or not yet told) waits for the ring to appear.
-    fn watch(&self, room: &str) {
-        if let Err(e) = self.backend.call(Target::Ingest, &Request::Watch { room: room.to_string() }) {
-            tracing::debug!(%room, error = %e, "ingest not told of a viewer");
+    /// on ingest running: a viewer of a room whose ingest is down (or not yet told) waits for the ring to
+    /// appear. Ingest refusing the room (its room limit) is the error to answer the viewer with.
+    fn watch(&self, room: &str) -> Result<(), HttpResponse> {
+        match self.backend.call(Target::Ingest, &Request::Watch { room: room.to_string() }) {
+            Ok(Response::Done) => Ok(()),
+            Err(e) => {
+                tracing::debug!(%room, error = %e, "ingest not told of a viewer");
+                Ok(())
+            }
+            refused => Err(answer_or_error(refused, "ingest")),
+        }
+    }
+
+    /// Closes a viewer session signaling made and must take back; the worker frees it either way.
+    fn close_viewer(&self, id: &str) {
+        if let Some(target @ Target::Worker(_)) = session_target(id) {
+            if let Err(e) = self.backend.call(target, &Request::Close { session: id.to_string() }) {
+                tracing::warn!(session = %id, error = %e, "could not close a viewer session taken back");
+            }
         }
     }
 
@@ -360,9 +383,20 @@ impl<B: Backend> Router<B> {
         let Some(target @ Target::Worker(_)) = session_target(id) else {
             return HttpResponse::error(404, "no such viewer session");
         };
+        // The session first, so an unknown session makes no room; then the room, so a session is never moved
+        // to a room ingest will not hold.
+        match self.backend.call(target, &Request::Check { session: id.to_string() }) {
+            Ok(Response::Done) => {}
+            Ok(Response::Error { kind: ErrorKind::UnknownSession, .. }) | Err(ControlError::Io(_)) => {
+                return HttpResponse::error(404, "no such viewer session");
+            }
+            other => return answer_or_error(other, "fanout worker"),
+        }
+        if let Err(refused) = self.watch(&room) {
+            return refused;
+        }
         match self.backend.call(target, &Request::Switch { session: id.to_string(), room: room.clone() }) {
             Ok(Response::Done) => {
-                self.watch(&room);
                 let body = serde_json::json!({ "room": room }).to_string();
                 HttpResponse::new(200, "application/json", body)
             }
@@ -680,11 +714,26 @@ mod tests {
         sessions: Mutex<HashMap<Target, u32>>,
         workers: Vec<u32>,
         ingest_up: bool,
+        /// Ingest refuses rooms (as at its room limit).
+        ingest_full: bool,
+        /// Every request, in order.
+        log: Mutex<Vec<(Target, Request)>>,
     }
 
     impl Fake {
         fn new(workers: u32) -> Fake {
-            Fake { sessions: Mutex::new(HashMap::new()), workers: (0..workers).collect(), ingest_up: true }
+            Fake {
+                sessions: Mutex::new(HashMap::new()),
+                workers: (0..workers).collect(),
+                ingest_up: true,
+                ingest_full: false,
+                log: Mutex::new(Vec::new()),
+            }
+        }
+
+        /// The requests of one kind, with their targets.
+        fn sent(&self, matches: impl Fn(&Request) -> bool) -> Vec<(Target, Request)> {
+            self.log.lock().unwrap().iter().filter(|(_, r)| matches(r)).cloned().collect()
         }
     }
 
@@ -704,8 +753,13 @@ mod tests {
 
     impl Fake {
         fn answer(&self, target: Target, request: &Request) -> Result<Response, ControlError> {
+            self.log.lock().unwrap().push((target, request.clone()));
             if target == Target::Ingest && !self.ingest_up {
                 return Err(ControlError::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)));
+            }
+            if let (Target::Ingest, Request::Watch { .. }, true) = (target, request, self.ingest_full) {
+                let message = "this server holds its limit of 1 rooms".into();
+                return Ok(Response::Error { kind: ErrorKind::Unavailable, message });
             }
             let mut sessions = self.sessions.lock().unwrap();
             let n = sessions.entry(target).or_default();
@@ -899,6 +953,34 @@ mod tests {
         assert_eq!(r.handle(&json("b").with_url("/session/w0-0002/switch")).status, 404);
         assert_eq!(r.handle(&json("b").with_url("/session/i-0001/switch")).status, 404, "publishers do not switch");
         assert_eq!(r.handle(&sdp("GET", "/session/w0-0001/switch")).status, 405);
+    }
+
+    #[test]
+    fn a_viewer_ingest_holds_no_room_for_is_503_and_its_session_closed() {
+        let mut fake = Fake::new(1);
+        fake.ingest_full = true;
+        let r = Router::new(fake, Tokens::default());
+        let resp = r.handle(&sdp("POST", "/whep/new-room"));
+        assert_eq!(resp.status, 503);
+        assert_eq!(resp.header("Retry-After"), Some("1"));
+        assert!(String::from_utf8_lossy(&resp.body).contains("limit of 1 rooms"));
+        let closed = r.backend.sent(|r| matches!(r, Request::Close { .. }));
+        assert_eq!(closed, vec![(Target::Worker(0), Request::Close { session: "w0-0001".into() })]);
+        // A switch to such a room is refused before the viewer is moved.
+        let resp = r.handle(&sdp("POST", "/session/w0-0001/switch?room=other"));
+        assert_eq!(resp.status, 503);
+        assert!(r.backend.sent(|r| matches!(r, Request::Switch { .. })).is_empty());
+    }
+
+    #[test]
+    fn a_switch_of_an_unknown_session_makes_no_room() {
+        let r = Router::new(Fake::new(1), Tokens::default());
+        assert_eq!(r.handle(&sdp("POST", "/session/w0-0002/switch?room=b")).status, 404);
+        assert!(r.backend.sent(|r| matches!(r, Request::Watch { .. })).is_empty());
+        // A known one: the room is made, then the viewer moved.
+        assert_eq!(r.handle(&sdp("POST", "/session/w0-0001/switch?room=b")).status, 200);
+        let order: Vec<_> = r.backend.sent(|r| matches!(r, Request::Watch { .. } | Request::Switch { .. }));
+        assert!(matches!(order[..], [(Target::Ingest, Request::Watch { .. }), (_, Request::Switch { .. })]));
     }
 
     #[test]

@@ -117,6 +117,30 @@ def test_a_room_whose_viewers_left_is_removed_with_its_ring(host):
     assert room not in [r["name"] for r in host.rooms()[1]["rooms"]]
 
 
+def test_a_viewer_past_the_room_limit_is_503_and_holds_nothing(start_sfu):
+    sfu = start_sfu(name="deadsfu-room-limit", extra_args=["--max-rooms", "1"])
+
+    async def run() -> None:
+        first, second = Viewer("first"), Viewer("second")
+        try:
+            r = await first.view(sfu.url, "only")
+            assert r.status == 201, r.body
+            await first.wait_connected()
+            r = await second.view(sfu.url, "one-too-many")
+            assert r.status == 503, (r.status, r.body)
+            assert r.header("Retry-After") == "1", r.headers
+            assert "limit of 1 rooms" in r.body, r.body
+            # The session the worker made for it is gone again, and no ring was made.
+            viewers = sum(w["viewers"] for w in sfu.healthz()["workers"])
+            assert viewers == 1, sfu.healthz()
+            assert _ring_files(sfu) == ["only.ring"]
+        finally:
+            await first.close()
+            await second.close()
+
+    asyncio.run(run())
+
+
 # Payload types bound to different codecs in different m-lines: str0m asserted on these.
 PT_REUSE_OFFERS = {
     "video vp8 96 + audio opus 96": (
