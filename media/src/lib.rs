@@ -19,9 +19,19 @@
 //! let mut events = Vec::new();
 //! loop {
 //!     // 1. wait on mio until a socket is readable, the control inbox wakes us, or host.next_timeout()
-//!     // 2. feed every datagram: host.handle_datagram(now, source, destination, &buf[..n])
+//!     // 2. feed every datagram
+//!     for index in 0..udp.len() {
+//!         while let Some((n, source, destination)) = udp.recv(index, &mut buf)? {
+//!             host.handle_datagram(Instant::now(), source, destination, &buf[..n], &mut |t| udp.send(t), &mut events);
+//!         }
+//!     }
 //!     // 3. app work: write media into sessions (fanout) or read their events (ingest)
-//!     // 4. drive: host.poll(Instant::now(), &mut |t| udp.send(&t), &mut events)
+//!     events.clear();
+//!     // 4. drive every session that has work or a timer due, then remove the ones that ended
+//!     for gone in host.poll(Instant::now(), &mut |t| udp.send(t), &mut events) {
+//!         host.remove(gone);
+//!     }
+//!     udp.flush();
 //!     # break;
 //! }
 //! # Ok(()) }
