@@ -359,7 +359,9 @@ mod tests {
     use std::time::Duration;
 
     use str0m::media::{Direction, MediaKind};
+    use str0m::rtp::RtpWrite;
     use str0m::Candidate;
+    use str0m::IceConnectionState;
 
     use super::*;
 
@@ -412,6 +414,99 @@ mod tests {
         // The addresses it has are still served.
         let first = SocketAddr::from(([127, 0, 0, 1], 20000));
         assert_eq!(host.handle_datagram(t, first, server_addr, &check, &mut |_| {}, &mut events), Routed::To(key));
+    }
+
+    /// A viewer (str0m, a full ICE agent) and a host session sending it video every 33 ms, on a simulated
+    /// clock. Once connected, the viewer's STUN is dropped from `stun_from` (as libnice, which keeps a pair
+    /// with binding indications, sends no more binding requests) and all of its datagrams from `all_from`.
+    /// Returns when the host session ended or its ICE disconnected (`Some(time since connected)`), or `None` if
+    /// it lived `run_for`.
+    fn viewer_without_binding_requests(stun_from: Duration, all_from: Duration, run_for: Duration) -> Option<Duration> {
+        let start = Instant::now();
+        let (client_addr, server_addr): (SocketAddr, SocketAddr) =
+            ("127.0.0.1:5000".parse().unwrap(), "127.0.0.1:6000".parse().unwrap());
+        let mut client = Rtc::builder().build(start);
+        client.add_local_candidate(Candidate::host(client_addr, "udp").unwrap());
+        let mut change = client.sdp_api();
+        change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+        let (offer, pending) = change.apply().unwrap();
+        let (mid, _) = crate::offer::media_sections(&offer.to_sdp_string())[0];
+        let accepted = crate::offer::accept(&offer.to_sdp_string(), &[server_addr], start, |c| c).unwrap();
+        let answer = str0m::change::SdpAnswer::from_sdp_string(&accepted.answer).unwrap();
+        client.sdp_api().accept_answer(pending, answer).unwrap();
+        let mut host = SessionHost::new();
+        let key = host.insert(accepted.rtc, accepted.ufrag, (), start);
+
+        let (mut now, mut connected_at, mut next_frame, mut seq) = (start, None, start, 0u16);
+        let (mut to_client, mut events) = (Vec::new(), Vec::new());
+        loop {
+            let since = connected_at.map(|c: Instant| now - c);
+            if since.is_some_and(|d| d > run_for) {
+                return None;
+            }
+            assert!(now - start < Duration::from_secs(10) || connected_at.is_some(), "never connected");
+            let client_timeout = loop {
+                match client.poll_output().unwrap() {
+                    Output::Transmit(t) => {
+                        let is_stun = matches!(t.contents.first(), Some(0..=3));
+                        let dropped = since.is_some_and(|d| d >= all_from || (is_stun && d >= stun_from));
+                        if !dropped {
+                            let to = &mut |t| to_client.push(t);
+                            host.handle_datagram(now, client_addr, server_addr, &t.contents, to, &mut events);
+                        }
+                    }
+                    Output::Timeout(t) => break t,
+                    Output::Event(_) => {}
+                }
+            };
+            if connected_at.is_some() && now >= next_frame {
+                let rtc = &mut host.get_mut(key).unwrap().rtc;
+                let pt = rtc.media(mid).unwrap().remote_pts()[0];
+                let timestamp = (now - start).as_millis() as u32 * 90;
+                let mut api = rtc.direct_api();
+                let tx = api.stream_tx_by_mid(mid, None).expect("a send stream");
+                tx.write_rtp(RtpWrite::new(pt, u64::from(seq).into(), timestamp, now, vec![0x10; 800]).marker(true));
+                seq = seq.wrapping_add(1);
+                host.touch(key);
+                next_frame = now + Duration::from_millis(33);
+            }
+            if !host.poll(now, &mut |t| to_client.push(t), &mut events).is_empty() {
+                return Some(now - connected_at.unwrap_or(start));
+            }
+            for (_, event) in events.drain(..) {
+                match event {
+                    Event::Connected => {
+                        connected_at.get_or_insert(now);
+                    }
+                    // What ingest and fanout close a session on.
+                    Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                        return Some(now - connected_at.unwrap_or(start));
+                    }
+                    _ => {}
+                }
+            }
+            for t in to_client.drain(..) {
+                let receive = Receive::new(Protocol::Udp, t.source, t.destination, &t.contents).unwrap();
+                client.handle_input(Input::Receive(now, receive)).unwrap();
+            }
+            let host_timeout = host.next_timeout().unwrap_or(now + Duration::from_millis(100));
+            let frame = if connected_at.is_some() { next_frame } else { now + Duration::from_secs(1) };
+            now = client_timeout.min(host_timeout).min(frame).max(now + Duration::from_millis(1));
+            client.handle_input(Input::Timeout(now)).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_viewer_whose_media_flows_stays_without_binding_requests() {
+        // Before str0m's ice-lite agent counted authenticated media, such a session ended 15 s in.
+        assert_eq!(viewer_without_binding_requests(Duration::ZERO, Duration::MAX, Duration::from_secs(60)), None);
+    }
+
+    #[test]
+    fn a_silent_viewer_is_dropped_after_the_ice_timeout() {
+        let gone = viewer_without_binding_requests(Duration::ZERO, Duration::from_secs(5), Duration::from_secs(60));
+        let gone = gone.expect("a viewer silent for 55 s is still there");
+        assert!(gone > Duration::from_secs(15) && gone < Duration::from_secs(30), "dropped {gone:?} after connecting");
     }
 
     #[test]

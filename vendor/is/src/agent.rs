@@ -1190,6 +1190,34 @@ impl IceAgent {
 
     /// Provide the current time to the [`IceAgent`].
     ///
+    /// Tells the agent that authenticated traffic (SRTP or SRTCP, after its authentication tag was
+    /// checked) came from `source` to `destination`.
+    ///
+    /// An ice-lite agent sends no checks; it learns that a pair is alive from the remote's binding
+    /// requests alone and drops a pair that had none for 15 s. A full agent on the other side is not
+    /// bound to keep sending them once connected: libnice (GStreamer's webrtcbin) keeps a pair with
+    /// binding indications, so its sessions were dropped 15 s in while media flowed both ways. An
+    /// ice-lite agent counts this traffic as it counts binding requests, on the pair it came by; a
+    /// full agent ignores it (it checks its pairs itself).
+    pub fn handle_authenticated_traffic(
+        &mut self,
+        now: Instant,
+        proto: Protocol,
+        source: SocketAddr,
+        destination: SocketAddr,
+    ) {
+        if !self.ice_lite {
+            return;
+        }
+        for pair in &mut self.candidate_pairs {
+            let local = pair.local_candidate(&self.local_candidates);
+            let remote = pair.remote_candidate(&self.remote_candidates);
+            if local.proto() == proto && local.base() == destination && remote.addr() == source {
+                pair.note_remote_traffic(now);
+            }
+        }
+    }
+
     /// Typically, you will want to call [`IceAgent::poll_timeout`] and "wake-up"
     /// the agent once that time is reached.
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -2855,6 +2883,85 @@ mod test {
         // is the only validation the pair will ever get, and it must be enough
         // for the remote address to count as viable.
         assert!(agent.has_viable_remote_candidate(ipv4_3()));
+    }
+
+    #[test]
+    fn ice_lite_pair_lives_on_authenticated_traffic_without_binding_requests() {
+        let mut agent = new_test_agent();
+        agent.set_ice_lite(true);
+        agent.set_controlling(false);
+        agent
+            .add_local_candidate(Candidate::host(ipv4_1(), "udp").unwrap())
+            .unwrap();
+        let remote_creds = IceCreds::new();
+        agent.set_remote_credentials(remote_creds.clone());
+        let mut remote_candidate = Candidate::host(ipv4_3(), "udp").unwrap();
+        remote_candidate.set_ufrag(&remote_creds.ufrag);
+        let prio = remote_candidate.prio();
+        agent.add_remote_candidate(remote_candidate);
+
+        // One nominating binding request, then none: as libnice does once connected.
+        let username = format!("{}:{}", agent.local_credentials.ufrag, remote_creds.ufrag);
+        let nominating = StunMessage::binding_request(&username, TransId::new(), true, 0, prio, true);
+        let req = serialize_stun_msg(nominating, &agent.local_credentials.pass);
+        let start = Instant::now();
+        let packet = StunPacket {
+            message: StunMessage::parse(&req).unwrap(),
+            source: ipv4_3(),
+            destination: ipv4_1(),
+            proto: Protocol::Udp,
+        };
+        assert!(agent.handle_packet(start, packet));
+        agent.handle_timeout(start); // answers the queued request
+        let state_at = |agent: &mut IceAgent, secs: u64| {
+            agent.handle_timeout(start + Duration::from_secs(secs));
+            agent.state()
+        };
+        assert_eq!(state_at(&mut agent, 1), IceConnectionState::Completed);
+
+        // Media every second for a minute keeps the pair; traffic from elsewhere does not count.
+        for secs in 1..60 {
+            let now = start + Duration::from_secs(secs);
+            agent.handle_authenticated_traffic(now, Protocol::Udp, ipv4_3(), ipv4_1());
+            agent.handle_authenticated_traffic(now, Protocol::Udp, ipv4_4(), ipv4_1());
+            agent.handle_authenticated_traffic(now, Protocol::Tcp, ipv4_3(), ipv4_1());
+            assert_eq!(state_at(&mut agent, secs), IceConnectionState::Completed, "at {secs} s");
+        }
+        // Silence: the pair goes 15 s after the last traffic.
+        assert_eq!(state_at(&mut agent, 73), IceConnectionState::Completed);
+        assert_eq!(state_at(&mut agent, 75), IceConnectionState::Disconnected);
+    }
+
+    #[test]
+    fn ice_lite_pair_without_binding_requests_or_traffic_goes_after_15_s() {
+        let mut agent = new_test_agent();
+        agent.set_ice_lite(true);
+        agent.set_controlling(false);
+        agent
+            .add_local_candidate(Candidate::host(ipv4_1(), "udp").unwrap())
+            .unwrap();
+        let remote_creds = IceCreds::new();
+        agent.set_remote_credentials(remote_creds.clone());
+        let mut remote_candidate = Candidate::host(ipv4_3(), "udp").unwrap();
+        remote_candidate.set_ufrag(&remote_creds.ufrag);
+        let prio = remote_candidate.prio();
+        agent.add_remote_candidate(remote_candidate);
+        let username = format!("{}:{}", agent.local_credentials.ufrag, remote_creds.ufrag);
+        let nominating = StunMessage::binding_request(&username, TransId::new(), true, 0, prio, true);
+        let req = serialize_stun_msg(nominating, &agent.local_credentials.pass);
+        let start = Instant::now();
+        let packet = StunPacket {
+            message: StunMessage::parse(&req).unwrap(),
+            source: ipv4_3(),
+            destination: ipv4_1(),
+            proto: Protocol::Udp,
+        };
+        assert!(agent.handle_packet(start, packet));
+        agent.handle_timeout(start); // answers the queued request
+        agent.handle_timeout(start + Duration::from_secs(14));
+        assert_eq!(agent.state(), IceConnectionState::Completed);
+        agent.handle_timeout(start + Duration::from_secs(16));
+        assert_eq!(agent.state(), IceConnectionState::Disconnected);
     }
 
     #[test]

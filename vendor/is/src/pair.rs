@@ -50,6 +50,10 @@ pub struct CandidatePair {
     /// Last remote binding request.
     remote_binding_request_time: Option<Instant>,
 
+    /// Last time authenticated media or RTCP (SRTP, SRTCP) came from the remote on this pair. An ice-lite
+    /// agent counts it as the pair being alive, as it counts binding requests.
+    remote_traffic_time: Option<Instant>,
+
     /// State of nomination for this candidate pair.
     nomination_state: NominationState,
 
@@ -160,6 +164,7 @@ impl CandidatePair {
             cached_next_attempt_time: Default::default(),
             remote_binding_requests: Default::default(),
             remote_binding_request_time: Default::default(),
+            remote_traffic_time: Default::default(),
             nomination_state: Default::default(),
             responses_received: 0,
             total_round_trip_time: Duration::ZERO,
@@ -229,7 +234,15 @@ impl CandidatePair {
         let Some(t) = self.remote_binding_request_time else {
             return true; // No timestamp yet = hasn't had a chance to fail
         };
-        now - t < RECENT_BINDING_REQUEST
+        // Authenticated traffic from the remote also shows the pair alive: a full agent need not
+        // send binding requests to an ice-lite peer once connected (libnice sends indications).
+        let last = self.remote_traffic_time.map_or(t, |m| m.max(t));
+        now - last < RECENT_BINDING_REQUEST
+    }
+
+    /// Authenticated media or RTCP arrived from the remote on this pair.
+    pub fn note_remote_traffic(&mut self, now: Instant) {
+        self.remote_traffic_time = Some(now);
     }
 
     pub fn is_nominated(&self) -> bool {
@@ -505,6 +518,7 @@ impl CandidatePair {
     pub(crate) fn copy_remote_binding_requests(&mut self, other: &CandidatePair) {
         self.remote_binding_requests = other.remote_binding_requests;
         self.remote_binding_request_time = other.remote_binding_request_time;
+        self.remote_traffic_time = other.remote_traffic_time;
 
         // ICE-lite pairs are validated by incoming requests. Preserve that
         // validation when a higher-priority candidate replaces the pair.

@@ -2183,6 +2183,7 @@ impl Rtc {
             ..
         } = self;
 
+        let authenticated_before = session.authenticated_rx();
         match r.contents.inner {
             Stun(stun) => {
                 let packet = is::stun::StunPacket {
@@ -2202,6 +2203,12 @@ impl Rtc {
             }
             Rtp(rtp) => session.handle_rtp_receive(recv_time, rtp, &mut readiness.wake()),
             Rtcp(rtcp) => session.handle_rtcp_receive(recv_time, rtcp, &mut readiness.wake()),
+        }
+
+        // Media that authenticated shows the remote there to an ice-lite agent, which otherwise
+        // knows it only by binding requests a full agent need not keep sending once connected.
+        if session.authenticated_rx() != authenticated_before {
+            ice.handle_authenticated_traffic(recv_time, r.proto, r.source, r.destination);
         }
 
         Ok(())

@@ -89,6 +89,9 @@ pub(crate) struct Session {
     probe_payload_params: Option<PayloadParams>,
 
     srtp_rx: Option<SrtpContext>,
+    /// SRTP and SRTCP packets received whose authentication held; the ICE agent of an ice-lite
+    /// session counts them as the remote being there (see `Rtc::do_handle_receive`).
+    authenticated_rx: u64,
     srtp_tx: Option<SrtpContext>,
     last_nack: Instant,
     last_twcc: Instant,
@@ -195,6 +198,7 @@ impl Session {
             probe_payload_params: None,
 
             srtp_rx: None,
+            authenticated_rx: 0,
             srtp_tx: None,
             last_nack: already_happened(),
             last_twcc: already_happened(),
@@ -496,6 +500,11 @@ impl Session {
         self.handle_rtp(now, header, message);
     }
 
+    /// How many SRTP and SRTCP packets passed their authentication so far.
+    pub(crate) fn authenticated_rx(&self) -> u64 {
+        self.authenticated_rx
+    }
+
     pub fn handle_rtcp_receive(&mut self, now: Instant, message: &[u8], wake: &mut Wake) {
         // According to spec, the outer enclosing SRTCP packet should always be a SR or RR,
         // even if it's irrelevant and empty.
@@ -687,7 +696,10 @@ impl Session {
         // narrow it down to the actual payload via slicing only, then build
         // the final `Arc<[u8]>` in a single allocation at the end.
         let data = match srtp.unprotect_rtp(buf, &header, *seq_no) {
-            Some(d) => d,
+            Some(d) => {
+                self.authenticated_rx += 1;
+                d
+            }
             None => {
                 trace!(
                     "Failed to unprotect SRTP for SSRC: {} pt: {}  mid: {:?} \
@@ -914,6 +926,7 @@ impl Session {
     fn handle_rtcp(&mut self, now: Instant, buf: &[u8], wake: &mut Wake) -> Option<()> {
         let srtp: &mut SrtpContext = self.srtp_rx.as_mut()?;
         let unprotected = srtp.unprotect_rtcp(buf)?;
+        self.authenticated_rx += 1;
 
         Rtcp::read_packet(&unprotected, &mut self.feedback_rx);
         let mut need_configure_pacer = false;
