@@ -32,7 +32,7 @@ use str0m::format::CodecConfig;
 use str0m::media::{Mid, Pt};
 use str0m::net::Transmit;
 use str0m::rtp::{ExtensionValues, RtpWrite, VideoOrientation};
-use str0m::{Event, IceConnectionState};
+use str0m::{Event, IceConnectionState, RtcConfig};
 
 use crate::splice::{Pace, SourceId, Splicer};
 
@@ -258,18 +258,31 @@ impl Fanout {
         }
         // Audio and video of a room are one stream at the viewer.
         let offer_sdp = offer::with_stream_id(offer_sdp, &format!("deadsfu-{room}"));
-        let mut accepted =
-            match offer::accept(&offer_sdp, &self.candidates, now, |c| c.set_extension_map(viewer_extensions())) {
-                Ok(a) => a,
-                Err(e) => return error(ErrorKind::BadOffer, &e.to_string()),
-            };
+        let tune = |c: RtcConfig| c.set_extension_map(viewer_extensions());
+        let mut accepted = match offer::accept(&offer_sdp, &self.candidates, now, tune) {
+            Ok(a) => a,
+            Err(e) => return error(ErrorKind::BadOffer, &e.to_string()),
+        };
         let sections = offer::media_sections(&offer_sdp);
         let mids: Vec<Mid> = sections.iter().map(|(mid, _)| *mid).collect();
-        let negotiated = codec::negotiated(&accepted.rtc, &mids);
+        let mut negotiated = codec::negotiated(&accepted.rtc, &mids);
         let codecs = &self.feed(&room, now).codecs;
-        if let Some(reason) = no_common_codec(&negotiated, codecs) {
-            self.drop_feed_if_unwatched(&room);
-            return error(ErrorKind::NoCommonCodec, &reason);
+        match fit(&negotiated, codecs, &sections) {
+            Fit::Plays => {}
+            Fit::Without(kinds) => {
+                // The viewer can decode none of what the room sends of these kinds: answer them inactive.
+                let offer_sdp =
+                    kinds.iter().fold(offer_sdp.clone(), |o, &kind| offer::with_inactive(&o, kind == MediaKind::Video));
+                accepted = match offer::accept(&offer_sdp, &self.candidates, now, tune) {
+                    Ok(a) => a,
+                    Err(e) => return error(ErrorKind::BadOffer, &e.to_string()),
+                };
+                negotiated = codec::negotiated(&accepted.rtc, &mids);
+            }
+            Fit::Nothing(reason) => {
+                self.drop_feed_if_unwatched(&room);
+                return error(ErrorKind::NoCommonCodec, &reason);
+            }
         }
         let id = format!("w{}-{}", self.index, process::random_hex(12));
         let mut viewer = Viewer {
@@ -782,23 +795,44 @@ fn viewer_extensions() -> str0m::rtp::ExtensionMap {
     map
 }
 
-/// Why a viewer cannot watch a room whose ring carries `codecs`, if it cannot: a kind the room carries for
-/// which the viewer negotiated none of the room's codecs. A room without codecs yet (no publisher) fits all.
-fn no_common_codec(negotiated: &CodecConfig, codecs: &[CodecEntry]) -> Option<String> {
+/// What a viewer gets of a room whose ring carries `codecs`.
+#[derive(Debug, PartialEq)]
+enum Fit {
+    /// Every kind it asked for that the room carries, in a codec it negotiated; a kind the room does not carry
+    /// (yet: no publisher, or one without it) is kept, and flows once a publisher sends it.
+    Plays,
+    /// Some kinds, not these: the room carries them only in codecs the viewer did not offer.
+    Without(Vec<MediaKind>),
+    /// Nothing: of every kind it asked for, the room carries only codecs the viewer did not offer.
+    Nothing(String),
+}
+
+/// Matches a viewer's offer (its negotiated codecs and its media sections, `true` for video) to a room's codec
+/// table. A room without codecs yet fits every viewer.
+fn fit(negotiated: &CodecConfig, codecs: &[CodecEntry], sections: &[(Mid, bool)]) -> Fit {
+    let mut unplayable = Vec::new();
+    let mut reasons = Vec::new();
+    let mut asked = 0;
     for kind in [MediaKind::Video, MediaKind::Audio] {
-        let room: Vec<&CodecEntry> = codecs.iter().filter(|e| e.kind == kind).collect();
-        if room.is_empty() {
+        if !sections.iter().any(|(_, video)| *video == (kind == MediaKind::Video)) {
             continue;
         }
-        if room.iter().any(|e| negotiated.match_params(codec::params(e)).is_some()) {
+        asked += 1;
+        let room: Vec<&CodecEntry> = codecs.iter().filter(|e| e.kind == kind).collect();
+        if room.is_empty() || room.iter().any(|e| negotiated.match_params(codec::params(e)).is_some()) {
             continue;
         }
         let mut names: Vec<&str> = room.iter().map(|e| e.codec.name()).collect();
         names.dedup();
-        let kind = if kind == MediaKind::Video { "video" } else { "audio" };
-        return Some(format!("the offer shares no {kind} codec with the room, which carries {}", names.join(", ")));
+        let kind_name = if kind == MediaKind::Video { "video" } else { "audio" };
+        reasons.push(format!("no {kind_name} codec of the room ({})", names.join(", ")));
+        unplayable.push(kind);
     }
-    None
+    match unplayable.len() {
+        0 => Fit::Plays,
+        n if n == asked => Fit::Nothing(format!("the offer shares {}", reasons.join(" and "))),
+        _ => Fit::Without(unplayable),
+    }
 }
 
 fn error(kind: ErrorKind, message: &str) -> Response {
@@ -822,7 +856,120 @@ pub fn run(cfg: &Config, index: u32) -> Result<(), StartError> {
 
 #[cfg(test)]
 mod tests {
+    use shm_proto::ring::{Codec, Geometry, RingWriter};
+    use str0m::media::Direction;
+    use str0m::Rtc;
+
     use super::*;
+
+    fn entry(pt: u8, kind: MediaKind, codec: Codec, clock_rate: u32, channels: u8, fmtp: &str) -> CodecEntry {
+        CodecEntry { pt, kind, codec, clock_rate, channels, fmtp: fmtp.to_string() }
+    }
+
+    fn opus() -> CodecEntry {
+        entry(111, MediaKind::Audio, Codec::Opus, 48_000, 2, "minptime=10;useinbandfec=1")
+    }
+
+    fn h264() -> CodecEntry {
+        let fmtp = "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
+        entry(102, MediaKind::Video, Codec::H264, 90_000, 0, fmtp)
+    }
+
+    fn vp8() -> CodecEntry {
+        entry(96, MediaKind::Video, Codec::Vp8, 90_000, 0, "")
+    }
+
+    /// What a viewer that offered `entries` negotiated.
+    fn viewer(entries: &[CodecEntry]) -> CodecConfig {
+        CodecConfig::new_from_payload_params(entries.iter().map(codec::params).collect())
+    }
+
+    #[test]
+    fn a_viewer_gets_the_kinds_it_shares_with_the_room() {
+        let (audio, video) = ((Mid::from("a"), false), (Mid::from("v"), true));
+        let room = [opus(), h264()];
+        assert_eq!(fit(&viewer(&[h264()]), &room, &[video]), Fit::Plays, "video only");
+        assert_eq!(fit(&viewer(&[opus()]), &room, &[audio]), Fit::Plays, "audio only");
+        assert_eq!(fit(&viewer(&[opus(), h264()]), &room, &[audio, video]), Fit::Plays);
+        assert_eq!(fit(&viewer(&[opus(), vp8()]), &room, &[audio, video]), Fit::Without(vec![MediaKind::Video]));
+        let Fit::Nothing(why) = fit(&viewer(&[vp8()]), &room, &[video]) else { panic!("VP8 only fits H.264") };
+        assert_eq!(why, "the offer shares no video codec of the room (H264)");
+        // A kind the room does not carry (yet) is kept; a room with no codecs fits all.
+        assert_eq!(fit(&viewer(&[opus(), h264()]), &[h264()], &[audio, video]), Fit::Plays);
+        assert_eq!(fit(&viewer(&[opus()]), &[h264()], &[audio]), Fit::Plays);
+        assert_eq!(fit(&viewer(&[vp8()]), &[], &[video]), Fit::Plays);
+    }
+
+    /// A fanout worker on a temporary runtime directory with room `room` carrying `codecs`.
+    fn worker(name: &str, codecs: &[CodecEntry]) -> (Fanout, RingWriter, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("deadsfu-fanout-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(paths::rings_dir(&dir)).unwrap();
+        let room = RoomName::new("room").unwrap();
+        let geometry = Geometry { slot_count: 16, slot_size: 256 };
+        let mut ring = RingWriter::create(&paths::ring(&dir, &room), geometry, 1).unwrap();
+        ring.set_codecs(codecs).unwrap();
+        let candidates = vec!["127.0.0.1:3478".parse().unwrap()];
+        (Fanout::new(0, dir.clone(), candidates, SessionLimits::default(), Instant::now()), ring, dir)
+    }
+
+    /// A str0m client's receive-only offer of these kinds (`true` for video), in order; `vp8_only` leaves out
+    /// every other video codec.
+    fn offer(kinds: &[bool], vp8_only: bool) -> String {
+        let mut config = Rtc::builder();
+        if vp8_only {
+            config = config.enable_h264(false).enable_vp9(false).enable_av1(false).enable_h265(false);
+        }
+        let mut client = config.build(Instant::now());
+        let mut change = client.sdp_api();
+        for &video in kinds {
+            let kind = if video { str0m::media::MediaKind::Video } else { str0m::media::MediaKind::Audio };
+            change.add_media(kind, Direction::RecvOnly, None, None, None);
+        }
+        change.apply().unwrap().0.to_sdp_string()
+    }
+
+    fn view(fanout: &mut Fanout, offer: &str) -> Response {
+        fanout.handle_request(Instant::now(), Request::View { room: "room".into(), offer: offer.to_string() })
+    }
+
+    /// The direction lines of each media section of an answer, in order.
+    fn directions(answer: &str) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for line in answer.lines() {
+            if let Some(m) = line.strip_prefix("m=") {
+                out.push((m.split(' ').next().unwrap().to_string(), String::new()));
+            } else if let ("a=sendonly" | "a=recvonly" | "a=sendrecv" | "a=inactive", Some(last)) =
+                (line, out.last_mut())
+            {
+                last.1 = line[2..].to_string();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn partial_offers_are_answered_with_what_the_room_has_for_them() {
+        let (mut fanout, _ring, dir) = worker("partial", &[opus(), h264()]);
+        // Video only, audio only: served.
+        for kinds in [&[true][..], &[false]] {
+            let Response::Answer { answer, .. } = view(&mut fanout, &offer(kinds, false)) else { panic!("{kinds:?}") };
+            assert!(directions(&answer).iter().all(|(_, d)| d == "sendonly"), "{answer}");
+        }
+        // VP8 video + audio in an H.264 room: the video section is answered inactive, audio flows.
+        let Response::Answer { answer, session } = view(&mut fanout, &offer(&[false, true], true)) else {
+            panic!("refused")
+        };
+        let dirs = directions(&answer);
+        assert_eq!(dirs, [("audio".into(), "sendonly".into()), ("video".into(), "inactive".into())], "{answer}");
+        let key = fanout.ids[&session];
+        let app = &fanout.host.get(key).unwrap().app;
+        assert!(app.audio.is_some() && app.video.is_none());
+        // VP8 video alone: nothing to give it.
+        let Response::Error { kind, message } = view(&mut fanout, &offer(&[true], true)) else { panic!("accepted") };
+        assert_eq!(kind, ErrorKind::NoCommonCodec, "{message}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 
     #[test]
     fn a_replay_keeps_its_pace_on_a_busy_worker() {

@@ -173,6 +173,30 @@ fn process_dtls_cert(config: &RtcConfig, now: Instant) -> Option<DtlsCert> {
     }
 }
 
+/// The offer with every section of the given kind (`video` or `audio`) made `a=inactive`, so the answer to it
+/// is inactive too: for a kind the viewer can receive nothing of.
+pub fn with_inactive(offer: &str, video: bool) -> String {
+    let kind = if video { "m=video" } else { "m=audio" };
+    let mut out = String::with_capacity(offer.len() + 32);
+    let mut in_kind = false;
+    for line in offer.lines().filter(|l| !l.trim().is_empty()) {
+        if line.starts_with("m=") {
+            if in_kind {
+                out.push_str("a=inactive\r\n");
+            }
+            in_kind = line.starts_with(kind);
+        } else if in_kind && matches!(line, "a=sendrecv" | "a=recvonly" | "a=sendonly" | "a=inactive") {
+            continue;
+        }
+        out.push_str(line);
+        out.push_str("\r\n");
+    }
+    if in_kind {
+        out.push_str("a=inactive\r\n");
+    }
+    out
+}
+
 /// The offer with every audio and video section's `a=msid` set to `stream_id`, so that str0m's answer, which
 /// takes the stream id of a remote media section from the offer, puts all of them in one stream at the peer.
 /// Browsers' receive-only sections carry no stream (`a=msid:- ...`) and would get a random one each.

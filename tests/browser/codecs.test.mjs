@@ -4,8 +4,10 @@
 // outbound-rtp and the viewer's inbound-rtp both name that codec (through the codec stats their codecId points
 // to), that `GET /rooms` lists the codec, and that the viewer's framesDecoded grows by 10 or more over 1 s or
 // more. The other variants Chromium sends get the same: VP9 profile 2, H.264 packetization-mode 0, H.264 Main.
-// Then a viewer whose offer allows only VP8 asks for a room an AV1 publisher is live in: 406 with a one-line
-// reason (and the same page code allowing AV1 gets 201, so the 406 is about the codec and nothing else).
+// Then a video-only viewer whose offer allows only VP8 asks for a room an AV1 publisher is live in: 406 with a
+// one-line reason (and the same page code allowing AV1 gets 201, so the 406 is about the codec and nothing
+// else); with audio too it gets 201, its video section answered inactive, and receives audio. A video-only and
+// an audio-only viewer of a VP8 room each get what they asked for.
 //
 // Run from the repository root after `cargo build --release --workspace`:
 //   (cd tests/browser && npm ci) && node --test tests/browser/codecs.test.mjs
@@ -93,13 +95,27 @@ window.publish = async (url, mime, fmtp = "") => {
   return post(pc, url);
 };
 
-/** Views with an offer whose video section allows only the codecs mimes (and rtx); audio as Chromium offers. */
-window.view = async (url, mimes) => {
+/** Views with an offer of the media kinds given (both by default) whose video section allows only the codecs
+ *  mimes (and rtx); audio as Chromium offers. */
+window.view = async (url, mimes, kinds = ["audio", "video"]) => {
   const pc = newPc();
-  pc.addTransceiver("audio", { direction: "recvonly" });
-  const tx = pc.addTransceiver("video", { direction: "recvonly" });
-  tx.setCodecPreferences(only(RTCRtpReceiver.getCapabilities("video"), mimes));
+  if (kinds.includes("audio")) pc.addTransceiver("audio", { direction: "recvonly" });
+  if (kinds.includes("video")) {
+    const tx = pc.addTransceiver("video", { direction: "recvonly" });
+    tx.setCodecPreferences(only(RTCRtpReceiver.getCapabilities("video"), mimes));
+  }
   return post(pc, url);
+};
+
+/** Each media section's kind and direction in an SDP, e.g. {audio: "sendonly", video: "inactive"}. */
+window.directionsOf = (sdp) => {
+  const out = {};
+  let kind = null;
+  for (const line of sdp.split(/\r?\n/)) {
+    if (line.startsWith("m=")) { kind = line.slice(2).split(" ")[0]; out[kind] = "sendrecv"; }
+    else if (kind && /^a=(sendonly|recvonly|sendrecv|inactive)$/.test(line)) out[kind] = line.slice(2);
+  }
+  return out;
 };
 
 /** The video m-section's payload types and their rtpmap names, for the log. */
@@ -164,6 +180,20 @@ function videoStats(page, direction) {
     }
     return null;
   }, `${direction}-rtp`);
+}
+
+/** The page's `window.pc` inbound audio: packets received, or null. (Samples are counted only as they play
+ *  out, and these pages play nothing.) */
+function audioStats(page) {
+  return page.evaluate(async () => {
+    if (!window.pc) return null;
+    for (const s of (await window.pc.getStats()).values()) {
+      if (s.type === "inbound-rtp" && (s.kind || s.mediaType) === "audio") {
+        return { packets: s.packetsReceived || 0 };
+      }
+    }
+    return null;
+  });
 }
 
 function pcState(page) {
@@ -351,7 +381,7 @@ test("every video codec Chromium offers goes through deadsfu", { timeout: 90_000
 
     const viewer = track(`${room}-viewer`, await helperPage(browser.context, `${room}-viewer`));
     const before = await sfu.viewerCount();
-    const r = await viewer.evaluate((url) => window.view(url, ["video/VP8"]), `${sfu.base}/whep/${room}`);
+    const r = await viewer.evaluate((url) => window.view(url, ["video/VP8"], ["video"]), `${sfu.base}/whep/${room}`);
     const offered = await viewer.evaluate((sdp) => window.videoCodecsOf(sdp), r.sent);
     console.log(`VP8-only viewer (video ${offered}) of a live AV1 room: ${r.status} ${JSON.stringify(r.body)}`);
     assert.ok(!/AV1/i.test(offered) && /VP8/.test(offered), `the viewer's offer allows VP8 and not AV1: ${offered}`);
@@ -372,7 +402,41 @@ test("every video codec Chromium offers goes through deadsfu", { timeout: 90_000
       return (v && v.framesDecoded > 0 && v.codec === av1.mime && v) || Promise.reject(new Error(JSON.stringify(v)));
     }, { timeout: 10_000, interval: 150 });
     console.log(`AV1-only viewer of the same room: 201, decoding ${s.codec} (${s.framesDecoded} frames)`);
+
+    // With audio too, the VP8-only viewer is taken: its video section is answered inactive, its audio plays.
+    await viewer.evaluate(() => window.pc.close());
+    const mixed = await viewer.evaluate((url) => window.view(url, ["video/VP8"]), `${sfu.base}/whep/${room}`);
+    assert.equal(mixed.status, 201, `POST /whep/${room} with audio and VP8 video: ${mixed.status} ${mixed.body}`);
+    const dirs = await viewer.evaluate((sdp) => window.directionsOf(sdp), mixed.body);
+    assert.deepEqual(dirs, { audio: "sendonly", video: "inactive" }, "the answer's directions");
+    const a = await until("the VP8 + audio viewer to receive audio", async () => {
+      const st = await audioStats(viewer);
+      return (st && st.packets > 50 && st) || Promise.reject(new Error(JSON.stringify(st)));
+    }, { timeout: 10_000, interval: 150 });
+    console.log(`VP8 + audio viewer of the AV1 room: 201, answer ${JSON.stringify(dirs)}, ${a.packets} audio packets`);
   }, vp8only);
+
+  await step("a video-only and an audio-only viewer of a room with audio and video", async () => {
+    const room = "codec-kinds";
+    await publish(browser.context, room, CODECS.find((c) => c.name === "VP8"), track);
+    const video = track(`${room}-video-only`, await helperPage(browser.context, `${room}-video-only`));
+    const audio = track(`${room}-audio-only`, await helperPage(browser.context, `${room}-audio-only`));
+    const rv = await video.evaluate((url) => window.view(url, ["video/VP8"], ["video"]), `${sfu.base}/whep/${room}`);
+    assert.equal(rv.status, 201, `video-only viewer: ${rv.status} ${rv.body}`);
+    assert.deepEqual(await video.evaluate((sdp) => window.directionsOf(sdp), rv.body), { video: "sendonly" });
+    const ra = await audio.evaluate((url) => window.view(url, [], ["audio"]), `${sfu.base}/whep/${room}`);
+    assert.equal(ra.status, 201, `audio-only viewer: ${ra.status} ${ra.body}`);
+    assert.deepEqual(await audio.evaluate((sdp) => window.directionsOf(sdp), ra.body), { audio: "sendonly" });
+    const v = await until("the video-only viewer to decode", async () => {
+      const st = await videoStats(video, "inbound");
+      return (st && st.framesDecoded > 10 && st) || Promise.reject(new Error(JSON.stringify(st)));
+    }, { timeout: 10_000, interval: 150 });
+    const au = await until("the audio-only viewer to receive audio", async () => {
+      const st = await audioStats(audio);
+      return (st && st.packets > 50 && st) || Promise.reject(new Error(JSON.stringify(st)));
+    }, { timeout: 10_000, interval: 150 });
+    console.log(`video-only viewer: ${v.framesDecoded} ${v.codec} frames; audio-only viewer: ${au.packets} packets`);
+  });
 
   await step("the pages threw nothing", async () => {
     assert.deepEqual(pageLog.filter((l) => l.includes(" pageerror]")), [], "no uncaught errors in the pages");

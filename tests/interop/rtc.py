@@ -169,12 +169,15 @@ class Peer:
 class Publisher(Peer):
     """Publishes a fixture, pre-encoded, H.264 (profile-level-id 42e01f) + Opus."""
 
-    def __init__(self, fixture: Fixture, name: str = "publisher") -> None:
+    def __init__(self, fixture: Fixture, name: str = "publisher", kinds: tuple[str, ...] = ("audio", "video")) -> None:
         super().__init__(name)
         self.clock = Clock()
         self.video = PacedVideoTrack(fixture, self.clock)
         self.audio = PacedAudioTrack(fixture, self.clock)
-        self.pc.addTransceiver(self.audio, direction="sendonly")
+        if "audio" in kinds:
+            self.pc.addTransceiver(self.audio, direction="sendonly")
+        if "video" not in kinds:
+            return
         vt = self.pc.addTransceiver(self.video, direction="sendonly")
         caps = RTCRtpSender.getCapabilities("video").codecs
         h264 = [
@@ -231,25 +234,28 @@ class Reception:
 
 
 class Viewer(Peer):
-    """A WHEP viewer: recvonly audio + video; decodes everything and reads each frame's barcode.
+    """A WHEP viewer: recvonly audio + video (or the `kinds` given); decodes everything and reads each frame's
+    barcode.
 
     `video_codecs` (e.g. `["VP8"]`) restricts the video codecs it offers (aiortc offers VP8 and H.264 by
     default); RTX stays offered. Every RTP packet its receivers get is logged in `rtp` (see rtpcheck.py).
     """
 
-    def __init__(self, name: str, video_codecs: list[str] | None = None) -> None:
+    def __init__(
+        self, name: str, video_codecs: list[str] | None = None, kinds: tuple[str, ...] = ("audio", "video")
+    ) -> None:
         super().__init__(name)
         self.rx = Reception()
         self._tasks: list[asyncio.Task] = []
-        at = self.pc.addTransceiver("audio", direction="recvonly")
-        vt = self.pc.addTransceiver("video", direction="recvonly")
-        if video_codecs is not None:
+        at = self.pc.addTransceiver("audio", direction="recvonly") if "audio" in kinds else None
+        vt = self.pc.addTransceiver("video", direction="recvonly") if "video" in kinds else None
+        if video_codecs is not None and vt is not None:
             caps = RTCRtpSender.getCapabilities("video").codecs
             wanted = {f"video/{c}".lower() for c in video_codecs}
             chosen = [c for c in caps if c.mimeType.lower() in wanted]
             assert chosen, f"aiortc has none of the video codecs {video_codecs}"
             vt.setCodecPreferences(chosen + [c for c in caps if c.mimeType == "video/rtx"])
-        self.rtp = {"audio": RtpTap(at.receiver, "audio"), "video": RtpTap(vt.receiver, "video")}
+        self.rtp = {kind: RtpTap(t.receiver, kind) for kind, t in (("audio", at), ("video", vt)) if t is not None}
         self.pc.on("track", self._on_track)
 
     def _on_track(self, track: MediaStreamTrack) -> None:
