@@ -846,6 +846,7 @@ pub fn run(cfg: &Config, index: u32) -> Result<(), StartError> {
         name: format!("fanout-{index}"),
         runtime_dir: &runtime_dir,
         udp_port: if cfg.fanout_port == 0 { 0 } else { cfg.fanout_port.saturating_add(index as u16) },
+        udp_port_setting: format!("worker {index}'s: fanout_port + {index}, --fanout-port"),
         advertise: cfg.ice_candidate_host,
         control_socket: paths::fanout_socket(&runtime_dir, index),
         wake_socket: Some(paths::fanout_wake_socket(&runtime_dir, index)),

@@ -985,6 +985,7 @@ pub fn run(cfg: &Config) -> Result<(), RunError> {
         name: "ingest".into(),
         runtime_dir: &runtime_dir,
         udp_port: cfg.ingest_port,
+        udp_port_setting: "ingest_port, --ingest-port".into(),
         advertise: cfg.ice_candidate_host,
         control_socket: paths::ingest_socket(&runtime_dir),
         wake_socket: None,

@@ -193,12 +193,22 @@ pub trait Core {
 pub enum StartError {
     #[error("cannot prepare runtime directory {0}: {1}")]
     RuntimeDir(String, std::io::Error),
-    #[error("cannot bind UDP port {0}: {1}")]
-    Udp(u16, std::io::Error),
+    #[error("cannot bind UDP port {port} ({setting}): {source}{}", in_use_hint(source))]
+    Udp { port: u16, setting: String, source: std::io::Error },
     #[error("control socket: {0}")]
     Control(#[from] control::BindError),
     #[error("event loop: {0}")]
     Poll(std::io::Error),
+}
+
+/// What to do about a port in use: say so where the error is the port being taken.
+fn in_use_hint(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::AddrInUse {
+        "; another deadsfu or another program holds it (instances on one host need their own ports and runtime \
+         directory)"
+    } else {
+        ""
+    }
 }
 
 const WAKER: Token = Token(0);
@@ -216,6 +226,8 @@ pub struct Endpoints<'a> {
     pub name: String,
     pub runtime_dir: &'a Path,
     pub udp_port: u16,
+    /// The setting `udp_port` comes from, as errors name it (`ingest_port, --ingest-port`).
+    pub udp_port_setting: String,
     pub advertise: Option<IpAddr>,
     pub control_socket: PathBuf,
     /// Where to receive wake-ups from ingest (fanout workers); each one turns the loop.
@@ -239,7 +251,11 @@ pub fn run<C: Core>(
     let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(StartError::Poll)?);
     let stop = on_termination(waker.clone());
     let port = endpoints.udp_port;
-    let mut udp = UdpSet::bind(port, endpoints.advertise).map_err(|e| StartError::Udp(port, e))?;
+    let mut udp = UdpSet::bind(port, endpoints.advertise).map_err(|source| StartError::Udp {
+        port,
+        setting: endpoints.udp_port_setting.clone(),
+        source,
+    })?;
     udp.register(poll.registry(), FIRST_UDP).map_err(StartError::Poll)?;
     let wake_socket = match &endpoints.wake_socket {
         Some(path) => {

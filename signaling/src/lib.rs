@@ -5,5 +5,6 @@
 
 pub mod http;
 pub mod metrics;
+pub mod preflight;
 pub mod router;
 pub mod tls;

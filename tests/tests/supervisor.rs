@@ -100,3 +100,49 @@ fn children_die_with_a_killed_supervisor() {
         });
     }
 }
+
+/// Runs the supervisor with `args` until it exits (or 10 s pass); its exit status and what it logged.
+fn run_to_exit(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = std::process::Command::new(deadsfu_tests::bin_dir().join("deadsfu"))
+        .args(args)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the supervisor binary is built");
+    let status = wait_for("the second instance to exit", Duration::from_secs(10), || child.try_wait().unwrap());
+    let out = child.wait_with_output().unwrap();
+    (status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn a_second_instance_on_taken_ports_or_directory_stops_and_names_the_setting() {
+    let first = Sfu::start(1, &[]);
+    let other_dir = format!("{}-other", first.runtime_dir.display());
+    let http = format!("127.0.0.1:{}", deadsfu_tests::free_port());
+
+    // A UDP port held by another program (another instance's ingest, here a plain socket).
+    let ingest_port = deadsfu_tests::free_port();
+    let held = std::net::UdpSocket::bind(("127.0.0.1", ingest_port)).unwrap();
+    let port = ingest_port.to_string();
+    let (code, log) = run_to_exit(&["--http", &http, "--runtime-dir", &other_dir, "--ingest-port", &port]);
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains(&format!("UDP port 0.0.0.0:{ingest_port} (ingest_port, --ingest-port) is in use")), "{log}");
+    assert!(!log.contains("started process"), "nothing was started: {log}");
+    drop(held);
+
+    // The first instance's runtime directory.
+    let dir = first.runtime_dir.display().to_string();
+    let (code, log) =
+        run_to_exit(&["--http", &http, "--runtime-dir", &dir, "--ingest-port", "0", "--fanout-port", "0"]);
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains(&format!("runtime directory {dir} is in use by another deadsfu")), "{log}");
+
+    // Its HTTP port.
+    let taken = format!("127.0.0.1:{}", first.http_port);
+    let args = ["--http", &taken, "--runtime-dir", &other_dir, "--ingest-port", "0", "--fanout-port", "0"];
+    let (code, log) = run_to_exit(&args);
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains(&format!("HTTP address {taken} (http, --http) is in use")), "{log}");
+    assert_eq!(first.health().unwrap()["ok"], true, "the first instance is untouched");
+    let _ = std::fs::remove_dir_all(other_dir);
+}

@@ -9,6 +9,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use deadsfu_signaling::preflight;
 use nix::sys::signal::{self, SigSet, Signal};
 use nix::unistd::Pid;
 use shm_proto::config::{Config, ConfigArgs};
@@ -115,6 +116,19 @@ fn main() -> ExitCode {
     let runtime_dir = cfg.runtime_dir();
     if let Err(e) = shm_proto::paths::prepare(&runtime_dir) {
         tracing::error!("cannot prepare runtime directory {}: {e}", runtime_dir.display());
+        return ExitCode::FAILURE;
+    }
+    // Another instance's directory or ports: stop now with the setting to change, rather than start processes
+    // that cannot bind and restart them for ever.
+    let _lock = match preflight::lock_runtime_dir(&runtime_dir) {
+        Ok(lock) => lock,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = preflight::check_ports(&cfg) {
+        tracing::error!("{e}");
         return ExitCode::FAILURE;
     }
     let stop = termination_channel();
