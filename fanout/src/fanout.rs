@@ -15,7 +15,6 @@
 //! [`Fanout`] never touches a socket or a clock itself; [`run`] is the loop around it.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,7 +31,7 @@ use str0m::format::CodecConfig;
 use str0m::media::{Mid, Pt};
 use str0m::net::Transmit;
 use str0m::rtp::{ExtensionValues, RtpWrite, VideoOrientation};
-use str0m::{Event, IceConnectionState, RtcConfig};
+use str0m::{Candidate, Event, IceConnectionState, RtcConfig};
 
 use crate::splice::{Pace, SourceId, Splicer};
 
@@ -145,7 +144,7 @@ pub struct Fanout {
     limits: SessionLimits,
     refused: Refusals,
     runtime_dir: PathBuf,
-    candidates: Vec<SocketAddr>,
+    candidates: Vec<Candidate>,
     host: SessionHost<Viewer>,
     rooms: HashMap<RoomName, RoomFeed>,
     ids: HashMap<String, SessionKey>,
@@ -173,7 +172,7 @@ impl Fanout {
     pub fn new(
         index: u32,
         runtime_dir: PathBuf,
-        candidates: Vec<SocketAddr>,
+        candidates: Vec<Candidate>,
         limits: SessionLimits,
         now: Instant,
     ) -> Fanout {
@@ -847,6 +846,7 @@ pub fn run(cfg: &Config, index: u32) -> Result<(), StartError> {
         runtime_dir: &runtime_dir,
         udp_port: if cfg.fanout_port == 0 { 0 } else { cfg.fanout_port.saturating_add(index as u16) },
         udp_port_setting: format!("worker {index}'s: fanout_port + {index}, --fanout-port"),
+        ice_tcp: cfg.ice_tcp,
         advertise: cfg.ice_candidate_host,
         control_socket: paths::fanout_socket(&runtime_dir, index),
         wake_socket: Some(paths::fanout_wake_socket(&runtime_dir, index)),
@@ -910,7 +910,7 @@ mod tests {
         let geometry = Geometry { slot_count: 16, slot_size: 256 };
         let mut ring = RingWriter::create(&paths::ring(&dir, &room), geometry, 1).unwrap();
         ring.set_codecs(codecs).unwrap();
-        let candidates = vec!["127.0.0.1:3478".parse().unwrap()];
+        let candidates = offer::host_candidates(&["127.0.0.1:3478".parse().unwrap()], str0m::net::Protocol::Udp);
         (Fanout::new(0, dir.clone(), candidates, SessionLimits::default(), Instant::now()), ring, dir)
     }
 

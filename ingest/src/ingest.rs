@@ -19,7 +19,6 @@
 //! the loop around it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
@@ -42,7 +41,7 @@ use shm_proto::{paths, RoomName};
 use str0m::media::{KeyframeRequestKind, Mid};
 use str0m::net::Transmit;
 use str0m::rtp::{RtpPacket, Ssrc};
-use str0m::{Event, IceConnectionState};
+use str0m::{Candidate, Event, IceConnectionState};
 
 use crate::keyframe;
 use crate::slate::{Slate, SlatePlayer};
@@ -317,7 +316,7 @@ impl Room {
 
 pub struct Ingest {
     settings: Settings,
-    candidates: Vec<SocketAddr>,
+    candidates: Vec<Candidate>,
     slate: Slate,
     host: SessionHost<Publisher>,
     rooms: HashMap<RoomName, Room>,
@@ -347,7 +346,7 @@ impl Ingest {
     pub fn new(
         settings: Settings,
         slate: Slate,
-        candidates: Vec<SocketAddr>,
+        candidates: Vec<Candidate>,
         waker: Arc<Waker>,
         now: Instant,
     ) -> Ingest {
@@ -986,6 +985,7 @@ pub fn run(cfg: &Config) -> Result<(), RunError> {
         runtime_dir: &runtime_dir,
         udp_port: cfg.ingest_port,
         udp_port_setting: "ingest_port, --ingest-port".into(),
+        ice_tcp: cfg.ice_tcp,
         advertise: cfg.ice_candidate_host,
         control_socket: paths::ingest_socket(&runtime_dir),
         wake_socket: None,
@@ -1033,7 +1033,16 @@ mod tests {
             max_pulls: 1,
         };
         let slate = Slate::load(None, None, 10).expect("the built-in slate");
-        (Ingest::new(settings, slate, vec!["127.0.0.1:9".parse().unwrap()], waker, now), poll)
+        (
+            Ingest::new(
+                settings,
+                slate,
+                offer::host_candidates(&["127.0.0.1:9".parse().unwrap()], str0m::net::Protocol::Udp),
+                waker,
+                now,
+            ),
+            poll,
+        )
     }
 
     fn temp_dir(name: &str) -> std::path::PathBuf {

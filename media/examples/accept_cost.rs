@@ -13,7 +13,8 @@ fn main() {
     change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
     let (offer, _) = change.apply().unwrap();
     let offer = offer.to_sdp_string();
-    let candidates = ["127.0.0.1:6000".parse().unwrap()];
+    let candidates =
+        deadsfu_media::offer::host_candidates(&["127.0.0.1:6000".parse().unwrap()], str0m::net::Protocol::Udp);
     let n = 300;
     let t = Instant::now();
     for _ in 0..n {

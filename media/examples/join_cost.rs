@@ -44,7 +44,13 @@ fn main() {
         let (offer, pending) = change.apply().unwrap();
 
         let t = Instant::now();
-        let accepted = deadsfu_media::offer::accept(&offer.to_sdp_string(), &[server_addr], now, |c| c).unwrap();
+        let accepted = deadsfu_media::offer::accept(
+            &offer.to_sdp_string(),
+            &deadsfu_media::offer::host_candidates(&[server_addr], str0m::net::Protocol::Udp),
+            now,
+            |c| c,
+        )
+        .unwrap();
         accept += t.elapsed();
         let mut server = accepted.rtc;
         let answer = str0m::change::SdpAnswer::from_sdp_string(&accepted.answer).unwrap();

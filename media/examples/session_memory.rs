@@ -320,7 +320,12 @@ fn main() {
     let server_addr: SocketAddr = "127.0.0.1:6000".parse().unwrap();
     let mut now = Instant::now();
     // The process's DTLS certificate and the crypto provider's self-test, made once, before counting.
-    let _ = offer::accept(&client_offer(now, "10.0.0.1:1".parse().unwrap()).0, &[server_addr], now, |c| c);
+    let _ = offer::accept(
+        &client_offer(now, "10.0.0.1:1".parse().unwrap()).0,
+        &offer::host_candidates(&[server_addr], Protocol::Udp),
+        now,
+        |c| c,
+    );
 
     let mut room = Room {
         host: SessionHost::new(),
@@ -342,8 +347,10 @@ fn main() {
         let (answer, _key) = as_tag(SERVER, || {
             let offer_sdp = offer::with_stream_id(&offer_sdp, "deadsfu-bench");
             let mut accepted =
-                offer::accept(&offer_sdp, &[room.server_addr], now, |c| c.set_extension_map(viewer_extensions()))
-                    .expect("accepted");
+                offer::accept(&offer_sdp, &offer::host_candidates(&[room.server_addr], Protocol::Udp), now, |c| {
+                    c.set_extension_map(viewer_extensions())
+                })
+                .expect("accepted");
             let sections = offer::media_sections(&offer_sdp);
             let mids: Vec<Mid> = sections.iter().map(|(mid, _)| *mid).collect();
             let negotiated = codec::negotiated(&accepted.rtc, &mids);

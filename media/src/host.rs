@@ -228,7 +228,23 @@ impl<T> SessionHost<T> {
         send: &mut dyn FnMut(Transmit),
         events: &mut Vec<(SessionKey, Event)>,
     ) -> Routed {
-        let Ok(receive) = Receive::new(Protocol::Udp, source, destination, buf) else {
+        self.handle_packet(now, Protocol::Udp, source, destination, buf, send, events)
+    }
+
+    /// [`handle_datagram`](Self::handle_datagram) for a packet that came over `proto`: UDP, or a frame of an
+    /// ICE-TCP connection (see [`crate::tcp`]), whose remote address stands for the connection.
+    #[allow(clippy::too_many_arguments)]
+    pub fn handle_packet(
+        &mut self,
+        now: Instant,
+        proto: Protocol,
+        source: SocketAddr,
+        destination: SocketAddr,
+        buf: &[u8],
+        send: &mut dyn FnMut(Transmit),
+        events: &mut Vec<(SessionKey, Event)>,
+    ) -> Routed {
+        let Ok(receive) = Receive::new(proto, source, destination, buf) else {
             return Routed::Dropped;
         };
         let input = Input::Receive(now, receive);
@@ -371,7 +387,7 @@ mod tests {
         let mut change = client.sdp_api();
         change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
         let (offer, _) = change.apply().unwrap();
-        let candidates = ["127.0.0.1:6000".parse().unwrap()];
+        let candidates = crate::offer::host_candidates(&["127.0.0.1:6000".parse().unwrap()], Protocol::Udp);
         let accepted = crate::offer::accept(&offer.to_sdp_string(), &candidates, now, |c| c).unwrap();
         (accepted.rtc, accepted.ufrag)
     }
@@ -385,7 +401,13 @@ mod tests {
         change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
         let (offer, pending) = change.apply().unwrap();
         let server_addr: SocketAddr = "127.0.0.1:6000".parse().unwrap();
-        let accepted = crate::offer::accept(&offer.to_sdp_string(), &[server_addr], now, |c| c).unwrap();
+        let accepted = crate::offer::accept(
+            &offer.to_sdp_string(),
+            &crate::offer::host_candidates(&[server_addr], Protocol::Udp),
+            now,
+            |c| c,
+        )
+        .unwrap();
         let answer = str0m::change::SdpAnswer::from_sdp_string(&accepted.answer).unwrap();
         client.sdp_api().accept_answer(pending, answer).unwrap();
         let mut host = SessionHost::new();
@@ -431,7 +453,13 @@ mod tests {
         change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
         let (offer, pending) = change.apply().unwrap();
         let (mid, _) = crate::offer::media_sections(&offer.to_sdp_string())[0];
-        let accepted = crate::offer::accept(&offer.to_sdp_string(), &[server_addr], start, |c| c).unwrap();
+        let accepted = crate::offer::accept(
+            &offer.to_sdp_string(),
+            &crate::offer::host_candidates(&[server_addr], Protocol::Udp),
+            start,
+            |c| c,
+        )
+        .unwrap();
         let answer = str0m::change::SdpAnswer::from_sdp_string(&accepted.answer).unwrap();
         client.sdp_api().accept_answer(pending, answer).unwrap();
         let mut host = SessionHost::new();

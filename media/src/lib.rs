@@ -8,6 +8,7 @@
 //!   each session's timers;
 //! - [`offer`]: turning an SDP offer into a session and its answer;
 //! - [`process`]: the control-socket inbox, signals and ids that every media process needs;
+//! - [`tcp`]: ICE over TCP, for peers whose network blocks UDP;
 //! - [`wake`]: ingest waking the fanout workers when rings they read have new packets.
 //!
 //! The run loop of a media process:
@@ -45,4 +46,5 @@ pub mod limits;
 pub mod net;
 pub mod offer;
 pub mod process;
+pub mod tcp;
 pub mod wake;

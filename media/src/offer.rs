@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use str0m::change::SdpOffer;
 use str0m::crypto::dtls::DtlsCert;
 use str0m::crypto::CryptoProvider;
+use str0m::net::{Protocol, TcpType};
 use str0m::{Candidate, Rtc, RtcConfig};
 
 /// A session made from an offer.
@@ -33,7 +34,7 @@ pub enum OfferError {
 /// session's DTLS certificate is the process's (see [`process_dtls_cert`]) unless `tune` sets one.
 pub fn accept(
     offer: &str,
-    candidates: &[SocketAddr],
+    candidates: &[Candidate],
     now: Instant,
     tune: impl FnOnce(RtcConfig) -> RtcConfig,
 ) -> Result<Accepted, OfferError> {
@@ -50,13 +51,22 @@ pub fn accept(
         }
     }
     let mut rtc = config.build(now);
-    for addr in candidates {
-        let c = Candidate::host(*addr, "udp").map_err(|e| OfferError::Refused(e.to_string()))?;
-        rtc.add_local_candidate(c);
+    for c in candidates {
+        rtc.add_local_candidate(c.clone());
     }
     let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| OfferError::Refused(e.to_string()))?;
     let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
     Ok(Accepted { rtc, answer: answer.to_sdp_string(), ufrag })
+}
+
+/// Host candidates on `addresses` over `proto`: UDP, or TCP as passive candidates (RFC 6544: the peer
+/// connects).
+pub fn host_candidates(addresses: &[SocketAddr], proto: Protocol) -> Vec<Candidate> {
+    let candidate = |addr: &SocketAddr| match proto {
+        Protocol::Tcp => Candidate::builder().tcp().host(*addr).tcptype(TcpType::Passive).build(),
+        _ => Candidate::host(*addr, "udp"),
+    };
+    addresses.iter().filter_map(|a| candidate(a).ok()).collect()
 }
 
 /// Most media sections (m-lines) any offer may have, whatever the configuration: each section costs a
@@ -265,7 +275,7 @@ mod tests {
     #[test]
     fn answer_puts_audio_and_video_in_one_stream() {
         let offer = with_stream_id(&recvonly_offer(), "deadsfu-room1");
-        let candidates = ["127.0.0.1:6000".parse().unwrap()];
+        let candidates = crate::offer::host_candidates(&["127.0.0.1:6000".parse().unwrap()], Protocol::Udp);
         let accepted = accept(&offer, &candidates, Instant::now(), |c| c).expect("accepted");
         let msids: Vec<&str> = accepted.answer.lines().filter(|l| l.starts_with("a=msid:")).collect();
         assert_eq!(msids.len(), 2, "{}", accepted.answer);
@@ -279,7 +289,7 @@ mod tests {
     #[test]
     fn sessions_share_the_process_dtls_certificate_unless_given_one() {
         let offer = recvonly_offer();
-        let candidates = ["127.0.0.1:6000".parse().unwrap()];
+        let candidates = crate::offer::host_candidates(&["127.0.0.1:6000".parse().unwrap()], Protocol::Udp);
         let now = Instant::now();
         let a = accept(&offer, &candidates, now, |c| c).expect("accepted");
         let b = accept(&offer, &candidates, now, |c| c).expect("accepted");
@@ -322,7 +332,7 @@ mod tests {
 
     #[test]
     fn a_payload_type_with_two_meanings_is_refused_not_a_panic() {
-        let candidates = ["127.0.0.1:6000".parse().unwrap()];
+        let candidates = crate::offer::host_candidates(&["127.0.0.1:6000".parse().unwrap()], Protocol::Udp);
         let vp8_and_opus_on_96 =
             offer_with(&[("video", "96", &["a=rtpmap:96 VP8/90000"]), ("audio", "96", &["a=rtpmap:96 opus/48000/2"])]);
         let rtx_97_then_h264_97 = offer_with(&[
@@ -357,7 +367,7 @@ mod tests {
 
     #[test]
     fn too_many_media_sections_are_refused() {
-        let candidates = ["127.0.0.1:6000".parse().unwrap()];
+        let candidates = crate::offer::host_candidates(&["127.0.0.1:6000".parse().unwrap()], Protocol::Udp);
         let sections: Vec<(&str, &str, &[&str])> =
             (0..=MAX_MEDIA_SECTIONS).map(|_| ("audio", "111", &["a=rtpmap:111 opus/48000/2"][..])).collect();
         match accept(&offer_with(&sections), &candidates, Instant::now(), |c| c) {
@@ -394,7 +404,7 @@ mod tests {
 
     #[test]
     fn refuses_garbage_and_media_less_offers() {
-        let candidates = ["127.0.0.1:6000".parse().unwrap()];
+        let candidates = crate::offer::host_candidates(&["127.0.0.1:6000".parse().unwrap()], Protocol::Udp);
         assert!(matches!(accept("v=0\r\n", &candidates, Instant::now(), |c| c), Err(OfferError::NoMedia)));
         let garbage = "v=0\r\nm=video nonsense\r\n";
         assert!(accept(garbage, &candidates, Instant::now(), |c| c).is_err());

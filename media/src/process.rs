@@ -10,11 +10,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use mio::{Events, Poll, Token, Waker};
 use nix::sys::signal::{SigSet, Signal};
 use shm_proto::control::{self, ErrorKind, ProcessMetrics, Request, Response};
-use str0m::net::Transmit;
-use str0m::Event;
+use str0m::net::{Protocol, Transmit};
+use str0m::{Candidate, Event};
 
-use crate::host::{SessionHost, SessionKey};
+use crate::host::{Routed, SessionHost, SessionKey};
 use crate::net::UdpSet;
+use crate::tcp::TcpSet;
 
 /// How long a control connection waits for the media loop to answer.
 const LOOP_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -154,17 +155,19 @@ pub trait Core {
     /// True if the loop must turn again at once.
     fn has_work(&self) -> bool;
 
-    /// A datagram that arrived on `destination` from `source`; what the session answers at once goes to `send`.
-    fn handle_datagram(
+    /// A packet that arrived over `proto` on `destination` from `source`; what the session answers at once goes
+    /// to `send`.
+    fn handle_packet(
         &mut self,
         now: Instant,
+        proto: Protocol,
         source: SocketAddr,
         destination: SocketAddr,
         buf: &[u8],
         send: &mut dyn FnMut(Transmit),
-    ) {
+    ) -> Routed {
         let (host, events) = self.host_and_events();
-        host.handle_datagram(now, source, destination, buf, send, events);
+        host.handle_packet(now, proto, source, destination, buf, send, events)
     }
 
     /// The process is stopping: take no new sessions and say goodbye to every peer.
@@ -195,6 +198,8 @@ pub enum StartError {
     RuntimeDir(String, std::io::Error),
     #[error("cannot bind UDP port {port} ({setting}): {source}{}", in_use_hint(source))]
     Udp { port: u16, setting: String, source: std::io::Error },
+    #[error("cannot listen on TCP port {port} for ICE over TCP ({setting}, ice_tcp): {source}{}", in_use_hint(source))]
+    Tcp { port: u16, setting: String, source: std::io::Error },
     #[error("control socket: {0}")]
     Control(#[from] control::BindError),
     #[error("event loop: {0}")]
@@ -215,6 +220,8 @@ const WAKER: Token = Token(0);
 /// The worker's wake-up socket (see [`crate::wake`]).
 const WAKE_SOCKET: Token = Token(usize::MAX);
 const FIRST_UDP: usize = 1;
+/// ICE-TCP listeners and connections take tokens from here (see [`TcpSet::register`]).
+const FIRST_TCP: usize = 1 << 20;
 /// The longest the loop sleeps when nothing is due.
 const IDLE_TURN: Duration = Duration::from_millis(100);
 /// After SIGTERM, how long the loop keeps turning for goodbyes to go out.
@@ -229,9 +236,20 @@ pub struct Endpoints<'a> {
     /// The setting `udp_port` comes from, as errors name it (`ingest_port, --ingest-port`).
     pub udp_port_setting: String,
     pub advertise: Option<IpAddr>,
+    /// Also listen for ICE over TCP, on the UDP port's number (see [`crate::tcp`]).
+    pub ice_tcp: bool,
     pub control_socket: PathBuf,
     /// Where to receive wake-ups from ingest (fanout workers); each one turns the loop.
     pub wake_socket: Option<PathBuf>,
+}
+
+/// Hands a session's transmit to the socket of its protocol.
+fn send_on(udp: &mut UdpSet, tcp: &mut Option<TcpSet>, t: Transmit) {
+    match (t.proto, tcp) {
+        (Protocol::Tcp, Some(tcp)) => tcp.send(t),
+        (Protocol::Tcp, None) => {}
+        _ => udp.send(t),
+    }
 }
 
 /// Datagrams read from one socket in a loop turn. A flood of datagrams (hostile or not) is then read in
@@ -239,11 +257,12 @@ pub struct Endpoints<'a> {
 /// kernel drops what the socket buffer cannot hold.
 const DATAGRAM_BUDGET: usize = 256;
 
-/// Binds the process's sockets, builds its core from the ICE candidate addresses and a waker (which turns the
-/// loop at once, for threads that feed the core), and runs it until SIGTERM or SIGINT.
+/// Binds the process's sockets, builds its core from its ICE host candidates (UDP, and passive TCP with
+/// `ice_tcp`) and a waker (which turns the loop at once, for threads that feed the core), and runs it until
+/// SIGTERM or SIGINT.
 pub fn run<C: Core>(
     endpoints: Endpoints<'_>,
-    make: impl FnOnce(Vec<SocketAddr>, Arc<Waker>, Instant) -> C,
+    make: impl FnOnce(Vec<Candidate>, Arc<Waker>, Instant) -> C,
 ) -> Result<(), StartError> {
     let dir = endpoints.runtime_dir;
     shm_proto::paths::prepare(dir).map_err(|e| StartError::RuntimeDir(dir.display().to_string(), e))?;
@@ -257,6 +276,22 @@ pub fn run<C: Core>(
         source,
     })?;
     udp.register(poll.registry(), FIRST_UDP).map_err(StartError::Poll)?;
+    let mut tcp = if endpoints.ice_tcp {
+        let ips: Vec<IpAddr> = udp.candidates().iter().map(|a| a.ip()).collect();
+        let mut tcp = TcpSet::bind(port, &ips, endpoints.advertise).map_err(|source| StartError::Tcp {
+            port,
+            setting: endpoints.udp_port_setting.clone(),
+            source,
+        })?;
+        tcp.register(poll.registry(), FIRST_TCP).map_err(StartError::Poll)?;
+        Some(tcp)
+    } else {
+        None
+    };
+    let mut candidates = crate::offer::host_candidates(&udp.candidates(), Protocol::Udp);
+    if let Some(tcp) = &tcp {
+        candidates.extend(crate::offer::host_candidates(&tcp.candidates(), Protocol::Tcp));
+    }
     let wake_socket = match &endpoints.wake_socket {
         Some(path) => {
             let mut socket = crate::wake::bind(path).map_err(StartError::Poll)?;
@@ -265,9 +300,10 @@ pub fn run<C: Core>(
         }
         None => None,
     };
-    let mut core = make(udp.candidates(), waker.clone(), Instant::now());
+    let shown: Vec<String> = candidates.iter().map(|c| format!("{} {}", c.proto(), c.addr())).collect();
+    let mut core = make(candidates, waker.clone(), Instant::now());
     let inbox = Inbox::start(&endpoints.control_socket, waker)?;
-    tracing::info!(process = %endpoints.name, port = udp.port(), candidates = ?udp.candidates(), control = %endpoints.control_socket.display(), "ready");
+    tracing::info!(process = %endpoints.name, port = udp.port(), candidates = ?shown, control = %endpoints.control_socket.display(), "ready");
 
     shm_proto::service::ready();
     let mut watchdog = shm_proto::service::Watchdog::from_env(Instant::now());
@@ -279,6 +315,11 @@ pub fn run<C: Core>(
     // once it was read dry), and the ones to read this turn.
     let mut unfinished: Vec<usize> = Vec::new();
     let mut ready: Vec<usize> = Vec::new();
+    // The same for ICE-TCP connections, and the frames read from them this turn.
+    let mut tcp_unfinished: Vec<Token> = Vec::new();
+    let mut tcp_ready: Vec<Token> = Vec::new();
+    let mut frames: Vec<crate::tcp::Frame> = Vec::new();
+    let mut next_expiry = Instant::now();
     loop {
         let now = Instant::now();
         if drain_until.is_none() && stop.load(Ordering::Acquire) {
@@ -302,6 +343,7 @@ pub fn run<C: Core>(
             }
         }
         ready.append(&mut unfinished);
+        tcp_ready.append(&mut tcp_unfinished);
         for event in events.iter() {
             if event.token() == WAKE_SOCKET {
                 if let Some(socket) = &wake_socket {
@@ -313,6 +355,8 @@ pub fn run<C: Core>(
                 if !ready.contains(&index) {
                     ready.push(index);
                 }
+            } else if tcp.as_ref().is_some_and(|t| t.owns(event.token())) && !tcp_ready.contains(&event.token()) {
+                tcp_ready.push(event.token());
             }
         }
         for index in ready.drain(..) {
@@ -320,7 +364,8 @@ pub fn run<C: Core>(
             for _ in 0..DATAGRAM_BUDGET {
                 match udp.recv(index, &mut buf) {
                     Ok(Some((n, source, dest))) => {
-                        core.handle_datagram(Instant::now(), source, dest, &buf[..n], &mut |t| udp.send(t))
+                        let send = &mut |t: Transmit| send_on(&mut udp, &mut tcp, t);
+                        core.handle_packet(Instant::now(), Protocol::Udp, source, dest, &buf[..n], send);
                     }
                     Ok(None) => {
                         dry = true;
@@ -337,6 +382,26 @@ pub fn run<C: Core>(
                 unfinished.push(index);
             }
         }
+        if let Some(set) = &mut tcp {
+            let now = Instant::now();
+            for token in tcp_ready.drain(..) {
+                if set.ready(poll.registry(), token, now, &mut frames) {
+                    tcp_unfinished.push(token);
+                }
+            }
+            if now >= next_expiry {
+                set.expire(poll.registry(), now);
+                next_expiry = now + Duration::from_secs(1);
+            }
+        }
+        for frame in frames.drain(..) {
+            let send = &mut |t: Transmit| send_on(&mut udp, &mut tcp, t);
+            let (source, dest) = (frame.source, frame.destination);
+            let routed = core.handle_packet(Instant::now(), Protocol::Tcp, source, dest, &frame.data, send);
+            if let Some(set) = &mut tcp {
+                set.routed(poll.registry(), frame.conn, routed != Routed::Dropped);
+            }
+        }
         let now = Instant::now();
         for call in inbox.drain() {
             let response = match call.request {
@@ -345,8 +410,11 @@ pub fn run<C: Core>(
             };
             call.reply.send(response);
         }
-        core.poll(now, &mut |t| udp.send(t));
+        core.poll(now, &mut |t| send_on(&mut udp, &mut tcp, t));
         udp.flush();
+        if let Some(set) = &mut tcp {
+            set.flush(poll.registry());
+        }
     }
     if let Some(path) = &endpoints.wake_socket {
         let _ = std::fs::remove_file(path);

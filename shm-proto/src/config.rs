@@ -36,6 +36,9 @@ pub struct Config {
     pub ingest_port: u16,
     /// UDP port of fanout worker 0; worker `k` uses `fanout_port + k`.
     pub fanout_port: u16,
+    /// Also take ICE over TCP (passive candidates) on the TCP ports of the same numbers, for peers whose
+    /// network blocks UDP.
+    pub ice_tcp: bool,
     /// Address to put in ICE candidates instead of the host's own addresses (a host behind 1:1 NAT).
     pub ice_candidate_host: Option<IpAddr>,
     /// Slots per room ring (a power of two).
@@ -112,6 +115,7 @@ impl Default for Config {
             bearer_token: None,
             ingest_port: 10000,
             fanout_port: 10100,
+            ice_tcp: true,
             ice_candidate_host: None,
             ring_slots: 4096,
             ring_slot_size: 2048,
@@ -179,6 +183,9 @@ pub struct ConfigArgs {
     /// UDP port of fanout worker 0 (worker k uses this + k).
     #[arg(long, env = "DEADSFU_FANOUT_PORT")]
     pub fanout_port: Option<u16>,
+    /// Also take ICE over TCP on the TCP ports of the same numbers as the UDP ports.
+    #[arg(long, env = "DEADSFU_ICE_TCP")]
+    pub ice_tcp: Option<bool>,
     /// Address advertised in ICE candidates (1:1 NAT).
     #[arg(long, env = "DEADSFU_ICE_CANDIDATE_HOST")]
     pub ice_candidate_host: Option<IpAddr>,
@@ -332,6 +339,7 @@ impl ConfigArgs {
         set_opt(&mut cfg.bearer_token, &self.bearer_token);
         set(&mut cfg.ingest_port, &self.ingest_port);
         set(&mut cfg.fanout_port, &self.fanout_port);
+        set(&mut cfg.ice_tcp, &self.ice_tcp);
         set_opt(&mut cfg.ice_candidate_host, &self.ice_candidate_host);
         set(&mut cfg.ring_slots, &self.ring_slots);
         set(&mut cfg.ring_slot_size, &self.ring_slot_size);
@@ -375,6 +383,8 @@ impl ConfigArgs {
             cfg.ingest_port.to_string(),
             "--fanout-port".into(),
             cfg.fanout_port.to_string(),
+            "--ice-tcp".into(),
+            cfg.ice_tcp.to_string(),
             "--ring-slots".into(),
             cfg.ring_slots.to_string(),
             "--ring-slot-size".into(),
