@@ -61,7 +61,8 @@ pub fn lock_runtime_dir(dir: &Path) -> Result<RuntimeLock, Conflict> {
 }
 
 /// Checks that every address the processes of `cfg` will listen on can be bound now: the HTTP, HTTPS and admin
-/// listeners (TCP) and the UDP ports of ingest and of each fanout worker. Port 0 (any free port) always is.
+/// listeners (TCP), the UDP ports of ingest and of each fanout worker, and with `ice_tcp` the TCP ports of the
+/// same numbers. Port 0 (any free port) always is.
 pub fn check_ports(cfg: &Config) -> Result<(), Conflict> {
     let tcp = [
         ("HTTP address", cfg.http_addr().ok(), "http, --http"),
@@ -82,7 +83,10 @@ pub fn check_ports(cfg: &Config) -> Result<(), Conflict> {
     for (port, setting) in udp.into_iter().filter(|(port, _)| *port != 0) {
         // A wildcard bind conflicts with any socket on the port, whichever address it is bound to.
         let addr = SocketAddr::from(([0, 0, 0, 0], port));
-        UdpSocket::bind(addr).map_err(|e| conflict("UDP port", addr, setting, e))?;
+        UdpSocket::bind(addr).map_err(|e| conflict("UDP port", addr, setting.clone(), e))?;
+        if cfg.ice_tcp {
+            TcpListener::bind(addr).map_err(|e| conflict("TCP port", addr, format!("{setting}, ice_tcp"), e))?;
+        }
     }
     Ok(())
 }
@@ -126,6 +130,14 @@ mod tests {
         let err = check_ports(&cfg).expect_err("worker 1's port is taken");
         assert!(matches!(err, Conflict::InUse { .. }), "{err:?}");
         assert!(err.to_string().contains("worker 1's: fanout_port + 1, --fanout-port"), "{err}");
+        drop(held);
+
+        // The TCP port of the same number, for ICE over TCP.
+        let held = TcpListener::bind(("127.0.0.1", cfg.ingest_port)).unwrap();
+        let err = check_ports(&cfg).expect_err("ingest's TCP port is taken");
+        assert!(err.to_string().contains("(ingest_port, --ingest-port, ice_tcp) is in use"), "{err}");
+        cfg.ice_tcp = false;
+        check_ports(&cfg).expect("without ICE over TCP the TCP port is not needed");
         drop(held);
 
         let http = TcpListener::bind("127.0.0.1:0").unwrap();
