@@ -2,9 +2,9 @@
 //!
 //! A str0m session only accepts a datagram whose destination equals one of its local candidates, so the
 //! destination of every datagram must be known. Rather than reading it from ancillary data, the process binds
-//! one socket per advertised IPv4 address, all on the same port, and the socket a datagram arrived on names its
-//! destination. With `ice_candidate_host` (a host behind 1:1 NAT) one socket is bound to all interfaces and the
-//! advertised address stands in as the destination.
+//! one socket per address of the host (IPv4 and IPv6), all on the same port, and the socket a datagram arrived
+//! on names its destination. With `ice_candidate_host` (a host behind 1:1 NAT) one socket is bound to all
+//! interfaces and the advertised address stands in as the destination.
 //!
 //! Sending is batched: [`UdpSet::send`] queues a datagram on the socket of its source address and
 //! [`UdpSet::flush`] hands each socket's queue to the kernel in as few system calls as it can. Consecutive
@@ -16,7 +16,7 @@
 //! the set falls back to `sendmmsg` for good.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use std::io::IoSlice;
 use std::os::fd::AsRawFd;
@@ -64,24 +64,34 @@ pub struct NetCounters {
 }
 
 impl UdpSet {
-    /// Binds `port` (0: any free port, the same on every address) on every local IPv4 address, or on all
-    /// interfaces when `advertise` is set.
+    /// Binds `port` (0: any free port, the same on every address) on every local address (IPv4 and IPv6, see
+    /// [`local_addresses`]), or on all interfaces of the advertised address's family when `advertise` is set.
     pub fn bind(port: u16, advertise: Option<IpAddr>) -> io::Result<UdpSet> {
         let mut sockets = Vec::new();
         if let Some(public) = advertise {
-            let socket = UdpSocket::bind(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port))?;
+            let any: IpAddr =
+                if public.is_ipv6() { Ipv6Addr::UNSPECIFIED.into() } else { Ipv4Addr::UNSPECIFIED.into() };
+            let socket = UdpSocket::bind(SocketAddr::new(any, port))?;
             let port = socket.local_addr()?.port();
             sockets.push(Bound { socket, advertised: SocketAddr::new(public, port) });
         } else {
             let mut port = port;
-            for ip in local_ipv4_addresses()? {
-                let socket = UdpSocket::bind(SocketAddr::new(ip, port))?;
+            for ip in local_addresses()? {
+                let socket = match UdpSocket::bind(SocketAddr::new(ip, port)) {
+                    Ok(socket) => socket,
+                    // An IPv6 address still in duplicate address detection, or going away: leave it out.
+                    Err(e) if ip.is_ipv6() && e.kind() == io::ErrorKind::AddrNotAvailable => {
+                        tracing::warn!(%ip, error = %e, "IPv6 address not bound");
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 port = socket.local_addr()?.port();
                 sockets.push(Bound { advertised: socket.local_addr()?, socket });
             }
         }
         if sockets.is_empty() {
-            return Err(io::Error::new(io::ErrorKind::AddrNotAvailable, "no IPv4 address to bind"));
+            return Err(io::Error::new(io::ErrorKind::AddrNotAvailable, "no IP address to bind"));
         }
         for b in &sockets {
             // Best effort: a smaller buffer only means drops sooner under a burst.
@@ -257,20 +267,31 @@ fn gso_run(queue: &[(SocketAddr, Vec<u8>)]) -> usize {
     n
 }
 
-/// Every IPv4 address of an interface that is up, loopback first.
-fn local_ipv4_addresses() -> io::Result<Vec<IpAddr>> {
+/// Every address of an interface that is up: IPv4, then IPv6 except link-local ones (`fe80::/10`, which need
+/// a scope that ICE candidates do not carry), loopback first in each family.
+pub fn local_addresses() -> io::Result<Vec<IpAddr>> {
     let mut out = Vec::new();
     for ifa in nix::ifaddrs::getifaddrs().map_err(io::Error::from)? {
-        let up = ifa.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP);
-        let Some(v4) = ifa.address.as_ref().and_then(|a| a.as_sockaddr_in()) else { continue };
-        if up {
-            let ip = IpAddr::V4(v4.ip());
-            if !out.contains(&ip) {
-                out.push(ip);
+        if !ifa.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP) {
+            continue;
+        }
+        let Some(address) = ifa.address.as_ref() else { continue };
+        let ip = if let Some(v4) = address.as_sockaddr_in() {
+            IpAddr::V4(v4.ip())
+        } else if let Some(v6) = address.as_sockaddr_in6() {
+            let ip = v6.ip();
+            if ip.segments()[0] & 0xffc0 == 0xfe80 {
+                continue;
             }
+            IpAddr::V6(ip)
+        } else {
+            continue;
+        };
+        if !out.contains(&ip) {
+            out.push(ip);
         }
     }
-    out.sort_by_key(|ip| !ip.is_loopback());
+    out.sort_by_key(|ip| (ip.is_ipv6(), !ip.is_loopback()));
     Ok(out)
 }
 

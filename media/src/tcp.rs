@@ -83,7 +83,10 @@ impl TcpSet {
         let mut listeners = Vec::new();
         let mut port = port;
         let binds: Vec<(IpAddr, Option<IpAddr>)> = match advertise {
-            Some(public) => vec![(IpAddr::from([0, 0, 0, 0]), Some(public))],
+            Some(public) => {
+                let any = if public.is_ipv6() { IpAddr::from([0u16; 8]) } else { IpAddr::from([0u8; 4]) };
+                vec![(any, Some(public))]
+            }
             None => addresses.iter().map(|ip| (*ip, None)).collect(),
         };
         for (ip, public) in binds {

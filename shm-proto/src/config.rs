@@ -656,9 +656,21 @@ pub fn upstream_url(text: &str) -> Result<&str, String> {
     Ok(text.trim_end_matches('/'))
 }
 
+/// `HOST:PORT`, or `:PORT` for every interface: IPv6 and IPv4 (`[::]`, which takes IPv4 too) where the host has
+/// IPv6, else IPv4 (`0.0.0.0`).
 fn listen_addr(key: &'static str, text: &str) -> Result<SocketAddr, ConfigError> {
-    let full = if text.starts_with(':') { format!("0.0.0.0{text}") } else { text.to_string() };
-    full.parse().map_err(|e| ConfigError::Invalid { key, reason: format!("`{text}`: {e}") })
+    let full = match text.strip_prefix(':') {
+        Some(port) if ipv6_available() => format!("[::]:{port}"),
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => text.to_string(),
+    };
+    let addr: SocketAddr = full.parse().map_err(|e| ConfigError::Invalid { key, reason: format!("`{text}`: {e}") })?;
+    Ok(addr)
+}
+
+/// Whether the host has an IPv6 stack (a socket on `[::]` can be made).
+fn ipv6_available() -> bool {
+    std::net::UdpSocket::bind("[::]:0").is_ok()
 }
 
 #[cfg(test)]
@@ -716,7 +728,8 @@ mod tests {
     #[test]
     fn http_shorthand() {
         let cfg = Config::default();
-        assert_eq!(cfg.http_addr().unwrap(), "0.0.0.0:8080".parse().unwrap());
+        let any = if ipv6_available() { "[::]:8080" } else { "0.0.0.0:8080" };
+        assert_eq!(cfg.http_addr().unwrap(), any.parse().unwrap());
     }
 
     #[test]
