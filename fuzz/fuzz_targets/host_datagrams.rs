@@ -65,9 +65,14 @@ fuzz_target!(|data: &[u8]| {
     let publish = which & 1 == 0;
     let sdp = if publish { PUBLISH_OFFER } else { VIEW_OFFER };
     let accepted = if publish {
-        offer::accept(sdp, &[local], now, |c| c)
+        offer::accept(sdp, &offer::host_candidates(&[local], str0m::net::Protocol::Udp), now, |c| c)
     } else {
-        offer::accept(&offer::with_stream_id(sdp, "deadsfu-fuzz"), &[local], now, |c| c)
+        offer::accept(
+            &offer::with_stream_id(sdp, "deadsfu-fuzz"),
+            &offer::host_candidates(&[local], str0m::net::Protocol::Udp),
+            now,
+            |c| c,
+        )
     }
     .expect("the seed offer is accepted");
     let mut rtc = accepted.rtc;

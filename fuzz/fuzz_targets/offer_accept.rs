@@ -23,19 +23,22 @@ use deadsfu_fanout::fanout::Fanout;
 use deadsfu_ingest::ingest::{Ingest, Settings};
 use deadsfu_ingest::slate::Slate;
 use deadsfu_media::limits::SessionLimits;
+use deadsfu_media::offer;
 use deadsfu_media::process::Core;
 use libfuzzer_sys::fuzz_target;
 use mio::{Poll, Token, Waker};
 use shm_proto::control::{Request, Response};
 use shm_proto::ring::{Codec, CodecEntry, Geometry, MediaKind, RingWriter};
 use shm_proto::{paths, RoomName};
+use str0m::net::Protocol;
+use str0m::Candidate;
 
 /// Small rings: ingest opens one per offer it takes.
 const GEOMETRY: Geometry = Geometry { slot_count: 16, slot_size: 256 };
 
 struct World {
     runtime_dir: PathBuf,
-    candidates: Vec<SocketAddr>,
+    candidates: Vec<Candidate>,
     waker: Arc<Waker>,
     /// Kept for the waker's sake.
     _poll: Poll,
@@ -76,7 +79,13 @@ fn world() -> &'static World {
         let waker = Arc::new(Waker::new(poll.registry(), Token(0)).expect("a waker"));
         World {
             runtime_dir,
-            candidates: vec!["127.0.0.1:3478".parse().expect("an address"), "[::1]:3478".parse().expect("an address")],
+            candidates: {
+                let addrs: [SocketAddr; 2] =
+                    ["127.0.0.1:3478".parse().expect("an address"), "[::1]:3478".parse().expect("an address")];
+                let mut all = offer::host_candidates(&addrs, Protocol::Udp);
+                all.extend(offer::host_candidates(&addrs, Protocol::Tcp));
+                all
+            },
             waker,
             _poll: poll,
             _view_ring: ring,
