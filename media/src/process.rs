@@ -90,7 +90,7 @@ pub fn on_termination(waker: Arc<Waker>) -> Arc<AtomicBool> {
     stop
 }
 
-fn metrics(core: &impl Core, udp: &UdpSet) -> ProcessMetrics {
+fn metrics(core: &impl Core, udp: &UdpSet, tcp: Option<&TcpSet>) -> ProcessMetrics {
     let (cpu_ms, rss_bytes) = shm_proto::service::own_usage();
     let net = udp.counters();
     let mut m = ProcessMetrics {
@@ -104,6 +104,12 @@ fn metrics(core: &impl Core, udp: &UdpSet) -> ProcessMetrics {
         ..Default::default()
     };
     core.metrics(&mut m);
+    if let Some(tcp) = tcp {
+        let (dropped, refused) = tcp.dropped();
+        m.send_dropped += dropped;
+        m.tcp_connections = tcp.connections() as u32;
+        m.refused.push(("tcp_connections".into(), refused));
+    }
     m
 }
 
@@ -405,7 +411,7 @@ pub fn run<C: Core>(
         let now = Instant::now();
         for call in inbox.drain() {
             let response = match call.request {
-                Request::Metrics => Response::Metrics { metrics: Box::new(metrics(&core, &udp)) },
+                Request::Metrics => Response::Metrics { metrics: Box::new(metrics(&core, &udp, tcp.as_ref())) },
                 request => core.handle_request(now, request),
             };
             call.reply.send(response);

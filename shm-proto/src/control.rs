@@ -131,6 +131,9 @@ pub struct ProcessMetrics {
     /// Requests refused at a limit since start, by limit (`rooms`, `sessions`, `pending_sessions`, ...).
     #[serde(default)]
     pub refused: Vec<(String, u64)>,
+    /// ICE-over-TCP connections open.
+    #[serde(default)]
+    pub tcp_connections: u32,
 }
 
 /// The counters of one room's ring.

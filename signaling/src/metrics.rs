@@ -38,6 +38,7 @@ struct Families {
     datagrams_out: Family<Labels, Counter>,
     bytes_out: Family<Labels, Counter>,
     send_dropped: Family<Labels, Counter>,
+    tcp_connections: Family<Labels, Gauge>,
     keyframe_requests_sent: Family<Labels, Counter>,
     viewer_packets: Family<Labels, Counter>,
     lag_skips: Family<Labels, Counter>,
@@ -78,6 +79,7 @@ pub fn render(scrape: &Scrape) -> String {
         datagrams_out: Family::default(),
         bytes_out: Family::default(),
         send_dropped: Family::default(),
+        tcp_connections: Family::default(),
         keyframe_requests_sent: Family::default(),
         viewer_packets: Family::default(),
         lag_skips: Family::default(),
@@ -117,6 +119,7 @@ pub fn render(scrape: &Scrape) -> String {
         f.datagrams_out.get_or_create(&labels).inc_by(m.datagrams_out);
         f.bytes_out.get_or_create(&labels).inc_by(m.bytes_out);
         f.send_dropped.get_or_create(&labels).inc_by(m.send_dropped);
+        f.tcp_connections.get_or_create(&labels).set(i64::from(m.tcp_connections));
         for (limit, n) in &m.refused {
             f.refused.get_or_create(&refused(&name, limit)).inc_by(*n);
         }
@@ -162,7 +165,12 @@ pub fn render(scrape: &Scrape) -> String {
     reg.register("received_bytes", "UDP payload bytes received", f.bytes_in);
     reg.register("datagrams_sent", "UDP datagrams sent", f.datagrams_out);
     reg.register("sent_bytes", "UDP payload bytes sent", f.bytes_out);
-    reg.register("send_dropped", "Datagrams dropped because the socket buffer was full", f.send_dropped);
+    reg.register(
+        "send_dropped",
+        "Datagrams dropped because the socket buffer (or an ICE-TCP connection's backlog) was full",
+        f.send_dropped,
+    );
+    reg.register("tcp_connections", "ICE-over-TCP connections open", f.tcp_connections);
     reg.register("keyframe_requests_sent", "Keyframe requests (PLI) sent to publishers", f.keyframe_requests_sent);
     reg.register(
         "viewer_packets",
