@@ -169,6 +169,41 @@ fn a_viewer_with_only_tcp_connects_and_receives_media() {
 }
 
 #[test]
+fn tcp_connections_from_one_address_are_capped_and_silent_ones_closed() {
+    let sfu = Sfu::start(1, &[]);
+    let (_, answer) =
+        http(sfu.http_port, "POST", "/whep/r", &[("Content-Type", "application/sdp")], recvonly_offer().as_bytes())
+            .unwrap();
+    let server = *candidates(&answer, Protocol::Tcp).iter().find(|a| a.is_ipv4()).expect("a TCP candidate");
+    // 16 from one address are held; more are closed at once.
+    let opened = Instant::now();
+    let conns: Vec<TcpStream> = (0..24).map(|_| TcpStream::connect(server).unwrap()).collect();
+    let closed_at_once = conns
+        .iter()
+        .filter(|c| {
+            c.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+            matches!((&**c).read(&mut [0u8; 4]), Ok(0))
+        })
+        .count();
+    assert_eq!(closed_at_once, 24 - 16, "connections past 16 from one address are closed");
+    // The held ones carry nothing a session takes: closed after the handshake timeout (10 s).
+    for c in &conns {
+        c.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let r = (&*c).read(&mut [0u8; 4]);
+        assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+    }
+    let waited = opened.elapsed();
+    assert!(waited > Duration::from_secs(9) && waited < Duration::from_secs(14), "closed after {waited:?}");
+}
+
+fn recvonly_offer() -> String {
+    let mut client = Rtc::builder().build(Instant::now());
+    let mut change = client.sdp_api();
+    change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+    change.apply().unwrap().0.to_sdp_string()
+}
+
+#[test]
 fn a_viewer_on_ipv6_connects_over_udp_and_tcp() {
     if UdpSocket::bind("[::1]:0").is_err() {
         eprintln!("skipped: this host has no IPv6 loopback");
@@ -182,12 +217,8 @@ fn a_viewer_on_ipv6_connects_over_udp_and_tcp() {
 #[test]
 fn no_tcp_candidates_without_ice_tcp() {
     let sfu = Sfu::start(1, &["--ice-tcp", "false"]);
-    let mut client = Rtc::builder().build(Instant::now());
-    let mut change = client.sdp_api();
-    change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
-    let (offer, _) = change.apply().unwrap();
     let headers = [("Content-Type", "application/sdp")];
-    let (status, answer) = http(sfu.http_port, "POST", "/whep/r", &headers, offer.to_sdp_string().as_bytes()).unwrap();
+    let (status, answer) = http(sfu.http_port, "POST", "/whep/r", &headers, recvonly_offer().as_bytes()).unwrap();
     assert_eq!(status, 201, "{answer}");
     assert!(candidates(&answer, Protocol::Tcp).is_empty(), "{answer}");
     assert!(!candidates(&answer, Protocol::Udp).is_empty(), "{answer}");
