@@ -187,11 +187,15 @@ export function outboundVideo(page) {
 
 /** One deadsfu host (signaling + ingest + `workers` fanout workers) on free ports with a fresh runtime dir
  *  under /dev/shm. `start()` waits for /healthz to report every process; `stop()` sends SIGTERM;
- *  `cleanup()` (for an `after` hook) kills whatever is left, by pid, and removes the runtime dir. */
+ *  `cleanup()` (for an `after` hook) kills whatever is left, by pid, and removes the runtime dir.
+ *  `httpHost` is the address of the HTTP listener (`""`: `--http :PORT`, every interface) and `baseHost` the
+ *  address `base` names (default `httpHost`, or 127.0.0.1 for `""`); IPv6 addresses without brackets. */
 export class Sfu {
-  constructor({ workers = 2, name = "deadsfu", args = [] } = {}) {
+  constructor({ workers = 2, name = "deadsfu", args = [], httpHost = "127.0.0.1", baseHost = null } = {}) {
     this.workers = workers;
     this.extraArgs = args;
+    this.httpHost = httpHost;
+    this.baseHost = baseHost || httpHost || "127.0.0.1";
     this.name = name;
     this.child = null;
     this.exited = null; // { code, signal } once it exited
@@ -224,9 +228,10 @@ export class Sfu {
     const fanoutPort = await freeUdpRange(this.workers, new Set([ingestPort]));
     const shm = fs.existsSync("/dev/shm") ? "/dev/shm" : os.tmpdir();
     this.runtimeDir = fs.mkdtempSync(path.join(shm, "deadsfu-browser-"));
-    this.base = `http://127.0.0.1:${httpPort}`;
+    const bracket = (h) => (h.includes(":") ? `[${h}]` : h);
+    this.base = `http://${bracket(this.baseHost)}:${httpPort}`;
     const args = [
-      "--http", `127.0.0.1:${httpPort}`,
+      "--http", `${this.httpHost ? bracket(this.httpHost) : ""}:${httpPort}`,
       "--workers", String(this.workers),
       "--runtime-dir", this.runtimeDir,
       "--ingest-port", String(ingestPort),
@@ -324,14 +329,21 @@ const openBrowsers = new Set();
  *  - `hideAddresses`: launched without --use-fake-ui-for-media-stream, so like a real viewer's browser that
  *    was never granted the camera, it hides its host candidates behind mDNS names (`<uuid>.local`).
  *  - `allowedOrigins` and `foreign`: every request to an origin not in the list (data: and blob: aside) is
- *    pushed to the `foreign` array as "name: METHOD url". */
-export async function launchBrowser(name, { hideAddresses = false, allowedOrigins = [], foreign = null } = {}) {
+ *    pushed to the `foreign` array as "name: METHOD url".
+ *  - `executablePath` (default CHROMIUM) and `extraArgs`: another executable (a wrapper that runs Chromium in a
+ *    network namespace) and flags after CHROMIUM_ARGS. */
+export async function launchBrowser(name, {
+  hideAddresses = false, allowedOrigins = [], foreign = null, executablePath = CHROMIUM, extraArgs = [],
+} = {}) {
   const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), `deadsfu-chromium-${name}-`));
-  const args = hideAddresses ? CHROMIUM_ARGS.filter((a) => a !== "--use-fake-ui-for-media-stream") : CHROMIUM_ARGS;
+  const args = [
+    ...(hideAddresses ? CHROMIUM_ARGS.filter((a) => a !== "--use-fake-ui-for-media-stream") : CHROMIUM_ARGS),
+    ...extraArgs,
+  ];
   let context;
   try {
     context = await chromium.launchPersistentContext(userDataDir, {
-      executablePath: CHROMIUM,
+      executablePath,
       headless: false, // --headless=new is in args
       args,
       viewport: { width: 1280, height: 800 },
