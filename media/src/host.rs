@@ -374,7 +374,7 @@ impl<T> SessionHost<T> {
 mod tests {
     use std::time::Duration;
 
-    use str0m::media::{Direction, MediaKind};
+    use str0m::media::{Direction, MediaKind, Mid};
     use str0m::rtp::RtpWrite;
     use str0m::Candidate;
     use str0m::IceConnectionState;
@@ -392,26 +392,32 @@ mod tests {
         (accepted.rtc, accepted.ufrag)
     }
 
+    /// A str0m client (a full ICE agent) on `client` with one receive-only video section, and a host holding the
+    /// session made from its offer on `server`, the answer applied: their handshake is the caller's to run.
+    fn client_and_host(
+        now: Instant,
+        client: SocketAddr,
+        server: SocketAddr,
+    ) -> (Rtc, SessionHost<()>, SessionKey, Mid) {
+        let mut rtc = Rtc::builder().build(now);
+        rtc.add_local_candidate(Candidate::host(client, "udp").unwrap());
+        let mut change = rtc.sdp_api();
+        let mid = change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+        let (offer, pending) = change.apply().unwrap();
+        let candidates = crate::offer::host_candidates(&[server], Protocol::Udp);
+        let accepted = crate::offer::accept(&offer.to_sdp_string(), &candidates, now, |c| c).unwrap();
+        let answer = str0m::change::SdpAnswer::from_sdp_string(&accepted.answer).unwrap();
+        rtc.sdp_api().accept_answer(pending, answer).unwrap();
+        let mut host = SessionHost::new();
+        let key = host.insert(accepted.rtc, accepted.ufrag, (), now);
+        (rtc, host, key, mid)
+    }
+
     #[test]
     fn a_peer_checking_from_ever_new_addresses_does_not_grow_the_tables() {
         let now = Instant::now();
-        let mut client = Rtc::builder().build(now);
-        client.add_local_candidate(Candidate::host("127.0.0.1:5000".parse().unwrap(), "udp").unwrap());
-        let mut change = client.sdp_api();
-        change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
-        let (offer, pending) = change.apply().unwrap();
         let server_addr: SocketAddr = "127.0.0.1:6000".parse().unwrap();
-        let accepted = crate::offer::accept(
-            &offer.to_sdp_string(),
-            &crate::offer::host_candidates(&[server_addr], Protocol::Udp),
-            now,
-            |c| c,
-        )
-        .unwrap();
-        let answer = str0m::change::SdpAnswer::from_sdp_string(&accepted.answer).unwrap();
-        client.sdp_api().accept_answer(pending, answer).unwrap();
-        let mut host = SessionHost::new();
-        let key = host.insert(accepted.rtc, accepted.ufrag, (), now);
+        let (mut client, mut host, key, _) = client_and_host(now, "127.0.0.1:5000".parse().unwrap(), server_addr);
         // The client's first connectivity check, replayed from 100 source ports.
         let mut t = now;
         let check = loop {
@@ -447,23 +453,7 @@ mod tests {
         let start = Instant::now();
         let (client_addr, server_addr): (SocketAddr, SocketAddr) =
             ("127.0.0.1:5000".parse().unwrap(), "127.0.0.1:6000".parse().unwrap());
-        let mut client = Rtc::builder().build(start);
-        client.add_local_candidate(Candidate::host(client_addr, "udp").unwrap());
-        let mut change = client.sdp_api();
-        change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
-        let (offer, pending) = change.apply().unwrap();
-        let (mid, _) = crate::offer::media_sections(&offer.to_sdp_string())[0];
-        let accepted = crate::offer::accept(
-            &offer.to_sdp_string(),
-            &crate::offer::host_candidates(&[server_addr], Protocol::Udp),
-            start,
-            |c| c,
-        )
-        .unwrap();
-        let answer = str0m::change::SdpAnswer::from_sdp_string(&accepted.answer).unwrap();
-        client.sdp_api().accept_answer(pending, answer).unwrap();
-        let mut host = SessionHost::new();
-        let key = host.insert(accepted.rtc, accepted.ufrag, (), start);
+        let (mut client, mut host, key, mid) = client_and_host(start, client_addr, server_addr);
 
         let (mut now, mut connected_at, mut next_frame, mut seq) = (start, None, start, 0u16);
         let (mut to_client, mut events) = (Vec::new(), Vec::new());
