@@ -130,9 +130,9 @@ def test_a_viewer_past_the_room_limit_is_503_and_holds_nothing(start_sfu):
             assert r.status == 503, (r.status, r.body)
             assert r.header("Retry-After") == "1", r.headers
             assert "limit of 1 rooms" in r.body, r.body
-            # The session the worker made for it is gone again, and no ring was made.
-            viewers = sum(w["viewers"] for w in sfu.healthz()["workers"])
-            assert viewers == 1, sfu.healthz()
+            # The session the worker made for it is gone again (once its goodbye is out), and no ring was made.
+            await wait_for(lambda: sum(w["viewers"] for w in sfu.healthz()["workers"]) == 1, 3,
+                           "the refused viewer's worker session to close")
             assert _ring_files(sfu) == ["only.ring"]
         finally:
             await first.close()
