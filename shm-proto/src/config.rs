@@ -18,9 +18,9 @@ pub struct Config {
     /// HTTPS listener of signaling (`HOST:PORT` or `:PORT`), serving the same as `http`; needs `tls_cert` and
     /// `tls_key`.
     pub https: Option<String>,
-    /// PEM file with the certificate chain for `https`.
+    /// PEM file with the certificate chain for `https`, read again when it changes.
     pub tls_cert: Option<PathBuf>,
-    /// PEM file with the private key for `https`.
+    /// PEM file with the private key for `https`, read again when it changes.
     pub tls_key: Option<PathBuf>,
     /// Directory for the rings and the control sockets. Keep it on tmpfs.
     pub runtime_dir: Option<PathBuf>,
@@ -162,10 +162,10 @@ pub struct ConfigArgs {
     /// HTTPS listener, HOST:PORT or :PORT (needs --tls-cert and --tls-key).
     #[arg(long, env = "DEADSFU_HTTPS")]
     pub https: Option<String>,
-    /// PEM certificate chain for the HTTPS listener.
+    /// PEM certificate chain for the HTTPS listener (read again when it changes).
     #[arg(long, env = "DEADSFU_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
-    /// PEM private key for the HTTPS listener.
+    /// PEM private key for the HTTPS listener (read again when it changes).
     #[arg(long, env = "DEADSFU_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
     /// Runtime directory for rings and control sockets.

@@ -32,6 +32,7 @@ use tokio::sync::{watch, Notify, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::router::{Backend, HttpRequest, HttpResponse, RoomList, Router, LONG_POLL, MAX_BODY};
+use crate::tls::Tls;
 
 /// Most header lines in a request.
 pub const MAX_HEADERS: usize = 64;
@@ -119,12 +120,12 @@ pub struct Listener {
     pub listener: std::net::TcpListener,
     pub face: Face,
     /// TLS configuration for an HTTPS listener.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub tls: Option<Tls>,
 }
 
 impl Listener {
     /// Binds `addr` (a plain listener when `tls` is `None`).
-    pub fn bind(addr: SocketAddr, face: Face, tls: Option<Arc<rustls::ServerConfig>>) -> std::io::Result<Listener> {
+    pub fn bind(addr: SocketAddr, face: Face, tls: Option<Tls>) -> std::io::Result<Listener> {
         let listener = std::net::TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         Ok(Listener { listener, face, tls })
@@ -181,7 +182,7 @@ impl<B: Backend + 'static> Server<B> {
         let mut tasks = Vec::new();
         for l in listeners {
             let listener = TcpListener::from_std(l.listener)?;
-            let tls = l.tls.map(TlsAcceptor::from);
+            let tls = l.tls.map(|tls| TlsAcceptor::from(tls.config));
             tasks.push(tokio::spawn(accept_loop(listener, l.face, tls, self.shared.clone())));
         }
         tokio::spawn(poll_rooms(self.shared.clone()));

@@ -12,7 +12,7 @@ use std::time::Duration;
 use clap::Parser;
 use deadsfu_signaling::http::{Face, Limits, Listener, Server};
 use deadsfu_signaling::router::{Backend, Router, Target, Tokens};
-use deadsfu_signaling::tls;
+use deadsfu_signaling::tls::{self, CertFiles, Reload, Tls};
 use shm_proto::config::ConfigArgs;
 use shm_proto::control::{self, ControlError, Request, Response};
 use shm_proto::paths;
@@ -101,14 +101,24 @@ fn main() -> ExitCode {
     if let Some(https) = cfg.https_addr().expect("validated at load") {
         let (cert, key) = (cfg.tls_cert.as_deref(), cfg.tls_key.as_deref());
         let (cert, key) = (cert.expect("validated at load"), key.expect("validated at load"));
-        let bound = tls::config(cert, key).and_then(|config| {
-            Listener::bind(https, Face::Public { metrics: admin.is_none() }, Some(config))
-                .map_err(|source| tls::TlsError::Listen { addr: https, source })
-        });
-        match bound {
-            Ok(l) => listeners.push(l),
+        let tls = match CertFiles::open(cert, key) {
+            Ok(files) => {
+                let watched = files.clone();
+                std::thread::Builder::new()
+                    .name("tls-reload".into())
+                    .spawn(move || reload_certificate(&watched))
+                    .expect("spawning a thread at startup succeeds");
+                Tls::new(files)
+            }
             Err(e) => {
                 tracing::error!("{e}");
+                return ExitCode::from(2);
+            }
+        };
+        match Listener::bind(https, Face::Public { metrics: admin.is_none() }, Some(tls)) {
+            Ok(l) => listeners.push(l),
+            Err(source) => {
+                tracing::error!("{}", tls::TlsError::Listen { addr: https, source });
                 return ExitCode::from(2);
             }
         }
@@ -161,6 +171,21 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("HTTP server failed: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Looks at the certificate files every [`tls::RELOAD_CHECK`] and serves them again once changed.
+fn reload_certificate(files: &CertFiles) {
+    let (cert, key) = files.paths();
+    loop {
+        std::thread::sleep(tls::RELOAD_CHECK);
+        match files.check() {
+            Reload::Unchanged => {}
+            Reload::Loaded => {
+                tracing::info!(cert = %cert.display(), key = %key.display(), "TLS certificate reloaded")
+            }
+            Reload::Kept(e) => tracing::warn!("TLS certificate files changed but do not load, kept the previous: {e}"),
         }
     }
 }
