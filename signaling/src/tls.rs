@@ -2,11 +2,13 @@
 //! with the same limits answers both listeners.
 //!
 //! The rustls configuration holds a certificate resolver, not a certificate, so a new certificate is used from
-//! the next handshake on, without a restart; open connections keep the one they started with. From PEM files
-//! (`tls_cert`, `tls_key`), [`CertFiles`] serves the pair it last read, and [`CertFiles::check`] (called every
-//! [`RELOAD_CHECK`] by the binary) reads the files again when either changed. A pair that does not load (a file
-//! half written, a key of another certificate) is reported and the previous pair kept; the next change is
-//! tried again, so the two files can be replaced in either order.
+//! the next handshake on, without a restart; open connections keep the one they started with. It comes from:
+//! - PEM files (`tls_cert`, `tls_key`): [`CertFiles`] serves the pair it last read, and
+//!   [`CertFiles::check`] (called every [`RELOAD_CHECK`] by the binary) reads the files again when either
+//!   changed. A pair that does not load (a file half written, a key of another certificate) is reported and
+//!   the previous pair kept; the next change is tried again, so the two files can be replaced in either order.
+//! - an ACME CA ([`crate::acme`]): rustls-acme's resolver, which also answers the CA's TLS-ALPN-01
+//!   validation handshakes, through [`Tls::challenge`].
 
 use std::io;
 use std::net::SocketAddr;
@@ -40,14 +42,25 @@ pub enum TlsError {
 /// What the HTTPS listener shakes hands with.
 #[derive(Clone, Debug)]
 pub struct Tls {
-    /// Every handshake.
+    /// Every ordinary handshake.
     pub config: Arc<ServerConfig>,
+    /// An ACME CA's TLS-ALPN-01 validation handshakes (ALPN `acme-tls/1`, RFC 8737), when certificates
+    /// come from ACME. Such a connection is closed after its handshake.
+    pub challenge: Option<Arc<ServerConfig>>,
 }
 
 impl Tls {
-    /// Handshakes with the certificate `resolver` gives.
+    /// Files or any other certificate source without validation handshakes.
     pub fn new(resolver: Arc<dyn ResolvesServerCert>) -> Tls {
-        Tls { config: server_config(resolver) }
+        Tls { config: server_config(resolver), challenge: None }
+    }
+
+    /// The configuration for the handshake that starts with `hello`, and whether it is an ACME validation.
+    pub fn config_for(&self, hello: &ClientHello<'_>) -> (Arc<ServerConfig>, bool) {
+        match &self.challenge {
+            Some(challenge) if rustls_acme::is_tls_alpn_challenge(hello) => (challenge.clone(), true),
+            _ => (self.config.clone(), false),
+        }
     }
 }
 
