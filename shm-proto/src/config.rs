@@ -16,12 +16,24 @@ pub struct Config {
     /// HTTP listener of signaling, `HOST:PORT` or `:PORT` (all interfaces).
     pub http: String,
     /// HTTPS listener of signaling (`HOST:PORT` or `:PORT`), serving the same as `http`; needs `tls_cert` and
-    /// `tls_key`.
+    /// `tls_key`, or `acme`.
     pub https: Option<String>,
-    /// PEM file with the certificate chain for `https`.
+    /// PEM file with the certificate chain for `https`, read again when it changes.
     pub tls_cert: Option<PathBuf>,
-    /// PEM file with the private key for `https`.
+    /// PEM file with the private key for `https`, read again when it changes.
     pub tls_key: Option<PathBuf>,
+    /// Domain names to get the certificate of `https` for from an ACME CA (Let's Encrypt by default) instead
+    /// of `tls_cert` and `tls_key`.
+    pub acme: Vec<String>,
+    /// Directory URL of the ACME CA.
+    pub acme_directory: String,
+    /// Contact email given to the ACME CA (expiry notices, if it sends them).
+    pub acme_contact: Option<String>,
+    /// Directory keeping the ACME account key and the certificates. Default: see [`Config::acme_cache_dir`].
+    pub acme_cache_dir: Option<PathBuf>,
+    /// PEM file of the certificate authorities to check the ACME CA's own API against, instead of the public
+    /// ones (a private or test ACME server).
+    pub acme_ca_file: Option<PathBuf>,
     /// Directory for the rings and the control sockets. Keep it on tmpfs.
     pub runtime_dir: Option<PathBuf>,
     /// Number of fanout workers (the supervisor starts this many). Default: number of cores.
@@ -110,6 +122,11 @@ impl Default for Config {
             https: None,
             tls_cert: None,
             tls_key: None,
+            acme: Vec::new(),
+            acme_directory: LETS_ENCRYPT_PRODUCTION.into(),
+            acme_contact: None,
+            acme_cache_dir: None,
+            acme_ca_file: None,
             runtime_dir: None,
             workers: None,
             bearer_token: None,
@@ -159,15 +176,30 @@ pub struct ConfigArgs {
     /// HTTP listener, HOST:PORT or :PORT.
     #[arg(long, env = "DEADSFU_HTTP")]
     pub http: Option<String>,
-    /// HTTPS listener, HOST:PORT or :PORT (needs --tls-cert and --tls-key).
+    /// HTTPS listener, HOST:PORT or :PORT (needs --tls-cert and --tls-key, or --acme).
     #[arg(long, env = "DEADSFU_HTTPS")]
     pub https: Option<String>,
-    /// PEM certificate chain for the HTTPS listener.
+    /// PEM certificate chain for the HTTPS listener (read again when it changes).
     #[arg(long, env = "DEADSFU_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
-    /// PEM private key for the HTTPS listener.
+    /// PEM private key for the HTTPS listener (read again when it changes).
     #[arg(long, env = "DEADSFU_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// Get the HTTPS certificate for these domains from an ACME CA (comma-separated or repeated).
+    #[arg(long, env = "DEADSFU_ACME", value_delimiter = ',', value_name = "DOMAIN")]
+    pub acme: Option<Vec<String>>,
+    /// ACME directory URL (default: Let's Encrypt production).
+    #[arg(long, env = "DEADSFU_ACME_DIRECTORY", value_name = "URL")]
+    pub acme_directory: Option<String>,
+    /// Contact email for the ACME account.
+    #[arg(long, env = "DEADSFU_ACME_CONTACT", value_name = "EMAIL")]
+    pub acme_contact: Option<String>,
+    /// Directory for the ACME account key and certificates.
+    #[arg(long, env = "DEADSFU_ACME_CACHE_DIR", value_name = "DIR")]
+    pub acme_cache_dir: Option<PathBuf>,
+    /// PEM certificate authorities for the ACME server's API (instead of the public ones).
+    #[arg(long, env = "DEADSFU_ACME_CA_FILE", value_name = "FILE")]
+    pub acme_ca_file: Option<PathBuf>,
     /// Runtime directory for rings and control sockets.
     #[arg(long, env = "DEADSFU_RUNTIME_DIR")]
     pub runtime_dir: Option<PathBuf>,
@@ -334,6 +366,11 @@ impl ConfigArgs {
         set_opt(&mut cfg.https, &self.https);
         set_opt(&mut cfg.tls_cert, &self.tls_cert);
         set_opt(&mut cfg.tls_key, &self.tls_key);
+        set(&mut cfg.acme, &self.acme);
+        set(&mut cfg.acme_directory, &self.acme_directory);
+        set_opt(&mut cfg.acme_contact, &self.acme_contact);
+        set_opt(&mut cfg.acme_cache_dir, &self.acme_cache_dir);
+        set_opt(&mut cfg.acme_ca_file, &self.acme_ca_file);
         set_opt(&mut cfg.runtime_dir, &self.runtime_dir);
         set_opt(&mut cfg.workers, &self.workers);
         set_opt(&mut cfg.bearer_token, &self.bearer_token);
@@ -399,6 +436,11 @@ impl ConfigArgs {
             ("--https", cfg.https.clone()),
             ("--tls-cert", cfg.tls_cert.as_ref().map(|p| p.display().to_string())),
             ("--tls-key", cfg.tls_key.as_ref().map(|p| p.display().to_string())),
+            ("--acme", (!cfg.acme.is_empty()).then(|| cfg.acme.join(","))),
+            ("--acme-directory", Some(cfg.acme_directory.clone())),
+            ("--acme-contact", cfg.acme_contact.clone()),
+            ("--acme-cache-dir", cfg.acme_cache_dir.as_ref().map(|p| p.display().to_string())),
+            ("--acme-ca-file", cfg.acme_ca_file.as_ref().map(|p| p.display().to_string())),
         ] {
             if let Some(v) = value {
                 args.extend([flag.into(), v]);
@@ -508,19 +550,25 @@ impl Config {
         }
         if self.https.is_some() {
             self.https_addr()?;
-            for (key, file) in [("tls_cert", &self.tls_cert), ("tls_key", &self.tls_key)] {
-                match file {
-                    None => return Err(ConfigError::Invalid { key, reason: "required when `https` is set".into() }),
-                    Some(p) if !p.is_file() => {
-                        return Err(ConfigError::Invalid {
-                            key,
-                            reason: format!("{} is not a readable file", p.display()),
-                        })
+            if self.acme.is_empty() {
+                for (key, file) in [("tls_cert", &self.tls_cert), ("tls_key", &self.tls_key)] {
+                    match file {
+                        None => {
+                            let reason = "required when `https` is set (or get a certificate with `acme`)".into();
+                            return Err(ConfigError::Invalid { key, reason });
+                        }
+                        Some(p) if !p.is_file() => {
+                            return Err(ConfigError::Invalid {
+                                key,
+                                reason: format!("{} is not a readable file", p.display()),
+                            })
+                        }
+                        Some(_) => {}
                     }
-                    Some(_) => {}
                 }
             }
         }
+        self.validate_acme()?;
         if self.workers == Some(0) {
             return Err(ConfigError::Invalid { key: "workers", reason: "must be at least 1".into() });
         }
@@ -566,6 +614,64 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    fn validate_acme(&self) -> Result<(), ConfigError> {
+        if self.acme.is_empty() {
+            return Ok(());
+        }
+        let invalid = |key, reason: String| Err(ConfigError::Invalid { key, reason });
+        if self.https.is_none() {
+            return invalid("acme", "needs `https`: the certificate is served, and validated, there".into());
+        }
+        for (key, file) in [("tls_cert", &self.tls_cert), ("tls_key", &self.tls_key)] {
+            if file.is_some() {
+                return invalid(key, "give either `tls_cert` and `tls_key` or `acme`, not both".into());
+            }
+        }
+        for domain in &self.acme {
+            acme_domain(domain).map_err(|reason| ConfigError::Invalid { key: "acme", reason })?;
+        }
+        if !self.acme_directory.starts_with("https://") || self.acme_directory.len() == "https://".len() {
+            return invalid("acme_directory", format!("`{}` is not an https:// URL", self.acme_directory));
+        }
+        if let Some(contact) = &self.acme_contact {
+            let address = contact.strip_prefix("mailto:").unwrap_or(contact);
+            if !address.contains('@') || address.contains([' ', ',']) {
+                return invalid("acme_contact", format!("`{contact}` is not an email address"));
+            }
+        }
+        if let Some(ca) = &self.acme_ca_file {
+            if !ca.is_file() {
+                return invalid("acme_ca_file", format!("{} is not a readable file", ca.display()));
+            }
+        }
+        if self.acme_cache_dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
+            return invalid("acme_cache_dir", "must not be empty".into());
+        }
+        Ok(())
+    }
+
+    /// The ACME cache directory: configured, else `$STATE_DIRECTORY/acme` (systemd's `StateDirectory=`), else
+    /// `/var/lib/deadsfu/acme` for root, else `$XDG_STATE_HOME/deadsfu/acme`, else
+    /// `~/.local/state/deadsfu/acme`.
+    pub fn acme_cache_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.acme_cache_dir {
+            return dir.clone();
+        }
+        if let Some(dir) = std::env::var_os("STATE_DIRECTORY") {
+            // As RUNTIME_DIRECTORY: systemd may list several, the first is ours.
+            let first = dir.to_string_lossy().split(':').next().unwrap_or_default().to_string();
+            if !first.is_empty() {
+                return PathBuf::from(first).join("acme");
+            }
+        }
+        if nix::unistd::getuid().is_root() {
+            return PathBuf::from("/var/lib/deadsfu/acme");
+        }
+        let state = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()).map(PathBuf::from);
+        let home = || std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state"));
+        state.or_else(home).unwrap_or_else(|| PathBuf::from(".")).join("deadsfu/acme")
     }
 
     /// The HTTP listener as a socket address; `:PORT` means all interfaces.
@@ -656,6 +762,37 @@ pub fn upstream_url(text: &str) -> Result<&str, String> {
     Ok(text.trim_end_matches('/'))
 }
 
+/// Let's Encrypt's production ACME directory, the default of `acme_directory`.
+pub const LETS_ENCRYPT_PRODUCTION: &str = "https://acme-v02.api.letsencrypt.org/directory";
+/// Let's Encrypt's staging ACME directory: untrusted certificates, much higher rate limits; for trying a setup.
+pub const LETS_ENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+
+/// A domain name an ACME CA can validate on the HTTPS listener (TLS-ALPN-01): letters, digits, hyphens and
+/// dots, at most 253 characters, labels of 1 to 63 not starting or ending with a hyphen; no wildcard and no
+/// IP address.
+pub fn acme_domain(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 253 {
+        return Err(format!("`{name}` is not a domain name"));
+    }
+    if name.parse::<IpAddr>().is_ok() {
+        return Err(format!("`{name}` is an IP address; ACME certificates here are for domain names"));
+    }
+    if name.contains('*') {
+        return Err(format!("`{name}`: a wildcard needs DNS-01 validation, which deadsfu does not do"));
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if !name.split('.').all(label_ok) {
+        return Err(format!("`{name}` is not a domain name (letters, digits, `-` and `.`)"));
+    }
+    Ok(())
+}
+
 /// `HOST:PORT`, or `:PORT` for every interface: IPv6 and IPv4 (`[::]`, which takes IPv4 too) where the host has
 /// IPv6, else IPv4 (`0.0.0.0`).
 fn listen_addr(key: &'static str, text: &str) -> Result<SocketAddr, ConfigError> {
@@ -723,6 +860,57 @@ mod tests {
         assert!(cfg.validate().unwrap_err().to_string().contains("/nonexistent/cert.pem"));
         let cfg = Config { https: Some("nope".into()), ..Default::default() };
         assert!(cfg.validate().unwrap_err().to_string().contains("`https`"));
+    }
+
+    #[test]
+    fn acme_settings() {
+        let acme = |domains: &[&str]| Config {
+            https: Some(":8443".into()),
+            acme: domains.iter().map(|d| d.to_string()).collect(),
+            ..Default::default()
+        };
+        // A certificate from ACME stands in for the files.
+        assert!(acme(&["sfu.example.org", "www.sfu.example.org"]).validate().is_ok());
+        let no_https = Config { https: None, ..acme(&["sfu.example.org"]) };
+        assert!(no_https.validate().unwrap_err().to_string().contains("`acme`: needs `https`"));
+        let both = Config { tls_cert: Some("/etc/hosts".into()), ..acme(&["sfu.example.org"]) };
+        assert!(both.validate().unwrap_err().to_string().contains("tls_cert"));
+        for bad in ["", "*.example.org", "127.0.0.1", "a..b", "-a.example", "a_b.example", "é.example"] {
+            let err = acme(&[bad]).validate().unwrap_err().to_string();
+            assert!(err.contains("`acme`"), "{bad}: {err}");
+        }
+        let http_dir = Config { acme_directory: "http://ca.example/dir".into(), ..acme(&["a.example"]) };
+        assert!(http_dir.validate().unwrap_err().to_string().contains("acme_directory"));
+        let contact = Config { acme_contact: Some("nobody".into()), ..acme(&["a.example"]) };
+        assert!(contact.validate().unwrap_err().to_string().contains("acme_contact"));
+        let contact = Config { acme_contact: Some("mailto:ops@example.org".into()), ..acme(&["a.example"]) };
+        assert!(contact.validate().is_ok());
+        let ca = Config { acme_ca_file: Some("/nonexistent/ca.pem".into()), ..acme(&["a.example"]) };
+        assert!(ca.validate().unwrap_err().to_string().contains("acme_ca_file"));
+        let dir = Config { acme_cache_dir: Some("/srv/acme".into()), ..Default::default() };
+        assert_eq!(dir.acme_cache_dir(), PathBuf::from("/srv/acme"));
+        assert!(Config::default().acme_cache_dir().ends_with("acme"));
+    }
+
+    #[test]
+    fn child_flags_carry_the_acme_settings() {
+        let cfg = Config {
+            https: Some("127.0.0.1:8443".into()),
+            acme: vec!["a.example".into(), "b.example".into()],
+            acme_directory: LETS_ENCRYPT_STAGING.into(),
+            acme_contact: Some("ops@example.org".into()),
+            acme_cache_dir: Some("/srv/acme".into()),
+            acme_ca_file: Some("/srv/ca.pem".into()),
+            ..Default::default()
+        };
+        let args = ConfigArgs::to_args(&cfg);
+        let parsed = <Flags as clap::Parser>::try_parse_from(std::iter::once("x".to_string()).chain(args)).unwrap();
+        let mut again = Config::default();
+        parsed.config.apply(&mut again);
+        assert_eq!(
+            (again.acme, again.acme_directory, again.acme_contact, again.acme_cache_dir, again.acme_ca_file),
+            (cfg.acme, cfg.acme_directory, cfg.acme_contact, cfg.acme_cache_dir, cfg.acme_ca_file)
+        );
     }
 
     #[test]

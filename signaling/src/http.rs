@@ -27,11 +27,13 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, Semaphore};
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
 
 use crate::router::{Backend, HttpRequest, HttpResponse, RoomList, Router, LONG_POLL, MAX_BODY};
+use crate::tls::Tls;
 
 /// Most header lines in a request.
 pub const MAX_HEADERS: usize = 64;
@@ -119,12 +121,12 @@ pub struct Listener {
     pub listener: std::net::TcpListener,
     pub face: Face,
     /// TLS configuration for an HTTPS listener.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub tls: Option<Tls>,
 }
 
 impl Listener {
     /// Binds `addr` (a plain listener when `tls` is `None`).
-    pub fn bind(addr: SocketAddr, face: Face, tls: Option<Arc<rustls::ServerConfig>>) -> std::io::Result<Listener> {
+    pub fn bind(addr: SocketAddr, face: Face, tls: Option<Tls>) -> std::io::Result<Listener> {
         let listener = std::net::TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         Ok(Listener { listener, face, tls })
@@ -181,8 +183,7 @@ impl<B: Backend + 'static> Server<B> {
         let mut tasks = Vec::new();
         for l in listeners {
             let listener = TcpListener::from_std(l.listener)?;
-            let tls = l.tls.map(TlsAcceptor::from);
-            tasks.push(tokio::spawn(accept_loop(listener, l.face, tls, self.shared.clone())));
+            tasks.push(tokio::spawn(accept_loop(listener, l.face, l.tls, self.shared.clone())));
         }
         tokio::spawn(poll_rooms(self.shared.clone()));
         for t in tasks {
@@ -235,7 +236,7 @@ impl<B> Shared<B> {
 async fn accept_loop<B: Backend + 'static>(
     listener: TcpListener,
     face: Face,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Tls>,
     shared: Arc<Shared<B>>,
 ) {
     loop {
@@ -279,7 +280,7 @@ async fn serve_connection<B: Backend + 'static>(
     stream: TcpStream,
     peer: SocketAddr,
     face: Face,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Tls>,
     shared: Arc<Shared<B>>,
     slot: ConnectionSlot<B>,
 ) {
@@ -296,8 +297,12 @@ async fn serve_connection<B: Backend + 'static>(
     });
     let result = match tls {
         None => builder.serve_connection(TokioIo::new(stream), service).await,
-        Some(acceptor) => match tokio::time::timeout(shared.limits.header_timeout, acceptor.accept(stream)).await {
-            Ok(Ok(tls)) => builder.serve_connection(TokioIo::new(tls), service).await,
+        Some(tls) => match tokio::time::timeout(shared.limits.header_timeout, handshake(stream, &tls)).await {
+            Ok(Ok(Some(tls))) => builder.serve_connection(TokioIo::new(tls), service).await,
+            Ok(Ok(None)) => {
+                tracing::debug!(%peer, "ACME validation handshake answered");
+                return;
+            }
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
                 return;
@@ -312,6 +317,22 @@ async fn serve_connection<B: Backend + 'static>(
         tracing::debug!(%peer, error = %e, "HTTP connection ended");
     }
     drop(slot);
+}
+
+/// The TLS handshake of a connection to the HTTPS listener; `None` for an ACME CA's validation handshake,
+/// which is closed once done (the challenge is the handshake itself).
+async fn handshake(
+    stream: TcpStream,
+    tls: &Tls,
+) -> std::io::Result<Option<tokio_rustls::server::TlsStream<TcpStream>>> {
+    let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
+    let (config, validation) = tls.config_for(&start.client_hello());
+    let mut stream = start.into_stream(config).await?;
+    if validation {
+        let _ = stream.shutdown().await;
+        return Ok(None);
+    }
+    Ok(Some(stream))
 }
 
 /// Reads a request, answers it with the router (or from the shared room list for a long-poll), and turns the

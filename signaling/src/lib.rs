@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod acme;
 pub mod http;
 pub mod metrics;
 pub mod preflight;

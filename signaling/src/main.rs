@@ -10,9 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
+use deadsfu_signaling::acme::{Acme, AcmeEvent, AcmeSettings};
 use deadsfu_signaling::http::{Face, Limits, Listener, Server};
 use deadsfu_signaling::router::{Backend, Router, Target, Tokens};
-use deadsfu_signaling::tls;
+use deadsfu_signaling::tls::{self, CertFiles, Reload, Tls};
 use shm_proto::config::ConfigArgs;
 use shm_proto::control::{self, ControlError, Request, Response};
 use shm_proto::paths;
@@ -98,17 +99,48 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    let mut acme = None;
     if let Some(https) = cfg.https_addr().expect("validated at load") {
-        let (cert, key) = (cfg.tls_cert.as_deref(), cfg.tls_key.as_deref());
-        let (cert, key) = (cert.expect("validated at load"), key.expect("validated at load"));
-        let bound = tls::config(cert, key).and_then(|config| {
-            Listener::bind(https, Face::Public { metrics: admin.is_none() }, Some(config))
-                .map_err(|source| tls::TlsError::Listen { addr: https, source })
-        });
-        match bound {
+        let tls = match AcmeSettings::from_config(&cfg) {
+            Some(settings) => match Acme::start(&settings) {
+                Ok((state, tls)) => {
+                    tracing::info!(
+                        domains = ?settings.domains,
+                        directory = %settings.directory,
+                        cache = %settings.cache_dir.display(),
+                        "HTTPS certificate from ACME (TLS-ALPN-01 on the HTTPS listener)"
+                    );
+                    acme = Some(state);
+                    tls
+                }
+                Err(e) => {
+                    tracing::error!("{e}");
+                    return ExitCode::from(2);
+                }
+            },
+            None => {
+                let (cert, key) = (cfg.tls_cert.as_deref(), cfg.tls_key.as_deref());
+                let (cert, key) = (cert.expect("validated at load"), key.expect("validated at load"));
+                match CertFiles::open(cert, key) {
+                    Ok(files) => {
+                        let watched = files.clone();
+                        std::thread::Builder::new()
+                            .name("tls-reload".into())
+                            .spawn(move || reload_certificate(&watched))
+                            .expect("spawning a thread at startup succeeds");
+                        Tls::new(files)
+                    }
+                    Err(e) => {
+                        tracing::error!("{e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+        };
+        match Listener::bind(https, Face::Public { metrics: admin.is_none() }, Some(tls)) {
             Ok(l) => listeners.push(l),
-            Err(e) => {
-                tracing::error!("{e}");
+            Err(source) => {
+                tracing::error!("{}", tls::TlsError::Listen { addr: https, source });
                 return ExitCode::from(2);
             }
         }
@@ -152,6 +184,9 @@ fn main() -> ExitCode {
     let server = Server::new(router, limits);
     tracing::info!(%addr, runtime_dir = %cfg.runtime_dir().display(), "signaling ready");
     shm_proto::service::ready();
+    if let Some(acme) = acme {
+        runtime.spawn(follow_acme(acme));
+    }
     std::thread::Builder::new()
         .name("watchdog".into())
         .spawn(move || watchdog(addr))
@@ -161,6 +196,34 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("HTTP server failed: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Looks at the certificate files every [`tls::RELOAD_CHECK`] and serves them again once changed.
+fn reload_certificate(files: &CertFiles) {
+    let (cert, key) = files.paths();
+    loop {
+        std::thread::sleep(tls::RELOAD_CHECK);
+        match files.check() {
+            Reload::Unchanged => {}
+            Reload::Loaded => {
+                tracing::info!(cert = %cert.display(), key = %key.display(), "TLS certificate reloaded")
+            }
+            Reload::Kept(e) => tracing::warn!("TLS certificate files changed but do not load, kept the previous: {e}"),
+        }
+    }
+}
+
+/// Drives the ACME certificate's life (order, renewal, retries) and says what happens.
+async fn follow_acme(mut acme: Acme) {
+    loop {
+        match acme.next().await {
+            AcmeEvent::CachedCertificate => tracing::info!("ACME certificate from the cache served"),
+            AcmeEvent::NewCertificate => tracing::info!("new ACME certificate served"),
+            AcmeEvent::Stored => tracing::debug!("ACME cache written"),
+            AcmeEvent::OrderFailed(e) => tracing::warn!("ACME order failed, will be tried again: {e}"),
+            AcmeEvent::CacheFailed(e) => tracing::warn!("ACME cache: {e}"),
         }
     }
 }
