@@ -1,6 +1,7 @@
 """Viewers and publishers of one kind: a viewer gets the kinds it asked for (video only, audio only), a kind it
 cannot decode in any codec of the room is answered inactive while the rest plays, and a publisher may send audio
-only or video only. An audio-only viewer of a room whose publisher leaves stays, in silence."""
+only or video only. An audio-only viewer of a room whose publisher leaves stays, in silence; one-kind viewers
+switch rooms as any viewer does."""
 
 from __future__ import annotations
 
@@ -140,6 +141,36 @@ def test_a_publisher_of_one_kind_and_its_viewers(host, kind):
             assert viewers.get(room) == 2, viewers
         finally:
             for peer in (same_kind, both, pub):
+                await peer.close()
+
+    asyncio.run(run())
+
+
+def test_one_kind_viewers_switch_rooms(host):
+    rooms = [fresh_room("switch-from"), fresh_room("switch-to")]
+
+    async def run() -> None:
+        pubs = [Publisher(load_fixture(SMALL_FIXTURE), f"publisher-{i}") for i in range(2)]
+        video_only = Viewer("video-only", kinds=("video",))
+        audio_only = Viewer("audio-only", kinds=("audio",))
+        try:
+            for pub, room in zip(pubs, rooms):
+                answered(await pub.publish(host.url, room), pub.name)
+                await pub.wait_connected()
+            await watch(host, rooms[0], video_only, audio_only)
+            t0 = time.monotonic()
+            await wait_for(lambda: len(video_only.rx.frames_since(t0)) >= 10, 10, "video-only: frames of the first room")
+            await wait_for(lambda: len([t for t in audio_only.rx.audio if t >= t0]) >= 25, 10, "audio-only: audio")
+            for v in (video_only, audio_only):
+                r = await v.switch(rooms[1])
+                assert r.status == 200, f"{v.name}: switch: {r.status} {r.body.strip()!r}"
+            t1 = time.monotonic()
+            await wait_for(lambda: len(video_only.rx.frames_since(t1)) >= 10, 10, "video-only: frames after the switch")
+            await wait_for(lambda: len([t for t in audio_only.rx.audio if t >= t1]) >= 25, 10, "audio-only: audio after")
+            viewers = {r["name"]: r["viewers"] for r in host.rooms()[1]["rooms"]}
+            assert viewers.get(rooms[1]) == 2 and not viewers.get(rooms[0]), viewers
+        finally:
+            for peer in (video_only, audio_only, *pubs):
                 await peer.close()
 
     asyncio.run(run())
