@@ -1,7 +1,8 @@
 //! Viewers on other paths than IPv4 UDP. ICE over TCP: a viewer with only an active TCP candidate (a network
 //! that passes no UDP) connects to a worker's passive TCP candidate, completes ICE and DTLS over RFC 4571
 //! framing, and receives the room's media (the slate, which plays for a room with viewers and no publisher); a
-//! connection that sends garbage is closed and the worker keeps serving. IPv6: the same over UDP and TCP from
+//! connection that sends garbage is closed and the worker keeps serving; a viewer on TCP rides out an ingest
+//! restart and, as over UDP, makes a new session after its worker's. IPv6: the same over UDP and TCP from
 //! `::1`, to the worker's IPv6 host candidates.
 
 use std::io::{Read, Write};
@@ -83,74 +84,101 @@ impl Path {
     }
 }
 
+/// A viewer of a room from one address over one protocol only, driven by the test.
+struct TestViewer {
+    client: Rtc,
+    path: Path,
+    proto: Protocol,
+    local: SocketAddr,
+    server: SocketAddr,
+    connected: bool,
+}
+
+impl TestViewer {
+    /// Views `room` from `ip` over `proto` only; connects and receives 20 video packets (of the slate).
+    fn join(sfu: &Sfu, room: &str, ip: &str, proto: Protocol) -> TestViewer {
+        let now = Instant::now();
+        let mut client = Rtc::builder().set_rtp_mode(true).build(now);
+        let (local, udp) = match proto {
+            // An active TCP candidate's port is the discard port (RFC 6544 4.5); the real one is the connection's.
+            Protocol::Tcp => {
+                let local: SocketAddr = format!("{ip}:9").replace("::1:9", "[::1]:9").parse().unwrap();
+                let c = Candidate::builder().tcp().host(local).tcptype(TcpType::Active).build().unwrap();
+                client.add_local_candidate(c);
+                (local, None)
+            }
+            _ => {
+                let socket = UdpSocket::bind(format!("{ip}:0").replace("::1:0", "[::1]:0")).unwrap();
+                socket.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+                let local = socket.local_addr().unwrap();
+                client.add_local_candidate(Candidate::host(local, "udp").unwrap());
+                (local, Some(Path::Udp(socket)))
+            }
+        };
+        let mut change = client.sdp_api();
+        change.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+        change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+        let (offer, pending) = change.apply().unwrap();
+        let headers = [("Content-Type", "application/sdp")];
+        let path = format!("/whep/{room}");
+        let (status, answer) =
+            http(sfu.http_port, "POST", &path, &headers, offer.to_sdp_string().as_bytes()).expect("signaling answers");
+        assert_eq!(status, 201, "{answer}");
+        let offered = candidates(&answer, proto);
+        let Some(&server) = offered.iter().find(|a| a.ip().is_loopback() && a.is_ipv6() == local.is_ipv6()) else {
+            panic!("no {proto} candidate on {ip} in the answer:\n{answer}")
+        };
+        client.sdp_api().accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap()).unwrap();
+        let path = udp.unwrap_or_else(|| {
+            let stream = TcpStream::connect(server).expect("the worker listens on TCP");
+            stream.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+            Path::Tcp(stream, Vec::new())
+        });
+        let mut viewer = TestViewer { client, path, proto, local, server, connected: false };
+        viewer.receive_video(20, Duration::from_secs(15));
+        assert!(viewer.connected);
+        viewer
+    }
+
+    /// Runs the client until it received `packets` more video packets; panics after `within`.
+    fn receive_video(&mut self, packets: usize, within: Duration) {
+        let mut received = Vec::new();
+        let mut video_packets = 0;
+        let deadline = Instant::now() + within;
+        while video_packets < packets {
+            let (proto, local) = (self.proto, self.local);
+            assert!(
+                Instant::now() < deadline,
+                "{proto} from {local}: connected {}, {video_packets} video packets",
+                self.connected
+            );
+            let timeout = loop {
+                match self.client.poll_output().unwrap() {
+                    Output::Transmit(t) => {
+                        assert_eq!(t.proto, proto, "the client has candidates of one protocol only");
+                        self.path.send(t.destination, &t.contents);
+                    }
+                    Output::Event(Event::Connected) => self.connected = true,
+                    Output::Event(Event::RtpPacket(p)) if p.header.payload_type != 111.into() => video_packets += 1,
+                    Output::Event(_) => {}
+                    Output::Timeout(t) => break t,
+                }
+            };
+            self.path.recv(&mut received);
+            let now = Instant::now();
+            for packet in received.drain(..) {
+                let receive = Receive::new(proto, self.server, local, &packet).unwrap();
+                self.client.handle_input(Input::Receive(now, receive)).unwrap();
+            }
+            self.client.handle_input(Input::Timeout(timeout.min(Instant::now()).max(now))).unwrap();
+        }
+    }
+}
+
 /// A viewer of `room` from `ip` over `proto` only: it connects and receives 20 video packets of the slate.
 /// Returns the worker's address it used.
 fn view_over(sfu: &Sfu, room: &str, ip: &str, proto: Protocol) -> SocketAddr {
-    let now = Instant::now();
-    let mut client = Rtc::builder().set_rtp_mode(true).build(now);
-    let (local, mut path_for) = match proto {
-        // An active TCP candidate's port is the discard port (RFC 6544 4.5); the real one is the connection's.
-        Protocol::Tcp => {
-            let local: SocketAddr = format!("{ip}:9").replace("::1:9", "[::1]:9").parse().unwrap();
-            let c = Candidate::builder().tcp().host(local).tcptype(TcpType::Active).build().unwrap();
-            client.add_local_candidate(c);
-            (local, None)
-        }
-        _ => {
-            let socket = UdpSocket::bind(format!("{ip}:0").replace("::1:0", "[::1]:0")).unwrap();
-            socket.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
-            let local = socket.local_addr().unwrap();
-            client.add_local_candidate(Candidate::host(local, "udp").unwrap());
-            (local, Some(Path::Udp(socket)))
-        }
-    };
-    let mut change = client.sdp_api();
-    change.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
-    change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
-    let (offer, pending) = change.apply().unwrap();
-    let headers = [("Content-Type", "application/sdp")];
-    let path = format!("/whep/{room}");
-    let (status, answer) =
-        http(sfu.http_port, "POST", &path, &headers, offer.to_sdp_string().as_bytes()).expect("signaling answers");
-    assert_eq!(status, 201, "{answer}");
-    let offered = candidates(&answer, proto);
-    let Some(&server) = offered.iter().find(|a| a.ip().is_loopback() && a.is_ipv6() == local.is_ipv6()) else {
-        panic!("no {proto} candidate on {ip} in the answer:\n{answer}")
-    };
-    client.sdp_api().accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap()).unwrap();
-    let mut path = path_for.take().unwrap_or_else(|| {
-        let stream = TcpStream::connect(server).expect("the worker listens on TCP");
-        stream.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
-        Path::Tcp(stream, Vec::new())
-    });
-
-    let mut packets = Vec::new();
-    let (mut connected, mut video_packets) = (false, 0);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while video_packets < 20 {
-        assert!(Instant::now() < deadline, "{proto} from {ip}: connected {connected}, {video_packets} video packets");
-        let timeout = loop {
-            match client.poll_output().unwrap() {
-                Output::Transmit(t) => {
-                    assert_eq!(t.proto, proto, "the client has candidates of one protocol only");
-                    path.send(t.destination, &t.contents);
-                }
-                Output::Event(Event::Connected) => connected = true,
-                Output::Event(Event::RtpPacket(p)) if p.header.payload_type != 111.into() => video_packets += 1,
-                Output::Event(_) => {}
-                Output::Timeout(t) => break t,
-            }
-        };
-        path.recv(&mut packets);
-        let now = Instant::now();
-        for packet in packets.drain(..) {
-            let receive = Receive::new(proto, server, local, &packet).unwrap();
-            client.handle_input(Input::Receive(now, receive)).unwrap();
-        }
-        client.handle_input(Input::Timeout(timeout.min(Instant::now()).max(now))).unwrap();
-    }
-    assert!(connected);
-    server
+    TestViewer::join(sfu, room, ip, proto).server
 }
 
 #[test]
@@ -222,4 +250,49 @@ fn no_tcp_candidates_without_ice_tcp() {
     assert_eq!(status, 201, "{answer}");
     assert!(candidates(&answer, Protocol::Tcp).is_empty(), "{answer}");
     assert!(!candidates(&answer, Protocol::Udp).is_empty(), "{answer}");
+}
+
+#[test]
+fn over_tcp_an_ingest_restart_is_a_pause_and_a_worker_restart_a_new_session() {
+    let sfu = Sfu::start(1, &[]);
+    let pid = |role: &str| -> i32 {
+        let h = sfu.health().unwrap();
+        let v = if role == "ingest" { &h["ingest"]["pid"] } else { &h["workers"][0]["pid"] };
+        v.as_u64().unwrap() as i32
+    };
+    let kill =
+        |pid: i32| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let mut viewer = TestViewer::join(&sfu, "restarts", "127.0.0.1", Protocol::Tcp);
+
+    // Ingest dies and comes back: the viewer's worker session and TCP connection stay, the slate resumes.
+    let ingest = pid("ingest");
+    kill(ingest);
+    deadsfu_tests::wait_for("ingest to come back", Duration::from_secs(10), || {
+        (sfu.health()?["ingest"]["pid"].as_u64()? as i32 != ingest).then_some(())
+    });
+    viewer.receive_video(20, Duration::from_secs(15));
+
+    // The worker dies: its TCP connection goes with it; a new WHEP session over TCP reaches the new worker.
+    let worker = pid("fanout-0");
+    kill(worker);
+    deadsfu_tests::wait_for("worker 0 to come back", Duration::from_secs(10), || {
+        let h = sfu.health()?;
+        (h["workers"][0]["pid"].as_u64()? as i32 != worker && h["ok"] == true).then_some(())
+    });
+    let mut rest = [0u8; 64];
+    if let Path::Tcp(stream, _) = &mut viewer.path {
+        stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let closed = loop {
+            match stream.read(&mut rest) {
+                Ok(0) => break true,
+                Ok(_) => continue,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    break false
+                }
+                Err(_) => break true,
+            }
+        };
+        assert!(closed, "the dead worker's connection is closed");
+    }
+    TestViewer::join(&sfu, "restarts", "127.0.0.1", Protocol::Tcp);
 }
