@@ -166,6 +166,8 @@ pub struct Fanout {
     packets_replayed: u64,
     /// Times a live feed fell [`MAX_LAG`] behind and skipped to the newest keyframe.
     lag_skips: u64,
+    /// Ingest plays the slate (see [`Fanout::with_slate`]).
+    slate: bool,
 }
 
 impl Fanout {
@@ -196,7 +198,15 @@ impl Fanout {
             packets_live: 0,
             packets_replayed: 0,
             lag_skips: 0,
+            slate: true,
         }
+    }
+
+    /// Whether ingest plays the slate into watched rooms without live video (`slate`, on by default): then
+    /// every room has video for a viewer that asks for it, the slate's while no publisher's.
+    pub fn with_slate(mut self, slate: bool) -> Fanout {
+        self.slate = slate;
+        self
     }
 
     fn request(&mut self, now: Instant, request: Request) -> Response {
@@ -265,8 +275,9 @@ impl Fanout {
         let sections = offer::media_sections(&offer_sdp);
         let mids: Vec<Mid> = sections.iter().map(|(mid, _)| *mid).collect();
         let mut negotiated = codec::negotiated(&accepted.rtc, &mids);
+        let slate = self.slate;
         let codecs = &self.feed(&room, now).codecs;
-        match fit(&negotiated, codecs, &sections) {
+        match fit(&negotiated, codecs, &sections, slate) {
             Fit::Plays => {}
             Fit::Without(kinds) => {
                 // The viewer can decode none of what the room sends of these kinds: answer them inactive.
@@ -797,18 +808,21 @@ fn viewer_extensions() -> str0m::rtp::ExtensionMap {
 /// What a viewer gets of a room whose ring carries `codecs`.
 #[derive(Debug, PartialEq)]
 enum Fit {
-    /// Every kind it asked for that the room carries, in a codec it negotiated; a kind the room does not carry
-    /// (yet: no publisher, or one without it) is kept, and flows once a publisher sends it.
+    /// Every kind it asked for, in a codec it negotiated; or a kind the room has no publisher for yet, which
+    /// flows once one sends it.
     Plays,
-    /// Some kinds, not these: the room carries them only in codecs the viewer did not offer.
+    /// Some kinds, not these: the room's publisher does not send them, or only in codecs the viewer did not
+    /// offer. They are answered inactive.
     Without(Vec<MediaKind>),
-    /// Nothing: of every kind it asked for, the room carries only codecs the viewer did not offer.
+    /// Nothing: of every kind it asked for, the room has none or only codecs the viewer did not offer.
     Nothing(String),
 }
 
 /// Matches a viewer's offer (its negotiated codecs and its media sections, `true` for video) to a room's codec
-/// table. A room without codecs yet fits every viewer.
-fn fit(negotiated: &CodecConfig, codecs: &[CodecEntry], sections: &[(Mid, bool)]) -> Fit {
+/// table. A room without a publisher (no codecs, or only the slate's) fits every kind: the publisher to come
+/// may send it. With the `slate` on, a room always has video: the slate plays while its publisher sends none.
+fn fit(negotiated: &CodecConfig, codecs: &[CodecEntry], sections: &[(Mid, bool)], slate: bool) -> Fit {
+    let published = codecs.iter().any(|e| !e.slate);
     let mut unplayable = Vec::new();
     let mut reasons = Vec::new();
     let mut asked = 0;
@@ -818,18 +832,27 @@ fn fit(negotiated: &CodecConfig, codecs: &[CodecEntry], sections: &[(Mid, bool)]
         }
         asked += 1;
         let room: Vec<&CodecEntry> = codecs.iter().filter(|e| e.kind == kind).collect();
-        if room.is_empty() || room.iter().any(|e| negotiated.match_params(codec::params(e)).is_some()) {
+        let kind_name = if kind == MediaKind::Video { "video" } else { "audio" };
+        if room.is_empty() {
+            // The slate's codecs come into the table once the room is watched, after this viewer is taken.
+            let slate_will_play = slate && kind == MediaKind::Video;
+            if published && !slate_will_play {
+                reasons.push(format!("no {kind_name}: the room's publisher sends none"));
+                unplayable.push(kind);
+            }
+            continue;
+        }
+        if room.iter().any(|e| negotiated.match_params(codec::params(e)).is_some()) {
             continue;
         }
         let mut names: Vec<&str> = room.iter().map(|e| e.codec.name()).collect();
         names.dedup();
-        let kind_name = if kind == MediaKind::Video { "video" } else { "audio" };
         reasons.push(format!("no {kind_name} codec of the room ({})", names.join(", ")));
         unplayable.push(kind);
     }
     match unplayable.len() {
         0 => Fit::Plays,
-        n if n == asked => Fit::Nothing(format!("the offer shares {}", reasons.join(" and "))),
+        n if n == asked => Fit::Nothing(format!("the offer gets nothing: {}", reasons.join("; "))),
         _ => Fit::Without(unplayable),
     }
 }
@@ -852,7 +875,9 @@ pub fn run(cfg: &Config, index: u32) -> Result<(), StartError> {
         wake_socket: Some(paths::fanout_wake_socket(&runtime_dir, index)),
     };
     let limits = SessionLimits::from_config(cfg);
-    process::run(endpoints, |candidates, _waker, now| Fanout::new(index, runtime_dir.clone(), candidates, limits, now))
+    process::run(endpoints, |candidates, _waker, now| {
+        Fanout::new(index, runtime_dir.clone(), candidates, limits, now).with_slate(cfg.slate)
+    })
 }
 
 #[cfg(test)]
@@ -864,7 +889,7 @@ mod tests {
     use super::*;
 
     fn entry(pt: u8, kind: MediaKind, codec: Codec, clock_rate: u32, channels: u8, fmtp: &str) -> CodecEntry {
-        CodecEntry { pt, kind, codec, clock_rate, channels, fmtp: fmtp.to_string() }
+        CodecEntry { pt, kind, codec, clock_rate, channels, fmtp: fmtp.to_string(), slate: false }
     }
 
     fn opus() -> CodecEntry {
@@ -885,20 +910,39 @@ mod tests {
         CodecConfig::new_from_payload_params(entries.iter().map(codec::params).collect())
     }
 
+    fn slate_vp8() -> CodecEntry {
+        CodecEntry { slate: true, pt: 120, ..vp8() }
+    }
+
     #[test]
     fn a_viewer_gets_the_kinds_it_shares_with_the_room() {
         let (audio, video) = ((Mid::from("a"), false), (Mid::from("v"), true));
         let room = [opus(), h264()];
-        assert_eq!(fit(&viewer(&[h264()]), &room, &[video]), Fit::Plays, "video only");
-        assert_eq!(fit(&viewer(&[opus()]), &room, &[audio]), Fit::Plays, "audio only");
-        assert_eq!(fit(&viewer(&[opus(), h264()]), &room, &[audio, video]), Fit::Plays);
-        assert_eq!(fit(&viewer(&[opus(), vp8()]), &room, &[audio, video]), Fit::Without(vec![MediaKind::Video]));
-        let Fit::Nothing(why) = fit(&viewer(&[vp8()]), &room, &[video]) else { panic!("VP8 only fits H.264") };
-        assert_eq!(why, "the offer shares no video codec of the room (H264)");
-        // A kind the room does not carry (yet) is kept; a room with no codecs fits all.
-        assert_eq!(fit(&viewer(&[opus(), h264()]), &[h264()], &[audio, video]), Fit::Plays);
-        assert_eq!(fit(&viewer(&[opus()]), &[h264()], &[audio]), Fit::Plays);
-        assert_eq!(fit(&viewer(&[vp8()]), &[], &[video]), Fit::Plays);
+        for slate in [true, false] {
+            assert_eq!(fit(&viewer(&[h264()]), &room, &[video], slate), Fit::Plays, "video only");
+            assert_eq!(fit(&viewer(&[opus()]), &room, &[audio], slate), Fit::Plays, "audio only");
+            assert_eq!(fit(&viewer(&[opus(), h264()]), &room, &[audio, video], slate), Fit::Plays);
+            let vp8_and_opus = fit(&viewer(&[opus(), vp8()]), &room, &[audio, video], slate);
+            assert_eq!(vp8_and_opus, Fit::Without(vec![MediaKind::Video]));
+            let Fit::Nothing(why) = fit(&viewer(&[vp8()]), &room, &[video], slate) else { panic!("VP8 fits H.264") };
+            assert_eq!(why, "the offer gets nothing: no video codec of the room (H264)");
+            // A room without a publisher fits every kind: no codecs, or only the slate's.
+            assert_eq!(fit(&viewer(&[vp8()]), &[], &[video], slate), Fit::Plays);
+            assert_eq!(fit(&viewer(&[opus(), vp8()]), &[slate_vp8()], &[audio, video], slate), Fit::Plays);
+        }
+        // A publisher without audio: an audio section is inactive, an audio-only viewer gets nothing.
+        let video_only = [h264()];
+        assert_eq!(
+            fit(&viewer(&[opus(), h264()]), &video_only, &[audio, video], true),
+            Fit::Without(vec![MediaKind::Audio])
+        );
+        let Fit::Nothing(why) = fit(&viewer(&[opus()]), &video_only, &[audio], true) else { panic!("audio fits") };
+        assert_eq!(why, "the offer gets nothing: no audio: the room's publisher sends none");
+        // A publisher without video: the slate plays in its place, unless it is off.
+        let audio_only = [opus()];
+        assert_eq!(fit(&viewer(&[opus(), vp8()]), &audio_only, &[audio, video], true), Fit::Plays);
+        let no_slate = fit(&viewer(&[opus(), vp8()]), &audio_only, &[audio, video], false);
+        assert_eq!(no_slate, Fit::Without(vec![MediaKind::Video]));
     }
 
     /// A fanout worker on a temporary runtime directory with room `room` carrying `codecs`.

@@ -61,6 +61,7 @@ fn world() -> &'static World {
             clock_rate,
             channels,
             fmtp: fmtp.to_string(),
+            slate: false,
         };
         ring.set_codecs(&[
             entry(111, MediaKind::Audio, Codec::Opus, 48_000, 2, "minptime=10;useinbandfec=1"),

@@ -104,6 +104,7 @@ impl Slate {
                     Codec::H264 => "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f".into(),
                     _ => String::new(),
                 },
+                slate: true,
             })
             .collect()
     }

@@ -47,6 +47,7 @@ pub fn entry(params: &PayloadParams) -> Option<CodecEntry> {
         clock_rate: spec.clock_rate.get(),
         channels: spec.channels.unwrap_or(0),
         fmtp: spec.format.to_string(),
+        slate: false,
     })
 }
 

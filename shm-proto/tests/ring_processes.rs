@@ -104,6 +104,7 @@ fn codec_tables() -> [Vec<CodecEntry>; 2] {
         clock_rate: 48_000,
         channels: 2,
         fmtp: "minptime=10;useinbandfec=1".into(),
+        slate: false,
     };
     let h264 = CodecEntry {
         pt: 96,
@@ -112,6 +113,7 @@ fn codec_tables() -> [Vec<CodecEntry>; 2] {
         clock_rate: 90_000,
         channels: 0,
         fmtp: "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f".into(),
+        slate: false,
     };
     let vp8 = CodecEntry {
         pt: 97,
@@ -120,6 +122,7 @@ fn codec_tables() -> [Vec<CodecEntry>; 2] {
         clock_rate: 90_000,
         channels: 0,
         fmtp: "x".repeat(150),
+        slate: false,
     };
     [vec![opus.clone(), h264], vec![vp8, opus]]
 }

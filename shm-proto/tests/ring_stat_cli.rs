@@ -43,6 +43,7 @@ fn stat_prints_the_header_and_follows_the_head() {
             clock_rate: 48_000,
             channels: 2,
             fmtp: "minptime=10".into(),
+            slate: false,
         }])
         .expect("codecs");
     let meta = PacketMeta {
@@ -67,7 +68,7 @@ fn stat_prints_the_header_and_follows_the_head() {
     let (ok, v, err) = stat(&ring);
     assert!(ok, "{err}");
     assert_eq!(v["path"], ring.to_str().expect("UTF-8 path"));
-    assert_eq!(v["layout_version"], "1.1");
+    assert_eq!(v["layout_version"], format!("1.{}", shm_proto::ring::LAYOUT_MINOR));
     assert_eq!(v["geometry"]["slot_count"], 64);
     assert_eq!(v["geometry"]["slot_size"], 512);
     assert_eq!(v["epoch"], 1);

@@ -1,6 +1,7 @@
-"""Viewers and publishers of one kind: a viewer gets the kinds it asked for (video only, audio only), a kind it
-cannot decode in any codec of the room is answered inactive while the rest plays, and a publisher may send audio
-only or video only. An audio-only viewer of a room whose publisher leaves stays, in silence; one-kind viewers
+"""Viewers and publishers of one kind: a viewer gets the kinds it asked for (video only, audio only); a kind the
+room's publisher does not send, or sends only in codecs the viewer cannot decode, is answered inactive while the
+rest plays (406 when nothing is left); a publisher may send audio only (viewers get the slate's picture) or video
+only. An audio-only viewer of a room whose publisher leaves stays, in silence; one-kind viewers
 switch rooms as any viewer does."""
 
 from __future__ import annotations
@@ -123,7 +124,15 @@ def test_a_publisher_of_one_kind_and_its_viewers(host, kind):
         try:
             answered(await pub.publish(host.url, room), pub.name)
             await pub.wait_connected()
-            await watch(host, room, same_kind, both)
+            answers = await watch(host, room, same_kind, both)
+            # What the publisher does not send is answered inactive; video stays for the slate.
+            expected = {"audio": "sendonly", "video": "sendonly"} if kind == "audio" else {"audio": "inactive", "video": "sendonly"}
+            assert sections(answers["both"].body) == expected, answers["both"].body
+            if kind == "video":
+                refused = Viewer("audio-viewer", kinds=("audio",))
+                r = await refused.view(host.url, room)
+                await refused.close()
+                assert r.status == 406 and "publisher sends none" in r.body, f"{r.status} {r.body.strip()!r}"
             t0 = time.monotonic()
             if kind == "audio":
                 for v in (same_kind, both):

@@ -97,6 +97,7 @@ fn stat(path: &Path) -> ExitCode {
             "clock_rate": c.clock_rate,
             "channels": c.channels,
             "fmtp": c.fmtp,
+            "slate": c.slate,
         })).collect::<Vec<_>>(),
         "stats": reader.stats(),
     });

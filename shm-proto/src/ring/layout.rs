@@ -98,6 +98,10 @@ pub const CODEC_CHANNELS_OFFSET: usize = 0x03;
 pub const CODEC_CLOCK_RATE_OFFSET: usize = 0x04;
 /// `u16`: length of the fmtp string.
 pub const CODEC_FMTP_LEN_OFFSET: usize = 0x08;
+/// `u8` (minor 2): flags, [`CODEC_FLAG_SLATE`]; zero (no flag) in files of minor 1.
+pub const CODEC_FLAGS_OFFSET: usize = 0x0A;
+/// The entry is the slate's (ingest's own clip), not a publisher's.
+pub const CODEC_FLAG_SLATE: u8 = 0x01;
 /// `[u8; FMTP_MAX]`: the fmtp string, UTF-8.
 pub const CODEC_FMTP_OFFSET: usize = 0x10;
 

@@ -185,8 +185,8 @@ pub use writer::RingWriter;
 pub const MAGIC: u64 = u64::from_le_bytes(*b"DSFURING");
 /// Major layout version: readers refuse any other.
 pub const LAYOUT_MAJOR: u16 = 1;
-/// Minor layout version: additions in reserved space only.
-pub const LAYOUT_MINOR: u16 = 1;
+/// Minor layout version: additions in reserved space only. 2: codec entries carry flags (the slate's).
+pub const LAYOUT_MINOR: u16 = 2;
 /// Entries in the codec table.
 pub const MAX_CODECS: usize = 16;
 /// Longest fmtp string of a codec entry, in bytes.
@@ -333,6 +333,8 @@ pub struct CodecEntry {
     pub channels: u8,
     /// At most [`FMTP_MAX`] bytes.
     pub fmtp: String,
+    /// The slate's entry (ingest's own clip, played while no publisher's video is), not a publisher's.
+    pub slate: bool,
 }
 
 /// Everything about a packet except its payload.

@@ -82,6 +82,7 @@ pub(crate) fn encode_codec(e: &CodecEntry) -> CodecBytes {
     put(&mut b, CODEC_CLOCK_RATE_OFFSET, &e.clock_rate.to_le_bytes());
     let fmtp = &e.fmtp.as_bytes()[..e.fmtp.len().min(FMTP_MAX)];
     put(&mut b, CODEC_FMTP_LEN_OFFSET, &(fmtp.len() as u16).to_le_bytes());
+    b[CODEC_FLAGS_OFFSET] = if e.slate { CODEC_FLAG_SLATE } else { 0 };
     put(&mut b, CODEC_FMTP_OFFSET, fmtp);
     b
 }
@@ -101,5 +102,6 @@ pub(crate) fn decode_codec(b: &CodecBytes) -> Result<CodecEntry, &'static str> {
         clock_rate: u32_at(b, CODEC_CLOCK_RATE_OFFSET),
         channels: b[CODEC_CHANNELS_OFFSET],
         fmtp: fmtp.to_owned(),
+        slate: b[CODEC_FLAGS_OFFSET] & CODEC_FLAG_SLATE != 0,
     })
 }

@@ -146,12 +146,17 @@ fn version_mismatch_names_both_versions() {
     assert!(
         matches!(
             err,
-            RingError::VersionMismatch { found_major: 2, found_minor: 3, supported_major: 1, supported_minor: 1 }
+            RingError::VersionMismatch {
+                found_major: 2,
+                found_minor: 3,
+                supported_major: 1,
+                supported_minor: LAYOUT_MINOR
+            }
         ),
         "{err:?}"
     );
     let text = err.to_string();
-    assert!(text.contains("2.3") && text.contains("1.1"), "{text}");
+    assert!(text.contains("2.3") && text.contains(&format!("1.{LAYOUT_MINOR}")), "{text}");
 
     // Another minor of the same major is fine.
     file.write_all_at(&1u16.to_le_bytes(), LAYOUT_MAJOR_OFFSET as u64).expect("patch major");
@@ -203,6 +208,7 @@ fn codec_table_round_trip() {
             clock_rate: 48000,
             channels: 2,
             fmtp: "minptime=10;useinbandfec=1".into(),
+            slate: false,
         },
         CodecEntry {
             pt: 96,
@@ -211,6 +217,7 @@ fn codec_table_round_trip() {
             clock_rate: 90000,
             channels: 0,
             fmtp: "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f".into(),
+            slate: false,
         },
         CodecEntry {
             pt: 98,
@@ -219,6 +226,7 @@ fn codec_table_round_trip() {
             clock_rate: 90000,
             channels: 0,
             fmtp: "é".repeat(FMTP_MAX / 2),
+            slate: true,
         },
         CodecEntry {
             pt: 0,
@@ -227,6 +235,7 @@ fn codec_table_round_trip() {
             clock_rate: 8000,
             channels: 1,
             fmtp: String::new(),
+            slate: false,
         },
     ];
     w.set_codecs(&table).expect("set codecs");
@@ -263,6 +272,7 @@ fn codec_table_left_mid_update_by_a_dead_writer() {
         clock_rate: 48000,
         channels: 2,
         fmtp: String::new(),
+        slate: false,
     }])
     .expect("set");
     w.word(CODECS_VERSION_OFFSET).store(3, Ordering::Relaxed);
@@ -613,6 +623,7 @@ fn codec_table_is_never_read_torn() {
                 clock_rate: 90_000 + u32::from(n),
                 channels: n,
                 fmtp: char::from(b'a' + n % 26).to_string().repeat(usize::from(n) % FMTP_MAX),
+                slate: false,
             })
             .collect()
     };
