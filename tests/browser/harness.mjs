@@ -80,16 +80,27 @@ function udpPortFree(port) {
   });
 }
 
-/** A base port such that base..base+count-1 are all free UDP ports. */
+function tcpPortFree(port) {
+  return new Promise((resolve) => {
+    const srv = net.createServer();
+    srv.once("error", () => resolve(false));
+    srv.listen(port, "0.0.0.0", () => srv.close(() => resolve(true)));
+  });
+}
+
+/** A base port such that base..base+count-1 are all free UDP ports, and free TCP ports (ICE over TCP listens
+ *  on the same numbers). */
 export async function freeUdpRange(count, avoid = new Set()) {
   for (let i = 0; i < 200; i++) {
     // Below Linux's ephemeral range (32768+), where Chromium's own sockets land.
     const base = 20_000 + Math.floor(Math.random() * 12_000);
     let ok = true;
-    for (let k = 0; k < count && ok; k++) ok = !avoid.has(base + k) && (await udpPortFree(base + k));
+    for (let k = 0; k < count && ok; k++) {
+      ok = !avoid.has(base + k) && (await udpPortFree(base + k)) && (await tcpPortFree(base + k));
+    }
     if (ok) return base;
   }
-  throw new Error(`no free range of ${count} UDP ports found`);
+  throw new Error(`no free range of ${count} UDP and TCP ports found`);
 }
 
 /** True while `pid` exists and is not a zombie. */

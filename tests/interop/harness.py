@@ -39,13 +39,16 @@ def free_tcp_port() -> int:
         return s.getsockname()[1]
 
 
-def udp_ports_free(base: int, count: int) -> bool:
+def media_ports_free(base: int, count: int) -> bool:
+    """Whether `base .. base+count-1` are free as UDP ports and as TCP ports (ICE over TCP listens on the same
+    numbers)."""
     socks = []
     try:
         for p in range(base, base + count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            socks.append(s)
-            s.bind(("0.0.0.0", p))
+            for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                s = socket.socket(socket.AF_INET, kind)
+                socks.append(s)
+                s.bind(("0.0.0.0", p))
         return True
     except OSError:
         return False
@@ -55,12 +58,13 @@ def udp_ports_free(base: int, count: int) -> bool:
 
 
 def free_udp_range(count: int) -> int:
-    """A base port such that `base .. base+count-1` are free UDP ports right now."""
+    """A base port such that `base .. base+count-1` are free UDP and TCP ports right now. Below Linux's
+    ephemeral range (32768+), where no outgoing connection takes one of them meanwhile."""
     for _ in range(200):
-        base = random.randrange(20000, 60000 - count)
-        if udp_ports_free(base, count):
+        base = random.randrange(20000, 32000 - count)
+        if media_ports_free(base, count):
             return base
-    raise RuntimeError(f"no {count} consecutive free UDP ports found")
+    raise RuntimeError(f"no {count} consecutive free UDP and TCP ports found")
 
 
 def proc_exe_name(pid: int) -> str:
