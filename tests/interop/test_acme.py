@@ -6,6 +6,7 @@ connections by the same signaling process. See pebble.py for how pebble runs."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -14,6 +15,7 @@ import socket
 import ssl
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -86,17 +88,37 @@ def start_sfu(tmp_path: Path, pebble: Pebble, cache: Path, name: str) -> Sfu:
     ]).start()
 
 
+@contextlib.contextmanager
+def pebble_and_deadsfu(tmp_path: Path, **pebble_args) -> Iterator[tuple[Pebble, Callable[[Path, str], Sfu]]]:
+    """Pebble on its own ports, and a way to start deadsfu hosts against it; all stopped at the end, pebble's log
+    printed if the body failed."""
+    pebble = Pebble(tmp_path, tls_port=free_tcp_port(), **pebble_args).start()
+    started: list[Sfu] = []
+
+    def start(cache: Path, name: str) -> Sfu:
+        started.append(start_sfu(tmp_path, pebble, cache, name))
+        return started[-1]
+
+    try:
+        yield pebble, start
+    except BaseException:
+        print(pebble.log_text())
+        raise
+    finally:
+        for sfu in started:
+            sfu.stop()
+        pebble.stop()
+
+
 def signaling_pid(sfu: Sfu) -> int:
     r = sfu.get("/healthz")
     return int(json.loads(r.body)["signaling"]["pid"])
 
 
 def test_certificate_from_acme_then_from_the_cache(tmp_path: Path, figures: list[str]) -> None:
-    pebble = Pebble(tmp_path, tls_port=free_tcp_port()).start()
     cache = tmp_path / "acme"
-    sfu = None
-    try:
-        sfu = start_sfu(tmp_path, pebble, cache, "deadsfu-acme")
+    with pebble_and_deadsfu(tmp_path) as (pebble, start):
+        sfu = start(cache, "deadsfu-acme")
         t0 = time.monotonic()
         served = wait_served(pebble.tls_port, pebble.root())
         issued_in = time.monotonic() - t0
@@ -116,28 +138,19 @@ def test_certificate_from_acme_then_from_the_cache(tmp_path: Path, figures: list
         assert not problems, problems
 
         # Started again with the same cache: the same certificate, without a new order.
-        sfu = start_sfu(tmp_path, pebble, cache, "deadsfu-acme-again")
+        sfu = start(cache, "deadsfu-acme-again")
         again = wait_served(pebble.tls_port, pebble.root(), timeout=10)
         assert again.leaf.serial_number == served.leaf.serial_number
         assert "ACME certificate from the cache served" in sfu.log_text(), sfu.log_text()
         assert "new ACME certificate served" not in sfu.log_text(), sfu.log_text()
         figures.append(f"acme: certificate {served.leaf.serial_number:x} from pebble in {issued_in:.1f} s "
                        f"(issuer {served.leaf.issuer.rfc4514_string()}), reused from the cache after a restart")
-    except BaseException:
-        print(pebble.log_text())
-        raise
-    finally:
-        if sfu is not None:
-            sfu.stop()
-        pebble.stop()
 
 
 def test_renewed_certificate_is_served_without_a_restart(tmp_path: Path, figures: list[str]) -> None:
     # 30 s certificates: deadsfu renews at two thirds of the lifetime, about 20 s after issuance.
-    pebble = Pebble(tmp_path, tls_port=free_tcp_port(), validity_s=30).start()
-    sfu = None
-    try:
-        sfu = start_sfu(tmp_path, pebble, tmp_path / "acme", "deadsfu-acme-renew")
+    with pebble_and_deadsfu(tmp_path, validity_s=30) as (pebble, start):
+        sfu = start(tmp_path / "acme", "deadsfu-acme-renew")
         pid = signaling_pid(sfu)
         first = wait_served(pebble.tls_port, pebble.root())
         check_chain(first.leaf, pebble)
@@ -153,13 +166,6 @@ def test_renewed_certificate_is_served_without_a_restart(tmp_path: Path, figures
         figures.append(f"acme renewal: serial {first.leaf.serial_number:x} -> {renewed.leaf.serial_number:x} "
                        f"({(renewed.leaf.not_valid_before_utc - first.leaf.not_valid_before_utc).total_seconds():.0f}"
                        f" s later) on new connections, signaling pid {pid} throughout")
-    except BaseException:
-        print(pebble.log_text())
-        raise
-    finally:
-        if sfu is not None:
-            sfu.stop()
-        pebble.stop()
 
 
 BROWSER_DIR = REPO_ROOT / "tests" / "browser"
@@ -170,10 +176,8 @@ def test_chromium_loads_the_page_over_the_acme_certificate(tmp_path: Path, figur
     node = shutil.which("node")
     if not (node and Path(CHROMIUM).exists() and (BROWSER_DIR / "node_modules" / "playwright-core").is_dir()):
         pytest.skip("needs node, Chromium and tests/browser's node_modules (scripts/test installs them)")
-    pebble = Pebble(tmp_path, tls_port=free_tcp_port()).start()
-    sfu = None
-    try:
-        sfu = start_sfu(tmp_path, pebble, tmp_path / "acme", "deadsfu-acme-chromium")
+    with pebble_and_deadsfu(tmp_path) as (pebble, start):
+        start(tmp_path / "acme", "deadsfu-acme-chromium")
         served = wait_served(pebble.tls_port, pebble.root())
         # Chromium trusts pebble's intermediate by its key (it is sent with every certificate pebble issues);
         # the name resolves to loopback by a resolver rule.
@@ -201,10 +205,3 @@ def test_chromium_loads_the_page_over_the_acme_certificate(tmp_path: Path, figur
         assert page["security"]["subjectName"] == DOMAIN, page
         figures.append(f"acme: Chromium loaded https://{DOMAIN}/ ({page['security']['protocol']}, issuer {issuer}, "
                        f"serial {served.leaf.serial_number:x})")
-    except BaseException:
-        print(pebble.log_text())
-        raise
-    finally:
-        if sfu is not None:
-            sfu.stop()
-        pebble.stop()
