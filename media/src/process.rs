@@ -337,7 +337,7 @@ pub fn run<C: Core>(
             break;
         }
         watchdog.tick(now);
-        let timeout = if core.has_work() || !unfinished.is_empty() {
+        let timeout = if core.has_work() || !unfinished.is_empty() || !tcp_unfinished.is_empty() {
             Duration::ZERO
         } else {
             let due = [core.next_timeout(now), watchdog.deadline()].into_iter().flatten().min();
