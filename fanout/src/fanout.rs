@@ -280,12 +280,16 @@ impl Fanout {
         match fit(&negotiated, codecs, &sections, slate) {
             Fit::Plays => {}
             Fit::Without(kinds) => {
-                // The viewer can decode none of what the room sends of these kinds: answer them inactive.
+                // The viewer gets nothing of these kinds (the publisher sends none, or none in a codec the viewer
+                // offered): answer them inactive.
                 let offer_sdp =
                     kinds.iter().fold(offer_sdp.clone(), |o, &kind| offer::with_inactive(&o, kind == MediaKind::Video));
                 accepted = match offer::accept(&offer_sdp, &self.candidates, now, tune) {
                     Ok(a) => a,
-                    Err(e) => return error(ErrorKind::BadOffer, &e.to_string()),
+                    Err(e) => {
+                        self.drop_feed_if_unwatched(&room);
+                        return error(ErrorKind::BadOffer, &e.to_string());
+                    }
                 };
                 negotiated = codec::negotiated(&accepted.rtc, &mids);
             }
