@@ -269,7 +269,7 @@ fn gso_run(queue: &[(SocketAddr, Vec<u8>)]) -> usize {
 
 /// Every address of an interface that is up: IPv4, then IPv6 except link-local ones (`fe80::/10`, which need
 /// a scope that ICE candidates do not carry), loopback first in each family.
-pub fn local_addresses() -> io::Result<Vec<IpAddr>> {
+fn local_addresses() -> io::Result<Vec<IpAddr>> {
     let mut out = Vec::new();
     for ifa in nix::ifaddrs::getifaddrs().map_err(io::Error::from)? {
         if !ifa.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP) {

@@ -70,6 +70,8 @@ pub struct TcpSet {
     by_remote: HashMap<SocketAddr, usize>,
     next_conn: usize,
     first_token: usize,
+    /// Connections whose sends this turn wait for [`TcpSet::flush`].
+    queued: Vec<usize>,
     /// Packets dropped because a connection's backlog was full, or had no connection.
     dropped: u64,
     /// Connections refused (limits) or closed for misbehaving.
@@ -101,6 +103,7 @@ impl TcpSet {
             by_remote: HashMap::new(),
             next_conn: 0,
             first_token: 0,
+            queued: Vec::new(),
             dropped: 0,
             refused: 0,
         })
@@ -215,9 +218,13 @@ impl TcpSet {
         }
     }
 
-    /// Queues a session's transmit on the connection of its destination and writes what the socket takes.
+    /// Queues a session's transmit on the connection of its destination, for [`TcpSet::flush`].
     pub fn send(&mut self, t: Transmit) {
-        let Some(conn) = self.by_remote.get(&t.destination).and_then(|id| self.conns.get_mut(id)) else {
+        let Some(&id) = self.by_remote.get(&t.destination) else {
+            self.dropped += 1;
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(&id) else {
             self.dropped += 1;
             return;
         };
@@ -226,26 +233,27 @@ impl TcpSet {
             self.dropped += 1;
             return;
         }
+        // A connection with bytes left from an earlier turn waits for writability; one that was idle is
+        // written at the end of this turn.
+        if conn.tx.len() == conn.tx_at {
+            self.queued.push(id);
+        }
         conn.tx.extend_from_slice(&(len as u16).to_be_bytes());
         conn.tx.extend_from_slice(&t.contents);
     }
 
-    /// Writes what every connection has queued, as far as the sockets take it; a connection left with bytes is
-    /// watched for writability.
+    /// Writes what the connections queued this turn, as far as the sockets take it; a connection left with
+    /// bytes is watched for writability and written when its socket takes more.
     pub fn flush(&mut self, registry: &Registry) {
-        let mut broken = Vec::new();
-        for (&id, conn) in self.conns.iter_mut() {
-            if conn.tx.len() == conn.tx_at {
-                continue;
-            }
+        let mut queued = std::mem::take(&mut self.queued);
+        for id in queued.drain(..) {
+            let Some(conn) = self.conns.get_mut(&id) else { continue };
             let token = Token(self.first_token + CONN_OFFSET + id);
             if conn.flush().is_err() || conn.update_interest(registry, token).is_err() {
-                broken.push(id);
+                self.close(registry, id);
             }
         }
-        for id in broken {
-            self.close(registry, id);
-        }
+        self.queued = queued;
     }
 
     /// Closes connections past their handshake or idle time.
