@@ -689,7 +689,7 @@ use rtp::RawPacket;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use str0m_proto::Pii;
 use streams::RtpPacket;
 use streams::StreamPaused;
@@ -929,6 +929,8 @@ pub struct Rtc {
     need_init_time: bool,
     last_now: Instant,
     peer_bytes_rx: u64,
+    /// When authenticated media last told the ICE agent the remote is there (at most once a second).
+    last_traffic_note: Option<Instant>,
     peer_bytes_tx: u64,
     change_counter: usize,
     last_timeout_reason: Reason,
@@ -1307,6 +1309,7 @@ impl Rtc {
             need_init_time: true,
             last_now: start,
             peer_bytes_rx: 0,
+            last_traffic_note: None,
             peer_bytes_tx: 0,
             change_counter: 0,
             last_timeout_reason: Reason::NotHappening,
@@ -2180,6 +2183,7 @@ impl Rtc {
             dtls,
             session,
             readiness,
+            last_traffic_note,
             ..
         } = self;
 
@@ -2206,9 +2210,13 @@ impl Rtc {
         }
 
         // Media that authenticated shows the remote there to an ice-lite agent, which otherwise
-        // knows it only by binding requests a full agent need not keep sending once connected.
-        if session.authenticated_rx() != authenticated_before {
+        // knows it only by binding requests a full agent need not keep sending once connected. Once
+        // a second is plenty against a 15 s timeout, and keeps the pair lookup off the per-packet path.
+        let due = last_traffic_note
+            .is_none_or(|t| recv_time.saturating_duration_since(t) >= Duration::from_secs(1));
+        if due && session.authenticated_rx() != authenticated_before {
             ice.handle_authenticated_traffic(recv_time, r.proto, r.source, r.destination);
+            *last_traffic_note = Some(recv_time);
         }
 
         Ok(())
