@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use deadsfu_media::env::{Env, Random};
 use deadsfu_media::host::{Session, SessionHost, SessionKey};
 use deadsfu_media::limits::{Refusals, SessionLimits};
 use deadsfu_media::process::{self, Core, Endpoints, StartError};
@@ -81,7 +82,16 @@ const VIEWER_TIMEOUT: Duration = Duration::from_secs(15);
 /// One outgoing track of a viewer.
 struct Track {
     mid: Mid,
+    /// Where its numbering starts (drawn when the viewer joins): first sequence number and timestamp.
+    first: (u16, u32),
+    /// Made at its first packet, when the clock rate is known.
     splicer: Option<Splicer>,
+}
+
+impl Track {
+    fn new(mid: Mid, random: &mut Random) -> Track {
+        Track { mid, first: ((random.u32() % 16_384) as u16, random.u32()), splicer: None }
+    }
 }
 
 /// Where a viewer's video stands.
@@ -93,6 +103,52 @@ struct VideoChoice {
     ring_pt: u8,
 }
 
+/// A ring's codec table as a worker last read it.
+#[derive(Debug)]
+struct CodecTable {
+    entries: Vec<CodecEntry>,
+    /// The ring's codec version these entries are of: it changes with the table.
+    version: u64,
+}
+
+impl CodecTable {
+    /// A table not read yet.
+    fn unread() -> CodecTable {
+        CodecTable { entries: Vec::new(), version: u64::MAX }
+    }
+
+    fn get(&self, ring_pt: u8) -> Option<&CodecEntry> {
+        self.entries.iter().find(|e| e.pt == ring_pt)
+    }
+}
+
+/// A viewer's payload type for each of a codec table's: which of the room's codecs it negotiated, as what.
+struct PtMap {
+    negotiated: CodecConfig,
+    map: HashMap<u8, Option<Pt>>,
+    /// The table version the map was made for.
+    version: u64,
+}
+
+impl PtMap {
+    fn new(negotiated: CodecConfig) -> PtMap {
+        PtMap { negotiated, map: HashMap::new(), version: u64::MAX }
+    }
+
+    /// The viewer's payload type for ring payload type `ring_pt` of `table`, if it negotiated that codec.
+    fn get(&mut self, table: &CodecTable, ring_pt: u8) -> Option<Pt> {
+        if self.version != table.version {
+            self.map.clear();
+            self.version = table.version;
+        }
+        let negotiated = &self.negotiated;
+        *self.map.entry(ring_pt).or_insert_with(|| {
+            let entry = table.get(ring_pt)?;
+            negotiated.match_params(codec::params(entry)).map(|p| p.pt())
+        })
+    }
+}
+
 pub struct Viewer {
     id: String,
     room: RoomName,
@@ -102,26 +158,76 @@ pub struct Viewer {
     video_choice: Option<VideoChoice>,
     /// Replaying the cached GOP of its room up to the feed's live position.
     replay: Option<RingCursor>,
-    /// What the viewer negotiated.
-    negotiated: CodecConfig,
-    /// Ring payload type -> this viewer's payload type, for the ring's current codec table.
-    pt_map: HashMap<u8, Option<Pt>>,
-    pt_map_version: u64,
+    pts: PtMap,
 }
 
-/// A room as one worker sees it.
+/// The payloads read live from a ring that a room keeps for replays, by ring position: a replay sends these
+/// rather than a copy of its own, so viewers joining together share one copy of the GOP (in their RTX caches
+/// too). Positions are contiguous.
+#[derive(Default)]
+struct RecentPayloads(VecDeque<(u64, Arc<[u8]>)>);
+
+impl RecentPayloads {
+    /// Keeps the payload read at `pos`: at most [`RECENT_PAYLOADS`].
+    fn push(&mut self, pos: u64, payload: Arc<[u8]>) {
+        if self.0.back().is_some_and(|(last, _)| *last + 1 != pos) {
+            // Lapped and resynced: keep the positions contiguous.
+            self.0.clear();
+        }
+        if self.0.len() == RECENT_PAYLOADS {
+            self.0.pop_front();
+        }
+        self.0.push_back((pos, payload));
+    }
+
+    /// The payload read live at ring position `pos`, if it is still kept.
+    fn get(&self, pos: u64) -> Option<Arc<[u8]>> {
+        let first = self.0.front()?.0;
+        let (at, payload) = self.0.get(usize::try_from(pos.checked_sub(first)?).ok()?)?;
+        (*at == pos).then(|| payload.clone())
+    }
+
+    /// Forgets what lies before `pos`.
+    fn keep_from(&mut self, pos: u64) {
+        while self.0.front().is_some_and(|(at, _)| *at < pos) {
+            self.0.pop_front();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// The time of a pump turn, as delivery needs it.
+#[derive(Clone, Copy, Debug)]
+struct Moment {
+    now: Instant,
+    /// Nanoseconds since the worker started: the splicers' clock.
+    ns: u64,
+}
+
+/// What one ring's live read did.
+#[derive(Default)]
+struct LiveRead {
+    /// Packets written to viewers.
+    delivered: u64,
+    /// Times the feed was too far behind and skipped to the newest keyframe.
+    lag_skips: u64,
+    /// The read stopped at [`READ_BUDGET`] with more to read.
+    backlog: bool,
+}
+
+/// A room as one worker sees it: the ring, the live cursor every viewer follows, and the viewers.
 struct RoomFeed {
     path: PathBuf,
     reader: Option<RingReader>,
     cursor: RingCursor,
-    codecs: Vec<CodecEntry>,
-    codecs_version: u64,
+    codecs: CodecTable,
     viewers: Vec<SessionKey>,
     /// The viewers whose replay runs: a turn looks at these only, not at every viewer.
     replaying: Vec<SessionKey>,
-    /// The payloads of the newest packets read live, by ring position: a replay sends these rather than a
-    /// copy of its own, so viewers joining together share one copy of the GOP (in their RTX caches too).
-    recent: VecDeque<(u64, Arc<[u8]>)>,
+    recent: RecentPayloads,
     next_open: Instant,
     /// Failed opens in a row: the retry waits 5 ms after the first, doubling up to [`RING_RETRY`], since a
     /// new room's ring appears only once signaling told ingest of the viewer it accepted.
@@ -141,6 +247,7 @@ impl Drop for RoomFeed {
 
 pub struct Fanout {
     index: u32,
+    env: Env,
     limits: SessionLimits,
     refused: Refusals,
     runtime_dir: PathBuf,
@@ -176,10 +283,12 @@ impl Fanout {
         runtime_dir: PathBuf,
         candidates: Vec<Candidate>,
         limits: SessionLimits,
+        env: Env,
         now: Instant,
     ) -> Fanout {
         Fanout {
             index,
+            env,
             limits,
             refused: Refusals::default(),
             runtime_dir,
@@ -276,7 +385,8 @@ impl Fanout {
         let mids: Vec<Mid> = sections.iter().map(|(mid, _)| *mid).collect();
         let mut negotiated = codec::negotiated(&accepted.rtc, &mids);
         let slate = self.slate;
-        let codecs = &self.feed(&room, now).codecs;
+        let now_ms = self.env.unix_ms(now);
+        let codecs = &self.feed(&room, now, now_ms).codecs.entries;
         match fit(&negotiated, codecs, &sections, slate) {
             Fit::Plays => {}
             Fit::Without(kinds) => {
@@ -298,7 +408,7 @@ impl Fanout {
                 return error(ErrorKind::NoCommonCodec, &reason);
             }
         }
-        let id = format!("w{}-{}", self.index, process::random_hex(12));
+        let id = format!("w{}-{}", self.index, self.env.random.hex(12));
         let mut viewer = Viewer {
             id: id.clone(),
             room: room.clone(),
@@ -307,9 +417,7 @@ impl Fanout {
             video: None,
             video_choice: None,
             replay: None,
-            negotiated,
-            pt_map: HashMap::new(),
-            pt_map_version: u64::MAX,
+            pts: PtMap::new(negotiated),
         };
         // The answer made the send streams; find them by the media sections of the offer.
         for (mid, is_video) in sections {
@@ -318,9 +426,11 @@ impl Fanout {
             if is_video {
                 tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, None);
                 tx.set_rtx_budget(Some(RTX_BUDGET));
-                viewer.video.get_or_insert(Track { mid, splicer: None });
-            } else {
-                viewer.audio.get_or_insert(Track { mid, splicer: None });
+                if viewer.video.is_none() {
+                    viewer.video = Some(Track::new(mid, &mut self.env.random));
+                }
+            } else if viewer.audio.is_none() {
+                viewer.audio = Some(Track::new(mid, &mut self.env.random));
             }
         }
         if viewer.audio.is_none() && viewer.video.is_none() {
@@ -329,7 +439,7 @@ impl Fanout {
         }
         let key = self.host.insert(accepted.rtc, accepted.ufrag, viewer, now);
         self.ids.insert(id.clone(), key);
-        self.feed(&room, now).viewers.push(key);
+        self.feed(&room, now, now_ms).viewers.push(key);
         tracing::debug!(session = %id, %room, "viewer joined");
         Response::Answer { session: id, answer: accepted.answer }
     }
@@ -343,8 +453,8 @@ impl Fanout {
     }
 
     /// The feed of `room`, made (and its ring looked for) if this worker had none.
-    fn feed(&mut self, room: &RoomName, now: Instant) -> &mut RoomFeed {
-        feed(&mut self.rooms, &self.runtime_dir, self.index, room, now)
+    fn feed(&mut self, room: &RoomName, now: Instant, now_ms: u64) -> &mut RoomFeed {
+        feed(&mut self.rooms, &self.runtime_dir, self.index, room, now, now_ms)
     }
 
     fn switch(&mut self, now: Instant, session: &str, room: &str) -> Response {
@@ -359,6 +469,7 @@ impl Fanout {
         if old == room {
             return Response::Done;
         }
+        let now_ms = self.env.unix_ms(now);
         let Fanout { host, rooms, runtime_dir, buf, index, .. } = self;
         let session = host.get_mut(key).expect("ids and host agree");
         if let Some(feed) = rooms.get_mut(&old) {
@@ -367,7 +478,7 @@ impl Fanout {
                 rooms.remove(&old);
             }
         }
-        let feed = feed(rooms, runtime_dir, *index, &room, now);
+        let feed = feed(rooms, runtime_dir, *index, &room, now, now_ms);
         feed.viewers.push(key);
         session.app.room = room.clone();
         session.app.replay = None;
@@ -395,112 +506,26 @@ impl Fanout {
         self.host.close(key);
     }
 
-    /// Reads what is new in every ring with viewers and writes it into their sessions.
+    /// Reads what is new in every ring with viewers and writes it into their sessions: the replays of joining
+    /// viewers first, then the live packets, read once for every viewer of the room.
     fn pump(&mut self, now: Instant) {
-        let now_ns = now.duration_since(self.t0).as_nanos() as u64;
-        let stale_before = process::unix_ns().saturating_sub(MAX_LAG.as_nanos() as u64);
-        let replay_budget = replay_budget(now.saturating_duration_since(self.last_pump));
+        let at = Moment { now, ns: now.duration_since(self.t0).as_nanos() as u64 };
+        let now_ms = self.env.unix_ms(now);
+        let stale_before = self.env.unix_ns(now).saturating_sub(MAX_LAG.as_nanos() as u64);
+        let budget = replay_budget(now.saturating_duration_since(self.last_pump));
         self.last_pump = now;
         self.replaying = false;
         self.backlog = false;
         for feed in self.rooms.values_mut() {
-            if !feed.open(now, self.index) {
+            if !feed.open(now, now_ms, self.index) {
                 continue;
             }
-            let reader = feed.reader.as_ref().expect("open() returned true");
-            let live_pos = feed.cursor.position();
-            // Replays first, up to where the live feed stands. A replay goes out at most replay_budget packets a
-            // turn and skips live packets meanwhile; each turn it walks on to the live position of that turn,
-            // which it soon reaches (it is far faster than any stream), and then it joins live at exactly the
-            // next packet.
-            let mut replaying = std::mem::take(&mut feed.replaying);
-            let mut replayed = 0;
-            replaying.retain(|&key| {
-                let Some(session) = self.host.get_mut(key) else { return false };
-                let Some(mut cursor) = session.app.replay.take() else { return false };
-                let mut wrote = false;
-                let mut sent = 0;
-                let mut done = false;
-                while sent < replay_budget {
-                    if cursor.position() >= live_pos {
-                        done = true;
-                        break;
-                    }
-                    let Some((meta, len)) = cursor.next(reader, &mut self.buf) else {
-                        // The ring lost the packets: join live and wait for a keyframe.
-                        session.app.video_choice = None;
-                        done = true;
-                        break;
-                    };
-                    if cursor.last_position().is_some_and(|p| p >= live_pos) {
-                        // Lapped and resynced past the live position: live delivers from here.
-                        session.app.video_choice = None;
-                        done = true;
-                        break;
-                    }
-                    if meta.kind == MediaKind::Video {
-                        let pos = cursor.last_position().expect("a packet was just read");
-                        let payload = shared_payload(&feed.recent, pos).unwrap_or_else(|| Arc::from(&self.buf[..len]));
-                        let pace = Pace::Replay;
-                        if deliver(session, &feed.codecs, feed.codecs_version, &meta, &payload, now, now_ns, pace) {
-                            wrote = true;
-                            sent += 1;
-                        }
-                    }
-                }
-                replayed += sent;
-                if !done {
-                    session.app.replay = Some(cursor);
-                    self.replaying = true;
-                }
-                if wrote {
-                    self.host.touch(key);
-                }
-                !done
-            });
-            feed.replaying = replaying;
-            self.packets_replayed += replayed as u64;
-            for n in 0..=READ_BUDGET {
-                if n == READ_BUDGET {
-                    self.backlog = true;
-                    break;
-                }
-                let Some((meta, len)) = feed.cursor.next(reader, &mut self.buf) else { break };
-                let pos = feed.cursor.last_position().expect("a packet was just read");
-                if meta.arrival_unix_ns < stale_before {
-                    if let Some(keyframe) = reader.latest_keyframe().filter(|&k| k > pos) {
-                        tracing::warn!(ring = %feed.path.display(), skipped = keyframe - pos, "fell over {MAX_LAG:?} \
-                            behind the ring (short of CPU?); skipping to the newest keyframe");
-                        feed.cursor.skip_to(keyframe);
-                        self.lag_skips += 1;
-                        continue;
-                    }
-                }
-                let payload: Arc<[u8]> = Arc::from(&self.buf[..len]);
-                if feed.recent.back().is_some_and(|(last, _)| *last + 1 != pos) {
-                    // Lapped and resynced: keep the positions contiguous.
-                    feed.recent.clear();
-                }
-                if feed.recent.len() == RECENT_PAYLOADS {
-                    feed.recent.pop_front();
-                }
-                feed.recent.push_back((pos, payload.clone()));
-                for &key in &feed.viewers {
-                    let Some(session) = self.host.get_mut(key) else { continue };
-                    if deliver(session, &feed.codecs, feed.codecs_version, &meta, &payload, now, now_ns, Pace::Live) {
-                        self.host.touch(key);
-                        self.packets_live += 1;
-                    }
-                }
-            }
-            // Replays start at the newest keyframe (of the viewer's codec: a slate's keyframes of its codecs
-            // are written together, a few positions apart), so older payloads need not be kept.
-            if let Some(keyframe) = reader.latest_keyframe() {
-                let keep_from = keyframe.saturating_sub(KEYFRAME_MARGIN);
-                while feed.recent.front().is_some_and(|(pos, _)| *pos < keep_from) {
-                    feed.recent.pop_front();
-                }
-            }
+            self.packets_replayed += feed.replay(&mut self.host, &mut self.buf, at, budget);
+            self.replaying |= !feed.replaying.is_empty();
+            let read = feed.read_live(&mut self.host, &mut self.buf, at, stale_before);
+            self.packets_live += read.delivered;
+            self.lag_skips += read.lag_skips;
+            self.backlog |= read.backlog;
         }
     }
 
@@ -608,29 +633,29 @@ fn feed<'a>(
     index: u32,
     room: &RoomName,
     now: Instant,
+    now_ms: u64,
 ) -> &'a mut RoomFeed {
     let feed = rooms.entry(room.clone()).or_insert_with(|| RoomFeed {
         path: paths::ring(runtime_dir, room),
         reader: None,
         cursor: RingCursor::at(0),
-        codecs: Vec::new(),
-        codecs_version: u64::MAX,
+        codecs: CodecTable::unread(),
         viewers: Vec::new(),
         replaying: Vec::new(),
-        recent: VecDeque::new(),
+        recent: RecentPayloads::default(),
         next_open: now,
         open_failures: 0,
         next_check: now,
         wake_bit: None,
     });
-    feed.open(now, index);
+    feed.open(now, now_ms, index);
     feed
 }
 
 impl RoomFeed {
     /// Makes sure the ring is open and current, and that worker `index` is woken when it gets packets; false
     /// while the room has no ring yet.
-    fn open(&mut self, now: Instant, index: u32) -> bool {
+    fn open(&mut self, now: Instant, now_ms: u64, index: u32) -> bool {
         if now >= self.next_check {
             self.next_check = now + RING_CHECK;
             if let Some(reader) = &self.reader {
@@ -638,7 +663,7 @@ impl RoomFeed {
                     tracing::debug!(path = %self.path.display(), "ring replaced; reopening");
                     self.reader = None;
                 } else {
-                    reader.heartbeat(process::unix_ms());
+                    reader.heartbeat(now_ms);
                     // Again and again: another worker sharing the bit (index + 64) may have cleared it.
                     reader.want_wake(index);
                 }
@@ -656,8 +681,8 @@ impl RoomFeed {
                     tracing::debug!(path = %self.path.display(), "ring opened");
                     self.cursor = RingCursor::at(reader.head());
                     self.recent.clear();
-                    self.codecs_version = u64::MAX;
-                    reader.heartbeat(process::unix_ms());
+                    self.codecs = CodecTable::unread();
+                    reader.heartbeat(now_ms);
                     reader.want_wake(index);
                     self.wake_bit = Some(index);
                     // Viewers waiting for this room want a keyframe now.
@@ -673,9 +698,8 @@ impl RoomFeed {
         }
         let reader = self.reader.as_ref().expect("opened above");
         let version = reader.codecs_version();
-        if version != self.codecs_version {
-            self.codecs = reader.codecs();
-            self.codecs_version = version;
+        if version != self.codecs.version {
+            self.codecs = CodecTable { entries: reader.codecs(), version };
         }
         true
     }
@@ -689,9 +713,9 @@ impl RoomFeed {
         let live_pos = self.cursor.position();
         // The viewer's favourite video codec of the room: the first of the codec table it negotiated. A slate
         // carries several, and its keyframes of all of them share a moment; replay starts in the favourite.
-        let video: Vec<u8> = self.codecs.iter().filter(|e| e.kind == MediaKind::Video).map(|e| e.pt).collect();
-        let favourite =
-            video.into_iter().find(|pt| viewer_pt(viewer, &self.codecs, self.codecs_version, *pt).is_some());
+        let table = &self.codecs;
+        let video: Vec<u8> = table.entries.iter().filter(|e| e.kind == MediaKind::Video).map(|e| e.pt).collect();
+        let favourite = video.into_iter().find(|pt| viewer.pts.get(table, *pt).is_some());
         let mut fallback = None;
         for pos in reader.keyframes().into_iter().rev().filter(|&p| p < live_pos) {
             let shm_proto::ring::ReadOutcome::Packet { meta, .. } = reader.read(pos, buf) else { continue };
@@ -699,7 +723,7 @@ impl RoomFeed {
                 fallback = Some(pos);
                 break;
             }
-            if fallback.is_none() && viewer_pt(viewer, &self.codecs, self.codecs_version, meta.pt).is_some() {
+            if fallback.is_none() && viewer.pts.get(table, meta.pt).is_some() {
                 fallback = Some(pos);
             }
         }
@@ -717,45 +741,112 @@ impl RoomFeed {
         self.viewers.retain(|k| *k != key);
         self.replaying.retain(|k| *k != key);
     }
-}
 
-/// The payload read live at ring position `pos`, if it is still kept.
-fn shared_payload(recent: &VecDeque<(u64, Arc<[u8]>)>, pos: u64) -> Option<Arc<[u8]>> {
-    let first = recent.front()?.0;
-    let (at, payload) = recent.get(usize::try_from(pos.checked_sub(first)?).ok()?)?;
-    (*at == pos).then(|| payload.clone())
-}
-
-/// The viewer's payload type for a ring payload type, if it negotiated that codec.
-fn viewer_pt(viewer: &mut Viewer, codecs: &[CodecEntry], codecs_version: u64, ring_pt: u8) -> Option<Pt> {
-    if viewer.pt_map_version != codecs_version {
-        viewer.pt_map.clear();
-        viewer.pt_map_version = codecs_version;
+    /// The replays' turn: each replaying viewer gets up to `budget` packets of the cached GOP, walking towards
+    /// the live position of this turn, which it soon reaches (it is far faster than any stream); then it
+    /// joins live at exactly the next packet. Live packets are skipped for it meanwhile. Returns the packets
+    /// written.
+    fn replay(&mut self, host: &mut SessionHost<Viewer>, buf: &mut [u8], at: Moment, budget: usize) -> u64 {
+        let reader = self.reader.as_ref().expect("replay on an open feed");
+        let live_pos = self.cursor.position();
+        let (codecs, recent) = (&self.codecs, &self.recent);
+        let mut replayed = 0u64;
+        self.replaying.retain(|&key| {
+            let Some(session) = host.get_mut(key) else { return false };
+            let Some(mut cursor) = session.app.replay.take() else { return false };
+            let mut sent = 0;
+            let done = loop {
+                if sent == budget {
+                    break false;
+                }
+                if cursor.position() >= live_pos {
+                    break true;
+                }
+                let Some((meta, len)) = cursor.next(reader, buf) else {
+                    // The ring lost the packets: join live and wait for a keyframe.
+                    session.app.video_choice = None;
+                    break true;
+                };
+                let pos = cursor.last_position().expect("a packet was just read");
+                if pos >= live_pos {
+                    // Lapped and resynced past the live position: live delivers from here.
+                    session.app.video_choice = None;
+                    break true;
+                }
+                if meta.kind == MediaKind::Video {
+                    let payload = recent.get(pos).unwrap_or_else(|| Arc::from(&buf[..len]));
+                    if deliver(session, codecs, &meta, &payload, at, Pace::Replay) {
+                        sent += 1;
+                    }
+                }
+            };
+            replayed += sent as u64;
+            if !done {
+                session.app.replay = Some(cursor);
+            }
+            if sent > 0 {
+                host.touch(key);
+            }
+            !done
+        });
+        replayed
     }
-    let negotiated = &viewer.negotiated;
-    *viewer.pt_map.entry(ring_pt).or_insert_with(|| {
-        let entry = codecs.iter().find(|e| e.pt == ring_pt)?;
-        negotiated.match_params(codec::params(entry)).map(|p| p.pt())
-    })
+
+    /// The live turn: reads what is new in the ring (at most [`READ_BUDGET`] packets) once and writes each
+    /// packet into every viewer's session. A feed that fell [`MAX_LAG`] behind the writer (packets that
+    /// arrived before `stale_before`, in Unix ns) skips to the newest keyframe.
+    fn read_live(&mut self, host: &mut SessionHost<Viewer>, buf: &mut [u8], at: Moment, stale_before: u64) -> LiveRead {
+        let reader = self.reader.as_ref().expect("live read on an open feed");
+        let mut read = LiveRead::default();
+        for n in 0..=READ_BUDGET {
+            if n == READ_BUDGET {
+                read.backlog = true;
+                break;
+            }
+            let Some((meta, len)) = self.cursor.next(reader, buf) else { break };
+            let pos = self.cursor.last_position().expect("a packet was just read");
+            if meta.arrival_unix_ns < stale_before {
+                if let Some(keyframe) = reader.latest_keyframe().filter(|&k| k > pos) {
+                    tracing::warn!(ring = %self.path.display(), skipped = keyframe - pos, "fell over {MAX_LAG:?} \
+                        behind the ring (short of CPU?); skipping to the newest keyframe");
+                    self.cursor.skip_to(keyframe);
+                    read.lag_skips += 1;
+                    continue;
+                }
+            }
+            let payload: Arc<[u8]> = Arc::from(&buf[..len]);
+            self.recent.push(pos, payload.clone());
+            for &key in &self.viewers {
+                let Some(session) = host.get_mut(key) else { continue };
+                if deliver(session, &self.codecs, &meta, &payload, at, Pace::Live) {
+                    host.touch(key);
+                    read.delivered += 1;
+                }
+            }
+        }
+        // Replays start at the newest keyframe (of the viewer's codec: a slate's keyframes of its codecs are
+        // written together, a few positions apart), so older payloads need not be kept.
+        if let Some(keyframe) = reader.latest_keyframe() {
+            self.recent.keep_from(keyframe.saturating_sub(KEYFRAME_MARGIN));
+        }
+        read
+    }
 }
 
 /// Writes one ring packet into one viewer's session; true if something was written.
-#[allow(clippy::too_many_arguments)]
 fn deliver(
     session: &mut Session<Viewer>,
-    codecs: &[CodecEntry],
-    codecs_version: u64,
+    codecs: &CodecTable,
     meta: &PacketMeta,
     payload: &Arc<[u8]>,
-    now: Instant,
-    now_ns: u64,
+    at: Moment,
     pace: Pace,
 ) -> bool {
     let (viewer, rtc) = (&mut session.app, &mut session.rtc);
     if !viewer.connected || (pace == Pace::Live && viewer.replay.is_some()) {
         return false;
     }
-    let Some(pt) = viewer_pt(viewer, codecs, codecs_version, meta.pt) else { return false };
+    let Some(pt) = viewer.pts.get(codecs, meta.pt) else { return false };
     if meta.kind == MediaKind::Video {
         let current = viewer.video_choice.filter(|c| c.source == meta.source);
         match current {
@@ -768,17 +859,12 @@ fn deliver(
     }
     let (track, clock_rate) = match meta.kind {
         MediaKind::Video => (viewer.video.as_mut(), 90_000),
-        MediaKind::Audio => {
-            let clock = codecs.iter().find(|e| e.pt == meta.pt).map_or(48_000, |e| e.clock_rate);
-            (viewer.audio.as_mut(), clock)
-        }
+        MediaKind::Audio => (viewer.audio.as_mut(), codecs.get(meta.pt).map_or(48_000, |e| e.clock_rate)),
     };
     let Some(track) = track else { return false };
-    let splicer = track.splicer.get_or_insert_with(|| {
-        let first_seq = (process::random_u32() % 16_384) as u16;
-        Splicer::new(clock_rate, first_seq, process::random_u32())
-    });
-    let out = splicer.map(SourceId { source: meta.source, ssrc: meta.ssrc }, meta.seq, meta.timestamp, now_ns, pace);
+    let (first_seq, first_ts) = track.first;
+    let splicer = track.splicer.get_or_insert_with(|| Splicer::new(clock_rate, first_seq, first_ts));
+    let out = splicer.map(SourceId { source: meta.source, ssrc: meta.ssrc }, meta.seq, meta.timestamp, at.ns, pace);
     let mut api = rtc.direct_api();
     let Some(tx) = api.stream_tx_by_mid(track.mid, None) else { return false };
     let ext = ExtensionValues {
@@ -788,7 +874,7 @@ fn deliver(
         ..Default::default()
     };
     tx.write_rtp(
-        RtpWrite::new(pt, out.seq.into(), out.timestamp, now, payload.clone())
+        RtpWrite::new(pt, out.seq.into(), out.timestamp, at.now, payload.clone())
             .marker(meta.marker)
             .ext_vals(ext)
             .nackable(meta.kind == MediaKind::Video),
@@ -880,7 +966,7 @@ pub fn run(cfg: &Config, index: u32) -> Result<(), StartError> {
     };
     let limits = SessionLimits::from_config(cfg);
     process::run(endpoints, |candidates, _waker, now| {
-        Fanout::new(index, runtime_dir.clone(), candidates, limits, now).with_slate(cfg.slate)
+        Fanout::new(index, runtime_dir.clone(), candidates, limits, Env::system(), now).with_slate(cfg.slate)
     })
 }
 
@@ -959,7 +1045,12 @@ mod tests {
         let mut ring = RingWriter::create(&paths::ring(&dir, &room), geometry, 1).unwrap();
         ring.set_codecs(codecs).unwrap();
         let candidates = offer::host_candidates(&["127.0.0.1:3478".parse().unwrap()], str0m::net::Protocol::Udp);
-        (Fanout::new(0, dir.clone(), candidates, SessionLimits::default(), Instant::now()), ring, dir)
+        let now = Instant::now();
+        (
+            Fanout::new(0, dir.clone(), candidates, SessionLimits::default(), Env::simulated(now, 1 << 60, 1), now),
+            ring,
+            dir,
+        )
     }
 
     /// A str0m client's receive-only offer of these kinds (`true` for video), in order; `vp8_only` leaves out
@@ -1031,15 +1122,20 @@ mod tests {
 
     #[test]
     fn replays_find_the_payloads_read_live_by_position() {
-        let mut recent: VecDeque<(u64, Arc<[u8]>)> = VecDeque::new();
-        assert!(shared_payload(&recent, 5).is_none());
+        let mut recent = RecentPayloads::default();
+        assert!(recent.get(5).is_none());
         for pos in 10..20u64 {
-            recent.push_back((pos, Arc::from(&[pos as u8][..])));
+            recent.push(pos, Arc::from(&[pos as u8][..]));
         }
-        let p = shared_payload(&recent, 13).expect("kept");
+        let p = recent.get(13).expect("kept");
         assert_eq!(&*p, &[13u8]);
-        assert!(Arc::ptr_eq(&p, &recent[3].1), "the same allocation, not a copy");
-        assert!(shared_payload(&recent, 9).is_none(), "older than kept");
-        assert!(shared_payload(&recent, 20).is_none(), "not read yet");
+        assert!(Arc::ptr_eq(&p, &recent.get(13).unwrap()), "the same allocation, not a copy");
+        assert!(recent.get(9).is_none(), "older than kept");
+        assert!(recent.get(20).is_none(), "not read yet");
+        recent.keep_from(15);
+        assert!(recent.get(14).is_none() && recent.get(15).is_some());
+        // A gap in positions (the feed lapped and resynced) starts over.
+        recent.push(30, Arc::from(&[30u8][..]));
+        assert!(recent.get(19).is_none() && recent.get(30).is_some());
     }
 }

@@ -22,11 +22,11 @@ use std::time::{Duration, Instant};
 use deadsfu_fanout::fanout::Fanout;
 use deadsfu_ingest::ingest::{Ingest, Settings};
 use deadsfu_ingest::slate::Slate;
+use deadsfu_media::env::Env;
 use deadsfu_media::limits::SessionLimits;
 use deadsfu_media::offer;
 use deadsfu_media::process::Core;
 use libfuzzer_sys::fuzz_target;
-use mio::{Poll, Token, Waker};
 use shm_proto::control::{Request, Response};
 use shm_proto::ring::{Codec, CodecEntry, Geometry, MediaKind, RingWriter};
 use shm_proto::{paths, RoomName};
@@ -39,9 +39,6 @@ const GEOMETRY: Geometry = Geometry { slot_count: 16, slot_size: 256 };
 struct World {
     runtime_dir: PathBuf,
     candidates: Vec<Candidate>,
-    waker: Arc<Waker>,
-    /// Kept for the waker's sake.
-    _poll: Poll,
     /// The writer of room `view`'s ring, holding its codec table.
     _view_ring: RingWriter,
 }
@@ -76,8 +73,6 @@ fn world() -> &'static World {
             entry(96, MediaKind::Video, Codec::Vp8, 90_000, 0, ""),
         ])
         .expect("set the codec table");
-        let poll = Poll::new().expect("an epoll instance");
-        let waker = Arc::new(Waker::new(poll.registry(), Token(0)).expect("a waker"));
         World {
             runtime_dir,
             candidates: {
@@ -87,8 +82,6 @@ fn world() -> &'static World {
                 all.extend(offer::host_candidates(&addrs, Protocol::Tcp));
                 all
             },
-            waker,
-            _poll: poll,
             _view_ring: ring,
         }
     })
@@ -122,11 +115,11 @@ fn run(data: &[u8]) {
                 max_pulls: 1,
             };
             let slate = Slate { clips: Vec::new() };
-            let mut ingest = Ingest::new(settings, slate, w.candidates.clone(), w.waker.clone(), now);
+            let mut ingest = Ingest::new(settings, slate, w.candidates.clone(), Env::system(), now);
             check(&ingest.handle_request(now, Request::Publish { room: "pub".into(), offer }));
         }
         k => {
-            let mut fanout = Fanout::new(0, w.runtime_dir.clone(), w.candidates.clone(), SessionLimits::default(), now);
+            let mut fanout = Fanout::new(0, w.runtime_dir.clone(), w.candidates.clone(), SessionLimits::default(), Env::system(), now);
             let room = if k == 1 { "view" } else { "empty" };
             check(&fanout.handle_request(now, Request::View { room: room.into(), offer }));
         }

@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use deadsfu_ingest::ingest;
+use deadsfu_ingest::shell;
 use shm_proto::config::ConfigArgs;
 
 /// Ingest allocates per received datagram and per packet event, from one thread, all day; mimalloc
@@ -30,7 +30,7 @@ fn main() -> ExitCode {
         Ok(cfg) => cfg,
         Err(code) => return code,
     };
-    match ingest::run(&cfg) {
+    match shell::run(&cfg) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");

@@ -3,6 +3,7 @@
 //! Both processes own many str0m sessions on one UDP port and are driven by signaling over a control socket.
 //! What they share lives here:
 //! - [`net`]: the UDP sockets of a process, one per advertised address, and the only place that touches them;
+//! - [`env`]: the time and randomness a core is given by its shell (the system's, or a test's simulation);
 //! - [`codec`]: the mapping between negotiated payload types and the ring's codec table;
 //! - [`host`]: a sans-IO table of sessions that routes datagrams by remote address and ICE ufrag and drives
 //!   each session's timers;
@@ -41,6 +42,7 @@
 #![forbid(unsafe_code)]
 
 pub mod codec;
+pub mod env;
 pub mod host;
 pub mod limits;
 pub mod net;

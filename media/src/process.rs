@@ -1,11 +1,11 @@
-//! Plumbing every media process needs: the run loop, the control inbox, termination signals, ids and clocks.
+//! Plumbing every media process needs: the run loop, the control inbox, termination signals.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use mio::{Events, Poll, Token, Waker};
 use nix::sys::signal::{SigSet, Signal};
@@ -111,30 +111,6 @@ fn metrics(core: &impl Core, udp: &UdpSet, tcp: Option<&TcpSet>) -> ProcessMetri
         m.refused.push(("tcp_connections".into(), refused));
     }
     m
-}
-
-/// A random id of `bytes` bytes in hex.
-pub fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    getrandom::fill(&mut buf).expect("the OS random source is available");
-    buf.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A random u32.
-pub fn random_u32() -> u32 {
-    let mut buf = [0u8; 4];
-    getrandom::fill(&mut buf).expect("the OS random source is available");
-    u32::from_le_bytes(buf)
-}
-
-/// Wall-clock time in ns since the Unix epoch.
-pub fn unix_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
-}
-
-/// Wall-clock time in ms since the Unix epoch.
-pub fn unix_ms() -> u64 {
-    unix_ns() / 1_000_000
 }
 
 /// A media process's core, as its loop drives it. Implementations do no I/O of their own.
