@@ -1,9 +1,12 @@
-//! A harness for end-to-end tests: runs the built deadsfu binaries as real processes.
+//! Harnesses for tests across processes: [`sim`] runs the media path (ingest, rings, fanout workers) in
+//! memory on a simulated clock; the rest runs the built deadsfu binaries as real processes.
 //!
 //! The binaries are taken from the target directory of the test binary itself (`target/release` when the
 //! tests run with `--release`), so the test command builds once and every test uses that build.
 
 #![forbid(unsafe_code)]
+
+pub mod sim;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

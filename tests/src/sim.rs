@@ -1,0 +1,660 @@
+//! deadsfu's media path in memory: str0m publishers -> [`Ingest`] -> rings in a temporary directory ->
+//! [`Fanout`] workers -> str0m viewers, on a simulated clock, in one test process.
+//!
+//! The cores run exactly as in their processes (the same requests, datagrams and timers, ICE, DTLS and SRTP
+//! included); what the processes' shells do is done here: datagrams are handed from peer to core and back,
+//! ingest's wake-ups turn the workers they name, and time advances in steps of [`STEP`] as fast as the
+//! machine runs it. So a test of media semantics (splicing, GOP replay, slate, switching, keyframe requests,
+//! NACKs) takes milliseconds and sees the same packets on every run.
+//!
+//! Publishers send VP8 (or a codec of their choice) and Opus in RTP mode: each video frame is
+//! `packets_per_frame` packets whose payloads say which publisher, frame and packet they are
+//! ([`Payload`]), so a viewer's packets can be checked one by one. Viewers record every RTP packet they get.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use deadsfu_fanout::fanout::Fanout;
+use deadsfu_ingest::ingest::{Action, Ingest, Settings};
+use deadsfu_ingest::slate::Slate;
+use deadsfu_media::env::Env;
+use deadsfu_media::limits::SessionLimits;
+use deadsfu_media::offer;
+use deadsfu_media::process::Core;
+use shm_proto::control::{ProcessMetrics, Request, Response};
+use shm_proto::paths;
+use shm_proto::ring::Geometry;
+use str0m::change::SdpPendingOffer;
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind, Mid, Pt};
+use str0m::net::{Protocol, Receive, Transmit};
+use str0m::rtp::RtpWrite;
+use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+
+/// How far the clock moves in one step.
+pub const STEP: Duration = Duration::from_millis(1);
+/// Ingest's address.
+pub const INGEST: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1)), 10_000);
+
+/// Worker `k`'s address.
+pub fn worker_addr(k: usize) -> SocketAddr {
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 1, k as u8)), 20_000)
+}
+
+/// A datagram on the simulated wire.
+#[derive(Clone, Debug)]
+pub struct Datagram {
+    pub from: SocketAddr,
+    pub to: SocketAddr,
+    pub data: Vec<u8>,
+}
+
+impl Datagram {
+    /// The RTP header's payload type, sequence number and SSRC, if this is (S)RTP and not RTCP: SRTP
+    /// leaves the header in the clear.
+    pub fn rtp(&self) -> Option<(u8, u16, u32)> {
+        let d = &self.data;
+        if d.len() < 12 || !(128..=191).contains(&d[0]) || (192..=223).contains(&d[1]) {
+            return None;
+        }
+        Some((d[1] & 0x7f, u16::from_be_bytes([d[2], d[3]]), u32::from_be_bytes([d[8], d[9], d[10], d[11]])))
+    }
+}
+
+/// What a test's synthetic video payload says about itself: which publisher (its tag), frame and packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Payload {
+    pub tag: u8,
+    pub frame: u64,
+    pub packet: u16,
+    pub keyframe: bool,
+}
+
+impl Payload {
+    /// A VP8 payload of `size` bytes (RFC 7741): the payload descriptor (S=1 on a frame's first packet), the
+    /// VP8 header's P bit (0 on a keyframe), then what the packet is.
+    fn vp8(self, size: usize) -> Vec<u8> {
+        let mut p = vec![0u8; size.max(16)];
+        p[0] = if self.packet == 0 { 0x10 } else { 0x00 };
+        p[1] = if self.keyframe { 0x00 } else { 0x01 };
+        self.write(&mut p[2..]);
+        p
+    }
+
+    fn write(self, p: &mut [u8]) {
+        p[0] = self.tag;
+        p[1..9].copy_from_slice(&self.frame.to_be_bytes());
+        p[9..11].copy_from_slice(&self.packet.to_be_bytes());
+        p[11] = self.keyframe as u8;
+    }
+
+    /// The payload a [`Payload::vp8`] made, from its bytes.
+    pub fn parse(payload: &[u8]) -> Option<Payload> {
+        let p = payload.get(2..14)?;
+        Some(Payload {
+            tag: p[0],
+            frame: u64::from_be_bytes(p[1..9].try_into().ok()?),
+            packet: u16::from_be_bytes(p[9..11].try_into().ok()?),
+            keyframe: p[11] == 1,
+        })
+    }
+}
+
+/// A publisher's video: `fps` frames a second of `packets_per_frame` packets, a keyframe every `gop` frames
+/// and whenever one is asked for.
+#[derive(Clone, Debug)]
+pub struct VideoSpec {
+    pub fps: u32,
+    pub gop: u64,
+    pub packets_per_frame: u16,
+    pub packet_size: usize,
+}
+
+impl Default for VideoSpec {
+    fn default() -> Self {
+        VideoSpec { fps: 30, gop: 60, packets_per_frame: 4, packet_size: 1000 }
+    }
+}
+
+struct VideoOut {
+    mid: Mid,
+    pt: Pt,
+    spec: VideoSpec,
+    seq: u64,
+    ts: u32,
+    frame: u64,
+    next_at: Instant,
+    keyframe_asked: bool,
+}
+
+struct AudioOut {
+    mid: Mid,
+    pt: Pt,
+    seq: u64,
+    ts: u32,
+    next_at: Instant,
+}
+
+/// An RTP packet a viewer got.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub at: Instant,
+    pub video: bool,
+    pub ssrc: u32,
+    /// Extended sequence number.
+    pub seq: u64,
+    pub timestamp: u32,
+    pub pt: u8,
+    pub marker: bool,
+    pub payload: Vec<u8>,
+}
+
+impl Received {
+    /// What the packet is, if it is a test publisher's video.
+    pub fn what(&self) -> Option<Payload> {
+        self.video.then(|| Payload::parse(&self.payload)).flatten()
+    }
+}
+
+/// A str0m peer: a publisher (with its media) or a viewer.
+pub struct Peer {
+    pub rtc: Rtc,
+    pub addr: SocketAddr,
+    /// Where its session is: ingest, or worker k.
+    pub server: SocketAddr,
+    pub session: String,
+    pub connected: bool,
+    /// A viewer's RTP packets, in order of arrival.
+    pub received: Vec<Received>,
+    /// A publisher's keyframe requests (PLI/FIR) received.
+    pub keyframe_requests: u32,
+    /// The publisher's tag, in its video payloads.
+    pub tag: u8,
+    /// A publisher's media; it sends once connected, while `sending`.
+    video: Option<VideoOut>,
+    audio: Option<AudioOut>,
+    pub sending: bool,
+    /// The peer closed: it sends and takes nothing more.
+    pub gone: bool,
+}
+
+impl Peer {
+    /// The video packets received, as what they are.
+    pub fn video(&self) -> Vec<(&Received, Payload)> {
+        self.received.iter().filter_map(|r| r.what().map(|w| (r, w))).collect()
+    }
+
+    pub fn audio(&self) -> Vec<&Received> {
+        self.received.iter().filter(|r| !r.video).collect()
+    }
+}
+
+/// How a world is made.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub workers: usize,
+    pub slate: bool,
+    pub geometry: Geometry,
+    pub keyframe_request_interval: Duration,
+    pub seed: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            workers: 1,
+            slate: true,
+            geometry: Geometry { slot_count: 4096, slot_size: 2048 },
+            keyframe_request_interval: Duration::from_millis(500),
+            seed: 1,
+        }
+    }
+}
+
+/// Index of a peer in [`World::peers`].
+pub type PeerId = usize;
+
+/// The media path in memory.
+pub struct World {
+    pub now: Instant,
+    pub ingest: Ingest,
+    pub workers: Vec<Fanout>,
+    pub peers: Vec<Peer>,
+    /// Decides which datagrams the wire loses (true: lost); none by default.
+    pub loss: Box<dyn FnMut(&Datagram) -> bool>,
+    /// Datagrams lost so far.
+    pub lost: u64,
+    dir: PathBuf,
+    wire: VecDeque<Datagram>,
+    /// Per worker: stalled (not turned, its datagrams held) until then, as a worker short of CPU.
+    stalled_until: Vec<Option<Instant>>,
+    held: Vec<Vec<Datagram>>,
+    woken: Vec<bool>,
+    worker_due: Vec<Instant>,
+    ingest_due: Instant,
+    by_addr: HashMap<SocketAddr, PeerId>,
+}
+
+impl World {
+    pub fn new(options: Options) -> World {
+        static WORLDS: AtomicU64 = AtomicU64::new(0);
+        let n = WORLDS.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("deadsfu-sim-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        paths::prepare(&dir).expect("a runtime directory");
+        let now = Instant::now();
+        let unix_ns = SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_nanos() as u64;
+        let env = |k: u64| Env::simulated(now, unix_ns, options.seed.wrapping_mul(1000).wrapping_add(k));
+        let settings = Settings {
+            runtime_dir: dir.clone(),
+            geometry: options.geometry,
+            keyframe_request_interval: options.keyframe_request_interval,
+            keyframe_fallback_interval: None,
+            upstream: None,
+            upstream_grace: Duration::from_secs(10),
+            refuse_publishers: false,
+            slate: options.slate,
+            sessions: SessionLimits::default(),
+            max_rooms: 64,
+            room_grace: Duration::from_secs(10),
+            max_pulls: 1,
+        };
+        let candidates = |addr| offer::host_candidates(&[addr], Protocol::Udp);
+        let slate = Slate::load(None, None, 10).expect("the built-in slate");
+        let ingest = Ingest::new(settings, slate, candidates(INGEST), env(0), now);
+        let workers = (0..options.workers)
+            .map(|k| {
+                let limits = SessionLimits::default();
+                Fanout::new(k as u32, dir.clone(), candidates(worker_addr(k)), limits, env(1 + k as u64), now)
+                    .with_slate(options.slate)
+            })
+            .collect();
+        World {
+            now,
+            ingest,
+            workers,
+            peers: Vec::new(),
+            loss: Box::new(|_| false),
+            lost: 0,
+            dir,
+            wire: VecDeque::new(),
+            stalled_until: vec![None; options.workers],
+            held: vec![Vec::new(); options.workers],
+            woken: vec![false; options.workers],
+            worker_due: vec![now; options.workers],
+            ingest_due: now,
+            by_addr: HashMap::new(),
+        }
+    }
+
+    fn new_peer(&mut self, rtc: Rtc, addr: SocketAddr, server: SocketAddr) -> PeerId {
+        let id = self.peers.len();
+        self.by_addr.insert(addr, id);
+        self.peers.push(Peer {
+            rtc,
+            addr,
+            server,
+            session: String::new(),
+            connected: false,
+            received: Vec::new(),
+            keyframe_requests: 0,
+            tag: 0,
+            video: None,
+            audio: None,
+            sending: true,
+            gone: false,
+        });
+        id
+    }
+
+    fn peer_addr(&self) -> SocketAddr {
+        let n = self.peers.len() as u32 + 1;
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x0a02_0000 + n)), 5000)
+    }
+
+    /// A publisher to `room` sending VP8 video as `video` says (with its payloads tagged `tag`) and Opus
+    /// audio at 50 packets a second; `None` if ingest refused it (the response says why).
+    pub fn publish(&mut self, room: &str, video: VideoSpec, tag: u8) -> Result<PeerId, Response> {
+        let config = Rtc::builder().clear_codecs().enable_vp8(true).enable_opus(true, false);
+        self.publish_with(room, config, Some(video), true, tag)
+    }
+
+    /// A publisher with the codecs of `config`, sending the kinds asked for.
+    pub fn publish_with(
+        &mut self,
+        room: &str,
+        config: RtcConfig,
+        video: Option<VideoSpec>,
+        audio: bool,
+        tag: u8,
+    ) -> Result<PeerId, Response> {
+        let addr = self.peer_addr();
+        let mut rtc = config.set_rtp_mode(true).build(self.now);
+        rtc.add_local_candidate(Candidate::host(addr, "udp").expect("a host candidate"));
+        let mut change = rtc.sdp_api();
+        let video_mid =
+            video.as_ref().map(|_| change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
+        let audio_mid = audio.then(|| change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None));
+        let (offer, pending) = change.apply().expect("an offer");
+        let response =
+            self.ingest.handle_request(self.now, Request::Publish { room: room.into(), offer: offer.to_sdp_string() });
+        self.act();
+        let Response::Answer { session, answer } = response else { return Err(response) };
+        accept_answer(&mut rtc, pending, &answer);
+        let pt_of = |rtc: &Rtc, video: bool| {
+            let params = rtc.codec_config().params();
+            params.iter().find(|p| p.spec().codec.is_video() == video && p.spec().codec != Codec::Rtx).map(|p| p.pt())
+        };
+        let id = self.new_peer(rtc, addr, INGEST);
+        let now = self.now;
+        let peer = &mut self.peers[id];
+        peer.session = session;
+        peer.tag = tag;
+        if let (Some(spec), Some(mid)) = (video, video_mid) {
+            let pt = pt_of(&peer.rtc, true).expect("a video codec");
+            peer.video = Some(VideoOut {
+                mid,
+                pt,
+                spec,
+                seq: 1000 * tag as u64,
+                ts: 90_000 * tag as u32,
+                frame: 0,
+                next_at: now,
+                keyframe_asked: false,
+            });
+        }
+        if let Some(mid) = audio_mid {
+            let pt = pt_of(&peer.rtc, false).expect("an audio codec");
+            peer.audio = Some(AudioOut { mid, pt, seq: 0, ts: 0, next_at: now });
+        }
+        Ok(id)
+    }
+
+    /// A viewer of `room` on worker `worker` offering audio and video with str0m's default codecs.
+    pub fn view(&mut self, room: &str, worker: usize) -> Result<PeerId, Response> {
+        self.view_with(room, worker, Rtc::builder())
+    }
+
+    /// A viewer with the codecs of `config`, as signaling makes one: ingest is told to watch the room, the
+    /// worker takes the offer.
+    pub fn view_with(&mut self, room: &str, worker: usize, config: RtcConfig) -> Result<PeerId, Response> {
+        let addr = self.peer_addr();
+        let mut rtc = config.set_rtp_mode(true).build(self.now);
+        rtc.add_local_candidate(Candidate::host(addr, "udp").expect("a host candidate"));
+        let mut change = rtc.sdp_api();
+        change.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+        change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+        let (offer, pending) = change.apply().expect("an offer");
+        let watched = self.ingest.handle_request(self.now, Request::Watch { room: room.into() });
+        if watched != Response::Done {
+            return Err(watched);
+        }
+        let request = Request::View { room: room.into(), offer: offer.to_sdp_string() };
+        let response = self.workers[worker].handle_request(self.now, request);
+        let Response::Answer { session, answer } = response else { return Err(response) };
+        accept_answer(&mut rtc, pending, &answer);
+        let id = self.new_peer(rtc, addr, worker_addr(worker));
+        self.peers[id].session = session;
+        Ok(id)
+    }
+
+    /// Moves a viewer to `room`, as signaling does: ingest watches the room, the worker switches.
+    pub fn switch(&mut self, viewer: PeerId, room: &str) -> Response {
+        let watched = self.ingest.handle_request(self.now, Request::Watch { room: room.into() });
+        if watched != Response::Done {
+            return watched;
+        }
+        let (worker, session) = self.owner(viewer);
+        let request = Request::Switch { session, room: room.into() };
+        self.workers[worker.expect("a viewer")].handle_request(self.now, request)
+    }
+
+    /// Ends a peer's session at its server (a DELETE); the peer sends nothing more.
+    pub fn close(&mut self, peer: PeerId) -> Response {
+        let (worker, session) = self.owner(peer);
+        self.peers[peer].gone = true;
+        let request = Request::Close { session };
+        let response = match worker {
+            Some(k) => self.workers[k].handle_request(self.now, request),
+            None => self.ingest.handle_request(self.now, request),
+        };
+        self.act();
+        response
+    }
+
+    fn owner(&self, peer: PeerId) -> (Option<usize>, String) {
+        let p = &self.peers[peer];
+        let worker = (0..self.workers.len()).find(|&k| worker_addr(k) == p.server);
+        (worker, p.session.clone())
+    }
+
+    /// Worker `k` gets no turn for `d` (its datagrams wait), as a worker short of CPU.
+    pub fn stall(&mut self, k: usize, d: Duration) {
+        self.stalled_until[k] = Some(self.now + d);
+    }
+
+    /// What worker `k` counts.
+    pub fn worker_metrics(&self, k: usize) -> ProcessMetrics {
+        let mut m = ProcessMetrics::default();
+        self.workers[k].metrics(&mut m);
+        m
+    }
+
+    /// What ingest counts.
+    pub fn ingest_metrics(&self) -> ProcessMetrics {
+        let mut m = ProcessMetrics::default();
+        self.ingest.metrics(&mut m);
+        m
+    }
+
+    /// A viewer asks for a keyframe (a PLI on its video stream), as a decoder that lost its picture does.
+    pub fn request_keyframe(&mut self, viewer: PeerId) {
+        let peer = &mut self.peers[viewer];
+        let ssrc = peer.received.iter().rev().find(|r| r.video).expect("video received").ssrc;
+        let mut api = peer.rtc.direct_api();
+        let rx = api.stream_rx(&ssrc.into()).expect("the video receive stream");
+        rx.request_keyframe(str0m::media::KeyframeRequestKind::Pli);
+    }
+
+    /// Runs the world for `d` of simulated time.
+    pub fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            self.step();
+        }
+    }
+
+    /// Runs until `done` holds, for at most `limit` of simulated time; panics naming `what` if it never does.
+    pub fn run_until(&mut self, what: &str, limit: Duration, mut done: impl FnMut(&World) -> bool) {
+        let end = self.now + limit;
+        while !done(self) {
+            assert!(self.now < end, "{what}: not within {limit:?} of simulated time");
+            self.step();
+        }
+    }
+
+    /// Connected: every peer not gone.
+    pub fn all_connected(&self) -> bool {
+        self.peers.iter().all(|p| p.gone || p.connected)
+    }
+
+    /// One step: publishers send what is due, then datagrams, timers and ring reads go round until the wire
+    /// is empty, then the clock moves on.
+    pub fn step(&mut self) {
+        let now = self.now;
+        for peer in &mut self.peers {
+            if !peer.gone && peer.connected && peer.sending {
+                send_media(peer, now);
+            }
+        }
+        for _round in 0..100 {
+            for id in 0..self.peers.len() {
+                if !self.peers[id].gone {
+                    self.peers[id].rtc.handle_input(Input::Timeout(now)).expect("a peer takes time");
+                    self.drain_peer(id);
+                }
+            }
+            let mut busy = !self.wire.is_empty();
+            while let Some(d) = self.wire.pop_front() {
+                self.deliver(d);
+            }
+            if now >= self.ingest_due || self.ingest.has_work() {
+                let mut out = Vec::new();
+                self.ingest.poll(now, &mut |t| out.push(datagram(t)));
+                self.ingest_due = self.ingest.next_timeout(now).unwrap_or(now + Duration::from_millis(100));
+                busy |= !out.is_empty();
+                self.wire.extend(out);
+                self.act();
+            }
+            for k in 0..self.workers.len() {
+                if self.stalled_until[k].is_some_and(|t| now < t) {
+                    continue;
+                }
+                if self.stalled_until[k].take().is_some() {
+                    busy = true;
+                    for d in std::mem::take(&mut self.held[k]) {
+                        self.deliver(d);
+                    }
+                }
+                let worker = &mut self.workers[k];
+                if std::mem::take(&mut self.woken[k]) || now >= self.worker_due[k] || worker.has_work() {
+                    let mut out = Vec::new();
+                    worker.poll(now, &mut |t| out.push(datagram(t)));
+                    self.worker_due[k] = worker.next_timeout(now).unwrap_or(now + Duration::from_millis(100));
+                    busy |= !out.is_empty();
+                    self.wire.extend(out);
+                }
+            }
+            if !busy {
+                break;
+            }
+        }
+        self.now += STEP;
+    }
+
+    /// Does what ingest asks its shell for: wake-ups turn the workers named.
+    fn act(&mut self) {
+        while let Some(action) = self.ingest.poll_action() {
+            if let Action::Wake(mask) = action {
+                for (k, woken) in self.woken.iter_mut().enumerate() {
+                    *woken |= mask & (1 << (k % 64)) != 0;
+                }
+            }
+        }
+    }
+
+    fn drain_peer(&mut self, id: PeerId) {
+        let now = self.now;
+        let peer = &mut self.peers[id];
+        if peer.gone {
+            return;
+        }
+        loop {
+            match peer.rtc.poll_output().expect("a peer's output") {
+                Output::Timeout(_) => break,
+                Output::Transmit(t) => self.wire.push_back(datagram(t)),
+                Output::Event(Event::Connected) => peer.connected = true,
+                Output::Event(Event::KeyframeRequest(_)) => {
+                    peer.keyframe_requests += 1;
+                    if let Some(v) = &mut peer.video {
+                        v.keyframe_asked = true;
+                    }
+                }
+                Output::Event(Event::RtpPacket(pkt)) => {
+                    let pt = *pkt.header.payload_type;
+                    let video =
+                        peer.rtc.codec_config().params().iter().any(|p| *p.pt() == pt && p.spec().codec.is_video());
+                    peer.received.push(Received {
+                        at: now,
+                        video,
+                        ssrc: *pkt.header.ssrc,
+                        seq: *pkt.seq_no,
+                        timestamp: pkt.header.timestamp,
+                        pt,
+                        marker: pkt.header.marker,
+                        payload: pkt.payload.to_vec(),
+                    });
+                }
+                Output::Event(_) => {}
+            }
+        }
+    }
+
+    fn deliver(&mut self, d: Datagram) {
+        if (self.loss)(&d) {
+            self.lost += 1;
+            return;
+        }
+        let now = self.now;
+        let mut out = Vec::new();
+        if d.to == INGEST {
+            self.ingest.handle_packet(now, Protocol::Udp, d.from, d.to, &d.data, &mut |t| out.push(datagram(t)));
+        } else if let Some(k) = (0..self.workers.len()).find(|&k| worker_addr(k) == d.to) {
+            if self.stalled_until[k].is_some_and(|t| now < t) {
+                self.held[k].push(d);
+                return;
+            }
+            self.workers[k].handle_packet(now, Protocol::Udp, d.from, d.to, &d.data, &mut |t| out.push(datagram(t)));
+        } else if let Some(&id) = self.by_addr.get(&d.to) {
+            let peer = &mut self.peers[id];
+            if !peer.gone {
+                let receive = Receive::new(Protocol::Udp, d.from, d.to, &d.data).expect("a datagram");
+                peer.rtc.handle_input(Input::Receive(now, receive)).expect("a peer takes a datagram");
+                // str0m wants its output drained after every input.
+                self.drain_peer(id);
+            }
+        }
+        self.wire.extend(out);
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn datagram(t: Transmit) -> Datagram {
+    Datagram { from: t.source, to: t.destination, data: t.contents.to_vec() }
+}
+
+fn accept_answer(rtc: &mut Rtc, pending: SdpPendingOffer, answer: &str) {
+    let answer = str0m::change::SdpAnswer::from_sdp_string(answer).expect("an SDP answer");
+    rtc.sdp_api().accept_answer(pending, answer).expect("the answer is accepted");
+}
+
+/// Writes the publisher's frames and audio packets that are due.
+fn send_media(peer: &mut Peer, now: Instant) {
+    let tag = peer.tag;
+    if let Some(v) = &mut peer.video {
+        while v.next_at <= now {
+            let keyframe = v.frame % v.spec.gop == 0 || std::mem::take(&mut v.keyframe_asked);
+            let mut api = peer.rtc.direct_api();
+            let tx = api.stream_tx_by_mid(v.mid, None).expect("the video send stream");
+            for packet in 0..v.spec.packets_per_frame {
+                let payload = Payload { tag, frame: v.frame, packet, keyframe }.vp8(v.spec.packet_size);
+                let last = packet + 1 == v.spec.packets_per_frame;
+                tx.write_rtp(RtpWrite::new(v.pt, v.seq.into(), v.ts, now, payload).marker(last));
+                v.seq += 1;
+            }
+            v.frame += 1;
+            v.ts = v.ts.wrapping_add(90_000 / v.spec.fps);
+            v.next_at += Duration::from_secs(1) / v.spec.fps;
+        }
+    }
+    if let Some(a) = &mut peer.audio {
+        while a.next_at <= now {
+            let mut api = peer.rtc.direct_api();
+            let tx = api.stream_tx_by_mid(a.mid, None).expect("the audio send stream");
+            let mut payload = vec![0xf8u8; 80];
+            payload[0] = tag;
+            tx.write_rtp(RtpWrite::new(a.pt, a.seq.into(), a.ts, now, payload));
+            a.seq += 1;
+            a.ts = a.ts.wrapping_add(960);
+            a.next_at += Duration::from_millis(20);
+        }
+    }
+}

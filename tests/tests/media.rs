@@ -1,0 +1,296 @@
+//! Media semantics on the in-memory media path ([`deadsfu_tests::sim`]): each test runs publishers, ingest,
+//! the rings, fanout workers and viewers on a simulated clock, in milliseconds of real time.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use deadsfu_tests::sim::{Datagram, Options, Payload, Peer, Received, VideoSpec, World};
+use shm_proto::control::{ErrorKind, Response};
+use str0m::media::Frequency;
+use str0m::Rtc;
+
+const SECOND: Duration = Duration::from_secs(1);
+const MS: Duration = Duration::from_millis(1);
+
+/// The viewer's video packets are one stream: sequence numbers each one more than the last, no duplicate.
+fn assert_contiguous(viewer: &Peer) {
+    let video: Vec<&Received> = viewer.received.iter().filter(|r| r.video).collect();
+    assert!(!video.is_empty(), "no video");
+    for pair in video.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        assert_eq!(b.seq, a.seq + 1, "a gap or a duplicate between {:?} and {:?}", a.what(), b.what());
+    }
+}
+
+/// The same for audio.
+fn assert_audio_contiguous(viewer: &Peer) {
+    let audio = viewer.audio();
+    assert!(!audio.is_empty(), "no audio");
+    for pair in audio.windows(2) {
+        assert_eq!(pair[1].seq, pair[0].seq + 1, "an audio gap or duplicate");
+    }
+}
+
+/// No payload came twice: each (publisher, frame, packet) once.
+fn assert_no_repeats(viewer: &Peer) {
+    let mut seen = HashSet::new();
+    for (_, what) in viewer.video() {
+        assert!(seen.insert(what), "{what:?} came twice");
+    }
+}
+
+/// The publisher's packets the viewer got, from its first on: each frame whole and in order, frames in
+/// order; the first a keyframe's first packet.
+fn assert_clean_start(viewer: &Peer, tag: u8) -> Vec<Payload> {
+    let got: Vec<Payload> = viewer.video().into_iter().map(|(_, w)| w).filter(|w| w.tag == tag).collect();
+    let first = got.first().unwrap_or_else(|| panic!("nothing of publisher {tag}"));
+    assert!(first.keyframe && first.packet == 0, "publisher {tag} starts at a keyframe's start: {first:?}");
+    for pair in got.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        let next_in_frame = b.frame == a.frame && b.packet == a.packet + 1;
+        let next_frame = b.frame > a.frame && b.packet == 0;
+        assert!(next_in_frame || next_frame, "{a:?} then {b:?}");
+    }
+    got
+}
+
+fn started(options: Options) -> World {
+    World::new(options)
+}
+
+#[test]
+fn a_viewer_gets_the_publishers_audio_and_video_from_a_keyframe_on() {
+    let mut world = started(Options::default());
+    world.publish("lobby", VideoSpec::default(), 1).expect("publisher accepted");
+    let viewer = world.view("lobby", 0).expect("viewer accepted");
+    world.run_until("connected", 5 * SECOND, |w| w.all_connected());
+    world.run_for(3 * SECOND);
+    let v = &world.peers[viewer];
+    let got = assert_clean_start(v, 1);
+    // 30 frames a second of 4 packets: nearly 3 s of them, less the connection's first moments.
+    assert!(got.len() > 300, "{} video packets", got.len());
+    assert_contiguous(v);
+    assert_no_repeats(v);
+    assert_audio_contiguous(v);
+    assert!(v.audio().len() > 130, "{} audio packets", v.audio().len());
+    // Live video keeps the publisher's timestamp spacing: 3000 ticks a frame at 30 fps.
+    let video = v.video();
+    let frame_starts: Vec<u32> = video.iter().filter(|(_, w)| w.packet == 0).map(|(r, _)| r.timestamp).collect();
+    assert!(frame_starts.windows(2).skip(1).all(|p| p[1].wrapping_sub(p[0]) == 3000), "{frame_starts:?}");
+}
+
+#[test]
+fn a_late_joiner_gets_the_gop_replayed_then_live_with_nothing_twice_and_nothing_skipped() {
+    let mut world = started(Options::default());
+    // A keyframe every 3 s; the viewer joins 2 s into the GOP.
+    world.publish("lobby", VideoSpec { gop: 90, ..Default::default() }, 1).expect("publisher accepted");
+    world.run_until("publisher connected", 5 * SECOND, |w| w.all_connected());
+    world.run_for(2 * SECOND);
+    let viewer = world.view("lobby", 0).expect("viewer accepted");
+    world.run_until("viewer connected", 5 * SECOND, |w| w.all_connected());
+    let connected_at = world.now;
+    world.run_for(SECOND);
+    let v = &world.peers[viewer];
+    let got = assert_clean_start(v, 1);
+    assert_eq!(got[0].frame, 0, "the replay starts at the GOP's keyframe, 2 s back");
+    assert_contiguous(v);
+    assert_no_repeats(v);
+    // The cached GOP (60 frames) went out in a burst: the viewer had frame 59 within 100 ms.
+    let caught_up = v.video().iter().find(|(_, w)| w.frame >= 59).map(|(r, _)| r.at).expect("caught up");
+    assert!(caught_up - connected_at < 100 * MS, "caught up after {:?}", caught_up - connected_at);
+    // Replayed frames are stamped one tick apart, so the decoder does not play them back in real time;
+    // live frames then keep the publisher's 3000-tick spacing.
+    let starts: Vec<(u64, u32)> =
+        v.video().iter().filter(|(_, w)| w.packet == 0).map(|(r, w)| (w.frame, r.timestamp)).collect();
+    let deltas: Vec<u32> = starts.windows(2).map(|p| p[1].1.wrapping_sub(p[0].1)).collect();
+    assert!(deltas[..50].iter().all(|&d| d == 1), "replay spacing {:?}", &deltas[..50]);
+    assert!(deltas[deltas.len() - 10..].iter().all(|&d| d == 3000), "live spacing {:?}", &deltas[deltas.len() - 10..]);
+    let m = world.worker_metrics(0);
+    assert!(m.viewer_packets_replayed >= 60 * 4, "{m:?}");
+}
+
+#[test]
+fn the_slate_stands_in_until_the_publisher_and_the_cut_is_seamless() {
+    let mut world = started(Options::default());
+    let viewer = world.view("lobby", 0).expect("viewer accepted");
+    world.run_until("viewer connected", 5 * SECOND, |w| w.all_connected());
+    world.run_for(2 * SECOND);
+    let slate = world.peers[viewer].received.iter().filter(|r| r.video).count();
+    assert!(slate > 10, "{slate} slate packets in 2 s");
+    world.publish("lobby", VideoSpec::default(), 1).expect("publisher accepted");
+    world.run_for(2 * SECOND);
+    let v = &world.peers[viewer];
+    assert_clean_start(v, 1);
+    assert_contiguous(v);
+    // At the cut, the timestamp moves on by about the time between the last slate packet and the first live
+    // one: never back, never far.
+    let video: Vec<&Received> = v.received.iter().filter(|r| r.video).collect();
+    let cut = video.iter().position(|r| r.what().is_some_and(|w| w.tag == 1)).expect("live video");
+    let (last_slate, first_live) = (video[cut - 1], video[cut]);
+    let ticks = first_live.timestamp.wrapping_sub(last_slate.timestamp);
+    let elapsed = (first_live.at - last_slate.at).as_secs_f64() * 90_000.0;
+    assert!(ticks >= 1 && f64::from(ticks) <= elapsed + 9000.0, "{ticks} ticks over {elapsed} of wall time");
+    // And back to the slate when the publisher leaves, contiguous again.
+    let publisher = world.peers.iter().position(|p| p.tag == 1).expect("the publisher");
+    assert_eq!(world.close(publisher), Response::Closed);
+    world.run_for(3 * SECOND);
+    let v = &world.peers[viewer];
+    let last = v.received.iter().rev().find(|r| r.video).expect("video");
+    assert!(last.what().is_none_or(|w| w.tag != 1), "the slate again after the publisher left");
+    assert_contiguous(v);
+}
+
+#[test]
+fn a_new_publisher_takes_over_at_its_keyframe() {
+    let mut world = started(Options { slate: false, ..Default::default() });
+    let first = world.publish("lobby", VideoSpec::default(), 1).expect("publisher accepted");
+    let viewer = world.view("lobby", 0).expect("viewer accepted");
+    world.run_until("connected", 5 * SECOND, |w| w.all_connected());
+    world.run_for(SECOND);
+    assert_eq!(world.close(first), Response::Closed);
+    world.run_for(200 * MS);
+    // A publisher whose GOP is long: it must be asked for its keyframe at once (frame 0 is one anyway).
+    world.publish("lobby", VideoSpec { gop: 1000, ..Default::default() }, 2).expect("second publisher accepted");
+    world.run_for(2 * SECOND);
+    let v = &world.peers[viewer];
+    assert_clean_start(v, 1);
+    assert_clean_start(v, 2);
+    assert_contiguous(v);
+    assert_audio_contiguous(v);
+    assert_no_repeats(v);
+}
+
+#[test]
+fn a_room_switch_cuts_to_the_new_rooms_keyframe_and_replays_its_gop() {
+    let mut world = started(Options::default());
+    world.publish("a", VideoSpec::default(), 1).expect("publisher a");
+    world.publish("b", VideoSpec { gop: 90, ..Default::default() }, 2).expect("publisher b");
+    let viewer = world.view("a", 0).expect("viewer accepted");
+    world.run_until("connected", 5 * SECOND, |w| w.all_connected());
+    world.run_for(2 * SECOND);
+    assert_eq!(world.switch(viewer, "b"), Response::Done);
+    world.run_for(SECOND);
+    let v = &world.peers[viewer];
+    assert_clean_start(v, 1);
+    let b = assert_clean_start(v, 2);
+    assert_eq!(b[0].frame, 0, "room b's GOP is replayed from its keyframe");
+    assert_contiguous(v);
+    assert_audio_contiguous(v);
+    // Nothing of room a after the cut.
+    let video = v.video();
+    let cut = video.iter().position(|(_, w)| w.tag == 2).expect("room b");
+    assert!(video[cut..].iter().all(|(_, w)| w.tag == 2), "room a after the switch");
+    // Switching to the room it is in is nothing; to a bad name, refused.
+    assert_eq!(world.switch(viewer, "b"), Response::Done);
+    assert!(matches!(world.switch(viewer, "a/b"), Response::Error { kind: ErrorKind::BadRequest, .. }));
+}
+
+#[test]
+fn keyframe_requests_reach_the_publisher_throttled() {
+    let mut world = started(Options { keyframe_request_interval: 500 * MS, ..Default::default() });
+    let publisher = world.publish("lobby", VideoSpec { gop: 100_000, ..Default::default() }, 1).expect("publisher");
+    let viewers: Vec<usize> = (0..3).map(|_| world.view("lobby", 0).expect("viewer")).collect();
+    world.run_until("connected", 5 * SECOND, |w| w.all_connected());
+    world.run_for(SECOND);
+    let before = world.peers[publisher].keyframe_requests;
+    // Three viewers ask every 50 ms for 2 s: 120 requests.
+    for _ in 0..40 {
+        for &v in &viewers {
+            world.request_keyframe(v);
+        }
+        world.run_for(50 * MS);
+    }
+    let asked = world.peers[publisher].keyframe_requests - before;
+    assert!((3..=5).contains(&asked), "{asked} keyframe requests reached the publisher in 2 s at one per 500 ms");
+    // Each request was answered by a keyframe, which every viewer got.
+    for &v in &viewers {
+        let keyframes = world.peers[v].video().iter().filter(|(_, w)| w.keyframe && w.packet == 0).count();
+        assert!(keyframes >= 3, "viewer {v} got {keyframes} keyframes");
+        assert_contiguous(&world.peers[v]);
+    }
+}
+
+#[test]
+fn a_lost_packet_is_resent_from_the_cache() {
+    let mut world = started(Options::default());
+    world.publish("lobby", VideoSpec::default(), 1).expect("publisher accepted");
+    let viewer = world.view("lobby", 0).expect("viewer accepted");
+    world.run_until("connected", 5 * SECOND, |w| w.all_connected());
+    world.run_for(SECOND);
+    // The wire loses the next 3 video packets (payload type 96, VP8) to the viewer, once each.
+    let viewer_addr = world.peers[viewer].addr;
+    let mut lost = HashSet::new();
+    world.loss = Box::new(move |d: &Datagram| {
+        let Some((pt, seq, _)) = d.rtp() else { return false };
+        d.to == viewer_addr && pt == 96 && lost.len() < 3 && lost.insert(seq)
+    });
+    world.run_for(SECOND);
+    assert_eq!(world.lost, 3);
+    let v = &world.peers[viewer];
+    // The resends came (over RTX): the viewer's stream has no gap.
+    let mut seqs: Vec<u64> = v.received.iter().filter(|r| r.video).map(|r| r.seq).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs.len() as u64, seqs[seqs.len() - 1] - seqs[0] + 1, "a hole in the viewer's sequence numbers");
+}
+
+#[test]
+fn a_worker_short_of_cpu_skips_to_the_newest_keyframe() {
+    let mut world = started(Options::default());
+    world.publish("lobby", VideoSpec { gop: 30, ..Default::default() }, 1).expect("publisher accepted");
+    let viewer = world.view("lobby", 0).expect("viewer accepted");
+    world.run_until("connected", 5 * SECOND, |w| w.all_connected());
+    world.run_for(SECOND);
+    world.stall(0, 2500 * MS);
+    world.run_for(2500 * MS);
+    let before = world.peers[viewer].received.len();
+    world.run_for(SECOND);
+    assert_eq!(world.worker_metrics(0).lag_skips, 1);
+    let v = &world.peers[viewer];
+    // After the stall the viewer gets the newest keyframe's frame first, never the stale ones before it.
+    let after: Vec<Payload> = v.received[before..].iter().filter_map(Received::what).collect();
+    let first = after.first().expect("video after the stall");
+    assert!(first.keyframe && first.packet == 0 && first.frame >= 60, "{first:?}");
+    assert_no_repeats(v);
+}
+
+#[test]
+fn each_viewer_gets_the_room_in_its_own_payload_types() {
+    let mut world = started(Options::default());
+    world.publish("lobby", VideoSpec::default(), 1).expect("publisher accepted");
+    // One viewer with VP8 on payload type 100 and Opus on 109 (the publisher uses 96 and 111).
+    let mut config = Rtc::builder().clear_codecs();
+    let codecs = config.codec_config();
+    codecs.add_config(
+        100.into(),
+        Some(101.into()),
+        str0m::format::Codec::Vp8,
+        Frequency::NINETY_KHZ,
+        None,
+        Default::default(),
+    );
+    codecs.add_config(
+        109.into(),
+        None,
+        str0m::format::Codec::Opus,
+        Frequency::FORTY_EIGHT_KHZ,
+        Some(2),
+        Default::default(),
+    );
+    let own = world.view_with("lobby", 0, config).expect("viewer accepted");
+    let default = world.view("lobby", 0).expect("viewer accepted");
+    world.run_until("connected", 5 * SECOND, |w| w.all_connected());
+    world.run_for(SECOND);
+    let pts =
+        |p: &Peer, video: bool| p.received.iter().filter(|r| r.video == video).map(|r| r.pt).collect::<HashSet<_>>();
+    assert_eq!(pts(&world.peers[own], true), HashSet::from([100]));
+    assert_eq!(pts(&world.peers[own], false), HashSet::from([109]));
+    assert_eq!(pts(&world.peers[default], true), HashSet::from([96]));
+    assert_clean_start(&world.peers[own], 1);
+    // A viewer that offers only H.264 gets nothing of a VP8 room.
+    let h264_only = Rtc::builder().enable_vp8(false).enable_vp9(false).enable_av1(false).enable_opus(false, false);
+    match world.view_with("lobby", 0, h264_only) {
+        Err(Response::Error { kind, .. }) => assert_eq!(kind, ErrorKind::NoCommonCodec),
+        other => panic!("{:?}", other.map(|_| "accepted")),
+    }
+}
