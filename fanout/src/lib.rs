@@ -1,7 +1,14 @@
 //! deadsfu fanout: a worker that owns viewer sessions and sends them what the rooms' rings carry.
 //!
-//! The binary `deadsfu-fanout` is a thin shell around [`fanout::run`]; the modules are public so tests and
-//! fuzz targets can drive the cores without a process.
+//! Owns: its viewer sessions, its read position in each ring it serves, each viewer's splicing (sequence
+//! numbers and timestamps across sources), GOP replay, retransmissions.
+//! Must not touch: a ring's contents (it only reads them, and leaves keyframe requests, heartbeats and its
+//! wake-up bit in the header), publishers, HTTP, other workers' viewers.
+//!
+//! [`fanout::Fanout`] is the core (given requests, packets, time and randomness; no sockets, no clock);
+//! [`splice`] the numbering of one track. The binary `deadsfu-fanout` is a thin shell around
+//! [`fanout::run`]; the modules are public so tests (`deadsfu_tests::sim`) and fuzz targets drive the core
+//! without a process.
 
 #![forbid(unsafe_code)]
 

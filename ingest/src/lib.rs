@@ -1,7 +1,14 @@
 //! deadsfu ingest: owns every publisher session and writes each RTP packet once into its room's ring.
 //!
-//! The binary `deadsfu-ingest` is a thin shell around [`shell::run`]; the modules are public so tests and
-//! fuzz targets can drive the cores without a process.
+//! Owns: publisher sessions, the rooms' rings (it is their only writer: packets, keyframe index, codec table,
+//! heartbeat), the slate, keyframe requests to publishers, an edge's pulls from its upstream.
+//! Must not touch: viewers (fanout's), HTTP and room assignment (signaling's), other processes' lifetimes
+//! (the supervisor's or systemd's).
+//!
+//! [`ingest::Ingest`] is the core: given requests, packets, time and randomness, it writes rings and says
+//! what its shell must do; [`room`] and [`pulls`] are its parts. [`shell`] is the process around it (the
+//! binary `deadsfu-ingest` calls [`shell::run`]); [`upstream`] the WHEP client an edge's pull runs. The
+//! modules are public so tests (`deadsfu_tests::sim`) and fuzz targets drive the core without a process.
 
 #![forbid(unsafe_code)]
 

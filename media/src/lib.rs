@@ -1,9 +1,13 @@
 //! WebRTC session hosting shared by deadsfu's two media processes, ingest and fanout.
 //!
+//! Owns: the sockets of a media process (UDP and ICE-TCP), the session table and its routing, SDP offers to
+//! sessions, the run loop. Must not touch: rings, rooms and what media means (the cores', in ingest and
+//! fanout), HTTP (signaling's).
+//!
 //! Both processes own many str0m sessions on one UDP port and are driven by signaling over a control socket.
 //! What they share lives here:
 //! - [`net`]: the UDP sockets of a process, one per advertised address, and the only place that touches them;
-//! - [`env`]: the time and randomness a core is given by its shell (the system's, or a test's simulation);
+//! - [`env`](mod@env): the time and randomness a core is given by its shell (the system's, or a test's simulation);
 //! - [`codec`]: the mapping between negotiated payload types and the ring's codec table;
 //! - [`host`]: a sans-IO table of sessions that routes datagrams by remote address and ICE ufrag and drives
 //!   each session's timers;

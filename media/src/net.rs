@@ -65,7 +65,7 @@ pub struct NetCounters {
 
 impl UdpSet {
     /// Binds `port` (0: any free port, the same on every address) on every local address (IPv4 and IPv6, see
-    /// [`local_addresses`]), or on all interfaces of the advertised address's family when `advertise` is set.
+    /// `local_addresses`), or on all interfaces of the advertised address's family when `advertise` is set.
     pub fn bind(port: u16, advertise: Option<IpAddr>) -> io::Result<UdpSet> {
         let mut sockets = Vec::new();
         if let Some(public) = advertise {

@@ -31,7 +31,7 @@ pub enum OfferError {
 
 /// A server-side session: ICE lite, RTP mode (packets in and out, no depacketizing), host candidates on
 /// `candidates`. `tune` adjusts the configuration (codecs, RTX cache) before the session is built. The
-/// session's DTLS certificate is the process's (see [`process_dtls_cert`]) unless `tune` sets one.
+/// session's DTLS certificate is the process's (see `process_dtls_cert`) unless `tune` sets one.
 pub fn accept(
     offer: &str,
     candidates: &[Candidate],
