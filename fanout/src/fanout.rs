@@ -1,6 +1,6 @@
 //! The fanout core: viewer sessions in, ring packets out to every viewer of the room.
 //!
-//! Each room a worker serves has one [`RoomFeed`]: a ring reader and a live cursor, so the worker reads each
+//! Each room a worker serves has one `RoomFeed`: a ring reader and a live cursor, so the worker reads each
 //! live packet of the ring once and hands the same bytes to every viewer of that room.
 //!
 //! A viewer that joins (or switches to) a room whose ring holds a keyframe starts with a *replay*: its own

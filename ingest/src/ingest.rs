@@ -9,7 +9,7 @@
 //!   the slate; live video takes over again at its first keyframe;
 //! - keyframe requests that readers leave in the ring reach the publisher as PLI, at most one per
 //!   `keyframe_request_interval_ms`, plus one every `keyframe_fallback_interval_s` while the room is watched;
-//! - a publisher silent for [`PUBLISHER_TIMEOUT`] is gone, and its room is free;
+//! - a publisher silent for `PUBLISHER_TIMEOUT` (3 s) is gone, and its room is free;
 //! - a room nobody publishes to, watches or pulls for `room_grace` is removed with its ring file;
 //! - on an edge (an upstream configured), a watched room without a publisher is pulled from the upstream
 //!   and written like a publisher's media. An edge refuses publishers unless told otherwise; an accepted one

@@ -1,7 +1,7 @@
 //! An edge's pulls: which rooms are pulled from the upstream, when a failed pull is tried again, when a pull
 //! ends.
 //!
-//! A watched room without a publisher is pulled; a failed pull is retried with backoff ([`retry_delay`])
+//! A watched room without a publisher is pulled; a failed pull is retried with backoff (`retry_delay`)
 //! while the slate stands in; a pull ends [`Pulls::grace`] after the room's last viewer left, or at once when
 //! a publisher takes the room over. At most `max` rooms are pulled at once.
 //!
