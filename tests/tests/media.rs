@@ -294,3 +294,29 @@ fn each_viewer_gets_the_room_in_its_own_payload_types() {
         other => panic!("{:?}", other.map(|_| "accepted")),
     }
 }
+
+#[test]
+fn a_replay_the_writer_laps_joins_live_at_the_next_keyframe() {
+    // A ring of 64 slots holds about 0.4 s of this stream: a replay stalled for 0.6 s is lapped.
+    let geometry = shm_proto::ring::Geometry { slot_count: 64, slot_size: 2048 };
+    let mut world = started(Options { geometry, ..Default::default() });
+    let publisher = world.publish("lobby", VideoSpec { gop: 10, ..Default::default() }, 1).expect("publisher");
+    world.run_until("publisher connected", 5 * SECOND, |w| w.all_connected());
+    world.run_for(SECOND + 250 * MS);
+    let viewer = world.view("lobby", 0).expect("viewer accepted");
+    world.run_until("viewer connected", 5 * SECOND, |w| w.all_connected());
+    world.stall(0, 600 * MS);
+    world.run_for(2 * SECOND);
+    let v = &world.peers[viewer];
+    assert_contiguous(v);
+    assert_no_repeats(v);
+    let got: Vec<Payload> = v.video().into_iter().map(|(_, w)| w).collect();
+    assert!(got.len() > 100, "{} packets", got.len());
+    // Each frame begun is whole: a cut only ever lands on a keyframe's first packet.
+    for pair in got.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        let in_frame = b.frame == a.frame && b.packet == a.packet + 1;
+        assert!(in_frame || b.packet == 0 && (b.frame == a.frame + 1 || b.keyframe), "{a:?} then {b:?}");
+    }
+    assert!(world.peers[publisher].connected);
+}
