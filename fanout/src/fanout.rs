@@ -65,7 +65,7 @@ const KEYFRAME_MARGIN: u64 = 16;
 /// are 0.85 s at 150 packets/s (1.3 Mbit/s of ~1100-byte packets), three tries at a 250 ms round trip; a live
 /// viewer's jitter buffer holds well under a second, so an older packet would come too late to be played.
 /// The payloads are shared with every other viewer of the room; a viewer's own cost is str0m's bookkeeping,
-/// ~96 bytes a packet (12 KB; `vendor/str0m/DEADSFU-PATCH.md`, `media/examples/session_memory.rs`).
+/// ~96 bytes a packet (12 KB; `vendor/str0m/DEADSFU-PATCH.md`, `fanout/examples/session_memory.rs`).
 const RTX_CACHE_PACKETS: usize = 128;
 const RTX_CACHE_AGE: Duration = Duration::from_secs(1);
 /// Resends per viewer, in packets and payload bytes per second: a viewer on a lossy path needs a few
@@ -197,6 +197,11 @@ impl RecentPayloads {
     fn clear(&mut self) {
         self.0.clear();
     }
+
+    /// Payload bytes kept (with each allocation's two reference counts).
+    fn bytes(&self) -> usize {
+        self.0.iter().map(|(_, p)| p.len() + 16).sum()
+    }
 }
 
 /// The time of a pump turn, as delivery needs it.
@@ -316,6 +321,11 @@ impl Fanout {
     pub fn with_slate(mut self, slate: bool) -> Fanout {
         self.slate = slate;
         self
+    }
+
+    /// Bytes of payload the rooms keep for replays (shared by their viewers), for memory accounting.
+    pub fn replay_cache_bytes(&self) -> usize {
+        self.rooms.values().map(|f| f.recent.bytes()).sum()
     }
 
     fn request(&mut self, now: Instant, request: Request) -> Response {
