@@ -289,25 +289,10 @@ impl Room {
 }
 
 fn codec_table() -> Vec<CodecEntry> {
-    let entry = |pt, kind, codec, clock_rate, channels, fmtp: &str| CodecEntry {
-        pt,
-        kind,
-        codec,
-        clock_rate,
-        channels,
-        fmtp: fmtp.to_string(),
-        slate: false,
-    };
+    let h264 = "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
     vec![
-        entry(111, RingKind::Audio, Codec::Opus, 48_000, 2, "minptime=10;useinbandfec=1"),
-        entry(
-            102,
-            RingKind::Video,
-            Codec::H264,
-            90_000,
-            0,
-            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
-        ),
+        CodecEntry::new(111, RingKind::Audio, Codec::Opus, 48_000, 2, "minptime=10;useinbandfec=1"),
+        CodecEntry::new(102, RingKind::Video, Codec::H264, 90_000, 0, h264),
     ]
 }
 

@@ -988,21 +988,17 @@ mod tests {
 
     use super::*;
 
-    fn entry(pt: u8, kind: MediaKind, codec: Codec, clock_rate: u32, channels: u8, fmtp: &str) -> CodecEntry {
-        CodecEntry { pt, kind, codec, clock_rate, channels, fmtp: fmtp.to_string(), slate: false }
-    }
-
     fn opus() -> CodecEntry {
-        entry(111, MediaKind::Audio, Codec::Opus, 48_000, 2, "minptime=10;useinbandfec=1")
+        CodecEntry::new(111, MediaKind::Audio, Codec::Opus, 48_000, 2, "minptime=10;useinbandfec=1")
     }
 
     fn h264() -> CodecEntry {
         let fmtp = "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
-        entry(102, MediaKind::Video, Codec::H264, 90_000, 0, fmtp)
+        CodecEntry::new(102, MediaKind::Video, Codec::H264, 90_000, 0, fmtp)
     }
 
     fn vp8() -> CodecEntry {
-        entry(96, MediaKind::Video, Codec::Vp8, 90_000, 0, "")
+        CodecEntry::new(96, MediaKind::Video, Codec::Vp8, 90_000, 0, "")
     }
 
     /// What a viewer that offered `entries` negotiated.

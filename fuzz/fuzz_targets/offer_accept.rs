@@ -16,7 +16,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use deadsfu_fanout::fanout::Fanout;
@@ -51,15 +51,7 @@ fn world() -> &'static World {
         std::fs::create_dir_all(paths::rings_dir(&runtime_dir)).expect("create the runtime directory");
         let room = RoomName::new("view").expect("a valid room name");
         let mut ring = RingWriter::create(&paths::ring(&runtime_dir, &room), GEOMETRY, 1).expect("create a ring");
-        let entry = |pt, kind, codec, clock_rate, channels, fmtp: &str| CodecEntry {
-            pt,
-            kind,
-            codec,
-            clock_rate,
-            channels,
-            fmtp: fmtp.to_string(),
-            slate: false,
-        };
+        let entry = CodecEntry::new;
         ring.set_codecs(&[
             entry(111, MediaKind::Audio, Codec::Opus, 48_000, 2, "minptime=10;useinbandfec=1"),
             entry(

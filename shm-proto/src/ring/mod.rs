@@ -337,6 +337,13 @@ pub struct CodecEntry {
     pub slate: bool,
 }
 
+impl CodecEntry {
+    /// A publisher's codec (not the slate's).
+    pub fn new(pt: u8, kind: MediaKind, codec: Codec, clock_rate: u32, channels: u8, fmtp: &str) -> CodecEntry {
+        CodecEntry { pt, kind, codec, clock_rate, channels, fmtp: fmtp.to_string(), slate: false }
+    }
+}
+
 /// Everything about a packet except its payload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PacketMeta {
