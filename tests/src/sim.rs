@@ -64,6 +64,9 @@ impl Datagram {
     }
 }
 
+/// Marks a test publisher's payloads (the slate's are not).
+const MAGIC: &[u8; 2] = b"ds";
+
 /// What a test's synthetic video payload says about itself: which publisher (its tag), frame and packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Payload {
@@ -89,11 +92,15 @@ impl Payload {
         p[1..9].copy_from_slice(&self.frame.to_be_bytes());
         p[9..11].copy_from_slice(&self.packet.to_be_bytes());
         p[11] = self.keyframe as u8;
+        p[12..14].copy_from_slice(MAGIC);
     }
 
     /// The payload a [`Payload::vp8`] made, from its bytes.
     pub fn parse(payload: &[u8]) -> Option<Payload> {
-        let p = payload.get(2..14)?;
+        let p = payload.get(2..16)?;
+        if &p[12..14] != MAGIC {
+            return None;
+        }
         Some(Payload {
             tag: p[0],
             frame: u64::from_be_bytes(p[1..9].try_into().ok()?),
@@ -173,7 +180,7 @@ pub struct Peer {
     pub keyframe_requests: u32,
     /// The publisher's tag, in its video payloads.
     pub tag: u8,
-    /// A publisher's media; it sends once connected, while `sending`.
+    /// A publisher's media; it sends once connected, while `sending` (and answers keyframe requests only then).
     video: Option<VideoOut>,
     audio: Option<AudioOut>,
     pub sending: bool,
@@ -431,6 +438,12 @@ impl World {
         (worker, p.session.clone())
     }
 
+    /// Room `room`'s ring, as a reader sees it.
+    pub fn ring(&self, room: &str) -> shm_proto::ring::RingReader {
+        let name = shm_proto::RoomName::new(room).expect("a room name");
+        shm_proto::ring::RingReader::open(&paths::ring(&self.dir, &name)).expect("the room's ring")
+    }
+
     /// Worker `k` gets no turn for `d` (its datagrams wait), as a worker short of CPU.
     pub fn stall(&mut self, k: usize, d: Duration) {
         self.stalled_until[k] = Some(self.now + d);
@@ -559,7 +572,8 @@ impl World {
                 Output::Event(Event::Connected) => peer.connected = true,
                 Output::Event(Event::KeyframeRequest(_)) => {
                     peer.keyframe_requests += 1;
-                    if let Some(v) = &mut peer.video {
+                    // A publisher that is not sending has no encoder running to answer.
+                    if let Some(v) = peer.video.as_mut().filter(|_| peer.sending) {
                         v.keyframe_asked = true;
                     }
                 }

@@ -320,3 +320,45 @@ fn a_replay_the_writer_laps_joins_live_at_the_next_keyframe() {
     }
     assert!(world.peers[publisher].connected);
 }
+
+#[test]
+fn a_publisher_whose_video_pauses_comes_back_at_its_keyframe() {
+    let mut world = started(Options::default());
+    // No keyframe unless asked for, after the first.
+    let publisher = world.publish("lobby", VideoSpec { gop: 100_000, ..Default::default() }, 1).expect("publisher");
+    let viewer = world.view("lobby", 0).expect("viewer accepted");
+    world.run_until("connected", 5 * SECOND, |w| w.all_connected());
+    world.run_for(SECOND);
+    // The publisher stays connected but sends nothing for 2 s: the slate stands in after 1 s.
+    world.peers[publisher].sending = false;
+    world.run_for(2 * SECOND);
+    let paused_at = world.peers[viewer].received.len();
+    let asked_before = world.peers[publisher].keyframe_requests;
+    world.peers[publisher].sending = true;
+    world.run_for(2 * SECOND);
+    // Ingest asked for a keyframe while the slate stood in, and wrote none of the publisher's video between
+    // the slate and that keyframe: what the ring carries of it after the pause starts at the keyframe.
+    assert!(world.peers[publisher].keyframe_requests > asked_before, "no keyframe asked for");
+    let ring = world.ring("lobby");
+    let mut buf = vec![0u8; 4096];
+    let mut after_slate = Vec::new();
+    let mut slate_seen = false;
+    for pos in 0..ring.head() {
+        let shm_proto::ring::ReadOutcome::Packet { meta, len } = ring.read(pos, &mut buf) else { continue };
+        if meta.kind != shm_proto::ring::MediaKind::Video {
+            continue;
+        }
+        match Payload::parse(&buf[..len]).filter(|p| p.tag == 1) {
+            None => slate_seen = true,
+            Some(p) if slate_seen => after_slate.push((p, meta.keyframe)),
+            Some(_) => {}
+        }
+    }
+    let (first, indexed) = after_slate.first().copied().expect("the publisher's video after the slate");
+    assert!(first.keyframe && first.packet == 0 && indexed, "{first:?} after the slate");
+    // The viewer: the publisher, the slate, the publisher again from that keyframe, one numbering.
+    let v = &world.peers[viewer];
+    let back: Vec<Payload> = v.received[paused_at..].iter().filter_map(Received::what).filter(|p| p.tag == 1).collect();
+    assert_eq!(back.first().copied(), Some(first));
+    assert_contiguous(v);
+}
