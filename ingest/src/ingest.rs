@@ -30,8 +30,8 @@ use deadsfu_media::limits::{Refusals, SessionLimits};
 use deadsfu_media::process::{self, Core, Endpoints, StartError};
 use deadsfu_media::wake::WakeSender;
 use deadsfu_media::{codec, offer};
+use deadsfu_runtime::config::Config;
 use mio::Waker;
-use shm_proto::config::Config;
 use shm_proto::control::{
     ErrorKind, ProcessMetrics, ProcessStatus, Request, Response, RingMetrics, Role, RoomStatus, UpstreamMetrics,
     UpstreamStatus,
