@@ -24,7 +24,7 @@ use deadsfu_media::host::{Session, SessionHost, SessionKey};
 use deadsfu_media::limits::{Refusals, SessionLimits};
 use deadsfu_media::process::{self, Core, Endpoints, StartError};
 use deadsfu_media::{codec, offer};
-use shm_proto::config::Config;
+use deadsfu_runtime::config::Config;
 use shm_proto::control::{ErrorKind, ProcessMetrics, ProcessStatus, Request, Response, Role, RoomStatus};
 use shm_proto::ring::{CodecEntry, MediaKind, PacketMeta, RingCursor, RingReader};
 use shm_proto::{paths, RoomName};

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use deadsfu_fanout::fanout;
-use shm_proto::config::ConfigArgs;
+use deadsfu_runtime::config::ConfigArgs;
 
 /// A worker allocates a payload per ring packet and str0m a buffer per datagram, from one thread, all day;
 /// mimalloc returns that churn to the system where glibc's allocator kept the high-water mark resident.
@@ -22,14 +22,11 @@ struct Args {
     /// Index of this worker (0-based); it listens on UDP fanout_port + index.
     #[arg(long, env = "DEADSFU_WORKER_INDEX", default_value_t = 0)]
     index: u32,
-    /// Print the effective configuration as YAML and exit.
-    #[arg(long)]
-    print_config: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let cfg = match args.config.startup("deadsfu-fanout", args.print_config) {
+    let cfg = match args.config.startup("deadsfu-fanout") {
         Ok(cfg) => cfg,
         Err(code) => return code,
     };

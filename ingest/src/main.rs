@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use deadsfu_ingest::shell;
-use shm_proto::config::ConfigArgs;
+use deadsfu_runtime::config::ConfigArgs;
 
 /// Ingest allocates per received datagram and per packet event, from one thread, all day; mimalloc
 /// returns that churn to the system where glibc's allocator kept the high-water mark resident.
@@ -19,14 +19,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Args {
     #[command(flatten)]
     config: ConfigArgs,
-    /// Print the effective configuration as YAML and exit.
-    #[arg(long)]
-    print_config: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let cfg = match args.config.startup("deadsfu-ingest", args.print_config) {
+    let cfg = match args.config.startup("deadsfu-ingest") {
         Ok(cfg) => cfg,
         Err(code) => return code,
     };

@@ -58,7 +58,7 @@ pub struct CaError {
 }
 
 impl Upstream {
-    /// `base` is a validated base URL (see `shm_proto::config::upstream_url`); `ca`, a PEM file of the
+    /// `base` is a validated base URL (see `deadsfu_runtime::config::upstream_url`); `ca`, a PEM file of the
     /// certificate authorities to check an https upstream against instead of the public ones.
     pub fn new(base: &str, token: Option<String>, ca: Option<&Path>) -> Result<Upstream, CaError> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use shm_proto::config::Config;
+use deadsfu_runtime::config::Config;
 
 use crate::host::SessionHost;
 

@@ -91,7 +91,7 @@ pub fn on_termination(waker: Arc<Waker>) -> Arc<AtomicBool> {
 }
 
 fn metrics(core: &impl Core, udp: &UdpSet, tcp: Option<&TcpSet>) -> ProcessMetrics {
-    let (cpu_ms, rss_bytes) = shm_proto::service::own_usage();
+    let (cpu_ms, rss_bytes) = deadsfu_runtime::process::own_usage();
     let net = udp.counters();
     let mut m = ProcessMetrics {
         cpu_ms,
@@ -287,8 +287,8 @@ pub fn run<C: Core>(
     let inbox = Inbox::start(&endpoints.control_socket, waker)?;
     tracing::info!(process = %endpoints.name, port = udp.port(), candidates = ?shown, control = %endpoints.control_socket.display(), "ready");
 
-    shm_proto::service::ready();
-    let mut watchdog = shm_proto::service::Watchdog::from_env(Instant::now());
+    deadsfu_runtime::service::ready();
+    let mut watchdog = deadsfu_runtime::service::Watchdog::from_env(Instant::now());
 
     let mut events = Events::with_capacity(64);
     let mut buf = vec![0u8; 2048];
@@ -305,7 +305,7 @@ pub fn run<C: Core>(
     loop {
         let now = Instant::now();
         if drain_until.is_none() && stop.load(Ordering::Acquire) {
-            shm_proto::service::stopping();
+            deadsfu_runtime::service::stopping();
             core.shutdown(now);
             drain_until = Some(now + DRAIN);
         }

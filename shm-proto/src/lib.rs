@@ -2,16 +2,15 @@
 //!
 //! - [`ring`]: the shared-memory media ring, one file per room, written by ingest and read by fanout workers.
 //! - [`control`]: the framed request/response protocol signaling speaks to ingest and the workers.
-//! - [`config`]: the configuration every process reads.
 //! - [`paths`]: where each of these lives in the runtime directory.
-//! - [`service`]: readiness and watchdog notifications to systemd.
 //! - [`RoomName`]: the one definition of a valid room name.
+//!
+//! How a process is configured, logs and talks to systemd is not part of the contract: that is the
+//! `deadsfu-runtime` crate.
 
-pub mod config;
 pub mod control;
 pub mod paths;
 pub mod ring;
-pub mod service;
 
 mod room;
 

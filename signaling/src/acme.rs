@@ -26,12 +26,12 @@ use std::sync::Arc;
 
 use futures_core::Stream;
 
+use deadsfu_runtime::config::Config;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
 use rustls_acme::caches::DirCache;
 use rustls_acme::{AcmeConfig, AcmeState, EventError, EventOk};
-use shm_proto::config::Config;
 
 use crate::tls::{server_config, Tls};
 

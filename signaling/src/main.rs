@@ -10,11 +10,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
+use deadsfu_runtime::config::ConfigArgs;
 use deadsfu_signaling::acme::{Acme, AcmeEvent, AcmeSettings};
 use deadsfu_signaling::http::{Face, Limits, Listener, Server};
 use deadsfu_signaling::router::{Backend, Router, Target, Tokens};
 use deadsfu_signaling::tls::{self, CertFiles, Reload, Tls};
-use shm_proto::config::ConfigArgs;
 use shm_proto::control::{self, ControlError, Request, Response};
 use shm_proto::paths;
 
@@ -33,9 +33,6 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 struct Args {
     #[command(flatten)]
     config: ConfigArgs,
-    /// Print the effective configuration as YAML and exit.
-    #[arg(long)]
-    print_config: bool,
 }
 
 /// The media processes, reached through their sockets in the runtime directory, on connections kept open.
@@ -80,7 +77,7 @@ fn main() -> ExitCode {
     termination.add(nix::sys::signal::Signal::SIGINT);
     let _ = termination.thread_unblock();
     let args = Args::parse();
-    let cfg = match args.config.startup("deadsfu-signaling", args.print_config) {
+    let cfg = match args.config.startup("deadsfu-signaling") {
         Ok(cfg) => cfg,
         Err(code) => return code,
     };
@@ -183,7 +180,7 @@ fn main() -> ExitCode {
         Arc::new(Router::new(Sockets { runtime_dir: cfg.runtime_dir(), clients: Mutex::new(HashMap::new()) }, tokens));
     let server = Server::new(router, limits);
     tracing::info!(%addr, runtime_dir = %cfg.runtime_dir().display(), "signaling ready");
-    shm_proto::service::ready();
+    deadsfu_runtime::service::ready();
     if let Some(acme) = acme {
         runtime.spawn(follow_acme(acme));
     }
@@ -230,7 +227,7 @@ async fn follow_acme(mut acme: Acme) {
 
 /// Pings systemd's watchdog while the HTTP listener at `addr` accepts connections.
 fn watchdog(addr: std::net::SocketAddr) {
-    let mut watchdog = shm_proto::service::Watchdog::from_env(std::time::Instant::now());
+    let mut watchdog = deadsfu_runtime::service::Watchdog::from_env(std::time::Instant::now());
     let mut probe = addr;
     if probe.ip().is_unspecified() {
         probe.set_ip(std::net::Ipv4Addr::LOCALHOST.into());

@@ -557,7 +557,7 @@ impl<B: Backend> Router<B> {
             restarts.extend(pids.iter().map(|(i, (_, n))| (*i, *n)));
         }
         let scrape = crate::metrics::Scrape {
-            signaling: shm_proto::service::own_usage(),
+            signaling: deadsfu_runtime::process::own_usage(),
             ingest: ask(Target::Ingest),
             workers,
             restarts,

@@ -1,8 +1,12 @@
-//! The one-host supervisor: distinct processes, restart of a dead worker, two instances side by side.
+//! The one-host supervisor: distinct processes, restart of a dead worker, two instances side by side, the
+//! configuration its children run with.
 
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use deadsfu_tests::{wait_for, Sfu};
+use deadsfu_tests::{bin_dir, free_port, http, wait_for, Sfu};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -145,4 +149,40 @@ fn a_second_instance_on_taken_ports_or_directory_stops_and_names_the_setting() {
     assert!(log.contains(&format!("HTTP address {taken} (http, --http) is in use")), "{log}");
     assert_eq!(first.health().unwrap()["ok"], true, "the first instance is untouched");
     let _ = std::fs::remove_dir_all(other_dir);
+}
+
+#[test]
+fn children_run_with_the_supervisors_configuration_and_not_its_environment() {
+    // The supervisor takes the flag over the variable; its children must too, though they inherit the
+    // variable's environment. The token reaches them in a private file, not on a command line.
+    let (port, decoy) = (free_port(), free_port());
+    let runtime_dir = PathBuf::from(format!("/dev/shm/deadsfu-test-handoff-{}-{port}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&runtime_dir);
+    let child = Command::new(bin_dir().join("deadsfu"))
+        .args(["--http", &format!("127.0.0.1:{port}"), "--workers", "1", "--ingest-port", "0"])
+        .args(["--fanout-port", "0", "--log", "warn", "--runtime-dir"])
+        .arg(&runtime_dir)
+        .env("DEADSFU_HTTP", format!("127.0.0.1:{decoy}"))
+        .env("DEADSFU_BEARER_TOKEN", "handoff-secret")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("the supervisor binary is built");
+    let sfu = Sfu { child, http_port: port, runtime_dir };
+    let health = wait_for("deadsfu to be healthy on the flag's port", Duration::from_secs(20), || {
+        let h = sfu.health()?;
+        (h["ok"] == true && h["workers"].as_array()?.len() == 1).then_some(h)
+    });
+    assert!(http(decoy, "GET", "/healthz", &[], b"").is_none(), "nothing listens on the variable's port");
+    let (status, _) = http(port, "POST", "/whep/room", &[("Content-Type", "application/sdp")], b"v=0").unwrap();
+    assert_eq!(status, 401, "signaling got the token");
+
+    let file = sfu.runtime_dir.join("deadsfu.effective.yaml");
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains(&format!("127.0.0.1:{port}")) && text.contains("handoff-secret"), "{text}");
+    for pid in pids(&health) {
+        let cmdline = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap()).into_owned();
+        assert!(cmdline.contains("deadsfu.effective.yaml"), "pid {pid} runs {cmdline:?}");
+        assert!(!cmdline.contains("handoff-secret"), "pid {pid} shows the token: {cmdline:?}");
+    }
 }

@@ -1,18 +1,19 @@
 //! deadsfu: runs the whole SFU on one host. Starts ingest, the fanout workers and signaling as child
-//! processes, restarts any that dies (with backoff), and stops them all on SIGTERM or Ctrl-C.
+//! processes, restarts any that dies (with backoff), and stops them all on SIGTERM or Ctrl-C. Each child reads
+//! the configuration this process loaded from one file (see `deadsfu_supervisor::handoff`).
 
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode};
+use std::process::{Child, ExitCode};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use deadsfu_signaling::preflight;
+use deadsfu_runtime::config::ConfigArgs;
+use deadsfu_supervisor::{handoff, preflight};
 use nix::sys::signal::{self, SigSet, Signal};
 use nix::unistd::Pid;
-use shm_proto::config::{Config, ConfigArgs};
 
 /// Restart delay after the first failure; doubles per quick failure up to `MAX_BACKOFF`.
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
@@ -29,9 +30,6 @@ const TICK: Duration = Duration::from_millis(50);
 struct Args {
     #[command(flatten)]
     config: ConfigArgs,
-    /// Print the effective configuration as YAML and exit.
-    #[arg(long)]
-    print_config: bool,
 }
 
 struct Slot {
@@ -50,22 +48,9 @@ impl Slot {
         Slot { name, program, args, child: None, started: now, backoff: MIN_BACKOFF, next_start: now, restarts: 0 }
     }
 
-    fn start(&mut self, cfg: &Config, now: Instant) {
-        let mut cmd = Command::new(&self.program);
-        cmd.args(&self.args);
-        // The child dies with the supervisor, even if the supervisor is killed outright.
-        cmd.env(shm_proto::service::SUPERVISOR_PID_ENV, std::process::id().to_string());
-        // Tokens go in the environment rather than argv, so they do not show in `ps`.
-        for (var, token) in [
-            ("DEADSFU_BEARER_TOKEN", &cfg.bearer_token),
-            ("DEADSFU_PUBLISH_TOKEN", &cfg.publish_token),
-            ("DEADSFU_VIEW_TOKEN", &cfg.view_token),
-            ("DEADSFU_UPSTREAM_TOKEN", &cfg.upstream_token),
-        ] {
-            if let Some(token) = token {
-                cmd.env(var, token);
-            }
-        }
+    fn start(&mut self, config_file: &Path, now: Instant) {
+        // The command carries this process's pid: the child dies with the supervisor, even one killed outright.
+        let mut cmd = handoff::command(&self.program, config_file, &self.args, std::env::vars_os());
         match cmd.spawn() {
             Ok(child) => {
                 tracing::info!(process = %self.name, pid = child.id(), "started");
@@ -109,7 +94,7 @@ impl Slot {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let cfg = match args.config.startup("deadsfu", args.print_config) {
+    let cfg = match args.config.startup("deadsfu") {
         Ok(cfg) => cfg,
         Err(code) => return code,
     };
@@ -131,21 +116,22 @@ fn main() -> ExitCode {
         tracing::error!("{e}");
         return ExitCode::FAILURE;
     }
+    let config_file = match handoff::write_config(&runtime_dir, &cfg) {
+        Ok(path) => path,
+        Err(e) => {
+            tracing::error!("cannot write the children's configuration into {}: {e}", runtime_dir.display());
+            return ExitCode::FAILURE;
+        }
+    };
     let stop = termination_channel();
     let bin_dir = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_default();
-    let mut common = Vec::new();
-    if let Some(file) = &args.config.config {
-        common.extend(["--config".to_string(), file.display().to_string()]);
-    }
-    common.extend(ConfigArgs::to_args(&cfg));
     let now = Instant::now();
-    let mut slots = vec![Slot::new("ingest".into(), bin_dir.join("deadsfu-ingest"), common.clone(), now)];
+    let mut slots = vec![Slot::new("ingest".into(), bin_dir.join("deadsfu-ingest"), Vec::new(), now)];
     for k in 0..cfg.worker_count() {
-        let mut args = common.clone();
-        args.extend(["--index".to_string(), k.to_string()]);
+        let args = vec!["--index".to_string(), k.to_string()];
         slots.push(Slot::new(format!("fanout-{k}"), bin_dir.join("deadsfu-fanout"), args, now));
     }
-    slots.push(Slot::new("signaling".into(), bin_dir.join("deadsfu-signaling"), common, now));
+    slots.push(Slot::new("signaling".into(), bin_dir.join("deadsfu-signaling"), Vec::new(), now));
     tracing::info!(workers = cfg.worker_count(), http = %cfg.http, runtime_dir = %runtime_dir.display(), "starting deadsfu");
 
     loop {
@@ -153,7 +139,7 @@ fn main() -> ExitCode {
         for slot in &mut slots {
             slot.reap(now);
             if slot.child.is_none() && now >= slot.next_start {
-                slot.start(&cfg, now);
+                slot.start(&config_file, now);
             }
         }
         match stop.recv_timeout(TICK) {
@@ -162,6 +148,7 @@ fn main() -> ExitCode {
         }
     }
     shutdown(&mut slots);
+    let _ = std::fs::remove_file(&config_file);
     ExitCode::SUCCESS
 }
 

@@ -1,313 +1,260 @@
 //! Configuration shared by every deadsfu process.
 //!
-//! One YAML file (optional) is read by every process; command-line flags and `DEADSFU_*` environment variables
-//! override it key by key; the defaults run on a laptop. An unknown key, a bad value or an unreadable file stops
-//! the process at start with a message naming the key.
+//! One YAML file (optional) is read by every process; `DEADSFU_*` environment variables override it key by
+//! key, and command-line flags override both; the defaults run on a laptop. An unknown key, a bad value or an
+//! unreadable file stops the process at start with a message naming the key.
+//!
+//! Each key is declared once, as a field of [`Config`]: its doc comment is both the API documentation and the
+//! flag's help, its `#[arg]` names the environment variable and the default, and serde reads and writes it
+//! under the field's name. [`ConfigArgs`] is what a program flattens into its own arguments: `--config`,
+//! `--print-config` and a flag per key. Adding a key is adding a field (and documenting it in
+//! `config/deadsfu.example.yaml`, which a test checks).
+//!
+//! ```no_run
+//! use clap::Parser;
+//! use deadsfu_runtime::config::ConfigArgs;
+//!
+//! #[derive(Parser)]
+//! struct Args {
+//!     #[command(flatten)]
+//!     config: ConfigArgs,
+//! }
+//!
+//! fn main() -> std::process::ExitCode {
+//!     let args = Args::parse();
+//!     let cfg = match args.config.startup("deadsfu-example") {
+//!         Ok(cfg) => cfg,
+//!         Err(code) => return code,
+//!     };
+//!     tracing::info!(http = %cfg.http, "configured");
+//!     std::process::ExitCode::SUCCESS
+//! }
+//! ```
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
+use clap::parser::ValueSource;
+use clap::{ArgAction, ArgMatches, Args, FromArgMatches};
 use serde::{Deserialize, Serialize};
 
-/// The effective configuration.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The effective configuration: one field per key, named as in the file; the flag is `--` and the name in
+/// kebab case, the environment variable `DEADSFU_` and the name in upper case.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Args)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// HTTP listener of signaling, `HOST:PORT` or `:PORT` (all interfaces).
+    #[arg(long, env = "DEADSFU_HTTP", default_value = ":8080")]
     pub http: String,
     /// HTTPS listener of signaling (`HOST:PORT` or `:PORT`), serving the same as `http`; needs `tls_cert` and
     /// `tls_key`, or `acme`.
+    #[arg(long, env = "DEADSFU_HTTPS")]
     pub https: Option<String>,
     /// PEM file with the certificate chain for `https`, read again when it changes.
+    #[arg(long, env = "DEADSFU_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
     /// PEM file with the private key for `https`, read again when it changes.
+    #[arg(long, env = "DEADSFU_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
     /// Domain names to get the certificate of `https` for from an ACME CA (Let's Encrypt by default) instead
     /// of `tls_cert` and `tls_key`.
+    #[arg(long, env = "DEADSFU_ACME", value_delimiter = ',', value_name = "DOMAIN")]
     pub acme: Vec<String>,
     /// Directory URL of the ACME CA.
+    #[arg(long, env = "DEADSFU_ACME_DIRECTORY", default_value = LETS_ENCRYPT_PRODUCTION, value_name = "URL")]
     pub acme_directory: String,
     /// Contact email given to the ACME CA (expiry notices, if it sends them).
+    #[arg(long, env = "DEADSFU_ACME_CONTACT", value_name = "EMAIL")]
     pub acme_contact: Option<String>,
-    /// Directory keeping the ACME account key and the certificates. Default: see [`Config::acme_cache_dir`].
+    /// Directory keeping the ACME account key and the certificates. Unset: `$STATE_DIRECTORY/acme` under
+    /// systemd, else `/var/lib/deadsfu/acme` for root, else `deadsfu/acme` in the user's state directory.
+    #[arg(long, env = "DEADSFU_ACME_CACHE_DIR", value_name = "DIR")]
     pub acme_cache_dir: Option<PathBuf>,
     /// PEM file of the certificate authorities to check the ACME CA's own API against, instead of the public
     /// ones (a private or test ACME server).
+    #[arg(long, env = "DEADSFU_ACME_CA_FILE", value_name = "FILE")]
     pub acme_ca_file: Option<PathBuf>,
     /// Directory for the rings and the control sockets. Keep it on tmpfs.
+    #[arg(long, env = "DEADSFU_RUNTIME_DIR")]
     pub runtime_dir: Option<PathBuf>,
     /// Number of fanout workers (the supervisor starts this many). Default: number of cores.
+    #[arg(long, env = "DEADSFU_WORKERS")]
     pub workers: Option<u32>,
     /// Token required for publishing and viewing (`Authorization: Bearer` or `?access_token=`).
+    #[arg(long, env = "DEADSFU_BEARER_TOKEN")]
     pub bearer_token: Option<String>,
     /// Token required for publishing only; overrides `bearer_token` for WHIP.
+    #[arg(long, env = "DEADSFU_PUBLISH_TOKEN")]
     pub publish_token: Option<String>,
     /// Token required for viewing only; overrides `bearer_token` for WHEP.
+    #[arg(long, env = "DEADSFU_VIEW_TOKEN")]
     pub view_token: Option<String>,
     /// UDP port of ingest (all publishers).
+    #[arg(long, env = "DEADSFU_INGEST_PORT", default_value_t = 10000)]
     pub ingest_port: u16,
     /// UDP port of fanout worker 0; worker `k` uses `fanout_port + k`.
+    #[arg(long, env = "DEADSFU_FANOUT_PORT", default_value_t = 10100)]
     pub fanout_port: u16,
     /// Also take ICE over TCP (passive candidates) on the TCP ports of the same numbers, for peers whose
     /// network blocks UDP.
+    #[arg(long, env = "DEADSFU_ICE_TCP", action = ArgAction::Set, default_value_t = true)]
     pub ice_tcp: bool,
     /// Address to put in ICE candidates instead of the host's own addresses (a host behind 1:1 NAT).
+    #[arg(long, env = "DEADSFU_ICE_CANDIDATE_HOST")]
     pub ice_candidate_host: Option<IpAddr>,
     /// Slots per room ring (a power of two).
+    #[arg(long, env = "DEADSFU_RING_SLOTS", default_value_t = 4096)]
     pub ring_slots: u32,
     /// Bytes per ring slot (a power of two, at least the largest RTP payload plus 128).
+    #[arg(long, env = "DEADSFU_RING_SLOT_SIZE", default_value_t = 2048)]
     pub ring_slot_size: u32,
     /// Log filter, as `RUST_LOG` (e.g. `info`, `deadsfu_fanout=debug`).
+    #[arg(long, env = "DEADSFU_LOG", default_value = "info")]
     pub log: String,
     /// Play the slate in watched rooms without live video (false: their viewers get nothing until it returns).
+    #[arg(long, env = "DEADSFU_SLATE", action = ArgAction::Set, default_value_t = true)]
     pub slate: bool,
     /// H.264 slate clip (Annex B, an access unit delimiter before each frame) replacing the built-in one.
+    #[arg(long, env = "DEADSFU_SLATE_H264")]
     pub slate_h264: Option<PathBuf>,
     /// Frame rate of `slate_h264`.
+    #[arg(long, env = "DEADSFU_SLATE_FPS", default_value_t = 10)]
     pub slate_fps: u32,
     /// VP8 slate clip (IVF) replacing the built-in one.
+    #[arg(long, env = "DEADSFU_SLATE_VP8")]
     pub slate_vp8: Option<PathBuf>,
     /// Least time between two keyframe requests to a room's publisher, in milliseconds.
+    #[arg(long, env = "DEADSFU_KEYFRAME_REQUEST_INTERVAL_MS", default_value_t = 1000)]
     pub keyframe_request_interval_ms: u64,
     /// A keyframe is requested from every watched publisher this often even if nobody asks, in seconds
     /// (0: never).
+    #[arg(long, env = "DEADSFU_KEYFRAME_FALLBACK_INTERVAL_S", default_value_t = 20)]
     pub keyframe_fallback_interval_s: u64,
     /// Base URL of an upstream deadsfu (`http://origin:8080`): this host is an edge that pulls a room over
     /// WHEP (`POST {url}/whep/{room}`) when its viewers ask for a room nobody publishes to here.
+    #[arg(long, env = "DEADSFU_DIAL_UPSTREAM")]
     pub dial_upstream: Option<String>,
     /// Bearer token sent with the pulls to `dial_upstream`.
+    #[arg(long, env = "DEADSFU_UPSTREAM_TOKEN")]
     pub upstream_token: Option<String>,
     /// PEM file of the certificate authorities an `https` upstream's certificate is checked against, instead
     /// of the built-in public ones.
+    #[arg(long, env = "DEADSFU_UPSTREAM_CA")]
     pub upstream_ca: Option<PathBuf>,
     /// Seconds a pull goes on after the edge's last viewer of the room left.
+    #[arg(long, env = "DEADSFU_UPSTREAM_GRACE_S", default_value_t = 10)]
     pub upstream_grace_s: u64,
     /// An edge (`dial_upstream` set) refuses publishers unless this is true; a local publisher then takes the
     /// room over from the pull.
+    #[arg(long, env = "DEADSFU_EDGE_PUBLISH", action = ArgAction::Set, default_value_t = false)]
     pub edge_publish: bool,
     /// Admin listener of signaling (`HOST:PORT` or `:PORT`): when set, `/metrics` is served there only
     /// (and `/healthz` there as well as on `http`). Keep it on a private address.
+    #[arg(long, env = "DEADSFU_ADMIN")]
     pub admin: Option<String>,
     /// Open HTTP connections, all listeners together; past it a connection gets 503.
+    #[arg(long, env = "DEADSFU_HTTP_MAX_CONNECTIONS", default_value_t = 1024)]
     pub http_max_connections: usize,
     /// Open HTTP connections from one client address; past it a connection gets 503.
+    #[arg(long, env = "DEADSFU_HTTP_MAX_CONNECTIONS_PER_IP", default_value_t = 64)]
     pub http_max_connections_per_ip: usize,
     /// Milliseconds for a request's head (and a TLS handshake) to arrive; an idle keep-alive connection is
     /// closed after it too.
+    #[arg(long, env = "DEADSFU_HTTP_HEADER_TIMEOUT_MS", default_value_t = 10000)]
     pub http_header_timeout_ms: u64,
     /// Milliseconds for a request's body to arrive after its head; past it the client gets 408.
+    #[arg(long, env = "DEADSFU_HTTP_BODY_TIMEOUT_MS", default_value_t = 10000)]
     pub http_body_timeout_ms: u64,
     /// Bytes of a request's head (request line and headers), at least 8192; past it the client gets 431.
+    #[arg(long, env = "DEADSFU_HTTP_MAX_HEADER_BYTES", default_value_t = 16384)]
     pub http_max_header_bytes: usize,
     /// Room-list long-polls (`GET /rooms?wait=`) held at once; past it 503.
+    #[arg(long, env = "DEADSFU_HTTP_MAX_LONG_POLLS", default_value_t = 1024)]
     pub http_max_long_polls: usize,
     /// Rooms ingest holds at once (published, watched or pulled); a request for a new room past it gets 503.
+    #[arg(long, env = "DEADSFU_MAX_ROOMS", default_value_t = 1000)]
     pub max_rooms: usize,
     /// Sessions one media process holds (publishers in ingest, viewers in each worker); past it 503.
+    #[arg(long, env = "DEADSFU_MAX_SESSIONS", default_value_t = 5000)]
     pub max_sessions: usize,
     /// Sessions of one media process whose ICE and DTLS have not completed yet; past it 503.
+    #[arg(long, env = "DEADSFU_MAX_PENDING_SESSIONS", default_value_t = 500)]
     pub max_pending_sessions: usize,
     /// Media sections (m-lines) in one SDP offer, 1 to 64; past it 400.
+    #[arg(long, env = "DEADSFU_MAX_MEDIA_SECTIONS", default_value_t = 16)]
     pub max_media_sections: usize,
     /// Seconds a room with no publisher and no viewer is kept before it and its ring file are removed.
+    #[arg(long, env = "DEADSFU_ROOM_GRACE_S", default_value_t = 10)]
     pub room_grace_s: u64,
     /// On an edge: pulls from the upstream at once; a viewer of a further room gets 503.
+    #[arg(long, env = "DEADSFU_MAX_PULLS", default_value_t = 100)]
     pub max_pulls: usize,
 }
 
 impl Default for Config {
+    /// The defaults written with the keys' flags: an empty command line, the environment unread.
     fn default() -> Self {
-        Config {
-            http: ":8080".into(),
-            https: None,
-            tls_cert: None,
-            tls_key: None,
-            acme: Vec::new(),
-            acme_directory: LETS_ENCRYPT_PRODUCTION.into(),
-            acme_contact: None,
-            acme_cache_dir: None,
-            acme_ca_file: None,
-            runtime_dir: None,
-            workers: None,
-            bearer_token: None,
-            ingest_port: 10000,
-            fanout_port: 10100,
-            ice_tcp: true,
-            ice_candidate_host: None,
-            ring_slots: 4096,
-            ring_slot_size: 2048,
-            log: "info".into(),
-            publish_token: None,
-            view_token: None,
-            slate: true,
-            slate_h264: None,
-            slate_fps: 10,
-            slate_vp8: None,
-            keyframe_request_interval_ms: 1000,
-            keyframe_fallback_interval_s: 20,
-            dial_upstream: None,
-            upstream_token: None,
-            upstream_ca: None,
-            upstream_grace_s: 10,
-            edge_publish: false,
-            admin: None,
-            http_max_connections: 1024,
-            http_max_connections_per_ip: 64,
-            http_header_timeout_ms: 10000,
-            http_body_timeout_ms: 10000,
-            http_max_header_bytes: 16384,
-            http_max_long_polls: 1024,
-            max_rooms: 1000,
-            max_sessions: 5000,
-            max_pending_sessions: 500,
-            max_media_sections: 16,
-            room_grace_s: 10,
-            max_pulls: 100,
-        }
+        let command = Config::augment_args(clap::Command::new("deadsfu")).mut_args(|arg| arg.env(None));
+        let mut matches = command.try_get_matches_from(["deadsfu"]).expect("an empty command line parses");
+        Config::from_arg_matches_mut(&mut matches).expect("every key has a default or is optional")
     }
 }
 
-/// Flags and environment variables common to every process; each overrides the same key of the file.
-#[derive(Clone, Debug, Default, clap::Args)]
+/// The command line every deadsfu program takes: `--config FILE`, `--print-config`, and a flag per key of
+/// [`Config`], each also read from its `DEADSFU_*` environment variable. Flatten it into the program's
+/// arguments and call [`ConfigArgs::startup`].
+#[derive(Clone, Debug, Default)]
 pub struct ConfigArgs {
+    /// The YAML file the keys are read from first (`--config`, `DEADSFU_CONFIG`).
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration as YAML and exit (`--print-config`).
+    pub print_config: bool,
+    /// The keys given by flag or environment variable, without the defaults clap fills in, so that a key not
+    /// given keeps the file's value. `None` when not parsed from a command line.
+    overrides: Option<ArgMatches>,
+}
+
+/// The arguments of [`ConfigArgs`] that are not keys.
+#[derive(Args)]
+struct FileArgs {
     /// YAML configuration file.
     #[arg(long, env = "DEADSFU_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// HTTP listener, HOST:PORT or :PORT.
-    #[arg(long, env = "DEADSFU_HTTP")]
-    pub http: Option<String>,
-    /// HTTPS listener, HOST:PORT or :PORT (needs --tls-cert and --tls-key, or --acme).
-    #[arg(long, env = "DEADSFU_HTTPS")]
-    pub https: Option<String>,
-    /// PEM certificate chain for the HTTPS listener (read again when it changes).
-    #[arg(long, env = "DEADSFU_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
-    /// PEM private key for the HTTPS listener (read again when it changes).
-    #[arg(long, env = "DEADSFU_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
-    /// Get the HTTPS certificate for these domains from an ACME CA (comma-separated or repeated).
-    #[arg(long, env = "DEADSFU_ACME", value_delimiter = ',', value_name = "DOMAIN")]
-    pub acme: Option<Vec<String>>,
-    /// ACME directory URL (default: Let's Encrypt production).
-    #[arg(long, env = "DEADSFU_ACME_DIRECTORY", value_name = "URL")]
-    pub acme_directory: Option<String>,
-    /// Contact email for the ACME account.
-    #[arg(long, env = "DEADSFU_ACME_CONTACT", value_name = "EMAIL")]
-    pub acme_contact: Option<String>,
-    /// Directory for the ACME account key and certificates.
-    #[arg(long, env = "DEADSFU_ACME_CACHE_DIR", value_name = "DIR")]
-    pub acme_cache_dir: Option<PathBuf>,
-    /// PEM certificate authorities for the ACME server's API (instead of the public ones).
-    #[arg(long, env = "DEADSFU_ACME_CA_FILE", value_name = "FILE")]
-    pub acme_ca_file: Option<PathBuf>,
-    /// Runtime directory for rings and control sockets.
-    #[arg(long, env = "DEADSFU_RUNTIME_DIR")]
-    pub runtime_dir: Option<PathBuf>,
-    /// Number of fanout workers.
-    #[arg(long, env = "DEADSFU_WORKERS")]
-    pub workers: Option<u32>,
-    /// Bearer token required to publish and view.
-    #[arg(long, env = "DEADSFU_BEARER_TOKEN")]
-    pub bearer_token: Option<String>,
-    /// UDP port of ingest.
-    #[arg(long, env = "DEADSFU_INGEST_PORT")]
-    pub ingest_port: Option<u16>,
-    /// UDP port of fanout worker 0 (worker k uses this + k).
-    #[arg(long, env = "DEADSFU_FANOUT_PORT")]
-    pub fanout_port: Option<u16>,
-    /// Also take ICE over TCP on the TCP ports of the same numbers as the UDP ports.
-    #[arg(long, env = "DEADSFU_ICE_TCP")]
-    pub ice_tcp: Option<bool>,
-    /// Address advertised in ICE candidates (1:1 NAT).
-    #[arg(long, env = "DEADSFU_ICE_CANDIDATE_HOST")]
-    pub ice_candidate_host: Option<IpAddr>,
-    /// Slots per room ring.
-    #[arg(long, env = "DEADSFU_RING_SLOTS")]
-    pub ring_slots: Option<u32>,
-    /// Bytes per ring slot.
-    #[arg(long, env = "DEADSFU_RING_SLOT_SIZE")]
-    pub ring_slot_size: Option<u32>,
-    /// Log filter (overrides RUST_LOG).
-    #[arg(long, env = "DEADSFU_LOG")]
-    pub log: Option<String>,
-    /// Token required to publish (overrides --bearer-token for WHIP).
-    #[arg(long, env = "DEADSFU_PUBLISH_TOKEN")]
-    pub publish_token: Option<String>,
-    /// Token required to view (overrides --bearer-token for WHEP).
-    #[arg(long, env = "DEADSFU_VIEW_TOKEN")]
-    pub view_token: Option<String>,
-    /// Play the slate in rooms without live video (true or false).
-    #[arg(long, env = "DEADSFU_SLATE")]
-    pub slate: Option<bool>,
-    /// H.264 slate clip (Annex B with access unit delimiters).
-    #[arg(long, env = "DEADSFU_SLATE_H264")]
-    pub slate_h264: Option<PathBuf>,
-    /// Frame rate of the H.264 slate clip.
-    #[arg(long, env = "DEADSFU_SLATE_FPS")]
-    pub slate_fps: Option<u32>,
-    /// VP8 slate clip (IVF).
-    #[arg(long, env = "DEADSFU_SLATE_VP8")]
-    pub slate_vp8: Option<PathBuf>,
-    /// Least milliseconds between keyframe requests to a publisher.
-    #[arg(long, env = "DEADSFU_KEYFRAME_REQUEST_INTERVAL_MS")]
-    pub keyframe_request_interval_ms: Option<u64>,
-    /// Seconds between unprompted keyframe requests (0: never).
-    #[arg(long, env = "DEADSFU_KEYFRAME_FALLBACK_INTERVAL_S")]
-    pub keyframe_fallback_interval_s: Option<u64>,
-    /// Base URL of an upstream deadsfu to pull rooms from over WHEP (this host becomes an edge).
-    #[arg(long, env = "DEADSFU_DIAL_UPSTREAM")]
-    pub dial_upstream: Option<String>,
-    /// Bearer token for the pulls from the upstream.
-    #[arg(long, env = "DEADSFU_UPSTREAM_TOKEN")]
-    pub upstream_token: Option<String>,
-    /// PEM certificate authorities for an https upstream (instead of the public ones).
-    #[arg(long, env = "DEADSFU_UPSTREAM_CA")]
-    pub upstream_ca: Option<PathBuf>,
-    /// Seconds a pull goes on after the room's last viewer left.
-    #[arg(long, env = "DEADSFU_UPSTREAM_GRACE_S")]
-    pub upstream_grace_s: Option<u64>,
-    /// Accept publishers on an edge.
-    #[arg(long, env = "DEADSFU_EDGE_PUBLISH")]
-    pub edge_publish: Option<bool>,
-    /// Admin listener for /metrics (HOST:PORT or :PORT); /metrics then leaves the public listener.
-    #[arg(long, env = "DEADSFU_ADMIN")]
-    pub admin: Option<String>,
-    /// Most open HTTP connections.
-    #[arg(long, env = "DEADSFU_HTTP_MAX_CONNECTIONS")]
-    pub http_max_connections: Option<usize>,
-    /// Most open HTTP connections from one address.
-    #[arg(long, env = "DEADSFU_HTTP_MAX_CONNECTIONS_PER_IP")]
-    pub http_max_connections_per_ip: Option<usize>,
-    /// Milliseconds for a request head to arrive.
-    #[arg(long, env = "DEADSFU_HTTP_HEADER_TIMEOUT_MS")]
-    pub http_header_timeout_ms: Option<u64>,
-    /// Milliseconds for a request body to arrive.
-    #[arg(long, env = "DEADSFU_HTTP_BODY_TIMEOUT_MS")]
-    pub http_body_timeout_ms: Option<u64>,
-    /// Most bytes of a request head.
-    #[arg(long, env = "DEADSFU_HTTP_MAX_HEADER_BYTES")]
-    pub http_max_header_bytes: Option<usize>,
-    /// Most room-list long-polls held at once.
-    #[arg(long, env = "DEADSFU_HTTP_MAX_LONG_POLLS")]
-    pub http_max_long_polls: Option<usize>,
-    /// Most rooms at once.
-    #[arg(long, env = "DEADSFU_MAX_ROOMS")]
-    pub max_rooms: Option<usize>,
-    /// Most sessions per media process.
-    #[arg(long, env = "DEADSFU_MAX_SESSIONS")]
-    pub max_sessions: Option<usize>,
-    /// Most not-yet-connected sessions per media process.
-    #[arg(long, env = "DEADSFU_MAX_PENDING_SESSIONS")]
-    pub max_pending_sessions: Option<usize>,
-    /// Most media sections in an offer.
-    #[arg(long, env = "DEADSFU_MAX_MEDIA_SECTIONS")]
-    pub max_media_sections: Option<usize>,
-    /// Seconds an empty room is kept.
-    #[arg(long, env = "DEADSFU_ROOM_GRACE_S")]
-    pub room_grace_s: Option<u64>,
-    /// Most concurrent pulls from the upstream.
-    #[arg(long, env = "DEADSFU_MAX_PULLS")]
-    pub max_pulls: Option<usize>,
+    config: Option<PathBuf>,
+    /// Print the effective configuration as YAML and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+impl Args for ConfigArgs {
+    fn augment_args(command: clap::Command) -> clap::Command {
+        Config::augment_args(FileArgs::augment_args(command))
+    }
+
+    fn augment_args_for_update(command: clap::Command) -> clap::Command {
+        Self::augment_args(command)
+    }
+}
+
+impl FromArgMatches for ConfigArgs {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let file = FileArgs::from_arg_matches(matches)?;
+        let mut overrides = matches.clone();
+        let defaults: Vec<String> = matches
+            .ids()
+            .filter(|id| matches.value_source(id.as_str()) == Some(ValueSource::DefaultValue))
+            .map(|id| id.to_string())
+            .collect();
+        for id in defaults {
+            overrides.try_clear_id(&id).expect("the id comes from these matches");
+        }
+        Ok(ConfigArgs { config: file.config, print_config: file.print_config, overrides: Some(overrides) })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
 }
 
 /// Errors loading the configuration.
@@ -322,186 +269,36 @@ pub enum ConfigError {
 }
 
 impl ConfigArgs {
-    /// The file (if any) with these flags over it, validated.
+    /// The file (if any) with the environment and the flags over it, validated.
     pub fn load(&self) -> Result<Config, ConfigError> {
         let mut cfg = match &self.config {
             Some(path) => Config::from_file(path)?,
             None => Config::default(),
         };
-        self.apply(&mut cfg);
+        if let Some(overrides) = &self.overrides {
+            cfg.update_from_arg_matches(overrides).expect("the overrides were parsed for these keys");
+        }
         cfg.validate()?;
         Ok(cfg)
     }
 
-    /// What every binary does first: load and validate the configuration, print it and stop if asked to,
-    /// else start logging. On `Err` the process exits with that code (2 for a bad configuration).
-    pub fn startup(&self, program: &str, print_config: bool) -> Result<Config, std::process::ExitCode> {
+    /// What every program does first: load and validate the configuration, print it and stop if asked to,
+    /// else start logging, follow the supervisor if started by one, and raise the open-file limit. On `Err`
+    /// the process exits with that code (2 for a bad configuration).
+    pub fn startup(&self, program: &str) -> Result<Config, ExitCode> {
         let cfg = self.load().map_err(|e| {
             eprintln!("{program}: {e}");
-            std::process::ExitCode::from(2)
+            ExitCode::from(2)
         })?;
-        if print_config {
+        if self.print_config {
             print!("{}", cfg.to_yaml());
-            return Err(std::process::ExitCode::SUCCESS);
+            return Err(ExitCode::SUCCESS);
         }
-        cfg.init_logging();
-        crate::service::follow_supervisor();
-        let files = crate::service::raise_fd_limit();
+        crate::logging::init(&cfg.log);
+        crate::process::follow_supervisor();
+        let files = crate::process::raise_fd_limit();
         tracing::debug!(files, "open-file limit");
         Ok(cfg)
-    }
-
-    fn apply(&self, cfg: &mut Config) {
-        fn set<T: Clone>(dst: &mut T, src: &Option<T>) {
-            if let Some(v) = src {
-                *dst = v.clone();
-            }
-        }
-        fn set_opt<T: Clone>(dst: &mut Option<T>, src: &Option<T>) {
-            if src.is_some() {
-                *dst = src.clone();
-            }
-        }
-        set(&mut cfg.http, &self.http);
-        set_opt(&mut cfg.https, &self.https);
-        set_opt(&mut cfg.tls_cert, &self.tls_cert);
-        set_opt(&mut cfg.tls_key, &self.tls_key);
-        set(&mut cfg.acme, &self.acme);
-        set(&mut cfg.acme_directory, &self.acme_directory);
-        set_opt(&mut cfg.acme_contact, &self.acme_contact);
-        set_opt(&mut cfg.acme_cache_dir, &self.acme_cache_dir);
-        set_opt(&mut cfg.acme_ca_file, &self.acme_ca_file);
-        set_opt(&mut cfg.runtime_dir, &self.runtime_dir);
-        set_opt(&mut cfg.workers, &self.workers);
-        set_opt(&mut cfg.bearer_token, &self.bearer_token);
-        set(&mut cfg.ingest_port, &self.ingest_port);
-        set(&mut cfg.fanout_port, &self.fanout_port);
-        set(&mut cfg.ice_tcp, &self.ice_tcp);
-        set_opt(&mut cfg.ice_candidate_host, &self.ice_candidate_host);
-        set(&mut cfg.ring_slots, &self.ring_slots);
-        set(&mut cfg.ring_slot_size, &self.ring_slot_size);
-        set(&mut cfg.log, &self.log);
-        set_opt(&mut cfg.publish_token, &self.publish_token);
-        set_opt(&mut cfg.view_token, &self.view_token);
-        set(&mut cfg.slate, &self.slate);
-        set_opt(&mut cfg.slate_h264, &self.slate_h264);
-        set(&mut cfg.slate_fps, &self.slate_fps);
-        set_opt(&mut cfg.slate_vp8, &self.slate_vp8);
-        set(&mut cfg.keyframe_request_interval_ms, &self.keyframe_request_interval_ms);
-        set(&mut cfg.keyframe_fallback_interval_s, &self.keyframe_fallback_interval_s);
-        set_opt(&mut cfg.dial_upstream, &self.dial_upstream);
-        set_opt(&mut cfg.upstream_token, &self.upstream_token);
-        set_opt(&mut cfg.upstream_ca, &self.upstream_ca);
-        set(&mut cfg.upstream_grace_s, &self.upstream_grace_s);
-        set(&mut cfg.edge_publish, &self.edge_publish);
-        set_opt(&mut cfg.admin, &self.admin);
-        set(&mut cfg.http_max_connections, &self.http_max_connections);
-        set(&mut cfg.http_max_connections_per_ip, &self.http_max_connections_per_ip);
-        set(&mut cfg.http_header_timeout_ms, &self.http_header_timeout_ms);
-        set(&mut cfg.http_body_timeout_ms, &self.http_body_timeout_ms);
-        set(&mut cfg.http_max_header_bytes, &self.http_max_header_bytes);
-        set(&mut cfg.http_max_long_polls, &self.http_max_long_polls);
-        set(&mut cfg.max_rooms, &self.max_rooms);
-        set(&mut cfg.max_sessions, &self.max_sessions);
-        set(&mut cfg.max_pending_sessions, &self.max_pending_sessions);
-        set(&mut cfg.max_media_sections, &self.max_media_sections);
-        set(&mut cfg.room_grace_s, &self.room_grace_s);
-        set(&mut cfg.max_pulls, &self.max_pulls);
-    }
-
-    /// The flags that reproduce `cfg` for a child process (the supervisor passes these on).
-    pub fn to_args(cfg: &Config) -> Vec<String> {
-        let mut args = vec![
-            "--http".into(),
-            cfg.http.clone(),
-            "--runtime-dir".into(),
-            cfg.runtime_dir().display().to_string(),
-            "--ingest-port".into(),
-            cfg.ingest_port.to_string(),
-            "--fanout-port".into(),
-            cfg.fanout_port.to_string(),
-            "--ice-tcp".into(),
-            cfg.ice_tcp.to_string(),
-            "--ring-slots".into(),
-            cfg.ring_slots.to_string(),
-            "--ring-slot-size".into(),
-            cfg.ring_slot_size.to_string(),
-            "--log".into(),
-            cfg.log.clone(),
-        ];
-        if let Some(w) = cfg.workers {
-            args.extend(["--workers".into(), w.to_string()]);
-        }
-        for (flag, value) in [
-            ("--https", cfg.https.clone()),
-            ("--tls-cert", cfg.tls_cert.as_ref().map(|p| p.display().to_string())),
-            ("--tls-key", cfg.tls_key.as_ref().map(|p| p.display().to_string())),
-            ("--acme", (!cfg.acme.is_empty()).then(|| cfg.acme.join(","))),
-            ("--acme-directory", Some(cfg.acme_directory.clone())),
-            ("--acme-contact", cfg.acme_contact.clone()),
-            ("--acme-cache-dir", cfg.acme_cache_dir.as_ref().map(|p| p.display().to_string())),
-            ("--acme-ca-file", cfg.acme_ca_file.as_ref().map(|p| p.display().to_string())),
-        ] {
-            if let Some(v) = value {
-                args.extend([flag.into(), v]);
-            }
-        }
-        if let Some(host) = cfg.ice_candidate_host {
-            args.extend(["--ice-candidate-host".into(), host.to_string()]);
-        }
-        for (flag, path) in [("--slate-h264", &cfg.slate_h264), ("--slate-vp8", &cfg.slate_vp8)] {
-            if let Some(p) = path {
-                args.extend([flag.into(), p.display().to_string()]);
-            }
-        }
-        args.extend([
-            "--slate".into(),
-            cfg.slate.to_string(),
-            "--slate-fps".into(),
-            cfg.slate_fps.to_string(),
-            "--keyframe-request-interval-ms".into(),
-            cfg.keyframe_request_interval_ms.to_string(),
-            "--keyframe-fallback-interval-s".into(),
-            cfg.keyframe_fallback_interval_s.to_string(),
-            "--upstream-grace-s".into(),
-            cfg.upstream_grace_s.to_string(),
-            "--edge-publish".into(),
-            cfg.edge_publish.to_string(),
-            "--http-max-connections".into(),
-            cfg.http_max_connections.to_string(),
-            "--http-max-connections-per-ip".into(),
-            cfg.http_max_connections_per_ip.to_string(),
-            "--http-header-timeout-ms".into(),
-            cfg.http_header_timeout_ms.to_string(),
-            "--http-body-timeout-ms".into(),
-            cfg.http_body_timeout_ms.to_string(),
-            "--http-max-header-bytes".into(),
-            cfg.http_max_header_bytes.to_string(),
-            "--http-max-long-polls".into(),
-            cfg.http_max_long_polls.to_string(),
-            "--max-rooms".into(),
-            cfg.max_rooms.to_string(),
-            "--max-sessions".into(),
-            cfg.max_sessions.to_string(),
-            "--max-pending-sessions".into(),
-            cfg.max_pending_sessions.to_string(),
-            "--max-media-sections".into(),
-            cfg.max_media_sections.to_string(),
-            "--room-grace-s".into(),
-            cfg.room_grace_s.to_string(),
-            "--max-pulls".into(),
-            cfg.max_pulls.to_string(),
-        ]);
-        if let Some(admin) = &cfg.admin {
-            args.extend(["--admin".into(), admin.clone()]);
-        }
-        if let Some(url) = &cfg.dial_upstream {
-            args.extend(["--dial-upstream".into(), url.clone()]);
-        }
-        if let Some(ca) = &cfg.upstream_ca {
-            args.extend(["--upstream-ca".into(), ca.display().to_string()]);
-        }
-        args
     }
 }
 
@@ -581,8 +378,8 @@ impl Config {
                 reason: "must be a power of two >= 2048 (an RTP payload of an MTU-sized packet must fit)".into(),
             });
         }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
-            return Err(ConfigError::Invalid { key: "log", reason: e.to_string() });
+        if let Err(reason) = crate::logging::filter(&self.log) {
+            return Err(ConfigError::Invalid { key: "log", reason });
         }
         for (key, token) in [
             ("bearer_token", &self.bearer_token),
@@ -713,18 +510,6 @@ impl Config {
         serde_yaml::to_string(self).expect("a Config always serializes")
     }
 
-    /// Sends `tracing` output to stderr (journald picks it up under systemd), filtered by `log`.
-    pub fn init_logging(&self) {
-        let filter = tracing_subscriber::EnvFilter::try_new(&self.log)
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-        use std::io::IsTerminal;
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_ansi(std::io::stderr().is_terminal())
-            .with_writer(std::io::stderr)
-            .init();
-    }
-
     /// The token WHIP requires, if any.
     pub fn publish_token(&self) -> Option<&str> {
         self.publish_token.as_deref().or(self.bearer_token.as_deref())
@@ -814,25 +599,132 @@ fn ipv6_available() -> bool {
 mod tests {
     use super::*;
 
-    #[test]
-    fn file_then_flags() {
-        let dir = std::env::temp_dir().join(format!("deadsfu-config-test-{}", std::process::id()));
+    use clap::Parser;
+
+    /// A program's command line: the configuration flattened in, as every binary has it.
+    #[derive(Parser)]
+    struct Program {
+        #[command(flatten)]
+        config: ConfigArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<ConfigArgs, clap::Error> {
+        Program::try_parse_from(std::iter::once("deadsfu").chain(args.iter().copied())).map(|p| p.config)
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("deadsfu-config-test-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// Set in the copy of this test binary that [`file_then_environment_then_flags`] starts, with the
+    /// configuration file's path, so that the variables it sets are seen by that process alone.
+    const LAYERS_FILE: &str = "DEADSFU_TEST_LAYERS_FILE";
+
+    #[test]
+    fn file_then_environment_then_flags() {
+        let dir = temp_dir("layers");
         let path = dir.join("c.yaml");
-        std::fs::write(&path, "http: 127.0.0.1:9000\nworkers: 3\ningest_port: 12000\n").unwrap();
-        let args = ConfigArgs { config: Some(path.clone()), workers: Some(5), ..Default::default() };
-        let cfg = args.load().unwrap();
-        assert_eq!(cfg.http, "127.0.0.1:9000");
-        assert_eq!(cfg.workers, Some(5));
+        std::fs::write(&path, "http: 127.0.0.1:9000\nworkers: 3\ningest_port: 12000\nroom_grace_s: 1\n").unwrap();
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "config::tests::layers_in_a_process_of_their_own", "--nocapture"])
+            .env(LAYERS_FILE, &path)
+            .env("DEADSFU_ROOM_GRACE_S", "2")
+            .env("DEADSFU_WORKERS", "4")
+            .output()
+            .unwrap();
+        let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && log.contains("1 passed"), "{log}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn layers_in_a_process_of_their_own() {
+        let Some(path) = std::env::var_os(LAYERS_FILE) else { return };
+        let config = path.to_str().unwrap();
+        let cfg = parse(&["--config", config, "--workers", "5"]).unwrap().load().unwrap();
+        assert_eq!(cfg.http, "127.0.0.1:9000", "the file's value stays where nothing overrides it");
         assert_eq!(cfg.ingest_port, 12000);
-        assert_eq!(cfg.fanout_port, Config::default().fanout_port);
+        assert_eq!(cfg.fanout_port, Config::default().fanout_port, "a key in neither keeps its default");
+        assert_eq!(cfg.room_grace_s, 2, "the environment overrides the file");
+        assert_eq!(cfg.workers, Some(5), "a flag overrides the environment");
+        let defaults = parse(&[]).unwrap().load().unwrap();
+        assert_eq!((defaults.room_grace_s, defaults.workers), (2, Some(4)), "the environment without a file");
+        assert_eq!(Config::default().room_grace_s, 10, "the defaults do not read the environment");
+    }
+
+    #[test]
+    fn flags_of_every_kind() {
+        let cfg = parse(&[
+            "--acme",
+            "a.example,b.example",
+            "--acme",
+            "c.example",
+            "--https",
+            ":8443",
+            "--ice-tcp",
+            "false",
+            "--ice-candidate-host",
+            "192.0.2.1",
+            "--slate-h264",
+            "/srv/slate.h264",
+        ])
+        .unwrap()
+        .load()
+        .unwrap();
+        assert_eq!(cfg.acme, ["a.example", "b.example", "c.example"]);
+        assert_eq!(cfg.https.as_deref(), Some(":8443"));
+        assert!(!cfg.ice_tcp);
+        assert_eq!(cfg.ice_candidate_host, Some("192.0.2.1".parse().unwrap()));
+        assert_eq!(cfg.slate_h264, Some(PathBuf::from("/srv/slate.h264")));
+        let defaults = parse(&[]).unwrap();
+        assert!(!defaults.print_config && defaults.config.is_none());
+        assert!(parse(&["--print-config"]).unwrap().print_config);
+        let err = parse(&["--ice-tcp", "maybe"]).err().unwrap().to_string();
+        assert!(err.contains("--ice-tcp"), "{err}");
+        let err = parse(&["--workers", "many"]).err().unwrap().to_string();
+        assert!(err.contains("--workers"), "{err}");
+        assert!(parse(&["--no-such-key", "1"]).is_err());
+    }
+
+    #[test]
+    fn the_example_file_spells_out_the_defaults() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/deadsfu.example.yaml");
+        let cfg = Config::from_file(&example).unwrap();
+        assert_eq!(cfg, Config::default());
+        assert_eq!(Config::default().http, ":8080");
+        assert_eq!(Config::default().acme_directory, LETS_ENCRYPT_PRODUCTION);
+        assert!(Config::default().ice_tcp && Config::default().slate && !Config::default().edge_publish);
+    }
+
+    #[test]
+    fn the_yaml_reads_back_as_the_same_configuration() {
+        let dir = temp_dir("yaml");
+        let path = dir.join("effective.yaml");
+        let cfg = Config {
+            https: Some("127.0.0.1:8443".into()),
+            acme: vec!["a.example".into(), "b.example".into()],
+            acme_directory: LETS_ENCRYPT_STAGING.into(),
+            runtime_dir: Some("/run/deadsfu".into()),
+            workers: Some(3),
+            bearer_token: Some("secret".into()),
+            ice_tcp: false,
+            ice_candidate_host: Some("2001:db8::1".parse().unwrap()),
+            dial_upstream: Some("http://origin:8080".into()),
+            upstream_grace_s: 3,
+            edge_publish: true,
+            max_pulls: 7,
+            ..Default::default()
+        };
+        std::fs::write(&path, cfg.to_yaml()).unwrap();
+        assert_eq!(Config::from_file(&path).unwrap(), cfg);
         std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]
     fn errors_name_the_key() {
-        let dir = std::env::temp_dir().join(format!("deadsfu-config-test-err-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = temp_dir("errors");
         let path = dir.join("c.yaml");
         std::fs::write(&path, "htp: 1\n").unwrap();
         let err = Config::from_file(&path).unwrap_err().to_string();
@@ -893,27 +785,6 @@ mod tests {
     }
 
     #[test]
-    fn child_flags_carry_the_acme_settings() {
-        let cfg = Config {
-            https: Some("127.0.0.1:8443".into()),
-            acme: vec!["a.example".into(), "b.example".into()],
-            acme_directory: LETS_ENCRYPT_STAGING.into(),
-            acme_contact: Some("ops@example.org".into()),
-            acme_cache_dir: Some("/srv/acme".into()),
-            acme_ca_file: Some("/srv/ca.pem".into()),
-            ..Default::default()
-        };
-        let args = ConfigArgs::to_args(&cfg);
-        let parsed = <Flags as clap::Parser>::try_parse_from(std::iter::once("x".to_string()).chain(args)).unwrap();
-        let mut again = Config::default();
-        parsed.config.apply(&mut again);
-        assert_eq!(
-            (again.acme, again.acme_directory, again.acme_contact, again.acme_cache_dir, again.acme_ca_file),
-            (cfg.acme, cfg.acme_directory, cfg.acme_contact, cfg.acme_cache_dir, cfg.acme_ca_file)
-        );
-    }
-
-    #[test]
     fn http_shorthand() {
         let cfg = Config::default();
         let any = if ipv6_available() { "[::]:8080" } else { "0.0.0.0:8080" };
@@ -934,28 +805,5 @@ mod tests {
         assert!(edge.refuses_publishers());
         assert!(!Config { edge_publish: true, ..edge }.refuses_publishers());
         assert!(!Config::default().refuses_publishers());
-    }
-
-    #[test]
-    fn child_flags_carry_the_edge_settings() {
-        let cfg = Config {
-            dial_upstream: Some("http://origin:8080".into()),
-            upstream_grace_s: 3,
-            edge_publish: true,
-            ..Default::default()
-        };
-        let args = ConfigArgs::to_args(&cfg);
-        let parsed = <Flags as clap::Parser>::try_parse_from(std::iter::once("x".to_string()).chain(args)).unwrap();
-        let mut again = Config::default();
-        parsed.config.apply(&mut again);
-        assert_eq!(again.dial_upstream, cfg.dial_upstream);
-        assert_eq!(again.upstream_grace_s, 3);
-        assert!(again.edge_publish);
-    }
-
-    #[derive(clap::Parser)]
-    struct Flags {
-        #[command(flatten)]
-        config: ConfigArgs,
     }
 }

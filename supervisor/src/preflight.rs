@@ -7,8 +7,8 @@ use std::fs::File;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::Path;
 
+use deadsfu_runtime::config::Config;
 use nix::fcntl::{Flock, FlockArg};
-use shm_proto::config::Config;
 
 /// Name of the lock file the supervisor holds in its runtime directory for as long as it runs.
 pub const LOCK_FILE: &str = "deadsfu.lock";
