@@ -6,6 +6,7 @@
 //! - [`paths`]: where each of these lives in the runtime directory.
 //! - [`service`]: readiness and watchdog notifications to systemd.
 //! - [`RoomName`]: the one definition of a valid room name.
+//! - [`SessionId`]: a session's id, which names the process ([`Owner`]) that holds the session.
 
 pub mod config;
 pub mod control;
@@ -14,5 +15,7 @@ pub mod ring;
 pub mod service;
 
 mod room;
+mod session;
 
 pub use room::{RoomName, RoomNameError};
+pub use session::{Owner, SessionId, SessionIdError, TOKEN_LEN};
