@@ -33,11 +33,11 @@ use deadsfu_media::{codec, offer};
 use mio::Waker;
 use shm_proto::config::Config;
 use shm_proto::control::{
-    ErrorKind, ProcessMetrics, ProcessStatus, Request, Response, RingMetrics, Role, RoomStatus, UpstreamMetrics,
-    UpstreamStatus,
+    ErrorKind, IngestRequest, ProcessMetrics, ProcessStatus, Request, Response, RingMetrics, Role, RoomStatus,
+    UpstreamMetrics, UpstreamState, UpstreamStatus,
 };
 use shm_proto::ring::{Codec, CodecEntry, Geometry, MediaKind, PacketMeta, RingReader, RingWriter};
-use shm_proto::{paths, RoomName};
+use shm_proto::{paths, Owner, RoomName, SessionId};
 use str0m::media::{KeyframeRequestKind, Mid};
 use str0m::net::Transmit;
 use str0m::rtp::{RtpPacket, Ssrc};
@@ -45,7 +45,7 @@ use str0m::{Candidate, Event, IceConnectionState};
 
 use crate::keyframe;
 use crate::slate::{Slate, SlatePlayer};
-use crate::upstream::{Pull, PullEvent, Upstream};
+use crate::upstream::{FailureKind, Pull, PullEvent, Upstream};
 
 /// How often rings get a heartbeat, and rooms and publishers are looked at.
 const HOUSEKEEPING: Duration = Duration::from_millis(50);
@@ -137,7 +137,7 @@ impl Feed {
 
 /// A publisher session.
 pub struct Publisher {
-    id: String,
+    id: SessionId,
     /// The audio and video media sections of the offer.
     mids: Vec<Mid>,
     /// Its codecs are filled at the first packet.
@@ -160,7 +160,7 @@ struct UpstreamRecord {
     last_error: Option<String>,
     retry_at: Option<Instant>,
     /// Failed attempts by kind since start.
-    failure_counts: BTreeMap<&'static str, u64>,
+    failure_counts: BTreeMap<FailureKind, u64>,
     /// When the room stopped being watched (its pull ends a grace period later).
     unwatched_since: Option<Instant>,
 }
@@ -320,7 +320,7 @@ pub struct Ingest {
     slate: Slate,
     host: SessionHost<Publisher>,
     rooms: HashMap<RoomName, Room>,
-    ids: HashMap<String, SessionKey>,
+    ids: HashMap<SessionId, SessionKey>,
     events: Vec<(SessionKey, Event)>,
     next_housekeeping: Instant,
     next_adopt_scan: Instant,
@@ -387,16 +387,13 @@ impl Ingest {
                 sessions: self.host.len() as u32,
                 accepting: !self.draining,
             }),
-            Request::Publish { room, offer } => self.publish(now, &room, &offer),
-            Request::Watch { room } => match RoomName::new(&room) {
-                Ok(room) => match self.room(&room, now) {
-                    Ok(r) => {
-                        r.watched_until = Some(now + WATCH_GRACE);
-                        Response::Done
-                    }
-                    Err(resp) => resp,
-                },
-                Err(e) => error(ErrorKind::BadRequest, &e.to_string()),
+            Request::Ingest(IngestRequest::Publish { room, offer }) => self.publish(now, room, &offer),
+            Request::Ingest(IngestRequest::Watch { room }) => match self.room(&room, now) {
+                Ok(r) => {
+                    r.watched_until = Some(now + WATCH_GRACE);
+                    Response::Done
+                }
+                Err(resp) => resp,
             },
             Request::Check { session } => match self.ids.contains_key(&session) {
                 true => Response::Done,
@@ -412,9 +409,7 @@ impl Ingest {
             Request::Rooms => Response::Rooms { rooms: self.rooms_status(now) },
             // Answered by the process loop, which holds the counters.
             Request::Metrics => error(ErrorKind::Internal, "metrics are answered by the process loop"),
-            Request::View { .. } | Request::Switch { .. } => {
-                error(ErrorKind::WrongRole, "ingest takes publishers, not viewers")
-            }
+            Request::Fanout(_) => error(ErrorKind::WrongRole, "ingest takes publishers, not viewers"),
         }
     }
 
@@ -427,7 +422,7 @@ impl Ingest {
                 let mut codecs: Vec<String> = r.live_codecs.iter().map(|e| e.codec.name().to_string()).collect();
                 codecs.dedup();
                 RoomStatus {
-                    name: name.to_string(),
+                    name: name.clone(),
                     live: r.live(now),
                     slate: r.slate.is_some(),
                     codecs,
@@ -443,14 +438,14 @@ impl Ingest {
     fn upstream_status(&self, name: &RoomName, room: &Room) -> Option<UpstreamStatus> {
         let record = &room.upstream;
         let state = match self.pulls.get(name) {
-            Some(p) if p.receiving => "pulling",
-            Some(_) => "connecting",
-            None if record.failures > 0 => "retrying",
+            Some(p) if p.receiving => UpstreamState::Pulling,
+            Some(_) => UpstreamState::Connecting,
+            None if record.failures > 0 => UpstreamState::Retrying,
             None => return None,
         };
         Some(UpstreamStatus {
-            state: state.to_string(),
-            error: (state != "pulling").then(|| record.last_error.clone()).flatten(),
+            state,
+            error: (state != UpstreamState::Pulling).then(|| record.last_error.clone()).flatten(),
             failures: record.failures,
         })
     }
@@ -473,14 +468,10 @@ impl Ingest {
         Ok(self.rooms.get_mut(room).expect("inserted above"))
     }
 
-    fn publish(&mut self, now: Instant, room: &str, offer_sdp: &str) -> Response {
+    fn publish(&mut self, now: Instant, room: RoomName, offer_sdp: &str) -> Response {
         if self.draining {
             return error(ErrorKind::Unavailable, "ingest is stopping");
         }
-        let room = match RoomName::new(room) {
-            Ok(room) => room,
-            Err(e) => return error(ErrorKind::BadRequest, &e.to_string()),
-        };
         if self.settings.refuse_publishers {
             let upstream = self.settings.upstream.as_ref().map_or("an upstream", |u| u.base());
             return error(
@@ -505,9 +496,9 @@ impl Ingest {
         if let Err(resp) = self.room(&room, now) {
             return resp;
         }
-        let id = format!("i-{}", process::random_hex(12));
+        let id = SessionId::new(Owner::Ingest, process::random_token());
         let publisher = Publisher {
-            id: id.clone(),
+            id,
             mids: offer::media_sections(offer_sdp).into_iter().map(|(mid, _)| mid).collect(),
             feed: Feed::new(room.clone()),
         };
@@ -520,7 +511,7 @@ impl Ingest {
         // A publisher gets LIVE_TIMEOUT to send its first video before the slate stands in for it.
         r.last_live_video = Some(now);
         r.seen_keyframe_requests = r.ring.keyframe_requests();
-        self.ids.insert(id.clone(), key);
+        self.ids.insert(id, key);
         tracing::info!(session = %id, %room, "publisher joined");
         Response::Answer { session: id, answer: accepted.answer }
     }
@@ -624,7 +615,7 @@ impl Ingest {
                 PullEvent::Failed(failure) => {
                     let record = &mut room.upstream;
                     record.failures += 1;
-                    *record.failure_counts.entry(failure.kind.label()).or_default() += 1;
+                    *record.failure_counts.entry(failure.kind).or_default() += 1;
                     let delay = retry_delay(record.failures);
                     record.retry_at = Some(now + delay);
                     record.last_error = Some(failure.message.clone());
@@ -917,7 +908,7 @@ impl Core for Ingest {
             .map(|(name, room)| {
                 let stats = room.ring.stats();
                 RingMetrics {
-                    room: name.to_string(),
+                    room: name.clone(),
                     head: room.ring.head(),
                     epoch: room.ring.epoch(),
                     packets: stats.packets,
@@ -932,9 +923,9 @@ impl Core for Ingest {
             .iter()
             .filter(|(name, room)| self.pulls.contains_key(*name) || !room.upstream.failure_counts.is_empty())
             .map(|(name, room)| UpstreamMetrics {
-                room: name.to_string(),
+                room: name.clone(),
                 pulling: self.pulls.get(name).is_some_and(|p| p.receiving),
-                failures: room.upstream.failure_counts.iter().map(|(k, n)| (k.to_string(), *n)).collect(),
+                failures: room.upstream.failure_counts.iter().map(|(k, n)| (*k, *n)).collect(),
             })
             .collect();
     }
@@ -1007,6 +998,8 @@ pub enum RunError {
 
 #[cfg(test)]
 mod tests {
+    use shm_proto::control::FanoutRequest;
+
     use super::*;
 
     const SECOND: Duration = Duration::from_secs(1);
@@ -1053,7 +1046,8 @@ mod tests {
     }
 
     fn watch(ingest: &mut Ingest, room: &str, now: Instant) -> Response {
-        ingest.handle_request(now, Request::Watch { room: room.into() })
+        let room = RoomName::new(room).expect("a valid room name");
+        ingest.handle_request(now, IngestRequest::Watch { room }.into())
     }
 
     #[test]
@@ -1118,6 +1112,27 @@ mod tests {
         // A room already held is not refused.
         assert_eq!(watch(&mut ingest, "a", t0), Response::Done);
         assert_eq!(ingest.refused.get("rooms"), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn viewer_calls_and_sessions_ingest_does_not_hold_are_refused() {
+        let dir = temp_dir("dispatch");
+        let t0 = Instant::now();
+        let (mut ingest, _poll) = ingest(&dir, 2, t0);
+        let room = RoomName::new("a").unwrap();
+        let view = FanoutRequest::View { room, offer: "v=0".into() };
+        assert!(matches!(ingest.handle_request(t0, view.into()), Response::Error { kind: ErrorKind::WrongRole, .. }));
+        for owner in [Owner::Ingest, Owner::Worker(0)] {
+            let session = SessionId::new(owner, [1; shm_proto::TOKEN_LEN]);
+            for request in [Request::Check { session }, Request::Close { session }] {
+                assert!(matches!(
+                    ingest.handle_request(t0, request),
+                    Response::Error { kind: ErrorKind::UnknownSession, .. }
+                ));
+            }
+        }
+        assert!(ingest.rooms.is_empty(), "no room made");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -113,11 +113,11 @@ fn metrics(core: &impl Core, udp: &UdpSet, tcp: Option<&TcpSet>) -> ProcessMetri
     m
 }
 
-/// A random id of `bytes` bytes in hex.
-pub fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    getrandom::fill(&mut buf).expect("the OS random source is available");
-    buf.iter().map(|b| format!("{b:02x}")).collect()
+/// Random bytes for a new session's id.
+pub fn random_token() -> [u8; shm_proto::TOKEN_LEN] {
+    let mut token = [0u8; shm_proto::TOKEN_LEN];
+    getrandom::fill(&mut token).expect("the OS random source is available");
+    token
 }
 
 /// A random u32.
