@@ -740,6 +740,8 @@ mod tests {
         ingest_up: bool,
         /// Ingest refuses rooms (as at its room limit).
         ingest_full: bool,
+        /// Workers answer with sessions named for worker 9.
+        foreign_answers: bool,
         /// Every request, in order.
         log: Mutex<Vec<(Target, Request)>>,
     }
@@ -751,6 +753,7 @@ mod tests {
                 workers: (0..workers).collect(),
                 ingest_up: true,
                 ingest_full: false,
+                foreign_answers: false,
                 log: Mutex::new(Vec::new()),
             }
         }
@@ -808,7 +811,8 @@ mod tests {
                 }
                 Request::Ingest(IngestRequest::Publish { .. }) | Request::Fanout(FanoutRequest::View { .. }) => {
                     *n += 1;
-                    Response::Answer { session: id(owner(target), *n), answer: "v=0 answer".into() }
+                    let owner = if self.foreign_answers { Owner::Worker(9) } else { owner(target) };
+                    Response::Answer { session: id(owner, *n), answer: "v=0 answer".into() }
                 }
                 // Each process knows its own first session only.
                 Request::Close { session }
@@ -1074,6 +1078,17 @@ mod tests {
         assert_eq!(resp.status, 200);
         assert!(String::from_utf8_lossy(&resp.body).contains("\"viewers\": 1"));
         assert_eq!(r.handle(&sdp("GET", "/rooms?wait=x")).status, 400);
+    }
+
+    #[test]
+    fn a_worker_answering_with_a_session_it_does_not_own_is_a_server_fault() {
+        let mut fake = Fake::new(1);
+        fake.foreign_answers = true;
+        let r = Router::new(fake, Tokens::default());
+        let resp = r.handle(&sdp("POST", "/whep/a"));
+        assert_eq!(resp.status, 502);
+        assert!(resp.header("Location").is_none());
+        assert!(r.backend.sent(|r| matches!(r, Request::Ingest(_))).is_empty(), "no room made for it");
     }
 
     #[test]
