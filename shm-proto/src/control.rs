@@ -305,7 +305,9 @@ pub struct ProcessStatus {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
-    /// The request itself is invalid (e.g. a bad room name).
+    /// The request itself is invalid. Room names and session ids are checked as a request is decoded (a
+    /// request naming a bad one is no message, and its connection is dropped), so this is for what only the
+    /// process can judge.
     BadRequest,
     /// The SDP offer could not be parsed or accepted.
     BadOffer,
