@@ -204,7 +204,7 @@ use deadsfu_media::env::Env;
 use deadsfu_media::limits::SessionLimits;
 use deadsfu_media::offer;
 use deadsfu_media::process::Core;
-use shm_proto::control::{Request, Response};
+use shm_proto::control::{FanoutRequest, Response};
 use shm_proto::ring::{Codec, CodecEntry, Geometry, MediaKind as RingKind, PacketMeta, RingWriter};
 use shm_proto::{paths, RoomName};
 use str0m::media::{Direction, MediaKind};
@@ -309,9 +309,10 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("deadsfu-session-memory-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     paths::prepare(&dir).expect("a runtime directory");
-    let room = RoomName::new(ROOM).expect("a room name");
+    let room_name = RoomName::new(ROOM).expect("a room name");
     let geometry = Geometry { slot_count: 4096, slot_size: 2048 };
-    let mut ring = RingWriter::create(&paths::ring(&dir, &room), geometry, unix_ns(now) / 1_000_000).expect("a ring");
+    let mut ring =
+        RingWriter::create(&paths::ring(&dir, &room_name), geometry, unix_ns(now) / 1_000_000).expect("a ring");
     ring.set_codecs(&codec_table()).expect("the codec table");
     let candidates = offer::host_candidates(&[server_addr], Protocol::Udp);
     // The process's DTLS certificate and the crypto provider's self-test, made once, before counting.
@@ -328,7 +329,7 @@ fn main() {
     for i in 0..n {
         let addr = SocketAddr::from(([10, (i / 250) as u8, (i % 250) as u8 + 1, 1], 5000));
         let (offer_sdp, client, pending) = client_offer(now, addr);
-        let request = Request::View { room: ROOM.into(), offer: offer_sdp };
+        let request = FanoutRequest::View { room: room_name.clone(), offer: offer_sdp }.into();
         let Response::Answer { answer, .. } = as_tag(SERVER, || room.fanout.handle_request(now, request)) else {
             panic!("the viewer was refused")
         };

@@ -25,9 +25,11 @@ use deadsfu_media::limits::{Refusals, SessionLimits};
 use deadsfu_media::process::{self, Core, Endpoints, StartError};
 use deadsfu_media::{codec, offer};
 use deadsfu_runtime::config::Config;
-use shm_proto::control::{ErrorKind, ProcessMetrics, ProcessStatus, Request, Response, Role, RoomStatus};
+use shm_proto::control::{
+    ErrorKind, FanoutRequest, ProcessMetrics, ProcessStatus, Request, Response, Role, RoomStatus,
+};
 use shm_proto::ring::{CodecEntry, MediaKind, PacketMeta, RingCursor, RingReader};
-use shm_proto::{paths, RoomName};
+use shm_proto::{paths, Owner, RoomName, SessionId};
 use str0m::format::CodecConfig;
 use str0m::media::{Mid, Pt};
 use str0m::net::Transmit;
@@ -150,7 +152,7 @@ impl PtMap {
 }
 
 pub struct Viewer {
-    id: String,
+    id: SessionId,
     room: RoomName,
     connected: bool,
     audio: Option<Track>,
@@ -259,7 +261,7 @@ pub struct Fanout {
     candidates: Vec<Candidate>,
     host: SessionHost<Viewer>,
     rooms: HashMap<RoomName, RoomFeed>,
-    ids: HashMap<String, SessionKey>,
+    ids: HashMap<SessionId, SessionKey>,
     events: Vec<(SessionKey, Event)>,
     buf: Vec<u8>,
     /// Origin of the monotonic nanosecond clock the splicers use.
@@ -337,8 +339,8 @@ impl Fanout {
                 sessions: self.host.len() as u32,
                 accepting: !self.draining,
             }),
-            Request::View { room, offer } => self.view(now, &room, &offer),
-            Request::Switch { session, room } => self.switch(now, &session, &room),
+            Request::Fanout(FanoutRequest::View { room, offer }) => self.view(now, room, &offer),
+            Request::Fanout(FanoutRequest::Switch { session, room }) => self.switch(now, session, room),
             Request::Check { session } => match self.ids.contains_key(&session) {
                 true => Response::Done,
                 false => error(ErrorKind::UnknownSession, "no such viewer session"),
@@ -355,28 +357,21 @@ impl Fanout {
                     .rooms
                     .iter()
                     .map(|(name, feed)| RoomStatus {
-                        name: name.to_string(),
                         viewers: feed.viewers.len() as u32,
-                        ..Default::default()
+                        ..RoomStatus::new(name.clone())
                     })
                     .collect(),
             },
             // Answered by the process loop, which holds the counters.
             Request::Metrics => error(ErrorKind::Internal, "metrics are answered by the process loop"),
-            Request::Publish { .. } | Request::Watch { .. } => {
-                error(ErrorKind::WrongRole, "fanout workers take viewers, not publishers")
-            }
+            Request::Ingest(_) => error(ErrorKind::WrongRole, "fanout workers take viewers, not publishers"),
         }
     }
 
-    fn view(&mut self, now: Instant, room: &str, offer_sdp: &str) -> Response {
+    fn view(&mut self, now: Instant, room: RoomName, offer_sdp: &str) -> Response {
         if self.draining {
             return error(ErrorKind::Unavailable, "this worker is stopping");
         }
-        let room = match RoomName::new(room) {
-            Ok(room) => room,
-            Err(e) => return error(ErrorKind::BadRequest, &e.to_string()),
-        };
         if let Err(refusal) = self.limits.admit(&self.host) {
             self.refused.count(refusal.limit);
             return error(ErrorKind::Unavailable, &refusal.message);
@@ -418,9 +413,9 @@ impl Fanout {
                 return error(ErrorKind::NoCommonCodec, &reason);
             }
         }
-        let id = format!("w{}-{}", self.index, self.env.random.hex(12));
+        let id = SessionId::new(Owner::Worker(self.index), self.env.random.bytes());
         let mut viewer = Viewer {
-            id: id.clone(),
+            id,
             room: room.clone(),
             connected: false,
             audio: None,
@@ -448,7 +443,7 @@ impl Fanout {
             return error(ErrorKind::BadOffer, "the offer asks to receive neither audio nor video");
         }
         let key = self.host.insert(accepted.rtc, accepted.ufrag, viewer, now);
-        self.ids.insert(id.clone(), key);
+        self.ids.insert(id, key);
         self.feed(&room, now, now_ms).viewers.push(key);
         tracing::debug!(session = %id, %room, "viewer joined");
         Response::Answer { session: id, answer: accepted.answer }
@@ -467,13 +462,9 @@ impl Fanout {
         feed(&mut self.rooms, &self.runtime_dir, self.index, room, now, now_ms)
     }
 
-    fn switch(&mut self, now: Instant, session: &str, room: &str) -> Response {
-        let Some(&key) = self.ids.get(session) else {
+    fn switch(&mut self, now: Instant, session: SessionId, room: RoomName) -> Response {
+        let Some(&key) = self.ids.get(&session) else {
             return error(ErrorKind::UnknownSession, "no such viewer session");
-        };
-        let room = match RoomName::new(room) {
-            Ok(room) => room,
-            Err(e) => return error(ErrorKind::BadRequest, &e.to_string()),
         };
         let old = self.host.get(key).expect("ids and host agree").app.room.clone();
         if old == room {
@@ -1076,7 +1067,8 @@ mod tests {
     }
 
     fn view(fanout: &mut Fanout, offer: &str) -> Response {
-        fanout.handle_request(Instant::now(), Request::View { room: "room".into(), offer: offer.to_string() })
+        let room = RoomName::new("room").unwrap();
+        fanout.handle_request(Instant::now(), FanoutRequest::View { room, offer: offer.to_string() }.into())
     }
 
     /// The direction lines of each media section of an answer, in order.
@@ -1114,6 +1106,27 @@ mod tests {
         // VP8 video alone: nothing to give it.
         let Response::Error { kind, message } = view(&mut fanout, &offer(&[true], true)) else { panic!("accepted") };
         assert_eq!(kind, ErrorKind::NoCommonCodec, "{message}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_viewer_session_names_its_worker_and_is_switched_checked_and_closed_by_id() {
+        let (mut fanout, _ring, dir) = worker("dispatch", &[opus(), h264()]);
+        let now = Instant::now();
+        let Response::Answer { session, .. } = view(&mut fanout, &offer(&[false, true], false)) else { panic!() };
+        assert_eq!(session.owner(), Owner::Worker(0));
+        assert!(session.to_string().starts_with("w0-"), "{session}");
+        let other = RoomName::new("other").unwrap();
+        let switch = FanoutRequest::Switch { session, room: other.clone() };
+        assert_eq!(fanout.handle_request(now, switch.into()), Response::Done);
+        assert_eq!(fanout.host.get(fanout.ids[&session]).unwrap().app.room, other);
+        assert_eq!(fanout.handle_request(now, Request::Check { session }), Response::Done);
+        assert_eq!(fanout.handle_request(now, Request::Close { session }), Response::Closed);
+        let gone = fanout.handle_request(now, Request::Check { session });
+        assert!(matches!(gone, Response::Error { kind: ErrorKind::UnknownSession, .. }), "{gone:?}");
+        let watch = shm_proto::control::IngestRequest::Watch { room: other };
+        let wrong = fanout.handle_request(now, watch.into());
+        assert!(matches!(wrong, Response::Error { kind: ErrorKind::WrongRole, .. }), "{wrong:?}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -13,9 +13,10 @@ use std::sync::Mutex;
 use deadsfu_signaling::router::{Backend, HttpRequest, Router, Target, Tokens};
 use libfuzzer_sys::fuzz_target;
 use shm_proto::control::{
-    read_frame, write_frame, ControlError, Envelope, ErrorKind, ProcessMetrics, ProcessStatus, Request, Response, Role,
-    RoomStatus, UpstreamStatus,
+    read_frame, write_frame, ControlError, Envelope, ErrorKind, FanoutRequest, IngestRequest, ProcessMetrics,
+    ProcessStatus, Request, Response, Role, RoomStatus, UpstreamState, UpstreamStatus,
 };
+use shm_proto::{Owner, RoomName, SessionId, TOKEN_LEN};
 
 const ERROR_KINDS: [ErrorKind; 9] = [
     ErrorKind::BadRequest,
@@ -73,23 +74,34 @@ impl Fake {
             },
             Request::Rooms => Response::Rooms {
                 rooms: vec![
-                    RoomStatus { name: "a".into(), live: true, codecs: vec!["H264".into()], ..Default::default() },
+                    RoomStatus { live: true, codecs: vec!["H264".into()], ..RoomStatus::new(room("a")) },
                     RoomStatus {
-                        name: "edge".into(),
                         slate: true,
                         viewers: index,
-                        upstream: Some(UpstreamStatus { state: "retrying".into(), error: None, failures: 2 }),
-                        ..Default::default()
+                        upstream: Some(UpstreamStatus { state: UpstreamState::Retrying, error: None, failures: 2 }),
+                        ..RoomStatus::new(room("edge"))
                     },
                 ],
             },
             _ if failure.is_some() => failure.expect("checked"),
-            Request::Publish { .. } => Response::Answer { session: "i-00ab".into(), answer: "v=0\r\n".into() },
-            Request::View { .. } => Response::Answer { session: format!("w{index}-00cd"), answer: "v=0\r\n".into() },
+            Request::Ingest(IngestRequest::Publish { .. }) => {
+                Response::Answer { session: SessionId::new(Owner::Ingest, [0xab; TOKEN_LEN]), answer: "v=0\r\n".into() }
+            }
+            Request::Fanout(FanoutRequest::View { .. }) => {
+                // Now and then a worker answers with a session it does not own.
+                let owner = if n % 7 == 0 { Owner::Ingest } else { Owner::Worker(index) };
+                Response::Answer { session: SessionId::new(owner, [0xcd; TOKEN_LEN]), answer: "v=0\r\n".into() }
+            }
             Request::Close { .. } => Response::Closed,
-            Request::Switch { .. } | Request::Watch { .. } | Request::Check { .. } => Response::Done,
+            Request::Fanout(FanoutRequest::Switch { .. })
+            | Request::Ingest(IngestRequest::Watch { .. })
+            | Request::Check { .. } => Response::Done,
         })
     }
+}
+
+fn room(name: &str) -> RoomName {
+    RoomName::new(name).expect("a valid room name")
 }
 
 impl Backend for Fake {

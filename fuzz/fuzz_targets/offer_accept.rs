@@ -27,7 +27,7 @@ use deadsfu_media::limits::SessionLimits;
 use deadsfu_media::offer;
 use deadsfu_media::process::Core;
 use libfuzzer_sys::fuzz_target;
-use shm_proto::control::{Request, Response};
+use shm_proto::control::{FanoutRequest, IngestRequest, Response};
 use shm_proto::ring::{Codec, CodecEntry, Geometry, MediaKind, RingWriter};
 use shm_proto::{paths, RoomName};
 use str0m::net::Protocol;
@@ -108,12 +108,13 @@ fn run(data: &[u8]) {
             };
             let slate = Slate { clips: Vec::new() };
             let mut ingest = Ingest::new(settings, slate, w.candidates.clone(), Env::system(), now);
-            check(&ingest.handle_request(now, Request::Publish { room: "pub".into(), offer }));
+            let room = RoomName::new("pub").expect("a valid room name");
+            check(&ingest.handle_request(now, IngestRequest::Publish { room, offer }.into()));
         }
         k => {
             let mut fanout = Fanout::new(0, w.runtime_dir.clone(), w.candidates.clone(), SessionLimits::default(), Env::system(), now);
-            let room = if k == 1 { "view" } else { "empty" };
-            check(&fanout.handle_request(now, Request::View { room: room.into(), offer }));
+            let room = RoomName::new(if k == 1 { "view" } else { "empty" }).expect("a valid room name");
+            check(&fanout.handle_request(now, FanoutRequest::View { room, offer }.into()));
         }
     }
 }

@@ -29,9 +29,11 @@ use deadsfu_media::host::{SessionHost, SessionKey};
 use deadsfu_media::limits::{Refusals, SessionLimits};
 use deadsfu_media::process::Core;
 use deadsfu_media::{codec, offer};
-use shm_proto::control::{ErrorKind, ProcessMetrics, ProcessStatus, Request, Response, RingMetrics, Role, RoomStatus};
+use shm_proto::control::{
+    ErrorKind, IngestRequest, ProcessMetrics, ProcessStatus, Request, Response, RingMetrics, Role, RoomStatus,
+};
 use shm_proto::ring::{Geometry, RingReader};
-use shm_proto::{paths, RoomName};
+use shm_proto::{paths, Owner, RoomName, SessionId};
 use str0m::media::{KeyframeRequestKind, Mid};
 use str0m::net::Transmit;
 use str0m::rtp::RtpPacket;
@@ -79,7 +81,7 @@ pub struct Settings {
 
 /// A publisher session.
 pub struct Publisher {
-    id: String,
+    id: SessionId,
     /// The audio and video media sections of the offer.
     mids: Vec<Mid>,
     /// Its codecs are filled at the first packet.
@@ -101,7 +103,7 @@ pub struct Ingest {
     slate: Slate,
     host: SessionHost<Publisher>,
     rooms: HashMap<RoomName, Room>,
-    ids: HashMap<String, SessionKey>,
+    ids: HashMap<SessionId, SessionKey>,
     events: Vec<(SessionKey, Event)>,
     /// An edge's pulls; `None` on an origin.
     pulls: Option<Pulls>,
@@ -170,16 +172,13 @@ impl Ingest {
                 sessions: self.host.len() as u32,
                 accepting: !self.draining,
             }),
-            Request::Publish { room, offer } => self.publish(now, &room, &offer),
-            Request::Watch { room } => match RoomName::new(&room) {
-                Ok(room) => match self.room(&room, now) {
-                    Ok(r) => {
-                        r.watched_until = Some(now + WATCH_GRACE);
-                        Response::Done
-                    }
-                    Err(resp) => resp,
-                },
-                Err(e) => error(ErrorKind::BadRequest, &e.to_string()),
+            Request::Ingest(IngestRequest::Publish { room, offer }) => self.publish(now, room, &offer),
+            Request::Ingest(IngestRequest::Watch { room }) => match self.room(&room, now) {
+                Ok(r) => {
+                    r.watched_until = Some(now + WATCH_GRACE);
+                    Response::Done
+                }
+                Err(resp) => resp,
             },
             Request::Check { session } => match self.ids.contains_key(&session) {
                 true => Response::Done,
@@ -195,9 +194,7 @@ impl Ingest {
             Request::Rooms => Response::Rooms { rooms: self.rooms_status(now) },
             // Answered by the process loop, which holds the counters.
             Request::Metrics => error(ErrorKind::Internal, "metrics are answered by the process loop"),
-            Request::View { .. } | Request::Switch { .. } => {
-                error(ErrorKind::WrongRole, "ingest takes publishers, not viewers")
-            }
+            Request::Fanout(_) => error(ErrorKind::WrongRole, "ingest takes publishers, not viewers"),
         }
     }
 
@@ -214,7 +211,7 @@ impl Ingest {
                 let mut codecs: Vec<String> = r.live_codecs.iter().map(|e| e.codec.name().to_string()).collect();
                 codecs.dedup();
                 RoomStatus {
-                    name: name.to_string(),
+                    name: name.clone(),
                     live: r.live(now),
                     slate: r.slate.is_some(),
                     codecs,
@@ -243,14 +240,10 @@ impl Ingest {
         Ok(self.rooms.get_mut(room).expect("inserted above"))
     }
 
-    fn publish(&mut self, now: Instant, room: &str, offer_sdp: &str) -> Response {
+    fn publish(&mut self, now: Instant, room: RoomName, offer_sdp: &str) -> Response {
         if self.draining {
             return error(ErrorKind::Unavailable, "ingest is stopping");
         }
-        let room = match RoomName::new(room) {
-            Ok(room) => room,
-            Err(e) => return error(ErrorKind::BadRequest, &e.to_string()),
-        };
         if self.settings.refuse_publishers {
             let upstream = self.settings.upstream.as_deref().unwrap_or("an upstream");
             return error(
@@ -275,9 +268,9 @@ impl Ingest {
         if let Err(resp) = self.room(&room, now) {
             return resp;
         }
-        let id = format!("i-{}", self.env.random.hex(12));
+        let id = SessionId::new(Owner::Ingest, self.env.random.bytes());
         let publisher = Publisher {
-            id: id.clone(),
+            id,
             mids: offer::media_sections(offer_sdp).into_iter().map(|(mid, _)| mid).collect(),
             source: Source::new(room.clone(), &mut self.env.random),
         };
@@ -288,7 +281,7 @@ impl Ingest {
         let r = self.rooms.get_mut(&room).expect("room made above");
         r.publisher = Some(key);
         r.source_started(now);
-        self.ids.insert(id.clone(), key);
+        self.ids.insert(id, key);
         tracing::info!(session = %id, %room, "publisher joined");
         Response::Answer { session: id, answer: accepted.answer }
     }
@@ -515,7 +508,7 @@ impl Core for Ingest {
             .map(|(name, room)| {
                 let stats = room.ring.stats();
                 RingMetrics {
-                    room: name.to_string(),
+                    room: name.clone(),
                     head: room.ring.head(),
                     epoch: room.ring.epoch(),
                     packets: stats.packets,
@@ -541,6 +534,8 @@ fn error(kind: ErrorKind, message: &str) -> Response {
 
 #[cfg(test)]
 mod tests {
+    use shm_proto::control::FanoutRequest;
+
     use super::*;
 
     const SECOND: Duration = Duration::from_secs(1);
@@ -577,7 +572,8 @@ mod tests {
     }
 
     fn watch(ingest: &mut Ingest, room: &str, now: Instant) -> Response {
-        ingest.handle_request(now, Request::Watch { room: room.into() })
+        let room = RoomName::new(room).expect("a valid room name");
+        ingest.handle_request(now, IngestRequest::Watch { room }.into())
     }
 
     #[test]
@@ -623,6 +619,27 @@ mod tests {
         // Asked again, the waiting room is counted once, not at every turn.
         ingest.housekeeping(t0 + Duration::from_millis(60));
         assert_eq!(ingest.refused.get("pulls"), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn viewer_calls_and_sessions_ingest_does_not_hold_are_refused() {
+        let dir = temp_dir("dispatch");
+        let t0 = Instant::now();
+        let mut ingest = ingest(&dir, 2, t0);
+        let room = RoomName::new("a").unwrap();
+        let view = FanoutRequest::View { room, offer: "v=0".into() };
+        assert!(matches!(ingest.handle_request(t0, view.into()), Response::Error { kind: ErrorKind::WrongRole, .. }));
+        for owner in [Owner::Ingest, Owner::Worker(0)] {
+            let session = SessionId::new(owner, [1; shm_proto::TOKEN_LEN]);
+            for request in [Request::Check { session }, Request::Close { session }] {
+                assert!(matches!(
+                    ingest.handle_request(t0, request),
+                    Response::Error { kind: ErrorKind::UnknownSession, .. }
+                ));
+            }
+        }
+        assert!(ingest.rooms.is_empty(), "no room made");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 
 use deadsfu_media::env::Random;
 use deadsfu_media::limits::Refusals;
-use shm_proto::control::{UpstreamMetrics, UpstreamStatus};
+use shm_proto::control::{UpstreamMetrics, UpstreamState, UpstreamStatus};
 use shm_proto::RoomName;
 
 use crate::room::{Room, Source};
 use crate::slate::Slate;
-use crate::upstream::PullEvent;
+use crate::upstream::{FailureKind, PullEvent};
 
 /// Wait before the first retry of a failed pull; it doubles with each failure in a row up to [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_millis(500);
@@ -52,7 +52,7 @@ struct Record {
     last_error: Option<String>,
     retry_at: Option<Instant>,
     /// Failed attempts by kind since start.
-    failure_counts: BTreeMap<&'static str, u64>,
+    failure_counts: BTreeMap<FailureKind, u64>,
     /// When the room stopped being watched (its pull ends a grace period later).
     unwatched_since: Option<Instant>,
 }
@@ -246,7 +246,7 @@ impl Pulls {
             PullEvent::Failed(failure) => {
                 let record = self.records.entry(name.clone()).or_default();
                 record.failures += 1;
-                *record.failure_counts.entry(failure.kind.label()).or_default() += 1;
+                *record.failure_counts.entry(failure.kind).or_default() += 1;
                 let delay = retry_delay(record.failures);
                 record.retry_at = Some(now + delay);
                 record.last_error = Some(failure.message.clone());
@@ -261,14 +261,14 @@ impl Pulls {
         let record = self.records.get(name);
         let failures = record.map_or(0, |r| r.failures);
         let state = match self.active.get(name) {
-            Some(p) if p.receiving => "pulling",
-            Some(_) => "connecting",
-            None if failures > 0 => "retrying",
+            Some(p) if p.receiving => UpstreamState::Pulling,
+            Some(_) => UpstreamState::Connecting,
+            None if failures > 0 => UpstreamState::Retrying,
             None => return None,
         };
         Some(UpstreamStatus {
-            state: state.to_string(),
-            error: (state != "pulling").then(|| record.and_then(|r| r.last_error.clone())).flatten(),
+            state,
+            error: (state != UpstreamState::Pulling).then(|| record.and_then(|r| r.last_error.clone())).flatten(),
             failures,
         })
     }
@@ -288,8 +288,8 @@ impl Pulls {
                 }
                 Some(UpstreamMetrics {
                     pulling: self.receiving(&name),
-                    failures: failures.into_iter().flatten().map(|(k, n)| (k.to_string(), *n)).collect(),
-                    room: name.to_string(),
+                    failures: failures.into_iter().flatten().map(|(k, n)| (*k, *n)).collect(),
+                    room: name,
                 })
             })
             .collect()

@@ -211,35 +211,8 @@ fn load_certificates(path: &Path) -> Result<Vec<ureq::tls::Certificate<'static>>
     Ok(certs)
 }
 
-/// Why a pull failed, by kind (the label of the failure counter in `/metrics`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FailureKind {
-    /// The upstream could not be reached over HTTP (DNS, connection refused, timeout).
-    Unreachable,
-    /// The upstream refused the token (401, 403).
-    Unauthorized,
-    /// The upstream does not know the path (404).
-    NotFound,
-    /// Any other refusal of the offer (4xx, 5xx, a bad answer).
-    Refused,
-    /// The answer came but media never did (ICE or DTLS did not connect).
-    NoMedia,
-    /// A pull that was delivering stopped (the upstream went silent or closed).
-    Dropped,
-}
-
-impl FailureKind {
-    pub fn label(self) -> &'static str {
-        match self {
-            FailureKind::Unreachable => "unreachable",
-            FailureKind::Unauthorized => "unauthorized",
-            FailureKind::NotFound => "not_found",
-            FailureKind::Refused => "refused",
-            FailureKind::NoMedia => "no_media",
-            FailureKind::Dropped => "dropped",
-        }
-    }
-}
+/// Why a pull failed, by kind: part of the control contract, since ingest reports it in its metrics.
+pub use shm_proto::control::UpstreamFailureKind as FailureKind;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Failure {

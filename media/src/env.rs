@@ -65,11 +65,11 @@ impl Random {
         u32::from_le_bytes(buf)
     }
 
-    /// `bytes` random bytes in hex.
-    pub fn hex(&mut self, bytes: usize) -> String {
-        let mut buf = vec![0u8; bytes];
+    /// `N` random bytes.
+    pub fn bytes<const N: usize>(&mut self) -> [u8; N] {
+        let mut buf = [0u8; N];
         self.fill(&mut buf);
-        buf.iter().map(|b| format!("{b:02x}")).collect()
+        buf
     }
 }
 
@@ -127,10 +127,9 @@ mod tests {
     #[test]
     fn seeded_randomness_repeats_and_differs_by_seed() {
         let (mut a, mut b, mut c) = (Random::Seeded(7), Random::Seeded(7), Random::Seeded(8));
-        let (x, y, z) = (a.hex(12), b.hex(12), c.hex(12));
+        let (x, y, z) = (a.bytes::<12>(), b.bytes::<12>(), c.bytes::<12>());
         assert_eq!(x, y);
         assert_ne!(x, z);
-        assert_eq!(x.len(), 24);
         assert_ne!(a.u32(), a.u32(), "a sequence, not one number");
     }
 }

@@ -17,6 +17,13 @@
 //! message. `BODY_LEN` is checked against [`MAX_BODY`] before anything is allocated. A frame with another
 //! magic, another version, an oversized or truncated body, or a body that is not a valid message is an error
 //! for that connection only: the server answers nothing and drops the connection.
+//!
+//! # Messages
+//! A [`Request`] is one of the calls every media process answers (`status`, `check`, `close`, `rooms`,
+//! `metrics`), or a call for one role: `{"type": "ingest", "op": "publish" | "watch", ...}`
+//! ([`IngestRequest`]) or `{"type": "fanout", "op": "view" | "switch", ...}` ([`FanoutRequest`]). Room names
+//! ([`RoomName`]) and session ids ([`SessionId`]) are strings on the wire and are checked as the body is
+//! decoded: a request naming an invalid room or a malformed session is not a valid message.
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -28,10 +35,15 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::{RoomName, SessionId};
+
 /// First two bytes of every frame.
 pub const MAGIC: u16 = 0xD5F0;
 /// Version of the framing and of the message set. A peer speaking another version is refused.
-pub const VERSION: u16 = 1;
+///
+/// 2: requests for one role grouped under `ingest` and `fanout`; room names and session ids checked on
+/// decoding.
+pub const VERSION: u16 = 2;
 /// Length of the fixed frame header.
 pub const HEADER_LEN: usize = 8;
 /// Largest body accepted. SDP offers from browsers are 5-15 KiB; this leaves ample room.
@@ -54,23 +66,51 @@ pub enum Role {
 pub enum Request {
     /// Who are you and how loaded are you.
     Status,
-    /// A publisher's SDP offer for `room` (ingest only).
-    Publish { room: String, offer: String },
-    /// A viewer's SDP offer for `room` (fanout only).
-    View { room: String, offer: String },
     /// End a session made by `Publish` or `View`.
-    Close { session: String },
-    /// Move a viewer to another room without renegotiation (fanout only).
-    Switch { session: String, room: String },
-    /// A viewer is about to watch `room`: make sure its ring exists, so the slate can play before any
-    /// publisher arrives (ingest only).
-    Watch { room: String },
+    Close { session: SessionId },
+    /// Does this process hold `session`? `Done` if it does.
+    Check { session: SessionId },
     /// The rooms this process knows, with what it knows of them.
     Rooms,
-    /// Does this process hold `session`? `Done` if it does.
-    Check { session: String },
     /// Counters and gauges of this process, for `GET /metrics`.
     Metrics,
+    /// A call only ingest answers.
+    Ingest(IngestRequest),
+    /// A call only fanout workers answer.
+    Fanout(FanoutRequest),
+}
+
+/// A call for ingest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum IngestRequest {
+    /// A publisher's SDP offer for `room`.
+    Publish { room: RoomName, offer: String },
+    /// A viewer is about to watch `room`: make sure its ring exists, so the slate can play before any
+    /// publisher arrives.
+    Watch { room: RoomName },
+}
+
+/// A call for a fanout worker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum FanoutRequest {
+    /// A viewer's SDP offer for `room`.
+    View { room: RoomName, offer: String },
+    /// Move a viewer to another room without renegotiation.
+    Switch { session: SessionId, room: RoomName },
+}
+
+impl From<IngestRequest> for Request {
+    fn from(request: IngestRequest) -> Request {
+        Request::Ingest(request)
+    }
+}
+
+impl From<FanoutRequest> for Request {
+    fn from(request: FanoutRequest) -> Request {
+        Request::Fanout(request)
+    }
 }
 
 /// The answer to a [`Request`].
@@ -80,7 +120,7 @@ pub enum Response {
     Status(ProcessStatus),
     /// The SDP answer and the id of the new session.
     Answer {
-        session: String,
+        session: SessionId,
         answer: String,
     },
     Closed,
@@ -137,9 +177,9 @@ pub struct ProcessMetrics {
 }
 
 /// The counters of one room's ring.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RingMetrics {
-    pub room: String,
+    pub room: RoomName,
     pub head: u64,
     pub epoch: u64,
     pub packets: u64,
@@ -151,9 +191,9 @@ pub struct RingMetrics {
 }
 
 /// One room as one process sees it; signaling merges the views of all processes.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomStatus {
-    pub name: String,
+    pub name: RoomName,
     /// Ingest: a publisher is sending live video.
     pub live: bool,
     /// Ingest: the slate is playing.
@@ -169,12 +209,24 @@ pub struct RoomStatus {
     pub upstream: Option<UpstreamStatus>,
 }
 
+impl RingMetrics {
+    /// The ring of `room`, nothing counted yet.
+    pub fn new(room: RoomName) -> RingMetrics {
+        RingMetrics { room, head: 0, epoch: 0, packets: 0, bytes: 0, laps: 0, keyframe_requests: 0 }
+    }
+}
+
+impl RoomStatus {
+    /// `room`, neither live nor playing the slate, without viewers.
+    pub fn new(name: RoomName) -> RoomStatus {
+        RoomStatus { name, live: false, slate: false, codecs: Vec::new(), bitrate_bps: 0, viewers: 0, upstream: None }
+    }
+}
+
 /// How an edge's pull of a room from its upstream stands.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpstreamStatus {
-    /// `connecting` (offer posted or ICE/DTLS under way), `pulling` (media arrives), or `retrying` (the last
-    /// attempt failed; the next one is due after a backoff).
-    pub state: String,
+    pub state: UpstreamState,
     /// Why the last attempt failed, while it is not pulling.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -182,14 +234,58 @@ pub struct UpstreamStatus {
     pub failures: u32,
 }
 
+/// Where an edge's pull of a room stands; a lowercase string on the wire and in `GET /rooms`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamState {
+    /// The offer is posted, or ICE/DTLS is under way.
+    Connecting,
+    /// Media arrives.
+    Pulling,
+    /// The last attempt failed; the next one is due after a backoff.
+    Retrying,
+}
+
+/// Why a pull from the upstream failed, by kind (the label of the failure counter in `/metrics`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamFailureKind {
+    /// The upstream could not be reached over HTTP (DNS, connection refused, timeout).
+    Unreachable,
+    /// The upstream refused the token (401, 403).
+    Unauthorized,
+    /// The upstream does not know the path (404).
+    NotFound,
+    /// Any other refusal of the offer (4xx, 5xx, a bad answer).
+    Refused,
+    /// The answer came but media never did (ICE or DTLS did not connect).
+    NoMedia,
+    /// A pull that was delivering stopped (the upstream went silent or closed).
+    Dropped,
+}
+
+impl UpstreamFailureKind {
+    /// The metrics label value, the same as the wire form.
+    pub fn label(self) -> &'static str {
+        match self {
+            UpstreamFailureKind::Unreachable => "unreachable",
+            UpstreamFailureKind::Unauthorized => "unauthorized",
+            UpstreamFailureKind::NotFound => "not_found",
+            UpstreamFailureKind::Refused => "refused",
+            UpstreamFailureKind::NoMedia => "no_media",
+            UpstreamFailureKind::Dropped => "dropped",
+        }
+    }
+}
+
 /// What an edge's ingest counts about one pull.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpstreamMetrics {
-    pub room: String,
+    pub room: RoomName,
     /// 1 while media arrives from the upstream.
     pub pulling: bool,
-    /// Failed attempts by kind (`unreachable`, `unauthorized`, `not_found`, `refused`, `no_media`, `dropped`).
-    pub failures: Vec<(String, u64)>,
+    /// Failed attempts by kind.
+    pub failures: Vec<(UpstreamFailureKind, u64)>,
 }
 
 /// What a media process says about itself.
@@ -209,7 +305,9 @@ pub struct ProcessStatus {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
-    /// The request itself is invalid (e.g. a bad room name).
+    /// The request itself is invalid. Room names and session ids are checked as a request is decoded (a
+    /// request naming a bad one is no message, and its connection is dropped), so this is for what only the
+    /// process can judge.
     BadRequest,
     /// The SDP offer could not be parsed or accepted.
     BadOffer,
@@ -487,6 +585,7 @@ mod tests {
     use std::io::Cursor;
 
     use super::*;
+    use crate::Owner;
 
     fn frame(magic: u16, version: u16, body: &[u8]) -> Vec<u8> {
         let mut f = Vec::new();
@@ -497,10 +596,22 @@ mod tests {
         f
     }
 
+    fn room(name: &str) -> RoomName {
+        RoomName::new(name).unwrap()
+    }
+
+    fn session(owner: Owner) -> SessionId {
+        SessionId::new(owner, [0x5a; crate::TOKEN_LEN])
+    }
+
+    fn body(json: &str) -> Vec<u8> {
+        frame(MAGIC, VERSION, json.as_bytes())
+    }
+
     #[test]
     fn round_trip() {
         let mut buf = Vec::new();
-        let req = Request::View { room: "a".into(), offer: "v=0".into() };
+        let req = Request::Fanout(FanoutRequest::View { room: room("a"), offer: "v=0".into() });
         write_frame(&mut buf, &Envelope { id: 7, msg: req.clone() }).unwrap();
         let back: Envelope<Request> = read_frame(&mut Cursor::new(buf)).unwrap();
         assert_eq!(back, Envelope { id: 7, msg: req });
@@ -510,27 +621,38 @@ mod tests {
     fn every_message_frames() {
         let requests = [
             Request::Status,
-            Request::Publish { room: "a".into(), offer: "v=0".into() },
-            Request::View { room: "a".into(), offer: "v=0".into() },
-            Request::Close { session: "i-00".into() },
-            Request::Switch { session: "w0-00".into(), room: "b".into() },
-            Request::Watch { room: "a".into() },
+            IngestRequest::Publish { room: room("a"), offer: "v=0".into() }.into(),
+            FanoutRequest::View { room: room("a"), offer: "v=0".into() }.into(),
+            Request::Close { session: session(Owner::Ingest) },
+            FanoutRequest::Switch { session: session(Owner::Worker(0)), room: room("b") }.into(),
+            IngestRequest::Watch { room: room("a") }.into(),
             Request::Rooms,
-            Request::Check { session: "w0-00".into() },
+            Request::Check { session: session(Owner::Worker(0)) },
             Request::Metrics,
         ];
         let status = ProcessStatus { role: Role::Fanout, index: 1, pid: 2, sessions: 3, accepting: true };
+        let upstream = UpstreamStatus { state: UpstreamState::Retrying, error: Some("no".into()), failures: 2 };
         let responses = [
             Response::Status(status),
-            Response::Answer { session: "i-00".into(), answer: "v=0".into() },
+            Response::Answer { session: session(Owner::Ingest), answer: "v=0".into() },
             Response::Closed,
             Response::Done,
-            Response::Rooms { rooms: vec![RoomStatus { name: "a".into(), viewers: 2, ..Default::default() }] },
+            Response::Rooms {
+                rooms: vec![
+                    RoomStatus { viewers: 2, ..RoomStatus::new(room("a")) },
+                    RoomStatus { upstream: Some(upstream), ..RoomStatus::new(room("b")) },
+                ],
+            },
             Response::Error { kind: ErrorKind::RoomBusy, message: "busy".into() },
             Response::Metrics {
                 metrics: Box::new(ProcessMetrics {
                     sessions: 1,
-                    rings: vec![RingMetrics { room: "a".into(), head: 9, ..Default::default() }],
+                    rings: vec![RingMetrics { head: 9, ..RingMetrics::new(room("a")) }],
+                    upstream: vec![UpstreamMetrics {
+                        room: room("a"),
+                        pulling: false,
+                        failures: vec![(UpstreamFailureKind::NotFound, 3)],
+                    }],
                     ..Default::default()
                 }),
             },
@@ -548,8 +670,75 @@ mod tests {
     }
 
     #[test]
+    fn the_wire_form_of_role_calls_and_states() {
+        let publish: Request = IngestRequest::Publish { room: room("a"), offer: "v=0".into() }.into();
+        let json = serde_json::to_value(Envelope { id: 3, msg: publish }).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"id": 3, "msg": {"type": "ingest", "op": "publish", "room": "a", "offer": "v=0"}})
+        );
+        let switch: Request = FanoutRequest::Switch { session: session(Owner::Worker(2)), room: room("b") }.into();
+        let json = serde_json::to_value(Envelope { id: 4, msg: switch }).unwrap();
+        let id = "w2-5a5a5a5a5a5a5a5a5a5a5a5a";
+        assert_eq!(
+            json,
+            serde_json::json!({"id": 4, "msg": {"type": "fanout", "op": "switch", "session": id, "room": "b"}})
+        );
+        let decoded = read_frame::<Request>(&mut Cursor::new(body(&format!(
+            r#"{{"id":5,"msg":{{"type":"close","session":"{id}"}}}}"#
+        ))))
+        .unwrap();
+        assert_eq!(decoded.msg, Request::Close { session: session(Owner::Worker(2)) });
+        // `/rooms` shows these as they were shown when they were strings.
+        for (state, text) in [
+            (UpstreamState::Connecting, "connecting"),
+            (UpstreamState::Pulling, "pulling"),
+            (UpstreamState::Retrying, "retrying"),
+        ] {
+            assert_eq!(serde_json::to_value(state).unwrap(), text);
+        }
+        for kind in [
+            UpstreamFailureKind::Unreachable,
+            UpstreamFailureKind::Unauthorized,
+            UpstreamFailureKind::NotFound,
+            UpstreamFailureKind::Refused,
+            UpstreamFailureKind::NoMedia,
+            UpstreamFailureKind::Dropped,
+        ] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.label());
+        }
+    }
+
+    #[test]
+    fn a_request_naming_a_bad_room_or_session_does_not_decode() {
+        let bad_room = body(r#"{"id":1,"msg":{"type":"ingest","op":"watch","room":"../etc"}}"#);
+        let err = read_frame::<Request>(&mut Cursor::new(bad_room)).unwrap_err();
+        assert!(matches!(err, ControlError::Malformed(_)), "{err}");
+        assert!(err.to_string().contains("room name may contain only letters"), "{err}");
+        let long = "a".repeat(crate::room::MAX_ROOM_LEN + 1);
+        let long_room =
+            body(&format!(r#"{{"id":1,"msg":{{"type":"fanout","op":"view","room":"{long}","offer":"v=0"}}}}"#));
+        let err = read_frame::<Request>(&mut Cursor::new(long_room)).unwrap_err();
+        assert!(err.to_string().contains("longer than"), "{err}");
+        let bad_session = body(r#"{"id":1,"msg":{"type":"check","session":"w0-0001"}}"#);
+        let err = read_frame::<Request>(&mut Cursor::new(bad_session)).unwrap_err();
+        assert!(err.to_string().contains("hex digits"), "{err}");
+        // A role call without its op, or with the other role's op, is no message either.
+        for json in [
+            r#"{"id":1,"msg":{"type":"ingest","room":"a"}}"#,
+            r#"{"id":1,"msg":{"type":"ingest","op":"view","room":"a","offer":"v=0"}}"#,
+            r#"{"id":1,"msg":{"type":"publish","room":"a","offer":"v=0"}}"#,
+        ] {
+            let err = read_frame::<Request>(&mut Cursor::new(body(json))).unwrap_err();
+            assert!(matches!(err, ControlError::Malformed(_)), "{json}: {err}");
+        }
+        let bad_answer = body(r#"{"id":1,"msg":{"type":"answer","session":"x-1","answer":"v=0"}}"#);
+        assert!(matches!(read_frame::<Response>(&mut Cursor::new(bad_answer)), Err(ControlError::Malformed(_))));
+    }
+
+    #[test]
     fn truncated_header_and_body() {
-        let good = frame(MAGIC, VERSION, br#"{"id":1,"msg":{"type":"status"}}"#);
+        let good = body(r#"{"id":1,"msg":{"type":"status"}}"#);
         for cut in [3, HEADER_LEN + 4] {
             let err = read_frame::<Request>(&mut Cursor::new(&good[..cut])).unwrap_err();
             assert!(matches!(err, ControlError::Truncated), "cut at {cut}: {err}");
@@ -638,7 +827,7 @@ mod tests {
         // Good clients are unaffected.
         let resp = call(&path, &Request::Status, Duration::from_secs(5)).unwrap();
         assert_eq!(resp, Response::Closed);
-        let resp = call(&path, &Request::Close { session: "x".into() }, Duration::from_secs(5)).unwrap();
+        let resp = call(&path, &Request::Close { session: session(Owner::Ingest) }, Duration::from_secs(5)).unwrap();
         assert!(matches!(resp, Response::Error { kind: ErrorKind::WrongRole, .. }));
         std::fs::remove_dir_all(&dir).ok();
     }

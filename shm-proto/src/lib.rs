@@ -4,6 +4,7 @@
 //! - [`control`]: the framed request/response protocol signaling speaks to ingest and the workers.
 //! - [`paths`]: where each of these lives in the runtime directory.
 //! - [`RoomName`]: the one definition of a valid room name.
+//! - [`SessionId`]: a session's id, which names the process ([`Owner`]) that holds the session.
 //!
 //! How a process is configured, logs and talks to systemd is not part of the contract: that is the
 //! `deadsfu-runtime` crate.
@@ -13,5 +14,7 @@ pub mod paths;
 pub mod ring;
 
 mod room;
+mod session;
 
 pub use room::{RoomName, RoomNameError};
+pub use session::{Owner, SessionId, SessionIdError, TOKEN_LEN};

@@ -9,6 +9,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use shm_proto::control::ProcessMetrics;
+use shm_proto::RoomName;
 
 type Labels = Vec<(String, String)>;
 
@@ -23,7 +24,7 @@ pub struct Scrape {
     /// Worker index and the restarts signaling has seen (its pid changed between scrapes).
     pub restarts: Vec<(u32, u64)>,
     /// Viewers per room, over all workers.
-    pub viewers: Vec<(String, u32)>,
+    pub viewers: Vec<(RoomName, u32)>,
     /// Signaling's own refusals at its HTTP limits, by reason.
     pub http_refused: Vec<(&'static str, u64)>,
 }
@@ -59,8 +60,8 @@ fn process(name: &str) -> Labels {
     vec![("process".into(), name.into())]
 }
 
-fn room(name: &str) -> Labels {
-    vec![("room".into(), name.into())]
+fn room(name: &RoomName) -> Labels {
+    vec![("room".into(), name.to_string())]
 }
 
 fn gauge(v: u64) -> i64 {
@@ -144,7 +145,8 @@ pub fn render(scrape: &Scrape) -> String {
         for u in &m.upstream {
             f.upstream_pulling.get_or_create(&room(&u.room)).set(i64::from(u.pulling));
             for (reason, n) in &u.failures {
-                let labels = vec![("room".to_string(), u.room.clone()), ("reason".to_string(), reason.clone())];
+                let labels =
+                    vec![("room".to_string(), u.room.to_string()), ("reason".to_string(), reason.label().into())];
                 f.upstream_failures.get_or_create(&labels).inc_by(*n);
             }
         }
@@ -216,9 +218,13 @@ pub fn render(scrape: &Scrape) -> String {
 
 #[cfg(test)]
 mod tests {
-    use shm_proto::control::{RingMetrics, UpstreamMetrics};
+    use shm_proto::control::{RingMetrics, UpstreamFailureKind, UpstreamMetrics};
 
     use super::*;
+
+    fn lobby() -> RoomName {
+        RoomName::new("lobby").unwrap()
+    }
 
     #[test]
     fn renders_every_process_and_ring() {
@@ -227,11 +233,11 @@ mod tests {
             cpu_ms: 1500,
             datagrams_in: 10,
             keyframe_requests_sent: 2,
-            rings: vec![RingMetrics { room: "lobby".into(), head: 42, epoch: 2, laps: 3, ..Default::default() }],
+            rings: vec![RingMetrics { head: 42, epoch: 2, laps: 3, ..RingMetrics::new(lobby()) }],
             upstream: vec![UpstreamMetrics {
-                room: "lobby".into(),
+                room: lobby(),
                 pulling: true,
-                failures: vec![("unreachable".into(), 4), ("unauthorized".into(), 1)],
+                failures: vec![(UpstreamFailureKind::Unreachable, 4), (UpstreamFailureKind::Unauthorized, 1)],
             }],
             ..Default::default()
         };
@@ -249,7 +255,7 @@ mod tests {
             ingest: Some(ingest),
             workers: vec![(0, Some(worker)), (1, None)],
             restarts: vec![(1, 2)],
-            viewers: vec![("lobby".into(), 5)],
+            viewers: vec![(lobby(), 5)],
             http_refused: vec![("connections_per_ip", 6)],
         });
         for line in [

@@ -18,9 +18,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 use shm_proto::control::{
-    ControlError, ErrorKind, ProcessMetrics, ProcessStatus, Request, Response, RoomStatus, UpstreamStatus,
+    ControlError, ErrorKind, FanoutRequest, IngestRequest, ProcessMetrics, ProcessStatus, Request, Response,
+    RoomStatus, UpstreamStatus,
 };
-use shm_proto::RoomName;
+use shm_proto::{Owner, RoomName, SessionId};
 
 use crate::http::Refusals;
 
@@ -37,6 +38,16 @@ const PUBLISHER_PAGE: &str = include_str!("../assets/send.html");
 pub enum Target {
     Ingest,
     Worker(u32),
+}
+
+impl From<Owner> for Target {
+    /// The process that holds a session, which every call about the session goes to.
+    fn from(owner: Owner) -> Target {
+        match owner {
+            Owner::Ingest => Target::Ingest,
+            Owner::Worker(k) => Target::Worker(k),
+        }
+    }
 }
 
 /// The media processes, as signaling reaches them.
@@ -76,6 +87,7 @@ impl HttpResponse {
     }
 
     /// The value of a header the response carries.
+    #[cfg(test)]
     fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
@@ -131,7 +143,7 @@ pub struct RoomList {
 
 #[derive(Serialize, Debug, PartialEq)]
 pub struct RoomEntry {
-    pub name: String,
+    pub name: RoomName,
     /// `live`, `slate` or `idle` (a publisher connecting, or nobody).
     pub state: &'static str,
     pub codecs: Vec<String>,
@@ -253,10 +265,9 @@ impl<B: Backend> Router<B> {
         if let Err(resp) = self.authorized(req, query, kind) {
             return resp;
         }
-        let room = room.unwrap_or_else(|| DEFAULT_ROOM.to_string());
-        let room = match RoomName::new(&room) {
-            Ok(r) => r,
-            Err(e) => return HttpResponse::error(400, format!("bad room name: {e}")),
+        let room = match room_name(room.as_deref().unwrap_or(DEFAULT_ROOM)) {
+            Ok(room) => room,
+            Err(resp) => return resp,
         };
         let content_type = req.header("Content-Type").unwrap_or("");
         let mime = content_type.split(';').next().unwrap_or("").trim();
@@ -273,31 +284,31 @@ impl<B: Backend> Router<B> {
         if !offer.starts_with("v=0") {
             return HttpResponse::error(400, "malformed SDP offer: it must start with v=0");
         }
-        let room = room.to_string();
         let offer = offer.to_string();
-        let result = match kind {
-            Kind::Publish => self.backend.call(Target::Ingest, &Request::Publish { room, offer }),
+        match kind {
+            Kind::Publish => {
+                let publish = IngestRequest::Publish { room, offer }.into();
+                answer_or_error(self.backend.call(Target::Ingest, &publish), "ingest")
+            }
             Kind::View => {
-                let resp = self.view(Request::View { room: room.clone(), offer });
-                if resp.status != 201 {
-                    return resp;
-                }
+                let (session, answer) = match self.view(FanoutRequest::View { room: room.clone(), offer }.into()) {
+                    Ok(created) => created,
+                    Err(refused) => return refused,
+                };
                 if let Err(refused) = self.watch(&room) {
                     // Ingest holds no room for it (its room limit): the viewer would wait for a ring that
                     // never comes. Undo the session and say why.
-                    if let Some(id) = resp.header("Location").and_then(|l| l.strip_prefix("/session/")) {
-                        self.close_viewer(id);
-                    }
+                    self.close_viewer(session);
                     return refused;
                 }
-                return resp;
+                created(session, answer)
             }
-        };
-        answer_or_error(result, "ingest")
+        }
     }
 
-    /// Hands a viewer to the least-loaded worker that takes it.
-    fn view(&self, request: Request) -> HttpResponse {
+    /// Hands a viewer to the least-loaded worker that takes it: the new session and its SDP answer, or the
+    /// answer to the client if no worker took it.
+    fn view(&self, request: Request) -> Result<(SessionId, String), HttpResponse> {
         let mut candidates: Vec<(u32, u32)> = Vec::new();
         for index in self.backend.workers() {
             if let Ok(Response::Status(s)) = self.backend.call(Target::Worker(index), &Request::Status) {
@@ -307,7 +318,7 @@ impl<B: Backend> Router<B> {
             }
         }
         if candidates.is_empty() {
-            return HttpResponse::error(503, "no fanout worker is available").with("Retry-After", "1");
+            return Err(HttpResponse::error(503, "no fanout worker is available").with("Retry-After", "1"));
         }
         let mut last = HttpResponse::error(503, "no fanout worker took the viewer").with("Retry-After", "1");
         while !candidates.is_empty() {
@@ -321,24 +332,31 @@ impl<B: Backend> Router<B> {
             let result = self.backend.call(Target::Worker(index), &request);
             *self.in_flight.lock().expect("in_flight lock is never poisoned").entry(index).or_default() -= 1;
             match result {
+                Ok(Response::Answer { session, answer }) if session.owner() == Owner::Worker(index) => {
+                    return Ok((session, answer));
+                }
+                Ok(Response::Answer { session, .. }) => {
+                    tracing::warn!(worker = index, %session, "worker answered with another process's session");
+                    return Err(HttpResponse::error(502, "fanout worker answered with a session it does not own"));
+                }
                 Ok(Response::Error { kind: ErrorKind::Unavailable, message }) => {
                     last = HttpResponse::error(503, message).with("Retry-After", "1");
                 }
                 Err(e) => {
                     tracing::warn!(worker = index, error = %e, "worker did not answer; trying another");
                 }
-                other => return answer_or_error(other, "fanout worker"),
+                other => return Err(answer_or_error(other, "fanout worker")),
             }
         }
-        last
+        Err(last)
     }
 
     /// Tells ingest a viewer was accepted for `room`, so its ring exists and the slate plays if nobody
     /// publishes. Only an accepted viewer does: a refused request never makes a room. Viewing does not depend
     /// on ingest running: a viewer of a room whose ingest is down (or not yet told) waits for the ring to
     /// appear. Ingest refusing the room (its room limit) is the error to answer the viewer with.
-    fn watch(&self, room: &str) -> Result<(), HttpResponse> {
-        match self.backend.call(Target::Ingest, &Request::Watch { room: room.to_string() }) {
+    fn watch(&self, room: &RoomName) -> Result<(), HttpResponse> {
+        match self.backend.call(Target::Ingest, &IngestRequest::Watch { room: room.clone() }.into()) {
             Ok(Response::Done) => Ok(()),
             Err(e) => {
                 tracing::debug!(%room, error = %e, "ingest not told of a viewer");
@@ -349,11 +367,9 @@ impl<B: Backend> Router<B> {
     }
 
     /// Closes a viewer session signaling made and must take back; the worker frees it either way.
-    fn close_viewer(&self, id: &str) {
-        if let Some(target @ Target::Worker(_)) = session_target(id) {
-            if let Err(e) = self.backend.call(target, &Request::Close { session: id.to_string() }) {
-                tracing::warn!(session = %id, error = %e, "could not close a viewer session taken back");
-            }
+    fn close_viewer(&self, session: SessionId) {
+        if let Err(e) = self.backend.call(session.owner().into(), &Request::Close { session }) {
+            tracing::warn!(%session, error = %e, "could not close a viewer session taken back");
         }
     }
 
@@ -377,15 +393,17 @@ impl<B: Backend> Router<B> {
                 }
             }
         };
-        if let Err(e) = RoomName::new(&room) {
-            return HttpResponse::error(400, format!("bad room name: {e}"));
-        }
-        let Some(target @ Target::Worker(_)) = session_target(id) else {
+        let room = match room_name(&room) {
+            Ok(room) => room,
+            Err(resp) => return resp,
+        };
+        let Some(session) = id.parse::<SessionId>().ok().filter(|s| matches!(s.owner(), Owner::Worker(_))) else {
             return HttpResponse::error(404, "no such viewer session");
         };
+        let target = session.owner().into();
         // The session first, so an unknown session makes no room; then the room, so a session is never moved
         // to a room ingest will not hold.
-        match self.backend.call(target, &Request::Check { session: id.to_string() }) {
+        match self.backend.call(target, &Request::Check { session }) {
             Ok(Response::Done) => {}
             Ok(Response::Error { kind: ErrorKind::UnknownSession, .. }) | Err(ControlError::Io(_)) => {
                 return HttpResponse::error(404, "no such viewer session");
@@ -395,7 +413,7 @@ impl<B: Backend> Router<B> {
         if let Err(refused) = self.watch(&room) {
             return refused;
         }
-        match self.backend.call(target, &Request::Switch { session: id.to_string(), room: room.clone() }) {
+        match self.backend.call(target, &FanoutRequest::Switch { session, room: room.clone() }.into()) {
             Ok(Response::Done) => {
                 let body = serde_json::json!({ "room": room }).to_string();
                 HttpResponse::new(200, "application/json", body)
@@ -418,13 +436,11 @@ impl<B: Backend> Router<B> {
     }
 
     pub fn room_list(&self) -> RoomList {
-        let mut merged: std::collections::BTreeMap<String, RoomStatus> = std::collections::BTreeMap::new();
+        let mut merged: std::collections::BTreeMap<RoomName, RoomStatus> = std::collections::BTreeMap::new();
         let mut merge = |target| {
             if let Ok(Response::Rooms { rooms }) = self.backend.call(target, &Request::Rooms) {
                 for r in rooms {
-                    let m = merged
-                        .entry(r.name.clone())
-                        .or_insert_with(|| RoomStatus { name: r.name.clone(), ..Default::default() });
+                    let m = merged.entry(r.name.clone()).or_insert_with(|| RoomStatus::new(r.name.clone()));
                     m.live |= r.live;
                     m.slate |= r.slate;
                     if !r.codecs.is_empty() {
@@ -474,10 +490,10 @@ impl<B: Backend> Router<B> {
     /// (`If-Match: *`) are refused with `422`, as the RFC asks of a session that supports trickle only:
     /// a client whose path broke posts a new offer.
     fn patch(&self, req: &HttpRequest, id: &str, query: &str) -> HttpResponse {
-        let Some(target) = session_target(id) else {
+        let Ok(session) = id.parse::<SessionId>() else {
             return HttpResponse::error(404, "no such session");
         };
-        let kind = if target == Target::Ingest { Kind::Publish } else { Kind::View };
+        let kind = Kind::of(session);
         if let Err(resp) = self.authorized(req, query, kind) {
             return resp;
         }
@@ -504,11 +520,11 @@ impl<B: Backend> Router<B> {
             return HttpResponse::error(422, "ICE restart is not supported; start a new session with a new offer");
         }
         if let Some(tag) = if_match {
-            if tag != format!("\"{id}\"") {
+            if tag != format!("\"{session}\"") {
                 return HttpResponse::error(412, "If-Match does not match the session's ETag");
             }
         }
-        match self.backend.call(target, &Request::Check { session: id.to_string() }) {
+        match self.backend.call(session.owner().into(), &Request::Check { session }) {
             Ok(Response::Done) => HttpResponse::new(204, "text/plain", ""),
             Ok(Response::Error { kind: ErrorKind::UnknownSession, .. }) | Err(ControlError::Io(_)) => {
                 HttpResponse::error(404, "no such session")
@@ -518,14 +534,13 @@ impl<B: Backend> Router<B> {
     }
 
     fn delete(&self, req: &HttpRequest, id: &str, query: &str) -> HttpResponse {
-        let Some(target) = session_target(id) else {
+        let Ok(session) = id.parse::<SessionId>() else {
             return HttpResponse::error(404, "no such session");
         };
-        let kind = if target == Target::Ingest { Kind::Publish } else { Kind::View };
-        if let Err(resp) = self.authorized(req, query, kind) {
+        if let Err(resp) = self.authorized(req, query, Kind::of(session)) {
             return resp;
         }
-        match self.backend.call(target, &Request::Close { session: id.to_string() }) {
+        match self.backend.call(session.owner().into(), &Request::Close { session }) {
             Ok(Response::Closed) => HttpResponse::new(200, "text/plain", ""),
             Ok(Response::Error { kind: ErrorKind::UnknownSession, .. }) => HttpResponse::error(404, "no such session"),
             Ok(other) => answer_or_error(Ok(other), "media process"),
@@ -591,29 +606,38 @@ impl<B: Backend> Router<B> {
     }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Publish,
     View,
 }
 
-/// The process that owns a session, from its id: `i-…` is ingest, `wK-…` fanout worker K.
-fn session_target(id: &str) -> Option<Target> {
-    let (prefix, rest) = id.split_once('-')?;
-    if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
+impl Kind {
+    /// What a session does, which decides the token that guards it: ingest holds publishers, workers viewers.
+    fn of(session: SessionId) -> Kind {
+        match session.owner() {
+            Owner::Ingest => Kind::Publish,
+            Owner::Worker(_) => Kind::View,
+        }
     }
-    match prefix {
-        "i" => Some(Target::Ingest),
-        w => w.strip_prefix('w')?.parse().ok().map(Target::Worker),
-    }
+}
+
+/// A room name from a URL or a body, or the answer to a bad one. The one place signaling checks room names:
+/// from here on they travel as [`RoomName`].
+fn room_name(name: &str) -> Result<RoomName, HttpResponse> {
+    RoomName::new(name).map_err(|e| HttpResponse::error(400, format!("bad room name: {e}")))
+}
+
+/// `201 Created` for a new session, its URL in `Location`.
+fn created(session: SessionId, answer: String) -> HttpResponse {
+    HttpResponse::new(201, "application/sdp", answer)
+        .with("Location", format!("/session/{session}"))
+        .with("ETag", format!("\"{session}\""))
 }
 
 fn answer_or_error(result: Result<Response, ControlError>, who: &str) -> HttpResponse {
     match result {
-        Ok(Response::Answer { session, answer }) => HttpResponse::new(201, "application/sdp", answer)
-            .with("Location", format!("/session/{session}"))
-            .with("ETag", format!("\"{session}\"")),
+        Ok(Response::Answer { session, answer }) => created(session, answer),
         Ok(Response::Error { kind, message }) => {
             let status = match kind {
                 ErrorKind::BadRequest | ErrorKind::BadOffer => 400,
@@ -716,6 +740,8 @@ mod tests {
         ingest_up: bool,
         /// Ingest refuses rooms (as at its room limit).
         ingest_full: bool,
+        /// Workers answer with sessions named for worker 9.
+        foreign_answers: bool,
         /// Every request, in order.
         log: Mutex<Vec<(Target, Request)>>,
     }
@@ -727,6 +753,7 @@ mod tests {
                 workers: (0..workers).collect(),
                 ingest_up: true,
                 ingest_full: false,
+                foreign_answers: false,
                 log: Mutex::new(Vec::new()),
             }
         }
@@ -757,7 +784,9 @@ mod tests {
             if target == Target::Ingest && !self.ingest_up {
                 return Err(ControlError::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)));
             }
-            if let (Target::Ingest, Request::Watch { .. }, true) = (target, request, self.ingest_full) {
+            if let (Target::Ingest, Request::Ingest(IngestRequest::Watch { .. }), true) =
+                (target, request, self.ingest_full)
+            {
                 let message = "this server holds its limit of 1 rooms".into();
                 return Ok(Response::Error { kind: ErrorKind::Unavailable, message });
             }
@@ -774,42 +803,68 @@ mod tests {
                     sessions: *n,
                     accepting: true,
                 }),
-                Request::Publish { offer, .. } | Request::View { offer, .. } if offer.contains("bad") => {
+                Request::Ingest(IngestRequest::Publish { offer, .. })
+                | Request::Fanout(FanoutRequest::View { offer, .. })
+                    if offer.contains("bad") =>
+                {
                     Response::Error { kind: ErrorKind::BadOffer, message: "bad offer".into() }
                 }
-                Request::Publish { .. } | Request::View { .. } => {
+                Request::Ingest(IngestRequest::Publish { .. }) | Request::Fanout(FanoutRequest::View { .. }) => {
                     *n += 1;
-                    let session = match target {
-                        Target::Ingest => format!("i-{:04x}", *n),
-                        Target::Worker(i) => format!("w{i}-{:04x}", *n),
-                    };
-                    Response::Answer { session, answer: "v=0 answer".into() }
+                    let owner = if self.foreign_answers { Owner::Worker(9) } else { owner(target) };
+                    Response::Answer { session: id(owner, *n), answer: "v=0 answer".into() }
                 }
-                Request::Close { session } | Request::Switch { session, .. } | Request::Check { session }
-                    if !session.ends_with("0001") =>
+                // Each process knows its own first session only.
+                Request::Close { session }
+                | Request::Fanout(FanoutRequest::Switch { session, .. })
+                | Request::Check { session }
+                    if *session != id(owner(target), 1) =>
                 {
                     Response::Error { kind: ErrorKind::UnknownSession, message: "no".into() }
                 }
                 Request::Close { .. } => Response::Closed,
-                Request::Switch { .. } | Request::Watch { .. } | Request::Check { .. } => Response::Done,
+                Request::Fanout(FanoutRequest::Switch { .. })
+                | Request::Ingest(IngestRequest::Watch { .. })
+                | Request::Check { .. } => Response::Done,
                 Request::Metrics => {
                     Response::Metrics { metrics: Box::new(ProcessMetrics { sessions: *n, ..Default::default() }) }
                 }
                 Request::Rooms => Response::Rooms {
                     rooms: match target {
                         Target::Ingest => vec![RoomStatus {
-                            name: "a".into(),
                             live: true,
                             codecs: vec!["H264".into()],
                             bitrate_bps: 1_500_000,
-                            ..Default::default()
+                            ..RoomStatus::new(RoomName::new("a").unwrap())
                         }],
-                        Target::Worker(_) => vec![RoomStatus { name: "a".into(), viewers: *n, ..Default::default() }],
+                        Target::Worker(_) => {
+                            vec![RoomStatus { viewers: *n, ..RoomStatus::new(RoomName::new("a").unwrap()) }]
+                        }
                     },
                 },
             })
         }
     }
+
+    /// The `n`th session a fake process made.
+    fn id(owner: Owner, n: u32) -> SessionId {
+        let mut token = [0; shm_proto::TOKEN_LEN];
+        token[shm_proto::TOKEN_LEN - 4..].copy_from_slice(&n.to_be_bytes());
+        SessionId::new(owner, token)
+    }
+
+    fn owner(target: Target) -> Owner {
+        match target {
+            Target::Ingest => Owner::Ingest,
+            Target::Worker(k) => Owner::Worker(k),
+        }
+    }
+
+    /// The text forms of the first and second sessions of ingest and worker 0.
+    const I1: &str = "i-000000000000000000000001";
+    const I2: &str = "i-000000000000000000000002";
+    const W1: &str = "w0-000000000000000000000001";
+    const W2: &str = "w0-000000000000000000000002";
 
     fn req(method: &str, url: &str, content_type: Option<&str>, body: &str) -> HttpRequest {
         let mut headers = Vec::new();
@@ -835,7 +890,8 @@ mod tests {
         let r = Router::new(Fake::new(2), Tokens::default());
         let resp = r.handle(&sdp("POST", "/whip/room1"));
         assert_eq!(resp.status, 201);
-        assert_eq!(resp.header("Location"), Some("/session/i-0001"));
+        assert_eq!(resp.header("Location"), Some(format!("/session/{I1}").as_str()));
+        assert_eq!(resp.header("ETag"), Some(format!("\"{I1}\"").as_str()));
         assert!(resp.header("ETag").is_some());
         assert_eq!(resp.header("Content-Type"), Some("application/sdp"));
         assert_eq!(resp.header("Access-Control-Allow-Origin"), Some("*"));
@@ -844,7 +900,7 @@ mod tests {
         assert_eq!(a.status, 201);
         assert_eq!(b.status, 201);
         let (la, lb) = (a.header("Location").unwrap(), b.header("Location").unwrap());
-        let worker = |l: &str| session_target(l.trim_start_matches("/session/"));
+        let worker = |l: &str| l.trim_start_matches("/session/").parse::<SessionId>().unwrap().owner();
         assert_ne!(worker(la), worker(lb), "consecutive viewers go to different workers: {la} {lb}");
     }
 
@@ -868,7 +924,8 @@ mod tests {
             (sdp("POST", "/whip/a%2Fb"), 400),
             (sdp("POST", &format!("/whip/{}", "x".repeat(65))), 400),
             (sdp("POST", "/whip/a/b"), 404),
-            (sdp("DELETE", "/session/i-0002"), 404),
+            (sdp("DELETE", &format!("/session/{I2}")), 404),
+            (sdp("DELETE", "/session/i-0001"), 404),
             (sdp("DELETE", "/session/../../etc"), 404),
             (sdp("DELETE", "/session/zz-01"), 404),
             (sdp("GET", "/nope"), 404),
@@ -884,7 +941,7 @@ mod tests {
         assert_eq!(r.handle(&big).status, 413);
         // Nothing was lost: a good request still works.
         assert_eq!(r.handle(&sdp("POST", "/whip/a")).status, 201);
-        assert_eq!(r.handle(&sdp("DELETE", "/session/i-0001")).status, 200);
+        assert_eq!(r.handle(&sdp("DELETE", &format!("/session/{I1}"))).status, 200);
     }
 
     #[test]
@@ -901,7 +958,7 @@ mod tests {
         right.headers.push(("authorization".into(), "Bearer s3cret".into()));
         assert_eq!(r.handle(&right).status, 201);
         assert_eq!(r.handle(&sdp("POST", "/whep/a?access_token=s3cret")).status, 201);
-        assert_eq!(r.handle(&sdp("DELETE", "/session/i-0001")).status, 401);
+        assert_eq!(r.handle(&sdp("DELETE", &format!("/session/{I1}"))).status, 401);
         // Pages and health need no token.
         assert_eq!(r.handle(&sdp("GET", "/")).status, 200);
     }
@@ -913,8 +970,8 @@ mod tests {
         assert_eq!(r.handle(&sdp("POST", "/whep/a?access_token=P")).status, 401);
         assert_eq!(r.handle(&sdp("POST", "/whip/a?access_token=P")).status, 201);
         assert_eq!(r.handle(&sdp("POST", "/whep/a?access_token=V")).status, 201);
-        assert_eq!(r.handle(&sdp("DELETE", "/session/w0-0001?access_token=P")).status, 401);
-        assert_eq!(r.handle(&sdp("DELETE", "/session/w0-0001?access_token=V")).status, 200);
+        assert_eq!(r.handle(&sdp("DELETE", &format!("/session/{W1}?access_token=P"))).status, 401);
+        assert_eq!(r.handle(&sdp("DELETE", &format!("/session/{W1}?access_token=V"))).status, 200);
     }
 
     #[test]
@@ -929,30 +986,45 @@ mod tests {
             r
         };
         let ct = "application/trickle-ice-sdpfrag";
-        assert_eq!(r.handle(&patch("/session/w0-0001", ct, Some("\"w0-0001\""), frag)).status, 204);
-        assert_eq!(r.handle(&patch("/session/i-0001", ct, None, frag)).status, 204);
-        assert_eq!(r.handle(&patch("/session/w0-0001", ct, Some("\"w0-0009\""), frag)).status, 412);
-        assert_eq!(r.handle(&patch("/session/w0-0001", ct, Some("*"), frag)).status, 422);
-        assert_eq!(r.handle(&patch("/session/w0-0001", "application/sdp", None, frag)).status, 415);
-        assert_eq!(r.handle(&patch("/session/w0-0001", ct, None, "v=0\r\ns=-\r\n")).status, 400);
-        assert_eq!(r.handle(&patch("/session/w0-0002", ct, None, frag)).status, 404);
+        let (w1, i1, w2) = (format!("/session/{W1}"), format!("/session/{I1}"), format!("/session/{W2}"));
+        assert_eq!(r.handle(&patch(&w1, ct, Some(&format!("\"{W1}\"")), frag)).status, 204);
+        assert_eq!(r.handle(&patch(&i1, ct, None, frag)).status, 204);
+        assert_eq!(r.handle(&patch(&w1, ct, Some(&format!("\"{W2}\"")), frag)).status, 412);
+        assert_eq!(r.handle(&patch(&w1, ct, Some("*"), frag)).status, 422);
+        assert_eq!(r.handle(&patch(&w1, "application/sdp", None, frag)).status, 415);
+        assert_eq!(r.handle(&patch(&w1, ct, None, "v=0\r\ns=-\r\n")).status, 400);
+        assert_eq!(r.handle(&patch(&w2, ct, None, frag)).status, 404);
+        assert_eq!(r.handle(&patch("/session/w0-0001", ct, None, frag)).status, 404);
     }
 
     #[test]
     fn switch_a_viewer() {
         let r = Router::new(Fake::new(1), Tokens::default());
         let json = |room: &str| {
-            req("POST", "/session/w0-0001/switch", Some("application/json"), &format!("{{\"room\":\"{room}\"}}"))
+            let url = format!("/session/{W1}/switch");
+            req("POST", &url, Some("application/json"), &format!("{{\"room\":\"{room}\"}}"))
         };
         let resp = r.handle(&json("b"));
         assert_eq!(resp.status, 200);
         assert_eq!(String::from_utf8_lossy(&resp.body), r#"{"room":"b"}"#);
-        assert_eq!(r.handle(&sdp("POST", "/session/w0-0001/switch?room=c")).status, 200);
+        assert_eq!(r.handle(&sdp("POST", &format!("/session/{W1}/switch?room=c"))).status, 200);
         assert_eq!(r.handle(&json("a/b")).status, 400);
-        assert_eq!(r.handle(&req("POST", "/session/w0-0001/switch", None, "room=b")).status, 400);
-        assert_eq!(r.handle(&json("b").with_url("/session/w0-0002/switch")).status, 404);
-        assert_eq!(r.handle(&json("b").with_url("/session/i-0001/switch")).status, 404, "publishers do not switch");
-        assert_eq!(r.handle(&sdp("GET", "/session/w0-0001/switch")).status, 405);
+        assert_eq!(r.handle(&req("POST", &format!("/session/{W1}/switch"), None, "room=b")).status, 400);
+        assert_eq!(r.handle(&json("b").with_url(&format!("/session/{W2}/switch"))).status, 404);
+        let publisher = json("b").with_url(&format!("/session/{I1}/switch"));
+        assert_eq!(r.handle(&publisher).status, 404, "publishers do not switch");
+        assert_eq!(r.handle(&sdp("GET", &format!("/session/{W1}/switch"))).status, 405);
+        // The room is checked before the session, and only once: the worker is sent a valid name.
+        assert_eq!(r.handle(&sdp("POST", "/session/w0-1/switch?room=a%2Fb")).status, 400);
+        let switched = r.backend.sent(|r| matches!(r, Request::Fanout(FanoutRequest::Switch { .. })));
+        let rooms: Vec<&str> = switched
+            .iter()
+            .map(|(_, r)| match r {
+                Request::Fanout(FanoutRequest::Switch { room, .. }) => room.as_str(),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(rooms, ["b", "c"]);
     }
 
     #[test]
@@ -965,22 +1037,28 @@ mod tests {
         assert_eq!(resp.header("Retry-After"), Some("1"));
         assert!(String::from_utf8_lossy(&resp.body).contains("limit of 1 rooms"));
         let closed = r.backend.sent(|r| matches!(r, Request::Close { .. }));
-        assert_eq!(closed, vec![(Target::Worker(0), Request::Close { session: "w0-0001".into() })]);
+        assert_eq!(closed, vec![(Target::Worker(0), Request::Close { session: id(Owner::Worker(0), 1) })]);
         // A switch to such a room is refused before the viewer is moved.
-        let resp = r.handle(&sdp("POST", "/session/w0-0001/switch?room=other"));
+        let resp = r.handle(&sdp("POST", &format!("/session/{W1}/switch?room=other")));
         assert_eq!(resp.status, 503);
-        assert!(r.backend.sent(|r| matches!(r, Request::Switch { .. })).is_empty());
+        assert!(r.backend.sent(|r| matches!(r, Request::Fanout(FanoutRequest::Switch { .. }))).is_empty());
     }
 
     #[test]
     fn a_switch_of_an_unknown_session_makes_no_room() {
         let r = Router::new(Fake::new(1), Tokens::default());
-        assert_eq!(r.handle(&sdp("POST", "/session/w0-0002/switch?room=b")).status, 404);
-        assert!(r.backend.sent(|r| matches!(r, Request::Watch { .. })).is_empty());
+        assert_eq!(r.handle(&sdp("POST", &format!("/session/{W2}/switch?room=b"))).status, 404);
+        assert!(r.backend.sent(|r| matches!(r, Request::Ingest(IngestRequest::Watch { .. }))).is_empty());
         // A known one: the room is made, then the viewer moved.
-        assert_eq!(r.handle(&sdp("POST", "/session/w0-0001/switch?room=b")).status, 200);
-        let order: Vec<_> = r.backend.sent(|r| matches!(r, Request::Watch { .. } | Request::Switch { .. }));
-        assert!(matches!(order[..], [(Target::Ingest, Request::Watch { .. }), (_, Request::Switch { .. })]));
+        assert_eq!(r.handle(&sdp("POST", &format!("/session/{W1}/switch?room=b"))).status, 200);
+        let order: Vec<_> = r.backend.sent(|r| matches!(r, Request::Ingest(_) | Request::Fanout(_)));
+        assert!(matches!(
+            order[..],
+            [
+                (Target::Ingest, Request::Ingest(IngestRequest::Watch { .. })),
+                (Target::Worker(0), Request::Fanout(FanoutRequest::Switch { .. }))
+            ]
+        ));
     }
 
     #[test]
@@ -1000,6 +1078,17 @@ mod tests {
         assert_eq!(resp.status, 200);
         assert!(String::from_utf8_lossy(&resp.body).contains("\"viewers\": 1"));
         assert_eq!(r.handle(&sdp("GET", "/rooms?wait=x")).status, 400);
+    }
+
+    #[test]
+    fn a_worker_answering_with_a_session_it_does_not_own_is_a_server_fault() {
+        let mut fake = Fake::new(1);
+        fake.foreign_answers = true;
+        let r = Router::new(fake, Tokens::default());
+        let resp = r.handle(&sdp("POST", "/whep/a"));
+        assert_eq!(resp.status, 502);
+        assert!(resp.header("Location").is_none());
+        assert!(r.backend.sent(|r| matches!(r, Request::Ingest(_))).is_empty(), "no room made for it");
     }
 
     #[test]
@@ -1040,13 +1129,25 @@ mod tests {
     }
 
     #[test]
-    fn session_ids_name_their_process() {
-        assert_eq!(session_target("i-00ff"), Some(Target::Ingest));
-        assert_eq!(session_target("w3-abcd"), Some(Target::Worker(3)));
-        assert_eq!(session_target("w-abcd"), None);
-        assert_eq!(session_target("w3-"), None);
-        assert_eq!(session_target("x3-ab"), None);
-        assert_eq!(session_target("w3-ab/cd"), None);
+    fn calls_on_a_session_go_to_the_process_that_owns_it() {
+        let r = Router::new(Fake::new(4), Tokens::default());
+        let session = id(Owner::Worker(3), 1);
+        assert_eq!(r.handle(&sdp("DELETE", &format!("/session/{session}"))).status, 200);
+        let ct = Some("application/trickle-ice-sdpfrag");
+        let publisher = id(Owner::Ingest, 1);
+        assert_eq!(r.handle(&req("PATCH", &format!("/session/{publisher}"), ct, "a=end-of-candidates")).status, 204);
+        assert_eq!(r.handle(&sdp("POST", &format!("/session/{session}/switch?room=b"))).status, 200);
+        let about_sessions = r.backend.sent(|r| {
+            matches!(r, Request::Close { .. } | Request::Check { .. } | Request::Fanout(FanoutRequest::Switch { .. }))
+        });
+        let targets: Vec<Target> = about_sessions.iter().map(|(t, _)| *t).collect();
+        let w3 = Target::Worker(3);
+        assert_eq!(targets, [w3, Target::Ingest, w3, w3], "{about_sessions:?}");
+        // Ids that are not a session's exact text form go nowhere.
+        for bad in ["w3-1", "w03-000000000000000000000001", "W3-000000000000000000000001", "w-00", "i-"] {
+            assert_eq!(r.handle(&sdp("DELETE", &format!("/session/{bad}"))).status, 404, "{bad}");
+        }
+        assert_eq!(r.backend.sent(|r| matches!(r, Request::Close { .. })).len(), 1);
     }
 
     #[test]

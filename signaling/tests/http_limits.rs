@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use deadsfu_signaling::http::{Face, Limits, Listener, Server};
 use deadsfu_signaling::router::{Backend, Router, Target, Tokens};
 use shm_proto::control::{ControlError, ProcessStatus, Request, Response, Role, RoomStatus};
+use shm_proto::RoomName;
 
 /// One ingest and one worker; counts room-list questions; the room list's viewers follow `viewers`.
 #[derive(Default)]
@@ -34,7 +35,8 @@ impl Backend for Shared {
             Request::Rooms => {
                 self.0.room_calls.fetch_add(1, Ordering::SeqCst);
                 let viewers = self.0.viewers.load(Ordering::SeqCst) as u32;
-                Response::Rooms { rooms: vec![RoomStatus { name: "a".into(), viewers, ..Default::default() }] }
+                let room = RoomName::new("a").expect("a valid room name");
+                Response::Rooms { rooms: vec![RoomStatus { viewers, ..RoomStatus::new(room) }] }
             }
             _ => Response::Done,
         })

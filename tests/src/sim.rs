@@ -24,9 +24,9 @@ use deadsfu_media::env::Env;
 use deadsfu_media::limits::SessionLimits;
 use deadsfu_media::offer;
 use deadsfu_media::process::Core;
-use shm_proto::control::{ProcessMetrics, Request, Response};
-use shm_proto::paths;
+use shm_proto::control::{FanoutRequest, IngestRequest, ProcessMetrics, Request, Response};
 use shm_proto::ring::Geometry;
+use shm_proto::{paths, RoomName, SessionId};
 use str0m::change::SdpPendingOffer;
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Pt};
@@ -172,7 +172,7 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// Where its session is: ingest, or worker k.
     pub server: SocketAddr,
-    pub session: String,
+    pub session: SessionId,
     pub connected: bool,
     /// A viewer's RTP packets, in order of arrival.
     pub received: Vec<Received>,
@@ -297,14 +297,14 @@ impl World {
         }
     }
 
-    fn new_peer(&mut self, rtc: Rtc, addr: SocketAddr, server: SocketAddr) -> PeerId {
+    fn new_peer(&mut self, rtc: Rtc, addr: SocketAddr, server: SocketAddr, session: SessionId) -> PeerId {
         let id = self.peers.len();
         self.by_addr.insert(addr, id);
         self.peers.push(Peer {
             rtc,
             addr,
             server,
-            session: String::new(),
+            session,
             connected: false,
             received: Vec::new(),
             keyframe_requests: 0,
@@ -346,8 +346,8 @@ impl World {
             video.as_ref().map(|_| change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
         let audio_mid = audio.then(|| change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None));
         let (offer, pending) = change.apply().expect("an offer");
-        let response =
-            self.ingest.handle_request(self.now, Request::Publish { room: room.into(), offer: offer.to_sdp_string() });
+        let request = IngestRequest::Publish { room: room_name(room), offer: offer.to_sdp_string() };
+        let response = self.ingest.handle_request(self.now, request.into());
         self.act();
         let Response::Answer { session, answer } = response else { return Err(response) };
         accept_answer(&mut rtc, pending, &answer);
@@ -355,10 +355,9 @@ impl World {
             let params = rtc.codec_config().params();
             params.iter().find(|p| p.spec().codec.is_video() == video && p.spec().codec != Codec::Rtx).map(|p| p.pt())
         };
-        let id = self.new_peer(rtc, addr, INGEST);
+        let id = self.new_peer(rtc, addr, INGEST, session);
         let now = self.now;
         let peer = &mut self.peers[id];
-        peer.session = session;
         peer.tag = tag;
         if let (Some(spec), Some(mid)) = (video, video_mid) {
             let pt = pt_of(&peer.rtc, true).expect("a video codec");
@@ -395,28 +394,26 @@ impl World {
         change.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
         change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
         let (offer, pending) = change.apply().expect("an offer");
-        let watched = self.ingest.handle_request(self.now, Request::Watch { room: room.into() });
+        let watched = self.ingest.handle_request(self.now, IngestRequest::Watch { room: room_name(room) }.into());
         if watched != Response::Done {
             return Err(watched);
         }
-        let request = Request::View { room: room.into(), offer: offer.to_sdp_string() };
-        let response = self.workers[worker].handle_request(self.now, request);
+        let request = FanoutRequest::View { room: room_name(room), offer: offer.to_sdp_string() };
+        let response = self.workers[worker].handle_request(self.now, request.into());
         let Response::Answer { session, answer } = response else { return Err(response) };
         accept_answer(&mut rtc, pending, &answer);
-        let id = self.new_peer(rtc, addr, worker_addr(worker));
-        self.peers[id].session = session;
-        Ok(id)
+        Ok(self.new_peer(rtc, addr, worker_addr(worker), session))
     }
 
     /// Moves a viewer to `room`, as signaling does: ingest watches the room, the worker switches.
     pub fn switch(&mut self, viewer: PeerId, room: &str) -> Response {
-        let watched = self.ingest.handle_request(self.now, Request::Watch { room: room.into() });
+        let watched = self.ingest.handle_request(self.now, IngestRequest::Watch { room: room_name(room) }.into());
         if watched != Response::Done {
             return watched;
         }
         let (worker, session) = self.owner(viewer);
-        let request = Request::Switch { session, room: room.into() };
-        self.workers[worker.expect("a viewer")].handle_request(self.now, request)
+        let request = FanoutRequest::Switch { session, room: room_name(room) };
+        self.workers[worker.expect("a viewer")].handle_request(self.now, request.into())
     }
 
     /// Ends a peer's session at its server (a DELETE); the peer sends nothing more.
@@ -432,10 +429,10 @@ impl World {
         response
     }
 
-    fn owner(&self, peer: PeerId) -> (Option<usize>, String) {
+    fn owner(&self, peer: PeerId) -> (Option<usize>, SessionId) {
         let p = &self.peers[peer];
         let worker = (0..self.workers.len()).find(|&k| worker_addr(k) == p.server);
-        (worker, p.session.clone())
+        (worker, p.session)
     }
 
     /// Room `room`'s ring, as a reader sees it.
@@ -629,6 +626,11 @@ impl Drop for World {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A room name the tests know to be valid (signaling checks names before any core sees them).
+fn room_name(room: &str) -> RoomName {
+    RoomName::new(room).expect("a valid room name")
 }
 
 fn datagram(t: Transmit) -> Datagram {

@@ -53,11 +53,19 @@ fn bad_frames_drop_only_their_connection() {
         let mut truncated = header(MAGIC, VERSION, 100);
         truncated.extend_from_slice(b"{\"id\":1,\"m");
         expect_dropped(path, &truncated, true);
+        // A well-formed call naming what is no room name (a path out of the rings directory) is no message.
+        for room in ["../x", ""] {
+            let body = format!(r#"{{"id":1,"msg":{{"type":"ingest","op":"watch","room":"{room}"}}}}"#);
+            let mut bad_room = header(MAGIC, VERSION, body.len() as u32);
+            bad_room.extend_from_slice(body.as_bytes());
+            expect_dropped(path, &bad_room, false);
+        }
 
         // The process still answers good calls.
         let resp = control::call(path, &Request::Status, Duration::from_secs(5)).expect("status call works");
         assert!(matches!(resp, Response::Status(_)), "{resp:?}");
     }
+    assert!(!sfu.runtime_dir.join("x.ring").exists(), "a ring outside the rings directory");
     // No process died or restarted.
     let after = sfu.health().unwrap();
     assert_eq!(before["ingest"]["pid"], after["ingest"]["pid"]);

@@ -29,6 +29,7 @@ use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 use serde_json::{json, Value};
 use shm_proto::ring::{RingCursor, RingReader};
+use shm_proto::{Owner, SessionId};
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::media::{Direction, MediaKind};
 use str0m::net::{Protocol, Receive};
@@ -567,12 +568,13 @@ impl Load {
         match r.result {
             Ok((201, loc, body)) => {
                 v.pts = parse_pts(&body);
-                v.worker = loc
-                    .as_deref()
-                    .and_then(|l| l.rsplit('/').next())
-                    .and_then(|id| id.strip_prefix('w'))
-                    .and_then(|id| id.split('-').next())
-                    .and_then(|k| k.parse().ok());
+                v.worker = match loc.as_deref().and_then(|l| l.rsplit('/').next()).map(str::parse::<SessionId>) {
+                    Some(Ok(id)) => match id.owner() {
+                        Owner::Worker(k) => Some(k as usize),
+                        Owner::Ingest => None,
+                    },
+                    _ => None,
+                };
                 let answer = match SdpAnswer::from_sdp_string(&body) {
                     Ok(a) => a,
                     Err(e) => {
