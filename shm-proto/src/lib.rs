@@ -6,8 +6,10 @@
 //! - [`RoomName`]: the one definition of a valid room name.
 //! - [`SessionId`]: a session's id, which names the process ([`Owner`]) that holds the session.
 //!
-//! How a process is configured, logs and talks to systemd is not part of the contract: that is the
-//! `deadsfu-runtime` crate.
+//! Owns: the bytes processes exchange and their meaning (layouts, frames, names, ids). Must not touch:
+//! sockets other than the control protocol's, sessions, media semantics (what ingest and fanout do with the
+//! ring), configuration. How a process is configured, logs and talks to systemd is not part of the contract:
+//! that is the `deadsfu-runtime` crate.
 
 pub mod control;
 pub mod paths;
