@@ -5,12 +5,15 @@
 //! Must not touch: a ring's contents (it only reads them, and leaves keyframe requests, heartbeats and its
 //! wake-up bit in the header), publishers, HTTP, other workers' viewers.
 //!
-//! [`fanout::Fanout`] is the core (given requests, packets, time and randomness; no sockets, no clock);
-//! [`splice`] the numbering of one track. The binary `deadsfu-fanout` is a thin shell around
+//! [`fanout::Fanout`] is the core (given requests, packets, time and randomness; no sockets, no clock), with
+//! its parts: `feed` (a room's ring as the worker reads it: replays, live reads, lag skips), `viewer` (a
+//! viewer's tracks, payload types and delivery) and [`splice`] (the numbering of one track). The binary `deadsfu-fanout` is a thin shell around
 //! [`fanout::run`]; the modules are public so tests (`deadsfu_tests::sim`) and fuzz targets drive the core
 //! without a process.
 
 #![forbid(unsafe_code)]
 
 pub mod fanout;
+mod feed;
 pub mod splice;
+mod viewer;

@@ -1,0 +1,194 @@
+//! A viewer as a worker holds it: its tracks and their numbering, its payload types for the room's codecs,
+//! where its video stands, and the delivery of one ring packet into its session.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use deadsfu_media::codec;
+use deadsfu_media::env::Random;
+use deadsfu_media::host::Session;
+use shm_proto::ring::{CodecEntry, MediaKind, PacketMeta, RingCursor};
+use shm_proto::{RoomName, SessionId};
+use str0m::format::CodecConfig;
+use str0m::media::{Mid, Pt};
+use str0m::rtp::{ExtensionValues, RtpWrite, VideoOrientation};
+
+use crate::feed::{CodecTable, Moment};
+use crate::splice::{Pace, SourceId, Splicer};
+
+/// One outgoing track of a viewer.
+pub(crate) struct Track {
+    pub(crate) mid: Mid,
+    /// Where its numbering starts (drawn when the viewer joins): first sequence number and timestamp.
+    pub(crate) first: (u16, u32),
+    /// Made at its first packet, when the clock rate is known.
+    pub(crate) splicer: Option<Splicer>,
+}
+
+impl Track {
+    pub(crate) fn new(mid: Mid, random: &mut Random) -> Track {
+        Track { mid, first: ((random.u32() % 16_384) as u16, random.u32()), splicer: None }
+    }
+}
+
+/// Where a viewer's video stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct VideoChoice {
+    /// The source being forwarded.
+    pub(crate) source: u32,
+    /// The ring payload type of that source being forwarded (a slate may carry several codecs).
+    pub(crate) ring_pt: u8,
+}
+
+/// A viewer's payload type for each of a codec table's: which of the room's codecs it negotiated, as what.
+pub(crate) struct PtMap {
+    pub(crate) negotiated: CodecConfig,
+    pub(crate) map: HashMap<u8, Option<Pt>>,
+    /// The table version the map was made for.
+    pub(crate) version: u64,
+}
+
+impl PtMap {
+    pub(crate) fn new(negotiated: CodecConfig) -> PtMap {
+        PtMap { negotiated, map: HashMap::new(), version: u64::MAX }
+    }
+
+    /// The viewer's payload type for ring payload type `ring_pt` of `table`, if it negotiated that codec.
+    pub(crate) fn get(&mut self, table: &CodecTable, ring_pt: u8) -> Option<Pt> {
+        if self.version != table.version {
+            self.map.clear();
+            self.version = table.version;
+        }
+        let negotiated = &self.negotiated;
+        *self.map.entry(ring_pt).or_insert_with(|| {
+            let entry = table.get(ring_pt)?;
+            negotiated.match_params(codec::params(entry)).map(|p| p.pt())
+        })
+    }
+}
+
+pub struct Viewer {
+    pub(crate) id: SessionId,
+    pub(crate) room: RoomName,
+    pub(crate) connected: bool,
+    pub(crate) audio: Option<Track>,
+    pub(crate) video: Option<Track>,
+    pub(crate) video_choice: Option<VideoChoice>,
+    /// Replaying the cached GOP of its room up to the feed's live position.
+    pub(crate) replay: Option<RingCursor>,
+    pub(crate) pts: PtMap,
+}
+
+/// Writes one ring packet into one viewer's session; true if something was written.
+pub(crate) fn deliver(
+    session: &mut Session<Viewer>,
+    codecs: &CodecTable,
+    meta: &PacketMeta,
+    payload: &Arc<[u8]>,
+    at: Moment,
+    pace: Pace,
+) -> bool {
+    let (viewer, rtc) = (&mut session.app, &mut session.rtc);
+    if !viewer.connected || (pace == Pace::Live && viewer.replay.is_some()) {
+        return false;
+    }
+    let Some(pt) = viewer.pts.get(codecs, meta.pt) else { return false };
+    if meta.kind == MediaKind::Video {
+        let current = viewer.video_choice.filter(|c| c.source == meta.source);
+        match current {
+            Some(c) if c.ring_pt != meta.pt => return false,
+            Some(_) => {}
+            // A new source (or the first): taken up at one of its keyframes only.
+            None if meta.keyframe => viewer.video_choice = Some(VideoChoice { source: meta.source, ring_pt: meta.pt }),
+            None => return false,
+        }
+    }
+    let (track, clock_rate) = match meta.kind {
+        MediaKind::Video => (viewer.video.as_mut(), 90_000),
+        MediaKind::Audio => (viewer.audio.as_mut(), codecs.get(meta.pt).map_or(48_000, |e| e.clock_rate)),
+    };
+    let Some(track) = track else { return false };
+    let (first_seq, first_ts) = track.first;
+    let splicer = track.splicer.get_or_insert_with(|| Splicer::new(clock_rate, first_seq, first_ts));
+    let out = splicer.map(SourceId { source: meta.source, ssrc: meta.ssrc }, meta.seq, meta.timestamp, at.ns, pace);
+    let mut api = rtc.direct_api();
+    let Some(tx) = api.stream_tx_by_mid(track.mid, None) else { return false };
+    let ext = ExtensionValues {
+        audio_level: meta.audio_level,
+        voice_activity: meta.voice_activity,
+        video_orientation: meta.video_orientation.map(VideoOrientation::from),
+        ..Default::default()
+    };
+    tx.write_rtp(
+        RtpWrite::new(pt, out.seq.into(), out.timestamp, at.now, payload.clone())
+            .marker(meta.marker)
+            .ext_vals(ext)
+            .nackable(meta.kind == MediaKind::Video),
+    );
+    true
+}
+
+/// The RTP header extensions offered to viewers: what a forwarder passes on (audio level, video orientation)
+/// and the MID. Transport-wide sequence numbers and abs-send-time feed bandwidth estimation, which deadsfu
+/// does not do yet: leaving them out spares every packet to every viewer their bookkeeping and bytes, and the
+/// viewers their transport feedback.
+pub(crate) fn viewer_extensions() -> str0m::rtp::ExtensionMap {
+    use str0m::rtp::Extension;
+    let mut map = str0m::rtp::ExtensionMap::empty();
+    map.set(1, Extension::AudioLevel);
+    map.set(4, Extension::RtpMid);
+    map.set(13, Extension::VideoOrientation);
+    map
+}
+
+/// What a viewer gets of a room whose ring carries `codecs`.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Fit {
+    /// Every kind it asked for, in a codec it negotiated; or a kind the room has no publisher for yet, which
+    /// flows once one sends it.
+    Plays,
+    /// Some kinds, not these: the room's publisher does not send them, or only in codecs the viewer did not
+    /// offer. They are answered inactive.
+    Without(Vec<MediaKind>),
+    /// Nothing: of every kind it asked for, the room has none or only codecs the viewer did not offer.
+    Nothing(String),
+}
+
+/// Matches a viewer's offer (its negotiated codecs and its media sections, `true` for video) to a room's codec
+/// table. A room without a publisher (no codecs, or only the slate's) fits every kind: the publisher to come
+/// may send it. With the `slate` on, a room always has video: the slate plays while its publisher sends none.
+pub(crate) fn fit(negotiated: &CodecConfig, codecs: &[CodecEntry], sections: &[(Mid, bool)], slate: bool) -> Fit {
+    let published = codecs.iter().any(|e| !e.slate);
+    let mut unplayable = Vec::new();
+    let mut reasons = Vec::new();
+    let mut asked = 0;
+    for kind in [MediaKind::Video, MediaKind::Audio] {
+        if !sections.iter().any(|(_, video)| *video == (kind == MediaKind::Video)) {
+            continue;
+        }
+        asked += 1;
+        let room: Vec<&CodecEntry> = codecs.iter().filter(|e| e.kind == kind).collect();
+        let kind_name = if kind == MediaKind::Video { "video" } else { "audio" };
+        if room.is_empty() {
+            // The slate's codecs come into the table once the room is watched, after this viewer is taken.
+            let slate_will_play = slate && kind == MediaKind::Video;
+            if published && !slate_will_play {
+                reasons.push(format!("no {kind_name}: the room's publisher sends none"));
+                unplayable.push(kind);
+            }
+            continue;
+        }
+        if room.iter().any(|e| negotiated.match_params(codec::params(e)).is_some()) {
+            continue;
+        }
+        let mut names: Vec<&str> = room.iter().map(|e| e.codec.name()).collect();
+        names.dedup();
+        reasons.push(format!("no {kind_name} codec of the room ({})", names.join(", ")));
+        unplayable.push(kind);
+    }
+    match unplayable.len() {
+        0 => Fit::Plays,
+        n if n == asked => Fit::Nothing(format!("the offer gets nothing: {}", reasons.join("; "))),
+        _ => Fit::Without(unplayable),
+    }
+}
