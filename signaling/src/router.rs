@@ -829,6 +829,9 @@ mod tests {
                 Request::Metrics => {
                     Response::Metrics { metrics: Box::new(ProcessMetrics { sessions: *n, ..Default::default() }) }
                 }
+                Request::Subscribe => {
+                    Response::Error { kind: ErrorKind::WrongRole, message: "subscriptions are not faked".into() }
+                }
                 Request::Rooms => Response::Rooms {
                     rooms: match target {
                         Target::Ingest => vec![RoomStatus {
