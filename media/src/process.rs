@@ -497,3 +497,112 @@ pub fn run<C: Core>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use shm_proto::control::Role;
+    use shm_proto::RoomName;
+
+    use super::*;
+
+    /// A core whose status and rooms the test sets, counting the snapshots the feed takes.
+    struct Fake {
+        host: SessionHost<()>,
+        events: Vec<(SessionKey, Event)>,
+        accepting: bool,
+        rooms: Vec<RoomStatus>,
+        snapshots: Cell<u32>,
+    }
+
+    impl Core for Fake {
+        type App = ();
+        fn host(&self) -> &SessionHost<()> {
+            &self.host
+        }
+        fn host_and_events(&mut self) -> (&mut SessionHost<()>, &mut Vec<(SessionKey, Event)>) {
+            (&mut self.host, &mut self.events)
+        }
+        fn end_session(&mut self, _key: SessionKey) {}
+        fn stop_accepting(&mut self) {
+            self.accepting = false;
+        }
+        fn handle_request(&mut self, _now: Instant, _request: Request) -> Response {
+            Response::Done
+        }
+        fn poll(&mut self, _now: Instant, _send: &mut dyn FnMut(Transmit)) {}
+        fn next_timeout(&mut self, _now: Instant) -> Option<Instant> {
+            None
+        }
+        fn has_work(&self) -> bool {
+            false
+        }
+        fn status_snapshot(&self, _now: Instant) -> (ProcessStatus, Vec<RoomStatus>) {
+            self.snapshots.set(self.snapshots.get() + 1);
+            let status = ProcessStatus { role: Role::Ingest, index: 0, pid: 1, sessions: 0, accepting: self.accepting };
+            (status, self.rooms.clone())
+        }
+    }
+
+    fn room(name: &str, bitrate_bps: u64) -> RoomStatus {
+        RoomStatus { live: true, bitrate_bps, ..RoomStatus::new(RoomName::new(name).unwrap()) }
+    }
+
+    #[test]
+    fn the_feed_publishes_changes_and_holds_back_bitrate_alone() {
+        let updates = Arc::new(Updates::new(|| {}));
+        let t0 = Instant::now();
+        let mut feed = StatusFeed::new(updates.clone(), t0);
+        let mut core = Fake {
+            host: SessionHost::new(),
+            events: Vec::new(),
+            accepting: true,
+            rooms: vec![room("b", 1000), room("a", 0)],
+            snapshots: Cell::new(0),
+        };
+        // Nobody subscribes: the core is not even asked.
+        feed.turn(&core, t0, true);
+        assert_eq!(core.snapshots.get(), 0);
+
+        let mut subscriber = updates.join().unwrap();
+        feed.turn(&core, t0, false);
+        let first = subscriber.next(Duration::ZERO).expect("the first update");
+        assert_eq!(first.seq, 1);
+        let names: Vec<&str> = first.rooms.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"], "in name order, so a reordered map is no change");
+
+        // Turns without a request, a session or the check due do not look at the core.
+        let t = t0 + STATUS_CHECK / 2;
+        feed.turn(&core, t, false);
+        assert_eq!(core.snapshots.get(), 1);
+        // A look that finds nothing new (the rooms in another order) sends nothing.
+        core.rooms.reverse();
+        feed.turn(&core, t, true);
+        assert_eq!(core.snapshots.get(), 2);
+        assert!(subscriber.next(Duration::ZERO).is_none());
+
+        // A bitrate alone waits for BITRATE_UPDATE after the last update.
+        core.rooms.iter_mut().find(|r| r.name.as_str() == "b").unwrap().bitrate_bps = 2000;
+        let t = t + STATUS_CHECK;
+        feed.turn(&core, t, false);
+        assert_eq!(core.snapshots.get(), 3, "the periodic look");
+        assert!(subscriber.next(Duration::ZERO).is_none());
+        let t = t0 + BITRATE_UPDATE;
+        feed.turn(&core, t, false);
+        let bitrate = subscriber.next(Duration::ZERO).expect("the bitrate, a second later");
+        assert_eq!((bitrate.seq, bitrate.rooms[1].bitrate_bps), (2, 2000));
+
+        // Anything else goes out at the next look.
+        core.stop_accepting();
+        feed.turn(&core, t, true);
+        let stopping = subscriber.next(Duration::ZERO).expect("the status change at once");
+        assert_eq!((stopping.seq, stopping.status.accepting), (3, false));
+
+        // A new subscriber gets the state at once, under the same seq, which the first does not get twice.
+        let mut second = updates.join().unwrap();
+        feed.turn(&core, t, false);
+        assert_eq!(second.next(Duration::ZERO).map(|u| u.seq), Some(3));
+        assert!(subscriber.next(Duration::ZERO).is_none());
+    }
+}

@@ -702,7 +702,8 @@ impl Updates {
 
     /// True once after a subscriber arrived: publish an update now, changed or not.
     pub fn take_wanted(&self) -> bool {
-        self.wanted.swap(false, Ordering::AcqRel)
+        // A load first: the loop asks every turn, and a subscriber arrives rarely.
+        self.wanted.load(Ordering::Acquire) && self.wanted.swap(false, Ordering::AcqRel)
     }
 
     /// Makes `update` the newest and wakes the subscriptions' threads.
@@ -713,8 +714,9 @@ impl Updates {
         self.published.notify_all();
     }
 
-    /// A place among [`MAX_SUBSCRIBERS`], or `None` if all are taken.
-    fn join(&self) -> Option<Subscriber<'_>> {
+    /// A place among [`MAX_SUBSCRIBERS`], or `None` if all are taken. [`serve_with_updates`] takes one for
+    /// each subscription.
+    pub fn join(&self) -> Option<Subscriber<'_>> {
         if self.subscribers.fetch_add(1, Ordering::AcqRel) >= MAX_SUBSCRIBERS {
             self.subscribers.fetch_sub(1, Ordering::AcqRel);
             return None;
@@ -727,7 +729,7 @@ impl Updates {
 }
 
 /// One subscription's place in [`Updates`]; given back when dropped.
-struct Subscriber<'a> {
+pub struct Subscriber<'a> {
     updates: &'a Updates,
     /// The publish this subscriber looked at last.
     generation: u64,
@@ -737,7 +739,7 @@ struct Subscriber<'a> {
 
 impl Subscriber<'_> {
     /// The newest update if it is one this subscriber has not written yet, waiting up to `timeout` for it.
-    fn next(&mut self, timeout: Duration) -> Option<Arc<Update>> {
+    pub fn next(&mut self, timeout: Duration) -> Option<Arc<Update>> {
         let newest = self.updates.newest.lock().expect("the updates' lock is never poisoned");
         let (newest, _) = self
             .updates
