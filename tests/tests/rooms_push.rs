@@ -90,3 +90,52 @@ fn a_viewer_joining_reaches_subscribers_and_waiting_room_lists_at_once() {
     let late = answered_at.saturating_duration_since(joined);
     assert!(late < Duration::from_millis(100), "the long-poll answered {late:?} after the viewer joined");
 }
+
+fn viewers_of(list: &serde_json::Value, room: &str) -> Option<u64> {
+    list["rooms"].as_array()?.iter().find(|r| r["name"] == room)?["viewers"].as_u64()
+}
+
+#[test]
+fn a_worker_that_restarts_drops_out_of_the_room_list_and_comes_back() {
+    let sfu = Sfu::start(2, &[]);
+    let port = sfu.http_port;
+    let join = || {
+        let offer = viewer_offer();
+        let (status, body) =
+            http(port, "POST", "/whep/back", &[("Content-Type", "application/sdp")], offer.as_bytes()).expect("WHEP");
+        assert_eq!(status, 201, "{body}");
+    };
+    // One viewer on each worker (joins go to the least loaded).
+    join();
+    join();
+    let before = wait_for("both viewers in the room list", Duration::from_secs(10), || {
+        let list = rooms(port, "/rooms");
+        (viewers_of(&list, "back") == Some(2)).then_some(list)
+    });
+    let health = sfu.health().expect("health");
+    let victim = health["workers"][1]["pid"].as_u64().expect("worker 1's pid");
+    let version = before["version"].as_u64().expect("a version");
+
+    // A long-poll sees the worker's viewer go with the worker.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), nix::sys::signal::Signal::SIGKILL)
+        .expect("worker 1 is killed");
+    let after = rooms(port, &format!("/rooms?wait={version}"));
+    assert_eq!(viewers_of(&after, "back"), Some(1), "{after}");
+
+    // The supervisor restarts it; it is followed again, and takes viewers.
+    wait_for("worker 1 back", Duration::from_secs(20), || {
+        let h = sfu.health()?;
+        let w = h["workers"].as_array()?.iter().find(|w| w["index"] == 1)?.clone();
+        (w["pid"].as_u64()? != victim && w["accepting"] == true).then_some(())
+    });
+    join();
+    // The least loaded worker is the restarted one: its viewer went with it.
+    let list = wait_for("the new viewer in the room list", Duration::from_secs(10), || {
+        let list = rooms(port, "/rooms");
+        (viewers_of(&list, "back") == Some(2)).then_some(list)
+    });
+    let health = sfu.health().expect("health");
+    let viewers: Vec<u64> =
+        health["workers"].as_array().expect("workers").iter().map(|w| w["viewers"].as_u64().unwrap_or(0)).collect();
+    assert_eq!(viewers, [1, 1], "{health} {list}");
+}
