@@ -475,8 +475,9 @@ async fn long_poll<B: Backend + 'static>(seen: u64, shared: &Arc<Shared<B>>) -> 
     }
 }
 
-/// Makes the shared room list again whenever the registry's list changes or a long-poll starts, and every
-/// [`ROOM_POLL_STEP`] while long-polls wait and some process is asked directly; sleeps while none waits.
+/// Makes the shared room list again whenever the registry's list changes or a long-poll starts, but while some
+/// process is asked directly (it is not in the registry) every [`ROOM_POLL_STEP`] instead of per long-poll;
+/// sleeps while none waits.
 async fn poll_rooms<B: Backend + 'static>(shared: Arc<Shared<B>>) {
     let mut changes = shared.router.registry().watch();
     loop {
@@ -500,7 +501,9 @@ async fn poll_rooms<B: Backend + 'static>(shared: Arc<Shared<B>>) {
                     return;
                 }
             }
-            _ = shared.room_poll.notified() => {}
+            // Made from the registry alone, a list costs no call: each long-poll that starts gets a fresh one.
+            // A list some process was asked for is made at most every step, however many long-polls start.
+            _ = shared.room_poll.notified(), if complete => {}
             _ = tokio::time::sleep(ROOM_POLL_STEP), if !complete => {}
         }
     }
