@@ -139,13 +139,7 @@ impl Fanout {
 
     fn request(&mut self, now: Instant, request: Request) -> Response {
         match request {
-            Request::Status => Response::Status(ProcessStatus {
-                role: Role::Fanout,
-                index: self.index,
-                pid: std::process::id(),
-                sessions: self.host.len() as u32,
-                accepting: !self.draining,
-            }),
+            Request::Status => Response::Status(self.status()),
             Request::Fanout(FanoutRequest::View { room, offer }) => self.view(now, room, &offer),
             Request::Fanout(FanoutRequest::Switch { session, room }) => self.switch(now, session, room),
             Request::Check { session } => match self.ids.contains_key(&session) {
@@ -159,20 +153,29 @@ impl Fanout {
                 }
                 None => error(ErrorKind::UnknownSession, "no such viewer session"),
             },
-            Request::Rooms => Response::Rooms {
-                rooms: self
-                    .rooms
-                    .iter()
-                    .map(|(name, feed)| RoomStatus {
-                        viewers: feed.viewers.len() as u32,
-                        ..RoomStatus::new(name.clone())
-                    })
-                    .collect(),
-            },
-            // Answered by the process loop, which holds the counters.
+            Request::Rooms => Response::Rooms { rooms: self.rooms_status() },
+            // Answered by the process loop, which holds the counters and the subscriptions.
             Request::Metrics => error(ErrorKind::Internal, "metrics are answered by the process loop"),
+            Request::Subscribe => error(ErrorKind::Internal, "subscriptions are served by the process loop"),
             Request::Ingest(_) => error(ErrorKind::WrongRole, "fanout workers take viewers, not publishers"),
         }
+    }
+
+    fn status(&self) -> ProcessStatus {
+        ProcessStatus {
+            role: Role::Fanout,
+            index: self.index,
+            pid: std::process::id(),
+            sessions: self.host.len() as u32,
+            accepting: !self.draining,
+        }
+    }
+
+    fn rooms_status(&self) -> Vec<RoomStatus> {
+        self.rooms
+            .iter()
+            .map(|(name, feed)| RoomStatus { viewers: feed.viewers.len() as u32, ..RoomStatus::new(name.clone()) })
+            .collect()
     }
 
     fn view(&mut self, now: Instant, room: RoomName, offer_sdp: &str) -> Response {
@@ -416,6 +419,10 @@ impl Core for Fanout {
 
     fn has_work(&self) -> bool {
         self.host.has_dirty() || self.backlog
+    }
+
+    fn status_snapshot(&self, _now: Instant) -> (ProcessStatus, Vec<RoomStatus>) {
+        (self.status(), self.rooms_status())
     }
 
     fn metrics(&self, m: &mut ProcessMetrics) {

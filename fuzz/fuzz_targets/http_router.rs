@@ -96,6 +96,7 @@ impl Fake {
             Request::Fanout(FanoutRequest::Switch { .. })
             | Request::Ingest(IngestRequest::Watch { .. })
             | Request::Check { .. } => Response::Done,
+            Request::Subscribe => Response::Error { kind: ErrorKind::WrongRole, message: "no subscriptions".into() },
         })
     }
 }

@@ -165,13 +165,7 @@ impl Ingest {
 
     fn request(&mut self, now: Instant, request: Request) -> Response {
         match request {
-            Request::Status => Response::Status(ProcessStatus {
-                role: Role::Ingest,
-                index: 0,
-                pid: std::process::id(),
-                sessions: self.host.len() as u32,
-                accepting: !self.draining,
-            }),
+            Request::Status => Response::Status(self.status()),
             Request::Ingest(IngestRequest::Publish { room, offer }) => self.publish(now, room, &offer),
             Request::Ingest(IngestRequest::Watch { room }) => match self.room(&room, now) {
                 Ok(r) => {
@@ -192,9 +186,20 @@ impl Ingest {
                 None => error(ErrorKind::UnknownSession, "no such publisher session"),
             },
             Request::Rooms => Response::Rooms { rooms: self.rooms_status(now) },
-            // Answered by the process loop, which holds the counters.
+            // Answered by the process loop, which holds the counters and the subscriptions.
             Request::Metrics => error(ErrorKind::Internal, "metrics are answered by the process loop"),
+            Request::Subscribe => error(ErrorKind::Internal, "subscriptions are served by the process loop"),
             Request::Fanout(_) => error(ErrorKind::WrongRole, "ingest takes publishers, not viewers"),
+        }
+    }
+
+    fn status(&self) -> ProcessStatus {
+        ProcessStatus {
+            role: Role::Ingest,
+            index: 0,
+            pid: std::process::id(),
+            sessions: self.host.len() as u32,
+            accepting: !self.draining,
         }
     }
 
@@ -496,6 +501,10 @@ impl Core for Ingest {
             t = t.min(other);
         }
         Some(t)
+    }
+
+    fn status_snapshot(&self, now: Instant) -> (ProcessStatus, Vec<RoomStatus>) {
+        (self.status(), self.rooms_status(now))
     }
 
     fn metrics(&self, m: &mut ProcessMetrics) {

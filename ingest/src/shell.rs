@@ -18,7 +18,7 @@ use deadsfu_media::process::{self, Core, Endpoints, StartError};
 use deadsfu_media::wake::WakeSender;
 use deadsfu_runtime::config::Config;
 use mio::Waker;
-use shm_proto::control::{ProcessMetrics, Request, Response};
+use shm_proto::control::{ProcessMetrics, ProcessStatus, Request, Response, RoomStatus};
 use shm_proto::paths;
 use shm_proto::ring::Geometry;
 use str0m::net::Transmit;
@@ -134,6 +134,10 @@ impl Core for Shell {
 
     fn metrics(&self, m: &mut ProcessMetrics) {
         self.core.metrics(m);
+    }
+
+    fn status_snapshot(&self, now: Instant) -> (ProcessStatus, Vec<RoomStatus>) {
+        self.core.status_snapshot(now)
     }
 }
 

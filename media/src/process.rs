@@ -1,4 +1,16 @@
-//! Plumbing every media process needs: the run loop, the control inbox, termination signals.
+//! Plumbing every media process needs: the run loop, the control inbox, termination signals, and the feed of
+//! the process's status to its subscribers.
+//!
+//! # Subscriptions
+//! Signaling subscribes to each media process (see [`shm_proto::control`]'s module docs) and is told its
+//! status and rooms whenever they change. The loop does this for every [`Core`] alike: after each turn, while
+//! anyone subscribes, it looks at [`Core::status_snapshot`] when a control request was handled, when the
+//! session count changed, or [`STATUS_CHECK`] after it last looked (for what changes with packets and time: a
+//! publisher going live, the slate starting, a room expiring). It compares the snapshot with the last one sent
+//! and publishes a new [`Update`] when the status or the rooms changed, except for the rooms' bitrates, a
+//! change of which alone is sent at most once per [`BITRATE_UPDATE`]. Without subscribers a turn costs one
+//! atomic load. The update is left in [`Updates`] for the connection threads to write; the loop never waits
+//! for a subscriber.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -9,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Poll, Token, Waker};
 use nix::sys::signal::{SigSet, Signal};
-use shm_proto::control::{self, ErrorKind, ProcessMetrics, Request, Response};
+use shm_proto::control::{
+    self, ErrorKind, ProcessMetrics, ProcessStatus, Request, Response, RoomStatus, Update, Updates,
+};
 use str0m::net::{Protocol, Transmit};
 use str0m::{Candidate, Event};
 
@@ -36,9 +50,11 @@ impl Reply {
     }
 }
 
-/// Requests from the control socket, delivered into the media loop, which `waker` wakes.
+/// Requests from the control socket, delivered into the media loop, which `waker` wakes; and the updates the
+/// loop leaves for the socket's subscriptions.
 pub struct Inbox {
     rx: Receiver<Call>,
+    updates: Arc<Updates>,
 }
 
 impl Inbox {
@@ -46,7 +62,11 @@ impl Inbox {
     pub fn start(path: &Path, waker: Arc<Waker>) -> Result<Inbox, control::BindError> {
         let listener = control::bind(path)?;
         let (tx, rx) = mpsc::sync_channel::<Call>(256);
-        control::serve(listener, move |request| {
+        let wake_for_subscriber = waker.clone();
+        let updates = Arc::new(Updates::new(move || {
+            let _ = wake_for_subscriber.wake();
+        }));
+        let handler = move |request| {
             let (reply, answer) = mpsc::sync_channel(1);
             if tx.send(Call { request, reply: Reply(reply) }).is_err() {
                 return Response::Error { kind: ErrorKind::Unavailable, message: "process is stopping".into() };
@@ -56,8 +76,14 @@ impl Inbox {
                 kind: ErrorKind::Internal,
                 message: "media loop did not answer in time".into(),
             })
-        });
-        Ok(Inbox { rx })
+        };
+        control::serve_with_updates(listener, handler, Some(updates.clone()));
+        Ok(Inbox { rx, updates })
+    }
+
+    /// Where the loop leaves updates for the subscriptions.
+    pub fn updates(&self) -> Arc<Updates> {
+        self.updates.clone()
     }
 
     /// The calls waiting now.
@@ -171,6 +197,70 @@ pub trait Core {
     fn metrics(&self, m: &mut ProcessMetrics) {
         m.sessions = self.host().len() as u32;
     }
+
+    /// The process's status and rooms, as [`Request::Status`] and [`Request::Rooms`] answer them; what its
+    /// subscribers are told (see the module docs).
+    fn status_snapshot(&self, now: Instant) -> (ProcessStatus, Vec<RoomStatus>);
+}
+
+/// While anyone subscribes, how often the loop looks at its status for changes that no control request and no
+/// session coming or going brought.
+pub const STATUS_CHECK: Duration = Duration::from_millis(50);
+/// A change of the rooms' bitrates alone is sent at most this often.
+pub const BITRATE_UPDATE: Duration = Duration::from_secs(1);
+
+/// The loop's side of the subscriptions: what it sent last, and when it looks again.
+pub struct StatusFeed {
+    updates: Arc<Updates>,
+    seq: u64,
+    sent: Option<(ProcessStatus, Vec<RoomStatus>)>,
+    /// The session count when the loop looked last.
+    sessions: usize,
+    next_check: Instant,
+    next_bitrate: Instant,
+}
+
+impl StatusFeed {
+    pub fn new(updates: Arc<Updates>, now: Instant) -> StatusFeed {
+        StatusFeed { updates, seq: 0, sent: None, sessions: 0, next_check: now, next_bitrate: now }
+    }
+
+    /// After a loop turn (in which `requests` control requests were handled): publishes an update if the
+    /// core's status or rooms changed, or a subscriber waits for its first.
+    pub fn turn(&mut self, core: &impl Core, now: Instant, requests: bool) {
+        if self.updates.subscribers() == 0 {
+            return;
+        }
+        let wanted = self.updates.take_wanted();
+        let sessions = core.host().len();
+        if !wanted && !requests && sessions == self.sessions && now < self.next_check {
+            return;
+        }
+        self.sessions = sessions;
+        self.next_check = now + STATUS_CHECK;
+        let (status, mut rooms) = core.status_snapshot(now);
+        rooms.sort_by(|a, b| a.name.cmp(&b.name));
+        let (changed, bitrate) = match &self.sent {
+            None => (true, false),
+            Some((sent_status, sent_rooms)) => {
+                let changed = *sent_status != status || !same_but_bitrate(sent_rooms, &rooms);
+                (changed, !changed && *sent_rooms != rooms)
+            }
+        };
+        if changed || (bitrate && now >= self.next_bitrate) {
+            self.seq += 1;
+            self.next_bitrate = now + BITRATE_UPDATE;
+            self.sent = Some((status.clone(), rooms.clone()));
+        } else if !wanted {
+            return;
+        }
+        self.updates.publish(Update { seq: self.seq, status, rooms });
+    }
+}
+
+/// Whether two room lists differ at most in their bitrates.
+fn same_but_bitrate(a: &[RoomStatus], b: &[RoomStatus]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(a, b)| RoomStatus { bitrate_bps: b.bitrate_bps, ..a.clone() } == *b)
 }
 
 /// The errors that stop a media process at start.
@@ -285,6 +375,7 @@ pub fn run<C: Core>(
     let shown: Vec<String> = candidates.iter().map(|c| format!("{} {}", c.proto(), c.addr())).collect();
     let mut core = make(candidates, waker.clone(), Instant::now());
     let inbox = Inbox::start(&endpoints.control_socket, waker)?;
+    let mut feed = StatusFeed::new(inbox.updates(), Instant::now());
     tracing::info!(process = %endpoints.name, port = udp.port(), candidates = ?shown, control = %endpoints.control_socket.display(), "ready");
 
     deadsfu_runtime::service::ready();
@@ -385,7 +476,9 @@ pub fn run<C: Core>(
             }
         }
         let now = Instant::now();
+        let mut requests = false;
         for call in inbox.drain() {
+            requests = true;
             let response = match call.request {
                 Request::Metrics => Response::Metrics { metrics: Box::new(metrics(&core, &udp, tcp.as_ref())) },
                 request => core.handle_request(now, request),
@@ -393,6 +486,7 @@ pub fn run<C: Core>(
             call.reply.send(response);
         }
         core.poll(now, &mut |t| send_on(&mut udp, &mut tcp, t));
+        feed.turn(&core, now, requests);
         udp.flush();
         if let Some(set) = &mut tcp {
             set.flush(poll.registry());
@@ -402,4 +496,113 @@ pub fn run<C: Core>(
         let _ = std::fs::remove_file(path);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use shm_proto::control::Role;
+    use shm_proto::RoomName;
+
+    use super::*;
+
+    /// A core whose status and rooms the test sets, counting the snapshots the feed takes.
+    struct Fake {
+        host: SessionHost<()>,
+        events: Vec<(SessionKey, Event)>,
+        accepting: bool,
+        rooms: Vec<RoomStatus>,
+        snapshots: Cell<u32>,
+    }
+
+    impl Core for Fake {
+        type App = ();
+        fn host(&self) -> &SessionHost<()> {
+            &self.host
+        }
+        fn host_and_events(&mut self) -> (&mut SessionHost<()>, &mut Vec<(SessionKey, Event)>) {
+            (&mut self.host, &mut self.events)
+        }
+        fn end_session(&mut self, _key: SessionKey) {}
+        fn stop_accepting(&mut self) {
+            self.accepting = false;
+        }
+        fn handle_request(&mut self, _now: Instant, _request: Request) -> Response {
+            Response::Done
+        }
+        fn poll(&mut self, _now: Instant, _send: &mut dyn FnMut(Transmit)) {}
+        fn next_timeout(&mut self, _now: Instant) -> Option<Instant> {
+            None
+        }
+        fn has_work(&self) -> bool {
+            false
+        }
+        fn status_snapshot(&self, _now: Instant) -> (ProcessStatus, Vec<RoomStatus>) {
+            self.snapshots.set(self.snapshots.get() + 1);
+            let status = ProcessStatus { role: Role::Ingest, index: 0, pid: 1, sessions: 0, accepting: self.accepting };
+            (status, self.rooms.clone())
+        }
+    }
+
+    fn room(name: &str, bitrate_bps: u64) -> RoomStatus {
+        RoomStatus { live: true, bitrate_bps, ..RoomStatus::new(RoomName::new(name).unwrap()) }
+    }
+
+    #[test]
+    fn the_feed_publishes_changes_and_holds_back_bitrate_alone() {
+        let updates = Arc::new(Updates::new(|| {}));
+        let t0 = Instant::now();
+        let mut feed = StatusFeed::new(updates.clone(), t0);
+        let mut core = Fake {
+            host: SessionHost::new(),
+            events: Vec::new(),
+            accepting: true,
+            rooms: vec![room("b", 1000), room("a", 0)],
+            snapshots: Cell::new(0),
+        };
+        // Nobody subscribes: the core is not even asked.
+        feed.turn(&core, t0, true);
+        assert_eq!(core.snapshots.get(), 0);
+
+        let mut subscriber = updates.join().unwrap();
+        feed.turn(&core, t0, false);
+        let first = subscriber.next(Duration::ZERO).expect("the first update");
+        assert_eq!(first.seq, 1);
+        let names: Vec<&str> = first.rooms.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"], "in name order, so a reordered map is no change");
+
+        // Turns without a request, a session or the check due do not look at the core.
+        let t = t0 + STATUS_CHECK / 2;
+        feed.turn(&core, t, false);
+        assert_eq!(core.snapshots.get(), 1);
+        // A look that finds nothing new (the rooms in another order) sends nothing.
+        core.rooms.reverse();
+        feed.turn(&core, t, true);
+        assert_eq!(core.snapshots.get(), 2);
+        assert!(subscriber.next(Duration::ZERO).is_none());
+
+        // A bitrate alone waits for BITRATE_UPDATE after the last update.
+        core.rooms.iter_mut().find(|r| r.name.as_str() == "b").unwrap().bitrate_bps = 2000;
+        let t = t + STATUS_CHECK;
+        feed.turn(&core, t, false);
+        assert_eq!(core.snapshots.get(), 3, "the periodic look");
+        assert!(subscriber.next(Duration::ZERO).is_none());
+        let t = t0 + BITRATE_UPDATE;
+        feed.turn(&core, t, false);
+        let bitrate = subscriber.next(Duration::ZERO).expect("the bitrate, a second later");
+        assert_eq!((bitrate.seq, bitrate.rooms[1].bitrate_bps), (2, 2000));
+
+        // Anything else goes out at the next look.
+        core.stop_accepting();
+        feed.turn(&core, t, true);
+        let stopping = subscriber.next(Duration::ZERO).expect("the status change at once");
+        assert_eq!((stopping.seq, stopping.status.accepting), (3, false));
+
+        // A new subscriber gets the state at once, under the same seq, which the first does not get twice.
+        let mut second = updates.join().unwrap();
+        feed.turn(&core, t, false);
+        assert_eq!(second.next(Duration::ZERO).map(|u| u.seq), Some(3));
+        assert!(subscriber.next(Duration::ZERO).is_none());
+    }
 }

@@ -28,8 +28,8 @@
 use std::io::{self, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -43,7 +43,8 @@ pub const MAGIC: u16 = 0xD5F0;
 ///
 /// 2: requests for one role grouped under `ingest` and `fanout`; room names and session ids checked on
 /// decoding.
-pub const VERSION: u16 = 2;
+/// 3: `subscribe` and its stream of `update`s.
+pub const VERSION: u16 = 3;
 /// Length of the fixed frame header.
 pub const HEADER_LEN: usize = 8;
 /// Largest body accepted. SDP offers from browsers are 5-15 KiB; this leaves ample room.
@@ -51,6 +52,11 @@ pub const MAX_BODY: usize = 256 * 1024;
 
 /// A server drops a connection that sends nothing for this long.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Subscriptions a process serves at once: signaling takes one; the rest leave room for a signaling that
+/// restarts before the process noticed the old one's connection close, and for tools.
+pub const MAX_SUBSCRIBERS: usize = 4;
+/// While no update comes, how often a subscription's connection thread checks that its client is still there.
+const SUBSCRIBER_CHECK: Duration = Duration::from_secs(1);
 
 /// Which process answers on a socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +80,8 @@ pub enum Request {
     Rooms,
     /// Counters and gauges of this process, for `GET /metrics`.
     Metrics,
+    /// Turn this connection into a stream of [`Response::Update`]s (see the module docs).
+    Subscribe,
     /// A call only ingest answers.
     Ingest(IngestRequest),
     /// A call only fanout workers answer.
@@ -133,10 +141,23 @@ pub enum Response {
         /// Boxed: the counters outweigh every other response.
         metrics: Box<ProcessMetrics>,
     },
+    /// On a subscribed connection: the process's status and rooms as they are now.
+    Update(Update),
     Error {
         kind: ErrorKind,
         message: String,
     },
+}
+
+/// What a subscription is told: a process's status and rooms (as [`Request::Status`] and [`Request::Rooms`]
+/// would answer).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Update {
+    /// Goes up by one with each change the process sends; the first update a subscriber gets may repeat the
+    /// number of one another subscriber got before.
+    pub seq: u64,
+    pub status: ProcessStatus,
+    pub rooms: Vec<RoomStatus>,
 }
 
 /// What a media process counts about itself.
@@ -512,8 +533,21 @@ pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
 }
 
 /// Serves requests on `listener` from a background thread, one thread per connection, answering each with
-/// `handler`. A connection that sends a bad frame is dropped; others are not affected.
+/// `handler`. A connection that sends a bad frame is dropped; others are not affected. A
+/// [`Request::Subscribe`] goes to `handler` like any other request.
 pub fn serve<H>(listener: UnixListener, handler: H) -> thread::JoinHandle<()>
+where
+    H: Fn(Request) -> Response + Send + Sync + 'static,
+{
+    serve_with_updates(listener, handler, None)
+}
+
+/// [`serve`], with [`Request::Subscribe`] answered from `updates` (see the module docs) when there is one.
+pub fn serve_with_updates<H>(
+    listener: UnixListener,
+    handler: H,
+    updates: Option<Arc<Updates>>,
+) -> thread::JoinHandle<()>
 where
     H: Fn(Request) -> Response + Send + Sync + 'static,
 {
@@ -540,9 +574,10 @@ where
                     }
                 }
                 let handler = handler.clone();
+                let updates = updates.clone();
                 let spawned = thread::Builder::new()
                     .name("control-conn".into())
-                    .spawn(move || serve_connection(stream, &*handler));
+                    .spawn(move || serve_connection(stream, &*handler, updates.as_deref()));
                 if let Err(e) = spawned {
                     tracing::warn!(error = %e, "cannot spawn control connection thread");
                 }
@@ -557,7 +592,11 @@ fn peer_allowed(peer_uid: u32, own_uid: u32) -> bool {
     peer_uid == own_uid || peer_uid == 0
 }
 
-fn serve_connection(mut stream: UnixStream, handler: &(dyn Fn(Request) -> Response + Send + Sync)) {
+fn serve_connection(
+    mut stream: UnixStream,
+    handler: &(dyn Fn(Request) -> Response + Send + Sync),
+    updates: Option<&Updates>,
+) {
     // A client that stops mid-frame, or idles, must not hold a thread forever.
     if let Err(e) = stream.set_read_timeout(Some(IDLE_TIMEOUT)) {
         tracing::warn!(error = %e, "cannot set control read timeout");
@@ -572,12 +611,200 @@ fn serve_connection(mut stream: UnixStream, handler: &(dyn Fn(Request) -> Respon
                 return;
             }
         };
-        let reply = Envelope { id: env.id, msg: handler(env.msg) };
+        let msg = match (env.msg, updates) {
+            (Request::Subscribe, Some(updates)) => match updates.join() {
+                Some(subscriber) => {
+                    stream_updates(&mut stream, env.id, subscriber);
+                    return;
+                }
+                None => Response::Error {
+                    kind: ErrorKind::Unavailable,
+                    message: format!("this process serves at most {MAX_SUBSCRIBERS} subscriptions"),
+                },
+            },
+            (request, _) => handler(request),
+        };
+        let reply = Envelope { id: env.id, msg };
         if let Err(e) = write_frame(&mut stream, &reply) {
             tracing::debug!(error = %e, "control reply not delivered");
             return;
         }
     }
+}
+
+/// Writes the updates `subscriber` is handed to `stream`, each under the subscribe request's `id`, until the
+/// client goes away or a write fails.
+fn stream_updates(stream: &mut UnixStream, id: u64, mut subscriber: Subscriber<'_>) {
+    loop {
+        match subscriber.next(SUBSCRIBER_CHECK) {
+            Some(update) => {
+                let reply = Envelope { id, msg: Response::Update((*update).clone()) };
+                if let Err(e) = write_frame(stream, &reply) {
+                    tracing::debug!(error = %e, "subscription ended");
+                    return;
+                }
+            }
+            None if !client_still_there(stream) => return,
+            None => {}
+        }
+    }
+}
+
+/// Whether the client of a subscribed connection is still there: it sends nothing after `subscribe`, so
+/// anything readable (its end of stream, or bytes it should not send) ends the subscription.
+fn client_still_there(stream: &UnixStream) -> bool {
+    use nix::sys::socket::{recv, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let mut byte = [0u8; 1];
+    matches!(
+        recv(stream.as_raw_fd(), &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT),
+        Err(nix::errno::Errno::EAGAIN)
+    )
+}
+
+/// The newest [`Update`] of a process, handed from its loop to the connection threads of its subscriptions.
+///
+/// The loop calls [`Updates::subscribers`] each turn (one atomic load) and does nothing more while it is 0;
+/// [`Updates::take_wanted`] says a new subscriber waits for its first update, which the loop then publishes
+/// even if nothing changed. [`Updates::publish`] replaces the newest update and wakes the connection threads;
+/// it never waits for them.
+pub struct Updates {
+    subscribers: AtomicUsize,
+    wanted: AtomicBool,
+    newest: Mutex<Newest>,
+    published: Condvar,
+    /// Turns the process's loop, so a new subscriber's first update comes at once.
+    wake: Box<dyn Fn() + Send + Sync>,
+}
+
+struct Newest {
+    /// Bumped by every publish, including one that repeats a `seq` for a new subscriber.
+    generation: u64,
+    update: Option<Arc<Update>>,
+}
+
+impl Updates {
+    /// A hub whose new subscribers call `wake` to have the process publish.
+    pub fn new(wake: impl Fn() + Send + Sync + 'static) -> Updates {
+        Updates {
+            subscribers: AtomicUsize::new(0),
+            wanted: AtomicBool::new(false),
+            newest: Mutex::new(Newest { generation: 0, update: None }),
+            published: Condvar::new(),
+            wake: Box::new(wake),
+        }
+    }
+
+    /// Subscriptions open now.
+    pub fn subscribers(&self) -> usize {
+        self.subscribers.load(Ordering::Acquire)
+    }
+
+    /// True once after a subscriber arrived: publish an update now, changed or not.
+    pub fn take_wanted(&self) -> bool {
+        // A load first: the loop asks every turn, and a subscriber arrives rarely.
+        self.wanted.load(Ordering::Acquire) && self.wanted.swap(false, Ordering::AcqRel)
+    }
+
+    /// Makes `update` the newest and wakes the subscriptions' threads.
+    pub fn publish(&self, update: Update) {
+        let mut newest = self.newest.lock().expect("the updates' lock is never poisoned");
+        newest.generation += 1;
+        newest.update = Some(Arc::new(update));
+        self.published.notify_all();
+    }
+
+    /// A place among [`MAX_SUBSCRIBERS`], or `None` if all are taken. [`serve_with_updates`] takes one for
+    /// each subscription.
+    pub fn join(&self) -> Option<Subscriber<'_>> {
+        if self.subscribers.fetch_add(1, Ordering::AcqRel) >= MAX_SUBSCRIBERS {
+            self.subscribers.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        let generation = self.newest.lock().expect("the updates' lock is never poisoned").generation;
+        self.wanted.store(true, Ordering::Release);
+        (self.wake)();
+        Some(Subscriber { updates: self, generation, written: None })
+    }
+}
+
+/// One subscription's place in [`Updates`]; given back when dropped.
+pub struct Subscriber<'a> {
+    updates: &'a Updates,
+    /// The publish this subscriber looked at last.
+    generation: u64,
+    /// The `seq` of the update it wrote last.
+    written: Option<u64>,
+}
+
+impl Subscriber<'_> {
+    /// The newest update if it is one this subscriber has not written yet, waiting up to `timeout` for it.
+    pub fn next(&mut self, timeout: Duration) -> Option<Arc<Update>> {
+        let newest = self.updates.newest.lock().expect("the updates' lock is never poisoned");
+        let (newest, _) = self
+            .updates
+            .published
+            .wait_timeout_while(newest, timeout, |n| n.generation == self.generation)
+            .expect("the updates' lock is never poisoned");
+        self.generation = newest.generation;
+        let update = newest.update.clone()?;
+        if self.written == Some(update.seq) {
+            return None;
+        }
+        self.written = Some(update.seq);
+        Some(update)
+    }
+}
+
+impl Drop for Subscriber<'_> {
+    fn drop(&mut self) {
+        self.updates.subscribers.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A subscription to one process (see the module docs): [`Subscription::recv`] gives its updates in order.
+pub struct Subscription {
+    stream: UnixStream,
+    id: u64,
+}
+
+impl Subscription {
+    /// Subscribes on the socket at `path`; the process must answer within `timeout`.
+    pub fn open(path: &Path, timeout: Duration) -> Result<Subscription, ControlError> {
+        let mut stream = connect(path, timeout)?;
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        write_frame(&mut stream, &Envelope { id, msg: Request::Subscribe })?;
+        Ok(Subscription { stream, id })
+    }
+
+    /// The next update. The first comes within the `timeout` given to [`Subscription::open`]; later ones
+    /// whenever the process changes, so the wait after the first has no bound. A refusal (the process has
+    /// all its subscriptions) is [`SubscribeError::Refused`].
+    pub fn recv(&mut self) -> Result<Update, SubscribeError> {
+        let env: Envelope<Response> = read_frame(&mut self.stream)?;
+        if env.id != self.id {
+            return Err(ControlError::IdMismatch { expected: self.id, found: env.id }.into());
+        }
+        match env.msg {
+            Response::Update(update) => {
+                self.stream.set_read_timeout(None).map_err(ControlError::Io)?;
+                Ok(update)
+            }
+            Response::Error { message, .. } => Err(SubscribeError::Refused(message)),
+            other => Err(SubscribeError::Unexpected(format!("{other:?}"))),
+        }
+    }
+}
+
+/// Why a [`Subscription`] ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SubscribeError {
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error("subscription refused: {0}")]
+    Refused(String),
+    #[error("subscription answered with something other than an update: {0}")]
+    Unexpected(String),
 }
 
 #[cfg(test)]
@@ -629,10 +856,16 @@ mod tests {
             Request::Rooms,
             Request::Check { session: session(Owner::Worker(0)) },
             Request::Metrics,
+            Request::Subscribe,
         ];
         let status = ProcessStatus { role: Role::Fanout, index: 1, pid: 2, sessions: 3, accepting: true };
         let upstream = UpstreamStatus { state: UpstreamState::Retrying, error: Some("no".into()), failures: 2 };
         let responses = [
+            Response::Update(Update {
+                seq: 4,
+                status: status.clone(),
+                rooms: vec![RoomStatus { viewers: 1, ..RoomStatus::new(room("a")) }],
+            }),
             Response::Status(status),
             Response::Answer { session: session(Owner::Ingest), answer: "v=0".into() },
             Response::Closed,
@@ -844,7 +1077,7 @@ mod tests {
                     let Ok(stream) = conn else { return };
                     connections.fetch_add(1, Ordering::Relaxed);
                     let answer = answer.clone();
-                    thread::spawn(move || serve_connection(stream, &move |_| answer.clone()));
+                    thread::spawn(move || serve_connection(stream, &move |_| answer.clone(), None));
                 }
             })
         };
@@ -865,5 +1098,97 @@ mod tests {
         assert_eq!(client.call(&Request::Status).unwrap(), Response::Done);
         assert_eq!(connections.load(Ordering::Relaxed), 2);
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_subscriber_gets_the_state_at_once_then_each_change_and_a_fifth_is_refused() {
+        let dir = std::env::temp_dir().join(format!("deadsfu-control-subscribe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        // A process loop in miniature: it publishes its state when a subscriber wants it, and when `viewers`
+        // changes.
+        let (wake_tx, wake_rx) = std::sync::mpsc::channel::<()>();
+        let updates = Arc::new(Updates::new(move || {
+            let _ = wake_tx.send(());
+        }));
+        let viewers = Arc::new(AtomicU64::new(0));
+        let state = |seq: u64, viewers: u64| Update {
+            seq,
+            status: ProcessStatus { role: Role::Fanout, index: 0, pid: 1, sessions: viewers as u32, accepting: true },
+            rooms: vec![RoomStatus { viewers: viewers as u32, ..RoomStatus::new(room("a")) }],
+        };
+        {
+            let (updates, viewers) = (updates.clone(), viewers.clone());
+            thread::spawn(move || {
+                let (mut seq, mut sent) = (0, u64::MAX);
+                while wake_rx.recv().is_ok() {
+                    let now = viewers.load(Ordering::Acquire);
+                    let wanted = updates.take_wanted();
+                    if now != sent {
+                        seq += 1;
+                        sent = now;
+                    } else if !wanted {
+                        continue;
+                    }
+                    updates.publish(state(seq, now));
+                }
+            });
+        }
+        serve_with_updates(bind(&path).unwrap(), |_| Response::Done, Some(updates.clone()));
+        let timeout = Duration::from_secs(5);
+
+        let mut first = Subscription::open(&path, timeout).unwrap();
+        assert_eq!(first.recv().unwrap(), state(1, 0), "the state at once");
+        // The process changes: the subscriber is told.
+        viewers.store(2, Ordering::Release);
+        (updates.wake)();
+        assert_eq!(first.recv().unwrap(), state(2, 2));
+
+        // More subscribers each get the state at once, the others nothing new; a fifth is refused, and its
+        // connection still answers calls.
+        let mut others: Vec<Subscription> = (0..3).map(|_| Subscription::open(&path, timeout).unwrap()).collect();
+        for other in &mut others {
+            assert_eq!(other.recv().unwrap(), state(2, 2));
+        }
+        assert_eq!(updates.subscribers(), MAX_SUBSCRIBERS);
+        let mut fifth = connect(&path, timeout).unwrap();
+        let refused = exchange(&mut fifth, &Request::Subscribe).unwrap();
+        assert!(matches!(refused, Response::Error { kind: ErrorKind::Unavailable, .. }), "{refused:?}");
+        assert_eq!(exchange(&mut fifth, &Request::Status).unwrap(), Response::Done);
+
+        // A subscriber that goes gives its place back.
+        drop(others.pop());
+        let deadline = Instant::now() + timeout;
+        while updates.subscribers() == MAX_SUBSCRIBERS {
+            assert!(Instant::now() < deadline, "the place of a closed subscription is never given back");
+            thread::sleep(Duration::from_millis(20));
+        }
+        let mut again = Subscription::open(&path, timeout).unwrap();
+        assert_eq!(again.recv().unwrap(), state(2, 2));
+        viewers.store(3, Ordering::Release);
+        (updates.wake)();
+        assert_eq!(first.recv().unwrap(), state(3, 3), "no update skipped for a subscriber that keeps up");
+        assert_eq!(again.recv().unwrap(), state(3, 3));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_slow_subscriber_gets_the_newest_update_only() {
+        let updates = Updates::new(|| {});
+        let status = ProcessStatus { role: Role::Ingest, index: 0, pid: 1, sessions: 0, accepting: true };
+        let update = |seq| Update { seq, status: status.clone(), rooms: Vec::new() };
+        let mut subscriber = updates.join().unwrap();
+        assert!(updates.take_wanted());
+        assert!(!updates.take_wanted());
+        for seq in 1..=3 {
+            updates.publish(update(seq));
+        }
+        assert_eq!(subscriber.next(Duration::ZERO).as_deref(), Some(&update(3)));
+        assert_eq!(subscriber.next(Duration::ZERO), None, "nothing new");
+        // The same state published again (for another subscriber) is not written twice.
+        updates.publish(update(3));
+        assert_eq!(subscriber.next(Duration::ZERO), None);
+        drop(subscriber);
+        assert_eq!(updates.subscribers(), 0);
     }
 }

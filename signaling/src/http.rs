@@ -5,7 +5,10 @@
 //! bytes of task instead of a thread, so a crowd of slow clients cannot exhaust threads; the header read
 //! timeout, buffer limits and the body read timeout are enforced by the server before a request reaches the
 //! router; and long-polls of the room list wait on one shared snapshot instead of holding a thread and asking
-//! every media process per waiter.
+//! every media process per waiter. The snapshot is made again from the [`crate::registry::Registry`] as soon
+//! as its room list changes (the media processes push their changes), so a long-poll answers within moments
+//! of a viewer joining; while a process is missing from the registry, it is asked directly every
+//! [`ROOM_POLL_STEP`].
 //!
 //! Every input is bounded ([`Limits`]); past a limit the client gets a one-line reason, `503` (or `408`,
 //! `413`, `431`) with `Retry-After` where waiting helps, and a counter in [`Refusals`] goes up
@@ -37,7 +40,8 @@ use crate::tls::Tls;
 
 /// Most header lines in a request.
 pub const MAX_HEADERS: usize = 64;
-/// How often the shared room-list snapshot is refreshed while long-polls wait.
+/// How often the shared room-list snapshot is refreshed while long-polls wait and some media process is not in
+/// the registry (it is asked directly).
 const ROOM_POLL_STEP: Duration = Duration::from_millis(250);
 /// How long a request waits for a free slot of [`Limits::max_in_flight`] before it is refused.
 const IN_FLIGHT_WAIT: Duration = Duration::from_secs(2);
@@ -471,19 +475,37 @@ async fn long_poll<B: Backend + 'static>(seen: u64, shared: &Arc<Shared<B>>) -> 
     }
 }
 
-/// Refreshes the shared room list every [`ROOM_POLL_STEP`] while long-polls wait, and sleeps otherwise: one
-/// round of questions to the media processes however many pages wait.
+/// Makes the shared room list again whenever the registry's list changes or a long-poll starts, but while some
+/// process is asked directly (it is not in the registry) every [`ROOM_POLL_STEP`] instead of per long-poll;
+/// sleeps while none waits.
 async fn poll_rooms<B: Backend + 'static>(shared: Arc<Shared<B>>) {
+    let mut changes = shared.router.registry().watch();
     loop {
         if shared.long_polls.load(Ordering::Acquire) == 0 {
             shared.room_poll.notified().await;
         }
         let asked = Instant::now();
+        changes.borrow_and_update();
         let router = shared.router.clone();
-        if let Ok(list) = tokio::task::spawn_blocking(move || router.room_list()).await {
-            shared.rooms.send_replace(Some(Snapshot { asked, list: Arc::new(list) }));
+        let complete = match tokio::task::spawn_blocking(move || router.room_list_complete()).await {
+            Ok((list, complete)) => {
+                shared.rooms.send_replace(Some(Snapshot { asked, list: Arc::new(list) }));
+                complete
+            }
+            Err(_) => false,
+        };
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    // The registry is gone with the router: nothing will change any more.
+                    return;
+                }
+            }
+            // Made from the registry alone, a list costs no call: each long-poll that starts gets a fresh one.
+            // A list some process was asked for is made at most every step, however many long-polls start.
+            _ = shared.room_poll.notified(), if complete => {}
+            _ = tokio::time::sleep(ROOM_POLL_STEP), if !complete => {}
         }
-        tokio::time::sleep(ROOM_POLL_STEP).await;
     }
 }
 

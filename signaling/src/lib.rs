@@ -7,5 +7,6 @@
 pub mod acme;
 pub mod http;
 pub mod metrics;
+pub mod registry;
 pub mod router;
 pub mod tls;

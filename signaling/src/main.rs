@@ -1,5 +1,6 @@
 //! deadsfu-signaling: the HTTP face (WHIP, WHEP, pages, health). It never touches media, so it can restart
-//! without a packet lost; it finds ingest and the fanout workers through their control sockets.
+//! without a packet lost; it finds ingest and the fanout workers through their control sockets, and follows
+//! each one's status and rooms over a subscription ([`deadsfu_signaling::registry`]).
 
 #![forbid(unsafe_code)]
 
@@ -61,11 +62,7 @@ impl Backend for Sockets {
     }
 
     fn workers(&self) -> Vec<u32> {
-        let Ok(dir) = std::fs::read_dir(&self.runtime_dir) else { return Vec::new() };
-        let mut out: Vec<u32> =
-            dir.filter_map(|e| e.ok()).filter_map(|e| paths::fanout_index(e.file_name().to_str()?)).collect();
-        out.sort_unstable();
-        out
+        deadsfu_signaling::registry::worker_indexes(&self.runtime_dir)
     }
 }
 
@@ -178,6 +175,7 @@ fn main() -> ExitCode {
     let tokens = Tokens { publish: cfg.publish_token().map(String::from), view: cfg.view_token().map(String::from) };
     let router =
         Arc::new(Router::new(Sockets { runtime_dir: cfg.runtime_dir(), clients: Mutex::new(HashMap::new()) }, tokens));
+    deadsfu_signaling::registry::follow(router.registry(), cfg.runtime_dir());
     let server = Server::new(router, limits);
     tracing::info!(%addr, runtime_dir = %cfg.runtime_dir().display(), "signaling ready");
     deadsfu_runtime::service::ready();

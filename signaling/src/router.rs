@@ -1,7 +1,9 @@
 //! The HTTP face of deadsfu, as a function from request to response.
 //!
 //! [`Router::handle`] takes a parsed request and answers it, calling the media processes through a
-//! [`Backend`]; it never touches a socket, so tests drive it with a fake backend.
+//! [`Backend`]; it never touches a socket, so tests drive it with a fake backend. Which worker takes a viewer
+//! and what `GET /rooms` shows come from the [`Registry`], which the processes keep up to date (see
+//! [`crate::registry`]); a process the registry has no entry for is asked directly.
 //!
 //! Routes:
 //! - `POST /whip/{room}`, `POST /whip?room=R` (publish, WHIP, RFC 9725);
@@ -19,11 +21,12 @@ use std::time::Duration;
 use serde::Serialize;
 use shm_proto::control::{
     ControlError, ErrorKind, FanoutRequest, IngestRequest, ProcessMetrics, ProcessStatus, Request, Response,
-    RoomStatus, UpstreamStatus,
+    UpstreamStatus,
 };
 use shm_proto::{Owner, RoomName, SessionId};
 
 use crate::http::Refusals;
+use crate::registry::Registry;
 
 /// Largest SDP body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -166,6 +169,8 @@ pub struct Router<B> {
     worker_pids: Mutex<HashMap<u32, (u32, u64)>>,
     /// What the HTTP server refused at its limits, shown in `/metrics`.
     refusals: Arc<Refusals>,
+    /// What the media processes said of themselves last.
+    registry: Arc<Registry>,
 }
 
 impl<B: Backend> Router<B> {
@@ -176,7 +181,13 @@ impl<B: Backend> Router<B> {
             in_flight: Mutex::new(HashMap::new()),
             worker_pids: Mutex::new(HashMap::new()),
             refusals: Arc::default(),
+            registry: Arc::default(),
         }
+    }
+
+    /// What the router knows of the media processes without asking them; [`crate::registry::follow`] fills it.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
     }
 
     /// The HTTP server's refusal counters, which `/metrics` reports.
@@ -311,10 +322,16 @@ impl<B: Backend> Router<B> {
     fn view(&self, request: Request) -> Result<(SessionId, String), HttpResponse> {
         let mut candidates: Vec<(u32, u32)> = Vec::new();
         for index in self.backend.workers() {
-            if let Ok(Response::Status(s)) = self.backend.call(Target::Worker(index), &Request::Status) {
-                if s.accepting {
-                    candidates.push((s.sessions, index));
-                }
+            let target = Target::Worker(index);
+            let status = match self.registry.status(target) {
+                Some(s) => Some(s),
+                None => match self.backend.call(target, &Request::Status) {
+                    Ok(Response::Status(s)) => Some(s),
+                    _ => None,
+                },
+            };
+            if let Some(s) = status.filter(|s| s.accepting) {
+                candidates.push((s.sessions, index));
             }
         }
         if candidates.is_empty() {
@@ -333,6 +350,7 @@ impl<B: Backend> Router<B> {
             *self.in_flight.lock().expect("in_flight lock is never poisoned").entry(index).or_default() -= 1;
             match result {
                 Ok(Response::Answer { session, answer }) if session.owner() == Owner::Worker(index) => {
+                    self.registry.note_session(Target::Worker(index));
                     return Ok((session, answer));
                 }
                 Ok(Response::Answer { session, .. }) => {
@@ -436,52 +454,26 @@ impl<B: Backend> Router<B> {
     }
 
     pub fn room_list(&self) -> RoomList {
-        let mut merged: std::collections::BTreeMap<RoomName, RoomStatus> = std::collections::BTreeMap::new();
-        let mut merge = |target| {
-            if let Ok(Response::Rooms { rooms }) = self.backend.call(target, &Request::Rooms) {
-                for r in rooms {
-                    let m = merged.entry(r.name.clone()).or_insert_with(|| RoomStatus::new(r.name.clone()));
-                    m.live |= r.live;
-                    m.slate |= r.slate;
-                    if !r.codecs.is_empty() {
-                        m.codecs = r.codecs;
-                    }
-                    m.bitrate_bps += r.bitrate_bps;
-                    m.viewers += r.viewers;
-                    if r.upstream.is_some() {
-                        m.upstream = r.upstream;
+        self.room_list_complete().0
+    }
+
+    /// The room list, merged from what ingest and every worker said last, and whether all of them were in the
+    /// registry (a process that is not is asked directly).
+    pub fn room_list_complete(&self) -> (RoomList, bool) {
+        let mut complete = true;
+        let mut views = Vec::new();
+        for target in std::iter::once(Target::Ingest).chain(self.backend.workers().into_iter().map(Target::Worker)) {
+            match self.registry.rooms(target) {
+                Some(rooms) => views.push(rooms),
+                None => {
+                    complete = false;
+                    if let Ok(Response::Rooms { rooms }) = self.backend.call(target, &Request::Rooms) {
+                        views.push(rooms);
                     }
                 }
             }
-        };
-        merge(Target::Ingest);
-        for index in self.backend.workers() {
-            merge(Target::Worker(index));
         }
-        let rooms: Vec<RoomEntry> = merged
-            .into_values()
-            .map(|r| RoomEntry {
-                state: if r.live {
-                    "live"
-                } else if r.slate {
-                    "slate"
-                } else {
-                    "idle"
-                },
-                name: r.name,
-                codecs: r.codecs,
-                viewers: r.viewers,
-                bitrate_kbps: (r.bitrate_bps as f64 / 100.0).round() / 10.0,
-                upstream: r.upstream,
-            })
-            .collect();
-        // The version covers what a room list shows, except the bitrate, which changes all the time.
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        for r in &rooms {
-            let upstream = r.upstream.as_ref().map(|u| (&u.state, u.failures));
-            std::hash::Hash::hash(&(&r.name, r.state, &r.codecs, r.viewers, upstream), &mut hasher);
-        }
-        RoomList { version: std::hash::Hasher::finish(&hasher) >> 11, rooms }
+        (crate::registry::room_list(views), complete)
     }
 
     /// `PATCH` on a session (RFC 9725 section 4.3): trickled candidates are accepted with `204`. The media
@@ -729,7 +721,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 mod tests {
     use std::sync::Mutex;
 
-    use shm_proto::control::Role;
+    use shm_proto::control::{Role, RoomStatus, Update};
 
     use super::*;
 
@@ -828,6 +820,9 @@ mod tests {
                 | Request::Check { .. } => Response::Done,
                 Request::Metrics => {
                     Response::Metrics { metrics: Box::new(ProcessMetrics { sessions: *n, ..Default::default() }) }
+                }
+                Request::Subscribe => {
+                    Response::Error { kind: ErrorKind::WrongRole, message: "subscriptions are not faked".into() }
                 }
                 Request::Rooms => Response::Rooms {
                     rooms: match target {
@@ -1163,5 +1158,70 @@ mod tests {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+
+    fn update(target: Target, sessions: u32, accepting: bool, rooms: Vec<RoomStatus>) -> Update {
+        let (role, index) = match target {
+            Target::Ingest => (Role::Ingest, 0),
+            Target::Worker(i) => (Role::Fanout, i),
+        };
+        Update { seq: 1, status: ProcessStatus { role, index, pid: 7, sessions, accepting }, rooms }
+    }
+
+    fn viewers(room: &str, n: u32) -> Vec<RoomStatus> {
+        vec![RoomStatus { viewers: n, ..RoomStatus::new(RoomName::new(room).unwrap()) }]
+    }
+
+    #[test]
+    fn joins_and_the_room_list_come_from_the_registry() {
+        let r = Router::new(Fake::new(3), Tokens::default());
+        let registry = r.registry();
+        let ingest = RoomStatus { live: true, ..RoomStatus::new(RoomName::new("z").unwrap()) };
+        registry.update(Target::Ingest, update(Target::Ingest, 1, true, vec![ingest]));
+        registry.update(Target::Worker(0), update(Target::Worker(0), 5, true, viewers("z", 5)));
+        registry.update(Target::Worker(1), update(Target::Worker(1), 1, true, viewers("z", 1)));
+        // Worker 2 is the least loaded, but stopping.
+        registry.update(Target::Worker(2), update(Target::Worker(2), 0, false, Vec::new()));
+        let owner = |resp: &HttpResponse| {
+            let location = resp.header("Location").expect("a session");
+            location.trim_start_matches("/session/").parse::<SessionId>().unwrap().owner()
+        };
+        for _ in 0..3 {
+            let resp = r.handle(&sdp("POST", "/whep/z"));
+            assert_eq!(resp.status, 201);
+            assert_eq!(owner(&resp), Owner::Worker(1), "the least loaded worker that takes viewers");
+        }
+        // Each session handed out counts until the worker's own update comes: the fourth viewer (worker 1 at
+        // 4 now) goes to worker 1, the fifth to worker 0.
+        assert_eq!(owner(&r.handle(&sdp("POST", "/whep/z"))), Owner::Worker(1));
+        assert_eq!(owner(&r.handle(&sdp("POST", "/whep/z"))), Owner::Worker(0));
+        let (list, complete) = r.room_list_complete();
+        assert!(complete);
+        let shown: Vec<_> = list.rooms.iter().map(|r| (r.name.as_str(), r.state, r.viewers)).collect();
+        assert_eq!(shown, [("z", "live", 6)], "the registry's view, not the fake processes' own");
+        assert!(r.backend.sent(|r| matches!(r, Request::Status | Request::Rooms)).is_empty(), "nobody asked");
+    }
+
+    #[test]
+    fn a_process_missing_from_the_registry_is_asked() {
+        let r = Router::new(Fake::new(2), Tokens::default());
+        r.registry().update(Target::Worker(0), update(Target::Worker(0), 9, true, viewers("a", 9)));
+        let resp = r.handle(&sdp("POST", "/whep/a"));
+        assert_eq!(resp.status, 201);
+        let status_calls: Vec<Target> =
+            r.backend.sent(|r| matches!(r, Request::Status)).into_iter().map(|(t, _)| t).collect();
+        assert_eq!(status_calls, [Target::Worker(1)]);
+        assert!(resp.header("Location").unwrap().contains("w1-"), "worker 1 holds fewer than 9");
+        let (list, complete) = r.room_list_complete();
+        assert!(!complete);
+        let rooms_calls: Vec<Target> =
+            r.backend.sent(|r| matches!(r, Request::Rooms)).into_iter().map(|(t, _)| t).collect();
+        assert_eq!(rooms_calls, [Target::Ingest, Target::Worker(1)]);
+        // Worker 0's 9 from the registry, worker 1's 1 from itself; ingest's live room.
+        assert_eq!(list.rooms[0].viewers, 10);
+        assert_eq!(list.rooms[0].state, "live");
+        // Worker 0 drops out: it is asked again.
+        r.registry().remove(Target::Worker(0));
+        assert_eq!(r.room_list().rooms[0].viewers, 1);
     }
 }
