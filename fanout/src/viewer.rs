@@ -103,13 +103,20 @@ pub(crate) fn deliver(
             None => return false,
         }
     }
-    let (track, clock_rate) = match meta.kind {
-        MediaKind::Video => (viewer.video.as_mut(), 90_000),
-        MediaKind::Audio => (viewer.audio.as_mut(), codecs.get(meta.pt).map_or(48_000, |e| e.clock_rate)),
+    let track = match meta.kind {
+        MediaKind::Video => viewer.video.as_mut(),
+        MediaKind::Audio => viewer.audio.as_mut(),
     };
     let Some(track) = track else { return false };
     let (first_seq, first_ts) = track.first;
-    let splicer = track.splicer.get_or_insert_with(|| Splicer::new(clock_rate, first_seq, first_ts));
+    // The clock rate is looked up once, at the track's first packet, not for every packet.
+    let splicer = track.splicer.get_or_insert_with(|| {
+        let clock_rate = match meta.kind {
+            MediaKind::Video => 90_000,
+            MediaKind::Audio => codecs.get(meta.pt).map_or(48_000, |e| e.clock_rate),
+        };
+        Splicer::new(clock_rate, first_seq, first_ts)
+    });
     let out = splicer.map(SourceId { source: meta.source, ssrc: meta.ssrc }, meta.seq, meta.timestamp, at.ns, pace);
     let mut api = rtc.direct_api();
     let Some(tx) = api.stream_tx_by_mid(track.mid, None) else { return false };
