@@ -92,10 +92,6 @@ impl Pulls {
         }
     }
 
-    pub fn upstream(&self) -> &str {
-        &self.upstream
-    }
-
     /// Pulls running (connecting or receiving).
     pub fn len(&self) -> usize {
         self.active.len()
