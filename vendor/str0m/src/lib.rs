@@ -1620,6 +1620,21 @@ impl Rtc {
         Ok(o)
     }
 
+    /// The path media goes out by, once ICE has nominated one (deadsfu patch, for
+    /// `DirectApi::send_rtp_now`).
+    pub(crate) fn send_path(&self) -> Option<(net::Protocol, SocketAddr, SocketAddr)> {
+        if self.state == RtcState::Closed {
+            return None;
+        }
+        let s = self.send_addr.as_ref()?;
+        Some((s.proto, s.source, s.destination))
+    }
+
+    /// Counts a datagram sent outside [`Rtc::poll_output`] (deadsfu patch).
+    pub(crate) fn note_sent(&mut self, len: usize) {
+        self.peer_bytes_tx += len as u64;
+    }
+
     /// Conservatively re-poll the whole tree.
     fn wake_all(&mut self) {
         drop(self.readiness.wake());

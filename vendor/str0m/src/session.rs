@@ -38,7 +38,7 @@ use crate::rtp_::{RtpHeader, SessionId, TwccPacketId, extend_u16};
 use crate::rtp_::{SrtpContext, Ssrc};
 use crate::rtp_::{TwccRecvRegister, TwccSendRegister};
 use crate::stats::StatsSnapshot;
-use crate::streams::{RtpPacket, StreamTimeoutConfig, Streams};
+use crate::streams::{RtpPacket, RtpWrite, StreamTimeoutConfig, Streams};
 use crate::util::{Soonest, SystemTimeExt, already_happened, not_happening};
 use crate::{Reason, net};
 use crate::{RtcConfig, RtcError};
@@ -1311,6 +1311,44 @@ impl Session {
         }
 
         Some(protected.into())
+    }
+
+    /// Sends an RTP packet on the stream of `midrid` at once, protected, appended to `out`
+    /// (deadsfu patch, see `DirectApi::send_rtp_now`). Returns the payload size, or `None` with
+    /// `out` unchanged.
+    pub fn send_rtp_now(
+        &mut self,
+        now: Instant,
+        midrid: MidRid,
+        rtp: RtpWrite,
+        out: &mut Vec<u8>,
+    ) -> Option<usize> {
+        if self.rtp_closing {
+            return None;
+        }
+        let srtp_tx = self.srtp_tx.as_mut()?;
+        let stream = self.streams.stream_tx_by_midrid(midrid)?;
+        let media = self.medias.iter().find(|m| m.mid() == midrid.mid())?;
+        let exts = media.remote_extmap();
+        let twcc_seq = self.twcc;
+        let twcc_enabled = exts.id_of(Extension::TransportSequenceNumber).is_some();
+        let twcc = twcc_enabled.then_some(&mut self.twcc);
+        let protect = |out: &mut Vec<u8>, start, payload: &[u8], ssrc, index| {
+            srtp_tx.protect_rtp_into(out, start, payload, ssrc, index)
+        };
+        let payload_size =
+            stream.send_now(now, rtp, exts, twcc, &self.codec_config, out, protect)?;
+
+        self.pacer.register_send(now, payload_size.into(), midrid);
+        if twcc_enabled {
+            self.twcc_tx_register
+                .register_seq(TwccPacketId::new(twcc_seq), now, payload_size);
+        }
+        if let Some(bwe) = self.bwe.as_mut() {
+            bwe.on_media_sent(payload_size.into(), false, now);
+        }
+        self.media_bytes_tx += payload_size as u64;
+        Some(payload_size)
     }
 
     pub fn poll_timeout(&mut self) -> (Option<Instant>, Reason) {

@@ -1,4 +1,6 @@
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::Candidate;
 use crate::IceCreds;
@@ -8,11 +10,13 @@ use crate::channel::ChannelId;
 use crate::crypto::Fingerprint;
 use crate::crypto::dtls::ProtocolVersion;
 use crate::media::{Media, MediaKind};
+use crate::net::Protocol;
 use crate::poll::RtcMut;
 use crate::rtp_::MidRid;
 use crate::rtp_::{Mid, Rid, Ssrc};
 use crate::sctp::{ChannelConfig, SctpInitData};
 use crate::streams::{DEFAULT_RTX_CACHE_DURATION, DEFAULT_RTX_RATIO_CAP, StreamRx, StreamTx};
+use crate::streams::RtpWrite;
 
 /// Direct change strategy.
 ///
@@ -362,6 +366,42 @@ impl<'a> DirectApi<'a> {
     pub fn stream_tx_by_mid(&mut self, mid: Mid, rid: Option<Rid>) -> Option<&mut StreamTx> {
         let midrid = MidRid(mid, rid);
         self.rtc.session.streams.stream_tx_by_midrid(midrid)
+    }
+
+    /// Sends an RTP packet on the send stream of `mid` (and `rid`) at once, SRTP-protected, by
+    /// appending it to `out` (deadsfu patch).
+    ///
+    /// [`StreamTx::write_rtp`] queues a packet, and it leaves at a later
+    /// [`Rtc::poll_output`] as its own [`crate::net::Transmit`]: through the pacer, with a
+    /// timeout handled and the whole session polled for each packet written, and in a buffer
+    /// allocated for it. A forwarder that writes the same packet to many sessions spends more on
+    /// that than on the encryption. This writes the header and the encrypted payload straight
+    /// into the caller's buffer (the payload is copied once, by the encryption) and returns the
+    /// path it goes by: protocol, local and remote address (ICE's nominated pair). Everything
+    /// else is as for a written packet: the stream's counters and sender report clock, the RTX
+    /// cache (NACKs are answered from it at the next `poll_output`), transport-wide sequence
+    /// numbers and the bandwidth estimate's record of what was sent. It bypasses the send queue
+    /// and the pacer: the caller paces, if anything is to be paced. The session need not be
+    /// polled afterwards.
+    ///
+    /// Returns `None` with `out` unchanged when the packet cannot go now: ICE has no nominated
+    /// pair or SRTP no keys yet, the session is closing, there is no such stream, or the payload
+    /// type is not the media's.
+    pub fn send_rtp_now(
+        &mut self,
+        mid: Mid,
+        rid: Option<Rid>,
+        rtp: RtpWrite,
+        now: Instant,
+        out: &mut Vec<u8>,
+    ) -> Option<(Protocol, SocketAddr, SocketAddr)> {
+        let rtc = &mut *self.rtc;
+        let path = rtc.send_path()?;
+        let start = out.len();
+        rtc.session
+            .send_rtp_now(now, MidRid(mid, rid), rtp, out)?;
+        rtc.note_sent(out.len() - start);
+        Some(path)
     }
 
     /// Reset a transmit stream to use a new SSRC and optionally a new RTX SSRC.

@@ -282,65 +282,67 @@ impl SrtpContext {
         //  |                                                                   |
         //  +- Encrypted Portion*                      Authenticated Portion ---+
         let hlen = header.header_len;
-        let input = &buf[hlen..];
+        let mut output = Vec::with_capacity(buf.len() + MAX_TAG_LEN + CTR_BUFFER_PADDING);
+        output.extend_from_slice(&buf[..hlen]);
+        self.protect_rtp_into(&mut output, 0, &buf[hlen..], *header.ssrc, srtp_index);
+        output
+    }
+
+    /// Protects an RTP packet whose header is already at the end of `out`, from `start` on, and
+    /// whose payload is `payload`: the encrypted payload and the authentication tag are
+    /// appended, so the payload is copied once, from where it is into the packet (deadsfu
+    /// patch, for `DirectApi::send_rtp_now`).
+    pub fn protect_rtp_into(
+        &mut self,
+        out: &mut Vec<u8>,
+        start: usize,
+        payload: &[u8],
+        ssrc: u32,
+        srtp_index: u64, // same as ext_seq
+    ) {
+        let hlen = out.len() - start;
+        let body_end = start + hlen + payload.len();
 
         match &mut self.rtp {
             Derived::Aes128CmSha1_80 { key, salt, enc, .. } => {
-                // arbitrary body lengths are fine: the output buffer below is
-                // allocated with the CTR scratch the ciphers need and truncated
-                // after encryption, so no 16-byte alignment is required.
-                let iv = Aes128CmSha1_80::rtp_iv(*salt, *header.ssrc, srtp_index);
+                // arbitrary body lengths are fine: the buffer gets the CTR scratch the ciphers
+                // need and is truncated after encryption, so no 16-byte alignment is required.
+                let iv = Aes128CmSha1_80::rtp_iv(*salt, ssrc, srtp_index);
 
-                // Allocate buffer with CTR padding (aws-lc-rs requirement)
-                // HMAC_TAG_LEN is 10, CTR_BUFFER_PADDING is 15, so we need 5 extra bytes
+                // Room for the tag and the CTR padding (aws-lc-rs requirement): HMAC_TAG_LEN is
+                // 10, CTR_BUFFER_PADDING is 15, so 5 bytes more.
                 let padding_needed =
                     CTR_BUFFER_PADDING.saturating_sub(Aes128CmSha1_80::HMAC_TAG_LEN);
-                let mut output =
-                    vec![0_u8; buf.len() + Aes128CmSha1_80::HMAC_TAG_LEN + padding_needed];
+                out.resize(body_end + Aes128CmSha1_80::HMAC_TAG_LEN + padding_needed, 0);
 
-                enc.encrypt(&iv, input, &mut output[hlen..])
+                enc.encrypt(&iv, payload, &mut out[start + hlen..])
                     .expect("rtp encrypt");
 
-                output[..hlen].copy_from_slice(&buf[..hlen]);
-
-                let hmac_start = buf.len();
                 let sha1_hmac = |k: &[u8], p: &[&[u8]]| self.sha1_hmac_provider.sha1_hmac(k, p);
-                Aes128CmSha1_80::rtp_hmac(sha1_hmac, key, &mut output, srtp_index, hmac_start);
+                let packet = &mut out[start..];
+                Aes128CmSha1_80::rtp_hmac(sha1_hmac, key, packet, srtp_index, hlen + payload.len());
 
-                output.truncate(buf.len() + Aes128CmSha1_80::HMAC_TAG_LEN);
-                output
+                out.truncate(body_end + Aes128CmSha1_80::HMAC_TAG_LEN);
             }
             Derived::AeadAes128Gcm { salt, enc, .. } => {
                 let roc = (srtp_index >> 16) as u32;
-
-                let iv = AeadAes128Gcm::rtp_iv(*salt, *header.ssrc, roc, header.sequence_number);
-                let aad = &buf[..hlen];
+                let iv = AeadAes128Gcm::rtp_iv(*salt, ssrc, roc, srtp_index as u16);
 
                 // Input and output lengths for encryption:
                 // https://www.rfc-editor.org/rfc/rfc7714#section-5.2.1
-                let mut output = vec![0_u8; buf.len() + AeadAes128Gcm::TAG_LEN];
-                enc.encrypt(&iv, aad, input, &mut output[hlen..])
-                    .expect("rtp encrypt");
-
-                output[..hlen].copy_from_slice(aad);
-
-                output
+                out.resize(body_end + AeadAes128Gcm::TAG_LEN, 0);
+                let (aad, body) = out[start..].split_at_mut(hlen);
+                enc.encrypt(&iv, aad, payload, body).expect("rtp encrypt");
             }
             Derived::AeadAes256Gcm { salt, enc, .. } => {
                 let roc = (srtp_index >> 16) as u32;
-
-                let iv = AeadAes256Gcm::rtp_iv(*salt, *header.ssrc, roc, header.sequence_number);
-                let aad = &buf[..hlen];
+                let iv = AeadAes256Gcm::rtp_iv(*salt, ssrc, roc, srtp_index as u16);
 
                 // Input and output lengths for encryption:
                 // https://www.rfc-editor.org/rfc/rfc7714#section-5.2.1
-                let mut output = vec![0_u8; buf.len() + AeadAes256Gcm::TAG_LEN];
-                enc.encrypt(&iv, aad, input, &mut output[hlen..])
-                    .expect("rtp encrypt");
-
-                output[..hlen].copy_from_slice(aad);
-
-                output
+                out.resize(body_end + AeadAes256Gcm::TAG_LEN, 0);
+                let (aad, body) = out[start..].split_at_mut(hlen);
+                enc.encrypt(&iv, aad, payload, body).expect("rtp encrypt");
             }
         }
     }

@@ -62,14 +62,12 @@ enum CachedHeader {
 }
 
 impl CachedPacket {
-    fn new(packet: RtpPacket) -> Self {
-        let RtpPacket {
-            seq_no,
-            header,
-            payload,
-            vp8_patch,
-            ..
-        } = packet;
+    fn from_parts(
+        seq_no: SeqNo,
+        header: RtpHeader,
+        payload: Arc<[u8]>,
+        vp8_patch: Option<Vp8Patch>,
+    ) -> Self {
         CachedPacket {
             payload,
             vp8_patch,
@@ -170,10 +168,29 @@ impl RtxCache {
 
     pub fn cache_sent_packet(&mut self, packet: RtpPacket, now: Instant) {
         assert!(packet.nackable);
-        let seq_no = packet.seq_no;
-        let quantized_size = packet.payload.len() / RTX_CACHE_SIZE_QUANTIZER;
-        self.packet_by_seq_no
-            .push(*seq_no, now, CachedPacket::new(packet));
+        let RtpPacket {
+            seq_no,
+            header,
+            payload,
+            vp8_patch,
+            ..
+        } = packet;
+        self.cache_sent(seq_no, header, payload, vp8_patch, now);
+    }
+
+    /// [`RtxCache::cache_sent_packet`] for a nackable packet sent without an [`RtpPacket`]
+    /// (deadsfu patch: `StreamTx::send_now`).
+    pub fn cache_sent(
+        &mut self,
+        seq_no: SeqNo,
+        header: RtpHeader,
+        payload: Arc<[u8]>,
+        vp8_patch: Option<Vp8Patch>,
+        now: Instant,
+    ) {
+        let quantized_size = payload.len() / RTX_CACHE_SIZE_QUANTIZER;
+        let packet = CachedPacket::from_parts(seq_no, header, payload, vp8_patch);
+        self.packet_by_seq_no.push(*seq_no, now, packet);
         self.seq_no_by_quantized_size[quantized_size] = seq_no;
         self.remove_old_packets(now);
     }

@@ -586,6 +586,103 @@ impl StreamTx {
         self.send_queue.push(packet);
     }
 
+    /// Sends an RTP packet at once instead of queueing it (deadsfu patch, for
+    /// `DirectApi::send_rtp_now`): the header is written to the end of `out` and `protect` (the
+    /// SRTP context's `protect_rtp_into`) appends the protected payload. The stream's counters,
+    /// sender report clock and RTX cache take the packet as [`StreamTx::poll_packet`] would have.
+    /// Returns the payload size, or `None` with `out` unchanged if the payload type is not one of
+    /// the media's.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn send_now(
+        &mut self,
+        now: Instant,
+        rtp: RtpWrite,
+        exts: &ExtensionMap,
+        twcc: Option<&mut u64>,
+        params: &[PayloadParams],
+        out: &mut Vec<u8>,
+        protect: impl FnOnce(&mut Vec<u8>, usize, &[u8], u32, u64),
+    ) -> Option<usize> {
+        let RtpWrite {
+            pt,
+            seq_no,
+            time,
+            wallclock,
+            marker,
+            mut ext_vals,
+            nackable,
+            payload,
+            csrc_count,
+            csrc,
+            vp8_patch,
+        } = rtp;
+        let Some(param) = params.iter().find(|p| p.pt() == pt || p.red() == Some(pt)) else {
+            warn!("Media is missing PT ({}) used in RTP packet", pt);
+            return None;
+        };
+        // As in poll_packet: only a plain packet of a PT with RTX can be resent.
+        let rtx_possible = param.resend().is_some() && param.red() != Some(pt);
+        if rtx_possible {
+            self.pt_for_padding = Some(pt);
+        }
+        self.clock_rate = Some(param.spec().rtp_clock_rate());
+        self.rtp_and_wallclock = Some((time, wallclock));
+
+        // MID and RID until the remote has acknowledged the SSRC (see poll_packet).
+        if !self.remote_acked_ssrc {
+            ext_vals.mid = Some(self.midrid.mid());
+            ext_vals.rid = self.midrid.rid();
+        }
+        ext_vals.rid_repair = None;
+        let mut header = RtpHeader {
+            csrc_count,
+            sequence_number: *seq_no as u16,
+            marker,
+            payload_type: pt,
+            timestamp: time,
+            ssrc: self.ssrc,
+            csrc,
+            ext_vals,
+            ..Default::default()
+        };
+        // Written, not cached: a resend gets its own.
+        if exts.id_of(Extension::AbsoluteSendTime).is_some() {
+            header.ext_vals.abs_send_time = Some(now);
+        }
+        if let Some(twcc) = twcc {
+            header.ext_vals.transport_cc = Some(*twcc as u16);
+            *twcc += 1;
+        }
+
+        let start = out.len();
+        out.resize(start + DATAGRAM_MAX_PACKET_SIZE, 0);
+        let header_len = header.write_to(&mut out[start..], exts);
+        out.truncate(start + header_len);
+        match &vp8_patch {
+            Some(patch) => {
+                let mut patched = vec![0; payload.len()];
+                patch.copy_to(&payload, &mut patched);
+                protect(out, start, &patched, *self.ssrc, *seq_no);
+            }
+            None => protect(out, start, &payload, *self.ssrc, *seq_no),
+        }
+
+        let len = payload.len();
+        self.stats.update_packet_counts(len as u64, false);
+        if let Some(h) = &mut self.stats.bytes_transmitted {
+            h.push(now, len as u64)
+        }
+        self.last_sent_seq_no = seq_no;
+        self.last_used = now;
+        if nackable && rtx_possible {
+            header.ext_vals.abs_send_time = None;
+            header.ext_vals.transport_cc = None;
+            self.rtx_cache
+                .cache_sent(seq_no, header, payload, vp8_patch, now);
+        }
+        Some(len)
+    }
+
     fn padding_enabled(&self) -> bool {
         (self.ssrc.is_probe() || self.rtx.is_some()) && self.pt_for_padding.is_some()
     }
