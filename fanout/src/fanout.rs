@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use deadsfu_media::env::Env;
 use deadsfu_media::host::{SessionHost, SessionKey};
 use deadsfu_media::limits::{Refusals, SessionLimits};
+use deadsfu_media::outbox::Outbox;
 use deadsfu_media::process::{self, Core, Endpoints, StartError};
 use deadsfu_media::{codec, offer};
 use deadsfu_runtime::config::Config;
@@ -317,9 +318,9 @@ impl Fanout {
         self.host.close(key);
     }
 
-    /// Reads what is new in every ring with viewers and writes it into their sessions: the replays of joining
+    /// Reads what is new in every ring with viewers and sends it to them: the replays of joining
     /// viewers first, then the live packets, read once for every viewer of the room.
-    fn pump(&mut self, now: Instant) {
+    fn pump(&mut self, now: Instant, out: &mut dyn Outbox) {
         let at = Moment { now, ns: now.duration_since(self.t0).as_nanos() as u64 };
         let now_ms = self.env.unix_ms(now);
         let stale_before = self.env.unix_ns(now).saturating_sub(MAX_LAG.as_nanos() as u64);
@@ -331,9 +332,9 @@ impl Fanout {
             if !feed.open(now, now_ms, self.index) {
                 continue;
             }
-            self.packets_replayed += feed.replay(&mut self.host, &mut self.buf, at, budget);
+            self.packets_replayed += feed.replay(&mut self.host, &mut self.buf, at, budget, out);
             self.replaying |= !feed.replaying.is_empty();
-            let read = feed.read_live(&mut self.host, &mut self.buf, at, stale_before);
+            let read = feed.read_live(&mut self.host, &mut self.buf, at, stale_before, out);
             self.packets_live += read.delivered;
             self.lag_skips += read.lag_skips;
             self.backlog |= read.backlog;
@@ -402,9 +403,9 @@ impl Core for Fanout {
         self.request(now, request)
     }
 
-    fn poll(&mut self, now: Instant, send: &mut dyn FnMut(Transmit)) {
-        self.pump(now);
-        self.drive(now, send);
+    fn poll(&mut self, now: Instant, out: &mut dyn Outbox) {
+        self.pump(now, out);
+        self.drive(now, &mut |t| out.transmit(t));
     }
 
     fn next_timeout(&mut self, now: Instant) -> Option<Instant> {

@@ -3,8 +3,9 @@
 //!
 //! A turn of a worker reads each ring with viewers in two parts: [`RoomFeed::replay`] walks the viewers
 //! that joined or switched through the cached GOP, and [`RoomFeed::read_live`] reads what is new once and
-//! writes each packet into every viewer's session, skipping to the newest keyframe when the worker fell
-//! [`MAX_LAG`] behind.
+//! sends it to every viewer, skipping to the newest keyframe when the worker fell [`MAX_LAG`] behind. A packet
+//! goes from the ring into the socket's send buffer in one pass per viewer ([`deliver`]): numbered, protected
+//! by the viewer's session and written in place, with no queue, no poll of the session and no allocation.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -13,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use deadsfu_media::host::SessionHost;
 use deadsfu_media::host::SessionKey;
-use shm_proto::ring::{CodecEntry, MediaKind, RingCursor, RingReader};
+use deadsfu_media::outbox::Outbox;
+use shm_proto::ring::{CodecEntry, MediaKind, PacketMeta, RingCursor, RingReader};
 use shm_proto::{paths, RoomName};
 
 use crate::splice::Pace;
@@ -133,6 +135,8 @@ pub(crate) struct RoomFeed {
     /// The viewers whose replay runs: a turn looks at these only, not at every viewer.
     pub(crate) replaying: Vec<SessionKey>,
     pub(crate) recent: RecentPayloads,
+    /// The packets of a live turn, read before they are sent (kept for its allocation).
+    pub(crate) turn: Vec<(PacketMeta, Arc<[u8]>)>,
     pub(crate) next_open: Instant,
     /// Failed opens in a row: the retry waits 5 ms after the first, doubling up to [`RING_RETRY`], since a
     /// new room's ring appears only once signaling told ingest of the viewer it accepted.
@@ -174,6 +178,7 @@ pub(crate) fn feed<'a>(
         viewers: Vec::new(),
         replaying: Vec::new(),
         recent: RecentPayloads::default(),
+        turn: Vec::new(),
         next_open: now,
         open_failures: 0,
         next_check: now,
@@ -277,7 +282,14 @@ impl RoomFeed {
     /// the live position of this turn, which it soon reaches (it is far faster than any stream); then it
     /// joins live at exactly the next packet. Live packets are skipped for it meanwhile. Returns the packets
     /// written.
-    pub(crate) fn replay(&mut self, host: &mut SessionHost<Viewer>, buf: &mut [u8], at: Moment, budget: usize) -> u64 {
+    pub(crate) fn replay(
+        &mut self,
+        host: &mut SessionHost<Viewer>,
+        buf: &mut [u8],
+        at: Moment,
+        budget: usize,
+        out: &mut dyn Outbox,
+    ) -> u64 {
         let reader = self.reader.as_ref().expect("replay on an open feed");
         let live_pos = self.cursor.position();
         let (codecs, recent) = (&self.codecs, &self.recent);
@@ -306,7 +318,7 @@ impl RoomFeed {
                 }
                 if meta.kind == MediaKind::Video {
                     let payload = recent.get(pos).unwrap_or_else(|| Arc::from(&buf[..len]));
-                    if deliver(session, codecs, &meta, &payload, at, Pace::Replay) {
+                    if deliver(session, codecs, &meta, &payload, at, Pace::Replay, out) {
                         sent += 1;
                     }
                 }
@@ -315,26 +327,26 @@ impl RoomFeed {
             if !done {
                 session.app.replay = Some(cursor);
             }
-            if sent > 0 {
-                host.touch(key);
-            }
             !done
         });
         replayed
     }
 
-    /// The live turn: reads what is new in the ring (at most [`READ_BUDGET`] packets) once and writes each
-    /// packet into every viewer's session. A feed that fell [`MAX_LAG`] behind the writer (packets that
-    /// arrived before `stale_before`, in Unix ns) skips to the newest keyframe.
+    /// The live turn: reads what is new in the ring (at most [`READ_BUDGET`] packets) once, then sends it to
+    /// every viewer, viewer by viewer: the packets of a frame that arrived together leave for one viewer back
+    /// to back, which the sockets send as one GSO message. A feed that fell [`MAX_LAG`] behind the writer
+    /// (packets that arrived before `stale_before`, in Unix ns) skips to the newest keyframe.
     pub(crate) fn read_live(
         &mut self,
         host: &mut SessionHost<Viewer>,
         buf: &mut [u8],
         at: Moment,
         stale_before: u64,
+        out: &mut dyn Outbox,
     ) -> LiveRead {
         let reader = self.reader.as_ref().expect("live read on an open feed");
         let mut read = LiveRead::default();
+        let mut turn = std::mem::take(&mut self.turn);
         for n in 0..=READ_BUDGET {
             if n == READ_BUDGET {
                 read.backlog = true;
@@ -353,14 +365,20 @@ impl RoomFeed {
             }
             let payload: Arc<[u8]> = Arc::from(&buf[..len]);
             self.recent.push(pos, payload.clone());
+            turn.push((meta, payload));
+        }
+        if !turn.is_empty() {
             for &key in &self.viewers {
                 let Some(session) = host.get_mut(key) else { continue };
-                if deliver(session, &self.codecs, &meta, &payload, at, Pace::Live) {
-                    host.touch(key);
-                    read.delivered += 1;
+                for (meta, payload) in &turn {
+                    if deliver(session, &self.codecs, meta, payload, at, Pace::Live, out) {
+                        read.delivered += 1;
+                    }
                 }
             }
         }
+        turn.clear();
+        self.turn = turn;
         // Replays start at the newest keyframe (of the viewer's codec: a slate's keyframes of its codecs are
         // written together, a few positions apart), so older payloads need not be kept.
         if let Some(keyframe) = reader.latest_keyframe() {

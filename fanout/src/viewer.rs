@@ -1,12 +1,12 @@
 //! A viewer as a worker holds it: its tracks and their numbering, its payload types for the room's codecs,
-//! where its video stands, and the delivery of one ring packet into its session.
+//! where its video stands, and the delivery of one ring packet to it.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use deadsfu_media::codec;
 use deadsfu_media::env::Random;
 use deadsfu_media::host::Session;
+use deadsfu_media::outbox::Outbox;
 use shm_proto::ring::{CodecEntry, MediaKind, PacketMeta, RingCursor};
 use shm_proto::{RoomName, SessionId};
 use str0m::format::CodecConfig;
@@ -43,14 +43,16 @@ pub(crate) struct VideoChoice {
 /// A viewer's payload type for each of a codec table's: which of the room's codecs it negotiated, as what.
 pub(crate) struct PtMap {
     pub(crate) negotiated: CodecConfig,
-    pub(crate) map: HashMap<u8, Option<Pt>>,
+    /// Ring payload type to the viewer's, for those looked up so far: a room has a handful of codecs, and a
+    /// short list looked through is faster per packet than a hash map.
+    pub(crate) map: Vec<(u8, Option<Pt>)>,
     /// The table version the map was made for.
     pub(crate) version: u64,
 }
 
 impl PtMap {
     pub(crate) fn new(negotiated: CodecConfig) -> PtMap {
-        PtMap { negotiated, map: HashMap::new(), version: u64::MAX }
+        PtMap { negotiated, map: Vec::new(), version: u64::MAX }
     }
 
     /// The viewer's payload type for ring payload type `ring_pt` of `table`, if it negotiated that codec.
@@ -59,11 +61,12 @@ impl PtMap {
             self.map.clear();
             self.version = table.version;
         }
-        let negotiated = &self.negotiated;
-        *self.map.entry(ring_pt).or_insert_with(|| {
-            let entry = table.get(ring_pt)?;
-            negotiated.match_params(codec::params(entry)).map(|p| p.pt())
-        })
+        if let Some((_, pt)) = self.map.iter().find(|(r, _)| *r == ring_pt) {
+            return *pt;
+        }
+        let pt = table.get(ring_pt).and_then(|e| self.negotiated.match_params(codec::params(e))).map(|p| p.pt());
+        self.map.push((ring_pt, pt));
+        pt
     }
 }
 
@@ -79,7 +82,9 @@ pub struct Viewer {
     pub(crate) pts: PtMap,
 }
 
-/// Writes one ring packet into one viewer's session; true if something was written.
+/// Sends one ring packet to one viewer: numbered in its track, in its payload type, protected by its
+/// session and written straight into `out` (str0m's `send_rtp_now`: no queue, no poll of the session, no
+/// allocation). True if it went out.
 pub(crate) fn deliver(
     session: &mut Session<Viewer>,
     codecs: &CodecTable,
@@ -87,6 +92,7 @@ pub(crate) fn deliver(
     payload: &Arc<[u8]>,
     at: Moment,
     pace: Pace,
+    out: &mut dyn Outbox,
 ) -> bool {
     let (viewer, rtc) = (&mut session.app, &mut session.rtc);
     if !viewer.connected || (pace == Pace::Live && viewer.replay.is_some()) {
@@ -117,22 +123,27 @@ pub(crate) fn deliver(
         };
         Splicer::new(clock_rate, first_seq, first_ts)
     });
-    let out = splicer.map(SourceId { source: meta.source, ssrc: meta.ssrc }, meta.seq, meta.timestamp, at.ns, pace);
-    let mut api = rtc.direct_api();
-    let Some(tx) = api.stream_tx_by_mid(track.mid, None) else { return false };
+    let spliced = splicer.map(SourceId { source: meta.source, ssrc: meta.ssrc }, meta.seq, meta.timestamp, at.ns, pace);
     let ext = ExtensionValues {
         audio_level: meta.audio_level,
         voice_activity: meta.voice_activity,
         video_orientation: meta.video_orientation.map(VideoOrientation::from),
         ..Default::default()
     };
-    tx.write_rtp(
-        RtpWrite::new(pt, out.seq.into(), out.timestamp, at.now, payload.clone())
+    let mut write = Some(
+        RtpWrite::new(pt, spliced.seq.into(), spliced.timestamp, at.now, payload.clone())
             .marker(meta.marker)
             .ext_vals(ext)
             .nackable(meta.kind == MediaKind::Video),
     );
-    true
+    let mid = track.mid;
+    let mut sent = false;
+    out.write(&mut |buf| {
+        let path = rtc.direct_api().send_rtp_now(mid, None, write.take()?, at.now, buf);
+        sent = path.is_some();
+        path
+    });
+    sent
 }
 
 /// The RTP header extensions offered to viewers: what a forwarder passes on (audio level, video orientation)

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use deadsfu_media::env::Env;
 use deadsfu_media::host::{SessionHost, SessionKey};
 use deadsfu_media::limits::{Refusals, SessionLimits};
+use deadsfu_media::outbox::Outbox;
 use deadsfu_media::process::Core;
 use deadsfu_media::{codec, offer};
 use shm_proto::control::{
@@ -482,8 +483,8 @@ impl Core for Ingest {
         self.request(now, request)
     }
 
-    fn poll(&mut self, now: Instant, send: &mut dyn FnMut(Transmit)) {
-        self.drive(now, send);
+    fn poll(&mut self, now: Instant, out: &mut dyn Outbox) {
+        self.drive(now, &mut |t| out.transmit(t));
         if now >= self.next_housekeeping {
             self.housekeeping(now);
             self.next_housekeeping = now + HOUSEKEEPING;

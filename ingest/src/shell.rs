@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use deadsfu_media::env::Env;
 use deadsfu_media::host::{SessionHost, SessionKey};
 use deadsfu_media::limits::SessionLimits;
+use deadsfu_media::outbox::Outbox;
 use deadsfu_media::process::{self, Core, Endpoints, StartError};
 use deadsfu_media::wake::WakeSender;
 use deadsfu_runtime::config::Config;
@@ -21,7 +22,6 @@ use mio::Waker;
 use shm_proto::control::{ProcessMetrics, ProcessStatus, Request, Response, RoomStatus};
 use shm_proto::paths;
 use shm_proto::ring::Geometry;
-use str0m::net::Transmit;
 use str0m::Event;
 
 use crate::ingest::{Action, Ingest, Publisher, Settings};
@@ -114,13 +114,13 @@ impl Core for Shell {
         response
     }
 
-    fn poll(&mut self, now: Instant, send: &mut dyn FnMut(Transmit)) {
+    fn poll(&mut self, now: Instant, out: &mut dyn Outbox) {
         if let Some(pulls) = &self.pulls {
             while let Ok((id, event)) = pulls.events.try_recv() {
                 self.core.handle_pull_event(now, id, event);
             }
         }
-        self.core.poll(now, send);
+        self.core.poll(now, out);
         self.act();
     }
 

@@ -12,6 +12,7 @@
 //! - [`host`]: a sans-IO table of sessions that routes datagrams by remote address and ICE ufrag and drives
 //!   each session's timers;
 //! - [`offer`]: turning an SDP offer into a session and its answer;
+//! - [`outbox`]: where a core's datagrams go, written in place or as str0m made them;
 //! - [`process`]: the control-socket inbox, signals and ids that every media process needs;
 //! - [`tcp`]: ICE over TCP, for peers whose network blocks UDP;
 //! - [`wake`]: ingest waking the fanout workers when rings they read have new packets.
@@ -51,6 +52,7 @@ pub mod host;
 pub mod limits;
 pub mod net;
 pub mod offer;
+pub mod outbox;
 pub mod process;
 pub mod tcp;
 pub mod wake;

@@ -6,10 +6,11 @@
 //! on names its destination. With `ice_candidate_host` (a host behind 1:1 NAT) one socket is bound to all
 //! interfaces and the advertised address stands in as the destination.
 //!
-//! Sending is batched: [`UdpSet::send`] queues a datagram on the socket of its source address and
-//! [`UdpSet::flush`] hands each socket's queue to the kernel in as few system calls as it can. Consecutive
-//! datagrams to one destination of one size (the packets of a video frame to one viewer: a session's output
-//! comes out together) go as one UDP GSO message (`UDP_SEGMENT`), which the kernel splits, paying its send
+//! Sending is batched: [`UdpSet::send`] (a str0m transmit) and [`UdpSet::write`] (a datagram written in place)
+//! queue a datagram in one send buffer, back to back, for the socket of its source address, and
+//! [`UdpSet::flush`] hands the queue to the kernel in as few system calls as it can, at the latest when a
+//! batch is full. Consecutive datagrams to one destination of one size (the packets of a video frame to one
+//! viewer: fanout sends a turn's packets viewer by viewer) go as one UDP GSO message (`UDP_SEGMENT`), which the kernel splits, paying its send
 //! path once; the rest go with `sendmmsg`, up to [`BATCH`] per call. On this machine class the kernel's send
 //! path costs more than the SRTP sealing. A datagram the kernel will not take (socket buffer full) is dropped
 //! and counted, as the network would drop it; it is never retried out of order. If the kernel refuses GSO,
@@ -19,13 +20,15 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use std::io::IoSlice;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 use mio::net::UdpSocket;
 use mio::{Interest, Registry, Token};
 use nix::errno::Errno;
 use nix::sys::socket::{self, sockopt, MsgFlags, MultiHeaders, SockaddrStorage};
-use str0m::net::Transmit;
+use str0m::net::{Protocol, Transmit};
+
+use crate::outbox::Path;
 
 /// Most datagrams handed to the kernel in one `sendmmsg`.
 pub const BATCH: usize = 64;
@@ -35,6 +38,10 @@ const GSO_MAX_BYTES: usize = 60_000;
 /// Socket buffers asked for (the kernel caps them at `net.core.{r,w}mem_max`): room for a burst such as a
 /// GOP replay to a joining viewer, and for publishers' keyframes.
 const SOCKET_BUFFER: usize = 4 << 20;
+/// Bytes of queued datagrams, back to back, before they go out: a batch of the largest.
+const SEND_BUFFER: usize = BATCH * DATAGRAM_MAX;
+/// The largest datagram a session sends (str0m's MTU is 1150 by default; a peer's may be larger).
+const DATAGRAM_MAX: usize = 2048;
 
 struct Bound {
     socket: UdpSocket,
@@ -46,8 +53,10 @@ struct Bound {
 pub struct UdpSet {
     sockets: Vec<Bound>,
     first_token: usize,
-    /// Per socket, the datagrams waiting for [`UdpSet::flush`].
-    queues: Vec<Vec<(SocketAddr, Vec<u8>)>>,
+    /// The datagrams waiting for [`UdpSet::flush`], back to back (allocated once: a datagram costs no
+    /// allocation), and where each goes.
+    data: Vec<u8>,
+    queued: Vec<Queued>,
     headers: MultiHeaders<SockaddrStorage>,
     dropped: u64,
     gso: bool,
@@ -98,9 +107,18 @@ impl UdpSet {
             let _ = socket::setsockopt(&b.socket, sockopt::SndBuf, &SOCKET_BUFFER);
             let _ = socket::setsockopt(&b.socket, sockopt::RcvBuf, &SOCKET_BUFFER);
         }
-        let queues = sockets.iter().map(|_| Vec::with_capacity(BATCH)).collect();
+        let (data, queued) = (Vec::with_capacity(SEND_BUFFER), Vec::with_capacity(BATCH));
         let headers = MultiHeaders::preallocate(BATCH, None);
-        Ok(UdpSet { sockets, first_token: 0, queues, headers, dropped: 0, gso: true, counters: NetCounters::default() })
+        Ok(UdpSet {
+            sockets,
+            first_token: 0,
+            data,
+            queued,
+            headers,
+            dropped: 0,
+            gso: true,
+            counters: NetCounters::default(),
+        })
     }
 
     /// The addresses to put in ICE host candidates.
@@ -149,24 +167,60 @@ impl UdpSet {
         }
     }
 
-    /// Queues a str0m transmit on the socket of its source address; full batches go out at once.
+    /// Queues a str0m transmit on the socket of its source address; a full batch goes out at once.
     pub fn send(&mut self, t: Transmit) {
-        self.counters.datagrams_out += 1;
-        self.counters.bytes_out += t.contents.len() as u64;
-        let index = self.sockets.iter().position(|b| b.advertised == t.source).unwrap_or(0);
-        self.queues[index].push((t.destination, t.contents.into()));
-        if self.queues[index].len() >= BATCH {
-            self.flush_socket(index);
+        let start = self.data.len();
+        self.data.extend_from_slice(&t.contents);
+        self.queue(t.source, t.destination, start);
+    }
+
+    /// Queues a datagram written in place: `write` appends it to the send buffer and says where it goes (see
+    /// [`Outbox::write`](crate::outbox::Outbox::write)). A UDP one is queued like [`UdpSet::send`]'s; one for
+    /// another protocol (ICE-TCP) is handed back as a transmit for its own socket.
+    pub fn write(&mut self, write: &mut dyn FnMut(&mut Vec<u8>) -> Option<Path>) -> Option<Transmit> {
+        let start = self.data.len();
+        match write(&mut self.data) {
+            None => {
+                self.data.truncate(start);
+                None
+            }
+            Some((Protocol::Udp, source, destination)) => {
+                self.queue(source, destination, start);
+                None
+            }
+            Some((proto, source, destination)) => {
+                let contents = self.data[start..].to_vec();
+                self.data.truncate(start);
+                Some(Transmit { proto, source, destination, contents: contents.into() })
+            }
         }
     }
 
-    /// Sends everything queued.
-    pub fn flush(&mut self) {
-        for index in 0..self.sockets.len() {
-            if !self.queues[index].is_empty() {
-                self.flush_socket(index);
-            }
+    /// Queues the datagram at `start..` of the send buffer on the socket of `source`.
+    fn queue(&mut self, source: SocketAddr, destination: SocketAddr, start: usize) {
+        let len = self.data.len() - start;
+        self.counters.datagrams_out += 1;
+        self.counters.bytes_out += len as u64;
+        let socket = self.sockets.iter().position(|b| b.advertised == source).unwrap_or(0);
+        self.queued.push(Queued { socket, destination, start, len });
+        if self.queued.len() >= BATCH || self.data.len() > SEND_BUFFER - DATAGRAM_MAX {
+            self.flush();
         }
+    }
+
+    /// Sends everything queued: each socket's datagrams in the order they were queued.
+    pub fn flush(&mut self) {
+        let UdpSet { sockets, data, queued, headers, dropped, gso, .. } = self;
+        let mut out = Out { data, headers, dropped, gso };
+        let mut at = 0;
+        while at < queued.len() {
+            let socket = queued[at].socket;
+            let run = queued[at..].iter().take_while(|q| q.socket == socket).count();
+            out.send(sockets[socket].socket.as_raw_fd(), &queued[at..at + run]);
+            at += run;
+        }
+        queued.clear();
+        data.clear();
     }
 
     /// Datagrams and bytes received and queued for sending so far.
@@ -183,60 +237,81 @@ impl UdpSet {
     pub fn dropped(&self) -> u64 {
         self.dropped
     }
+}
 
-    fn flush_socket(&mut self, index: usize) {
-        let fd = self.sockets[index].socket.as_raw_fd();
-        let queue = std::mem::take(&mut self.queues[index]);
+/// A datagram waiting in the send buffer: `data[start..start + len]`, for `destination` from socket `socket`.
+struct Queued {
+    socket: usize,
+    destination: SocketAddr,
+    start: usize,
+    len: usize,
+}
+
+/// What sending a run of queued datagrams needs of a [`UdpSet`].
+struct Out<'a> {
+    data: &'a [u8],
+    headers: &'a mut MultiHeaders<SockaddrStorage>,
+    dropped: &'a mut u64,
+    gso: &'a mut bool,
+}
+
+impl Out<'_> {
+    fn bytes(&self, q: &Queued) -> &[u8] {
+        &self.data[q.start..q.start + q.len]
+    }
+
+    /// Sends `queue` (datagrams of one socket) in order: runs that can go as one GSO message so, the rest
+    /// with sendmmsg.
+    fn send(&mut self, fd: RawFd, queue: &[Queued]) {
         // Datagrams that go one by one, waiting for the next sendmmsg.
         let mut singles: Vec<usize> = Vec::new();
         let mut at = 0;
         while at < queue.len() {
-            let run = if self.gso { gso_run(&queue[at..]) } else { 1 };
+            let run = if *self.gso { gso_run(&queue[at..]) } else { 1 };
             if run < 2 {
                 singles.push(at);
                 at += 1;
                 continue;
             }
-            self.send_singles(fd, &queue, &mut singles);
-            let (dest, first) = &queue[at];
-            let segment = first.len() as u16;
-            let slices: Vec<IoSlice<'_>> = queue[at..at + run].iter().map(|(_, d)| IoSlice::new(d)).collect();
+            self.send_singles(fd, queue, &mut singles);
+            let first = &queue[at];
+            let segment = first.len as u16;
+            let slices: Vec<IoSlice<'_>> = queue[at..at + run].iter().map(|q| IoSlice::new(self.bytes(q))).collect();
             let cmsg = [socket::ControlMessage::UdpGsoSegments(&segment)];
-            let addr = SockaddrStorage::from(*dest);
+            let addr = SockaddrStorage::from(first.destination);
             match socket::sendmsg(fd, &slices, &cmsg, MsgFlags::MSG_DONTWAIT, Some(&addr)) {
                 Ok(_) => {}
-                Err(Errno::EAGAIN) => self.dropped += run as u64,
+                Err(Errno::EAGAIN) => *self.dropped += run as u64,
                 Err(e) => {
                     // No GSO here (an old kernel, a device without it): send these one by one, and all from now on.
                     tracing::debug!(error = %e, "UDP GSO refused; sending datagrams one by one");
-                    self.gso = false;
+                    *self.gso = false;
                     singles.extend(at..at + run);
                 }
             }
             at += run;
         }
-        self.send_singles(fd, &queue, &mut singles);
-        let mut queue = queue;
-        queue.clear();
-        self.queues[index] = queue;
+        self.send_singles(fd, queue, &mut singles);
     }
 
     /// Sends the datagrams of `queue` listed in `singles` with sendmmsg, and empties the list.
-    fn send_singles(&mut self, fd: std::os::fd::RawFd, queue: &[(SocketAddr, Vec<u8>)], singles: &mut Vec<usize>) {
+    fn send_singles(&mut self, fd: RawFd, queue: &[Queued], singles: &mut Vec<usize>) {
         let mut done = 0;
         while done < singles.len() {
             let chunk = &singles[done..(done + BATCH).min(singles.len())];
-            let slices: Vec<[IoSlice<'_>; 1]> = chunk.iter().map(|&i| [IoSlice::new(&queue[i].1)]).collect();
+            let data = self.data;
+            let slices: Vec<[IoSlice<'_>; 1]> =
+                chunk.iter().map(|&i| [IoSlice::new(&data[queue[i].start..][..queue[i].len])]).collect();
             let addrs: Vec<Option<SockaddrStorage>> =
-                chunk.iter().map(|&i| Some(SockaddrStorage::from(queue[i].0))).collect();
-            match socket::sendmmsg(fd, &mut self.headers, &slices, &addrs, [], MsgFlags::MSG_DONTWAIT) {
+                chunk.iter().map(|&i| Some(SockaddrStorage::from(queue[i].destination))).collect();
+            match socket::sendmmsg(fd, self.headers, &slices, &addrs, [], MsgFlags::MSG_DONTWAIT) {
                 // At least one went out, or the call would have failed; continue after the last sent.
                 Ok(results) => done += results.count().max(1),
                 Err(Errno::EINTR) => {}
                 Err(e) => {
                     // Full buffer, or a bad destination: drop this datagram, keep the rest in order.
-                    tracing::trace!(error = %e, dest = %queue[chunk[0]].0, "send failed");
-                    self.dropped += 1;
+                    tracing::trace!(error = %e, dest = %queue[chunk[0]].destination, "send failed");
+                    *self.dropped += 1;
                     done += 1;
                 }
             }
@@ -247,19 +322,19 @@ impl UdpSet {
 
 /// How many datagrams from the start of `queue` can go as one GSO message: same destination, all of the
 /// first one's size except a last one that may be shorter, within the kernel's limits.
-fn gso_run(queue: &[(SocketAddr, Vec<u8>)]) -> usize {
-    let (dest, first) = &queue[0];
-    let size = first.len();
+fn gso_run(queue: &[Queued]) -> usize {
+    let first = &queue[0];
+    let size = first.len;
     let mut bytes = size;
     let mut n = 1;
     while n < queue.len() && n < GSO_MAX_SEGMENTS {
-        let (d, data) = &queue[n];
-        if d != dest || data.len() > size || bytes + data.len() > GSO_MAX_BYTES {
+        let q = &queue[n];
+        if q.destination != first.destination || q.len > size || bytes + q.len > GSO_MAX_BYTES {
             break;
         }
-        bytes += data.len();
+        bytes += q.len;
         n += 1;
-        if data.len() < size {
+        if q.len < size {
             // A shorter datagram can only end a GSO message.
             break;
         }
@@ -299,8 +374,9 @@ fn local_addresses() -> io::Result<Vec<IpAddr>> {
 mod tests {
     use super::*;
 
-    fn q(items: &[(u16, usize)]) -> Vec<(SocketAddr, Vec<u8>)> {
-        items.iter().map(|&(port, len)| (SocketAddr::from(([127, 0, 0, 1], port)), vec![0u8; len])).collect()
+    fn q(items: &[(u16, usize)]) -> Vec<Queued> {
+        let destination = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        items.iter().map(|&(port, len)| Queued { socket: 0, destination: destination(port), start: 0, len }).collect()
     }
 
     #[test]

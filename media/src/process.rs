@@ -29,6 +29,7 @@ use str0m::{Candidate, Event};
 
 use crate::host::{Routed, SessionHost, SessionKey};
 use crate::net::UdpSet;
+use crate::outbox::{self, Outbox};
 use crate::tcp::TcpSet;
 
 /// How long a control connection waits for the media loop to answer.
@@ -156,15 +157,15 @@ pub trait Core {
     fn stop_accepting(&mut self);
     /// A control request from signaling.
     fn handle_request(&mut self, now: Instant, request: Request) -> Response;
-    /// The turn's work: drive sessions, move media; datagrams to send go to `send`.
-    fn poll(&mut self, now: Instant, send: &mut dyn FnMut(Transmit));
+    /// The turn's work: drive sessions, move media; datagrams to send go to `out`.
+    fn poll(&mut self, now: Instant, out: &mut dyn Outbox);
     /// When the loop must turn again at the latest, if ever.
     fn next_timeout(&mut self, now: Instant) -> Option<Instant>;
     /// True if the loop must turn again at once.
     fn has_work(&self) -> bool;
 
     /// A packet that arrived over `proto` on `destination` from `source`; what the session answers at once goes
-    /// to `send`.
+    /// to `out`.
     fn handle_packet(
         &mut self,
         now: Instant,
@@ -172,10 +173,10 @@ pub trait Core {
         source: SocketAddr,
         destination: SocketAddr,
         buf: &[u8],
-        send: &mut dyn FnMut(Transmit),
+        out: &mut dyn Outbox,
     ) -> Routed {
         let (host, events) = self.host_and_events();
-        host.handle_packet(now, proto, source, destination, buf, send, events)
+        host.handle_packet(now, proto, source, destination, buf, &mut |t| out.transmit(t), events)
     }
 
     /// The process is stopping: take no new sessions and say goodbye to every peer.
@@ -315,12 +316,25 @@ pub struct Endpoints<'a> {
     pub wake_socket: Option<PathBuf>,
 }
 
-/// Hands a session's transmit to the socket of its protocol.
-fn send_on(udp: &mut UdpSet, tcp: &mut Option<TcpSet>, t: Transmit) {
-    match (t.proto, tcp) {
-        (Protocol::Tcp, Some(tcp)) => tcp.send(t),
-        (Protocol::Tcp, None) => {}
-        _ => udp.send(t),
+/// A process's outbox: its UDP sockets, and its ICE-TCP connections for a datagram over TCP.
+struct Sockets<'a> {
+    udp: &'a mut UdpSet,
+    tcp: &'a mut Option<TcpSet>,
+}
+
+impl Outbox for Sockets<'_> {
+    fn transmit(&mut self, t: Transmit) {
+        match (t.proto, &mut self.tcp) {
+            (Protocol::Tcp, Some(tcp)) => tcp.send(t),
+            (Protocol::Tcp, None) => {}
+            _ => self.udp.send(t),
+        }
+    }
+
+    fn write(&mut self, write: &mut dyn FnMut(&mut Vec<u8>) -> Option<outbox::Path>) {
+        if let (Some(t), Some(tcp)) = (self.udp.write(write), &mut self.tcp) {
+            tcp.send(t);
+        }
     }
 }
 
@@ -437,8 +451,8 @@ pub fn run<C: Core>(
             for _ in 0..DATAGRAM_BUDGET {
                 match udp.recv(index, &mut buf) {
                     Ok(Some((n, source, dest))) => {
-                        let send = &mut |t: Transmit| send_on(&mut udp, &mut tcp, t);
-                        core.handle_packet(Instant::now(), Protocol::Udp, source, dest, &buf[..n], send);
+                        let out = &mut Sockets { udp: &mut udp, tcp: &mut tcp };
+                        core.handle_packet(Instant::now(), Protocol::Udp, source, dest, &buf[..n], out);
                     }
                     Ok(None) => {
                         dry = true;
@@ -468,9 +482,9 @@ pub fn run<C: Core>(
             }
         }
         for frame in frames.drain(..) {
-            let send = &mut |t: Transmit| send_on(&mut udp, &mut tcp, t);
+            let out = &mut Sockets { udp: &mut udp, tcp: &mut tcp };
             let (source, dest) = (frame.source, frame.destination);
-            let routed = core.handle_packet(Instant::now(), Protocol::Tcp, source, dest, &frame.data, send);
+            let routed = core.handle_packet(Instant::now(), Protocol::Tcp, source, dest, &frame.data, out);
             if let Some(set) = &mut tcp {
                 set.routed(poll.registry(), frame.conn, routed != Routed::Dropped);
             }
@@ -485,7 +499,7 @@ pub fn run<C: Core>(
             };
             call.reply.send(response);
         }
-        core.poll(now, &mut |t| send_on(&mut udp, &mut tcp, t));
+        core.poll(now, &mut Sockets { udp: &mut udp, tcp: &mut tcp });
         feed.turn(&core, now, requests);
         udp.flush();
         if let Some(set) = &mut tcp {
@@ -531,7 +545,7 @@ mod tests {
         fn handle_request(&mut self, _now: Instant, _request: Request) -> Response {
             Response::Done
         }
-        fn poll(&mut self, _now: Instant, _send: &mut dyn FnMut(Transmit)) {}
+        fn poll(&mut self, _now: Instant, _out: &mut dyn Outbox) {}
         fn next_timeout(&mut self, _now: Instant) -> Option<Instant> {
             None
         }
