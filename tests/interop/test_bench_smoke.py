@@ -50,6 +50,8 @@ def test_bench_smoke(tmp_path):
     out = tmp_path / "bench.json"
     proc = bench(tmp_path, "--viewers", "5", "--workers", "1", "--json", str(out))
     assert "| workers | viewers |" in proc.stdout, proc.stdout
+    # The default publisher paces its packets as a browser does.
+    assert "pacing RTP at" in (tmp_path / "publisher-bench.log").read_text()
     report = json.loads(out.read_text())
     assert report["machine"]
     (r,) = report["results"]
@@ -97,11 +99,11 @@ def test_bench_smoke(tmp_path):
                     reason="no writable cgroup cpu controller (run as root)")
 def test_bench_cpu_limit_and_pacing_smoke(tmp_path):
     """`--cpu-limit` holds each worker to its share of a core and prints what each worker count carried; with
-    `--publisher-pacing` the publisher spaces its packets out."""
+    `--publisher-pacing 0` the publisher sends a frame's packets back to back."""
     out = tmp_path / "bench.json"
     proc = bench(tmp_path, "--viewers", "5", "--workers", "1,2", "--no-floor", "--cpu-limit", "0.5",
-                 "--publisher-pacing", "2.5", "--json", str(out))
-    assert "pacing RTP at" in (tmp_path / "publisher-bench.log").read_text()
+                 "--publisher-pacing", "0", "--json", str(out))
+    assert "pacing RTP at" not in (tmp_path / "publisher-bench.log").read_text()
     assert "| workers | viewers | limit per worker |" in proc.stdout, proc.stdout
     assert "- 2 workers: at most 5 viewers" in proc.stdout, proc.stdout
     results = json.loads(out.read_text())["results"]
