@@ -302,6 +302,8 @@ impl SrtpContext {
     ) {
         let hlen = out.len() - start;
         let body_end = start + hlen + payload.len();
+        // The header's sequence number (RFC 7714's IV takes it, and the ROC from the index).
+        let seq = u16::from_be_bytes([out[start + 2], out[start + 3]]);
 
         match &mut self.rtp {
             Derived::Aes128CmSha1_80 { key, salt, enc, .. } => {
@@ -326,7 +328,7 @@ impl SrtpContext {
             }
             Derived::AeadAes128Gcm { salt, enc, .. } => {
                 let roc = (srtp_index >> 16) as u32;
-                let iv = AeadAes128Gcm::rtp_iv(*salt, ssrc, roc, srtp_index as u16);
+                let iv = AeadAes128Gcm::rtp_iv(*salt, ssrc, roc, seq);
 
                 // Input and output lengths for encryption:
                 // https://www.rfc-editor.org/rfc/rfc7714#section-5.2.1
@@ -336,7 +338,7 @@ impl SrtpContext {
             }
             Derived::AeadAes256Gcm { salt, enc, .. } => {
                 let roc = (srtp_index >> 16) as u32;
-                let iv = AeadAes256Gcm::rtp_iv(*salt, ssrc, roc, srtp_index as u16);
+                let iv = AeadAes256Gcm::rtp_iv(*salt, ssrc, roc, seq);
 
                 // Input and output lengths for encryption:
                 // https://www.rfc-editor.org/rfc/rfc7714#section-5.2.1
