@@ -842,7 +842,7 @@ pub mod media;
 use media::AppSpecificFeedback;
 use media::SenderFeedback;
 use media::{Direction, Media, Mid, Pt, Rid, Writer};
-use media::{KeyframeRequest, KeyframeRequestKind};
+use media::{KeyframeRequest, KeyframeRequestKind, ResendRequest};
 use media::{MediaAdded, MediaChanged, MediaData};
 
 pub mod change;
@@ -1039,6 +1039,10 @@ pub enum Event {
     ///
     /// The request is either PLI (Picture Loss Indication) or FIR (Full Intra Request).
     KeyframeRequest(KeyframeRequest),
+
+    /// Incoming NACK for a stream whose resends the application makes (deadsfu patch,
+    /// [`StreamTx::set_app_resends`]).
+    ResendRequest(ResendRequest),
 
     /// Whether an incoming encoded stream is paused.
     ///
@@ -1605,7 +1609,8 @@ impl Rtc {
                 | Event::PeerStats(_)
                 | Event::ChannelBufferedAmountLow(_)
                 | Event::EgressBitrateEstimate(_)
-                | Event::KeyframeRequest(_) => {
+                | Event::KeyframeRequest(_)
+                | Event::ResendRequest(_) => {
                     trace!("{:?}", e)
                 }
                 _ => debug!("{:?}", e),

@@ -1082,6 +1082,10 @@ impl Session {
             return Some(Event::KeyframeRequest(req));
         }
 
+        if let Some(req) = self.streams.poll_resend_request() {
+            return Some(Event::ResendRequest(req));
+        }
+
         if let Some(report) = self.streams.poll_sender_feedback() {
             return Some(Event::SenderFeedback(report));
         }
@@ -1313,14 +1317,15 @@ impl Session {
         Some(protected.into())
     }
 
-    /// Sends an RTP packet on the stream of `midrid` at once, protected, appended to `out`
-    /// (deadsfu patch, see `DirectApi::send_rtp_now`). Returns the payload size, or `None` with
-    /// `out` unchanged.
+    /// Sends an RTP packet on the stream of `midrid` at once, protected, appended to `out`; with
+    /// `resend`, as a resend of the packet first sent with that sequence number (deadsfu patch,
+    /// see `DirectApi::send_rtp_now`). Returns the payload size, or `None` with `out` unchanged.
     pub fn send_rtp_now(
         &mut self,
         now: Instant,
         midrid: MidRid,
         rtp: RtpWrite,
+        resend: Option<SeqNo>,
         out: &mut Vec<u8>,
     ) -> Option<usize> {
         if self.rtp_closing {
@@ -1337,7 +1342,7 @@ impl Session {
             srtp_tx.protect_rtp_into(out, start, payload, ssrc, index)
         };
         let payload_size =
-            stream.send_now(now, rtp, exts, twcc, &self.codec_config, out, protect)?;
+            stream.send_now(now, rtp, resend, exts, twcc, &self.codec_config, out, protect)?;
 
         self.pacer.register_send(now, payload_size.into(), midrid);
         if twcc_enabled {

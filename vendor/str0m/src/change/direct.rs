@@ -13,7 +13,7 @@ use crate::media::{Media, MediaKind};
 use crate::net::Protocol;
 use crate::poll::RtcMut;
 use crate::rtp_::MidRid;
-use crate::rtp_::{Mid, Rid, Ssrc};
+use crate::rtp_::{Mid, Rid, SeqNo, Ssrc};
 use crate::sctp::{ChannelConfig, SctpInitData};
 use crate::streams::{DEFAULT_RTX_CACHE_DURATION, DEFAULT_RTX_RATIO_CAP, StreamRx, StreamTx};
 use crate::streams::RtpWrite;
@@ -395,11 +395,41 @@ impl<'a> DirectApi<'a> {
         now: Instant,
         out: &mut Vec<u8>,
     ) -> Option<(Protocol, SocketAddr, SocketAddr)> {
+        self.send_now(mid, rid, rtp, None, now, out)
+    }
+
+    /// [`DirectApi::send_rtp_now`] for a resend, asked for by a [`crate::Event::ResendRequest`]
+    /// (deadsfu patch, see [`StreamTx::set_app_resends`]): `rtp` is the packet as it was first
+    /// sent, with `original` its sequence number; it goes on the stream's RTX SSRC and payload
+    /// type with the original sequence number before the payload (RFC 4588), within the stream's
+    /// resend budget. `None` (buffer unchanged) also when the stream has no RTX or the budget is
+    /// spent.
+    pub fn send_resend_now(
+        &mut self,
+        mid: Mid,
+        rid: Option<Rid>,
+        original: SeqNo,
+        rtp: RtpWrite,
+        now: Instant,
+        out: &mut Vec<u8>,
+    ) -> Option<(Protocol, SocketAddr, SocketAddr)> {
+        self.send_now(mid, rid, rtp, Some(original), now, out)
+    }
+
+    fn send_now(
+        &mut self,
+        mid: Mid,
+        rid: Option<Rid>,
+        rtp: RtpWrite,
+        resend: Option<SeqNo>,
+        now: Instant,
+        out: &mut Vec<u8>,
+    ) -> Option<(Protocol, SocketAddr, SocketAddr)> {
         let rtc = &mut *self.rtc;
         let path = rtc.send_path()?;
         let start = out.len();
         rtc.session
-            .send_rtp_now(now, MidRid(mid, rid), rtp, out)?;
+            .send_rtp_now(now, MidRid(mid, rid), rtp, resend, out)?;
         rtc.note_sent(out.len() - start);
         Some(path)
     }

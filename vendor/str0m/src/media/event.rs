@@ -317,6 +317,20 @@ pub struct KeyframeRequest {
     pub kind: KeyframeRequestKind,
 }
 
+/// Packets a receiver asked to have resent, for a stream whose resends the application makes
+/// (deadsfu patch, `StreamTx::set_app_resends`): answer with `DirectApi::send_resend_now`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResendRequest {
+    /// The media identifier of the stream.
+    pub mid: Mid,
+
+    /// Rid of the stream, when doing simulcast.
+    pub rid: Option<Rid>,
+
+    /// The sequence numbers asked for (extended by the last one sent), each once.
+    pub seq_nos: Vec<SeqNo>,
+}
+
 /// Type of keyframe request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyframeRequestKind {

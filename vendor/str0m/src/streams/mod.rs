@@ -7,7 +7,7 @@ use std::time::Instant;
 use crate::config_mod::RtcpReportIntervals;
 use crate::format::CodecConfig;
 use crate::format::PayloadParams;
-use crate::media::{KeyframeRequest, MID_PROBE, Media, SenderFeedback};
+use crate::media::{KeyframeRequest, MID_PROBE, Media, ResendRequest, SenderFeedback};
 use crate::pacer::QueueState;
 use crate::packet::Vp8Patch;
 use crate::rtp_::MidRid;
@@ -497,6 +497,17 @@ impl Streams {
                 mid: s.mid(),
                 rid: s.rid(),
                 kind,
+            })
+        })
+    }
+
+    pub(crate) fn poll_resend_request(&mut self) -> Option<ResendRequest> {
+        self.streams_tx.values_mut().find_map(|s| {
+            let seq_nos = s.poll_resend_request()?;
+            Some(ResendRequest {
+                mid: s.mid(),
+                rid: s.rid(),
+                seq_nos,
             })
         })
     }

@@ -159,6 +159,10 @@ pub struct StreamTx {
     /// Resends allowed per second, as packets and bytes, if limited (deadsfu patch).
     rtx_budget: Option<RtxBudget>,
 
+    /// NACKed sequence numbers for the application to resend, when it keeps what was sent
+    /// (deadsfu patch, `StreamTx::set_app_resends`); `None` when str0m's RTX cache answers.
+    app_resends: Option<Vec<SeqNo>>,
+
     /// Last time we produced a SR.
     last_sender_report: Instant,
 
@@ -395,6 +399,7 @@ impl StreamTx {
             rtx_ratio_cap: DEFAULT_RTX_RATIO_CAP,
             resends_max: 2000,
             rtx_budget: None,
+            app_resends: None,
             last_sender_report: already_happened(),
             pending_request_keyframe: None,
             pending_request_remb: None,
@@ -508,6 +513,23 @@ impl StreamTx {
         self.rtx_budget.as_ref().map_or(0, |b| b.dropped)
     }
 
+    /// Leave resends to the application (deadsfu patch): a NACK no longer looks in the RTX cache
+    /// but is reported as [`crate::Event::ResendRequest`] with the sequence numbers asked for
+    /// (at most as many as [`StreamTx::set_rtx_cache`] allows, each once until polled), and the
+    /// application answers with `DirectApi::send_resend_now` from what it keeps anyway. For a
+    /// forwarder that sends one packet to many sessions, a cache per session holds the same
+    /// packets many times, and filling it costs each session a cache write per packet sent. The
+    /// packets `DirectApi::send_rtp_now` sends are not cached while this is on.
+    pub fn set_app_resends(&mut self, on: bool) {
+        self.app_resends = on.then(Vec::new);
+    }
+
+    /// The sequence numbers NACKed since the last call, for the application to resend.
+    pub(crate) fn poll_resend_request(&mut self) -> Option<Vec<SeqNo>> {
+        let asked = self.app_resends.as_mut()?;
+        (!asked.is_empty()).then(|| std::mem::take(asked))
+    }
+
     /// Set whether this stream is unpaced or not.
     ///
     /// This is only relevant when BWE (Bandwidth Estimation) is enabled. By default, audio is unpaced
@@ -587,16 +609,19 @@ impl StreamTx {
     }
 
     /// Sends an RTP packet at once instead of queueing it (deadsfu patch, for
-    /// `DirectApi::send_rtp_now`): the header is written to the end of `out` and `protect` (the
-    /// SRTP context's `protect_rtp_into`) appends the protected payload. The stream's counters,
-    /// sender report clock and RTX cache take the packet as [`StreamTx::poll_packet`] would have.
-    /// Returns the payload size, or `None` with `out` unchanged if the payload type is not one of
-    /// the media's.
+    /// `DirectApi::send_rtp_now` and `DirectApi::send_resend_now`): the header is written to the
+    /// end of `out` and `protect` (the SRTP context's `protect_rtp_into`) appends the protected
+    /// payload. The stream's counters, sender report clock and RTX cache take the packet as
+    /// [`StreamTx::poll_packet`] would have. With `resend` (the sequence number the packet was
+    /// first sent with) it goes as a resend of that packet on the RTX stream, within the budget of
+    /// [`StreamTx::set_rtx_budget`]. Returns the payload size, or `None` with `out` unchanged if
+    /// the payload type is not one of the media's, or a resend cannot go (no RTX, over budget).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn send_now(
         &mut self,
         now: Instant,
         rtp: RtpWrite,
+        resend: Option<SeqNo>,
         exts: &ExtensionMap,
         twcc: Option<&mut u64>,
         params: &[PayloadParams],
@@ -622,25 +647,46 @@ impl StreamTx {
         };
         // As in poll_packet: only a plain packet of a PT with RTX can be resent.
         let rtx_possible = param.resend().is_some() && param.red() != Some(pt);
-        if rtx_possible {
-            self.pt_for_padding = Some(pt);
-        }
-        self.clock_rate = Some(param.spec().rtp_clock_rate());
-        self.rtp_and_wallclock = Some((time, wallclock));
-
-        // MID and RID until the remote has acknowledged the SSRC (see poll_packet).
-        if !self.remote_acked_ssrc {
-            ext_vals.mid = Some(self.midrid.mid());
-            ext_vals.rid = self.midrid.rid();
-        }
-        ext_vals.rid_repair = None;
+        let (pt_wire, ssrc, seq_wire) = match resend {
+            None => {
+                if rtx_possible {
+                    self.pt_for_padding = Some(pt);
+                }
+                self.clock_rate = Some(param.spec().rtp_clock_rate());
+                self.rtp_and_wallclock = Some((time, wallclock));
+                // MID and RID until the remote has acknowledged the SSRC (see poll_packet).
+                if !self.remote_acked_ssrc {
+                    ext_vals.mid = Some(self.midrid.mid());
+                    ext_vals.rid = self.midrid.rid();
+                }
+                ext_vals.rid_repair = None;
+                (pt, self.ssrc, seq_no)
+            }
+            Some(_) => {
+                let (Some(pt_rtx), Some(ssrc_rtx), true) = (param.resend(), self.rtx, rtx_possible)
+                else {
+                    return None;
+                };
+                if let Some(budget) = &mut self.rtx_budget {
+                    if !budget.take(now, payload.len()) {
+                        return None;
+                    }
+                }
+                ext_vals.rid = None;
+                ext_vals.rid_repair = self.midrid.rid();
+                if !self.remote_acked_rtx_ssrc {
+                    ext_vals.mid = Some(self.midrid.mid());
+                }
+                (pt_rtx, ssrc_rtx, self.seq_no_rtx.inc())
+            }
+        };
         let mut header = RtpHeader {
             csrc_count,
-            sequence_number: *seq_no as u16,
+            sequence_number: *seq_wire as u16,
             marker,
-            payload_type: pt,
+            payload_type: pt_wire,
             timestamp: time,
-            ssrc: self.ssrc,
+            ssrc,
             csrc,
             ext_vals,
             ..Default::default()
@@ -658,23 +704,41 @@ impl StreamTx {
         out.resize(start + DATAGRAM_MAX_PACKET_SIZE, 0);
         let header_len = header.write_to(&mut out[start..], exts);
         out.truncate(start + header_len);
-        match &vp8_patch {
-            Some(patch) => {
-                let mut patched = vec![0; payload.len()];
-                patch.copy_to(&payload, &mut patched);
-                protect(out, start, &patched, *self.ssrc, *seq_no);
-            }
-            None => protect(out, start, &payload, *self.ssrc, *seq_no),
+        let patched;
+        let mut body: &[u8] = &payload;
+        if let Some(patch) = &vp8_patch {
+            let mut p = vec![0; payload.len()];
+            patch.copy_to(&payload, &mut p);
+            patched = p;
+            body = &patched;
         }
+        let with_osn;
+        if let Some(original) = resend {
+            // A resend carries the original sequence number before the payload (RFC 4588).
+            let mut b = vec![0; 2 + body.len()];
+            let n = RtpHeader::write_original_sequence_number(&mut b, original);
+            b[n..].copy_from_slice(body);
+            b.truncate(n + body.len());
+            with_osn = b;
+            body = &with_osn;
+        }
+        protect(out, start, body, *ssrc, *seq_wire);
 
         let len = payload.len();
+        self.last_used = now;
+        if resend.is_some() {
+            self.stats.update_packet_counts(len as u64, true);
+            if let Some(h) = &mut self.stats.bytes_retransmitted {
+                h.push(now, len as u64);
+            }
+            return Some(len);
+        }
         self.stats.update_packet_counts(len as u64, false);
         if let Some(h) = &mut self.stats.bytes_transmitted {
             h.push(now, len as u64)
         }
         self.last_sent_seq_no = seq_no;
-        self.last_used = now;
-        if nackable && rtx_possible {
+        if nackable && rtx_possible && self.app_resends.is_none() {
             header.ext_vals.abs_send_time = None;
             header.ext_vals.transport_cc = None;
             self.rtx_cache
@@ -1207,6 +1271,17 @@ impl StreamTx {
         entries: impl Iterator<Item = NackEntry>,
         now: Instant,
     ) -> Option<()> {
+        if let Some(asked) = &mut self.app_resends {
+            // The application keeps what was sent: lengthen by the last sequence number sent.
+            let last = self.last_sent_seq_no;
+            for seq_no in entries.flat_map(|n| n.into_iter(last)) {
+                if asked.len() >= self.resends_max || asked.contains(&seq_no) || seq_no > last {
+                    continue;
+                }
+                asked.push(seq_no);
+            }
+            return Some(());
+        }
         // Turning NackEntry into SeqNo we need to know a SeqNo "close by" to lengthen the 16 bit
         // sequence number into the 64 bit we have in SeqNo.
         let seq_no = self.rtx_cache.last_cached_seq_no()?;
