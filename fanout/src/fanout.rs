@@ -33,25 +33,24 @@ use shm_proto::control::{
 use shm_proto::ring::MediaKind;
 use shm_proto::{paths, Owner, RoomName, SessionId};
 use str0m::media::Mid;
-use str0m::net::Transmit;
 use str0m::{Candidate, Event, IceConnectionState, RtcConfig};
 
 use crate::feed::{feed, replay_budget, Moment, RoomFeed, MAX_LAG, REPLAY_TURN};
-use crate::viewer::{fit, viewer_extensions, Fit, PtMap, Track, Viewer};
+use crate::viewer::{fit, resend, viewer_extensions, Fit, PtMap, Track, Viewer, SENT_LOG};
 
 /// How often rings with viewers are polled besides: new packets come with a wake-up from ingest
 /// ([`deadsfu_media::wake`]), so this only bounds the wait of a packet whose wake-up was lost.
 const RING_POLL: Duration = Duration::from_millis(20);
 /// How often viewers are checked for having gone silent.
 const SILENCE_CHECK: Duration = Duration::from_secs(1);
-/// Retransmission memory per viewer video stream: the last 128 packets, none older than 1 s. A NACK comes one
-/// round trip (plus a packet interval) after the packet left, and again each round trip after: 128 packets
-/// are 0.85 s at 150 packets/s (1.3 Mbit/s of ~1100-byte packets), three tries at a 250 ms round trip; a live
-/// viewer's jitter buffer holds well under a second, so an older packet would come too late to be played.
-/// The payloads are shared with every other viewer of the room; a viewer's own cost is str0m's bookkeeping,
-/// ~96 bytes a packet (12 KB; `vendor/str0m/DEADSFU-PATCH.md`, `fanout/examples/session_memory.rs`).
-const RTX_CACHE_PACKETS: usize = 128;
-const RTX_CACHE_AGE: Duration = Duration::from_secs(1);
+/// Resends: a viewer's video track remembers the last [`SENT_LOG`] packets it sent (their ring positions,
+/// `viewer::SentLog`), and a NACKed one is read from the ring again and resent if it arrived no more than
+/// this long ago. A NACK comes one round trip (plus a packet interval) after the packet left, and again each
+/// round trip after; a live viewer's jitter buffer holds well under a second, so an older packet would come
+/// too late to be played. The payloads are the room's, not copies per viewer (str0m's own RTX cache, which
+/// kept ~96 bytes per packet per viewer and cost each a cache write per packet, is off:
+/// `vendor/str0m/DEADSFU-PATCH.md` 10).
+const RESEND_AGE: Duration = Duration::from_secs(1);
 /// Resends per viewer, in packets and payload bytes per second: a viewer on a lossy path needs a few
 /// percent of a stream's 100-400 packets a second; a viewer that NACKs everything it can gets at most about
 /// one stream's worth again, not its whole cache many times a second.
@@ -86,6 +85,8 @@ pub struct Fanout {
     /// RTP packets written to viewers: live, and replayed to joining ones.
     packets_live: u64,
     packets_replayed: u64,
+    /// Packets resent on viewers' NACKs.
+    packets_resent: u64,
     /// Times a live feed fell [`MAX_LAG`] behind and skipped to the newest keyframe.
     lag_skips: u64,
     /// Ingest plays the slate (see [`Fanout::with_slate`]).
@@ -121,6 +122,7 @@ impl Fanout {
             draining: false,
             packets_live: 0,
             packets_replayed: 0,
+            packets_resent: 0,
             lag_skips: 0,
             slate: true,
         }
@@ -240,7 +242,10 @@ impl Fanout {
             let mut api = accepted.rtc.direct_api();
             let Some(tx) = api.stream_tx_by_mid(mid, None) else { continue };
             if is_video {
-                tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, None);
+                // The cache stays empty (resends are ours); its size bounds the sequence numbers one
+                // NACK can ask for.
+                tx.set_rtx_cache(SENT_LOG, RESEND_AGE, None);
+                tx.set_app_resends(true);
                 tx.set_rtx_budget(Some(RTX_BUDGET));
                 if viewer.video.is_none() {
                     viewer.video = Some(Track::new(mid, &mut self.env.random));
@@ -341,9 +346,27 @@ impl Fanout {
         }
     }
 
+    /// Resends the packets a viewer NACKed (`seqs`, its video track's sequence numbers) that it still
+    /// remembers and the ring still holds.
+    fn resend(&mut self, now: Instant, key: SessionKey, seqs: &[str0m::rtp::SeqNo], out: &mut dyn Outbox) {
+        let Fanout { host, rooms, buf, env, t0, .. } = self;
+        let Some(session) = host.get_mut(key) else { return };
+        let Some(feed) = rooms.get(&session.app.room) else { return };
+        let since = env.unix_ns(now).saturating_sub(RESEND_AGE.as_nanos() as u64);
+        let at = Moment { now, ns: now.duration_since(*t0).as_nanos() as u64 };
+        for &seq in seqs {
+            let log = session.app.video.as_ref().and_then(|t| t.sent.as_ref());
+            let Some(sent) = log.and_then(|l| l.get(*seq)) else { continue };
+            let Some(packet) = feed.packet_at(sent.pos, since, buf) else { continue };
+            if resend(session, &feed.codecs, sent, &packet, at, out) {
+                self.packets_resent += 1;
+            }
+        }
+    }
+
     /// Drives the sessions and reacts to their events.
-    fn drive(&mut self, now: Instant, send: &mut dyn FnMut(Transmit)) {
-        let dead = self.host.poll(now, send, &mut self.events);
+    fn drive(&mut self, now: Instant, out: &mut dyn Outbox) {
+        let dead = self.host.poll(now, &mut |t| out.transmit(t), &mut self.events);
         let mut events = std::mem::take(&mut self.events);
         for (key, event) in events.drain(..) {
             match event {
@@ -362,6 +385,7 @@ impl Fanout {
                         reader.request_keyframe();
                     }
                 }
+                Event::ResendRequest(request) => self.resend(now, key, &request.seq_nos, out),
                 Event::IceConnectionStateChange(IceConnectionState::Disconnected) => self.close(key),
                 _ => {}
             }
@@ -405,7 +429,7 @@ impl Core for Fanout {
 
     fn poll(&mut self, now: Instant, out: &mut dyn Outbox) {
         self.pump(now, out);
-        self.drive(now, &mut |t| out.transmit(t));
+        self.drive(now, out);
     }
 
     fn next_timeout(&mut self, now: Instant) -> Option<Instant> {
@@ -430,6 +454,7 @@ impl Core for Fanout {
         m.sessions = self.host.len() as u32;
         m.viewer_packets_live = self.packets_live;
         m.viewer_packets_replayed = self.packets_replayed;
+        m.viewer_packets_resent = self.packets_resent;
         m.lag_skips = self.lag_skips;
         m.refused = self.refused.to_metrics();
     }

@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 use deadsfu_media::host::SessionHost;
 use deadsfu_media::host::SessionKey;
 use deadsfu_media::outbox::Outbox;
-use shm_proto::ring::{CodecEntry, MediaKind, PacketMeta, RingCursor, RingReader};
+use shm_proto::ring::{CodecEntry, MediaKind, ReadOutcome, RingCursor, RingReader};
 use shm_proto::{paths, RoomName};
 
 use crate::splice::Pace;
-use crate::viewer::{deliver, Viewer};
+use crate::viewer::{deliver, RingPacket, Viewer};
 
 /// How often a room without a ring file looks for one again.
 pub(crate) const RING_RETRY: Duration = Duration::from_millis(100);
@@ -136,7 +136,7 @@ pub(crate) struct RoomFeed {
     pub(crate) replaying: Vec<SessionKey>,
     pub(crate) recent: RecentPayloads,
     /// The packets of a live turn, read before they are sent (kept for its allocation).
-    pub(crate) turn: Vec<(PacketMeta, Arc<[u8]>)>,
+    pub(crate) turn: Vec<RingPacket>,
     pub(crate) next_open: Instant,
     /// Failed opens in a row: the retry waits 5 ms after the first, doubling up to [`RING_RETRY`], since a
     /// new room's ring appears only once signaling told ingest of the viewer it accepted.
@@ -254,7 +254,7 @@ impl RoomFeed {
         let favourite = video.into_iter().find(|pt| viewer.pts.get(table, *pt).is_some());
         let mut fallback = None;
         for pos in reader.keyframes().into_iter().rev().filter(|&p| p < live_pos) {
-            let shm_proto::ring::ReadOutcome::Packet { meta, .. } = reader.read(pos, buf) else { continue };
+            let ReadOutcome::Packet { meta, .. } = reader.read(pos, buf) else { continue };
             if Some(meta.pt) == favourite {
                 fallback = Some(pos);
                 break;
@@ -270,6 +270,17 @@ impl RoomFeed {
             }
             None => reader.request_keyframe(),
         }
+    }
+
+    /// The packet at ring position `pos`, for a resend, if the ring still holds it and it arrived at or after
+    /// `since` (Unix ns): the payload kept for replays, or a copy read from the ring.
+    pub(crate) fn packet_at(&self, pos: u64, since: u64, buf: &mut [u8]) -> Option<RingPacket> {
+        let ReadOutcome::Packet { meta, len } = self.reader.as_ref()?.read(pos, buf) else { return None };
+        if meta.arrival_unix_ns < since {
+            return None;
+        }
+        let payload = self.recent.get(pos).unwrap_or_else(|| Arc::from(&buf[..len]));
+        Some(RingPacket { pos, meta, payload })
     }
 
     /// Detaches a viewer that leaves the room.
@@ -318,7 +329,7 @@ impl RoomFeed {
                 }
                 if meta.kind == MediaKind::Video {
                     let payload = recent.get(pos).unwrap_or_else(|| Arc::from(&buf[..len]));
-                    if deliver(session, codecs, &meta, &payload, at, Pace::Replay, out) {
+                    if deliver(session, codecs, &RingPacket { pos, meta, payload }, at, Pace::Replay, out) {
                         sent += 1;
                     }
                 }
@@ -365,13 +376,13 @@ impl RoomFeed {
             }
             let payload: Arc<[u8]> = Arc::from(&buf[..len]);
             self.recent.push(pos, payload.clone());
-            turn.push((meta, payload));
+            turn.push(RingPacket { pos, meta, payload });
         }
         if !turn.is_empty() {
             for &key in &self.viewers {
                 let Some(session) = host.get_mut(key) else { continue };
-                for (meta, payload) in &turn {
-                    if deliver(session, &self.codecs, meta, payload, at, Pace::Live, out) {
+                for packet in &turn {
+                    if deliver(session, &self.codecs, packet, at, Pace::Live, out) {
                         read.delivered += 1;
                     }
                 }

@@ -186,6 +186,9 @@ pub struct ProcessMetrics {
     /// Fanout: RTP packets replayed to joining viewers from the rooms' cached GOPs.
     #[serde(default)]
     pub viewer_packets_replayed: u64,
+    /// Fanout: RTP packets resent to viewers on their NACKs.
+    #[serde(default)]
+    pub viewer_packets_resent: u64,
     /// Fanout: times a room's live feed fell too far behind its ring (short of CPU) and skipped ahead.
     #[serde(default)]
     pub lag_skips: u64,

@@ -127,7 +127,12 @@ pub fn render(scrape: &Scrape) -> String {
         if name == "ingest" {
             f.keyframe_requests_sent.get_or_create(&labels).inc_by(m.keyframe_requests_sent);
         } else {
-            for (kind, n) in [("live", m.viewer_packets_live), ("replay", m.viewer_packets_replayed)] {
+            let kinds = [
+                ("live", m.viewer_packets_live),
+                ("replay", m.viewer_packets_replayed),
+                ("resend", m.viewer_packets_resent),
+            ];
+            for (kind, n) in kinds {
                 let labels = vec![("process".to_string(), name.clone()), ("kind".to_string(), kind.to_string())];
                 f.viewer_packets.get_or_create(&labels).inc_by(n);
             }
@@ -246,6 +251,7 @@ mod tests {
             datagrams_out: 100,
             viewer_packets_live: 90,
             viewer_packets_replayed: 7,
+            viewer_packets_resent: 3,
             lag_skips: 1,
             refused: vec![("sessions".into(), 3)],
             ..Default::default()
@@ -267,6 +273,7 @@ mod tests {
             r#"deadsfu_keyframe_requests_sent_total{process="ingest"} 2"#,
             r#"deadsfu_viewer_packets_total{process="fanout-0",kind="live"} 90"#,
             r#"deadsfu_viewer_packets_total{process="fanout-0",kind="replay"} 7"#,
+            r#"deadsfu_viewer_packets_total{process="fanout-0",kind="resend"} 3"#,
             r#"deadsfu_lag_skips_total{process="fanout-0"} 1"#,
             r#"deadsfu_refused_total{process="fanout-0",limit="sessions"} 3"#,
             r#"deadsfu_refused_total{process="signaling",limit="connections_per_ip"} 6"#,

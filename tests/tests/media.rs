@@ -231,6 +231,16 @@ fn a_lost_packet_is_resent_from_the_cache() {
     seqs.sort_unstable();
     seqs.dedup();
     assert_eq!(seqs.len() as u64, seqs[seqs.len() - 1] - seqs[0] + 1, "a hole in the viewer's sequence numbers");
+    assert_eq!(world.worker_metrics(0).viewer_packets_resent, 3);
+    // Each resent packet is the one first sent with its sequence number: in sequence order, the publisher's
+    // packets follow one another.
+    let mut by_seq: Vec<(u64, Payload)> = v.received.iter().filter_map(|r| Some((r.seq, r.what()?))).collect();
+    by_seq.sort_by_key(|(seq, _)| *seq);
+    by_seq.dedup_by_key(|(seq, _)| *seq);
+    for pair in by_seq.windows(2) {
+        let ((_, a), (_, b)) = (pair[0], pair[1]);
+        assert!((b.frame, b.packet) > (a.frame, a.packet), "{a:?} then {b:?}");
+    }
 }
 
 #[test]
