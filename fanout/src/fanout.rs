@@ -41,9 +41,6 @@ use crate::viewer::{fit, resend, viewer_extensions, Fit, PtMap, Track, Viewer, S
 /// How often rings with viewers are polled besides: new packets come with a wake-up from ingest
 /// ([`deadsfu_media::wake`]), so this only bounds the wait of a packet whose wake-up was lost.
 const RING_POLL: Duration = Duration::from_millis(20);
-/// The grid the viewers' session timers are served on (`SessionHost::with_timer_grid`): with no media, a
-/// thousand viewers' RTCP reports would otherwise wake the worker a thousand times a second.
-const TIMER_GRID: Duration = Duration::from_millis(20);
 /// How often viewers are checked for having gone silent.
 const SILENCE_CHECK: Duration = Duration::from_secs(1);
 /// Resends: a viewer's video track remembers the last [`SENT_LOG`] packets it sent (their ring positions,
@@ -112,7 +109,7 @@ impl Fanout {
             refused: Refusals::default(),
             runtime_dir,
             candidates,
-            host: SessionHost::new().with_timer_grid(now, TIMER_GRID),
+            host: SessionHost::new(),
             rooms: HashMap::new(),
             ids: HashMap::new(),
             events: Vec::new(),

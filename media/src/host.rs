@@ -8,7 +8,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use str0m::ice::StunMessage;
 use str0m::net::{Protocol, Receive, Transmit};
@@ -107,8 +107,6 @@ pub struct SessionHost<T> {
     /// entry is stale unless it equals its session's `next_timeout`; stale entries are dropped when they reach
     /// the top.
     timers: BinaryHeap<Reverse<(Instant, SessionKey)>>,
-    /// Timers served on a grid (origin, step): see [`SessionHost::with_timer_grid`].
-    grid: Option<(Instant, Duration)>,
 }
 
 impl<T> Default for SessionHost<T> {
@@ -120,7 +118,6 @@ impl<T> Default for SessionHost<T> {
             next_key: 1,
             dirty: Vec::new(),
             timers: BinaryHeap::new(),
-            grid: None,
         }
     }
 }
@@ -128,17 +125,6 @@ impl<T> Default for SessionHost<T> {
 impl<T> SessionHost<T> {
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// Serves the sessions' timers on a grid of `step` from `origin`: [`SessionHost::next_timeout`] is the
-    /// first grid point at or after the earliest timer, so the timers of many sessions that fall between two
-    /// points are served in one loop turn, and their datagrams go out together, instead of one turn (a wake-up
-    /// and a system call or two) per timer. A session's timers are its RTCP reports, consent and DTLS
-    /// retransmissions, none of which minds a few milliseconds; a host of a thousand viewers has a thousand
-    /// timers a second when no media flows.
-    pub fn with_timer_grid(mut self, origin: Instant, step: Duration) -> Self {
-        self.grid = (!step.is_zero()).then_some((origin, step));
-        self
     }
 
     pub fn len(&self) -> usize {
@@ -313,15 +299,11 @@ impl<T> SessionHost<T> {
         self.sessions.iter().filter(|(_, s)| s.silent_for(now) >= limit).map(|(k, _)| *k).collect()
     }
 
-    /// When the next session wants to be polled, if any does (on the grid, if there is one).
+    /// When the next session wants to be polled, if any does.
     pub fn next_timeout(&mut self) -> Option<Instant> {
         while let Some(Reverse((t, key))) = self.timers.peek().copied() {
             if self.sessions.get(&key).is_some_and(|s| s.next_timeout == Some(t)) {
-                let Some((origin, step)) = self.grid else { return Some(t) };
-                let since = t.saturating_duration_since(origin).as_nanos();
-                let step_ns = step.as_nanos();
-                let points = since.div_ceil(step_ns);
-                return Some(origin + Duration::from_nanos((points * step_ns) as u64));
+                return Some(t);
             }
             self.timers.pop();
             if let Some(s) = self.sessions.get_mut(&key) {
@@ -390,6 +372,8 @@ impl<T> SessionHost<T> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use str0m::media::{Direction, MediaKind, Mid};
     use str0m::rtp::RtpWrite;
     use str0m::Candidate;
@@ -541,38 +525,6 @@ mod tests {
         let gone = viewer_without_binding_requests(Duration::ZERO, Duration::from_secs(5), Duration::from_secs(60));
         let gone = gone.expect("a viewer silent for 55 s is still there");
         assert!(gone > Duration::from_secs(15) && gone < Duration::from_secs(30), "dropped {gone:?} after connecting");
-    }
-
-    #[test]
-    fn timers_are_served_on_the_grid() {
-        let origin = Instant::now();
-        let step = Duration::from_millis(20);
-        let mut host = SessionHost::new().with_timer_grid(origin, step);
-        for _ in 0..3 {
-            let (rtc, ufrag) = session(origin);
-            host.insert(rtc, ufrag, (), origin);
-        }
-        let mut events = Vec::new();
-        let mut now = origin;
-        for _ in 0..20 {
-            host.poll(now, &mut |_| {}, &mut events);
-            let earliest = host.sessions.values().filter_map(|s| s.next_timeout).min().expect("a timer");
-            let next = host.next_timeout().expect("a timeout");
-            assert!(
-                next >= earliest && next - earliest < step,
-                "{:?} for a timer at {:?}",
-                next - origin,
-                earliest - origin
-            );
-            assert_eq!((next - origin).as_nanos() % step.as_nanos(), 0, "not on the grid");
-            now = next;
-        }
-        // Without a grid, the earliest timer itself.
-        let mut exact = SessionHost::new();
-        let (rtc, ufrag) = session(origin);
-        exact.insert(rtc, ufrag, (), origin);
-        exact.poll(origin, &mut |_| {}, &mut events);
-        assert_eq!(exact.next_timeout(), exact.sessions.values().filter_map(|s| s.next_timeout).min());
     }
 
     #[test]
