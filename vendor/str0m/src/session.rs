@@ -1344,7 +1344,11 @@ impl Session {
         let payload_size =
             stream.send_now(now, rtp, resend, exts, twcc, &self.codec_config, out, protect)?;
 
-        self.pacer.register_send(now, payload_size.into(), midrid);
+        // The null pacer only orders str0m's own send queues, which this packet skipped: only a pacer that
+        // paces (with BWE) needs to know what left.
+        if !matches!(self.pacer, PacerImpl::Null(_)) {
+            self.pacer.register_send(now, payload_size.into(), midrid);
+        }
         if twcc_enabled {
             self.twcc_tx_register
                 .register_seq(TwccPacketId::new(twcc_seq), now, payload_size);
