@@ -44,8 +44,8 @@ const RING_POLL: Duration = Duration::from_millis(20);
 /// How often viewers are checked for having gone silent.
 const SILENCE_CHECK: Duration = Duration::from_secs(1);
 /// Resends: a viewer's video track remembers the last [`SENT_LOG`] packets it sent (their ring positions,
-/// `viewer::SentLog`), and a NACKed one is read from the ring again and resent if it arrived no more than
-/// this long ago. A NACK comes one round trip (plus a packet interval) after the packet left, and again each
+/// `viewer::SentLog`), and a NACKed one is read from the ring again and resent if it was sent to the viewer
+/// no more than this long ago (a packet of a GOP replay may have arrived seconds before). A NACK comes one round trip (plus a packet interval) after the packet left, and again each
 /// round trip after; a live viewer's jitter buffer holds well under a second, so an older packet would come
 /// too late to be played. The payloads are the room's, not copies per viewer (str0m's own RTX cache, which
 /// kept ~96 bytes per packet per viewer and cost each a cache write per packet, is off:
@@ -349,15 +349,17 @@ impl Fanout {
     /// Resends the packets a viewer NACKed (`seqs`, its video track's sequence numbers) that it still
     /// remembers and the ring still holds.
     fn resend(&mut self, now: Instant, key: SessionKey, seqs: &[str0m::rtp::SeqNo], out: &mut dyn Outbox) {
-        let Fanout { host, rooms, buf, env, t0, .. } = self;
+        let Fanout { host, rooms, buf, t0, .. } = self;
         let Some(session) = host.get_mut(key) else { return };
         let Some(feed) = rooms.get(&session.app.room) else { return };
-        let since = env.unix_ns(now).saturating_sub(RESEND_AGE.as_nanos() as u64);
         let at = Moment { now, ns: now.duration_since(*t0).as_nanos() as u64 };
         for &seq in seqs {
             let log = session.app.video.as_ref().and_then(|t| t.sent.as_ref());
             let Some(sent) = log.and_then(|l| l.get(*seq)) else { continue };
-            let Some(packet) = feed.packet_at(sent.pos, since, buf) else { continue };
+            if u128::from(sent.age_ms(at)) > RESEND_AGE.as_millis() {
+                continue;
+            }
+            let Some(packet) = feed.packet_at(sent.pos, buf) else { continue };
             if resend(session, &feed.codecs, sent, &packet, at, out) {
                 self.packets_resent += 1;
             }

@@ -114,6 +114,13 @@ pub(crate) struct Moment {
     pub(crate) ns: u64,
 }
 
+impl Moment {
+    /// Milliseconds since the worker started, wrapping (every 49 days): for ages of a few seconds.
+    pub(crate) fn ms(&self) -> u32 {
+        (self.ns / 1_000_000) as u32
+    }
+}
+
 /// What one ring's live read did.
 #[derive(Default)]
 pub(crate) struct LiveRead {
@@ -272,13 +279,10 @@ impl RoomFeed {
         }
     }
 
-    /// The packet at ring position `pos`, for a resend, if the ring still holds it and it arrived at or after
-    /// `since` (Unix ns): the payload kept for replays, or a copy read from the ring.
-    pub(crate) fn packet_at(&self, pos: u64, since: u64, buf: &mut [u8]) -> Option<RingPacket> {
+    /// The packet at ring position `pos`, for a resend, if the ring still holds it: the payload kept for
+    /// replays, or a copy read from the ring.
+    pub(crate) fn packet_at(&self, pos: u64, buf: &mut [u8]) -> Option<RingPacket> {
         let ReadOutcome::Packet { meta, len } = self.reader.as_ref()?.read(pos, buf) else { return None };
-        if meta.arrival_unix_ns < since {
-            return None;
-        }
         let payload = self.recent.get(pos).unwrap_or_else(|| Arc::from(&buf[..len]));
         Some(RingPacket { pos, meta, payload })
     }

@@ -33,8 +33,8 @@ impl Track {
     }
 }
 
-/// Packets a viewer's video track can resend: the newest [`SENT_LOG`] sequence numbers and the ring position
-/// and timestamp each was sent with. A resend reads the packet from the ring (or the room's recent payloads)
+/// Packets a viewer's video track can resend: the newest [`SENT_LOG`] sequence numbers and the ring position,
+/// timestamp and time each was sent with. A resend reads the packet from the ring (or the room's recent payloads)
 /// again, so a viewer keeps 24 bytes per packet rather than a copy of it, and a packet sent costs it one write
 /// into this small table.
 pub(crate) struct SentLog([Sent; SENT_LOG]);
@@ -50,11 +50,20 @@ pub(crate) struct Sent {
     pub(crate) seq: u64,
     pub(crate) pos: u64,
     pub(crate) timestamp: u32,
+    /// When it was sent: milliseconds of the worker's clock ([`Moment::ms`]), wrapping.
+    pub(crate) sent_ms: u32,
+}
+
+impl Sent {
+    /// Milliseconds since it was sent, at `at`.
+    pub(crate) fn age_ms(&self, at: Moment) -> u32 {
+        at.ms().wrapping_sub(self.sent_ms)
+    }
 }
 
 impl SentLog {
     fn new() -> Box<SentLog> {
-        Box::new(SentLog([Sent { seq: u64::MAX, pos: 0, timestamp: 0 }; SENT_LOG]))
+        Box::new(SentLog([Sent { seq: u64::MAX, pos: 0, timestamp: 0, sent_ms: 0 }; SENT_LOG]))
     }
 
     fn record(&mut self, sent: Sent) {
@@ -178,7 +187,7 @@ pub(crate) fn deliver(
     });
     if sent && meta.kind == MediaKind::Video {
         let log = track.sent.get_or_insert_with(SentLog::new);
-        log.record(Sent { seq: spliced.seq, pos: packet.pos, timestamp: spliced.timestamp });
+        log.record(Sent { seq: spliced.seq, pos: packet.pos, timestamp: spliced.timestamp, sent_ms: at.ms() });
     }
     sent
 }

@@ -244,6 +244,43 @@ fn a_lost_packet_is_resent_from_the_cache() {
 }
 
 #[test]
+fn a_lost_packet_of_a_replay_is_resent() {
+    let mut world = started(Options::default());
+    // The viewer joins 2 s into a 3 s GOP: its replay's first packets arrived 2 s before they are sent to it.
+    world.publish("lobby", VideoSpec { gop: 90, ..Default::default() }, 1).expect("publisher accepted");
+    world.run_until("publisher connected", 5 * SECOND, |w| w.all_connected());
+    world.run_for(2 * SECOND);
+    let viewer = world.view("lobby", 0).expect("viewer accepted");
+    // The wire loses 3 of the replay's video packets to the viewer, once each: the 101st to the 103rd (frame 25,
+    // which arrived over a second before the replay sends it; a str0m receiver asks again only for packets
+    // within 100 of the newest it has, and the replay's burst runs ahead of its NACKs).
+    let viewer_addr = world.peers[viewer].addr;
+    let (mut seen, mut lost) = (HashSet::new(), HashSet::new());
+    world.loss = Box::new(move |d: &Datagram| {
+        let Some((pt, seq, _)) = d.rtp() else { return false };
+        if d.to != viewer_addr || pt != 96 {
+            return false;
+        }
+        seen.insert(seq);
+        seen.len() > 100 && lost.len() < 3 && lost.insert(seq)
+    });
+    world.run_until("viewer connected", 5 * SECOND, |w| w.all_connected());
+    world.run_for(SECOND);
+    assert_eq!(world.lost, 3);
+    assert_eq!(world.worker_metrics(0).viewer_packets_resent, 3);
+    // In sequence order (the resends came late), the viewer has the whole GOP from its keyframe on, no hole.
+    let mut by_seq: Vec<(u64, Payload)> =
+        world.peers[viewer].received.iter().filter_map(|r| Some((r.seq, r.what()?))).collect();
+    by_seq.sort_by_key(|(seq, _)| *seq);
+    by_seq.dedup_by_key(|(seq, _)| *seq);
+    let (_, first) = by_seq[0];
+    assert!(first.keyframe && first.frame == 0 && first.packet == 0, "{first:?}");
+    for pair in by_seq.windows(2) {
+        assert_eq!(pair[1].0, pair[0].0 + 1, "a hole after {:?}", pair[0].1);
+    }
+}
+
+#[test]
 fn a_worker_short_of_cpu_skips_to_the_newest_keyframe() {
     let mut world = started(Options::default());
     world.publish("lobby", VideoSpec { gop: 30, ..Default::default() }, 1).expect("publisher accepted");
