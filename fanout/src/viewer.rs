@@ -44,7 +44,7 @@ pub(crate) struct SentLog([Sent; SENT_LOG]);
 /// at a 250 ms round trip.
 pub(crate) const SENT_LOG: usize = 128;
 
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 pub(crate) struct Sent {
     /// The viewer's (extended) sequence number; `u64::MAX` for none.
     pub(crate) seq: u64,
