@@ -20,16 +20,18 @@
 //! The run loop of a media process:
 //! ```no_run
 //! # use std::time::Instant;
-//! # use deadsfu_media::{host::SessionHost, net::UdpSet};
+//! # use deadsfu_media::{host::SessionHost, net::{RecvBatch, UdpSet}};
 //! # fn run(udp: &mut UdpSet, host: &mut SessionHost<()>) -> std::io::Result<()> {
-//! let mut buf = vec![0u8; 2048];
+//! let mut batch = RecvBatch::default();
 //! let mut events = Vec::new();
 //! loop {
 //!     // 1. wait on mio until a socket is readable, the control inbox wakes us, or host.next_timeout()
-//!     // 2. feed every datagram
+//!     // 2. feed every datagram, read a batch per system call
 //!     for index in 0..udp.len() {
-//!         while let Some((n, source, destination)) = udp.recv(index, &mut buf)? {
-//!             host.handle_datagram(Instant::now(), source, destination, &buf[..n], &mut |t| udp.send(t), &mut events);
+//!         while udp.recv_batch(index, &mut batch)? > 0 {
+//!             for (datagram, source, destination) in batch.iter() {
+//!                 host.handle_datagram(Instant::now(), source, destination, datagram, &mut |t| udp.send(t), &mut events);
+//!             }
 //!         }
 //!     }
 //!     // 3. app work: write media into sessions (fanout) or read their events (ingest)

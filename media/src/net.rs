@@ -19,7 +19,7 @@
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use std::io::IoSlice;
+use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, RawFd};
 
 use mio::net::UdpSocket;
@@ -153,18 +153,30 @@ impl UdpSet {
         self.sockets.is_empty()
     }
 
-    /// Reads one datagram from socket `index`: its length, source and destination, or `None` when drained.
-    pub fn recv(&mut self, index: usize, buf: &mut [u8]) -> io::Result<Option<(usize, SocketAddr, SocketAddr)>> {
+    /// Reads up to [`RECV_BATCH`] datagrams from socket `index` in one `recvmmsg` into `batch`, and returns how
+    /// many; 0 when the socket had none. Fewer than a batch means the socket was read dry.
+    pub fn recv_batch(&mut self, index: usize, batch: &mut RecvBatch) -> io::Result<usize> {
         let b = &self.sockets[index];
-        match b.socket.recv_from(buf) {
-            Ok((n, source)) => {
-                self.counters.datagrams_in += 1;
-                self.counters.bytes_in += n as u64;
-                Ok(Some((n, source, b.advertised)))
+        batch.got.clear();
+        batch.destination = b.advertised;
+        let mut chunks = batch.buf.chunks_exact_mut(DATAGRAM_MAX);
+        let mut slices: [[IoSliceMut<'_>; 1]; RECV_BATCH] =
+            std::array::from_fn(|_| [IoSliceMut::new(chunks.next().expect("the buffer holds a batch"))]);
+        let received =
+            socket::recvmmsg(b.socket.as_raw_fd(), &mut batch.headers, slices.iter_mut(), MsgFlags::MSG_DONTWAIT, None);
+        match received {
+            Ok(results) => {
+                for msg in results {
+                    let Some(source) = msg.address.as_ref().and_then(socket_addr) else { continue };
+                    batch.got.push((msg.bytes.min(DATAGRAM_MAX), source));
+                }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-            Err(e) => Err(e),
+            Err(Errno::EAGAIN) => {}
+            Err(e) => return Err(e.into()),
         }
+        self.counters.datagrams_in += batch.got.len() as u64;
+        self.counters.bytes_in += batch.got.iter().map(|(n, _)| *n as u64).sum::<u64>();
+        Ok(batch.got.len())
     }
 
     /// Queues a str0m transmit on the socket of its source address; a full batch goes out at once.
@@ -245,6 +257,50 @@ struct Queued {
     destination: SocketAddr,
     start: usize,
     len: usize,
+}
+
+/// Most datagrams read in one `recvmmsg` ([`UdpSet::recv_batch`]).
+pub const RECV_BATCH: usize = 32;
+
+/// Datagrams read from one socket in one system call, and the buffers for them (allocated once).
+pub struct RecvBatch {
+    /// [`RECV_BATCH`] slots of [`DATAGRAM_MAX`] bytes; a longer datagram is cut short, as a `recvfrom` into a
+    /// buffer of that size would cut it.
+    buf: Vec<u8>,
+    /// Length and source of each datagram read.
+    got: Vec<(usize, SocketAddr)>,
+    /// The address they were sent to (the socket's advertised one).
+    destination: SocketAddr,
+    headers: MultiHeaders<SockaddrStorage>,
+}
+
+impl Default for RecvBatch {
+    fn default() -> Self {
+        RecvBatch {
+            buf: vec![0; RECV_BATCH * DATAGRAM_MAX],
+            got: Vec::with_capacity(RECV_BATCH),
+            destination: SocketAddr::from(([0, 0, 0, 0], 0)),
+            headers: MultiHeaders::preallocate(RECV_BATCH, None),
+        }
+    }
+}
+
+impl RecvBatch {
+    /// The datagrams read: contents, source and destination of each.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], SocketAddr, SocketAddr)> + '_ {
+        self.got
+            .iter()
+            .enumerate()
+            .map(|(i, &(n, source))| (&self.buf[i * DATAGRAM_MAX..i * DATAGRAM_MAX + n], source, self.destination))
+    }
+}
+
+/// A socket address as the kernel gave it, if it is IPv4 or IPv6.
+fn socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = s.as_sockaddr_in() {
+        return Some(SocketAddr::V4((*v4).into()));
+    }
+    s.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
 }
 
 /// What sending a run of queued datagrams needs of a [`UdpSet`].
@@ -420,5 +476,37 @@ mod tests {
         assert_eq!(set.dropped(), 0);
         // Linux has had UDP GSO on loopback since 4.18; every machine this runs on is newer.
         assert!(set.gso_active(), "the kernel refused UDP GSO");
+    }
+
+    #[test]
+    fn datagrams_are_read_a_batch_per_call_whole_and_in_order() {
+        let mut set = UdpSet::bind(0, Some(IpAddr::V4(Ipv4Addr::LOCALHOST))).unwrap();
+        let to = set.candidates()[0];
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let from = tx.local_addr().unwrap();
+        let mut batch = RecvBatch::default();
+        assert_eq!(set.recv_batch(0, &mut batch).unwrap(), 0, "nothing sent yet");
+        // 40 datagrams of different sizes, the last longer than a slot.
+        let sizes: Vec<usize> = (0..40).map(|i| if i == 39 { DATAGRAM_MAX + 500 } else { 100 + 20 * i }).collect();
+        for (i, len) in sizes.iter().enumerate() {
+            tx.send_to(&vec![i as u8; *len], to).unwrap();
+        }
+        // Loopback queues a datagram at the receiver before `send_to` returns: all 40 wait, one call reads a
+        // batch of them, the next the rest.
+        let mut got = Vec::new();
+        for expected in [RECV_BATCH, sizes.len() - RECV_BATCH] {
+            assert_eq!(set.recv_batch(0, &mut batch).unwrap(), expected);
+            for (data, source, destination) in batch.iter() {
+                assert_eq!((source, destination), (from, to));
+                got.push(data.to_vec());
+            }
+        }
+        assert_eq!(got.len(), sizes.len());
+        for (i, data) in got.iter().enumerate() {
+            assert_eq!(data.len(), sizes[i].min(DATAGRAM_MAX), "datagram {i}: a long one is cut to a slot");
+            assert!(data.iter().all(|b| *b == i as u8), "datagram {i} content");
+        }
+        assert_eq!(set.counters().datagrams_in, 40);
+        assert_eq!(set.recv_batch(0, &mut batch).unwrap(), 0, "read dry");
     }
 }

@@ -28,7 +28,7 @@ use str0m::net::{Protocol, Transmit};
 use str0m::{Candidate, Event};
 
 use crate::host::{Routed, SessionHost, SessionKey};
-use crate::net::UdpSet;
+use crate::net::{RecvBatch, UdpSet, RECV_BATCH};
 use crate::outbox::{self, Outbox};
 use crate::tcp::TcpSet;
 
@@ -338,7 +338,7 @@ impl Outbox for Sockets<'_> {
     }
 }
 
-/// Datagrams read from one socket in a loop turn. A flood of datagrams (hostile or not) is then read in
+/// Datagrams read from one socket in a loop turn (in batches of [`RECV_BATCH`]). A flood of datagrams (hostile or not) is then read in
 /// batches between which the loop answers control requests, polls the sessions and pings the watchdog; the
 /// kernel drops what the socket buffer cannot hold.
 const DATAGRAM_BUDGET: usize = 256;
@@ -396,7 +396,7 @@ pub fn run<C: Core>(
     let mut watchdog = deadsfu_runtime::service::Watchdog::from_env(Instant::now());
 
     let mut events = Events::with_capacity(64);
-    let mut buf = vec![0u8; 2048];
+    let mut batch = RecvBatch::default();
     let mut drain_until: Option<Instant> = None;
     // Sockets left with datagrams to read when a turn's budget ran out (mio reports a socket again only
     // once it was read dry), and the ones to read this turn.
@@ -448,21 +448,23 @@ pub fn run<C: Core>(
         }
         for index in ready.drain(..) {
             let mut dry = false;
-            for _ in 0..DATAGRAM_BUDGET {
-                match udp.recv(index, &mut buf) {
-                    Ok(Some((n, source, dest))) => {
-                        let out = &mut Sockets { udp: &mut udp, tcp: &mut tcp };
-                        core.handle_packet(Instant::now(), Protocol::Udp, source, dest, &buf[..n], out);
-                    }
-                    Ok(None) => {
-                        dry = true;
-                        break;
-                    }
+            for _ in 0..DATAGRAM_BUDGET / RECV_BATCH {
+                let n = match udp.recv_batch(index, &mut batch) {
+                    Ok(n) => n,
                     Err(e) => {
                         tracing::debug!(error = %e, "recv failed");
-                        dry = true;
-                        break;
+                        0
                     }
+                };
+                let now = Instant::now();
+                for (datagram, source, dest) in batch.iter() {
+                    let out = &mut Sockets { udp: &mut udp, tcp: &mut tcp };
+                    core.handle_packet(now, Protocol::Udp, source, dest, datagram, out);
+                }
+                // Fewer than a batch: the kernel had no more (the socket is reported again when more come).
+                if n < RECV_BATCH {
+                    dry = true;
+                    break;
                 }
             }
             if !dry {
