@@ -13,6 +13,12 @@
 //! Per viewer, video follows one source (a publisher session, or the slate) and one codec at a time; a new
 //! source is taken up only at one of its keyframes, so the decoder never sees a picture it cannot decode.
 //!
+//! A viewer's send streams make sender reports while they send (every second for video, every five for
+//! audio, str0m's intervals) and none while they send nothing (RFC 3550 6.4: a receiver-only participant has
+//! nothing to report): viewers waiting for a room to go live cost the worker only what they send it. Packets
+//! go out without a poll of the session (`viewer::deliver`), so the first after a pause has the session polled
+//! for the report it makes due (`viewer::owes_report`).
+//!
 //! [`Fanout`] (requests, joins, switches, the turn) never touches a socket or a clock itself; [`run`] is the
 //! loop around it.
 
@@ -36,7 +42,7 @@ use str0m::media::Mid;
 use str0m::{Candidate, Event, IceConnectionState, RtcConfig};
 
 use crate::feed::{feed, replay_budget, Moment, RoomFeed, MAX_LAG, REPLAY_TURN};
-use crate::viewer::{fit, resend, viewer_extensions, Fit, PtMap, Track, Viewer, SENT_LOG};
+use crate::viewer::{fit, owes_report, resend, viewer_extensions, Fit, PtMap, Track, Viewer, SENT_LOG};
 
 /// How often rings with viewers are polled besides: new packets come with a wake-up from ingest
 /// ([`deadsfu_media::wake`]), so this only bounds the wait of a packet whose wake-up was lost.
@@ -241,6 +247,8 @@ impl Fanout {
         for (mid, is_video) in sections {
             let mut api = accepted.rtc.direct_api();
             let Some(tx) = api.stream_tx_by_mid(mid, None) else { continue };
+            // A viewer waiting for a room to go live is sent nothing, not a sender report a second.
+            tx.set_reports_when_idle(false);
             if is_video {
                 // The cache stays empty (resends are ours); its size bounds the sequence numbers one
                 // NACK can ask for.
@@ -363,6 +371,9 @@ impl Fanout {
             if resend(session, &feed.codecs, sent, &packet, at, out) {
                 self.packets_resent += 1;
             }
+        }
+        if owes_report(session) {
+            host.touch(key);
         }
     }
 

@@ -19,7 +19,7 @@ use shm_proto::ring::{CodecEntry, MediaKind, ReadOutcome, RingCursor, RingReader
 use shm_proto::{paths, RoomName};
 
 use crate::splice::Pace;
-use crate::viewer::{deliver, RingPacket, Viewer};
+use crate::viewer::{deliver, owes_report, RingPacket, Viewer};
 
 /// How often a room without a ring file looks for one again.
 pub(crate) const RING_RETRY: Duration = Duration::from_millis(100);
@@ -342,6 +342,9 @@ impl RoomFeed {
             if !done {
                 session.app.replay = Some(cursor);
             }
+            if owes_report(session) {
+                host.touch(key);
+            }
             !done
         });
         replayed
@@ -389,6 +392,9 @@ impl RoomFeed {
                     if deliver(session, &self.codecs, packet, at, Pace::Live, out) {
                         read.delivered += 1;
                     }
+                }
+                if owes_report(session) {
+                    host.touch(key);
                 }
             }
         }

@@ -192,6 +192,13 @@ pub(crate) fn deliver(
     sent
 }
 
+/// True if packets just sent to a viewer made a sender report due: the first of a track after a pause (its
+/// streams send no reports while they send nothing; see [`crate::fanout`]). The session must then be polled,
+/// which [`deliver`], sending without a poll, does not do.
+pub(crate) fn owes_report(session: &mut Session<Viewer>) -> bool {
+    session.rtc.direct_api().sender_report_due()
+}
+
 /// Resends what a viewer's video track sent as `seq`, as `packet` (read again from the ring at the position it
 /// was sent from). True if it went out (str0m refuses one over the viewer's resend budget).
 pub(crate) fn resend(

@@ -62,6 +62,13 @@ impl Datagram {
         }
         Some((d[1] & 0x7f, u16::from_be_bytes([d[2], d[3]]), u32::from_be_bytes([d[8], d[9], d[10], d[11]])))
     }
+
+    /// The type of the first packet of an (S)RTCP compound packet (200 a sender report, 201 a receiver
+    /// report, ...), if this is RTCP: SRTCP leaves the first header in the clear.
+    pub fn rtcp_type(&self) -> Option<u8> {
+        let d = &self.data;
+        (d.len() >= 8 && (128..=191).contains(&d[0]) && (192..=223).contains(&d[1])).then_some(d[1])
+    }
 }
 
 /// Marks a test publisher's payloads (the slate's are not).
@@ -643,9 +650,20 @@ fn accept_answer(rtc: &mut Rtc, pending: SdpPendingOffer, answer: &str) {
 }
 
 /// Writes the publisher's frames and audio packets that are due.
+/// A publisher that did not send for a while (`sending` off) makes nothing of that time: its media clocks
+/// jump to `now` (the RTP clock with them), as a real one's do, rather than catching up in a burst.
+fn skip_pause(next_at: &mut Instant, ts: &mut u32, interval: Duration, ticks: u32, now: Instant) {
+    if now.saturating_duration_since(*next_at) > 5 * interval {
+        let missed = (now - *next_at).as_nanos() / interval.as_nanos();
+        *ts = ts.wrapping_add((missed as u32).wrapping_mul(ticks));
+        *next_at += interval * missed as u32;
+    }
+}
+
 fn send_media(peer: &mut Peer, now: Instant) {
     let tag = peer.tag;
     if let Some(v) = &mut peer.video {
+        skip_pause(&mut v.next_at, &mut v.ts, Duration::from_secs(1) / v.spec.fps, 90_000 / v.spec.fps, now);
         while v.next_at <= now {
             let keyframe = v.frame % v.spec.gop == 0 || std::mem::take(&mut v.keyframe_asked);
             let mut api = peer.rtc.direct_api();
@@ -662,6 +680,7 @@ fn send_media(peer: &mut Peer, now: Instant) {
         }
     }
     if let Some(a) = &mut peer.audio {
+        skip_pause(&mut a.next_at, &mut a.ts, Duration::from_millis(20), 960, now);
         while a.next_at <= now {
             let mut api = peer.rtc.direct_api();
             let tx = api.stream_tx_by_mid(a.mid, None).expect("the audio send stream");

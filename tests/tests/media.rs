@@ -408,3 +408,55 @@ fn a_publisher_whose_video_pauses_comes_back_at_its_keyframe() {
     assert_eq!(back.first().copied(), Some(first));
     assert_contiguous(v);
 }
+
+#[test]
+fn a_viewer_is_sent_sender_reports_only_while_media_flows() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    let mut world = started(Options { slate: false, ..Options::default() });
+    let viewer = world.view("lobby", 0).expect("viewer accepted");
+    world.run_until("viewer connected", 5 * SECOND, |w| w.all_connected());
+    // What the worker sends the viewer, in order: media (true) or a sender report (false).
+    let sent: Rc<RefCell<Vec<bool>>> = Rc::default();
+    let (viewer_addr, log) = (world.peers[viewer].addr, sent.clone());
+    world.loss = Box::new(move |d: &Datagram| {
+        if d.to == viewer_addr {
+            if d.rtp().is_some() {
+                log.borrow_mut().push(true);
+            } else if d.rtcp_type() == Some(200) {
+                log.borrow_mut().push(false);
+            }
+        }
+        false
+    });
+    // A room without a publisher: the viewer is sent nothing, not a report a second.
+    world.run_for(5 * SECOND);
+    assert!(sent.borrow().is_empty(), "sent to a viewer of an empty room: {:?}", sent.borrow());
+
+    // Media flows: the first report follows the first packets at once (the session is polled for it though
+    // packets go out without a poll), then about one a second for video and one in five for audio.
+    let publisher = world.publish("lobby", VideoSpec::default(), 1).expect("publisher accepted");
+    world.run_until("publisher connected", 5 * SECOND, |w| w.all_connected());
+    world.run_for(3 * SECOND);
+    let flowing = sent.take();
+    let first_report = flowing.iter().position(|media| !media).expect("a sender report while media flows");
+    assert!(flowing[0], "a report before any media");
+    assert!(first_report < 10, "the first report after {first_report} packets");
+    let reports = flowing.iter().filter(|media| !**media).count();
+    assert!((3..=6).contains(&reports), "{reports} reports in 3 s of audio and video");
+
+    // The publisher pauses: a last report each (audio's up to 5 s later), then nothing.
+    world.peers[publisher].sending = false;
+    world.run_for(6 * SECOND);
+    sent.take();
+    world.run_for(5 * SECOND);
+    assert!(sent.borrow().is_empty(), "sent while nothing flows: {:?}", sent.borrow());
+
+    // It resumes: the report owed comes at once again.
+    world.peers[publisher].sending = true;
+    world.run_for(SECOND);
+    let resumed = sent.take();
+    let first_report = resumed.iter().position(|media| !media).expect("a sender report after the pause");
+    assert!(resumed[0] && first_report < 10, "{resumed:?}");
+}

@@ -119,6 +119,11 @@ pub(crate) struct Session {
     media_bytes_rx: u64,
     media_bytes_tx: u64,
 
+    /// A stream sent its first packet after a pause without sender reports through
+    /// `send_rtp_now` since the last timeout: one is due (deadsfu patch,
+    /// `StreamTx::set_reports_when_idle`).
+    pub(crate) report_due: bool,
+
     pub ice_lite: bool,
 
     /// Whether we are running in RTP-mode.
@@ -215,6 +220,7 @@ impl Session {
             pending_packet: None,
             media_bytes_rx: 0,
             media_bytes_tx: 0,
+            report_due: false,
             ice_lite: config.ice_lite,
             rtp_mode: config.rtp_mode,
             vp9_packetizer_mode: config.vp9_packetizer_mode,
@@ -281,6 +287,7 @@ impl Session {
     }
 
     pub fn handle_timeout(&mut self, now: Instant, wake: &mut Wake) -> Result<(), RtcError> {
+        self.report_due = false;
         if self.rtp_closing {
             // Closing only drains previously queued BYEs; this timeout changes nothing.
             wake.no_events();
@@ -1341,8 +1348,11 @@ impl Session {
         let protect = |out: &mut Vec<u8>, start, payload: &[u8], ssrc, index| {
             srtp_tx.protect_rtp_into(out, start, payload, ssrc, index)
         };
+        let quiet = stream.is_quiet();
         let payload_size =
             stream.send_now(now, rtp, resend, exts, twcc, &self.codec_config, out, protect)?;
+        // The first packet after a pause without sender reports makes one due (deadsfu patch).
+        self.report_due |= quiet;
 
         // The null pacer only orders str0m's own send queues, which this packet skipped: only a pacer that
         // paces (with BWE) needs to know what left.

@@ -398,6 +398,14 @@ impl<'a> DirectApi<'a> {
         self.send_now(mid, rid, rtp, None, now, out)
     }
 
+    /// True if a packet sent with [`DirectApi::send_rtp_now`] or [`DirectApi::send_resend_now`]
+    /// since the session's last timeout was the first of its stream after a pause without sender
+    /// reports (deadsfu patch, [`StreamTx::set_reports_when_idle`]): the report is due now, and
+    /// the session must be polled (`Rtc::poll_output`) for it to go.
+    pub fn sender_report_due(&self) -> bool {
+        self.rtc.session.report_due
+    }
+
     /// [`DirectApi::send_rtp_now`] for a resend, asked for by a [`crate::Event::ResendRequest`]
     /// (deadsfu patch, see [`StreamTx::set_app_resends`]): `rtp` is the packet as it was first
     /// sent, with `original` its sequence number; it goes on the stream's RTX SSRC and payload

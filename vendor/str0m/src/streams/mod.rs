@@ -473,6 +473,8 @@ impl Streams {
             // All StreamTx belonging to the same Mid are reported together.
             if self.mids_to_report.contains(&mid) {
                 stream.create_sr_and_update(now, feedback);
+            } else {
+                stream.maybe_go_quiet(now, intervals);
             }
 
             // Finding the first (main) PT that also has RTX for the Media is expensive,

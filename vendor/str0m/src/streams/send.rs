@@ -166,6 +166,17 @@ pub struct StreamTx {
     /// Last time we produced a SR.
     last_sender_report: Instant,
 
+    /// Whether a stream that sent nothing since its last sender report still sends them
+    /// (deadsfu patch, `StreamTx::set_reports_when_idle`).
+    reports_when_idle: bool,
+
+    /// `stats.packets` when the last sender report was made (deadsfu patch).
+    packets_at_report: u64,
+
+    /// `stats.packets` when a sender report came due with nothing sent since the last one and
+    /// none was made (deadsfu patch): the stream is quiet until it sends again.
+    quiet_at: Option<u64>,
+
     /// If we have a pending incoming keyframe request.
     pending_request_keyframe: Option<KeyframeRequestKind>,
 
@@ -401,6 +412,9 @@ impl StreamTx {
             rtx_budget: None,
             app_resends: None,
             last_sender_report: already_happened(),
+            reports_when_idle: true,
+            packets_at_report: 0,
+            quiet_at: None,
             pending_request_keyframe: None,
             pending_request_remb: None,
             stats: StreamTxStats::new(enable_stats),
@@ -522,6 +536,38 @@ impl StreamTx {
     /// packets `DirectApi::send_rtp_now` sends are not cached while this is on.
     pub fn set_app_resends(&mut self, on: bool) {
         self.app_resends = on.then(Vec::new);
+    }
+
+    /// Whether a stream that has sent no RTP since its last sender report sends one anyway
+    /// (deadsfu patch; the default, `true`, is str0m's). With `false`, when a report comes due
+    /// and the stream sent nothing since the last one, it makes none and goes quiet: no reports
+    /// and no timeout for them (RFC 3550 6.4: a participant that has not sent reports as a
+    /// receiver, and a send-only stream has nothing to report then). A server with many sessions
+    /// waiting for media to flow then sends them nothing and is not woken for them. The first
+    /// packet the stream sends ends the quiet, and the report it owes is due at once; after a
+    /// packet sent with `DirectApi::send_rtp_now`, which does not poll the session,
+    /// `DirectApi::sender_report_due` tells, and `Rtc::poll_output` must be called.
+    pub fn set_reports_when_idle(&mut self, on: bool) {
+        self.reports_when_idle = on;
+    }
+
+    /// True if nothing was sent since the last sender report and the stream makes none for that
+    /// (see [`StreamTx::set_reports_when_idle`]).
+    fn nothing_to_report(&self) -> bool {
+        !self.reports_when_idle && self.stats.packets == self.packets_at_report
+    }
+
+    /// True while the stream is quiet: a report came due with nothing to report, and it has sent
+    /// nothing since (see [`StreamTx::set_reports_when_idle`]).
+    pub(crate) fn is_quiet(&self) -> bool {
+        self.quiet_at == Some(self.stats.packets)
+    }
+
+    /// Goes quiet if a report is due at `now` with nothing to report.
+    pub(crate) fn maybe_go_quiet(&mut self, now: Instant, intervals: RtcpReportIntervals) {
+        if self.nothing_to_report() && now >= self.sender_report_at(intervals) {
+            self.quiet_at = Some(self.stats.packets);
+        }
     }
 
     /// The sequence numbers NACKed since the last call, for the application to resend.
@@ -1214,7 +1260,7 @@ impl StreamTx {
     }
 
     pub(crate) fn sender_report_at(&self, intervals: RtcpReportIntervals) -> Instant {
-        if self.kind.is_none() {
+        if self.kind.is_none() || self.is_quiet() {
             // First handle_timeout sets the kind. No sender report until then.
             return not_happening();
         }
@@ -1313,7 +1359,7 @@ impl StreamTx {
     }
 
     pub(crate) fn need_sr(&self, now: Instant, intervals: RtcpReportIntervals) -> bool {
-        now >= self.sender_report_at(intervals)
+        now >= self.sender_report_at(intervals) && !self.nothing_to_report()
     }
 
     pub(crate) fn create_sr_and_update(&mut self, now: Instant, feedback: &mut VecDeque<Rtcp>) {
@@ -1328,6 +1374,7 @@ impl StreamTx {
 
         // Update timestamp to move time when next is created.
         self.last_sender_report = now;
+        self.packets_at_report = self.stats.packets;
     }
 
     fn create_sender_report(&self, now: Instant) -> SenderReport {
@@ -1577,6 +1624,7 @@ impl StreamTx {
         self.last_used = already_happened();
         self.rtp_and_wallclock = None;
         self.last_sender_report = already_happened();
+        self.packets_at_report = self.stats.packets;
 
         // Reset blank packet's SSRC
         self.blank_packet.header.ssrc = new_ssrc;
@@ -1871,5 +1919,50 @@ mod test {
             }),
             now + Duration::from_millis(750)
         );
+    }
+
+    #[test]
+    fn a_stream_with_nothing_to_report_goes_quiet_when_told() {
+        let intervals = RtcpReportIntervals {
+            audio: Duration::from_secs(5),
+            video: Duration::from_secs(1),
+        };
+        let second = Duration::from_secs(1);
+        let mut stream = StreamTx::new(42.into(), None, MidRid(Mid::from("0"), None), false, 1200);
+        let now = Instant::now();
+        stream.kind = Some(MediaKind::Video);
+        stream.last_sender_report = now;
+        // str0m's default: a report every interval, sending or not.
+        assert!(stream.need_sr(now + second, intervals));
+
+        stream.set_reports_when_idle(false);
+        // Nothing sent: no report due, and once one would be, the stream goes quiet and wants no
+        // timeout for reports.
+        assert!(!stream.need_sr(now + second, intervals));
+        stream.maybe_go_quiet(now + second / 2, intervals);
+        assert!(!stream.is_quiet(), "not before a report is due");
+        stream.maybe_go_quiet(now + second, intervals);
+        assert!(stream.is_quiet());
+        assert_eq!(stream.sender_report_at(intervals), not_happening());
+
+        // A packet sent ends the quiet, and the report it makes due is due at once.
+        stream.stats.update_packet_counts(1000, false);
+        assert!(!stream.is_quiet());
+        let t = now + 3 * second;
+        assert!(stream.need_sr(t, intervals));
+        let mut feedback = VecDeque::new();
+        stream.create_sr_and_update(t, &mut feedback);
+        assert!(matches!(feedback.front(), Some(Rtcp::SenderReport(_))));
+
+        // Right after a report the stream is not quiet: the next report is due an interval on.
+        assert!(!stream.is_quiet());
+        assert_eq!(stream.sender_report_at(intervals), t + second);
+        // Sending on, it is made then; with nothing sent since, the stream goes quiet instead.
+        stream.stats.update_packet_counts(1000, false);
+        assert!(stream.need_sr(t + second, intervals));
+        stream.create_sr_and_update(t + second, &mut feedback);
+        assert!(!stream.need_sr(t + 2 * second, intervals));
+        stream.maybe_go_quiet(t + 2 * second, intervals);
+        assert!(stream.is_quiet());
     }
 }
