@@ -1394,7 +1394,7 @@ impl StreamTx {
         s.values.push((SdesType::CNAME, cname.to_string()));
 
         let mut d = Descriptions {
-            reports: Box::new(ReportList::new()),
+            reports: Box::default(),
         };
         d.reports.push(s);
 

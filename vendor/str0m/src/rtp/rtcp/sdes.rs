@@ -161,7 +161,9 @@ impl<'a> TryFrom<&'a [u8]> for Descriptions {
     type Error = &'static str;
 
     fn try_from(buf: &'a [u8]) -> Result<Self, Self::Error> {
-        let mut reports = ReportList::new();
+        // Made in place on the heap (deadsfu patch): the list is 31 descriptions of 31 values,
+        // about 31 KB, which `Box::new(ReportList::new())` built on the stack and then copied.
+        let mut reports: Box<ReportList<Sdes>> = Box::default();
 
         let mut buf = buf;
 
@@ -191,9 +193,7 @@ impl<'a> TryFrom<&'a [u8]> for Descriptions {
             buf = &buf[len..];
         }
 
-        Ok(Descriptions {
-            reports: Box::new(reports),
-        })
+        Ok(Descriptions { reports })
     }
 }
 
