@@ -48,7 +48,7 @@ CGROUP_CPU = cgroup_cpu_root()
 
 def test_bench_smoke(tmp_path):
     out = tmp_path / "bench.json"
-    proc = bench(tmp_path, "--viewers", "5", "--workers", "1", "--json", str(out))
+    proc = bench(tmp_path, "--viewers", "5", "--workers", "1", "--pin", "--json", str(out))
     assert "| workers | viewers |" in proc.stdout, proc.stdout
     # The default publisher paces its packets as a browser does.
     assert "pacing RTP at" in (tmp_path / "publisher-bench.log").read_text()
@@ -57,6 +57,8 @@ def test_bench_smoke(tmp_path):
     (r,) = report["results"]
     assert "error" not in r, r
     assert (r["workers"], r["viewers"]) == (1, 5)
+    # --pin: the worker on CPU 1, the rest on CPU 0.
+    assert r["pinned"] == {"fanout_cpu": 1, "other_cpu": 0}, r
 
     ramp = r["ramp"]
     assert ramp["with_media"] == 5 and ramp["failed"] == 0, ramp

@@ -15,7 +15,8 @@
 //! of N viewers before N seals and sends are done, so this is the least added latency a fan-out of N on one
 //! core can have for this stream (its frames come in bursts of packets).
 //!
-//! Usage: `deadsfu-floor --viewers 1000 [--ring DIR/rings/R.ring] [--seconds 10 | --flat --packets 200000]`
+//! Usage: `deadsfu-floor --viewers 1000 [--ring DIR/rings/R.ring] [--seconds 10 | --flat --packets 200000]
+//! [--sender-cpu N] [--drain-cpu M]` (the last two keep the sending and the draining thread on those CPUs)
 //! Prints one JSON object.
 
 use std::net::UdpSocket;
@@ -128,6 +129,7 @@ fn main() {
     let mut seconds = 10.0f64;
     let mut flat = false;
     let mut packets_flat = 200_000u64;
+    let (mut sender_cpu, mut drain_cpu): (Option<usize>, Option<usize>) = (None, None);
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut val = || it.next().unwrap_or_else(|| die(&format!("{a} needs a value")));
@@ -136,6 +138,8 @@ fn main() {
             "--ring" => ring = Some(PathBuf::from(val())),
             "--seconds" => seconds = val().parse().unwrap_or_else(|e| die(&format!("--seconds: {e}"))),
             "--packets" => packets_flat = val().parse().unwrap_or_else(|e| die(&format!("--packets: {e}"))),
+            "--sender-cpu" => sender_cpu = Some(val().parse().unwrap_or_else(|e| die(&format!("--sender-cpu: {e}")))),
+            "--drain-cpu" => drain_cpu = Some(val().parse().unwrap_or_else(|e| die(&format!("--drain-cpu: {e}")))),
             "--flat" => flat = true,
             "--paced" => flat = false,
             other => die(&format!("unknown argument {other}")),
@@ -188,8 +192,16 @@ fn main() {
     let drain = {
         let stop = stop.clone();
         let received = received.clone();
-        std::thread::spawn(move || drain_thread(socks, stop, received))
+        std::thread::spawn(move || {
+            if let Some(cpu) = drain_cpu {
+                pin_to(cpu);
+            }
+            drain_thread(socks, stop, received)
+        })
     };
+    if let Some(cpu) = sender_cpu {
+        pin_to(cpu);
+    }
 
     let send_sock = UdpSocket::bind("127.0.0.1:0").expect("bind sender");
     let fd = send_sock.as_raw_fd();
@@ -379,6 +391,15 @@ impl Sender {
         self.n = 0;
         (n as u64 - failed, failed)
     }
+}
+
+/// Keeps the calling thread on one CPU (`scripts/bench --pin`: the sender where the fanout worker runs, the
+/// drain where the load client does).
+fn pin_to(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).unwrap_or_else(|e| die(&format!("cpu {cpu}: {e}")));
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .unwrap_or_else(|e| die(&format!("pinning to cpu {cpu}: {e}")));
 }
 
 fn drain_thread(socks: Vec<UdpSocket>, stop: Arc<AtomicBool>, received: Arc<AtomicU64>) -> Duration {
