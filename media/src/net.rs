@@ -154,7 +154,7 @@ impl UdpSet {
     }
 
     /// Reads up to [`RECV_BATCH`] datagrams from socket `index` in one `recvmmsg` into `batch`, and returns how
-    /// many; 0 when the socket had none. Fewer than a batch means the socket was read dry.
+    /// many the kernel gave; 0 when the socket had none. Fewer than a batch means the socket was read dry.
     pub fn recv_batch(&mut self, index: usize, batch: &mut RecvBatch) -> io::Result<usize> {
         let b = &self.sockets[index];
         batch.got.clear();
@@ -164,19 +164,21 @@ impl UdpSet {
             std::array::from_fn(|_| [IoSliceMut::new(chunks.next().expect("the buffer holds a batch"))]);
         let received =
             socket::recvmmsg(b.socket.as_raw_fd(), &mut batch.headers, slices.iter_mut(), MsgFlags::MSG_DONTWAIT, None);
+        let mut read = 0;
         match received {
             Ok(results) => {
-                for msg in results {
+                for (slot, msg) in results.enumerate() {
+                    read += 1;
                     let Some(source) = msg.address.as_ref().and_then(socket_addr) else { continue };
-                    batch.got.push((msg.bytes.min(DATAGRAM_MAX), source));
+                    batch.got.push((slot, msg.bytes.min(DATAGRAM_MAX), source));
                 }
             }
             Err(Errno::EAGAIN) => {}
             Err(e) => return Err(e.into()),
         }
-        self.counters.datagrams_in += batch.got.len() as u64;
-        self.counters.bytes_in += batch.got.iter().map(|(n, _)| *n as u64).sum::<u64>();
-        Ok(batch.got.len())
+        self.counters.datagrams_in += read as u64;
+        self.counters.bytes_in += batch.got.iter().map(|(_, n, _)| *n as u64).sum::<u64>();
+        Ok(read)
     }
 
     /// Queues a str0m transmit on the socket of its source address; a full batch goes out at once.
@@ -267,8 +269,9 @@ pub struct RecvBatch {
     /// [`RECV_BATCH`] slots of [`DATAGRAM_MAX`] bytes; a longer datagram is cut short, as a `recvfrom` into a
     /// buffer of that size would cut it.
     buf: Vec<u8>,
-    /// Length and source of each datagram read.
-    got: Vec<(usize, SocketAddr)>,
+    /// Slot, length and source of each datagram read (one without a source address, which a UDP socket does
+    /// not give, is left out).
+    got: Vec<(usize, usize, SocketAddr)>,
     /// The address they were sent to (the socket's advertised one).
     destination: SocketAddr,
     headers: MultiHeaders<SockaddrStorage>,
@@ -288,10 +291,10 @@ impl Default for RecvBatch {
 impl RecvBatch {
     /// The datagrams read: contents, source and destination of each.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], SocketAddr, SocketAddr)> + '_ {
-        self.got
-            .iter()
-            .enumerate()
-            .map(|(i, &(n, source))| (&self.buf[i * DATAGRAM_MAX..i * DATAGRAM_MAX + n], source, self.destination))
+        self.got.iter().map(|&(slot, n, source)| {
+            let start = slot * DATAGRAM_MAX;
+            (&self.buf[start..start + n], source, self.destination)
+        })
     }
 }
 

@@ -338,9 +338,9 @@ impl Outbox for Sockets<'_> {
     }
 }
 
-/// Datagrams read from one socket in a loop turn (in batches of [`RECV_BATCH`]). A flood of datagrams (hostile or not) is then read in
-/// batches between which the loop answers control requests, polls the sessions and pings the watchdog; the
-/// kernel drops what the socket buffer cannot hold.
+/// Datagrams read from one socket in a loop turn, [`RECV_BATCH`] per system call. A flood of datagrams
+/// (hostile or not) is then read in batches between which the loop answers control requests, polls the
+/// sessions and pings the watchdog; the kernel drops what the socket buffer cannot hold.
 const DATAGRAM_BUDGET: usize = 256;
 
 /// Binds the process's sockets, builds its core from its ICE host candidates (UDP, and passive TCP with
