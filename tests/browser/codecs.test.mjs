@@ -259,9 +259,11 @@ async function publish(context, room, codec, track) {
     const s = await videoStats(pub, "outbound");
     return (s && s.codec && s.framesEncoded > 0 && s.packets > 0) || Promise.reject(new Error(JSON.stringify(s)));
   }, { timeout: 10_000, interval: 150 }).then(() => videoStats(pub, "outbound"));
-  const listed = await until(`GET /rooms to list ${room} live`, async () => {
+  // A room is live from its WHIP POST; its codecs are listed once ingest has read the publisher's first packets.
+  const listed = await until(`GET /rooms to list ${room} live with its codecs`, async () => {
     const entry = (await rooms()).find((e) => e.name === room);
-    return (entry && entry.state === "live" && entry) || Promise.reject(new Error(JSON.stringify(entry ?? null)));
+    const ok = entry && entry.state === "live" && entry.codecs?.length > 0;
+    return (ok && entry) || Promise.reject(new Error(JSON.stringify(entry ?? null)));
   }, { timeout: 10_000, interval: 150 });
   return { page: pub, offered, outbound: out, listed };
 }
