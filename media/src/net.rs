@@ -409,18 +409,10 @@ fn local_addresses() -> io::Result<Vec<IpAddr>> {
         if !ifa.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP) {
             continue;
         }
-        let Some(address) = ifa.address.as_ref() else { continue };
-        let ip = if let Some(v4) = address.as_sockaddr_in() {
-            IpAddr::V4(v4.ip())
-        } else if let Some(v6) = address.as_sockaddr_in6() {
-            let ip = v6.ip();
-            if ip.segments()[0] & 0xffc0 == 0xfe80 {
-                continue;
-            }
-            IpAddr::V6(ip)
-        } else {
+        let Some(ip) = ifa.address.as_ref().and_then(socket_addr).map(|a| a.ip()) else { continue };
+        if matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80) {
             continue;
-        };
+        }
         if !out.contains(&ip) {
             out.push(ip);
         }
