@@ -1279,11 +1279,11 @@ impl StreamTx {
         use RtcpFb::*;
         match fb {
             ReceptionReport(r) => {
-                if let Some(rtx_ssrc) = self.rtx {
-                    if rtx_ssrc == r.ssrc {
-                        // Receiver has bound MidRid to RTX SSRC
-                        self.remote_acked_rtx_ssrc = true;
-                    }
+                // A stream with RTX is acknowledged per SSRC too (deadsfu patch: a report for the
+                // main SSRC of a stream with RTX was ignored, so its packets carried the MID forever).
+                if self.rtx == Some(r.ssrc) {
+                    // Receiver has bound MidRid to RTX SSRC
+                    self.remote_acked_rtx_ssrc = true;
                 } else if r.ssrc == self.ssrc {
                     // Receiver has bound MidRid to SSRC
                     self.remote_acked_ssrc = true;
@@ -1715,6 +1715,37 @@ struct Resend {
 #[cfg(test)]
 mod test {
     use super::*;
+
+    #[test]
+    fn a_stream_with_rtx_is_acknowledged_per_ssrc() {
+        let report = |ssrc: u32| {
+            RtcpFb::ReceptionReport(crate::rtp_::ReceptionReport {
+                ssrc: ssrc.into(),
+                fraction_lost: 0,
+                packets_lost: 0,
+                max_seq: 0,
+                jitter: 0,
+                last_sr_time: 0,
+                last_sr_delay: 0,
+            })
+        };
+        let mut stream = StreamTx::new(
+            42.into(),
+            Some(44.into()),
+            MidRid("vid".into(), None),
+            false,
+            1200,
+        );
+        stream.handle_rtcp(Instant::now(), report(42));
+        assert!(stream.remote_acked_ssrc && !stream.remote_acked_rtx_ssrc);
+        stream.handle_rtcp(Instant::now(), report(44));
+        assert!(stream.remote_acked_rtx_ssrc);
+        let mut no_rtx = StreamTx::new(7.into(), None, MidRid("aud".into(), None), false, 1200);
+        no_rtx.handle_rtcp(Instant::now(), report(8));
+        assert!(!no_rtx.remote_acked_ssrc);
+        no_rtx.handle_rtcp(Instant::now(), report(7));
+        assert!(no_rtx.remote_acked_ssrc);
+    }
 
     #[test]
     fn regular_padding_does_not_search_probe_negotiation() {
