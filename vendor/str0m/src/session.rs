@@ -35,10 +35,10 @@ use crate::rtp_::SeqNoWindow;
 use crate::rtp_::{Bitrate, ExtensionMap, Goodbye, Mid, ReportList, Rtcp, RtcpFb};
 use crate::rtp_::{Dlrr, DlrrItem, ExtendedReport, ReportBlock};
 use crate::rtp_::{RtpHeader, SessionId, TwccPacketId, extend_u16};
-use crate::rtp_::{SrtpContext, Ssrc};
+use crate::rtp_::{SrtpAeadKey, SrtpContext, Ssrc};
 use crate::rtp_::{TwccRecvRegister, TwccSendRegister};
 use crate::stats::StatsSnapshot;
-use crate::streams::{RtpPacket, RtpWrite, StreamTimeoutConfig, Streams};
+use crate::streams::{RtpPacket, RtpWrite, SentRtp, StreamTimeoutConfig, Streams};
 use crate::util::{Soonest, SystemTimeExt, already_happened, not_happening};
 use crate::{Reason, net};
 use crate::{RtcConfig, RtcError};
@@ -1324,6 +1324,34 @@ impl Session {
         Some(protected.into())
     }
 
+    /// The RTP session key of the SRTP context media is sent with, if its profile is AEAD (deadsfu
+    /// patch, see `DirectApi::srtp_rtp_aead_key`).
+    pub fn srtp_rtp_aead_key(&self) -> Option<&SrtpAeadKey> {
+        self.srtp_tx.as_ref()?.rtp_aead_key()
+    }
+
+    /// Counts media the application protected and sent itself on the stream of `midrid`
+    /// (deadsfu patch, see `DirectApi::note_sent_rtp`). False if there is no such stream.
+    pub fn note_sent_rtp(&mut self, now: Instant, midrid: MidRid, sent: &SentRtp) -> bool {
+        let clock_rate = self
+            .codec_config
+            .iter()
+            .find(|p| p.pt() == sent.pt)
+            .map(|p| p.spec().rtp_clock_rate());
+        let Some(stream) = self.streams.stream_tx_by_midrid(midrid) else {
+            return false;
+        };
+        if sent.packets == 0 {
+            return true;
+        }
+        let quiet = stream.is_quiet();
+        stream.note_sent(now, sent, clock_rate);
+        // As after send_rtp_now: the first packet after a pause without reports makes one due.
+        self.report_due |= quiet;
+        self.media_bytes_tx += sent.payload_bytes;
+        true
+    }
+
     /// Sends an RTP packet on the stream of `midrid` at once, protected, appended to `out`; with
     /// `resend`, as a resend of the packet first sent with that sequence number (deadsfu patch,
     /// see `DirectApi::send_rtp_now`). Returns the payload size, or `None` with `out` unchanged.
@@ -1349,8 +1377,16 @@ impl Session {
             srtp_tx.protect_rtp_into(out, start, payload, ssrc, index)
         };
         let quiet = stream.is_quiet();
-        let payload_size =
-            stream.send_now(now, rtp, resend, exts, twcc, &self.codec_config, out, protect)?;
+        let payload_size = stream.send_now(
+            now,
+            rtp,
+            resend,
+            exts,
+            twcc,
+            &self.codec_config,
+            out,
+            protect,
+        )?;
         // The first packet after a pause without sender reports makes one due (deadsfu patch).
         self.report_due |= quiet;
 

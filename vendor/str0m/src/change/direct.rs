@@ -15,8 +15,8 @@ use crate::poll::RtcMut;
 use crate::rtp_::MidRid;
 use crate::rtp_::{Mid, Rid, SeqNo, Ssrc};
 use crate::sctp::{ChannelConfig, SctpInitData};
-use crate::streams::{DEFAULT_RTX_CACHE_DURATION, DEFAULT_RTX_RATIO_CAP, StreamRx, StreamTx};
 use crate::streams::RtpWrite;
+use crate::streams::{DEFAULT_RTX_CACHE_DURATION, DEFAULT_RTX_RATIO_CAP, StreamRx, StreamTx};
 
 /// Direct change strategy.
 ///
@@ -404,6 +404,46 @@ impl<'a> DirectApi<'a> {
     /// the session must be polled (`Rtc::poll_output`) for it to go.
     pub fn sender_report_due(&self) -> bool {
         self.rtc.session.report_due
+    }
+
+    /// The RTP session key and salt of the SRTP context media is sent with, once DTLS has made
+    /// it, and if its profile is AEAD_AES_128_GCM or AEAD_AES_256_GCM (deadsfu patch).
+    ///
+    /// With it an application can write a send stream's packets itself, for a server sending the
+    /// same packet to many sessions: the header as [`StreamTx`] would write it (its SSRC; the MID
+    /// extension until [`StreamTx::remote_acked_ssrc`]), protected as RFC 7714 says, sent on
+    /// [`DirectApi::send_path`]. It then tells what it sent with [`DirectApi::note_sent_rtp`]
+    /// before the session next handles input or is polled, so that sender reports and NACKs
+    /// see it. Not for sessions with BWE, a pacer or transport-wide sequence numbers, whose
+    /// bookkeeping per packet this skips.
+    pub fn srtp_rtp_aead_key(&self) -> Option<crate::rtp::SrtpAeadKey> {
+        self.rtc.session.srtp_rtp_aead_key().cloned()
+    }
+
+    /// Where media goes: the protocol and the local and remote addresses of the nominated ICE
+    /// pair, `None` before there is one or once the session is closed (deadsfu patch).
+    pub fn send_path(&self) -> Option<(Protocol, SocketAddr, SocketAddr)> {
+        self.rtc.send_path()
+    }
+
+    /// Counts packets the application protected and sent itself on the stream of `mid`/`rid`
+    /// since its last note (deadsfu patch, see [`DirectApi::srtp_rtp_aead_key`]): the stream's
+    /// packet and byte counters, the RTP time its sender reports carry, the last sequence number
+    /// (which NACKs are read against) and the session's byte counters. A stream that was quiet
+    /// (see [`StreamTx::set_reports_when_idle`]) owes a report then: see
+    /// [`DirectApi::sender_report_due`]. False if there is no such stream.
+    pub fn note_sent_rtp(
+        &mut self,
+        mid: Mid,
+        rid: Option<Rid>,
+        sent: &crate::rtp::SentRtp,
+        now: Instant,
+    ) -> bool {
+        let noted = self.rtc.session.note_sent_rtp(now, MidRid(mid, rid), sent);
+        if noted {
+            self.rtc.note_sent(sent.datagram_bytes as usize);
+        }
+        noted
     }
 
     /// [`DirectApi::send_rtp_now`] for a resend, asked for by a [`crate::Event::ResendRequest`]

@@ -68,6 +68,7 @@ impl SrtpContext {
                 SrtpContext {
                     rtp,
                     rtcp,
+                    rtp_aead_key: None,
                     srtcp_index: 0,
                     sha1_hmac_provider,
                     rx_scratch: Vec::with_capacity(RX_SCRATCH_CAPACITY),
@@ -80,10 +81,12 @@ impl SrtpContext {
                 );
 
                 let (rtp, rtcp) = Derived::aead_aes_128_gcm(crypto.srtp_provider, &key);
+                let rtp_aead_key = Some(SrtpAeadKey::aes_128_gcm(crypto.srtp_provider, &key));
 
                 SrtpContext {
                     rtp,
                     rtcp,
+                    rtp_aead_key,
                     srtcp_index: 0,
                     sha1_hmac_provider,
                     rx_scratch: Vec::with_capacity(RX_SCRATCH_CAPACITY),
@@ -96,10 +99,12 @@ impl SrtpContext {
                 );
 
                 let (rtp, rtcp) = Derived::aead_aes_256_gcm(crypto.srtp_provider, &key);
+                let rtp_aead_key = Some(SrtpAeadKey::aes_256_gcm(crypto.srtp_provider, &key));
 
                 SrtpContext {
                     rtp,
                     rtcp,
+                    rtp_aead_key,
                     srtcp_index: 0,
                     sha1_hmac_provider,
                     rx_scratch: Vec::with_capacity(RX_SCRATCH_CAPACITY),
@@ -143,6 +148,10 @@ impl SrtpContext {
                     .aead_aes_128_gcm()
                     .create_cipher(rtcp_key, false),
             },
+            rtp_aead_key: Some(SrtpAeadKey::Aes128Gcm {
+                key: rtp_key,
+                salt: rtp_salt,
+            }),
             srtcp_index,
             sha1_hmac_provider: provider.sha1_hmac_provider,
             rx_scratch: Vec::with_capacity(RX_SCRATCH_CAPACITY),
@@ -183,6 +192,10 @@ impl SrtpContext {
                     .aead_aes_256_gcm()
                     .create_cipher(rtcp_key, false),
             },
+            rtp_aead_key: Some(SrtpAeadKey::Aes256Gcm {
+                key: rtp_key,
+                salt: rtp_salt,
+            }),
             srtcp_index,
             sha1_hmac_provider: provider.sha1_hmac_provider,
             rx_scratch: Vec::with_capacity(RX_SCRATCH_CAPACITY),
@@ -197,6 +210,9 @@ pub struct SrtpContext {
     rtp: Derived,
     /// Encryption/decryption derived from srtp_key for RTCP.
     rtcp: Derived,
+    /// The RTP session key and salt of an AEAD profile, for an application that protects a
+    /// stream's media itself (deadsfu patch, [`SrtpContext::rtp_aead_key`]).
+    rtp_aead_key: Option<SrtpAeadKey>,
     /// Counter for outgoing SRTCP packets.
     srtcp_index: u32,
     /// SHA1-HMAC provider for AES_128_CM_SHA1_80 profile.
@@ -286,6 +302,15 @@ impl SrtpContext {
         output.extend_from_slice(&buf[..hlen]);
         self.protect_rtp_into(&mut output, 0, &buf[hlen..], *header.ssrc, srtp_index);
         output
+    }
+
+    /// The RTP session key and salt (RFC 3711 4.3's derivation of the master key) when the profile
+    /// is AEAD_AES_128_GCM or AEAD_AES_256_GCM, `None` for AES_CM_128_HMAC_SHA1_80 (deadsfu
+    /// patch). An application that writes a stream's media itself protects it with these (RFC 7714:
+    /// the IV is the salt XOR SSRC, ROC and sequence number; the header is the additional data)
+    /// and reports what it sent with `DirectApi::note_sent_rtp`; str0m keeps RTCP and the rest.
+    pub fn rtp_aead_key(&self) -> Option<&SrtpAeadKey> {
+        self.rtp_aead_key.as_ref()
     }
 
     /// Protects an RTP packet whose header is already at the end of `out`, from `start` on, and
@@ -851,6 +876,59 @@ impl<const ML: usize, const SL: usize> SrtpKey<ML, SL> {
     }
 }
 
+/// An AEAD SRTP profile's RTP session key and salt (deadsfu patch, see
+/// [`SrtpContext::rtp_aead_key`]). Its `Debug` shows the profile only.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SrtpAeadKey {
+    /// AEAD_AES_128_GCM (RFC 7714).
+    Aes128Gcm {
+        /// The session key.
+        key: [u8; AeadAes128Gcm::KEY_LEN],
+        /// The session salt.
+        salt: [u8; AeadAes128Gcm::SALT_LEN],
+    },
+    /// AEAD_AES_256_GCM (RFC 7714).
+    Aes256Gcm {
+        /// The session key.
+        key: [u8; AeadAes256Gcm::KEY_LEN],
+        /// The session salt.
+        salt: [u8; AeadAes256Gcm::SALT_LEN],
+    },
+}
+
+impl fmt::Debug for SrtpAeadKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SrtpAeadKey::Aes128Gcm { .. } => f.write_str("SrtpAeadKey::Aes128Gcm"),
+            SrtpAeadKey::Aes256Gcm { .. } => f.write_str("SrtpAeadKey::Aes256Gcm"),
+        }
+    }
+}
+
+impl SrtpAeadKey {
+    fn aes_128_gcm(
+        crypto: &dyn SrtpProvider,
+        srtp_key: &SrtpKey<{ AeadAes128Gcm::KEY_LEN }, { AeadAes128Gcm::SALT_LEN }>,
+    ) -> SrtpAeadKey {
+        let mut key = [0; AeadAes128Gcm::KEY_LEN];
+        srtp_key.derive(crypto, LABEL_RTP_AES, &mut key[..]);
+        let mut salt = [0; AeadAes128Gcm::SALT_LEN];
+        srtp_key.derive(crypto, LABEL_RTP_SALT, &mut salt[..]);
+        SrtpAeadKey::Aes128Gcm { key, salt }
+    }
+
+    fn aes_256_gcm(
+        crypto: &dyn SrtpProvider,
+        srtp_key: &SrtpKey<{ AeadAes256Gcm::KEY_LEN }, { AeadAes256Gcm::SALT_LEN }>,
+    ) -> SrtpAeadKey {
+        let mut key = [0; AeadAes256Gcm::KEY_LEN];
+        srtp_key.derive(crypto, LABEL_RTP_AES, &mut key[..]);
+        let mut salt = [0; AeadAes256Gcm::SALT_LEN];
+        srtp_key.derive(crypto, LABEL_RTP_SALT, &mut salt[..]);
+        SrtpAeadKey::Aes256Gcm { key, salt }
+    }
+}
+
 /// Encryption/decryption derived from the SrtpKey.
 enum Derived {
     Aes128CmSha1_80 {
@@ -1049,6 +1127,51 @@ mod test {
                 .map(str::to_owned)
                 .collect()
         }
+    }
+
+    #[test]
+    fn the_exported_aead_key_is_the_one_rtp_is_protected_with() {
+        let crypto = crate::crypto::test_default_provider();
+        let mat: Vec<u8> = (0..SrtpProfile::AEAD_AES_256_GCM.keying_material_len())
+            .map(|i| (i * 7 + 3) as u8)
+            .collect();
+        let plaintext = [
+            0x80, 111, 0x12, 0x34, 0, 0, 0, 9, 0xca, 0xfe, 0xba, 0xbe, 1, 2, 3, 4,
+        ];
+        let header = RtpHeader::parse(&plaintext, &crate::rtp_::ExtensionMap::empty()).unwrap();
+        for profile in [SrtpProfile::AEAD_AES_128_GCM, SrtpProfile::AEAD_AES_256_GCM] {
+            for left in [true, false] {
+                let n = profile.keying_material_len();
+                let mut context =
+                    SrtpContext::new(crypto, profile, &KeyingMaterial::new(&mat[..n]), left);
+                let expected = context.protect_rtp(&plaintext, &header, 0x3_1234);
+                // A context made from the exported key alone protects the same packet the same way.
+                let mut from_export =
+                    match context.rtp_aead_key().cloned().expect("an AEAD profile") {
+                        SrtpAeadKey::Aes128Gcm { key, salt } => {
+                            assert_eq!(profile, SrtpProfile::AEAD_AES_128_GCM);
+                            SrtpContext::new_aead_aes_128_gcm(key, salt, [0; 16], [0; 12], 0)
+                        }
+                        SrtpAeadKey::Aes256Gcm { key, salt } => {
+                            assert_eq!(profile, SrtpProfile::AEAD_AES_256_GCM);
+                            SrtpContext::new_aead_aes_256_gcm(key, salt, [0; 32], [0; 12], 0)
+                        }
+                    };
+                assert_eq!(
+                    from_export.protect_rtp(&plaintext, &header, 0x3_1234),
+                    expected
+                );
+                // Its Debug names the profile, no key bytes.
+                let shown = format!("{:?}", context.rtp_aead_key().unwrap());
+                assert!(
+                    ["SrtpAeadKey::Aes128Gcm", "SrtpAeadKey::Aes256Gcm"].contains(&&*shown),
+                    "{shown}"
+                );
+            }
+        }
+        let cm = KeyingMaterial::new(&mat[..SrtpProfile::AES128_CM_SHA1_80.keying_material_len()]);
+        let cm = SrtpContext::new(crypto, SrtpProfile::AES128_CM_SHA1_80, &cm, true);
+        assert!(cm.rtp_aead_key().is_none());
     }
 
     #[test]

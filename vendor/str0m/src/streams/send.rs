@@ -77,6 +77,28 @@ impl StreamTxQueueInfo for QueueSnapshot {
     }
 }
 
+/// RTP packets of one send stream that the application protected and sent itself, with the
+/// session's SRTP key (deadsfu patch, see `DirectApi::note_sent_rtp`): what str0m counts of a
+/// packet it sends, for the stream's sender reports and NACK handling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SentRtp {
+    /// Packets sent since the last note.
+    pub packets: u64,
+    /// Their payload bytes (the RTP header and the SRTP tag not counted).
+    pub payload_bytes: u64,
+    /// Their datagrams' bytes, for the session's transport counters.
+    pub datagram_bytes: u64,
+    /// The sequence number of the last one.
+    pub last_seq_no: SeqNo,
+    /// The payload type, the RTP timestamp and the wallclock of the last one: the sender reports'
+    /// RTP time is taken from them.
+    pub pt: Pt,
+    /// See `pt`.
+    pub rtp_time: u32,
+    /// See `pt`.
+    pub wallclock: Instant,
+}
+
 /// Outgoing encoded stream.
 ///
 /// A stream is a primary SSRC + optional RTX SSRC.
@@ -557,9 +579,37 @@ impl StreamTx {
         !self.reports_when_idle && self.stats.packets == self.packets_at_report
     }
 
+    /// True once the remote has acknowledged this stream's SSRC (a receiver report for it): until
+    /// then every packet carries the MID (and RID) header extension (deadsfu patch, for an
+    /// application that writes the stream's packets itself, see `DirectApi::note_sent_rtp`).
+    pub fn remote_acked_ssrc(&self) -> bool {
+        self.remote_acked_ssrc
+    }
+
+    /// Counts media the application protected and sent itself (deadsfu patch, see
+    /// `DirectApi::note_sent_rtp`), as [`StreamTx::send_now`] counts what it sends.
+    pub(crate) fn note_sent(
+        &mut self,
+        now: Instant,
+        sent: &SentRtp,
+        clock_rate: Option<Frequency>,
+    ) {
+        if clock_rate.is_some() {
+            self.clock_rate = clock_rate;
+        }
+        self.rtp_and_wallclock = Some((sent.rtp_time, sent.wallclock));
+        self.last_used = now;
+        self.stats.packets += sent.packets;
+        self.stats.bytes += sent.payload_bytes;
+        if let Some(h) = &mut self.stats.bytes_transmitted {
+            h.push(now, sent.payload_bytes);
+        }
+        self.last_sent_seq_no = sent.last_seq_no;
+    }
+
     /// True while the stream is quiet: a report came due with nothing to report, and it has sent
-    /// nothing since (see [`StreamTx::set_reports_when_idle`]).
-    pub(crate) fn is_quiet(&self) -> bool {
+    /// nothing since (deadsfu patch, see [`StreamTx::set_reports_when_idle`]).
+    pub fn is_quiet(&self) -> bool {
         self.quiet_at == Some(self.stats.packets)
     }
 
@@ -1737,14 +1787,14 @@ mod test {
             1200,
         );
         stream.handle_rtcp(Instant::now(), report(42));
-        assert!(stream.remote_acked_ssrc && !stream.remote_acked_rtx_ssrc);
+        assert!(stream.remote_acked_ssrc() && !stream.remote_acked_rtx_ssrc);
         stream.handle_rtcp(Instant::now(), report(44));
         assert!(stream.remote_acked_rtx_ssrc);
         let mut no_rtx = StreamTx::new(7.into(), None, MidRid("aud".into(), None), false, 1200);
         no_rtx.handle_rtcp(Instant::now(), report(8));
-        assert!(!no_rtx.remote_acked_ssrc);
+        assert!(!no_rtx.remote_acked_ssrc());
         no_rtx.handle_rtcp(Instant::now(), report(7));
-        assert!(no_rtx.remote_acked_ssrc);
+        assert!(no_rtx.remote_acked_ssrc());
     }
 
     #[test]
