@@ -19,6 +19,12 @@
 //! go out without a poll of the session (`viewer::deliver`), so the first after a pause has the session polled
 //! for the report it makes due (`viewer::owes_report`).
 //!
+//! A viewer's packets are written past its str0m session (`egress`): the worker keeps per viewer the few
+//! things a packet needs (the SRTP key, the path, each track's SSRC and header extensions), so a packet sent to
+//! many viewers touches a few cache lines of each rather than the whole session. The host runs `egress::sync`
+//! around everything str0m does for a session, so the session knows what was sent before it makes a sender
+//! report or reads a NACK, and the worker learns what changed (a new path, an acknowledged SSRC).
+//!
 //! [`Fanout`] (requests, joins, switches, the turn) never touches a socket or a clock itself; [`run`] is the
 //! loop around it.
 
@@ -41,6 +47,7 @@ use shm_proto::{paths, Owner, RoomName, SessionId};
 use str0m::media::Mid;
 use str0m::{Candidate, Event, IceConnectionState, RtcConfig};
 
+use crate::egress;
 use crate::feed::{feed, replay_budget, Moment, RoomFeed, MAX_LAG, REPLAY_TURN};
 use crate::viewer::{fit, owes_report, resend, viewer_extensions, Fit, PtMap, Track, Viewer, SENT_LOG};
 
@@ -115,7 +122,7 @@ impl Fanout {
             refused: Refusals::default(),
             runtime_dir,
             candidates,
-            host: SessionHost::new(),
+            host: SessionHost::new().with_sync(egress::sync),
             rooms: HashMap::new(),
             ids: HashMap::new(),
             events: Vec::new(),
@@ -242,6 +249,7 @@ impl Fanout {
             video_choice: None,
             replay: None,
             pts: PtMap::new(negotiated),
+            egress: None,
         };
         // The answer made the send streams; find them by the media sections of the offer.
         for (mid, is_video) in sections {
@@ -372,7 +380,7 @@ impl Fanout {
                 self.packets_resent += 1;
             }
         }
-        if owes_report(session) {
+        if owes_report(session, now) {
             host.touch(key);
         }
     }

@@ -5,7 +5,7 @@
 //! that joined or switched through the cached GOP, and [`RoomFeed::read_live`] reads what is new once and
 //! sends it to every viewer, skipping to the newest keyframe when the worker fell [`MAX_LAG`] behind. A packet
 //! goes from the ring into the socket's send buffer in one pass per viewer ([`deliver`]): numbered, protected
-//! by the viewer's session and written in place, with no queue, no poll of the session and no allocation.
+//! with the viewer's session key and written in place, with no queue, no poll of the session and no allocation.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -342,7 +342,7 @@ impl RoomFeed {
             if !done {
                 session.app.replay = Some(cursor);
             }
-            if owes_report(session) {
+            if owes_report(session, at.now) {
                 host.touch(key);
             }
             !done
@@ -393,7 +393,7 @@ impl RoomFeed {
                         read.delivered += 1;
                     }
                 }
-                if owes_report(session) {
+                if owes_report(session, at.now) {
                     host.touch(key);
                 }
             }

@@ -7,12 +7,14 @@
 //!
 //! [`fanout::Fanout`] is the core (given requests, packets, time and randomness; no sockets, no clock), with
 //! its parts: `feed` (a room's ring as the worker reads it: replays, live reads, lag skips), `viewer` (a
-//! viewer's tracks, payload types and delivery) and [`splice`] (the numbering of one track). The binary `deadsfu-fanout` is a thin shell around
+//! viewer's tracks, payload types and delivery), `egress` (a viewer's packets written and sealed past its str0m
+//! session) and [`splice`] (the numbering of one track). The binary `deadsfu-fanout` is a thin shell around
 //! [`fanout::run`]; the modules are public so tests (`deadsfu_tests::sim`) and fuzz targets drive the core
 //! without a process.
 
 #![forbid(unsafe_code)]
 
+mod egress;
 pub mod fanout;
 mod feed;
 pub mod splice;

@@ -2,6 +2,7 @@
 //! where its video stands, and the delivery of one ring packet to it.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use deadsfu_media::codec;
 use deadsfu_media::env::Random;
@@ -13,6 +14,7 @@ use str0m::format::CodecConfig;
 use str0m::media::{Mid, Pt};
 use str0m::rtp::{ExtensionValues, RtpWrite, VideoOrientation};
 
+use crate::egress::{self, Egress, Header, TrackEgress};
 use crate::feed::{CodecTable, Moment};
 use crate::splice::{Pace, SourceId, Splicer};
 
@@ -25,11 +27,13 @@ pub(crate) struct Track {
     pub(crate) splicer: Option<Splicer>,
     /// What was sent, for resends (video): made at the first packet.
     pub(crate) sent: Option<Box<SentLog>>,
+    /// What its packets are written with past str0m, once the session has keys ([`egress`]).
+    pub(crate) egress: Option<TrackEgress>,
 }
 
 impl Track {
     pub(crate) fn new(mid: Mid, random: &mut Random) -> Track {
-        Track { mid, first: ((random.u32() % 16_384) as u16, random.u32()), splicer: None, sent: None }
+        Track { mid, first: ((random.u32() % 16_384) as u16, random.u32()), splicer: None, sent: None, egress: None }
     }
 }
 
@@ -133,11 +137,14 @@ pub struct Viewer {
     /// Replaying the cached GOP of its room up to the feed's live position.
     pub(crate) replay: Option<RingCursor>,
     pub(crate) pts: PtMap,
+    /// The session's keys and path for packets written past str0m ([`egress`]).
+    pub(crate) egress: Option<Egress>,
 }
 
-/// Sends one ring packet to one viewer: numbered in its track, in its payload type, protected by its
-/// session and written straight into `out` (str0m's `send_rtp_now`: no queue, no poll of the session, no
-/// allocation). True if it went out.
+/// Sends one ring packet to one viewer: numbered in its track, in its payload type, protected with its
+/// session's key and written straight into `out`, with no queue, no poll of the session and no allocation:
+/// by [`egress::write`] from what the worker keeps of the session, or, for a session that path does not
+/// serve (see [`egress`]), by str0m's `send_rtp_now`. True if it went out.
 pub(crate) fn deliver(
     session: &mut Session<Viewer>,
     codecs: &CodecTable,
@@ -177,14 +184,30 @@ pub(crate) fn deliver(
         Splicer::new(clock_rate, first_seq, first_ts)
     });
     let spliced = splicer.map(SourceId { source: meta.source, ssrc: meta.ssrc }, meta.seq, meta.timestamp, at.ns, pace);
-    let mut write = Some(rtp_write(pt, spliced.seq, spliced.timestamp, at, meta, &packet.payload));
-    let mid = track.mid;
     let mut sent = false;
-    out.write(&mut |buf| {
-        let path = rtc.direct_api().send_rtp_now(mid, None, write.take()?, at.now, buf);
-        sent = path.is_some();
-        path
-    });
+    if let (Some(egress), Some(tx)) = (&viewer.egress, &mut track.egress) {
+        let header = Header {
+            pt,
+            marker: meta.marker,
+            seq: spliced.seq,
+            timestamp: spliced.timestamp,
+            audio_level: meta.audio_level.zip(meta.voice_activity),
+            video_orientation: meta.video_orientation.map(|o| VideoOrientation::from(o) as u8),
+        };
+        out.write(&mut |buf| {
+            let path = egress::write(egress, tx, &header, &packet.payload, at.now, buf);
+            sent = path.is_some();
+            path
+        });
+    } else {
+        let mut write = Some(rtp_write(pt, spliced.seq, spliced.timestamp, at, meta, &packet.payload));
+        let mid = track.mid;
+        out.write(&mut |buf| {
+            let path = rtc.direct_api().send_rtp_now(mid, None, write.take()?, at.now, buf);
+            sent = path.is_some();
+            path
+        });
+    }
     if sent && meta.kind == MediaKind::Video {
         let log = track.sent.get_or_insert_with(SentLog::new);
         log.record(Sent { seq: spliced.seq, pos: packet.pos, timestamp: spliced.timestamp, sent_ms: at.ms() });
@@ -194,8 +217,12 @@ pub(crate) fn deliver(
 
 /// True if packets just sent to a viewer made a sender report due: the first of a track after a pause (its
 /// streams send no reports while they send nothing; see [`crate::fanout`]). The session must then be polled,
-/// which [`deliver`], sending without a poll, does not do.
-pub(crate) fn owes_report(session: &mut Session<Viewer>) -> bool {
+/// which [`deliver`], sending without a poll, does not do. Packets written past str0m are counted into it
+/// first if they end a pause.
+pub(crate) fn owes_report(session: &mut Session<Viewer>, now: Instant) -> bool {
+    if egress::ends_quiet(&session.app) {
+        egress::note_sent(&mut session.rtc, &mut session.app, now);
+    }
     session.rtc.direct_api().sender_report_due()
 }
 

@@ -107,7 +107,13 @@ pub struct SessionHost<T> {
     /// entry is stale unless it equals its session's `next_timeout`; stale entries are dropped when they reach
     /// the top.
     timers: BinaryHeap<Reverse<(Instant, SessionKey)>>,
+    /// Run for a session before it handles any input and after each drain of its output (see
+    /// [`SessionHost::with_sync`]).
+    sync: Option<SyncFn<T>>,
 }
+
+/// What [`SessionHost::with_sync`] runs: given a session's `Rtc`, the application's state for it and the time.
+pub type SyncFn<T> = fn(&mut Rtc, &mut T, Instant);
 
 impl<T> Default for SessionHost<T> {
     fn default() -> Self {
@@ -118,6 +124,7 @@ impl<T> Default for SessionHost<T> {
             next_key: 1,
             dirty: Vec::new(),
             timers: BinaryHeap::new(),
+            sync: None,
         }
     }
 }
@@ -125,6 +132,14 @@ impl<T> Default for SessionHost<T> {
 impl<T> SessionHost<T> {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Runs `sync` for a session before it handles any input (a datagram, a timeout) and after each drain of
+    /// its output: for an application that sends media past str0m (fanout's egress), to tell the session what
+    /// it sent before the session acts on it, and to take what may have changed after.
+    pub fn with_sync(mut self, sync: SyncFn<T>) -> Self {
+        self.sync = Some(sync);
+        self
     }
 
     pub fn len(&self) -> usize {
@@ -264,6 +279,9 @@ impl<T> SessionHost<T> {
             tracing::trace!(%source, "datagram from one address too many for its session");
             return Routed::Dropped;
         }
+        if let Some(sync) = self.sync {
+            sync(&mut session.rtc, &mut session.app, now);
+        }
         match session.rtc.handle_input(input) {
             Ok(()) => {}
             // A failed handshake (e.g. a certificate the DTLS stack refuses) can never recover: end the session
@@ -280,6 +298,9 @@ impl<T> SessionHost<T> {
         }
         session.last_input = now;
         session.drain(key, send, events);
+        if let Some(sync) = self.sync {
+            sync(&mut session.rtc, &mut session.app, now);
+        }
         queue_timeout(&mut self.timers, key, session);
         if new_remote {
             session.remotes.push(source);
@@ -343,12 +364,18 @@ impl<T> SessionHost<T> {
         let mut dead = Vec::new();
         for key in work.drain(..) {
             let Some(s) = self.sessions.get_mut(&key) else { continue };
+            if let Some(sync) = self.sync {
+                sync(&mut s.rtc, &mut s.app, now);
+            }
             if s.next_timeout.is_none_or(|t| t <= now) {
                 if let Err(e) = s.rtc.handle_input(Input::Timeout(now)) {
                     tracing::debug!(error = %e, "session timeout failed");
                 }
             }
             s.drain(key, send, events);
+            if let Some(sync) = self.sync {
+                sync(&mut s.rtc, &mut s.app, now);
+            }
             if s.closing {
                 // The goodbye went out with this drain; nothing more is owed to the peer.
                 s.rtc.disconnect();

@@ -2,8 +2,8 @@
 //!
 //! A core never touches a socket: what its sessions send goes to an [`Outbox`] its shell gives it. Most of it
 //! comes out of str0m as a [`Transmit`] with a buffer of its own; fanout's media is written in place instead
-//! ([`Outbox::write`]: str0m's `DirectApi::send_rtp_now` appends a protected packet to the outbox's buffer), so
-//! a packet going to many viewers costs no allocation per viewer. A process's outbox is its sockets
+//! ([`Outbox::write`]: the worker, or str0m's `DirectApi::send_rtp_now`, appends a protected packet to the
+//! outbox's buffer), so a packet going to many viewers costs no allocation per viewer. A process's outbox is its sockets
 //! ([`crate::process`]); a test's or a tool's is any `FnMut(Transmit)`.
 
 use std::net::SocketAddr;

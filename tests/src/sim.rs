@@ -31,7 +31,8 @@ use str0m::change::SdpPendingOffer;
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive, Transmit};
-use str0m::rtp::RtpWrite;
+use str0m::rtp::rtcp::SenderInfo;
+use str0m::rtp::{ExtensionValues, RtpWrite, VideoOrientation};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 
 /// How far the clock moves in one step.
@@ -164,12 +165,22 @@ pub struct Received {
     pub pt: u8,
     pub marker: bool,
     pub payload: Vec<u8>,
+    /// Header extensions: the audio level and voice activity, the video orientation, the MID.
+    pub audio_level: Option<(i8, bool)>,
+    pub video_orientation: Option<VideoOrientation>,
+    pub mid: Option<Mid>,
 }
 
 impl Received {
     /// What the packet is, if it is a test publisher's video.
     pub fn what(&self) -> Option<Payload> {
         self.video.then(|| Payload::parse(&self.payload)).flatten()
+    }
+
+    /// The audio level and voice activity a test publisher sent this audio packet with.
+    pub fn audio_level_of(&self) -> Option<(i8, bool)> {
+        let n = *self.payload.get(1).filter(|_| !self.video)?;
+        Some((-(n as i8), n % 2 == 0))
     }
 }
 
@@ -183,6 +194,8 @@ pub struct Peer {
     pub connected: bool,
     /// A viewer's RTP packets, in order of arrival.
     pub received: Vec<Received>,
+    /// Sender reports a viewer got: how many packets it had received when it got each, and what it said.
+    pub sender_reports: Vec<(usize, SenderInfo)>,
     /// A publisher's keyframe requests (PLI/FIR) received.
     pub keyframe_requests: u32,
     /// The publisher's tag, in its video payloads.
@@ -314,6 +327,7 @@ impl World {
             session,
             connected: false,
             received: Vec::new(),
+            sender_reports: Vec::new(),
             keyframe_requests: 0,
             tag: 0,
             video: None,
@@ -594,7 +608,13 @@ impl World {
                         pt,
                         marker: pkt.header.marker,
                         payload: pkt.payload.to_vec(),
+                        audio_level: pkt.header.ext_vals.audio_level.zip(pkt.header.ext_vals.voice_activity),
+                        video_orientation: pkt.header.ext_vals.video_orientation,
+                        mid: pkt.header.ext_vals.mid,
                     });
+                }
+                Output::Event(Event::SenderFeedback(report)) => {
+                    peer.sender_reports.push((peer.received.len(), report.sender_info));
                 }
                 Output::Event(_) => {}
             }
@@ -671,7 +691,8 @@ fn send_media(peer: &mut Peer, now: Instant) {
             for packet in 0..v.spec.packets_per_frame {
                 let payload = Payload { tag, frame: v.frame, packet, keyframe }.vp8(v.spec.packet_size);
                 let last = packet + 1 == v.spec.packets_per_frame;
-                tx.write_rtp(RtpWrite::new(v.pt, v.seq.into(), v.ts, now, payload).marker(last));
+                let ext = ExtensionValues { video_orientation: Some(VideoOrientation::Deg90), ..Default::default() };
+                tx.write_rtp(RtpWrite::new(v.pt, v.seq.into(), v.ts, now, payload).marker(last).ext_vals(ext));
                 v.seq += 1;
             }
             v.frame += 1;
@@ -686,7 +707,14 @@ fn send_media(peer: &mut Peer, now: Instant) {
             let tx = api.stream_tx_by_mid(a.mid, None).expect("the audio send stream");
             let mut payload = vec![0xf8u8; 80];
             payload[0] = tag;
-            tx.write_rtp(RtpWrite::new(a.pt, a.seq.into(), a.ts, now, payload));
+            // A level that varies, told by the payload's second byte: see `audio_level_of`.
+            payload[1] = (a.seq % 128) as u8;
+            let ext = ExtensionValues {
+                audio_level: Some(-((a.seq % 128) as i8)),
+                voice_activity: Some(a.seq % 2 == 0),
+                ..Default::default()
+            };
+            tx.write_rtp(RtpWrite::new(a.pt, a.seq.into(), a.ts, now, payload).ext_vals(ext));
             a.seq += 1;
             a.ts = a.ts.wrapping_add(960);
             a.next_at += Duration::from_millis(20);

@@ -409,6 +409,52 @@ fn a_publisher_whose_video_pauses_comes_back_at_its_keyframe() {
     assert_contiguous(v);
 }
 
+/// What a viewer gets is what its session would have made: the worker writes and seals a viewer's packets itself
+/// (`fanout/src/egress.rs`) and tells the session what it sent. Packets carry the publisher's audio levels and
+/// video orientation and the MID until the viewer acknowledges the SSRC; each sender report counts exactly the
+/// packets and payload bytes sent before it, and its RTP time follows the packets'.
+#[test]
+fn a_viewers_packets_and_sender_reports_are_what_its_session_would_make() {
+    let mut world = started(Options { slate: false, ..Options::default() });
+    world.publish("lobby", VideoSpec::default(), 1).expect("publisher accepted");
+    let viewer = world.view("lobby", 0).expect("viewer accepted");
+    world.run_until("connected", 5 * SECOND, |w| w.all_connected());
+    // str0m's receiver reports come every second for video, every five for audio.
+    world.run_for(8 * SECOND);
+    let peer = &world.peers[viewer];
+    let (audio, video): (Vec<&Received>, Vec<&Received>) = peer.received.iter().partition(|r| !r.video);
+    assert!(audio.len() > 200 && video.len() > 100, "{} audio, {} video packets", audio.len(), video.len());
+    for r in &audio {
+        assert_eq!(r.audio_level, r.audio_level_of(), "audio packet {}", r.seq);
+    }
+    assert!(video.iter().all(|r| r.video_orientation == Some(str0m::rtp::VideoOrientation::Deg90)));
+    for packets in [&audio, &video] {
+        // The MID until the viewer's receiver reports acknowledge the SSRC, then never again.
+        let first_without = packets
+            .iter()
+            .position(|r| r.mid.is_none())
+            .unwrap_or_else(|| panic!("the MID stops: {} packets, video {}", packets.len(), packets[0].video));
+        assert!(first_without > 0, "no MID in the first packet");
+        assert!(packets[first_without..].iter().all(|r| r.mid.is_none()), "the MID came back");
+        let for_how_long = packets[first_without].at - packets[0].at;
+        assert!(for_how_long < 6 * SECOND, "MID sent for {for_how_long:?}");
+    }
+    assert!(peer.sender_reports.len() >= 6, "{} sender reports", peer.sender_reports.len());
+    for (got, info) in &peer.sender_reports {
+        let before: Vec<&Received> = peer.received[..*got].iter().filter(|r| r.ssrc == *info.ssrc).collect();
+        let bytes: usize = before.iter().map(|r| r.payload.len()).sum();
+        assert_eq!(info.sender_packet_count as usize, before.len(), "packets before the report of {}", info.ssrc);
+        assert_eq!(info.sender_octet_count as usize, bytes, "bytes before the report of {}", info.ssrc);
+        let last = before.last().expect("a report after packets");
+        let (clock, ticks_per_s) =
+            if last.video { (Frequency::NINETY_KHZ, 90_000) } else { (Frequency::FORTY_EIGHT_KHZ, 48_000) };
+        let rtp_time = info.rtp_time.rebase(clock).numer() as u32;
+        let ahead = rtp_time.wrapping_sub(last.timestamp) as i32;
+        // At or after the last packet's time (a tick of rounding aside), within the half second reports can lag.
+        assert!((-1..ticks_per_s / 2).contains(&ahead), "report's RTP time {ahead} ticks after the last packet's");
+    }
+}
+
 #[test]
 fn a_viewer_is_sent_sender_reports_only_while_media_flows() {
     use std::cell::RefCell;

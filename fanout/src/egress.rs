@@ -1,0 +1,319 @@
+//! A viewer's media path past str0m: each packet's header written, sealed and counted from a few cache lines
+//! the worker holds per viewer, not from the viewer's whole session.
+//!
+//! Once a viewer's DTLS handshake has made an AEAD (AES-GCM) SRTP context, [`sync`] takes from its str0m session
+//! what a packet needs: the RTP session key and salt, the nominated ICE path, and per track the SSRC, the
+//! header extension ids and whether the MID still goes in every packet (until the viewer acknowledges the SSRC).
+//! [`write`] then makes each packet from those (RFC 3550 header, RFC 8285 one-byte extensions, RFC 7714 seal):
+//! byte for byte the packet str0m's `send_rtp_now` would make. What str0m must know of the packets sent, for its
+//! sender reports and for reading NACKs, is counted here and handed over (`DirectApi::note_sent_rtp`) before the
+//! session next runs: [`sync`] is called before every input the session handles and after every poll, which is
+//! also when what was taken from it may have changed (a new path, an acknowledged SSRC, a stream gone quiet).
+//! Resends and everything else (ICE, DTLS, RTCP) stay str0m's.
+//!
+//! A viewer whose session has no AEAD profile (AES_CM_128_HMAC_SHA1_80), or whose extensions str0m would write
+//! in another form (an id above 14, a MID longer than 16 bytes) or with more in them (transport-wide sequence
+//! numbers, abs-send-time), is sent through str0m's `send_rtp_now` as before.
+
+use std::time::Instant;
+
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM, AES_256_GCM};
+use deadsfu_media::outbox::Path;
+use str0m::media::{Mid, Pt};
+use str0m::rtp::{Extension, SentRtp, SrtpAeadKey};
+use str0m::Rtc;
+
+use crate::viewer::{Track, Viewer};
+
+/// Largest id of a one-byte header extension (RFC 8285 4.2); str0m writes the two-byte form if any id of the
+/// map is above it.
+const ONE_BYTE_MAX_ID: u8 = 14;
+/// Longest value of a one-byte header extension.
+const ONE_BYTE_MAX_LEN: usize = 16;
+
+/// What a viewer's session sends media with, taken from str0m.
+pub(crate) struct Egress {
+    key: LessSafeKey,
+    salt: [u8; 12],
+    /// The session's key as str0m gave it, to see whether it changed (a new DTLS handshake).
+    source: SrtpAeadKey,
+    path: Option<Path>,
+}
+
+/// A track's part: its SSRC, its header extensions, and what was sent since str0m was last told.
+pub(crate) struct TrackEgress {
+    ssrc: u32,
+    /// The viewer's ids for the audio level and video orientation extensions, if it negotiated them.
+    audio_level: Option<u8>,
+    video_orientation: Option<u8>,
+    /// The MID extension's id and value while the viewer has not acknowledged the SSRC.
+    mid: Option<(u8, Mid)>,
+    /// The stream had gone quiet (no sender reports while nothing flows) when str0m was last asked.
+    quiet: bool,
+    unnoted: SentRtp,
+}
+
+/// One packet's header fields.
+pub(crate) struct Header {
+    pub(crate) pt: Pt,
+    pub(crate) marker: bool,
+    /// Extended sequence number: its low 16 bits go on the wire, the rest is the SRTP rollover counter.
+    pub(crate) seq: u64,
+    pub(crate) timestamp: u32,
+    pub(crate) audio_level: Option<(i8, bool)>,
+    pub(crate) video_orientation: Option<u8>,
+}
+
+/// Writes one packet of `track` for the viewer whose session `egress` is, appended to `out`, and counts it;
+/// returns where it goes (`None`, with `out` unchanged, when the session has no path).
+pub(crate) fn write(
+    egress: &Egress,
+    track: &mut TrackEgress,
+    header: &Header,
+    payload: &[u8],
+    now: Instant,
+    out: &mut Vec<u8>,
+) -> Option<Path> {
+    let path = egress.path?;
+    let start = out.len();
+    write_header(track, header, out);
+    let header_end = out.len();
+    out.extend_from_slice(payload);
+    let iv = iv(&egress.salt, track.ssrc, header.seq);
+    let (head, body) = out[start..].split_at_mut(header_end - start);
+    let tag = egress
+        .key
+        .seal_in_place_separate_tag(Nonce::assume_unique_for_key(iv), Aad::from(&*head), body)
+        .expect("an AES-GCM seal of a datagram-sized packet cannot fail");
+    out.extend_from_slice(tag.as_ref());
+    let sent = &mut track.unnoted;
+    sent.packets += 1;
+    sent.payload_bytes += payload.len() as u64;
+    sent.datagram_bytes += (out.len() - start) as u64;
+    sent.last_seq_no = header.seq.into();
+    sent.pt = header.pt;
+    sent.rtp_time = header.timestamp;
+    sent.wallclock = now;
+    Some(path)
+}
+
+/// The RTP header as str0m writes it: version 2, the extension bit always set, the one-byte extensions in the
+/// order of their ids, zero-padded to a word.
+fn write_header(track: &TrackEgress, h: &Header, out: &mut Vec<u8>) {
+    out.push(0b1001_0000);
+    out.push(u8::from(h.marker) << 7 | (*h.pt & 0x7f));
+    out.extend_from_slice(&(h.seq as u16).to_be_bytes());
+    out.extend_from_slice(&h.timestamp.to_be_bytes());
+    out.extend_from_slice(&track.ssrc.to_be_bytes());
+    out.extend_from_slice(&[0xbe, 0xde, 0, 0]);
+    let ext_start = out.len();
+    // At most three: in id order.
+    let mut exts: [(u8, &[u8]); 3] = [(u8::MAX, &[]); 3];
+    let level;
+    let orientation;
+    let mut n = 0;
+    if let (Some(id), Some((level_db, voice))) = (track.audio_level, h.audio_level) {
+        level = [u8::from(voice) << 7 | (level_db.unsigned_abs() & 0x7f)];
+        exts[n] = (id, &level);
+        n += 1;
+    }
+    if let Some((id, mid)) = &track.mid {
+        exts[n] = (*id, mid.as_bytes());
+        n += 1;
+    }
+    if let (Some(id), Some(o)) = (track.video_orientation, h.video_orientation) {
+        orientation = [o];
+        exts[n] = (id, &orientation);
+        n += 1;
+    }
+    let exts = &mut exts[..n];
+    exts.sort_unstable_by_key(|(id, _)| *id);
+    for (id, value) in exts.iter() {
+        out.push(id << 4 | (value.len() as u8 - 1));
+        out.extend_from_slice(value);
+    }
+    let padded = (out.len() - ext_start).div_ceil(4) * 4;
+    out.resize(ext_start + padded, 0);
+    let words = (padded / 4) as u16;
+    out[ext_start - 2..ext_start].copy_from_slice(&words.to_be_bytes());
+}
+
+/// RFC 7714 8.1: the salt XOR (two zero bytes, SSRC, rollover counter, sequence number).
+fn iv(salt: &[u8; 12], ssrc: u32, seq: u64) -> [u8; 12] {
+    let mut iv = [0u8; 12];
+    iv[2..6].copy_from_slice(&ssrc.to_be_bytes());
+    iv[6..10].copy_from_slice(&((seq >> 16) as u32).to_be_bytes());
+    iv[10..12].copy_from_slice(&(seq as u16).to_be_bytes());
+    for (b, s) in iv.iter_mut().zip(salt) {
+        *b ^= s;
+    }
+    iv
+}
+
+impl Egress {
+    fn new(source: SrtpAeadKey) -> Egress {
+        let (key, salt) = match &source {
+            SrtpAeadKey::Aes128Gcm { key, salt } => (UnboundKey::new(&AES_128_GCM, key), *salt),
+            SrtpAeadKey::Aes256Gcm { key, salt } => (UnboundKey::new(&AES_256_GCM, key), *salt),
+        };
+        let key = LessSafeKey::new(key.expect("an SRTP session key has the cipher's length"));
+        Egress { key, salt, source, path: None }
+    }
+}
+
+/// Brings a viewer's session and the worker's view of it up to date: tells str0m what was sent past it since
+/// the last call, then takes what the next packets need (a key once DTLS has made one, the path, each track's
+/// SSRC and extensions). Called before the session handles any input and after every poll of it.
+pub(crate) fn sync(rtc: &mut Rtc, viewer: &mut Viewer, now: Instant) {
+    note_sent(rtc, viewer, now);
+    let api = rtc.direct_api();
+    let Some(key) = api.srtp_rtp_aead_key() else {
+        viewer.egress = None;
+        return;
+    };
+    if viewer.egress.as_ref().is_none_or(|e| e.source != key) {
+        viewer.egress = Some(Egress::new(key));
+    }
+    let egress = viewer.egress.as_mut().expect("made above");
+    egress.path = api.send_path();
+    for track in [viewer.audio.as_mut(), viewer.video.as_mut()].into_iter().flatten() {
+        track.egress = track_egress(rtc, track, now);
+    }
+}
+
+/// Hands what was sent to each track since the last call over to str0m.
+pub(crate) fn note_sent(rtc: &mut Rtc, viewer: &mut Viewer, now: Instant) {
+    for track in [viewer.audio.as_mut(), viewer.video.as_mut()].into_iter().flatten() {
+        let Some(egress) = track.egress.as_mut().filter(|e| e.unnoted.packets > 0) else { continue };
+        rtc.direct_api().note_sent_rtp(track.mid, None, &egress.unnoted, now);
+        egress.unnoted.packets = 0;
+        egress.unnoted.payload_bytes = 0;
+        egress.unnoted.datagram_bytes = 0;
+        egress.quiet = false;
+    }
+}
+
+/// True if a track sent its first packets after a quiet spell: str0m owes the viewer a sender report once told.
+pub(crate) fn ends_quiet(viewer: &Viewer) -> bool {
+    [viewer.audio.as_ref(), viewer.video.as_ref()]
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.egress.as_ref())
+        .any(|e| e.quiet && e.unnoted.packets > 0)
+}
+
+/// A track's part, if its packets can be written here (see the module's doc).
+fn track_egress(rtc: &mut Rtc, track: &Track, now: Instant) -> Option<TrackEgress> {
+    let exts = rtc.media(track.mid)?.remote_extmap();
+    let mut audio_level = None;
+    let mut video_orientation = None;
+    let mut mid_id = None;
+    for (id, ext) in exts.iter() {
+        if id > ONE_BYTE_MAX_ID {
+            return None;
+        }
+        match ext {
+            Extension::AudioLevel => audio_level = Some(id),
+            Extension::VideoOrientation => video_orientation = Some(id),
+            Extension::RtpMid => mid_id = Some(id),
+            // Written by str0m only with values deadsfu never gives (or none at all).
+            Extension::TransmissionTimeOffset
+            | Extension::PlayoutDelay
+            | Extension::VideoContentType
+            | Extension::VideoTiming
+            | Extension::RtpStreamId
+            | Extension::RepairedRtpStreamId
+            | Extension::FrameMarking
+            | Extension::ColorSpace
+            | Extension::AbsoluteCaptureTime
+            | Extension::UnknownUri(..) => {}
+            // Transport-wide sequence numbers, abs-send-time, and what else str0m may fill in itself.
+            _ => return None,
+        }
+    }
+    if track.mid.len() > ONE_BYTE_MAX_LEN {
+        return None;
+    }
+    let previous = track.egress.as_ref().map(|e| e.unnoted);
+    let mut api = rtc.direct_api();
+    let stream = api.stream_tx_by_mid(track.mid, None)?;
+    let mid = match (stream.remote_acked_ssrc(), mid_id) {
+        (false, Some(id)) => Some((id, track.mid)),
+        _ => None,
+    };
+    let unnoted = previous.unwrap_or(SentRtp {
+        packets: 0,
+        payload_bytes: 0,
+        datagram_bytes: 0,
+        last_seq_no: 0.into(),
+        pt: 0.into(),
+        rtp_time: 0,
+        wallclock: now,
+    });
+    Some(TrackEgress { ssrc: *stream.ssrc(), audio_level, video_orientation, mid, quiet: stream.is_quiet(), unnoted })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn track(audio_level: Option<u8>, video_orientation: Option<u8>, mid: Option<(u8, Mid)>) -> TrackEgress {
+        TrackEgress {
+            ssrc: 0x1122_3344,
+            audio_level,
+            video_orientation,
+            mid,
+            quiet: false,
+            unnoted: SentRtp {
+                packets: 0,
+                payload_bytes: 0,
+                datagram_bytes: 0,
+                last_seq_no: 0.into(),
+                pt: 0.into(),
+                rtp_time: 0,
+                wallclock: Instant::now(),
+            },
+        }
+    }
+
+    fn header(seq: u64, audio_level: Option<(i8, bool)>, video_orientation: Option<u8>) -> Header {
+        Header { pt: 111.into(), marker: true, seq, timestamp: 0xaabb_ccdd, audio_level, video_orientation }
+    }
+
+    #[test]
+    fn headers_are_written_as_str0m_writes_them() {
+        // Audio with its level (id 1) and the MID (id 4) while the SSRC is not acknowledged: id order, padded.
+        let mut out = Vec::new();
+        write_header(
+            &track(Some(1), None, Some((4, Mid::from("0")))),
+            &header(0x1_0203, Some((-37, true)), None),
+            &mut out,
+        );
+        #[rustfmt::skip]
+        let expected = [
+            0x90, 0x80 | 111, 0x02, 0x03, 0xaa, 0xbb, 0xcc, 0xdd, 0x11, 0x22, 0x33, 0x44,
+            0xbe, 0xde, 0x00, 0x01,
+            0x10, 0x80 | 37, 0x40, b'0',
+        ];
+        assert_eq!(out, expected);
+        // Video with its orientation on an id below the MID's, a two-byte MID: sorted by id, zero-padded.
+        out.clear();
+        write_header(&track(None, Some(3), Some((9, Mid::from("v1")))), &header(7, None, Some(2)), &mut out);
+        assert_eq!(&out[12..], [0xbe, 0xde, 0x00, 0x02, 0x30, 0x02, 0x91, b'v', b'1', 0, 0, 0]);
+        // Acknowledged, nothing to carry: the extension block is there and empty, as str0m writes it.
+        out.clear();
+        write_header(&track(Some(1), Some(3), None), &header(7, None, None), &mut out);
+        assert_eq!(&out[12..], [0xbe, 0xde, 0x00, 0x00]);
+        assert_eq!(out[0], 0x90, "version 2, extension bit");
+    }
+
+    #[test]
+    fn the_iv_is_the_salt_xor_ssrc_rollover_counter_and_sequence_number() {
+        let salt = [0x51, 0x75, 0x69, 0x64, 0x20, 0x70, 0x72, 0x6f, 0x20, 0x71, 0x75, 0x6f];
+        let iv = iv(&salt, 0xcafe_babe, 0x1234);
+        assert_eq!(iv, [0x51, 0x75, 0xa3, 0x9a, 0x9a, 0xce, 0x72, 0x6f, 0x20, 0x71, 0x67, 0x5b]);
+        // The rollover counter is the extended sequence number's high bits.
+        let rolled = super::iv(&[0; 12], 1, (5 << 16) | 9);
+        assert_eq!(rolled, [0, 0, 0, 0, 0, 1, 0, 0, 0, 5, 0, 9]);
+    }
+}
