@@ -7,8 +7,9 @@
 //! [`write`] then makes each packet from those (RFC 3550 header, RFC 8285 one-byte extensions, RFC 7714 seal):
 //! byte for byte the packet str0m's `send_rtp_now` would make. What str0m must know of the packets sent, for its
 //! sender reports and for reading NACKs, is counted here and handed over (`DirectApi::note_sent_rtp`) before the
-//! session next runs: [`sync`] is called before every input the session handles and after every poll, which is
-//! also when what was taken from it may have changed (a new path, an acknowledged SSRC, a stream gone quiet).
+//! session next runs: the session host calls [`sync`] before every input the session handles, and after every
+//! drain of its output, which is when what was taken from it may have changed (a new path, an acknowledged SSRC,
+//! a stream gone quiet) and is taken again. The extension ids, fixed by the answer, are read once.
 //! Resends and everything else (ICE, DTLS, RTCP) stay str0m's.
 //!
 //! A viewer whose session has no AEAD profile (AES_CM_128_HMAC_SHA1_80), or whose extensions str0m would write
@@ -18,6 +19,7 @@
 use std::time::Instant;
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM, AES_256_GCM};
+use deadsfu_media::host::SyncPoint;
 use deadsfu_media::outbox::Path;
 use str0m::media::{Mid, Pt};
 use str0m::rtp::{Extension, SentRtp, SrtpAeadKey};
@@ -43,14 +45,22 @@ pub(crate) struct Egress {
 /// A track's part: its SSRC, its header extensions, and what was sent since str0m was last told.
 pub(crate) struct TrackEgress {
     ssrc: u32,
-    /// The viewer's ids for the audio level and video orientation extensions, if it negotiated them.
-    audio_level: Option<u8>,
-    video_orientation: Option<u8>,
-    /// The MID extension's id and value while the viewer has not acknowledged the SSRC.
-    mid: Option<(u8, Mid)>,
+    ids: ExtIds,
+    mid: Mid,
+    /// The MID goes in each packet: the viewer has not acknowledged the SSRC yet.
+    with_mid: bool,
     /// The stream had gone quiet (no sender reports while nothing flows) when str0m was last asked.
     quiet: bool,
     unnoted: SentRtp,
+}
+
+/// The viewer's ids of the header extensions a packet may carry (RFC 8285 one-byte form), if negotiated: fixed
+/// by the answer, read once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct ExtIds {
+    audio_level: Option<u8>,
+    video_orientation: Option<u8>,
+    mid: Option<u8>,
 }
 
 /// One packet's header fields.
@@ -112,16 +122,16 @@ fn write_header(track: &TrackEgress, h: &Header, out: &mut Vec<u8>) {
     let level;
     let orientation;
     let mut n = 0;
-    if let (Some(id), Some((level_db, voice))) = (track.audio_level, h.audio_level) {
+    if let (Some(id), Some((level_db, voice))) = (track.ids.audio_level, h.audio_level) {
         level = [u8::from(voice) << 7 | (level_db.unsigned_abs() & 0x7f)];
         exts[n] = (id, &level);
         n += 1;
     }
-    if let Some((id, mid)) = &track.mid {
-        exts[n] = (*id, mid.as_bytes());
+    if let (Some(id), true) = (track.ids.mid, track.with_mid) {
+        exts[n] = (id, track.mid.as_bytes());
         n += 1;
     }
-    if let (Some(id), Some(o)) = (track.video_orientation, h.video_orientation) {
+    if let (Some(id), Some(o)) = (track.ids.video_orientation, h.video_orientation) {
         orientation = [o];
         exts[n] = (id, &orientation);
         n += 1;
@@ -161,11 +171,14 @@ impl Egress {
     }
 }
 
-/// Brings a viewer's session and the worker's view of it up to date: tells str0m what was sent past it since
-/// the last call, then takes what the next packets need (a key once DTLS has made one, the path, each track's
-/// SSRC and extensions). Called before the session handles any input and after every poll of it.
-pub(crate) fn sync(rtc: &mut Rtc, viewer: &mut Viewer, now: Instant) {
+/// Brings a viewer's session and the worker's view of it up to date: before str0m acts, tells it what was sent
+/// past it since the last call; after, takes what the next packets need (a key once DTLS has made one, the path,
+/// each track's SSRC, whether it still carries the MID, whether it went quiet). Run by the session host.
+pub(crate) fn sync(rtc: &mut Rtc, viewer: &mut Viewer, now: Instant, point: SyncPoint) {
     note_sent(rtc, viewer, now);
+    if point == SyncPoint::BeforeInput {
+        return;
+    }
     let api = rtc.direct_api();
     let Some(key) = api.srtp_rtp_aead_key() else {
         viewer.egress = None;
@@ -204,18 +217,47 @@ pub(crate) fn ends_quiet(viewer: &Viewer) -> bool {
 
 /// A track's part, if its packets can be written here (see the module's doc).
 fn track_egress(rtc: &mut Rtc, track: &Track, now: Instant) -> Option<TrackEgress> {
-    let exts = rtc.media(track.mid)?.remote_extmap();
-    let mut audio_level = None;
-    let mut video_orientation = None;
-    let mut mid_id = None;
-    for (id, ext) in exts.iter() {
+    let (ids, unnoted) = match &track.egress {
+        Some(e) => (e.ids, e.unnoted),
+        None => (
+            ext_ids(rtc, track.mid)?,
+            SentRtp {
+                packets: 0,
+                payload_bytes: 0,
+                datagram_bytes: 0,
+                last_seq_no: 0.into(),
+                pt: 0.into(),
+                rtp_time: 0,
+                wallclock: now,
+            },
+        ),
+    };
+    let mut api = rtc.direct_api();
+    let stream = api.stream_tx_by_mid(track.mid, None)?;
+    Some(TrackEgress {
+        ssrc: *stream.ssrc(),
+        ids,
+        mid: track.mid,
+        with_mid: !stream.remote_acked_ssrc(),
+        quiet: stream.is_quiet(),
+        unnoted,
+    })
+}
+
+/// The extension ids of the media section `mid`, if str0m would write its packets' extensions as [`write`] does.
+fn ext_ids(rtc: &Rtc, mid: Mid) -> Option<ExtIds> {
+    if mid.len() > ONE_BYTE_MAX_LEN {
+        return None;
+    }
+    let mut ids = ExtIds::default();
+    for (id, ext) in rtc.media(mid)?.remote_extmap().iter() {
         if id > ONE_BYTE_MAX_ID {
             return None;
         }
         match ext {
-            Extension::AudioLevel => audio_level = Some(id),
-            Extension::VideoOrientation => video_orientation = Some(id),
-            Extension::RtpMid => mid_id = Some(id),
+            Extension::AudioLevel => ids.audio_level = Some(id),
+            Extension::VideoOrientation => ids.video_orientation = Some(id),
+            Extension::RtpMid => ids.mid = Some(id),
             // Written by str0m only with values deadsfu never gives (or none at all).
             Extension::TransmissionTimeOffset
             | Extension::PlayoutDelay
@@ -231,26 +273,7 @@ fn track_egress(rtc: &mut Rtc, track: &Track, now: Instant) -> Option<TrackEgres
             _ => return None,
         }
     }
-    if track.mid.len() > ONE_BYTE_MAX_LEN {
-        return None;
-    }
-    let previous = track.egress.as_ref().map(|e| e.unnoted);
-    let mut api = rtc.direct_api();
-    let stream = api.stream_tx_by_mid(track.mid, None)?;
-    let mid = match (stream.remote_acked_ssrc(), mid_id) {
-        (false, Some(id)) => Some((id, track.mid)),
-        _ => None,
-    };
-    let unnoted = previous.unwrap_or(SentRtp {
-        packets: 0,
-        payload_bytes: 0,
-        datagram_bytes: 0,
-        last_seq_no: 0.into(),
-        pt: 0.into(),
-        rtp_time: 0,
-        wallclock: now,
-    });
-    Some(TrackEgress { ssrc: *stream.ssrc(), audio_level, video_orientation, mid, quiet: stream.is_quiet(), unnoted })
+    Some(ids)
 }
 
 #[cfg(test)]
@@ -260,9 +283,9 @@ mod tests {
     fn track(audio_level: Option<u8>, video_orientation: Option<u8>, mid: Option<(u8, Mid)>) -> TrackEgress {
         TrackEgress {
             ssrc: 0x1122_3344,
-            audio_level,
-            video_orientation,
-            mid,
+            ids: ExtIds { audio_level, video_orientation, mid: mid.map(|(id, _)| id) },
+            mid: mid.map_or(Mid::from("0"), |(_, m)| m),
+            with_mid: mid.is_some(),
             quiet: false,
             unnoted: SentRtp {
                 packets: 0,

@@ -112,8 +112,18 @@ pub struct SessionHost<T> {
     sync: Option<SyncFn<T>>,
 }
 
-/// What [`SessionHost::with_sync`] runs: given a session's `Rtc`, the application's state for it and the time.
-pub type SyncFn<T> = fn(&mut Rtc, &mut T, Instant);
+/// What [`SessionHost::with_sync`] runs: given a session's `Rtc`, the application's state for it, the time and
+/// which side of str0m's work it is on.
+pub type SyncFn<T> = fn(&mut Rtc, &mut T, Instant, SyncPoint);
+
+/// When a [`SyncFn`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncPoint {
+    /// Before the session handles an input (a datagram, a timeout): str0m is about to act on what it knows.
+    BeforeInput,
+    /// After its output was drained: what str0m knows may have changed.
+    AfterOutput,
+}
 
 impl<T> Default for SessionHost<T> {
     fn default() -> Self {
@@ -135,8 +145,8 @@ impl<T> SessionHost<T> {
     }
 
     /// Runs `sync` for a session before it handles any input (a datagram, a timeout) and after each drain of
-    /// its output: for an application that sends media past str0m (fanout's egress), to tell the session what
-    /// it sent before the session acts on it, and to take what may have changed after.
+    /// its output ([`SyncPoint`]): for an application that sends media past str0m (fanout's egress), to tell the
+    /// session what it sent before the session acts on it, and to take what may have changed after.
     pub fn with_sync(mut self, sync: SyncFn<T>) -> Self {
         self.sync = Some(sync);
         self
@@ -280,7 +290,7 @@ impl<T> SessionHost<T> {
             return Routed::Dropped;
         }
         if let Some(sync) = self.sync {
-            sync(&mut session.rtc, &mut session.app, now);
+            sync(&mut session.rtc, &mut session.app, now, SyncPoint::BeforeInput);
         }
         match session.rtc.handle_input(input) {
             Ok(()) => {}
@@ -299,7 +309,7 @@ impl<T> SessionHost<T> {
         session.last_input = now;
         session.drain(key, send, events);
         if let Some(sync) = self.sync {
-            sync(&mut session.rtc, &mut session.app, now);
+            sync(&mut session.rtc, &mut session.app, now, SyncPoint::AfterOutput);
         }
         queue_timeout(&mut self.timers, key, session);
         if new_remote {
@@ -365,7 +375,7 @@ impl<T> SessionHost<T> {
         for key in work.drain(..) {
             let Some(s) = self.sessions.get_mut(&key) else { continue };
             if let Some(sync) = self.sync {
-                sync(&mut s.rtc, &mut s.app, now);
+                sync(&mut s.rtc, &mut s.app, now, SyncPoint::BeforeInput);
             }
             if s.next_timeout.is_none_or(|t| t <= now) {
                 if let Err(e) = s.rtc.handle_input(Input::Timeout(now)) {
@@ -374,7 +384,7 @@ impl<T> SessionHost<T> {
             }
             s.drain(key, send, events);
             if let Some(sync) = self.sync {
-                sync(&mut s.rtc, &mut s.app, now);
+                sync(&mut s.rtc, &mut s.app, now, SyncPoint::AfterOutput);
             }
             if s.closing {
                 // The goodbye went out with this drain; nothing more is owed to the peer.
