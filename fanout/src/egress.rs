@@ -219,18 +219,7 @@ pub(crate) fn ends_quiet(viewer: &Viewer) -> bool {
 fn track_egress(rtc: &mut Rtc, track: &Track, now: Instant) -> Option<TrackEgress> {
     let (ids, unnoted) = match &track.egress {
         Some(e) => (e.ids, e.unnoted),
-        None => (
-            ext_ids(rtc, track.mid)?,
-            SentRtp {
-                packets: 0,
-                payload_bytes: 0,
-                datagram_bytes: 0,
-                last_seq_no: 0.into(),
-                pt: 0.into(),
-                rtp_time: 0,
-                wallclock: now,
-            },
-        ),
+        None => (ext_ids(rtc, track.mid)?, nothing_sent(now)),
     };
     let mut api = rtc.direct_api();
     let stream = api.stream_tx_by_mid(track.mid, None)?;
@@ -242,6 +231,19 @@ fn track_egress(rtc: &mut Rtc, track: &Track, now: Instant) -> Option<TrackEgres
         quiet: stream.is_quiet(),
         unnoted,
     })
+}
+
+/// Nothing sent yet, at `now`.
+fn nothing_sent(now: Instant) -> SentRtp {
+    SentRtp {
+        packets: 0,
+        payload_bytes: 0,
+        datagram_bytes: 0,
+        last_seq_no: 0.into(),
+        pt: 0.into(),
+        rtp_time: 0,
+        wallclock: now,
+    }
 }
 
 /// The extension ids of the media section `mid`, if str0m would write its packets' extensions as [`write`] does.
@@ -287,15 +289,7 @@ mod tests {
             mid: mid.map_or(Mid::from("0"), |(_, m)| m),
             with_mid: mid.is_some(),
             quiet: false,
-            unnoted: SentRtp {
-                packets: 0,
-                payload_bytes: 0,
-                datagram_bytes: 0,
-                last_seq_no: 0.into(),
-                pt: 0.into(),
-                rtp_time: 0,
-                wallclock: Instant::now(),
-            },
+            unnoted: nothing_sent(Instant::now()),
         }
     }
 
