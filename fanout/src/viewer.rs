@@ -185,29 +185,27 @@ pub(crate) fn deliver(
     });
     let spliced = splicer.map(SourceId { source: meta.source, ssrc: meta.ssrc }, meta.seq, meta.timestamp, at.ns, pace);
     let mut sent = false;
-    if let (Some(egress), Some(tx)) = (&viewer.egress, &mut track.egress) {
-        let header = Header {
-            pt,
-            marker: meta.marker,
-            seq: spliced.seq,
-            timestamp: spliced.timestamp,
-            audio_level: meta.audio_level.zip(meta.voice_activity),
-            video_orientation: meta.video_orientation.map(|o| VideoOrientation::from(o) as u8),
+    out.write(&mut |buf| {
+        let path = match (&viewer.egress, &mut track.egress) {
+            (Some(egress), Some(tx)) => {
+                let header = Header {
+                    pt,
+                    marker: meta.marker,
+                    seq: spliced.seq,
+                    timestamp: spliced.timestamp,
+                    audio_level: meta.audio_level.zip(meta.voice_activity),
+                    video_orientation: meta.video_orientation.map(|o| VideoOrientation::from(o) as u8),
+                };
+                egress::write(egress, tx, &header, &packet.payload, at.now, buf)
+            }
+            _ => {
+                let write = rtp_write(pt, spliced.seq, spliced.timestamp, at, meta, &packet.payload);
+                rtc.direct_api().send_rtp_now(track.mid, None, write, at.now, buf)
+            }
         };
-        out.write(&mut |buf| {
-            let path = egress::write(egress, tx, &header, &packet.payload, at.now, buf);
-            sent = path.is_some();
-            path
-        });
-    } else {
-        let mut write = Some(rtp_write(pt, spliced.seq, spliced.timestamp, at, meta, &packet.payload));
-        let mid = track.mid;
-        out.write(&mut |buf| {
-            let path = rtc.direct_api().send_rtp_now(mid, None, write.take()?, at.now, buf);
-            sent = path.is_some();
-            path
-        });
-    }
+        sent = path.is_some();
+        path
+    });
     if sent && meta.kind == MediaKind::Video {
         let log = track.sent.get_or_insert_with(SentLog::new);
         log.record(Sent { seq: spliced.seq, pos: packet.pos, timestamp: spliced.timestamp, sent_ms: at.ms() });
