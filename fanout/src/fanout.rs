@@ -71,6 +71,14 @@ const RTX_BUDGET: (u32, u32) = (200, 256 * 1024);
 /// A viewer that sends nothing (no RTCP, no consent checks) for this long is gone. Browsers send receiver
 /// reports about every second and consent checks every few seconds.
 const VIEWER_TIMEOUT: Duration = Duration::from_secs(15);
+/// A worker that has written no media for this long, runs no replay and has no viewer mid-handshake is quiet:
+/// what its viewers still send (receiver reports, consent checks, about two or three datagrams a second each)
+/// waits up to [`QUIET_GATHER`] and is handled in one turn with what came meanwhile, rather than each datagram
+/// waking the worker on its own. Its answers are that much later, which no peer notices: a consent check has
+/// seconds, and no report times anything while no media flows; so are a new viewer's answer and the first
+/// packets of a publisher that starts (then media flows and the worker is no longer quiet).
+const QUIET_AFTER: Duration = Duration::from_secs(1);
+const QUIET_GATHER: Duration = Duration::from_millis(50);
 
 pub struct Fanout {
     index: u32,
@@ -90,6 +98,8 @@ pub struct Fanout {
     last_pump: Instant,
     /// A replay is under way: turn every [`REPLAY_TURN`].
     replaying: bool,
+    /// When a media packet was last written to a viewer.
+    last_media: Instant,
     /// A ring had more than [`READ_BUDGET`](crate::feed::READ_BUDGET) new packets: turn again at once.
     backlog: bool,
     next_silence_check: Instant,
@@ -130,6 +140,7 @@ impl Fanout {
             t0: now,
             last_pump: now,
             replaying: false,
+            last_media: now,
             backlog: false,
             next_silence_check: now + SILENCE_CHECK,
             draining: false,
@@ -353,9 +364,13 @@ impl Fanout {
             if !feed.open(now, now_ms, self.index) {
                 continue;
             }
-            self.packets_replayed += feed.replay(&mut self.host, &mut self.buf, at, budget, out);
+            let replayed = feed.replay(&mut self.host, &mut self.buf, at, budget, out);
+            self.packets_replayed += replayed;
             self.replaying |= !feed.replaying.is_empty();
             let read = feed.read_live(&mut self.host, &mut self.buf, at, stale_before, out);
+            if replayed + read.delivered > 0 {
+                self.last_media = now;
+            }
             self.packets_live += read.delivered;
             self.lag_skips += read.lag_skips;
             self.backlog |= read.backlog;
@@ -465,6 +480,12 @@ impl Core for Fanout {
 
     fn has_work(&self) -> bool {
         self.host.has_dirty() || self.backlog
+    }
+
+    fn coalesce(&self, now: Instant) -> Option<Duration> {
+        let quiet = !self.replaying && now.saturating_duration_since(self.last_media) >= QUIET_AFTER;
+        // Checked last: it looks at every session.
+        (quiet && self.host.pending() == 0).then_some(QUIET_GATHER)
     }
 
     fn status_snapshot(&self, _now: Instant) -> (ProcessStatus, Vec<RoomStatus>) {
@@ -640,6 +661,28 @@ mod tests {
         // VP8 video alone: nothing to give it.
         let Response::Error { kind, message } = view(&mut fanout, &offer(&[true], true)) else { panic!("accepted") };
         assert_eq!(kind, ErrorKind::NoCommonCodec, "{message}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn only_a_quiet_worker_gathers_input() {
+        let (mut fanout, _ring, dir) = worker("quiet", &[opus(), h264()]);
+        let start = fanout.t0;
+        assert_eq!(fanout.coalesce(start), None, "a worker that just started");
+        let later = start + QUIET_AFTER;
+        assert_eq!(fanout.coalesce(later), Some(QUIET_GATHER));
+        // A viewer mid-handshake: its checks and flights are answered at once.
+        let Response::Answer { session, .. } = view(&mut fanout, &offer(&[false, true], false)) else { panic!() };
+        assert_eq!(fanout.coalesce(later), None);
+        let key = fanout.ids[&session];
+        fanout.host.remove(key);
+        assert_eq!(fanout.coalesce(later), Some(QUIET_GATHER));
+        // Media written in the last QUIET_AFTER, or a replay under way.
+        fanout.last_media = later - QUIET_AFTER / 2;
+        assert_eq!(fanout.coalesce(later), None);
+        assert_eq!(fanout.coalesce(later + QUIET_AFTER / 2), Some(QUIET_GATHER));
+        fanout.replaying = true;
+        assert_eq!(fanout.coalesce(later + QUIET_AFTER), None);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

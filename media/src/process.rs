@@ -163,6 +163,11 @@ pub trait Core {
     fn next_timeout(&mut self, now: Instant) -> Option<Instant>;
     /// True if the loop must turn again at once.
     fn has_work(&self) -> bool;
+    /// How long the loop may gather input before turning again, for a core with nothing urgent to do: its
+    /// turns then start at most this often, each handling what arrived meanwhile in one batch.
+    fn coalesce(&self, _now: Instant) -> Option<Duration> {
+        None
+    }
 
     /// A packet that arrived over `proto` on `destination` from `source`; what the session answers at once goes
     /// to `out`.
@@ -407,8 +412,19 @@ pub fn run<C: Core>(
     let mut tcp_ready: Vec<Token> = Vec::new();
     let mut frames: Vec<crate::tcp::Frame> = Vec::new();
     let mut next_expiry = Instant::now();
+    let mut turn_start = Instant::now();
     loop {
-        let now = Instant::now();
+        let mut now = Instant::now();
+        // A quiet core's turns start at most every `gather`: what arrives meanwhile (datagrams, control
+        // requests, wake-ups) waits in the kernel and is read in one turn.
+        if let Some(gather) = core.coalesce(now) {
+            let since = now.saturating_duration_since(turn_start);
+            if since < gather && !core.has_work() && unfinished.is_empty() && tcp_unfinished.is_empty() {
+                std::thread::sleep(gather - since);
+                now = Instant::now();
+            }
+        }
+        turn_start = now;
         if drain_until.is_none() && stop.load(Ordering::Acquire) {
             deadsfu_runtime::service::stopping();
             core.shutdown(now);
