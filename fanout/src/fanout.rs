@@ -48,7 +48,7 @@ use str0m::media::Mid;
 use str0m::{Candidate, Event, IceConnectionState, RtcConfig};
 
 use crate::egress;
-use crate::feed::{feed, replay_budget, Moment, RoomFeed, MAX_LAG, REPLAY_TURN};
+use crate::feed::{feed, replay_budget, Moment, RoomFeed, DEFAULT_REPLAY_RATE_PERCENT, MAX_LAG, REPLAY_TURN};
 use crate::viewer::{fit, owes_report, resend, viewer_extensions, Fit, PtMap, Track, Viewer, SENT_LOG};
 
 /// How often rings with viewers are polled besides: new packets come with a wake-up from ingest
@@ -114,6 +114,8 @@ pub struct Fanout {
     lag_skips: u64,
     /// Ingest plays the slate (see [`Fanout::with_slate`]).
     slate: bool,
+    /// A replay's pace, in percent of its room's bitrate (see [`Fanout::with_replay_rate`]).
+    replay_rate_percent: u32,
 }
 
 impl Fanout {
@@ -149,7 +151,15 @@ impl Fanout {
             packets_resent: 0,
             lag_skips: 0,
             slate: true,
+            replay_rate_percent: DEFAULT_REPLAY_RATE_PERCENT,
         }
+    }
+
+    /// How fast a joining viewer's replay of the cached GOP goes, in percent of the room's bitrate (see
+    /// [`DEFAULT_REPLAY_RATE_PERCENT`]): the share of the viewer's link it takes until the viewer is live.
+    pub fn with_replay_rate(mut self, percent: u32) -> Fanout {
+        self.replay_rate_percent = percent;
+        self
     }
 
     /// Whether ingest plays the slate into watched rooms without live video (`slate`, on by default): then
@@ -302,7 +312,7 @@ impl Fanout {
 
     /// The feed of `room`, made (and its ring looked for) if this worker had none.
     fn feed(&mut self, room: &RoomName, now: Instant, now_ms: u64) -> &mut RoomFeed {
-        feed(&mut self.rooms, &self.runtime_dir, self.index, room, now, now_ms)
+        feed(&mut self.rooms, &self.runtime_dir, self.index, room, self.replay_rate_percent, now, now_ms)
     }
 
     fn switch(&mut self, now: Instant, session: SessionId, room: RoomName) -> Response {
@@ -314,7 +324,7 @@ impl Fanout {
             return Response::Done;
         }
         let now_ms = self.env.unix_ms(now);
-        let Fanout { host, rooms, runtime_dir, buf, index, .. } = self;
+        let Fanout { host, rooms, runtime_dir, buf, index, replay_rate_percent, .. } = self;
         let session = host.get_mut(key).expect("ids and host agree");
         if let Some(feed) = rooms.get_mut(&old) {
             feed.remove(key);
@@ -322,14 +332,14 @@ impl Fanout {
                 rooms.remove(&old);
             }
         }
-        let feed = feed(rooms, runtime_dir, *index, &room, now, now_ms);
+        let feed = feed(rooms, runtime_dir, *index, &room, *replay_rate_percent, now, now_ms);
         feed.viewers.push(key);
         session.app.room = room.clone();
         session.app.replay = None;
         // The next video packet forwarded must be a keyframe of the new room.
         session.app.video_choice = None;
         if session.app.connected {
-            feed.start(key, &mut session.app, buf);
+            feed.start(key, &mut session.app, buf, now);
         }
         tracing::debug!(session = %session.app.id, from = %old, to = %room, "viewer switched rooms");
         Response::Done
@@ -412,7 +422,7 @@ impl Fanout {
                     s.app.connected = true;
                     tracing::debug!(session = %s.app.id, "viewer connected");
                     if let Some(feed) = rooms.get_mut(&s.app.room) {
-                        feed.start(key, &mut s.app, buf);
+                        feed.start(key, &mut s.app, buf, now);
                     }
                 }
                 Event::KeyframeRequest(_) => {
@@ -521,7 +531,9 @@ pub fn run(cfg: &Config, index: u32) -> Result<(), StartError> {
     };
     let limits = SessionLimits::from_config(cfg);
     process::run(endpoints, |candidates, _waker, now| {
-        Fanout::new(index, runtime_dir.clone(), candidates, limits, Env::system(), now).with_slate(cfg.slate)
+        Fanout::new(index, runtime_dir.clone(), candidates, limits, Env::system(), now)
+            .with_slate(cfg.slate)
+            .with_replay_rate(cfg.replay_rate_percent)
     })
 }
 

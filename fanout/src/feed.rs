@@ -19,7 +19,7 @@ use shm_proto::ring::{CodecEntry, MediaKind, ReadOutcome, RingCursor, RingReader
 use shm_proto::{paths, RoomName};
 
 use crate::splice::Pace;
-use crate::viewer::{deliver, owes_report, RingPacket, Viewer};
+use crate::viewer::{deliver, owes_report, Replay, RingPacket, Viewer};
 
 /// How often a room without a ring file looks for one again.
 pub(crate) const RING_RETRY: Duration = Duration::from_millis(100);
@@ -29,13 +29,112 @@ pub(crate) const RING_CHECK: Duration = Duration::from_millis(250);
 pub(crate) const READ_BUDGET: usize = 512;
 /// Turn pace while a viewer's replay runs ([`replay_budget`] packets a turn).
 pub(crate) const REPLAY_TURN: Duration = Duration::from_millis(1);
-/// Pace of a replay: a cached GOP goes out to a joining viewer at about 4000 packets a second, far above any
-/// stream's rate so the viewer catches up in a fraction of a second, yet in bursts the socket buffers on both
-/// ends absorb: [`REPLAY_BUDGET`] packets a turn of [`REPLAY_TURN`], more when a turn took longer (a busy
-/// worker), up to [`REPLAY_BURST`]. Without the catch-up a replay on a busy worker would crawl at a few
+/// Most packets a replay sends: [`REPLAY_BUDGET`] a turn of [`REPLAY_TURN`] (4000 a second), more when a turn
+/// took longer (a busy worker), up to [`REPLAY_BURST`], and within its [`ReplayCredit`] (its pace in bytes,
+/// a multiple of the room's bitrate). Without the catch-up a replay on a busy worker would crawl at a few
 /// packets per long turn, barely faster than live, and send twice the GOP before it joined.
 pub(crate) const REPLAY_BUDGET: usize = 4;
 pub(crate) const REPLAY_BURST: usize = 32;
+/// What a replay may send, as a multiple of the room's bitrate: [`DEFAULT_REPLAY_RATE_PERCENT`] unless configured
+/// (`replay_rate_percent`). A joining viewer's link carries the replay and live audio until the viewer reaches
+/// live video, so about this much of the link is what the fast start needs: at 200% a 1 Mbit/s room's replay
+/// fits a 3 Mbit/s link with its audio and packet overheads and a margin. It catches up at `rate - 1` seconds
+/// of stream a second: a viewer joining 3 s into a GOP is live 3 s later (its first frame comes at once).
+pub const DEFAULT_REPLAY_RATE_PERCENT: u32 = 200;
+/// What a replay counts for a packet besides its payload: RTP header and extensions, SRTP tag, UDP and IP.
+pub(crate) const PACKET_OVERHEAD: u64 = 70;
+/// The most a replay sends back to back: its credit holds this much of its rate (and one packet at least).
+pub(crate) const REPLAY_CREDIT_TIME: Duration = Duration::from_millis(5);
+/// The slowest a replay goes, whatever the room's bitrate reads (nothing, while its publisher pauses): 256 kbit/s.
+pub(crate) const REPLAY_MIN_RATE: u64 = 32_000;
+/// The room's bitrate is measured over windows this long.
+pub(crate) const RATE_WINDOW: Duration = Duration::from_secs(2);
+
+/// A room's bitrate as one worker reads it live, in bytes a second counted as [`ReplayCredit`] counts them:
+/// the mean of the last two [`RATE_WINDOW`]s (a GOP's keyframe falls in one of them or the other).
+#[derive(Default)]
+pub(crate) struct StreamRate {
+    window_start: Option<Instant>,
+    bytes: u64,
+    last: Option<u64>,
+    previous: Option<u64>,
+}
+
+impl StreamRate {
+    /// Counts a packet of `payload` bytes read at `now`.
+    pub(crate) fn add(&mut self, now: Instant, payload: usize) {
+        self.window_start.get_or_insert(now);
+        self.bytes += payload as u64 + PACKET_OVERHEAD;
+    }
+
+    /// Closes the window if it is over at `now`.
+    pub(crate) fn roll(&mut self, now: Instant) {
+        let Some(start) = self.window_start else { return };
+        let span = now.saturating_duration_since(start);
+        if span >= RATE_WINDOW {
+            self.previous = self.last;
+            self.last = Some((self.bytes as u128 * 1_000_000 / span.as_micros()) as u64);
+            self.bytes = 0;
+            self.window_start = Some(now);
+        }
+    }
+
+    /// Bytes a second, once a window closed.
+    pub(crate) fn bytes_per_s(&self) -> Option<u64> {
+        match (self.last, self.previous) {
+            (Some(a), Some(b)) => Some((a + b) / 2),
+            (a, _) => a,
+        }
+    }
+
+    /// Forgets what it measured (a reopened ring).
+    pub(crate) fn clear(&mut self) {
+        *self = StreamRate::default();
+    }
+}
+
+/// A replay's token bucket: bytes (payload and [`PACKET_OVERHEAD`]) it may send, filled at its rate and holding
+/// at most [`REPLAY_CREDIT_TIME`] of it. A packet goes while the credit is positive, and may take it below zero.
+pub(crate) struct ReplayCredit {
+    bytes_per_s: u64,
+    credit: i64,
+    at: Instant,
+}
+
+impl ReplayCredit {
+    /// Full at `now`: the replay's first packets go at once.
+    pub(crate) fn new(bytes_per_s: u64, now: Instant) -> ReplayCredit {
+        let mut credit = ReplayCredit { bytes_per_s, credit: 0, at: now };
+        credit.credit = credit.cap();
+        credit
+    }
+
+    fn cap(&self) -> i64 {
+        let cap = self.bytes_per_s as u128 * REPLAY_CREDIT_TIME.as_micros() / 1_000_000;
+        (cap as i64).max(1500)
+    }
+
+    /// Adds what the time since the last refill earned.
+    pub(crate) fn refill(&mut self, now: Instant) {
+        let earned = self.bytes_per_s as u128 * now.saturating_duration_since(self.at).as_micros() / 1_000_000;
+        self.credit = self.credit.saturating_add(earned.min(i64::MAX as u128) as i64).min(self.cap());
+        self.at = now;
+    }
+
+    pub(crate) fn may_send(&self) -> bool {
+        self.credit > 0
+    }
+
+    pub(crate) fn spend(&mut self, payload: usize) {
+        self.credit -= payload as i64 + PACKET_OVERHEAD as i64;
+    }
+
+    /// From now on fills at `bytes_per_s` (the room's bitrate measured anew).
+    pub(crate) fn set_rate(&mut self, bytes_per_s: u64) {
+        self.bytes_per_s = bytes_per_s;
+    }
+}
+
 /// Payloads read live that a room keeps for replays: those from its newest keyframe on (less
 /// [`KEYFRAME_MARGIN`] positions), and at most this many: about 5 s of a 1.5 Mbit/s stream, ~1.5 MB.
 pub(crate) const RECENT_PAYLOADS: usize = 1024;
@@ -142,6 +241,9 @@ pub(crate) struct RoomFeed {
     /// The viewers whose replay runs: a turn looks at these only, not at every viewer.
     pub(crate) replaying: Vec<SessionKey>,
     pub(crate) recent: RecentPayloads,
+    /// The room's bitrate, measured from what is read live: a replay's pace is `replay_rate_percent` of it.
+    pub(crate) rate: StreamRate,
+    pub(crate) replay_rate_percent: u32,
     /// The packets of a live turn, read before they are sent (kept for its allocation).
     pub(crate) turn: Vec<RingPacket>,
     pub(crate) next_open: Instant,
@@ -161,6 +263,22 @@ impl Drop for RoomFeed {
     }
 }
 
+/// The bitrate of the ring's packets from `from` up to `to` (the GOP a replay starts in), in bytes a second as a
+/// replay counts them: for a replay that starts before its feed has measured the room. Over 100 ms at least: a
+/// GOP that has barely begun (its keyframe, a burst) reads high, which only makes its short replay quicker.
+fn gop_rate(reader: &RingReader, from: u64, to: u64, buf: &mut [u8]) -> u64 {
+    let (mut bytes, mut first, mut last) = (0u64, None, 0u64);
+    for pos in from..to {
+        if let ReadOutcome::Packet { meta, len } = reader.read(pos, buf) {
+            bytes += len as u64 + PACKET_OVERHEAD;
+            first.get_or_insert(meta.arrival_unix_ns);
+            last = meta.arrival_unix_ns;
+        }
+    }
+    let span_ns = last.saturating_sub(first.unwrap_or(last)).max(100_000_000);
+    (u128::from(bytes) * 1_000_000_000 / u128::from(span_ns)) as u64
+}
+
 /// Most packets a replay sends this turn, `since` the last: [`REPLAY_BUDGET`] per [`REPLAY_TURN`], at most
 /// [`REPLAY_BURST`].
 pub(crate) fn replay_budget(since: Duration) -> usize {
@@ -174,6 +292,7 @@ pub(crate) fn feed<'a>(
     runtime_dir: &std::path::Path,
     index: u32,
     room: &RoomName,
+    replay_rate_percent: u32,
     now: Instant,
     now_ms: u64,
 ) -> &'a mut RoomFeed {
@@ -185,6 +304,8 @@ pub(crate) fn feed<'a>(
         viewers: Vec::new(),
         replaying: Vec::new(),
         recent: RecentPayloads::default(),
+        rate: StreamRate::default(),
+        replay_rate_percent,
         turn: Vec::new(),
         next_open: now,
         open_failures: 0,
@@ -224,6 +345,7 @@ impl RoomFeed {
                     tracing::debug!(path = %self.path.display(), "ring opened");
                     self.cursor = RingCursor::at(reader.head());
                     self.recent.clear();
+                    self.rate.clear();
                     self.codecs = CodecTable::unread();
                     reader.heartbeat(now_ms);
                     reader.want_wake(index);
@@ -249,7 +371,7 @@ impl RoomFeed {
 
     /// Starts a viewer that just connected or arrived: a replay from the newest cached keyframe it can
     /// decode, or, without one, live from the next packet with a keyframe requested.
-    pub(crate) fn start(&mut self, key: SessionKey, viewer: &mut Viewer, buf: &mut [u8]) {
+    pub(crate) fn start(&mut self, key: SessionKey, viewer: &mut Viewer, buf: &mut [u8], now: Instant) {
         viewer.replay = None;
         self.replaying.retain(|k| *k != key);
         let Some(reader) = &self.reader else { return };
@@ -272,7 +394,9 @@ impl RoomFeed {
         }
         match fallback {
             Some(pos) => {
-                viewer.replay = Some(RingCursor::at(pos));
+                let stream = self.rate.bytes_per_s().unwrap_or_else(|| gop_rate(reader, pos, live_pos, buf));
+                let credit = ReplayCredit::new(self.replay_rate(stream), now);
+                viewer.replay = Some(Replay { cursor: RingCursor::at(pos), credit });
                 self.replaying.push(key);
             }
             None => reader.request_keyframe(),
@@ -285,6 +409,12 @@ impl RoomFeed {
         let ReadOutcome::Packet { meta, len } = self.reader.as_ref()?.read(pos, buf) else { return None };
         let payload = self.recent.get(pos).unwrap_or_else(|| Arc::from(&buf[..len]));
         Some(RingPacket { pos, meta, payload })
+    }
+
+    /// A replay's pace in a room of `stream` bytes a second: `replay_rate_percent` of it, [`REPLAY_MIN_RATE`] at
+    /// least.
+    fn replay_rate(&self, stream: u64) -> u64 {
+        (stream.saturating_mul(u64::from(self.replay_rate_percent)) / 100).max(REPLAY_MIN_RATE)
     }
 
     /// Detaches a viewer that leaves the room.
@@ -308,13 +438,18 @@ impl RoomFeed {
         let reader = self.reader.as_ref().expect("replay on an open feed");
         let live_pos = self.cursor.position();
         let (codecs, recent) = (&self.codecs, &self.recent);
+        let measured = self.rate.bytes_per_s().map(|b| self.replay_rate(b));
         let mut replayed = 0u64;
         self.replaying.retain(|&key| {
             let Some(session) = host.get_mut(key) else { return false };
-            let Some(mut cursor) = session.app.replay.take() else { return false };
+            let Some(Replay { mut cursor, mut credit }) = session.app.replay.take() else { return false };
+            credit.refill(at.now);
+            if let Some(bytes_per_s) = measured {
+                credit.set_rate(bytes_per_s);
+            }
             let mut sent = 0;
             let done = loop {
-                if sent == budget {
+                if sent == budget || !credit.may_send() {
                     break false;
                 }
                 if cursor.position() >= live_pos {
@@ -335,12 +470,13 @@ impl RoomFeed {
                     let payload = recent.get(pos).unwrap_or_else(|| Arc::from(&buf[..len]));
                     if deliver(session, codecs, &RingPacket { pos, meta, payload }, at, Pace::Replay, out) {
                         sent += 1;
+                        credit.spend(len);
                     }
                 }
             };
             replayed += sent as u64;
             if !done {
-                session.app.replay = Some(cursor);
+                session.app.replay = Some(Replay { cursor, credit });
             }
             if owes_report(session, at.now) {
                 host.touch(key);
@@ -363,6 +499,7 @@ impl RoomFeed {
         out: &mut dyn Outbox,
     ) -> LiveRead {
         let reader = self.reader.as_ref().expect("live read on an open feed");
+        self.rate.roll(at.now);
         let mut read = LiveRead::default();
         let mut turn = std::mem::take(&mut self.turn);
         for n in 0..=READ_BUDGET {
@@ -382,6 +519,7 @@ impl RoomFeed {
                 }
             }
             let payload: Arc<[u8]> = Arc::from(&buf[..len]);
+            self.rate.add(at.now, len);
             self.recent.push(pos, payload.clone());
             turn.push(RingPacket { pos, meta, payload });
         }
@@ -412,6 +550,70 @@ impl RoomFeed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replay_sends_at_its_rate_in_bursts_of_a_few_milliseconds() {
+        let start = Instant::now();
+        // 250 KB/s (2 Mbit/s): a 1000-byte payload counts 1070.
+        let mut credit = ReplayCredit::new(250_000, start);
+        let mut sent = 0usize;
+        let mut burst = 0;
+        // One second of 1 ms turns, each sending while there is credit.
+        for ms in 0..1000u64 {
+            credit.refill(start + Duration::from_millis(ms));
+            let mut this_turn = 0;
+            while credit.may_send() {
+                credit.spend(1000);
+                sent += 1000 + PACKET_OVERHEAD as usize;
+                this_turn += 1;
+            }
+            burst = burst.max(this_turn);
+        }
+        // The full credit at start (5 ms of the rate) and the second's worth, within a packet.
+        let expected = 250_000 + 250_000 * 5 / 1000;
+        assert!(sent.abs_diff(expected) <= 1070 * 2, "sent {sent} bytes in 1 s, expected about {expected}");
+        assert!(burst <= 2, "{burst} packets back to back");
+        // A turn that came late earns no more than the credit holds.
+        credit.refill(start + Duration::from_secs(10));
+        let mut late = 0;
+        while credit.may_send() {
+            credit.spend(1000);
+            late += 1;
+        }
+        assert!(late <= 2, "{late} packets after a 9 s gap");
+        // A slow stream still gets a packet at a time.
+        let mut slow = ReplayCredit::new(1_000, start);
+        let mut first = 0;
+        while slow.may_send() {
+            slow.spend(1200);
+            first += 1;
+        }
+        assert_eq!(first, 2, "a full credit (1500 bytes) lets two packets go");
+        slow.refill(start + Duration::from_secs(2));
+        assert!(slow.may_send());
+    }
+
+    #[test]
+    fn the_room_rate_is_the_mean_of_two_windows() {
+        let start = Instant::now();
+        let mut rate = StreamRate::default();
+        assert_eq!(rate.bytes_per_s(), None);
+        // 100 packets of 930 bytes (1000 counted) a second: 100 KB/s; a 50 KB keyframe in the second window.
+        let mut at = start;
+        for ms in (0..4000u64).step_by(10) {
+            at = start + Duration::from_millis(ms);
+            rate.roll(at);
+            rate.add(at, 930);
+            if ms == 2500 {
+                rate.add(at, 50_000 - PACKET_OVERHEAD as usize);
+            }
+        }
+        rate.roll(at + Duration::from_millis(10));
+        let b = rate.bytes_per_s().expect("two windows");
+        assert!(b.abs_diff(112_500) < 2_000, "{b} bytes a second");
+        rate.clear();
+        assert_eq!(rate.bytes_per_s(), None);
+    }
 
     #[test]
     fn a_replay_keeps_its_pace_on_a_busy_worker() {

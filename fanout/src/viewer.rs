@@ -15,7 +15,7 @@ use str0m::media::{Mid, Pt};
 use str0m::rtp::{ExtensionValues, RtpWrite, VideoOrientation};
 
 use crate::egress::{self, Egress, Header, TrackEgress};
-use crate::feed::{CodecTable, Moment};
+use crate::feed::{CodecTable, Moment, ReplayCredit};
 use crate::splice::{Pace, SourceId, Splicer};
 
 /// One outgoing track of a viewer.
@@ -135,10 +135,16 @@ pub struct Viewer {
     pub(crate) video: Option<Track>,
     pub(crate) video_choice: Option<VideoChoice>,
     /// Replaying the cached GOP of its room up to the feed's live position.
-    pub(crate) replay: Option<RingCursor>,
+    pub(crate) replay: Option<Replay>,
     pub(crate) pts: PtMap,
     /// The session's keys and path for packets written past str0m ([`egress`]).
     pub(crate) egress: Option<Egress>,
+}
+
+/// A viewer's replay of its room's cached GOP: where it is, and how much it may send now.
+pub(crate) struct Replay {
+    pub(crate) cursor: RingCursor,
+    pub(crate) credit: ReplayCredit,
 }
 
 /// Sends one ring packet to one viewer: numbered in its track, in its payload type, protected with its
@@ -155,7 +161,10 @@ pub(crate) fn deliver(
 ) -> bool {
     let (viewer, rtc) = (&mut session.app, &mut session.rtc);
     let meta = &packet.meta;
-    if !viewer.connected || (pace == Pace::Live && viewer.replay.is_some()) {
+    // While its GOP replay runs (a second or two, paced to the link), a viewer gets live audio and the replay's
+    // video: live video joins where the replay ends.
+    let replaying = viewer.replay.is_some() && meta.kind == MediaKind::Video;
+    if !viewer.connected || (pace == Pace::Live && replaying) {
         return false;
     }
     let Some(pt) = viewer.pts.get(codecs, meta.pt) else { return false };

@@ -124,6 +124,10 @@ pub struct Config {
     /// VP8 slate clip (IVF) replacing the built-in one.
     #[arg(long, env = "DEADSFU_SLATE_VP8")]
     pub slate_vp8: Option<PathBuf>,
+    /// How fast a joining viewer gets the cached GOP (the fast start), in percent of the room's bitrate: the share
+    /// of its link the replay takes until it is live. Higher catches up sooner and needs a wider link.
+    #[arg(long, env = "DEADSFU_REPLAY_RATE_PERCENT", default_value_t = 200)]
+    pub replay_rate_percent: u32,
     /// Least time between two keyframe requests to a room's publisher, in milliseconds.
     #[arg(long, env = "DEADSFU_KEYFRAME_REQUEST_INTERVAL_MS", default_value_t = 1000)]
     pub keyframe_request_interval_ms: u64,
@@ -393,6 +397,10 @@ impl Config {
         }
         if self.slate_fps == 0 || self.slate_fps > 120 {
             return Err(ConfigError::Invalid { key: "slate_fps", reason: "must be between 1 and 120".into() });
+        }
+        if !(110..=10_000).contains(&self.replay_rate_percent) {
+            let reason = "must be between 110 (a replay must outrun the stream) and 10000".into();
+            return Err(ConfigError::Invalid { key: "replay_rate_percent", reason });
         }
         if let Some(url) = &self.dial_upstream {
             upstream_url(url).map_err(|reason| ConfigError::Invalid { key: "dial_upstream", reason })?;

@@ -5,8 +5,8 @@ The publisher sends `testsrc-gop5-h264-opus.mkv` (5 s GOP) pre-encoded, so it ne
 request: a viewer that had to wait for the next keyframe would wait up to 5 s. Viewers join at several points
 inside a GOP, each early enough that the next keyframe is more than `MAX_TTFF` away. Each must decode its first
 frame within `MAX_TTFF` of POSTing its offer, that frame must be the keyframe of the GOP that was current when it
-joined, and `LIVE_AFTER` seconds later its
-newest decoded frame must be within `MAX_LIVE_LAG` of the publisher's newest frame. On the wire: one SSRC per
+joined, and `live_after(s)` seconds later (the replay, paced at twice the room's bitrate, gains a second a
+second on live) its newest decoded frame must be within `MAX_LIVE_LAG` of the publisher's newest frame. On the wire: one SSRC per
 track, contiguous sequence numbers, timestamps that never go backwards.
 """
 
@@ -26,7 +26,11 @@ GOP5_FIXTURE = FIXTURE_DIR / "testsrc-gop5-h264-opus.mkv"
 # next keyframe, so that a viewer waiting for it fails the time limit instead of passing by luck.
 JOIN_AT = [(0, 0.7), (1, 2.0), (2, 3.2)]
 MAX_TTFF = 1.5  # seconds from the offer POST to the first decoded frame; the GOP is 5 s
-LIVE_AFTER = 2.0  # seconds after the first frame at which the lag to live is measured
+REPLAY_RATE = 2.0  # deadsfu's default replay pace: twice the room's bitrate, so it gains a second a second
+# Seconds after the first frame at which the lag to live is measured, for a viewer that joined `into` seconds into a
+# GOP: its replay catches up `into` seconds (and the moments its connection took) at REPLAY_RATE - 1 a second.
+def live_after(into: float) -> float:
+    return into / (REPLAY_RATE - 1) + 0.8
 MAX_LIVE_LAG = 0.5  # seconds between the publisher's newest frame and the viewer's newest decoded frame
 FIRST_FRAME_TIMEOUT = 7.0  # long enough to see (and report) a viewer that waited for the next keyframe
 
@@ -60,7 +64,8 @@ async def gop_replay(sfu: Sfu, figures: list[str]) -> None:
         first = v.rx.first_frame(0, size)
         ttff = first.t - v.t_post
         g_first = stream_index(pub.video, first)
-        await wait_for(lambda: time.monotonic() >= first.t + LIVE_AFTER, LIVE_AFTER + 1, "the live measurement")
+        after = live_after(s)
+        await wait_for(lambda: time.monotonic() >= first.t + after, after + 1, "the live measurement")
         newest_sent = pub.video.last_sent()
         last = v.rx.frames[-1]
         g_last = stream_index(pub.video, last)
@@ -71,7 +76,7 @@ async def gop_replay(sfu: Sfu, figures: list[str]) -> None:
             f"  {v.name}: POST at publisher frame {g_post} ({(g_post - gop_start(fixture, g_post)) / VIDEO_FPS:.2f} s"
             f" into its GOP, keyframe {gop_start(fixture, g_post)}); time to first frame {ttff * 1000:.0f} ms"
             f" (answer after {(v.t_answer - v.t_post) * 1000:.0f} ms); first frame g {g_first}; after"
-            f" {LIVE_AFTER:.0f} s: newest decoded g {g_last} vs publisher g {newest_sent}, lag {lag * 1000:.0f} ms;"
+            f" {after:.1f} s: newest decoded g {g_last} vs publisher g {newest_sent}, lag {lag * 1000:.0f} ms;"
             f" frames decoded {f.decoded}/{f.window} from the first, repeated {f.duplicates}, out of order"
             f" {f.out_of_order}; {burst(v)}; RTP received/lost {received_lost(rtp)}"
         )
@@ -83,7 +88,7 @@ async def gop_replay(sfu: Sfu, figures: list[str]) -> None:
             problems.append(f"{v.name}: first frame g {g_first} is not the keyframe of the GOP current at the POST"
                             f" (g {g_post}, its keyframe {gop_start(fixture, g_post)})")
         if lag > MAX_LIVE_LAG:
-            problems.append(f"{v.name}: {LIVE_AFTER:.0f} s after its first frame it is {lag:.2f} s behind live"
+            problems.append(f"{v.name}: {after:.1f} s after its first frame it is {lag:.2f} s behind live"
                             f" (newest decoded g {g_last}, publisher at g {newest_sent})")
         if (f.duplicates or f.out_of_order) and rtp.get("video", {}).get("lost", 0) == 0:
             problems.append(f"{v.name}: {f.duplicates} repeated and {f.out_of_order} out-of-order frames")

@@ -227,6 +227,8 @@ pub struct Options {
     pub geometry: Geometry,
     pub keyframe_request_interval: Duration,
     pub seed: u64,
+    /// The workers' replay pace (`replay_rate_percent`); their default if `None`.
+    pub replay_rate_percent: Option<u32>,
 }
 
 impl Default for Options {
@@ -237,6 +239,7 @@ impl Default for Options {
             geometry: Geometry { slot_count: 4096, slot_size: 2048 },
             keyframe_request_interval: Duration::from_millis(500),
             seed: 1,
+            replay_rate_percent: None,
         }
     }
 }
@@ -254,6 +257,8 @@ pub struct World {
     pub loss: Box<dyn FnMut(&Datagram) -> bool>,
     /// Datagrams lost so far.
     pub lost: u64,
+    /// Narrow links in front of peers, by the peer's address (see [`World::narrow`]).
+    links: HashMap<SocketAddr, Link>,
     dir: PathBuf,
     wire: VecDeque<Datagram>,
     /// Per worker: stalled (not turned, its datagrams held) until then, as a worker short of CPU.
@@ -295,8 +300,13 @@ impl World {
         let workers = (0..options.workers)
             .map(|k| {
                 let limits = SessionLimits::default();
-                Fanout::new(k as u32, dir.clone(), candidates(worker_addr(k)), limits, env(1 + k as u64), now)
-                    .with_slate(options.slate)
+                let worker =
+                    Fanout::new(k as u32, dir.clone(), candidates(worker_addr(k)), limits, env(1 + k as u64), now)
+                        .with_slate(options.slate);
+                match options.replay_rate_percent {
+                    Some(percent) => worker.with_replay_rate(percent),
+                    None => worker,
+                }
             })
             .collect();
         World {
@@ -306,6 +316,7 @@ impl World {
             peers: Vec::new(),
             loss: Box::new(|_| false),
             lost: 0,
+            links: HashMap::new(),
             dir,
             wire: VecDeque::new(),
             stalled_until: vec![None; options.workers],
@@ -315,6 +326,19 @@ impl World {
             ingest_due: now,
             by_addr: HashMap::new(),
         }
+    }
+
+    /// Puts `peer` behind a link of `bytes_per_s` that holds `buffer` bytes (as `tc`'s tbf with its burst and
+    /// the queue its latency allows): a datagram to the peer (counted with its UDP and IPv4 headers) that
+    /// finds the bucket short is lost.
+    pub fn narrow(&mut self, peer: PeerId, bytes_per_s: u64, buffer: u64) {
+        let link = Link { bytes_per_s, buffer, tokens: buffer as f64, at: self.now, dropped: 0 };
+        self.links.insert(self.peers[peer].addr, link);
+    }
+
+    /// Datagrams the link in front of `peer` dropped.
+    pub fn link_drops(&self, peer: PeerId) -> u64 {
+        self.links.get(&self.peers[peer].addr).map_or(0, |l| l.dropped)
     }
 
     fn new_peer(&mut self, rtc: Rtc, addr: SocketAddr, server: SocketAddr, session: SessionId) -> PeerId {
@@ -637,6 +661,11 @@ impl World {
             }
             self.workers[k].handle_packet(now, Protocol::Udp, d.from, d.to, &d.data, &mut |t| out.push(datagram(t)));
         } else if let Some(&id) = self.by_addr.get(&d.to) {
+            if let Some(link) = self.links.get_mut(&d.to) {
+                if !link.pass(now, d.data.len() + 28) {
+                    return;
+                }
+            }
             let peer = &mut self.peers[id];
             if !peer.gone {
                 let receive = Receive::new(Protocol::Udp, d.from, d.to, &d.data).expect("a datagram");
@@ -652,6 +681,30 @@ impl World {
 impl Drop for World {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A token bucket in front of a peer (see [`World::narrow`]).
+struct Link {
+    bytes_per_s: u64,
+    buffer: u64,
+    tokens: f64,
+    at: Instant,
+    dropped: u64,
+}
+
+impl Link {
+    /// Whether a datagram of `size` bytes gets through at `now`.
+    fn pass(&mut self, now: Instant, size: usize) -> bool {
+        let earned = now.saturating_duration_since(self.at).as_secs_f64() * self.bytes_per_s as f64;
+        self.tokens = (self.tokens + earned).min(self.buffer as f64);
+        self.at = now;
+        if self.tokens < size as f64 {
+            self.dropped += 1;
+            return false;
+        }
+        self.tokens -= size as f64;
+        true
     }
 }
 

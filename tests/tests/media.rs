@@ -54,6 +54,17 @@ fn assert_clean_start(viewer: &Peer, tag: u8) -> Vec<Payload> {
     got
 }
 
+/// When (since the first packet) the viewer's video went back to the publisher's spacing: the first of ten
+/// frame starts in a row 3000 ticks apart.
+fn starts_of_live(viewer: &Peer) -> Option<Duration> {
+    let video = viewer.video();
+    let first = video.first()?.0.at;
+    let starts: Vec<&Received> = video.iter().filter(|(_, w)| w.packet == 0).map(|(r, _)| *r).collect();
+    let i =
+        starts.windows(11).position(|w| w.windows(2).all(|p| p[1].timestamp.wrapping_sub(p[0].timestamp) == 3000))?;
+    Some(starts[i].at - first)
+}
+
 fn started(options: Options) -> World {
     World::new(options)
 }
@@ -89,15 +100,23 @@ fn a_late_joiner_gets_the_gop_replayed_then_live_with_nothing_twice_and_nothing_
     let viewer = world.view("lobby", 0).expect("viewer accepted");
     world.run_until("viewer connected", 5 * SECOND, |w| w.all_connected());
     let connected_at = world.now;
-    world.run_for(SECOND);
+    world.run_for(3 * SECOND);
     let v = &world.peers[viewer];
     let got = assert_clean_start(v, 1);
     assert_eq!(got[0].frame, 0, "the replay starts at the GOP's keyframe, 2 s back");
     assert_contiguous(v);
     assert_no_repeats(v);
-    // The cached GOP (60 frames) went out in a burst: the viewer had frame 59 within 100 ms.
-    let caught_up = v.video().iter().find(|(_, w)| w.frame >= 59).map(|(r, _)| r.at).expect("caught up");
-    assert!(caught_up - connected_at < 100 * MS, "caught up after {:?}", caught_up - connected_at);
+    // The cached GOP goes out at 200% of the room's bitrate (video and audio; only video is replayed): its 60
+    // frames (2 s of stream) in 0.95 s, and the viewer's video is live after about 1.8 s.
+    let at_frame = |f: u64| v.video().iter().find(|(_, w)| w.frame >= f).map(|(r, _)| r.at - connected_at);
+    let gop = at_frame(59).expect("the cached GOP");
+    assert!(gop > 800 * MS && gop < 1100 * MS, "the cached GOP took {gop:?}");
+    let live = starts_of_live(v).expect("live again");
+    assert!(live > 1500 * MS && live < 2200 * MS, "live after {live:?}");
+    // Live audio flows meanwhile.
+    assert_audio_contiguous(v);
+    let first_audio = v.audio().first().map(|r| r.at - connected_at).expect("audio");
+    assert!(first_audio < 100 * MS, "first audio {first_audio:?} after connecting");
     // Replayed frames are stamped one tick apart, so the decoder does not play them back in real time;
     // live frames then keep the publisher's 3000-tick spacing.
     let starts: Vec<(u64, u32)> =
@@ -107,6 +126,37 @@ fn a_late_joiner_gets_the_gop_replayed_then_live_with_nothing_twice_and_nothing_
     assert!(deltas[deltas.len() - 10..].iter().all(|&d| d == 3000), "live spacing {:?}", &deltas[deltas.len() - 10..]);
     let m = world.worker_metrics(0);
     assert!(m.viewer_packets_replayed >= 60 * 4, "{m:?}");
+}
+
+#[test]
+fn a_late_joiners_replay_fits_a_link_of_three_times_the_stream() {
+    // About 1 Mbit/s: 30 frames a second of 4 packets of 1000 bytes, and audio; a keyframe every 5 s. The viewer
+    // joins 3 s into a GOP behind a 3 Mbit/s link holding 50 ms (tc's tbf: rate 3mbit, latency 50ms, burst
+    // 4 KB): live it needs a third of the link; its replay at 200% of the stream and live audio about 75%.
+    let run = |percent: Option<u32>| {
+        let mut world = started(Options { replay_rate_percent: percent, ..Options::default() });
+        world.publish("lobby", VideoSpec { gop: 150, ..Default::default() }, 1).expect("publisher accepted");
+        world.run_until("publisher connected", 5 * SECOND, |w| w.all_connected());
+        world.run_for(3 * SECOND);
+        let viewer = world.view("lobby", 0).expect("viewer accepted");
+        world.narrow(viewer, 375_000, 375_000 / 20 + 4096);
+        world.run_until("viewer connected", 5 * SECOND, |w| w.all_connected());
+        world.run_for(4 * SECOND);
+        (world.link_drops(viewer), world, viewer)
+    };
+    let (drops, world, viewer) = run(None);
+    let v = &world.peers[viewer];
+    assert_eq!(drops, 0, "the link dropped {drops} datagrams");
+    let got = assert_clean_start(v, 1);
+    assert_eq!(got[0].frame, 0, "the replay starts at the GOP's keyframe, 3 s back");
+    assert_contiguous(v);
+    assert_no_repeats(v);
+    // 3 s of video behind, gaining 1.1 s a second (the replay's 200% count audio, which is not replayed).
+    let live = starts_of_live(v).expect("live again");
+    assert!(live < 3 * SECOND, "live after {live:?}");
+    // The same replay ten times as fast overflows the link: what the pace is for.
+    let (drops, _, _) = run(Some(1000));
+    assert!(drops > 50, "only {drops} datagrams dropped at 1000%");
 }
 
 #[test]
