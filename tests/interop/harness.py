@@ -100,7 +100,7 @@ class Sfu:
 
     def __init__(
         self, log_dir: Path, workers: int = 2, token: str | None = None, name: str = "deadsfu",
-        extra_args: list[str] | None = None, http_port: int | None = None,
+        extra_args: list[str] | None = None, http_port: int | None = None, http_host: str = "127.0.0.1",
     ) -> None:
         for binary in (SUPERVISOR, RING_TOOL):
             if not binary.exists():
@@ -113,13 +113,13 @@ class Sfu:
         self.http_port = http_port or free_tcp_port()
         self.ingest_port = free_udp_range(1)
         self.fanout_port = free_udp_range(workers)
-        self.url = f"http://127.0.0.1:{self.http_port}"
+        self.url = f"http://{http_host}:{self.http_port}"
         shm = Path("/dev/shm")
         self.runtime_dir = Path(tempfile.mkdtemp(prefix="deadsfu-test-", dir=shm if shm.is_dir() else None))
         self.log_path = log_dir / f"{name}.log"
         self.args = [
             str(SUPERVISOR),
-            "--http", f"127.0.0.1:{self.http_port}",
+            "--http", f"{http_host}:{self.http_port}",
             "--workers", str(workers),
             "--runtime-dir", str(self.runtime_dir),
             "--ingest-port", str(self.ingest_port),
