@@ -43,8 +43,13 @@ pub(crate) const REPLAY_BURST: usize = 32;
 pub const DEFAULT_REPLAY_RATE_PERCENT: u32 = 200;
 /// What a replay counts for a packet besides its payload: RTP header and extensions, SRTP tag, UDP and IP.
 pub(crate) const PACKET_OVERHEAD: u64 = 70;
-/// The most a replay sends back to back: its credit holds this much of its rate (and one packet at least).
+/// The most a replay sends back to back: its credit holds this much of its rate (and one packet at least), or
+/// what the time since its last turn earned when that was longer, up to [`REPLAY_CREDIT_GAP`].
 pub(crate) const REPLAY_CREDIT_TIME: Duration = Duration::from_millis(5);
+/// A busy worker's turns come further apart than [`REPLAY_CREDIT_TIME`]; a replay spends what the gap earned, or
+/// it would fall below its rate (at 200% on a worker turning every 10 ms, to the stream's own rate: it would
+/// never reach live). Beyond this gap (a stalled worker) the rest is forgone rather than sent in one burst.
+pub(crate) const REPLAY_CREDIT_GAP: Duration = Duration::from_millis(50);
 /// The slowest a replay goes, whatever the room's bitrate reads (nothing, while its publisher pauses): 256 kbit/s.
 pub(crate) const REPLAY_MIN_RATE: u64 = 32_000;
 /// The room's bitrate is measured over windows this long.
@@ -109,15 +114,20 @@ impl ReplayCredit {
         credit
     }
 
+    /// Bytes the rate earns in `d`.
+    fn earned(&self, d: Duration) -> i64 {
+        (self.bytes_per_s as u128 * d.as_micros() / 1_000_000).min(i64::MAX as u128) as i64
+    }
+
     fn cap(&self) -> i64 {
-        let cap = self.bytes_per_s as u128 * REPLAY_CREDIT_TIME.as_micros() / 1_000_000;
-        (cap as i64).max(1500)
+        self.earned(REPLAY_CREDIT_TIME).max(1500)
     }
 
     /// Adds what the time since the last refill earned.
     pub(crate) fn refill(&mut self, now: Instant) {
-        let earned = self.bytes_per_s as u128 * now.saturating_duration_since(self.at).as_micros() / 1_000_000;
-        self.credit = self.credit.saturating_add(earned.min(i64::MAX as u128) as i64).min(self.cap());
+        let gap = now.saturating_duration_since(self.at);
+        let cap = self.cap().max(self.earned(gap.min(REPLAY_CREDIT_GAP)));
+        self.credit = self.credit.saturating_add(self.earned(gap)).min(cap);
         self.at = now;
     }
 
@@ -573,14 +583,26 @@ mod tests {
         let expected = 250_000 + 250_000 * 5 / 1000;
         assert!(sent.abs_diff(expected) <= 1070 * 2, "sent {sent} bytes in 1 s, expected about {expected}");
         assert!(burst <= 2, "{burst} packets back to back");
-        // A turn that came late earns no more than the credit holds.
+        // A turn after a stall spends at most REPLAY_CREDIT_GAP's worth (12.5 KB).
         credit.refill(start + Duration::from_secs(10));
         let mut late = 0;
         while credit.may_send() {
             credit.spend(1000);
             late += 1;
         }
-        assert!(late <= 2, "{late} packets after a 9 s gap");
+        assert!((11..=13).contains(&late), "{late} packets after a 9 s gap");
+        // On a busy worker, turns 10 ms apart: the replay keeps its rate.
+        let t = start + Duration::from_secs(20);
+        let mut busy = ReplayCredit::new(250_000, t);
+        let mut sent = 0usize;
+        for turn in 1..=100u64 {
+            busy.refill(t + Duration::from_millis(10 * turn));
+            while busy.may_send() {
+                busy.spend(1000);
+                sent += 1000 + PACKET_OVERHEAD as usize;
+            }
+        }
+        assert!(sent.abs_diff(250_000) <= 1070 * 3, "sent {sent} bytes in 1 s of 10 ms turns, expected about 250000");
         // A slow stream still gets a packet at a time.
         let mut slow = ReplayCredit::new(1_000, start);
         let mut first = 0;
