@@ -63,6 +63,8 @@ pub(crate) struct StreamRate {
     bytes: u64,
     last: Option<u64>,
     previous: Option<u64>,
+    /// Until a window closes: the rate of the GOP in the ring, read once by the first replay (see [`gop_rate`]).
+    seed: Option<u64>,
 }
 
 impl StreamRate {
@@ -84,11 +86,12 @@ impl StreamRate {
         }
     }
 
-    /// Bytes a second, once a window closed.
+    /// Bytes a second, once a window closed or a seed was given.
     pub(crate) fn bytes_per_s(&self) -> Option<u64> {
         match (self.last, self.previous) {
             (Some(a), Some(b)) => Some((a + b) / 2),
-            (a, _) => a,
+            (Some(a), None) => Some(a),
+            _ => self.seed,
         }
     }
 
@@ -404,7 +407,11 @@ impl RoomFeed {
         }
         match fallback {
             Some(pos) => {
-                let stream = self.rate.bytes_per_s().unwrap_or_else(|| gop_rate(reader, pos, live_pos, buf));
+                // Read from the ring once per feed, not per joining viewer, until a window closes.
+                let stream = match self.rate.bytes_per_s() {
+                    Some(b) => b,
+                    None => *self.rate.seed.insert(gop_rate(reader, pos, live_pos, buf)),
+                };
                 let credit = ReplayCredit::new(self.replay_rate(stream), now);
                 viewer.replay = Some(Replay { cursor: RingCursor::at(pos), credit });
                 self.replaying.push(key);
@@ -620,6 +627,9 @@ mod tests {
         let start = Instant::now();
         let mut rate = StreamRate::default();
         assert_eq!(rate.bytes_per_s(), None);
+        // A seed (the GOP's rate read from the ring) stands in until a window closes.
+        rate.seed = Some(7);
+        assert_eq!(rate.bytes_per_s(), Some(7));
         // 100 packets of 930 bytes (1000 counted) a second: 100 KB/s; a 50 KB keyframe in the second window.
         let mut at = start;
         for ms in (0..4000u64).step_by(10) {

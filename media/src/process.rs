@@ -348,6 +348,11 @@ impl Outbox for Sockets<'_> {
 /// sessions and pings the watchdog; the kernel drops what the socket buffer cannot hold.
 const DATAGRAM_BUDGET: usize = 256;
 
+/// True if the loop must turn again at once: the core has work, or sockets were left with datagrams to read.
+fn must_turn<C: Core>(core: &C, unfinished: &[usize], tcp_unfinished: &[Token]) -> bool {
+    core.has_work() || !unfinished.is_empty() || !tcp_unfinished.is_empty()
+}
+
 /// Binds the process's sockets, builds its core from its ICE host candidates (UDP, and passive TCP with
 /// `ice_tcp`) and a waker (which turns the loop at once, for threads that feed the core), and runs it until
 /// SIGTERM or SIGINT.
@@ -419,7 +424,7 @@ pub fn run<C: Core>(
         // requests, wake-ups) waits in the kernel and is read in one turn.
         if let Some(gather) = core.coalesce(now) {
             let since = now.saturating_duration_since(turn_start);
-            if since < gather && !core.has_work() && unfinished.is_empty() && tcp_unfinished.is_empty() {
+            if since < gather && !must_turn(&core, &unfinished, &tcp_unfinished) {
                 std::thread::sleep(gather - since);
                 now = Instant::now();
             }
@@ -434,7 +439,7 @@ pub fn run<C: Core>(
             break;
         }
         watchdog.tick(now);
-        let timeout = if core.has_work() || !unfinished.is_empty() || !tcp_unfinished.is_empty() {
+        let timeout = if must_turn(&core, &unfinished, &tcp_unfinished) {
             Duration::ZERO
         } else {
             let due = [core.next_timeout(now), watchdog.deadline()].into_iter().flatten().min();

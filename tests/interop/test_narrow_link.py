@@ -4,7 +4,7 @@ The viewer (aiortc, `narrow_viewer.py`) runs in a network namespace this test ma
 namespace (deadsfu, the publisher) by a veth pair whose root end sends through `tc`'s tbf at 3 Mbit/s with
 50 ms of queue. The publisher sends `testsrc-gop5-h264-opus.mkv` (about 1 Mbit/s, a keyframe every 5 s)
 pre-encoded; the viewer POSTs 1.5 s into a GOP and watches until just before the next keyframe. Its replay
-(1.5 s of stream and what comes while it runs) goes at 200% of the room's bitrate, with live audio about 2.4 Mbit/s on the wire: the link drops nothing, the viewer's
+(1.5 s of stream and what comes while it runs) goes at 200% of the room's bitrate, with live audio alongside: the link must drop nothing, the viewer's
 sequence numbers have no gap, its first frame is the GOP's keyframe within 1 s of its POST, and it is live
 (within 0.5 s of the publisher) when it stops. Then the same with `--replay-rate-percent 10000` (the replay
 as fast as the worker sends it), which the link must be seen to drop: the shaping is real.
