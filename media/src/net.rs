@@ -47,6 +47,18 @@ struct Bound {
     socket: UdpSocket,
     /// The address peers send to: the socket's own, or the advertised one behind NAT.
     advertised: SocketAddr,
+    /// The `recvmmsg` headers of this socket, kept across calls. Each is its own: a header's address length
+    /// goes into the kernel as the room for the source address and comes back as the length written, and nix
+    /// does not restore it between calls, so a slot that once read an IPv4 source (16 bytes) would cut the next
+    /// IPv6 one (28) to its first 8 address bytes (`fd00::2` read as `fd00::`). A socket's sources are all of
+    /// its own family, so its own headers never shrink below what it needs.
+    recv_headers: MultiHeaders<SockaddrStorage>,
+}
+
+impl Bound {
+    fn new(socket: UdpSocket, advertised: SocketAddr) -> Bound {
+        Bound { socket, advertised, recv_headers: MultiHeaders::preallocate(RECV_BATCH, None) }
+    }
 }
 
 /// The sockets of one process, all on one port.
@@ -82,7 +94,7 @@ impl UdpSet {
                 if public.is_ipv6() { Ipv6Addr::UNSPECIFIED.into() } else { Ipv4Addr::UNSPECIFIED.into() };
             let socket = UdpSocket::bind(SocketAddr::new(any, port))?;
             let port = socket.local_addr()?.port();
-            sockets.push(Bound { socket, advertised: SocketAddr::new(public, port) });
+            sockets.push(Bound::new(socket, SocketAddr::new(public, port)));
         } else {
             let mut port = port;
             for ip in local_addresses()? {
@@ -96,7 +108,8 @@ impl UdpSet {
                     Err(e) => return Err(e),
                 };
                 port = socket.local_addr()?.port();
-                sockets.push(Bound { advertised: socket.local_addr()?, socket });
+                let advertised = socket.local_addr()?;
+                sockets.push(Bound::new(socket, advertised));
             }
         }
         if sockets.is_empty() {
@@ -156,14 +169,19 @@ impl UdpSet {
     /// Reads up to [`RECV_BATCH`] datagrams from socket `index` in one `recvmmsg` into `batch`, and returns how
     /// many the kernel gave; 0 when the socket had none. Fewer than a batch means the socket was read dry.
     pub fn recv_batch(&mut self, index: usize, batch: &mut RecvBatch) -> io::Result<usize> {
-        let b = &self.sockets[index];
+        let b = &mut self.sockets[index];
         batch.got.clear();
         batch.destination = b.advertised;
         let mut chunks = batch.buf.chunks_exact_mut(DATAGRAM_MAX);
         let mut slices: [[IoSliceMut<'_>; 1]; RECV_BATCH] =
             std::array::from_fn(|_| [IoSliceMut::new(chunks.next().expect("the buffer holds a batch"))]);
-        let received =
-            socket::recvmmsg(b.socket.as_raw_fd(), &mut batch.headers, slices.iter_mut(), MsgFlags::MSG_DONTWAIT, None);
+        let received = socket::recvmmsg(
+            b.socket.as_raw_fd(),
+            &mut b.recv_headers,
+            slices.iter_mut(),
+            MsgFlags::MSG_DONTWAIT,
+            None,
+        );
         let mut read = 0;
         match received {
             Ok(results) => {
@@ -274,7 +292,6 @@ pub struct RecvBatch {
     got: Vec<(usize, usize, SocketAddr)>,
     /// The address they were sent to (the socket's advertised one).
     destination: SocketAddr,
-    headers: MultiHeaders<SockaddrStorage>,
 }
 
 impl Default for RecvBatch {
@@ -283,7 +300,6 @@ impl Default for RecvBatch {
             buf: vec![0; RECV_BATCH * DATAGRAM_MAX],
             got: Vec::with_capacity(RECV_BATCH),
             destination: SocketAddr::from(([0, 0, 0, 0], 0)),
-            headers: MultiHeaders::preallocate(RECV_BATCH, None),
         }
     }
 }
@@ -503,5 +519,35 @@ mod tests {
         }
         assert_eq!(set.counters().datagrams_in, 40);
         assert_eq!(set.recv_batch(0, &mut batch).unwrap(), 0, "read dry");
+    }
+
+    /// Reads from an IPv4 socket and then an IPv6 one of the same set, through one batch: each datagram's
+    /// source comes whole (an IPv6 source read where an IPv4 one was read before once came cut to 8 bytes).
+    #[test]
+    fn each_source_address_comes_whole_whatever_was_read_before() {
+        let mut set = UdpSet::bind(0, None).unwrap();
+        let on = |ip: IpAddr| set.candidates().iter().position(|c| c.ip() == ip);
+        let (Some(v4), Some(v6)) = (on(Ipv4Addr::LOCALHOST.into()), on(Ipv6Addr::LOCALHOST.into())) else {
+            eprintln!("skipped: this host has no IPv4 and IPv6 loopback to bind");
+            return;
+        };
+        let (to4, to6) = (set.candidates()[v4], set.candidates()[v6]);
+        let tx4 = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx6 = std::net::UdpSocket::bind("[::1]:0").unwrap();
+        let mut batch = RecvBatch::default();
+        for round in 0..3 {
+            for _ in 0..RECV_BATCH {
+                tx4.send_to(b"four", to4).unwrap();
+            }
+            assert_eq!(set.recv_batch(v4, &mut batch).unwrap(), RECV_BATCH);
+            assert!(batch.iter().all(|(_, source, _)| source == tx4.local_addr().unwrap()), "round {round}");
+            for _ in 0..RECV_BATCH {
+                tx6.send_to(b"six", to6).unwrap();
+            }
+            assert_eq!(set.recv_batch(v6, &mut batch).unwrap(), RECV_BATCH);
+            for (_, source, destination) in batch.iter() {
+                assert_eq!((source, destination), (tx6.local_addr().unwrap(), to6), "round {round}");
+            }
+        }
     }
 }
