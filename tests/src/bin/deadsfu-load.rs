@@ -5,7 +5,8 @@
 //! cleartext RTP header of each SRTP datagram (sequence gaps, duplicates, reorders; time to the first
 //! complete video frame); a sample of viewers also feeds every datagram through str0m (SRTP decryption and
 //! authentication), and their payloads are matched against the room's ring to measure the latency added
-//! between ingest receiving a packet and a viewer receiving it.
+//! between ingest receiving a packet and the kernel queueing it at the viewer's socket (the socket's receive
+//! timestamp, `SO_TIMESTAMPNS`: this client's own delay in reading its sockets is not counted).
 //!
 //! Protocol on stdin/stdout (one JSON object per line on stdout):
 //! - it prints `{"event":"ramp_done",...}` once every viewer got its first complete video frame (or failed);
@@ -389,11 +390,16 @@ fn stats(mut v: Vec<f64>) -> Value {
     })
 }
 
-/// recvmmsg(2) on one socket into preallocated buffers.
+/// Room for one `SCM_TIMESTAMPNS` control message (a `timespec`), with its header and alignment.
+const CMSG_ROOM: usize = 64;
+
+/// recvmmsg(2) on one socket into preallocated buffers, with each datagram's receive timestamp where the socket
+/// gives one ([`set_timestamps`]).
 struct RecvBatch {
     bufs: Vec<[u8; DGRAM_MAX]>,
     addrs: Vec<libc::sockaddr_storage>,
     iovs: Vec<libc::iovec>,
+    cmsgs: Vec<[u64; CMSG_ROOM / 8]>,
     hdrs: Vec<libc::mmsghdr>,
 }
 
@@ -407,6 +413,7 @@ impl RecvBatch {
             bufs: vec![[0u8; DGRAM_MAX]; BATCH],
             addrs: vec![zero_addr; BATCH],
             iovs: Vec::with_capacity(BATCH),
+            cmsgs: vec![[0; CMSG_ROOM / 8]; BATCH],
             hdrs: vec![zero_hdr; BATCH],
         };
         for i in 0..BATCH {
@@ -425,8 +432,8 @@ impl RecvBatch {
             h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
             h.msg_iov = &mut self.iovs[i];
             h.msg_iovlen = 1;
-            h.msg_control = std::ptr::null_mut();
-            h.msg_controllen = 0;
+            h.msg_control = self.cmsgs[i].as_mut_ptr().cast();
+            h.msg_controllen = CMSG_ROOM;
             h.msg_flags = 0;
             self.hdrs[i].msg_len = 0;
         }
@@ -440,6 +447,24 @@ impl RecvBatch {
         } else {
             n as usize
         }
+    }
+
+    /// When the kernel queued datagram `i` at the socket (Unix time, ns), if the socket stamps datagrams.
+    fn stamp(&self, i: usize) -> Option<u64> {
+        let h = &self.hdrs[i].msg_hdr;
+        // SAFETY: the header's control buffer is self.cmsgs[i], filled by the kernel up to msg_controllen; the
+        // CMSG_ macros walk only within it, and an SCM_TIMESTAMPNS message's data is one timespec.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(h);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                    let t = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::timespec>());
+                    return Some(t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64);
+                }
+                c = libc::CMSG_NXTHDR(h, c);
+            }
+        }
+        None
     }
 
     fn source(&self, i: usize) -> Option<SocketAddr> {
@@ -462,6 +487,24 @@ fn raise_fd_limit() {
             lim.rlim_cur = lim.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
+    }
+}
+
+/// Asks the kernel to stamp each datagram with the time it was queued at the socket (`SO_TIMESTAMPNS`).
+fn set_timestamps(fd: i32) {
+    let on: i32 = 1;
+    // SAFETY: setsockopt with a pointer to an i32 and its size, on an open socket.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const i32).cast(),
+            std::mem::size_of::<i32>() as u32,
+        )
+    };
+    if r != 0 {
+        eprintln!("deadsfu-load: SO_TIMESTAMPNS refused: {}", std::io::Error::last_os_error());
     }
 }
 
@@ -605,8 +648,8 @@ impl Load {
         }
     }
 
-    /// One datagram to viewer `idx`.
-    fn on_datagram(&mut self, idx: usize, src: SocketAddr, data: &[u8], now: Instant, now_ns: u64) {
+    /// One datagram to viewer `idx`, queued at its socket at `received_ns` (Unix time, for the latency).
+    fn on_datagram(&mut self, idx: usize, src: SocketAddr, data: &[u8], now: Instant, received_ns: u64) {
         let v = &mut self.viewers[idx];
         if v.state != State::Active {
             return;
@@ -654,7 +697,7 @@ impl Load {
         if v.rtc.handle_input(Input::Receive(now, receive)).is_err() {
             return;
         }
-        self.drain(idx, now_ns);
+        self.drain(idx, received_ns);
     }
 
     fn on_timers(&mut self, now: Instant) {
@@ -801,6 +844,11 @@ fn main() {
     for i in 0..n {
         let mut sock = UdpSocket::bind("127.0.0.1:0".parse().expect("addr")).expect("bind a UDP socket");
         set_rcvbuf(sock.as_raw_fd(), 4 << 20);
+        let sample = i % sample_every == 0 && i / sample_every < sample_n;
+        if sample {
+            // The latency is measured on the sample only.
+            set_timestamps(sock.as_raw_fd());
+        }
         let local = sock.local_addr().expect("local addr");
         poll.registry().register(&mut sock, Token(i), Interest::READABLE).expect("register");
         let mut rtc = Rtc::builder().set_rtp_mode(true).build(Instant::now());
@@ -809,7 +857,7 @@ fn main() {
             rtc,
             sock,
             local,
-            sample: i % sample_every == 0 && i / sample_every < sample_n,
+            sample,
             state: State::Waiting,
             pending: None,
             t_post: None,
@@ -970,7 +1018,7 @@ fn main() {
                     let Some(src) = batch.source(i) else { continue };
                     let len = batch.hdrs[i].msg_len as usize;
                     let data = &batch.bufs[i][..len.min(DGRAM_MAX)];
-                    load.on_datagram(idx, src, data, now, now_ns);
+                    load.on_datagram(idx, src, data, now, batch.stamp(i).unwrap_or(now_ns));
                 }
                 if got < BATCH {
                     break;
