@@ -35,11 +35,12 @@ use shm_proto::control::{
 };
 use shm_proto::ring::{Geometry, RingReader};
 use shm_proto::{paths, Owner, RoomName, SessionId};
-use str0m::media::{KeyframeRequestKind, Mid};
+use str0m::media::{KeyframeRequestKind, MediaKind, Mid};
 use str0m::net::Transmit;
 use str0m::rtp::RtpPacket;
 use str0m::{Candidate, Event, IceConnectionState};
 
+use crate::layers::Layers;
 use crate::pulls::{PullCommand, Pulls};
 use crate::room::{remove_ring, Room, Source, WATCH_TIMEOUT_MS};
 use crate::slate::Slate;
@@ -320,6 +321,13 @@ impl Ingest {
                         tracing::debug!(session = %s.app.id, "publisher connected");
                     }
                 }
+                Event::MediaAdded(m) if m.kind == MediaKind::Video => {
+                    if let (Some(s), Some(simulcast)) = (self.host.get_mut(key), m.simulcast) {
+                        let rids: Vec<String> = simulcast.recv.iter().map(|l| l.rid.to_string()).collect();
+                        tracing::info!(session = %s.app.id, ?rids, "publisher sends simulcast");
+                        s.app.source.layers.get_or_insert_with(Layers::default);
+                    }
+                }
                 _ => {}
             }
         }
@@ -340,6 +348,12 @@ impl Ingest {
             room.set_live_codecs(codecs, &self.slate, &publisher.source.room);
         }
         room.write_live(&mut publisher.source, &pkt, &self.slate, now, self.env.unix_ns(now));
+        // A simulcast layer the ring is to move to: its keyframe is asked for at once.
+        if let Some(ssrc) = publisher.source.layers.as_mut().and_then(|l| l.keyframe_wanted(now)) {
+            if let Some(rx) = session.rtc.direct_api().stream_rx(&ssrc) {
+                rx.request_keyframe(KeyframeRequestKind::Pli);
+            }
+        }
     }
 
     /// Heartbeats, the slate, keyframe requests, silent publishers, pulls, idle rooms.
@@ -380,7 +394,7 @@ impl Ingest {
             let Some(key) = room.publisher else { continue };
             let Some(session) = self.host.get_mut(key) else { continue };
             let mut api = session.rtc.direct_api();
-            for ssrc in &session.app.source.video_ssrcs {
+            for ssrc in &session.app.source.keyframe_ssrcs() {
                 if let Some(rx) = api.stream_rx(ssrc) {
                     rx.request_keyframe(KeyframeRequestKind::Pli);
                 }

@@ -6,7 +6,7 @@
 //! (the supervisor's or systemd's).
 //!
 //! [`ingest::Ingest`] is the core: given requests, packets, time and randomness, it writes rings and says
-//! what its shell must do; [`room`] and [`pulls`] are its parts. [`shell`] is the process around it (the
+//! what its shell must do; [`room`], [`layers`] (a simulcast publisher's) and [`pulls`] are its parts. [`shell`] is the process around it (the
 //! binary `deadsfu-ingest` calls [`shell::run`]); [`upstream`] the WHEP client an edge's pull runs. The
 //! modules are public so tests (`deadsfu_tests::sim`) and fuzz targets drive the core without a process.
 
@@ -14,6 +14,7 @@
 
 pub mod ingest;
 pub mod keyframe;
+pub mod layers;
 pub mod pulls;
 pub mod room;
 pub mod shell;

@@ -17,6 +17,7 @@ use shm_proto::{paths, RoomName};
 use str0m::rtp::{RtpPacket, Ssrc};
 
 use crate::keyframe;
+use crate::layers::{Layers, Take};
 use crate::slate::{Slate, SlatePlayer};
 
 /// Live video missing this long hands the room to the slate.
@@ -37,11 +38,34 @@ pub struct Source {
     /// Per video SSRC, the timestamp of the last keyframe start: a keyframe (SPS, PPS, IDR fragments) spans
     /// several packets that may each look like a start, and only the first may be indexed.
     keyframe_ts: HashMap<Ssrc, u32>,
+    /// A simulcast publisher's layers: the ring carries one of them (see [`Layers`]).
+    pub layers: Option<Layers>,
+    /// The source id of the video in the ring: [`Source::id`], moved on each time the ring moves to another
+    /// simulcast layer, so readers take the new layer up at its keyframe as they would a new source.
+    video_id: u32,
 }
 
 impl Source {
     pub fn new(room: RoomName, random: &mut Random) -> Source {
-        Source { room, id: random.u32(), codecs: HashMap::new(), video_ssrcs: Vec::new(), keyframe_ts: HashMap::new() }
+        let id = random.u32();
+        Source {
+            room,
+            id,
+            codecs: HashMap::new(),
+            video_ssrcs: Vec::new(),
+            keyframe_ts: HashMap::new(),
+            layers: None,
+            video_id: id,
+        }
+    }
+
+    /// The video SSRCs a keyframe request goes to: the simulcast layer the ring carries, or every one (also
+    /// while no layer is carried yet).
+    pub fn keyframe_ssrcs(&self) -> Vec<Ssrc> {
+        match self.layers.as_ref().and_then(Layers::carried) {
+            Some(carried) => vec![carried],
+            None => self.video_ssrcs.clone(),
+        }
     }
 }
 
@@ -184,6 +208,17 @@ impl Room {
             if !source.video_ssrcs.contains(&ssrc) {
                 source.video_ssrcs.push(ssrc);
             }
+            if let Some(layers) = &mut source.layers {
+                match layers.on_video(ssrc, pkt.payload.len(), is_keyframe, now) {
+                    Take::No => return,
+                    Take::Yes => {}
+                    Take::Switch => {
+                        source.video_id = source.video_id.wrapping_add(1);
+                        let kbit_s = layers.rate(ssrc).map(|r| (r * 8.0 / 1000.0).round());
+                        tracing::info!(room = %source.room, ssrc = *ssrc, ?kbit_s, "simulcast: the ring carries this layer");
+                    }
+                }
+            }
             if self.slate.is_some() {
                 if !is_keyframe {
                     // The slate holds the picture until live video can start clean.
@@ -203,7 +238,7 @@ impl Room {
             seq: *pkt.seq_no,
             timestamp: pkt.header.timestamp,
             ssrc: *ssrc,
-            source: source.id,
+            source: if kind == MediaKind::Video { source.video_id } else { source.id },
             pt,
             kind,
             marker: pkt.header.marker,

@@ -1,6 +1,7 @@
 // The publisher page /send beyond the camera: it publishes again on its own, with the same capture, when
 // the SFU's ingest process is killed under it (the supervisor restarts ingest; a viewer gets live frames
-// again), and it shares the screen (getDisplayMedia) to a viewer, chosen from the keyboard.
+// again), it shares the screen (getDisplayMedia) to a viewer, chosen from the keyboard, and it sends
+// simulcast (?simulcast=3), of which a viewer plays the top layer.
 //
 // Headless Chromium has no screen to capture: without --use-fake-device-for-media-stream getDisplayMedia
 // fails with "NotReadableError: Could not start video source", and --auto-select-desktop-capture-source
@@ -193,6 +194,52 @@ test("/send publishes again on its own when ingest is killed, and a viewer gets 
     assert.deepEqual([s.state, s.pc], ["idle", null], `still stopped a second later: ${JSON.stringify(s)}`);
     await pub.close();
     await pages.viewer.close();
+  });
+});
+
+/** The publisher's video layers as its statistics show them: rid, size and bytes sent of each. */
+async function sentLayers(page) {
+  return page.evaluate(async () => {
+    const out = [];
+    (await window.pc.getStats()).forEach((s) => {
+      if (s.type === "outbound-rtp" && (s.kind || s.mediaType) === "video") {
+        out.push({ rid: s.rid, width: s.frameWidth || 0, height: s.frameHeight || 0, bytes: s.bytesSent || 0 });
+      }
+    });
+    return out.sort((a, b) => a.width - b.width);
+  });
+}
+
+test("/send?simulcast=3 sends three layers; a viewer plays the top one", { timeout: 60_000 }, async (t) => {
+  fs.mkdirSync(ARTIFACTS, { recursive: true });
+  const pages = {};
+  const step = stepper(t, pages);
+  let top = null;
+  await step("Chromium sends three layers of its camera, each its own size", async () => {
+    const b = await ensureStarted();
+    pages.pub = await openPage(b.context, "send-simulcast", pageLog);
+    await pages.pub.goto(`${sfu.base}/send?room=simul&simulcast=3&resolution=1280x720`);
+    await pages.pub.locator("#start:not([disabled])").waitFor({ timeout: 5_000 });
+    await pages.pub.getByRole("button", { name: "Start" }).click();
+    await waitLive(pages.pub, "the simulcast publisher to go live");
+    // Chromium starts its layers as its estimate of the link grows: wait for all three to carry frames.
+    const layers = await until("three layers with frames", async () => {
+      const l = await sentLayers(pages.pub);
+      if (l.length === 3 && l.every((x) => x.width > 0 && x.bytes > 0)) return l;
+      throw new Error(JSON.stringify(l));
+    }, { timeout: 20_000, interval: 250 });
+    console.log(`simulcast layers: ${layers.map((l) => `${l.rid} ${l.width}x${l.height}`).join(", ")}`);
+    assert.deepEqual(layers.map((l) => l.rid), ["l", "m", "h"]);
+    assert.ok(layers[0].width < layers[1].width && layers[1].width < layers[2].width, JSON.stringify(layers));
+    top = { width: layers[2].width, height: layers[2].height };
+  });
+  if (!top) return;
+  await step("the viewer plays the top layer, live, frames advancing", async () => {
+    pages.viewer = await openPage(browser.context, "viewer-simulcast", pageLog);
+    await pages.viewer.goto(`${sfu.base}/?room=simul`);
+    const r = await waitViewerLive(pages.viewer, top, "the viewer to play the top layer", 20_000);
+    console.log(`simulcast viewer: ${r.now.w}x${r.now.h}, ${r.now.frames - r.first.frames} frames in ${r.now.at - r.first.at} ms`);
+    await pages.pub.getByRole("button", { name: "Stop" }).click();
   });
 });
 

@@ -29,7 +29,7 @@ use shm_proto::ring::Geometry;
 use shm_proto::{paths, RoomName, SessionId};
 use str0m::change::SdpPendingOffer;
 use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind, Mid, Pt};
+use str0m::media::{Direction, MediaKind, Mid, Pt, Rid, Simulcast, SimulcastLayer};
 use str0m::net::{Protocol, Receive, Transmit};
 use str0m::rtp::rtcp::SenderInfo;
 use str0m::rtp::{ExtensionValues, RtpWrite, VideoOrientation};
@@ -136,6 +136,8 @@ impl Default for VideoSpec {
 
 struct VideoOut {
     mid: Mid,
+    /// The simulcast layer it is, if the publisher sends layers.
+    rid: Option<Rid>,
     pt: Pt,
     spec: VideoSpec,
     seq: u64,
@@ -200,8 +202,9 @@ pub struct Peer {
     pub keyframe_requests: u32,
     /// The publisher's tag, in its video payloads.
     pub tag: u8,
-    /// A publisher's media; it sends once connected, while `sending` (and answers keyframe requests only then).
-    video: Option<VideoOut>,
+    /// A publisher's media (a video stream per simulcast layer); it sends once connected, while `sending` (and
+    /// answers keyframe requests only then).
+    video: Vec<VideoOut>,
     audio: Option<AudioOut>,
     pub sending: bool,
     /// The peer closed: it sends and takes nothing more.
@@ -354,7 +357,7 @@ impl World {
             sender_reports: Vec::new(),
             keyframe_requests: 0,
             tag: 0,
-            video: None,
+            video: Vec::new(),
             audio: None,
             sending: true,
             gone: false,
@@ -383,12 +386,39 @@ impl World {
         audio: bool,
         tag: u8,
     ) -> Result<PeerId, Response> {
+        let layers: Vec<(Option<&str>, VideoSpec)> = video.into_iter().map(|v| (None, v)).collect();
+        self.publish_layers(room, config, &layers, audio, tag)
+    }
+
+    /// A VP8 + Opus publisher sending simulcast: one video stream per `(rid, spec)`, offered in that order
+    /// (`a=simulcast:send`), each with its own sequence numbers and keyframes.
+    pub fn publish_simulcast(&mut self, room: &str, layers: &[(&str, VideoSpec)], tag: u8) -> Result<PeerId, Response> {
+        let config = Rtc::builder().clear_codecs().enable_vp8(true).enable_opus(true, false);
+        let layers: Vec<(Option<&str>, VideoSpec)> = layers.iter().map(|(rid, v)| (Some(*rid), v.clone())).collect();
+        self.publish_layers(room, config, &layers, true, tag)
+    }
+
+    fn publish_layers(
+        &mut self,
+        room: &str,
+        config: RtcConfig,
+        layers: &[(Option<&str>, VideoSpec)],
+        audio: bool,
+        tag: u8,
+    ) -> Result<PeerId, Response> {
         let addr = self.peer_addr();
         let mut rtc = config.set_rtp_mode(true).build(self.now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").expect("a host candidate"));
         let mut change = rtc.sdp_api();
-        let video_mid =
-            video.as_ref().map(|_| change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
+        let simulcast = layers.iter().all(|(rid, _)| rid.is_some()).then(|| {
+            let mut s = Simulcast::new();
+            for (rid, _) in layers {
+                s.add_send_layer(SimulcastLayer::new(rid.expect("a rid")));
+            }
+            s
+        });
+        let video_mid = (!layers.is_empty())
+            .then(|| change.add_media(MediaKind::Video, Direction::SendOnly, None, None, simulcast));
         let audio_mid = audio.then(|| change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None));
         let (offer, pending) = change.apply().expect("an offer");
         let request = IngestRequest::Publish { room: room_name(room), offer: offer.to_sdp_string() };
@@ -404,24 +434,33 @@ impl World {
         let now = self.now;
         let peer = &mut self.peers[id];
         peer.tag = tag;
-        if let (Some(spec), Some(mid)) = (video, video_mid) {
+        if let Some(mid) = video_mid {
             let pt = pt_of(&peer.rtc, true).expect("a video codec");
-            peer.video = Some(VideoOut {
-                mid,
-                pt,
-                spec,
-                seq: 1000 * tag as u64,
-                ts: 90_000 * tag as u32,
-                frame: 0,
-                next_at: now,
-                keyframe_asked: false,
-            });
+            for (k, (rid, spec)) in layers.iter().enumerate() {
+                peer.video.push(VideoOut {
+                    mid,
+                    rid: rid.map(Rid::from),
+                    pt,
+                    spec: spec.clone(),
+                    seq: 1000 * tag as u64 + 20_000 * k as u64,
+                    ts: 90_000 * tag as u32,
+                    frame: 0,
+                    next_at: now,
+                    keyframe_asked: false,
+                });
+            }
         }
         if let Some(mid) = audio_mid {
             let pt = pt_of(&peer.rtc, false).expect("an audio codec");
             peer.audio = Some(AudioOut { mid, pt, seq: 0, ts: 0, next_at: now });
         }
         Ok(id)
+    }
+
+    /// A simulcast publisher stops sending layer `rid` (as a browser does with its top layers when its uplink
+    /// narrows); the others go on.
+    pub fn stop_layer(&mut self, publisher: PeerId, rid: &str) {
+        self.peers[publisher].video.retain(|v| v.rid != Some(Rid::from(rid)));
     }
 
     /// A viewer of `room` on worker `worker` offering audio and video with str0m's default codecs.
@@ -612,11 +651,11 @@ impl World {
                 Output::Timeout(_) => break,
                 Output::Transmit(t) => self.wire.push_back(datagram(t)),
                 Output::Event(Event::Connected) => peer.connected = true,
-                Output::Event(Event::KeyframeRequest(_)) => {
+                Output::Event(Event::KeyframeRequest(r)) => {
                     peer.keyframe_requests += 1;
                     // A publisher that is not sending has no encoder running to answer.
-                    if let Some(v) = peer.video.as_mut().filter(|_| peer.sending) {
-                        v.keyframe_asked = true;
+                    for v in peer.video.iter_mut().filter(|v| v.rid.is_none() || v.rid == r.rid) {
+                        v.keyframe_asked |= peer.sending;
                     }
                 }
                 Output::Event(Event::RtpPacket(pkt)) => {
@@ -735,12 +774,12 @@ fn skip_pause(next_at: &mut Instant, ts: &mut u32, interval: Duration, ticks: u3
 
 fn send_media(peer: &mut Peer, now: Instant) {
     let tag = peer.tag;
-    if let Some(v) = &mut peer.video {
+    for v in &mut peer.video {
         skip_pause(&mut v.next_at, &mut v.ts, Duration::from_secs(1) / v.spec.fps, 90_000 / v.spec.fps, now);
         while v.next_at <= now {
             let keyframe = v.frame % v.spec.gop == 0 || std::mem::take(&mut v.keyframe_asked);
             let mut api = peer.rtc.direct_api();
-            let tx = api.stream_tx_by_mid(v.mid, None).expect("the video send stream");
+            let tx = api.stream_tx_by_mid(v.mid, v.rid).expect("the video send stream");
             for packet in 0..v.spec.packets_per_frame {
                 let payload = Payload { tag, frame: v.frame, packet, keyframe }.vp8(v.spec.packet_size);
                 let last = packet + 1 == v.spec.packets_per_frame;

@@ -556,3 +556,91 @@ fn a_viewer_is_sent_sender_reports_only_while_media_flows() {
     let first_report = resumed.iter().position(|media| !media).expect("a sender report after the pause");
     assert!(resumed[0] && first_report < 10, "{resumed:?}");
 }
+
+/// A simulcast publisher's video as a viewer got it: runs of packets of one layer (told by payload size), each
+/// run starting at a keyframe's first packet with whole frames in order.
+fn layer_runs(viewer: &Peer) -> Vec<(usize, Vec<(&Received, Payload)>)> {
+    let mut runs: Vec<(usize, Vec<(&Received, Payload)>)> = Vec::new();
+    for (r, w) in viewer.video() {
+        match runs.last_mut() {
+            Some((size, run)) if *size == r.payload.len() => run.push((r, w)),
+            _ => runs.push((r.payload.len(), vec![(r, w)])),
+        }
+    }
+    for (size, run) in &runs {
+        let first = run[0].1;
+        assert!(first.keyframe && first.packet == 0, "the {size}-byte layer starts at a keyframe: {first:?}");
+        for pair in run.windows(2) {
+            let (a, b) = (pair[0].1, pair[1].1);
+            let next_in_frame = b.frame == a.frame && b.packet == a.packet + 1;
+            let next_frame = b.frame > a.frame && b.packet == 0;
+            assert!(next_in_frame || next_frame, "{size}-byte layer: {a:?} then {b:?}");
+        }
+    }
+    runs
+}
+
+const LOW: VideoSpec = VideoSpec { fps: 30, gop: 90, packets_per_frame: 1, packet_size: 300 };
+const HIGH: VideoSpec = VideoSpec { fps: 30, gop: 600, packets_per_frame: 4, packet_size: 1100 };
+
+/// A simulcast publisher (low layer offered first, as many pages do) is one stream to its viewers: the ring
+/// starts with the first layer's keyframe (both layers start with one; which comes first is the publisher's
+/// send order), moves to the layer with the most bytes at its keyframe (asked for at once: its own keyframes
+/// are 20 s apart here), and carries that layer alone, one numbering throughout.
+#[test]
+fn a_simulcast_publishers_best_layer_is_the_rooms_video() {
+    let mut world = started(Options { slate: false, ..Default::default() });
+    let publisher = world.publish_simulcast("layers", &[("l", LOW), ("h", HIGH)], 1).expect("publisher accepted");
+    let viewer = world.view("layers", 0).expect("viewer accepted");
+    world.run_until("connected", 5 * SECOND, |w| w.all_connected());
+    world.run_for(3 * SECOND);
+    let v = &world.peers[viewer];
+    assert_contiguous(v);
+    assert_audio_contiguous(v);
+    let runs = layer_runs(v);
+    let sizes: Vec<usize> = runs.iter().map(|(size, _)| *size).collect();
+    assert!(sizes == [300, 1100] || sizes == [1100], "at most the low layer, then the high one for good: {sizes:?}");
+    let (first, high) = (&runs[0].1, &runs.last().expect("a run").1);
+    let moved_after = high[0].0.at - first[0].0.at;
+    assert!(moved_after < 1500 * MS, "moved up {moved_after:?} after the first frame");
+    assert!(high.len() >= 4 * 30 * 3 / 2, "the high layer's frames: {} packets", high.len());
+    if sizes.len() == 2 {
+        assert!(world.peers[publisher].keyframe_requests >= 1, "the high layer's keyframe was asked for");
+    }
+    // The ring carries the high layer only, once moved.
+    let ring = world.ring("layers");
+    let mut buf = vec![0u8; 4096];
+    let mut sizes_in_ring = Vec::new();
+    for pos in 0..ring.head() {
+        let shm_proto::ring::ReadOutcome::Packet { meta, len } = ring.read(pos, &mut buf) else { continue };
+        if meta.kind == shm_proto::ring::MediaKind::Video && sizes_in_ring.last() != Some(&len) {
+            sizes_in_ring.push(len);
+        }
+    }
+    assert!(sizes_in_ring == [300, 1100] || sizes_in_ring == [1100], "{sizes_in_ring:?}");
+}
+
+/// The carried layer stops (a browser drops its top layer when its uplink narrows): the room goes on with the
+/// best layer still flowing, from its keyframe, within about a second, one numbering throughout.
+#[test]
+fn when_the_carried_layer_stops_the_room_goes_on_with_the_best_one_left() {
+    let mut world = started(Options { slate: false, ..Default::default() });
+    let mid = VideoSpec { packets_per_frame: 2, packet_size: 700, ..LOW };
+    let publisher =
+        world.publish_simulcast("layers", &[("h", HIGH), ("m", mid), ("l", LOW)], 1).expect("publisher accepted");
+    let viewer = world.view("layers", 0).expect("viewer accepted");
+    world.run_until("connected", 5 * SECOND, |w| w.all_connected());
+    world.run_for(2 * SECOND);
+    world.stop_layer(publisher, "h");
+    world.run_for(3 * SECOND);
+    let v = &world.peers[viewer];
+    assert_contiguous(v);
+    assert_audio_contiguous(v);
+    let runs = layer_runs(v);
+    let sizes: Vec<usize> = runs.iter().map(|(size, _)| *size).collect();
+    assert_eq!(sizes.last(), Some(&700), "the middle layer at the end: {sizes:?}");
+    assert_eq!(sizes.iter().filter(|s| **s == 1100).count(), 1, "the high layer once: {sizes:?}");
+    let [.., (_, before), (_, after)] = runs.as_slice() else { panic!("no move: {sizes:?}") };
+    let frozen = after[0].0.at - before.last().expect("a packet").0.at;
+    assert!(frozen < 1300 * MS, "the picture stood still {frozen:?}");
+}

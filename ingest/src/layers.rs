@@ -1,0 +1,253 @@
+//! A simulcast publisher's layers, and which one its room's ring carries.
+//!
+//! A publisher sending simulcast (`a=simulcast` with two or three rids, as browsers and OBS do) sends each
+//! layer, a resolution at a bitrate, as a video stream of its own SSRC, each with its own sequence numbers and
+//! keyframes. The room's ring carries one video stream, so [`Layers`] picks the best layer that flows and
+//! lets the others' packets go: best is measured, not read from the rid names (their order and names mean
+//! nothing fixed): the layer with the most bytes a second. A browser starts its layers as its estimate of the
+//! uplink grows and drops the top ones when it shrinks, so the choice moves: the ring starts with the first
+//! layer to send a keyframe, moves up to a layer that sends at least [`UPGRADE_FACTOR`] times the bytes of the
+//! one carried, and moves to the best one still flowing when the carried one stops for [`SILENT_AFTER`]. A move
+//! is made at the new layer's keyframe (asked for at once): the ring's last packet of the old layer is
+//! followed by the first of the new layer's keyframe, and the video's source id in the ring changes with it,
+//! so its readers cut over as they do to a new publisher: contiguous sequence numbers, from a keyframe.
+
+use std::time::{Duration, Instant};
+
+use str0m::rtp::Ssrc;
+
+/// A layer's bitrate is counted over windows of this length.
+const WINDOW: Duration = Duration::from_millis(500);
+/// A layer sending this many times the bytes of the carried one is moved to.
+pub const UPGRADE_FACTOR: f64 = 1.5;
+/// A carried layer this long without a packet is moved off.
+pub const SILENT_AFTER: Duration = Duration::from_secs(1);
+/// A layer that sent a packet this recently flows.
+const FLOWING: Duration = Duration::from_millis(300);
+/// How often a keyframe of the layer moved to is asked for while it has not come.
+pub const KEYFRAME_RETRY: Duration = Duration::from_millis(500);
+
+/// What the ring does with a video packet of a simulcast publisher.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Take {
+    /// Not carried: another layer's.
+    No,
+    /// Carried: the ring's current layer.
+    Yes,
+    /// Carried, and the first of a newly carried layer (its keyframe): the ring's video starts anew here.
+    Switch,
+}
+
+struct Stream {
+    ssrc: Ssrc,
+    /// Bytes since `window_start`, and the bytes a second of the last whole window.
+    bytes: u64,
+    window_start: Instant,
+    rate: Option<f64>,
+    last: Instant,
+}
+
+impl Stream {
+    fn count(&mut self, bytes: usize, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.window_start);
+        if elapsed >= WINDOW {
+            // A window with nothing in it (the layer paused) ends with a rate of 0 on the next packet.
+            self.rate = Some(self.bytes as f64 / elapsed.as_secs_f64());
+            self.bytes = 0;
+            self.window_start = now;
+        }
+        self.bytes += bytes as u64;
+        self.last = now;
+    }
+}
+
+/// The video streams of one simulcast publisher and which one the ring carries.
+#[derive(Default)]
+pub struct Layers {
+    streams: Vec<Stream>,
+    carried: Option<Ssrc>,
+    /// The layer to move to at its next keyframe, and when its keyframe was last asked for.
+    target: Option<(Ssrc, Option<Instant>)>,
+    switches: u64,
+}
+
+impl Layers {
+    /// A video packet of `ssrc`, `bytes` long, the start of a keyframe or not: whether the ring carries it.
+    pub fn on_video(&mut self, ssrc: Ssrc, bytes: usize, keyframe: bool, now: Instant) -> Take {
+        let i = match self.streams.iter().position(|s| s.ssrc == ssrc) {
+            Some(i) => i,
+            None => {
+                self.streams.push(Stream { ssrc, bytes: 0, window_start: now, rate: None, last: now });
+                self.streams.len() - 1
+            }
+        };
+        self.streams[i].count(bytes, now);
+        let Some(carried) = self.carried else {
+            if !keyframe {
+                return Take::No;
+            }
+            self.carried = Some(ssrc);
+            return Take::Switch;
+        };
+        if ssrc == carried {
+            self.choose_target(carried, now);
+            return Take::Yes;
+        }
+        self.choose_target(carried, now);
+        if keyframe && self.target.is_some_and(|(t, _)| t == ssrc) {
+            self.carried = Some(ssrc);
+            self.target = None;
+            self.switches += 1;
+            return Take::Switch;
+        }
+        Take::No
+    }
+
+    /// The layer the ring should move to, if any: the best flowing one when the carried one went silent, or
+    /// one sending [`UPGRADE_FACTOR`] times its bytes; none while the carried one is the best.
+    fn choose_target(&mut self, carried: Ssrc, now: Instant) {
+        let rate = |s: &Stream| s.rate.unwrap_or(0.0);
+        let Some(current) = self.streams.iter().find(|s| s.ssrc == carried) else { return };
+        let silent = now.saturating_duration_since(current.last) >= SILENT_AFTER;
+        let floor = if silent { 0.0 } else { rate(current) * UPGRADE_FACTOR };
+        let best = self
+            .streams
+            .iter()
+            .filter(|s| s.ssrc != carried && s.rate.is_some() && now.saturating_duration_since(s.last) < FLOWING)
+            .filter(|s| silent || rate(s) > floor)
+            .max_by(|a, b| rate(a).total_cmp(&rate(b)))
+            .map(|s| s.ssrc);
+        match best {
+            Some(b) if self.target.is_none_or(|(t, _)| t != b) => self.target = Some((b, None)),
+            Some(_) => {}
+            None => self.target = None,
+        }
+    }
+
+    /// The layer whose keyframe the ring waits for, if it is time to ask for one (again): noted as asked.
+    pub fn keyframe_wanted(&mut self, now: Instant) -> Option<Ssrc> {
+        let (ssrc, asked) = self.target.as_mut()?;
+        if asked.is_some_and(|t| now.saturating_duration_since(t) < KEYFRAME_RETRY) {
+            return None;
+        }
+        *asked = Some(now);
+        Some(*ssrc)
+    }
+
+    /// The layer the ring carries.
+    pub fn carried(&self) -> Option<Ssrc> {
+        self.carried
+    }
+
+    /// A carried layer's bytes a second, as last measured.
+    pub fn rate(&self, ssrc: Ssrc) -> Option<f64> {
+        self.streams.iter().find(|s| s.ssrc == ssrc).and_then(|s| s.rate)
+    }
+
+    /// Moves from one layer to another so far (the first layer taken up is not a move).
+    pub fn switches(&self) -> u64 {
+        self.switches
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// Drives [`Layers`] with the layers' frames, one packet each, 33 ms apart.
+    struct Run {
+        layers: Layers,
+        t: Instant,
+        frame: u64,
+    }
+
+    impl Run {
+        fn new() -> Run {
+            Run { layers: Layers::default(), t: Instant::now(), frame: 0 }
+        }
+
+        /// Sends `frames` frames of each layer `(ssrc, bytes, gop)` that is given; returns the takes per layer.
+        fn send(&mut self, frames: u64, layers: &[(u32, usize, u64)]) -> Vec<Vec<Take>> {
+            let mut takes = vec![Vec::new(); layers.len()];
+            for _ in 0..frames {
+                for (k, &(ssrc, bytes, gop)) in layers.iter().enumerate() {
+                    let keyframe = self.frame.is_multiple_of(gop);
+                    takes[k].push(self.layers.on_video(ssrc.into(), bytes, keyframe, self.t));
+                }
+                self.frame += 1;
+                self.t += 33 * MS;
+            }
+            takes
+        }
+    }
+
+    #[test]
+    fn the_first_keyframe_starts_the_ring_and_a_bigger_layer_takes_over_at_its_keyframe() {
+        let mut run = Run::new();
+        // The low layer alone first, as a browser starts: it is carried from its first keyframe.
+        let takes = run.send(30, &[(1, 300, 30)]);
+        assert_eq!(takes[0][0], Take::Switch);
+        assert!(takes[0][1..].iter().all(|t| *t == Take::Yes));
+        // The high layer joins, sending four times the bytes: asked for a keyframe, and moved to at the next
+        // one (every 60 frames here); the low layer is carried until then.
+        let takes = run.send(100, &[(1, 300, 30), (2, 1200, 60)]);
+        let switch_at = takes[1].iter().position(|t| *t == Take::Switch).expect("moved up");
+        assert_eq!(run.frame - 100 + switch_at as u64, 60, "at the high layer's keyframe");
+        // Within a frame the low layer's packet comes first: it is still carried at the switch's frame.
+        assert!(takes[0][..=switch_at].iter().all(|t| *t == Take::Yes));
+        assert!(takes[0][switch_at + 1..].iter().all(|t| *t == Take::No));
+        assert!(takes[1][switch_at + 1..].iter().all(|t| *t == Take::Yes));
+        assert_eq!(run.layers.carried(), Some(2.into()));
+        assert_eq!(run.layers.switches(), 1);
+    }
+
+    #[test]
+    fn a_layer_only_a_little_bigger_does_not_take_over() {
+        let mut run = Run::new();
+        run.send(30, &[(1, 1000, 30)]);
+        let takes = run.send(200, &[(1, 1000, 30), (2, 1400, 30)]);
+        assert!(takes[1].iter().all(|t| *t == Take::No), "1.4x is within the hysteresis");
+        assert_eq!(run.layers.keyframe_wanted(run.t), None);
+        assert_eq!(run.layers.switches(), 0);
+    }
+
+    #[test]
+    fn a_keyframe_of_the_layer_moved_to_is_asked_for_and_asked_again() {
+        let mut run = Run::new();
+        run.send(30, &[(1, 300, 30)]);
+        // The high layer's keyframes are far apart: the ring waits for one and asks for it.
+        run.send(30, &[(1, 300, 30), (2, 1200, 1000)]);
+        let t = run.t;
+        assert_eq!(run.layers.keyframe_wanted(t), Some(2.into()));
+        assert_eq!(run.layers.keyframe_wanted(t + 100 * MS), None, "not again at once");
+        assert_eq!(run.layers.keyframe_wanted(t + KEYFRAME_RETRY), Some(2.into()));
+    }
+
+    #[test]
+    fn a_carried_layer_that_stops_is_replaced_by_the_best_one_still_flowing() {
+        let mut run = Run::new();
+        run.send(30, &[(2, 1200, 30)]);
+        run.send(60, &[(1, 300, 30), (2, 1200, 30), (3, 600, 30)]);
+        assert_eq!(run.layers.carried(), Some(2.into()));
+        // The top layer stops (the publisher's uplink narrowed): within SILENT_AFTER and a keyframe of the
+        // middle one (30 frames apart), the ring carries the middle one.
+        let takes = run.send(90, &[(1, 300, 30), (3, 600, 30)]);
+        let switch_at = takes[1].iter().position(|t| *t == Take::Switch).expect("moved");
+        assert!(switch_at as u64 * 33 <= SILENT_AFTER.as_millis() as u64 + 33 * 30 + 33);
+        assert!(takes[0].iter().all(|t| *t == Take::No), "the low layer is not the best flowing");
+        assert_eq!(run.layers.carried(), Some(3.into()));
+    }
+
+    #[test]
+    fn nothing_is_carried_before_a_keyframe() {
+        let mut layers = Layers::default();
+        let t = Instant::now();
+        assert_eq!(layers.on_video(1.into(), 500, false, t), Take::No);
+        assert_eq!(layers.on_video(2.into(), 500, false, t), Take::No);
+        assert_eq!(layers.on_video(2.into(), 500, true, t + MS), Take::Switch);
+        assert_eq!(layers.on_video(1.into(), 500, true, t + 2 * MS), Take::No);
+        assert_eq!(layers.switches(), 0);
+    }
+}
