@@ -116,6 +116,8 @@ pub struct Ingest {
     draining: bool,
     /// PLIs sent to publishers since start.
     keyframe_requests_sent: u64,
+    /// Moves of a room's ring from one simulcast layer of its publisher to another.
+    layer_moves: u64,
     /// Workers to wake: the bits of the rings written since the last [`Action::Wake`].
     wake_mask: u64,
     refused: Refusals,
@@ -140,6 +142,7 @@ impl Ingest {
             next_fallback,
             draining: false,
             keyframe_requests_sent: 0,
+            layer_moves: 0,
             wake_mask: 0,
             refused: Refusals::default(),
         }
@@ -225,6 +228,11 @@ impl Ingest {
                     bitrate_bps: r.bitrate_bps,
                     viewers: 0,
                     upstream: self.pulls.as_ref().and_then(|p| p.status(name)),
+                    layers: r
+                        .publisher
+                        .and_then(|key| self.host.get(key))
+                        .and_then(|s| s.app.source.layers.as_ref())
+                        .map_or_else(Vec::new, |l| l.status(now)),
                 }
             })
             .collect()
@@ -347,7 +355,9 @@ impl Ingest {
             publisher.source.codecs = codecs.iter().map(|e| (e.pt, e.clone())).collect();
             room.set_live_codecs(codecs, &self.slate, &publisher.source.room);
         }
+        let moves = publisher.source.layers.as_ref().map_or(0, Layers::switches);
         room.write_live(&mut publisher.source, &pkt, &self.slate, now, self.env.unix_ns(now));
+        self.layer_moves += publisher.source.layers.as_ref().map_or(0, Layers::switches) - moves;
         // A simulcast layer the ring is to move to: its keyframe is asked for at once.
         if let Some(ssrc) = publisher.source.layers.as_mut().and_then(|l| l.keyframe_wanted(now)) {
             if let Some(rx) = session.rtc.direct_api().stream_rx(&ssrc) {
@@ -525,6 +535,7 @@ impl Core for Ingest {
     fn metrics(&self, m: &mut ProcessMetrics) {
         m.sessions = self.host.len() as u32;
         m.keyframe_requests_sent = self.keyframe_requests_sent;
+        m.layer_moves = self.layer_moves;
         m.refused = self.refused.to_metrics();
         m.rings = self
             .rooms

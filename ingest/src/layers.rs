@@ -14,6 +14,8 @@
 
 use std::time::{Duration, Instant};
 
+use shm_proto::control::LayerStatus;
+use str0m::media::Rid;
 use str0m::rtp::Ssrc;
 
 /// A layer's bitrate is counted over windows of this length.
@@ -40,6 +42,8 @@ pub enum Take {
 
 struct Stream {
     ssrc: Ssrc,
+    /// The publisher's name for the layer, once a packet carried it (the first ones do).
+    rid: Option<Rid>,
     /// Bytes since `window_start`, and the bytes a second of the last whole window.
     bytes: u64,
     window_start: Instant,
@@ -72,16 +76,21 @@ pub struct Layers {
 }
 
 impl Layers {
-    /// A video packet of `ssrc`, `bytes` long, the start of a keyframe or not: whether the ring carries it.
-    pub fn on_video(&mut self, ssrc: Ssrc, bytes: usize, keyframe: bool, now: Instant) -> Take {
+    /// A video packet of `ssrc` (naming its layer `rid`, if it does), `bytes` long, the start of a keyframe or
+    /// not: whether the ring carries it.
+    pub fn on_video(&mut self, ssrc: Ssrc, rid: Option<Rid>, bytes: usize, keyframe: bool, now: Instant) -> Take {
         let i = match self.streams.iter().position(|s| s.ssrc == ssrc) {
             Some(i) => i,
             None => {
-                self.streams.push(Stream { ssrc, bytes: 0, window_start: now, rate: None, last: now });
+                self.streams.push(Stream { ssrc, rid: None, bytes: 0, window_start: now, rate: None, last: now });
                 self.streams.len() - 1
             }
         };
-        self.streams[i].count(bytes, now);
+        let stream = &mut self.streams[i];
+        stream.count(bytes, now);
+        if rid.is_some() {
+            stream.rid = rid;
+        }
         let Some(carried) = self.carried else {
             if !keyframe {
                 return Take::No;
@@ -148,6 +157,22 @@ impl Layers {
     pub fn switches(&self) -> u64 {
         self.switches
     }
+
+    /// The layers that flow (a packet in the last [`SILENT_AFTER`]), the highest bitrate first.
+    pub fn status(&self, now: Instant) -> Vec<LayerStatus> {
+        let mut out: Vec<LayerStatus> = self
+            .streams
+            .iter()
+            .filter(|s| now.saturating_duration_since(s.last) < SILENT_AFTER)
+            .map(|s| LayerStatus {
+                rid: s.rid.map_or_else(|| s.ssrc.to_string(), |r| r.to_string()),
+                bitrate_bps: (s.rate.unwrap_or(0.0) * 8.0) as u64,
+                carried: self.carried == Some(s.ssrc),
+            })
+            .collect();
+        out.sort_by_key(|l| std::cmp::Reverse(l.bitrate_bps));
+        out
+    }
 }
 
 #[cfg(test)]
@@ -174,7 +199,8 @@ mod tests {
             for _ in 0..frames {
                 for (k, &(ssrc, bytes, gop)) in layers.iter().enumerate() {
                     let keyframe = self.frame.is_multiple_of(gop);
-                    takes[k].push(self.layers.on_video(ssrc.into(), bytes, keyframe, self.t));
+                    let rid = Rid::from(["l", "m", "h"][ssrc as usize % 3]);
+                    takes[k].push(self.layers.on_video(ssrc.into(), Some(rid), bytes, keyframe, self.t));
                 }
                 self.frame += 1;
                 self.t += 33 * MS;
@@ -201,6 +227,13 @@ mod tests {
         assert!(takes[1][switch_at + 1..].iter().all(|t| *t == Take::Yes));
         assert_eq!(run.layers.carried(), Some(2.into()));
         assert_eq!(run.layers.switches(), 1);
+        // As /rooms shows them: the high layer (ssrc 2 is named "h" here) first, carried.
+        let status = run.layers.status(run.t);
+        let shown: Vec<(&str, bool)> = status.iter().map(|l| (l.rid.as_str(), l.carried)).collect();
+        assert_eq!(shown, [("h", true), ("m", false)]);
+        assert!((status[0].bitrate_bps as f64 - 1200.0 * 8.0 * 30.3).abs() < 1200.0 * 8.0 * 3.0, "{status:?}");
+        // A layer that stops is no longer listed.
+        assert_eq!(run.layers.status(run.t + SILENT_AFTER).len(), 0);
     }
 
     #[test]
@@ -244,10 +277,14 @@ mod tests {
     fn nothing_is_carried_before_a_keyframe() {
         let mut layers = Layers::default();
         let t = Instant::now();
-        assert_eq!(layers.on_video(1.into(), 500, false, t), Take::No);
-        assert_eq!(layers.on_video(2.into(), 500, false, t), Take::No);
-        assert_eq!(layers.on_video(2.into(), 500, true, t + MS), Take::Switch);
-        assert_eq!(layers.on_video(1.into(), 500, true, t + 2 * MS), Take::No);
+        assert_eq!(layers.on_video(1.into(), None, 500, false, t), Take::No);
+        assert_eq!(layers.on_video(2.into(), None, 500, false, t), Take::No);
+        assert_eq!(layers.on_video(2.into(), None, 500, true, t + MS), Take::Switch);
+        assert_eq!(layers.on_video(1.into(), None, 500, true, t + 2 * MS), Take::No);
+        // Not named by any packet: listed by SSRC.
+        let names: Vec<String> = layers.status(t + 2 * MS).into_iter().map(|l| l.rid).collect();
+        assert_eq!(names.len(), 2);
+        assert!(names.contains(&"1".to_string()) && names.contains(&"2".to_string()), "{names:?}");
         assert_eq!(layers.switches(), 0);
     }
 }

@@ -209,7 +209,7 @@ impl Room {
                 source.video_ssrcs.push(ssrc);
             }
             if let Some(layers) = &mut source.layers {
-                match layers.on_video(ssrc, pkt.payload.len(), is_keyframe, now) {
+                match layers.on_video(ssrc, pkt.header.ext_vals.rid, pkt.payload.len(), is_keyframe, now) {
                     Take::No => return,
                     Take::Yes => {}
                     Take::Switch => {

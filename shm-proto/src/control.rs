@@ -175,6 +175,9 @@ pub struct ProcessMetrics {
     pub send_dropped: u64,
     /// Ingest: keyframe requests (PLI) sent to publishers.
     pub keyframe_requests_sent: u64,
+    /// Ingest: times a room's ring moved from one simulcast layer of its publisher to another.
+    #[serde(default)]
+    pub layer_moves: u64,
     /// Ingest: the rings it writes.
     pub rings: Vec<RingMetrics>,
     /// Ingest on an edge: its pulls from the upstream.
@@ -231,6 +234,20 @@ pub struct RoomStatus {
     /// Ingest on an edge: the pull of this room from the upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<UpstreamStatus>,
+    /// Ingest: a simulcast publisher's layers that flow, the highest bitrate first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<LayerStatus>,
+}
+
+/// One simulcast layer of a room's publisher.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerStatus {
+    /// The publisher's rid for it (its SSRC in decimal until a packet named the rid).
+    pub rid: String,
+    /// Bits a second it sends, over the last half second.
+    pub bitrate_bps: u64,
+    /// The room's ring carries this layer.
+    pub carried: bool,
 }
 
 impl RingMetrics {
@@ -243,7 +260,16 @@ impl RingMetrics {
 impl RoomStatus {
     /// `room`, neither live nor playing the slate, without viewers.
     pub fn new(name: RoomName) -> RoomStatus {
-        RoomStatus { name, live: false, slate: false, codecs: Vec::new(), bitrate_bps: 0, viewers: 0, upstream: None }
+        RoomStatus {
+            name,
+            live: false,
+            slate: false,
+            codecs: Vec::new(),
+            bitrate_bps: 0,
+            viewers: 0,
+            upstream: None,
+            layers: Vec::new(),
+        }
     }
 }
 

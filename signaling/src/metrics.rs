@@ -41,6 +41,7 @@ struct Families {
     send_dropped: Family<Labels, Counter>,
     tcp_connections: Family<Labels, Gauge>,
     keyframe_requests_sent: Family<Labels, Counter>,
+    layer_moves: Family<Labels, Counter>,
     viewer_packets: Family<Labels, Counter>,
     lag_skips: Family<Labels, Counter>,
     ring_head: Family<Labels, Gauge>,
@@ -82,6 +83,7 @@ pub fn render(scrape: &Scrape) -> String {
         send_dropped: Family::default(),
         tcp_connections: Family::default(),
         keyframe_requests_sent: Family::default(),
+        layer_moves: Family::default(),
         viewer_packets: Family::default(),
         lag_skips: Family::default(),
         ring_head: Family::default(),
@@ -126,6 +128,7 @@ pub fn render(scrape: &Scrape) -> String {
         }
         if name == "ingest" {
             f.keyframe_requests_sent.get_or_create(&labels).inc_by(m.keyframe_requests_sent);
+            f.layer_moves.get_or_create(&labels).inc_by(m.layer_moves);
         } else {
             let kinds = [
                 ("live", m.viewer_packets_live),
@@ -179,6 +182,11 @@ pub fn render(scrape: &Scrape) -> String {
     );
     reg.register("tcp_connections", "ICE-over-TCP connections open", f.tcp_connections);
     reg.register("keyframe_requests_sent", "Keyframe requests (PLI) sent to publishers", f.keyframe_requests_sent);
+    reg.register(
+        "layer_moves",
+        "Times a room moved from one simulcast layer of its publisher to another",
+        f.layer_moves,
+    );
     reg.register(
         "viewer_packets",
         "RTP packets written to viewers: live from the ring, or replayed from the cached GOP to joining viewers",
@@ -238,6 +246,7 @@ mod tests {
             cpu_ms: 1500,
             datagrams_in: 10,
             keyframe_requests_sent: 2,
+            layer_moves: 3,
             rings: vec![RingMetrics { head: 42, epoch: 2, laps: 3, ..RingMetrics::new(lobby()) }],
             upstream: vec![UpstreamMetrics {
                 room: lobby(),
@@ -271,6 +280,7 @@ mod tests {
             r#"deadsfu_process_cpu_seconds_total{process="ingest"} 1.5"#,
             r#"deadsfu_datagrams_sent_total{process="fanout-0"} 100"#,
             r#"deadsfu_keyframe_requests_sent_total{process="ingest"} 2"#,
+            r#"deadsfu_layer_moves_total{process="ingest"} 3"#,
             r#"deadsfu_viewer_packets_total{process="fanout-0",kind="live"} 90"#,
             r#"deadsfu_viewer_packets_total{process="fanout-0",kind="replay"} 7"#,
             r#"deadsfu_viewer_packets_total{process="fanout-0",kind="resend"} 3"#,

@@ -18,7 +18,7 @@ use shm_proto::control::{ProcessStatus, RoomStatus, SubscribeError, Subscription
 use shm_proto::{paths, RoomName};
 use tokio::sync::watch;
 
-use crate::router::{RoomEntry, RoomList, Target};
+use crate::router::{LayerEntry, RoomEntry, RoomList, Target};
 
 /// How long a process has to answer a subscription with its first update.
 const FIRST_UPDATE: Duration = Duration::from_secs(5);
@@ -127,6 +127,9 @@ pub fn room_list(views: Vec<Vec<RoomStatus>>) -> RoomList {
         if r.upstream.is_some() {
             m.upstream = r.upstream;
         }
+        if !r.layers.is_empty() {
+            m.layers = r.layers;
+        }
     }
     let rooms: Vec<RoomEntry> = merged
         .into_values()
@@ -141,17 +144,28 @@ pub fn room_list(views: Vec<Vec<RoomStatus>>) -> RoomList {
             name: r.name,
             codecs: r.codecs,
             viewers: r.viewers,
-            bitrate_kbps: (r.bitrate_bps as f64 / 100.0).round() / 10.0,
+            bitrate_kbps: kbps(r.bitrate_bps),
             upstream: r.upstream,
+            layers: r
+                .layers
+                .into_iter()
+                .map(|l| LayerEntry { rid: l.rid, bitrate_kbps: kbps(l.bitrate_bps), carried: l.carried })
+                .collect(),
         })
         .collect();
     // The version covers what a room list shows, except the bitrate, which changes all the time.
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     for r in &rooms {
         let upstream = r.upstream.as_ref().map(|u| (&u.state, u.failures));
-        (&r.name, r.state, &r.codecs, r.viewers, upstream).hash(&mut hasher);
+        let layers: Vec<(&str, bool)> = r.layers.iter().map(|l| (l.rid.as_str(), l.carried)).collect();
+        (&r.name, r.state, &r.codecs, r.viewers, upstream, layers).hash(&mut hasher);
     }
     RoomList { version: hasher.finish() >> 11, rooms }
+}
+
+/// Bits a second in kbit/s, to a tenth.
+fn kbps(bps: u64) -> f64 {
+    (bps as f64 / 100.0).round() / 10.0
 }
 
 /// The indexes of the fanout workers whose control sockets are in `runtime_dir`, in order.
@@ -225,7 +239,7 @@ fn subscribe(registry: &Registry, target: Target, path: &Path, backoff: &mut Dur
 
 #[cfg(test)]
 mod tests {
-    use shm_proto::control::{Role, UpstreamState, UpstreamStatus};
+    use shm_proto::control::{LayerStatus, Role, UpstreamState, UpstreamStatus};
 
     use super::*;
 
@@ -269,6 +283,7 @@ mod tests {
         assert_eq!(list.rooms[0].codecs, ["H264", "opus"]);
         assert_eq!(list.rooms[0].bitrate_kbps, 1500.0);
         assert_eq!(list.rooms[1].upstream, Some(upstream));
+        assert!(list.rooms[0].layers.is_empty(), "a publisher without simulcast has no layers");
         assert_eq!(registry.status(Target::Worker(1)).map(|s| s.sessions), Some(3));
         assert_eq!(registry.rooms(Target::Worker(2)), None);
     }
@@ -292,6 +307,23 @@ mod tests {
         assert!(watch.has_changed().unwrap());
         let second = *watch.borrow_and_update();
         assert_ne!(second, first);
+        // A simulcast publisher's layers are; their bitrates alone are not, the layer carried is.
+        let layer = |rid: &str, bitrate_bps: u64, carried: bool| LayerStatus { rid: rid.into(), bitrate_bps, carried };
+        let layered = |h: u64, l: u64, high_carried: bool| RoomStatus {
+            layers: vec![layer("h", h, high_carried), layer("l", l, !high_carried)],
+            ..live("a", 1_000_000)
+        };
+        registry.update(Target::Ingest, ingest(vec![layered(900_000, 200_000, false)]));
+        let with_layers = *watch.borrow_and_update();
+        assert_ne!(with_layers, second);
+        let shown: Vec<_> =
+            registry.room_list().rooms[0].layers.iter().map(|l| (l.rid.clone(), l.bitrate_kbps, l.carried)).collect();
+        assert_eq!(shown, [("h".to_string(), 900.0, false), ("l".to_string(), 200.0, true)]);
+        registry.update(Target::Ingest, ingest(vec![layered(950_000, 210_000, false)]));
+        assert!(!watch.has_changed().unwrap());
+        registry.update(Target::Ingest, ingest(vec![layered(950_000, 210_000, true)]));
+        assert!(watch.has_changed().unwrap());
+        let second = *watch.borrow_and_update();
         // So is a room going to the slate.
         let slate = RoomStatus { slate: true, ..RoomStatus::new(room("a")) };
         registry.update(Target::Ingest, ingest(vec![slate]));

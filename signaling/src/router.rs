@@ -155,6 +155,18 @@ pub struct RoomEntry {
     /// On an edge: how the pull of the room from the upstream stands.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream: Option<UpstreamStatus>,
+    /// A simulcast publisher's layers, the highest bitrate first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<LayerEntry>,
+}
+
+/// One simulcast layer of a room's publisher, as `GET /rooms` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LayerEntry {
+    pub rid: String,
+    pub bitrate_kbps: f64,
+    /// The room's viewers get this layer.
+    pub carried: bool,
 }
 
 /// Longest a `GET /rooms?wait=` is held (by the HTTP server, which waits on a shared room list).

@@ -239,6 +239,14 @@ test("/send?simulcast=3 sends three layers; a viewer plays the top one", { timeo
     await pages.viewer.goto(`${sfu.base}/?room=simul`);
     const r = await waitViewerLive(pages.viewer, top, "the viewer to play the top layer", 20_000);
     console.log(`simulcast viewer: ${r.now.w}x${r.now.h}, ${r.now.frames - r.first.frames} frames in ${r.now.at - r.first.at} ms`);
+    // /rooms lists the three layers, the top one first and carried.
+    const layers = await until("/rooms to list the room's three layers", async () => {
+      const room = (await (await fetch(`${sfu.base}/rooms`)).json()).rooms.find((x) => x.name === "simul");
+      const l = room?.layers || [];
+      if (l.length === 3 && l[0].rid === "h" && l[0].carried && l.filter((x) => x.carried).length === 1) return l;
+      throw new Error(JSON.stringify(room));
+    }, { timeout: 5_000 });
+    console.log(`simulcast layers in /rooms: ${JSON.stringify(layers)}`);
     await pages.pub.getByRole("button", { name: "Stop" }).click();
   });
 });

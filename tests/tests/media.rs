@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use deadsfu_media::process::Core;
 use deadsfu_tests::sim::{Datagram, Options, Payload, Peer, Received, VideoSpec, World};
 use shm_proto::control::{ErrorKind, Response};
 use str0m::media::Frequency;
@@ -618,6 +619,15 @@ fn a_simulcast_publishers_best_layer_is_the_rooms_video() {
         }
     }
     assert!(sizes_in_ring == [300, 1100] || sizes_in_ring == [1100], "{sizes_in_ring:?}");
+    // /rooms: both layers by their rids, the high one first (4 x 1100 bytes a frame against 300) and carried;
+    // the move counted.
+    let (_, rooms) = world.ingest.status_snapshot(world.now);
+    let room = rooms.iter().find(|r| r.name.as_str() == "layers").expect("the room");
+    let shown: Vec<(&str, bool)> = room.layers.iter().map(|l| (l.rid.as_str(), l.carried)).collect();
+    assert_eq!(shown, [("h", true), ("l", false)]);
+    let high_bps = 4.0 * 1100.0 * 8.0 * 30.0;
+    assert!((room.layers[0].bitrate_bps as f64 - high_bps).abs() < high_bps * 0.1, "{:?}", room.layers);
+    assert_eq!(world.ingest_metrics().layer_moves, sizes.len() as u64 - 1);
 }
 
 /// The carried layer stops (a browser drops its top layer when its uplink narrows): the room goes on with the
