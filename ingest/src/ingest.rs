@@ -33,11 +33,11 @@ use deadsfu_media::{codec, offer};
 use shm_proto::control::{
     ErrorKind, IngestRequest, ProcessMetrics, ProcessStatus, Request, Response, RingMetrics, Role, RoomStatus,
 };
-use shm_proto::ring::{Geometry, RingReader};
+use shm_proto::ring::{Geometry, MediaKind as RingKind, RingReader};
 use shm_proto::{paths, Owner, RoomName, SessionId};
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid};
 use str0m::net::Transmit;
-use str0m::rtp::RtpPacket;
+use str0m::rtp::{RtpPacket, Ssrc};
 use str0m::{Candidate, Event, IceConnectionState};
 
 use crate::layers::Layers;
@@ -88,6 +88,9 @@ pub struct Publisher {
     mids: Vec<Mid>,
     /// Its codecs are filled at the first packet.
     source: Source,
+    /// A simulcast publisher's layers that have a ring of their own (a viewer asked for one): per layer its
+    /// rid, the source writing the layer's ring (its room name `ROOM~RID`), and the layer's SSRC once known.
+    layer_rings: Vec<(String, Source, Option<Ssrc>)>,
 }
 
 /// What the shell must do for the core.
@@ -172,13 +175,19 @@ impl Ingest {
         match request {
             Request::Status => Response::Status(self.status()),
             Request::Ingest(IngestRequest::Publish { room, offer }) => self.publish(now, room, &offer),
-            Request::Ingest(IngestRequest::Watch { room }) => match self.room(&room, now) {
-                Ok(r) => {
-                    r.watched_until = Some(now + WATCH_GRACE);
-                    Response::Done
+            Request::Ingest(IngestRequest::Watch { room }) => {
+                if let Err(refused) = self.check_layer(&room) {
+                    return refused;
                 }
-                Err(resp) => resp,
-            },
+                match self.room(&room, now) {
+                    Ok(r) => {
+                        r.watched_until = Some(now + WATCH_GRACE);
+                        self.attach_layer_rings(now);
+                        Response::Done
+                    }
+                    Err(resp) => resp,
+                }
+            }
             Request::Check { session } => match self.ids.contains_key(&session) {
                 true => Response::Done,
                 false => error(ErrorKind::UnknownSession, "no such publisher session"),
@@ -216,6 +225,8 @@ impl Ingest {
         let now_ms = self.env.unix_ms(now);
         self.rooms
             .iter()
+            // A layer's ring is part of its room, whose status lists the layers.
+            .filter(|(name, _)| name.rid().is_none())
             .filter(|(name, r)| r.publisher.is_some() || r.watched(now, now_ms) || self.pulled(name))
             .map(|(name, r)| {
                 let mut codecs: Vec<String> = r.live_codecs.iter().map(|e| e.codec.name().to_string()).collect();
@@ -288,6 +299,7 @@ impl Ingest {
             id,
             mids: offer::media_sections(offer_sdp).into_iter().map(|(mid, _)| mid).collect(),
             source: Source::new(room.clone(), &mut self.env.random),
+            layer_rings: Vec::new(),
         };
         if self.pulls.as_mut().is_some_and(|p| p.end(&room, &mut self.rooms)) {
             tracing::info!(%room, "a publisher takes the room over from the upstream pull");
@@ -309,6 +321,11 @@ impl Ingest {
             if let Some(room) = self.rooms.get_mut(&s.app.source.room) {
                 if room.publisher == Some(key) {
                     room.publisher = None;
+                    room.source_ended();
+                }
+            }
+            for (_, layer, _) in &s.app.layer_rings {
+                if let Some(room) = self.rooms.get_mut(&layer.room) {
                     room.source_ended();
                 }
             }
@@ -356,13 +373,74 @@ impl Ingest {
             room.set_live_codecs(codecs, &self.slate, &publisher.source.room);
         }
         let moves = publisher.source.layers.as_ref().map_or(0, Layers::switches);
-        room.write_live(&mut publisher.source, &pkt, &self.slate, now, self.env.unix_ns(now));
+        let unix_ns = self.env.unix_ns(now);
+        room.write_live(&mut publisher.source, &pkt, &self.slate, now, unix_ns);
         self.layer_moves += publisher.source.layers.as_ref().map_or(0, Layers::switches) - moves;
+        // The layers with rings of their own: each gets its layer's video and all the audio.
+        let video = publisher.source.codecs.get(&*pkt.header.payload_type).is_some_and(|e| e.kind == RingKind::Video);
+        for (rid, source, ssrc) in &mut publisher.layer_rings {
+            if ssrc.is_none() {
+                *ssrc = publisher.source.layers.as_ref().and_then(|l| l.ssrc_of(rid));
+            }
+            if video && *ssrc != Some(pkt.header.ssrc) {
+                continue;
+            }
+            if let Some(layer_room) = self.rooms.get_mut(&source.room) {
+                layer_room.write_live(source, &pkt, &self.slate, now, unix_ns);
+            }
+        }
         // A simulcast layer the ring is to move to: its keyframe is asked for at once.
         if let Some(ssrc) = publisher.source.layers.as_mut().and_then(|l| l.keyframe_wanted(now)) {
             if let Some(rx) = session.rtc.direct_api().stream_rx(&ssrc) {
                 rx.request_keyframe(KeyframeRequestKind::Pli);
             }
+        }
+    }
+
+    /// A `Watch` of a layer's ring (`ROOM~RID`) is for a layer the room's publisher sends, or for a ring that is
+    /// there already (its viewers stayed while ingest restarted): no ring is made for a layer that does not flow.
+    fn check_layer(&self, room: &RoomName) -> Result<(), Response> {
+        let Some(rid) = room.rid() else { return Ok(()) };
+        if self.rooms.contains_key(room) {
+            return Ok(());
+        }
+        let base = room.base();
+        let sends = self
+            .rooms
+            .get(&base)
+            .and_then(|r| r.publisher)
+            .and_then(|key| self.host.get(key))
+            .is_some_and(|s| s.app.source.layers.as_ref().is_some_and(|l| l.ssrc_of(rid).is_some()));
+        if sends {
+            Ok(())
+        } else {
+            Err(error(ErrorKind::UnknownLayer, &format!("room {base} has no simulcast layer {rid}")))
+        }
+    }
+
+    /// Gives each layer's ring held here a source in its room's simulcast publisher, if it has none yet and the
+    /// publisher sends that layer: from then on the ring gets the layer's video and the room's audio.
+    fn attach_layer_rings(&mut self, now: Instant) {
+        let Ingest { rooms, host, env, slate, .. } = self;
+        let layer_rooms: Vec<RoomName> = rooms.keys().filter(|n| n.rid().is_some()).cloned().collect();
+        for name in layer_rooms {
+            let rid = name.rid().expect("a layer's name");
+            let Some(key) = rooms.get(&name.base()).and_then(|r| r.publisher) else { continue };
+            let Some(session) = host.get_mut(key) else { continue };
+            let publisher = &mut session.app;
+            let sends = publisher.source.layers.as_ref().is_some_and(|l| l.ssrc_of(rid).is_some());
+            if !sends || publisher.source.codecs.is_empty() || publisher.layer_rings.iter().any(|(r, _, _)| r == rid) {
+                continue;
+            }
+            let mut source = Source::new(name.clone(), &mut env.random);
+            source.codecs = publisher.source.codecs.clone();
+            let Some(room) = rooms.get_mut(&name) else { continue };
+            let mut codecs: Vec<_> = source.codecs.values().cloned().collect();
+            codecs.sort_by_key(|e| e.pt);
+            room.set_live_codecs(codecs, slate, &name);
+            room.source_started(now);
+            tracing::info!(room = %name.base(), rid, "a simulcast layer's ring is written");
+            publisher.layer_rings.push((rid.to_string(), source, None));
         }
     }
 
@@ -385,12 +463,30 @@ impl Ingest {
             self.next_fallback = now + self.settings.keyframe_fallback_interval.unwrap_or(Duration::MAX / 4);
         }
         self.drop_idle_rooms(now, now_ms);
+        self.attach_layer_rings(now);
+        // The publisher of each room, for the keyframe requests of its layers' rings.
+        let publishers: HashMap<RoomName, SessionKey> =
+            self.rooms.iter().filter_map(|(name, r)| Some((name.clone(), r.publisher?))).collect();
         let Settings { runtime_dir, geometry, slate: slate_on, keyframe_request_interval, .. } = &self.settings;
         for (name, room) in &mut self.rooms {
             room.upkeep(runtime_dir, *geometry, &self.slate, now, now_ms, name);
             let watched = room.watched(now, now_ms);
             room.update_slate(&self.slate, *slate_on, watched, now, &mut self.env.random, name);
             let pulled = self.pulls.as_ref().is_some_and(|p| p.receiving(name));
+            if let Some(rid) = name.rid() {
+                // A layer's ring: its keyframes come from that layer of the room's publisher.
+                let Some(&key) = publishers.get(&name.base()) else { continue };
+                let Some(session) = self.host.get_mut(key) else { continue };
+                let ssrc = session.app.source.layers.as_ref().and_then(|l| l.ssrc_of(rid));
+                let Some(why) = room.keyframe_due(now, watched, fallback, *keyframe_request_interval) else { continue };
+                let Some(ssrc) = ssrc else { continue };
+                if let Some(rx) = session.rtc.direct_api().stream_rx(&ssrc) {
+                    rx.request_keyframe(KeyframeRequestKind::Pli);
+                    self.keyframe_requests_sent += 1;
+                    tracing::debug!(session = %session.app.id, rid, ?why, "keyframe requested for a layer's ring");
+                }
+                continue;
+            }
             if room.publisher.is_none() && !pulled {
                 continue;
             }
@@ -443,7 +539,10 @@ impl Ingest {
         let Ok(dir) = std::fs::read_dir(paths::rings_dir(&self.settings.runtime_dir)) else { return };
         for entry in dir.flatten() {
             let name = entry.file_name();
-            let Some(room) = name.to_str().and_then(|n| n.strip_suffix(".ring")).and_then(|n| RoomName::new(n).ok())
+            let Some(room) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".ring"))
+                .and_then(|n| RoomName::try_from(n.to_string()).ok())
             else {
                 continue;
             };

@@ -143,6 +143,11 @@ impl Layers {
         Some(*ssrc)
     }
 
+    /// The SSRC of the layer a packet named `rid`.
+    pub fn ssrc_of(&self, rid: &str) -> Option<Ssrc> {
+        self.streams.iter().find(|s| s.rid.is_some_and(|r| &*r == rid)).map(|s| s.ssrc)
+    }
+
     /// The layer the ring carries.
     pub fn carried(&self) -> Option<Ssrc> {
         self.carried

@@ -369,6 +369,8 @@ pub enum ErrorKind {
     Forbidden,
     /// No such session in this process.
     UnknownSession,
+    /// The room's publisher sends no simulcast layer of that rid.
+    UnknownLayer,
     /// The process is at capacity or draining.
     Unavailable,
     /// The request does not apply to this process.

@@ -112,11 +112,16 @@ impl Registry {
 }
 
 /// The room list the views of several processes make: a room appears once, live or playing the slate if any
-/// process says so, with the viewers of all workers and the bitrates added up.
+/// process says so, with the viewers of all workers and the bitrates added up. The viewers of a simulcast
+/// layer's ring (`ROOM~RID`, on the workers) are the room's.
 pub fn room_list(views: Vec<Vec<RoomStatus>>) -> RoomList {
     let mut merged: BTreeMap<RoomName, RoomStatus> = BTreeMap::new();
     for r in views.into_iter().flatten() {
-        let m = merged.entry(r.name.clone()).or_insert_with(|| RoomStatus::new(r.name.clone()));
+        let m = merged.entry(r.name.base()).or_insert_with(|| RoomStatus::new(r.name.base()));
+        if r.name.rid().is_some() {
+            m.viewers += r.viewers;
+            continue;
+        }
         m.live |= r.live;
         m.slate |= r.slate;
         if !r.codecs.is_empty() {
@@ -244,7 +249,7 @@ mod tests {
     use super::*;
 
     fn room(name: &str) -> RoomName {
-        RoomName::new(name).unwrap()
+        RoomName::try_from(name.to_string()).unwrap()
     }
 
     fn status(role: Role, index: u32, sessions: u32) -> ProcessStatus {
@@ -276,15 +281,15 @@ mod tests {
         let slate = RoomStatus { slate: true, upstream: Some(upstream.clone()), ..RoomStatus::new(room("b")) };
         registry.update(Target::Ingest, ingest(vec![live("a", 1_500_000), slate]));
         registry.update(Target::Worker(0), worker(0, &[("a", 2), ("b", 1)]));
-        registry.update(Target::Worker(1), worker(1, &[("a", 3)]));
+        registry.update(Target::Worker(1), worker(1, &[("a", 3), ("a~l", 2)]));
         let list = registry.room_list();
         let shown: Vec<_> = list.rooms.iter().map(|r| (r.name.as_str(), r.state, r.viewers)).collect();
-        assert_eq!(shown, [("a", "live", 5), ("b", "slate", 1)]);
+        assert_eq!(shown, [("a", "live", 7), ("b", "slate", 1)], "a layer's viewers are its room's");
         assert_eq!(list.rooms[0].codecs, ["H264", "opus"]);
         assert_eq!(list.rooms[0].bitrate_kbps, 1500.0);
         assert_eq!(list.rooms[1].upstream, Some(upstream));
         assert!(list.rooms[0].layers.is_empty(), "a publisher without simulcast has no layers");
-        assert_eq!(registry.status(Target::Worker(1)).map(|s| s.sessions), Some(3));
+        assert_eq!(registry.status(Target::Worker(1)).map(|s| s.sessions), Some(5));
         assert_eq!(registry.rooms(Target::Worker(2)), None);
     }
 

@@ -407,18 +407,21 @@ impl<B: Backend> Router<B> {
         if let Err(resp) = self.authorized(req, query, Kind::View) {
             return resp;
         }
-        let room = match query_param(query, "room") {
-            Some(room) => room,
+        let (room, layer) = match query_param(query, "room") {
+            Some(room) => (room, query_param(query, "layer")),
             None => {
                 #[derive(serde::Deserialize)]
                 struct Body {
                     room: String,
+                    #[serde(default)]
+                    layer: Option<String>,
                 }
                 let body = req.body.as_deref().unwrap_or_default();
                 match serde_json::from_slice::<Body>(body) {
-                    Ok(b) => b.room,
+                    Ok(b) => (b.room, b.layer),
                     Err(e) => {
-                        return HttpResponse::error(400, format!("expected a JSON body {{\"room\": \"NAME\"}}: {e}"))
+                        let expected = r#"{"room": "NAME"} or {"room": "NAME", "layer": "RID"}"#;
+                        return HttpResponse::error(400, format!("expected a JSON body {expected}: {e}"));
                     }
                 }
             }
@@ -426,6 +429,12 @@ impl<B: Backend> Router<B> {
         let room = match room_name(&room) {
             Ok(room) => room,
             Err(resp) => return resp,
+        };
+        // A simulcast layer of the room: the ring of that layer alone (ingest refuses one that does not flow).
+        let ring = match layer.as_deref().map(|rid| room.layer(rid)) {
+            None => room.clone(),
+            Some(Ok(ring)) => ring,
+            Some(Err(e)) => return HttpResponse::error(400, format!("bad layer: {e}")),
         };
         let Some(session) = id.parse::<SessionId>().ok().filter(|s| matches!(s.owner(), Owner::Worker(_))) else {
             return HttpResponse::error(404, "no such viewer session");
@@ -440,13 +449,16 @@ impl<B: Backend> Router<B> {
             }
             other => return answer_or_error(other, "fanout worker"),
         }
-        if let Err(refused) = self.watch(&room) {
+        if let Err(refused) = self.watch(&ring) {
             return refused;
         }
-        match self.backend.call(target, &FanoutRequest::Switch { session, room: room.clone() }.into()) {
+        match self.backend.call(target, &FanoutRequest::Switch { session, room: ring.clone() }.into()) {
             Ok(Response::Done) => {
-                let body = serde_json::json!({ "room": room }).to_string();
-                HttpResponse::new(200, "application/json", body)
+                let body = match ring.rid() {
+                    Some(rid) => serde_json::json!({ "room": room, "layer": rid }),
+                    None => serde_json::json!({ "room": room }),
+                };
+                HttpResponse::new(200, "application/json", body.to_string())
             }
             Ok(Response::Error { kind: ErrorKind::UnknownSession, .. }) | Err(ControlError::Io(_)) => {
                 HttpResponse::error(404, "no such viewer session")
@@ -647,6 +659,7 @@ fn answer_or_error(result: Result<Response, ControlError>, who: &str) -> HttpRes
                 ErrorKind::BadRequest | ErrorKind::BadOffer => 400,
                 ErrorKind::NoCommonCodec => 406,
                 ErrorKind::RoomBusy => 409,
+                ErrorKind::UnknownLayer => 404,
                 ErrorKind::Forbidden => 403,
                 ErrorKind::UnknownSession => 404,
                 ErrorKind::Unavailable => 503,
@@ -744,6 +757,8 @@ mod tests {
         ingest_up: bool,
         /// Ingest refuses rooms (as at its room limit).
         ingest_full: bool,
+        /// Ingest refuses every layer's ring (no publisher sends simulcast).
+        no_layers: bool,
         /// Workers answer with sessions named for worker 9.
         foreign_answers: bool,
         /// Every request, in order.
@@ -757,6 +772,7 @@ mod tests {
                 workers: (0..workers).collect(),
                 ingest_up: true,
                 ingest_full: false,
+                no_layers: false,
                 foreign_answers: false,
                 log: Mutex::new(Vec::new()),
             }
@@ -793,6 +809,12 @@ mod tests {
             {
                 let message = "this server holds its limit of 1 rooms".into();
                 return Ok(Response::Error { kind: ErrorKind::Unavailable, message });
+            }
+            if let (Request::Ingest(IngestRequest::Watch { room }), true) = (request, self.no_layers) {
+                if let Some(rid) = room.rid() {
+                    let message = format!("room {} has no simulcast layer {rid}", room.base());
+                    return Ok(Response::Error { kind: ErrorKind::UnknownLayer, message });
+                }
             }
             let mut sessions = self.sessions.lock().unwrap();
             let n = sessions.entry(target).or_default();
@@ -1032,6 +1054,47 @@ mod tests {
             })
             .collect();
         assert_eq!(rooms, ["b", "c"]);
+    }
+
+    #[test]
+    fn switch_a_viewer_to_a_layer() {
+        let r = Router::new(Fake::new(1), Tokens::default());
+        let url = format!("/session/{W1}/switch");
+        let resp = r.handle(&req("POST", &url, Some("application/json"), r#"{"room":"b","layer":"l"}"#));
+        assert_eq!(resp.status, 200);
+        assert_eq!(String::from_utf8_lossy(&resp.body), r#"{"layer":"l","room":"b"}"#);
+        assert_eq!(r.handle(&sdp("POST", &format!("{url}?room=b&layer=h"))).status, 200);
+        // The ring of the layer is watched and switched to; a bad rid is refused before anything is sent.
+        for bad in [r#"{"room":"b","layer":"a/b"}"#, r#"{"room":"b","layer":""}"#, r#"{"room":"b~l"}"#] {
+            assert_eq!(r.handle(&req("POST", &url, Some("application/json"), bad)).status, 400, "{bad}");
+        }
+        let rings: Vec<String> = r
+            .backend
+            .sent(|r| {
+                matches!(
+                    r,
+                    Request::Ingest(IngestRequest::Watch { .. }) | Request::Fanout(FanoutRequest::Switch { .. })
+                )
+            })
+            .into_iter()
+            .map(|(_, r)| match r {
+                Request::Ingest(IngestRequest::Watch { room }) => format!("watch {room}"),
+                Request::Fanout(FanoutRequest::Switch { room, .. }) => format!("switch {room}"),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(rings, ["watch b~l", "switch b~l", "watch b~h", "switch b~h"]);
+    }
+
+    #[test]
+    fn a_layer_ingest_does_not_have_is_404() {
+        let mut fake = Fake::new(1);
+        fake.no_layers = true;
+        let r = Router::new(fake, Tokens::default());
+        let resp = r.handle(&sdp("POST", &format!("/session/{W1}/switch?room=b&layer=x")));
+        assert_eq!(resp.status, 404);
+        assert!(String::from_utf8_lossy(&resp.body).contains("no simulcast layer x"));
+        assert!(r.backend.sent(|r| matches!(r, Request::Fanout(FanoutRequest::Switch { .. }))).is_empty());
     }
 
     #[test]

@@ -210,11 +210,11 @@ async function sentLayers(page) {
   });
 }
 
-test("/send?simulcast=3 sends three layers; a viewer plays the top one", { timeout: 60_000 }, async (t) => {
+test("/send?simulcast=3 sends three layers; a viewer plays the top one, and the low one when switched to it", { timeout: 60_000 }, async (t) => {
   fs.mkdirSync(ARTIFACTS, { recursive: true });
   const pages = {};
   const step = stepper(t, pages);
-  let top = null;
+  let top = null, low = null, playing = false;
   await step("Chromium sends three layers of its camera, each its own size", async () => {
     const b = await ensureStarted();
     pages.pub = await openPage(b.context, "send-simulcast", pageLog);
@@ -232,6 +232,7 @@ test("/send?simulcast=3 sends three layers; a viewer plays the top one", { timeo
     assert.deepEqual(layers.map((l) => l.rid), ["l", "m", "h"]);
     assert.ok(layers[0].width < layers[1].width && layers[1].width < layers[2].width, JSON.stringify(layers));
     top = { width: layers[2].width, height: layers[2].height };
+    low = { width: layers[0].width, height: layers[0].height };
   });
   if (!top) return;
   await step("the viewer plays the top layer, live, frames advancing", async () => {
@@ -247,6 +248,22 @@ test("/send?simulcast=3 sends three layers; a viewer plays the top one", { timeo
       throw new Error(JSON.stringify(room));
     }, { timeout: 5_000 });
     console.log(`simulcast layers in /rooms: ${JSON.stringify(layers)}`);
+    playing = true;
+  });
+  if (!playing) return;
+  await step("POST /session/{id}/switch with a layer moves the viewer to it; a layer not sent is 404", async () => {
+    const session = new URL(await pages.viewer.evaluate(() => window.deadsfu.sessionUrl)).pathname;
+    const to = (layer) => fetch(`${sfu.base}${session}/switch`, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ room: "simul", layer }),
+    });
+    const missing = await to("x");
+    assert.equal(missing.status, 404, await missing.text());
+    const res = await to("l");
+    const body = await res.text();
+    assert.equal(res.status, 200, body);
+    assert.deepEqual(JSON.parse(body), { room: "simul", layer: "l" });
+    const r = await waitViewerLive(pages.viewer, low, "the viewer to play the low layer", 10_000);
+    console.log(`simulcast viewer on layer l: ${r.now.w}x${r.now.h}, ${r.now.frames - r.first.frames} frames in ${r.now.at - r.first.at} ms`);
     await pages.pub.getByRole("button", { name: "Stop" }).click();
   });
 });

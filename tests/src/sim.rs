@@ -521,8 +521,12 @@ impl World {
 
     /// Room `room`'s ring, as a reader sees it.
     pub fn ring(&self, room: &str) -> shm_proto::ring::RingReader {
-        let name = shm_proto::RoomName::new(room).expect("a room name");
-        shm_proto::ring::RingReader::open(&paths::ring(&self.dir, &name)).expect("the room's ring")
+        shm_proto::ring::RingReader::open(&paths::ring(&self.dir, &room_name(room))).expect("the room's ring")
+    }
+
+    /// Whether the ring of `room` (or a layer's, `ROOM~RID`) exists.
+    pub fn ring_exists(&self, room: &str) -> bool {
+        paths::ring(&self.dir, &room_name(room)).exists()
     }
 
     /// Worker `k` gets no turn for `d` (its datagrams wait), as a worker short of CPU.
@@ -748,8 +752,9 @@ impl Link {
 }
 
 /// A room name the tests know to be valid (signaling checks names before any core sees them).
+/// A room's name, or a simulcast layer's ring's (`ROOM~RID`), as the processes pass them to each other.
 fn room_name(room: &str) -> RoomName {
-    RoomName::new(room).expect("a valid room name")
+    RoomName::try_from(room.to_string()).expect("a valid room name")
 }
 
 fn datagram(t: Transmit) -> Datagram {

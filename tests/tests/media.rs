@@ -654,3 +654,39 @@ fn when_the_carried_layer_stops_the_room_goes_on_with_the_best_one_left() {
     let frozen = after[0].0.at - before.last().expect("a packet").0.at;
     assert!(frozen < 1300 * MS, "the picture stood still {frozen:?}");
 }
+
+/// A viewer moved to one layer's ring (`ROOM~RID`, as signaling does for `POST /session/{id}/switch` with a
+/// layer) gets that layer alone, from its keyframe, with the room's audio, one numbering throughout; the other
+/// viewer keeps the room's best layer. A layer the publisher does not send is refused and makes no ring.
+#[test]
+fn a_viewer_switched_to_a_layers_ring_gets_that_layer() {
+    let mut world = started(Options { slate: false, ..Default::default() });
+    let publisher = world.publish_simulcast("layers", &[("l", LOW), ("h", HIGH)], 1).expect("publisher accepted");
+    let stays = world.view("layers", 0).expect("viewer accepted");
+    let moves = world.view("layers", 0).expect("viewer accepted");
+    world.run_until("connected", 5 * SECOND, |w| w.all_connected());
+    world.run_for(2 * SECOND);
+    let refused = world.switch(moves, "layers~x");
+    assert!(
+        matches!(&refused, Response::Error { kind: ErrorKind::UnknownLayer, .. }),
+        "a layer that does not flow: {refused:?}"
+    );
+    assert!(!world.ring_exists("layers~x"), "no ring for it");
+    let asked = world.peers[publisher].keyframe_requests;
+    assert_eq!(world.switch(moves, "layers~l"), Response::Done);
+    world.run_for(2 * SECOND);
+    // The new ring starts empty: its viewer's keyframe request reaches the low layer.
+    assert!(world.peers[publisher].keyframe_requests > asked, "the low layer's keyframe was asked for");
+    let v = &world.peers[moves];
+    assert_contiguous(v);
+    assert_audio_contiguous(v);
+    let runs = layer_runs(v);
+    let sizes: Vec<usize> = runs.iter().map(|(size, _)| *size).collect();
+    assert_eq!(sizes.last(), Some(&300), "the low layer at the end: {sizes:?}");
+    assert!(runs.last().expect("a run").1.len() >= 30, "the low layer's frames keep coming");
+    let s = &world.peers[stays];
+    assert_eq!(layer_runs(s).last().map(|(size, _)| *size), Some(1100), "the other viewer keeps the high layer");
+    // The layer's ring is no room of /rooms: the room lists its layers.
+    let (_, rooms) = world.ingest.status_snapshot(world.now);
+    assert_eq!(rooms.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["layers"]);
+}
