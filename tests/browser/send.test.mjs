@@ -264,6 +264,25 @@ test("/send?simulcast=3 sends three layers; a viewer plays the top one, and the 
     assert.deepEqual(JSON.parse(body), { room: "simul", layer: "l" });
     const r = await waitViewerLive(pages.viewer, low, "the viewer to play the low layer", 10_000);
     console.log(`simulcast viewer on layer l: ${r.now.w}x${r.now.h}, ${r.now.frames - r.first.frames} frames in ${r.now.at - r.first.at} ms`);
+  });
+  await step("the viewer page's quality menu lists Auto and the layers, and switches between them", async () => {
+    const menu = pages.viewer.getByLabel("Quality");
+    await until("the quality menu to show Auto and the three layers", async () => {
+      const o = await menu.evaluate((el) => ({ hidden: el.hidden, options: [...el.options].map((x) => x.value) }));
+      if (!o.hidden && o.options.join() === ",h,m,l") return o;
+      throw new Error(JSON.stringify(o));
+    }, { timeout: 5_000 });
+    await menu.selectOption("m");
+    const mid = await until("the viewer to play the middle layer", async () => {
+      const l = (await sentLayers(pages.pub)).find((x) => x.rid === "m");
+      return { width: l.width, height: l.height };
+    }, { timeout: 2_000 });
+    await waitViewerLive(pages.viewer, mid, "the viewer to play layer m", 10_000);
+    assert.equal(await pages.viewer.evaluate(() => window.deadsfu.layer), "m");
+    await menu.selectOption("");
+    await waitViewerLive(pages.viewer, top, "the viewer to play the room's own (top) layer again", 10_000);
+    assert.equal(await pages.viewer.evaluate(() => window.deadsfu.layer), null);
+    assert.match(await menu.evaluate((el) => el.options[el.selectedIndex].text), /^Auto · h$/);
     await pages.pub.getByRole("button", { name: "Stop" }).click();
   });
 });
