@@ -179,6 +179,10 @@ impl Fanout {
             Request::Status => Response::Status(self.status()),
             Request::Fanout(FanoutRequest::View { room, offer }) => self.view(now, room, &offer),
             Request::Fanout(FanoutRequest::Switch { session, room }) => self.switch(now, session, room),
+            Request::Fanout(FanoutRequest::Where { session }) => match self.ids.get(&session) {
+                Some(&key) => Response::Room { room: self.host.get(key).expect("ids and host agree").app.room.clone() },
+                None => error(ErrorKind::UnknownSession, "no such viewer session"),
+            },
             Request::Check { session } => match self.ids.contains_key(&session) {
                 true => Response::Done,
                 false => error(ErrorKind::UnknownSession, "no such viewer session"),
@@ -709,10 +713,17 @@ mod tests {
         let switch = FanoutRequest::Switch { session, room: other.clone() };
         assert_eq!(fanout.handle_request(now, switch.into()), Response::Done);
         assert_eq!(fanout.host.get(fanout.ids[&session]).unwrap().app.room, other);
+        let layer = other.layer("l").unwrap();
+        let switch = FanoutRequest::Switch { session, room: layer.clone() };
+        assert_eq!(fanout.handle_request(now, switch.into()), Response::Done);
+        let at = fanout.handle_request(now, FanoutRequest::Where { session }.into());
+        assert_eq!(at, Response::Room { room: layer }, "the ring it reads");
         assert_eq!(fanout.handle_request(now, Request::Check { session }), Response::Done);
         assert_eq!(fanout.handle_request(now, Request::Close { session }), Response::Closed);
         let gone = fanout.handle_request(now, Request::Check { session });
         assert!(matches!(gone, Response::Error { kind: ErrorKind::UnknownSession, .. }), "{gone:?}");
+        let nowhere = fanout.handle_request(now, FanoutRequest::Where { session }.into());
+        assert!(matches!(nowhere, Response::Error { kind: ErrorKind::UnknownSession, .. }), "{nowhere:?}");
         let watch = shm_proto::control::IngestRequest::Watch { room: other };
         let wrong = fanout.handle_request(now, watch.into());
         assert!(matches!(wrong, Response::Error { kind: ErrorKind::WrongRole, .. }), "{wrong:?}");

@@ -107,6 +107,8 @@ pub enum FanoutRequest {
     View { room: RoomName, offer: String },
     /// Move a viewer to another room without renegotiation.
     Switch { session: SessionId, room: RoomName },
+    /// The ring a viewer reads: its room's, or one of its layers' (`ROOM~RID`). Answered with [`Response::Room`].
+    Where { session: SessionId },
 }
 
 impl From<IngestRequest> for Request {
@@ -136,6 +138,10 @@ pub enum Response {
     Done,
     Rooms {
         rooms: Vec<RoomStatus>,
+    },
+    /// The ring a viewer reads ([`FanoutRequest::Where`]).
+    Room {
+        room: RoomName,
     },
     Metrics {
         /// Boxed: the counters outweigh every other response.

@@ -246,12 +246,13 @@ impl<B: Backend> Router<B> {
             ("GET", ["metrics"]) => self.metrics(),
             ("GET", ["rooms"]) => self.rooms(query),
             ("POST", ["session", id, "switch"]) => self.switch(req, id, query),
+            ("POST", ["session", id, "layer"]) => self.layer(req, id, query),
             ("POST", ["whip"]) => self.offer(req, query_param(query, "room"), Kind::Publish, query),
             ("POST", ["whip", room]) => self.offer(req, Some(room.to_string()), Kind::Publish, query),
             ("POST", ["whep"]) | ("POST", ["whap"]) => self.offer(req, query_param(query, "room"), Kind::View, query),
             ("POST", ["whep", room]) => self.offer(req, Some(room.to_string()), Kind::View, query),
             ("DELETE", ["session", id]) => self.delete(req, id, query),
-            (_, ["session", _, "switch"]) => {
+            (_, ["session", _, "switch"]) | (_, ["session", _, "layer"]) => {
                 HttpResponse::error(405, format!("method {} not allowed here", req.method))
                     .with("Allow", "POST, OPTIONS")
             }
@@ -324,7 +325,9 @@ impl<B: Backend> Router<B> {
                     self.close_viewer(session);
                     return refused;
                 }
-                created(session, answer)
+                // The WHEP layer extension: where a player picks a simulcast layer of the room.
+                let layer = format!("</session/{session}/layer>; rel=\"{WHEP_LAYER_REL}\"");
+                created(session, answer).with("Link", layer)
             }
         }
     }
@@ -439,16 +442,59 @@ impl<B: Backend> Router<B> {
         let Some(session) = id.parse::<SessionId>().ok().filter(|s| matches!(s.owner(), Owner::Worker(_))) else {
             return HttpResponse::error(404, "no such viewer session");
         };
-        let target = session.owner().into();
-        // The session first, so an unknown session makes no room; then the room, so a session is never moved
-        // to a room ingest will not hold.
-        match self.backend.call(target, &Request::Check { session }) {
+        // The session first, so an unknown session makes no room.
+        match self.backend.call(session.owner().into(), &Request::Check { session }) {
             Ok(Response::Done) => {}
             Ok(Response::Error { kind: ErrorKind::UnknownSession, .. }) | Err(ControlError::Io(_)) => {
                 return HttpResponse::error(404, "no such viewer session");
             }
             other => return answer_or_error(other, "fanout worker"),
         }
+        self.move_viewer(session, &room, ring)
+    }
+
+    /// `POST /session/{id}/layer`, the WHEP layer extension: `{"encodingId": "RID"}` moves the viewer to that
+    /// simulcast layer of its room, `{}` (or `"encodingId": null`) back to the room's own layer; `mediaId` is
+    /// taken and not needed (a room has one video).
+    fn layer(&self, req: &HttpRequest, id: &str, query: &str) -> HttpResponse {
+        if let Err(resp) = self.authorized(req, query, Kind::View) {
+            return resp;
+        }
+        // `mediaId` and any other member are let be.
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Body {
+            #[serde(default)]
+            encoding_id: Option<String>,
+        }
+        let body = req.body.as_deref().unwrap_or_default();
+        let body = if body.iter().all(u8::is_ascii_whitespace) { b"{}".as_slice() } else { body };
+        let rid = match serde_json::from_slice::<Body>(body) {
+            Ok(b) => b.encoding_id,
+            Err(e) => return HttpResponse::error(400, format!(r#"expected a JSON body {{"encodingId": "RID"}}: {e}"#)),
+        };
+        let Some(session) = id.parse::<SessionId>().ok().filter(|s| matches!(s.owner(), Owner::Worker(_))) else {
+            return HttpResponse::error(404, "no such viewer session");
+        };
+        let room = match self.backend.call(session.owner().into(), &FanoutRequest::Where { session }.into()) {
+            Ok(Response::Room { room }) => room.base(),
+            Ok(Response::Error { kind: ErrorKind::UnknownSession, .. }) | Err(ControlError::Io(_)) => {
+                return HttpResponse::error(404, "no such viewer session");
+            }
+            other => return answer_or_error(other, "fanout worker"),
+        };
+        let ring = match rid.as_deref().map(|rid| room.layer(rid)) {
+            None => room.clone(),
+            Some(Ok(ring)) => ring,
+            Some(Err(e)) => return HttpResponse::error(400, format!("bad encodingId: {e}")),
+        };
+        self.move_viewer(session, &room, ring)
+    }
+
+    /// Moves a viewer known to its worker to `ring` (`room`'s, or one of its layers'): the ring first, so a
+    /// session is never moved to a ring ingest will not hold.
+    fn move_viewer(&self, session: SessionId, room: &RoomName, ring: RoomName) -> HttpResponse {
+        let target = session.owner().into();
         if let Err(refused) = self.watch(&ring) {
             return refused;
         }
@@ -637,6 +683,9 @@ impl Kind {
         }
     }
 }
+
+/// The link relation of the WHEP layer extension.
+const WHEP_LAYER_REL: &str = "urn:ietf:params:whep:ext:core:layer";
 
 /// A room name from a URL or a body, or the answer to a bad one. The one place signaling checks room names:
 /// from here on they travel as [`RoomName`].
@@ -843,12 +892,17 @@ mod tests {
                 // Each process knows its own first session only.
                 Request::Close { session }
                 | Request::Fanout(FanoutRequest::Switch { session, .. })
+                | Request::Fanout(FanoutRequest::Where { session })
                 | Request::Check { session }
                     if *session != id(owner(target), 1) =>
                 {
                     Response::Error { kind: ErrorKind::UnknownSession, message: "no".into() }
                 }
                 Request::Close { .. } => Response::Closed,
+                // The viewer reads a layer's ring of room b.
+                Request::Fanout(FanoutRequest::Where { .. }) => {
+                    Response::Room { room: RoomName::new("b").unwrap().layer("m").unwrap() }
+                }
                 Request::Fanout(FanoutRequest::Switch { .. })
                 | Request::Ingest(IngestRequest::Watch { .. })
                 | Request::Check { .. } => Response::Done,
@@ -1084,6 +1138,54 @@ mod tests {
             })
             .collect();
         assert_eq!(rings, ["watch b~l", "switch b~l", "watch b~h", "switch b~h"]);
+    }
+
+    #[test]
+    fn the_whep_layer_extension_moves_a_viewer_between_its_rooms_layers() {
+        let r = Router::new(Fake::new(1), Tokens::default());
+        let resp = r.handle(&sdp("POST", "/whep/b"));
+        assert_eq!(resp.status, 201);
+        let session = resp.header("Location").expect("a session").to_string();
+        let link = format!("<{session}/layer>; rel=\"urn:ietf:params:whep:ext:core:layer\"");
+        assert_eq!(resp.header("Link"), Some(link.as_str()));
+        assert_eq!(r.handle(&sdp("POST", "/whip/p")).header("Link"), None, "publishers pick no layer");
+        let layer = |body: &str| r.handle(&req("POST", &format!("{session}/layer"), Some("application/json"), body));
+        let resp = layer(r#"{"mediaId":"1","encodingId":"l"}"#);
+        assert_eq!(
+            (resp.status, String::from_utf8_lossy(&resp.body).to_string()),
+            (200, r#"{"layer":"l","room":"b"}"#.into())
+        );
+        for auto in ["{}", r#"{"encodingId":null}"#, ""] {
+            let resp = layer(auto);
+            assert_eq!(
+                (resp.status, String::from_utf8_lossy(&resp.body).to_string()),
+                (200, r#"{"room":"b"}"#.into()),
+                "{auto:?}"
+            );
+        }
+        for bad in [r#"{"encodingId":"a/b"}"#, r#"{"encodingId":7}"#, "nope"] {
+            assert_eq!(layer(bad).status, 400, "{bad}");
+        }
+        let other = req("POST", &format!("/session/{W2}/layer"), Some("application/json"), r#"{"encodingId":"l"}"#);
+        assert_eq!(r.handle(&other).status, 404);
+        assert_eq!(r.handle(&sdp("GET", &format!("{session}/layer"))).status, 405);
+        let moves: Vec<String> = r
+            .backend
+            .sent(|r| {
+                matches!(
+                    r,
+                    Request::Ingest(IngestRequest::Watch { .. }) | Request::Fanout(FanoutRequest::Switch { .. })
+                )
+            })
+            .into_iter()
+            .map(|(_, r)| match r {
+                Request::Ingest(IngestRequest::Watch { room }) => format!("watch {room}"),
+                Request::Fanout(FanoutRequest::Switch { room, .. }) => format!("switch {room}"),
+                _ => unreachable!(),
+            })
+            .collect();
+        let auto = ["watch b", "switch b"];
+        assert_eq!(moves, [&["watch b", "watch b~l", "switch b~l"][..], &auto, &auto, &auto].concat());
     }
 
     #[test]

@@ -251,7 +251,7 @@ test("/send?simulcast=3 sends three layers; a viewer plays the top one, and the 
     playing = true;
   });
   if (!playing) return;
-  await step("POST /session/{id}/switch with a layer moves the viewer to it; a layer not sent is 404", async () => {
+  await step("POST /session/{id}/switch with a layer moves the viewer to it, /layer back; a layer not sent is 404", async () => {
     const session = new URL(await pages.viewer.evaluate(() => window.deadsfu.sessionUrl)).pathname;
     const to = (layer) => fetch(`${sfu.base}${session}/switch`, {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ room: "simul", layer }),
@@ -264,6 +264,12 @@ test("/send?simulcast=3 sends three layers; a viewer plays the top one, and the 
     assert.deepEqual(JSON.parse(body), { room: "simul", layer: "l" });
     const r = await waitViewerLive(pages.viewer, low, "the viewer to play the low layer", 10_000);
     console.log(`simulcast viewer on layer l: ${r.now.w}x${r.now.h}, ${r.now.frames - r.first.frames} frames in ${r.now.at - r.first.at} ms`);
+    // The WHEP layer extension (the Link of the viewer's 201): {} is back to the room's own layer.
+    const back = await fetch(`${sfu.base}${session}/layer`, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ mediaId: "1" }),
+    });
+    assert.equal(back.status, 200, await back.text());
+    await waitViewerLive(pages.viewer, top, "the viewer to play the top layer again", 10_000);
   });
   await step("the viewer page's quality menu lists Auto and the layers, and switches between them", async () => {
     const menu = pages.viewer.getByLabel("Quality");
