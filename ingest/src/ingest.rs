@@ -528,6 +528,13 @@ impl Ingest {
             if let Some(pulls) = &mut self.pulls {
                 pulls.forget(&name);
             }
+            // A layer's ring nobody reads: its room's publisher stops writing it (until a viewer asks again).
+            if let Some(rid) = name.rid() {
+                let publisher = self.rooms.get(&name.base()).and_then(|r| r.publisher);
+                if let Some(session) = publisher.and_then(|key| self.host.get_mut(key)) {
+                    session.app.layer_rings.retain(|(r, _, _)| r != rid);
+                }
+            }
             remove_ring(&self.settings.runtime_dir, &name);
             tracing::debug!(room = %name, ?grace, "room unused; removed with its ring");
         }

@@ -689,4 +689,16 @@ fn a_viewer_switched_to_a_layers_ring_gets_that_layer() {
     // The layer's ring is no room of /rooms: the room lists its layers.
     let (_, rooms) = world.ingest.status_snapshot(world.now);
     assert_eq!(rooms.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["layers"]);
+    // Back to the room's own layer: once nobody reads the layer's ring for the room grace (10 s here), it goes;
+    // asked for again, it is made and written again.
+    assert_eq!(world.switch(moves, "layers"), Response::Done);
+    world.run_for(15 * SECOND);
+    assert!(!world.ring_exists("layers~l"), "the unread layer's ring is removed");
+    assert_eq!(world.switch(moves, "layers~l"), Response::Done);
+    let before = world.peers[moves].received.len();
+    world.run_for(2 * SECOND);
+    let again: Vec<usize> =
+        world.peers[moves].received[before..].iter().filter(|r| r.video).map(|r| r.payload.len()).collect();
+    assert!(again.len() >= 30 && again.iter().all(|n| *n == 300), "the low layer again: {} packets", again.len());
+    assert_contiguous(&world.peers[moves]);
 }
