@@ -1110,6 +1110,20 @@ mod tests {
         assert_eq!(rooms, ["b", "c"]);
     }
 
+    /// The rings signaling had ingest watch and workers switch viewers to, in order.
+    fn watches_and_switches(r: &Router<Fake>) -> Vec<String> {
+        let sent = r.backend.sent(|r| {
+            matches!(r, Request::Ingest(IngestRequest::Watch { .. }) | Request::Fanout(FanoutRequest::Switch { .. }))
+        });
+        sent.into_iter()
+            .map(|(_, r)| match r {
+                Request::Ingest(IngestRequest::Watch { room }) => format!("watch {room}"),
+                Request::Fanout(FanoutRequest::Switch { room, .. }) => format!("switch {room}"),
+                _ => unreachable!(),
+            })
+            .collect()
+    }
+
     #[test]
     fn switch_a_viewer_to_a_layer() {
         let r = Router::new(Fake::new(1), Tokens::default());
@@ -1122,21 +1136,7 @@ mod tests {
         for bad in [r#"{"room":"b","layer":"a/b"}"#, r#"{"room":"b","layer":""}"#, r#"{"room":"b~l"}"#] {
             assert_eq!(r.handle(&req("POST", &url, Some("application/json"), bad)).status, 400, "{bad}");
         }
-        let rings: Vec<String> = r
-            .backend
-            .sent(|r| {
-                matches!(
-                    r,
-                    Request::Ingest(IngestRequest::Watch { .. }) | Request::Fanout(FanoutRequest::Switch { .. })
-                )
-            })
-            .into_iter()
-            .map(|(_, r)| match r {
-                Request::Ingest(IngestRequest::Watch { room }) => format!("watch {room}"),
-                Request::Fanout(FanoutRequest::Switch { room, .. }) => format!("switch {room}"),
-                _ => unreachable!(),
-            })
-            .collect();
+        let rings = watches_and_switches(&r);
         assert_eq!(rings, ["watch b~l", "switch b~l", "watch b~h", "switch b~h"]);
     }
 
@@ -1169,21 +1169,7 @@ mod tests {
         let other = req("POST", &format!("/session/{W2}/layer"), Some("application/json"), r#"{"encodingId":"l"}"#);
         assert_eq!(r.handle(&other).status, 404);
         assert_eq!(r.handle(&sdp("GET", &format!("{session}/layer"))).status, 405);
-        let moves: Vec<String> = r
-            .backend
-            .sent(|r| {
-                matches!(
-                    r,
-                    Request::Ingest(IngestRequest::Watch { .. }) | Request::Fanout(FanoutRequest::Switch { .. })
-                )
-            })
-            .into_iter()
-            .map(|(_, r)| match r {
-                Request::Ingest(IngestRequest::Watch { room }) => format!("watch {room}"),
-                Request::Fanout(FanoutRequest::Switch { room, .. }) => format!("switch {room}"),
-                _ => unreachable!(),
-            })
-            .collect();
+        let moves = watches_and_switches(&r);
         let auto = ["watch b", "switch b"];
         assert_eq!(moves, [&["watch b", "watch b~l", "switch b~l"][..], &auto, &auto, &auto].concat());
     }

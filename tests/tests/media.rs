@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use deadsfu_media::process::Core;
-use deadsfu_tests::sim::{Datagram, Options, Payload, Peer, Received, VideoSpec, World};
+use deadsfu_tests::sim::{Datagram, Options, Payload, Peer, PeerId, Received, VideoSpec, World};
 use shm_proto::control::{ErrorKind, Response};
 use str0m::media::Frequency;
 use str0m::Rtc;
@@ -558,10 +558,16 @@ fn a_viewer_is_sent_sender_reports_only_while_media_flows() {
     assert!(resumed[0] && first_report < 10, "{resumed:?}");
 }
 
+/// Packets of one simulcast layer a viewer got in a row: the layer's payload size, and the packets.
+type LayerRun<'a> = (usize, Vec<(&'a Received, Payload)>);
+
 /// A simulcast publisher's video as a viewer got it: runs of packets of one layer (told by payload size), each
-/// run starting at a keyframe's first packet with whole frames in order.
-fn layer_runs(viewer: &Peer) -> Vec<(usize, Vec<(&Received, Payload)>)> {
-    let mut runs: Vec<(usize, Vec<(&Received, Payload)>)> = Vec::new();
+/// run starting at a keyframe's first packet with whole frames in order, and the video and audio each one
+/// numbering throughout. The runs' sizes, and the runs.
+fn layer_runs(viewer: &Peer) -> (Vec<usize>, Vec<LayerRun<'_>>) {
+    assert_contiguous(viewer);
+    assert_audio_contiguous(viewer);
+    let mut runs: Vec<LayerRun<'_>> = Vec::new();
     for (r, w) in viewer.video() {
         match runs.last_mut() {
             Some((size, run)) if *size == r.payload.len() => run.push((r, w)),
@@ -578,7 +584,17 @@ fn layer_runs(viewer: &Peer) -> Vec<(usize, Vec<(&Received, Payload)>)> {
             assert!(next_in_frame || next_frame, "{size}-byte layer: {a:?} then {b:?}");
         }
     }
-    runs
+    (runs.iter().map(|(size, _)| *size).collect(), runs)
+}
+
+/// A world whose room `layers` has a simulcast publisher of `layers` (tag 1) and `viewers` viewers on worker
+/// 0, all connected.
+fn simulcast_room(layers: &[(&str, VideoSpec)], viewers: usize) -> (World, PeerId, Vec<PeerId>) {
+    let mut world = started(Options { slate: false, ..Default::default() });
+    let publisher = world.publish_simulcast("layers", layers, 1).expect("publisher accepted");
+    let viewers = (0..viewers).map(|_| world.view("layers", 0).expect("viewer accepted")).collect();
+    world.run_until("connected", 5 * SECOND, |w| w.all_connected());
+    (world, publisher, viewers)
 }
 
 const LOW: VideoSpec = VideoSpec { fps: 30, gop: 90, packets_per_frame: 1, packet_size: 300 };
@@ -590,16 +606,10 @@ const HIGH: VideoSpec = VideoSpec { fps: 30, gop: 600, packets_per_frame: 4, pac
 /// are 20 s apart here), and carries that layer alone, one numbering throughout.
 #[test]
 fn a_simulcast_publishers_best_layer_is_the_rooms_video() {
-    let mut world = started(Options { slate: false, ..Default::default() });
-    let publisher = world.publish_simulcast("layers", &[("l", LOW), ("h", HIGH)], 1).expect("publisher accepted");
-    let viewer = world.view("layers", 0).expect("viewer accepted");
-    world.run_until("connected", 5 * SECOND, |w| w.all_connected());
+    let (mut world, publisher, viewers) = simulcast_room(&[("l", LOW), ("h", HIGH)], 1);
+    let viewer = viewers[0];
     world.run_for(3 * SECOND);
-    let v = &world.peers[viewer];
-    assert_contiguous(v);
-    assert_audio_contiguous(v);
-    let runs = layer_runs(v);
-    let sizes: Vec<usize> = runs.iter().map(|(size, _)| *size).collect();
+    let (sizes, runs) = layer_runs(&world.peers[viewer]);
     assert!(sizes == [300, 1100] || sizes == [1100], "at most the low layer, then the high one for good: {sizes:?}");
     let (first, high) = (&runs[0].1, &runs.last().expect("a run").1);
     let moved_after = high[0].0.at - first[0].0.at;
@@ -634,20 +644,13 @@ fn a_simulcast_publishers_best_layer_is_the_rooms_video() {
 /// best layer still flowing, from its keyframe, within about a second, one numbering throughout.
 #[test]
 fn when_the_carried_layer_stops_the_room_goes_on_with_the_best_one_left() {
-    let mut world = started(Options { slate: false, ..Default::default() });
     let mid = VideoSpec { packets_per_frame: 2, packet_size: 700, ..LOW };
-    let publisher =
-        world.publish_simulcast("layers", &[("h", HIGH), ("m", mid), ("l", LOW)], 1).expect("publisher accepted");
-    let viewer = world.view("layers", 0).expect("viewer accepted");
-    world.run_until("connected", 5 * SECOND, |w| w.all_connected());
+    let (mut world, publisher, viewers) = simulcast_room(&[("h", HIGH), ("m", mid), ("l", LOW)], 1);
+    let viewer = viewers[0];
     world.run_for(2 * SECOND);
     world.stop_layer(publisher, "h");
     world.run_for(3 * SECOND);
-    let v = &world.peers[viewer];
-    assert_contiguous(v);
-    assert_audio_contiguous(v);
-    let runs = layer_runs(v);
-    let sizes: Vec<usize> = runs.iter().map(|(size, _)| *size).collect();
+    let (sizes, runs) = layer_runs(&world.peers[viewer]);
     assert_eq!(sizes.last(), Some(&700), "the middle layer at the end: {sizes:?}");
     assert_eq!(sizes.iter().filter(|s| **s == 1100).count(), 1, "the high layer once: {sizes:?}");
     let [.., (_, before), (_, after)] = runs.as_slice() else { panic!("no move: {sizes:?}") };
@@ -660,11 +663,8 @@ fn when_the_carried_layer_stops_the_room_goes_on_with_the_best_one_left() {
 /// viewer keeps the room's best layer. A layer the publisher does not send is refused and makes no ring.
 #[test]
 fn a_viewer_switched_to_a_layers_ring_gets_that_layer() {
-    let mut world = started(Options { slate: false, ..Default::default() });
-    let publisher = world.publish_simulcast("layers", &[("l", LOW), ("h", HIGH)], 1).expect("publisher accepted");
-    let stays = world.view("layers", 0).expect("viewer accepted");
-    let moves = world.view("layers", 0).expect("viewer accepted");
-    world.run_until("connected", 5 * SECOND, |w| w.all_connected());
+    let (mut world, publisher, viewers) = simulcast_room(&[("l", LOW), ("h", HIGH)], 2);
+    let (stays, moves) = (viewers[0], viewers[1]);
     world.run_for(2 * SECOND);
     let refused = world.switch(moves, "layers~x");
     assert!(
@@ -677,15 +677,11 @@ fn a_viewer_switched_to_a_layers_ring_gets_that_layer() {
     world.run_for(2 * SECOND);
     // The new ring starts empty: its viewer's keyframe request reaches the low layer.
     assert!(world.peers[publisher].keyframe_requests > asked, "the low layer's keyframe was asked for");
-    let v = &world.peers[moves];
-    assert_contiguous(v);
-    assert_audio_contiguous(v);
-    let runs = layer_runs(v);
-    let sizes: Vec<usize> = runs.iter().map(|(size, _)| *size).collect();
+    let (sizes, runs) = layer_runs(&world.peers[moves]);
     assert_eq!(sizes.last(), Some(&300), "the low layer at the end: {sizes:?}");
     assert!(runs.last().expect("a run").1.len() >= 30, "the low layer's frames keep coming");
     let s = &world.peers[stays];
-    assert_eq!(layer_runs(s).last().map(|(size, _)| *size), Some(1100), "the other viewer keeps the high layer");
+    assert_eq!(layer_runs(s).0.last(), Some(&1100), "the other viewer keeps the high layer");
     // The layer's ring is no room of /rooms: the room lists its layers.
     let (_, rooms) = world.ingest.status_snapshot(world.now);
     assert_eq!(rooms.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["layers"]);
