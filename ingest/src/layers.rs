@@ -28,6 +28,9 @@ pub const SILENT_AFTER: Duration = Duration::from_secs(1);
 const FLOWING: Duration = Duration::from_millis(300);
 /// How often a keyframe of the layer moved to is asked for while it has not come.
 pub const KEYFRAME_RETRY: Duration = Duration::from_millis(500);
+/// Most video streams of one publisher followed: browsers send three layers; the packets of any stream past
+/// these are not carried (a publisher cannot grow what is kept for it).
+pub const MAX_STREAMS: usize = 8;
 
 /// What the ring does with a video packet of a simulcast publisher.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +84,7 @@ impl Layers {
     pub fn on_video(&mut self, ssrc: Ssrc, rid: Option<Rid>, bytes: usize, keyframe: bool, now: Instant) -> Take {
         let i = match self.streams.iter().position(|s| s.ssrc == ssrc) {
             Some(i) => i,
+            None if self.streams.len() >= MAX_STREAMS => return Take::No,
             None => {
                 self.streams.push(Stream { ssrc, rid: None, bytes: 0, window_start: now, rate: None, last: now });
                 self.streams.len() - 1
@@ -276,6 +280,18 @@ mod tests {
         assert!(switch_at as u64 * 33 <= SILENT_AFTER.as_millis() as u64 + 33 * 30 + 33);
         assert!(takes[0].iter().all(|t| *t == Take::No), "the low layer is not the best flowing");
         assert_eq!(run.layers.carried(), Some(3.into()));
+    }
+
+    #[test]
+    fn a_publisher_cannot_grow_the_streams_followed() {
+        let mut layers = Layers::default();
+        let t = Instant::now();
+        for ssrc in 0..100u32 {
+            let take = layers.on_video(ssrc.into(), None, 500, ssrc == 99, t);
+            assert_eq!(take, Take::No, "ssrc {ssrc}");
+        }
+        assert_eq!(layers.streams.len(), MAX_STREAMS);
+        assert_eq!(layers.carried(), None, "a keyframe of a stream past the limit is not taken up");
     }
 
     #[test]
