@@ -342,7 +342,11 @@ impl Fanout {
         session.app.replay = None;
         // The next video packet forwarded must be a keyframe of the new room.
         session.app.video_choice = None;
-        if session.app.connected {
+        if old.base() == room.base() {
+            // Another simulcast layer of the same room: the picture goes on from the layer's next keyframe,
+            // asked for now, rather than going back to the layer's cached one and catching up.
+            feed.request_keyframe();
+        } else if session.app.connected {
             feed.start(key, &mut session.app, buf, now);
         }
         tracing::debug!(session = %session.app.id, from = %old, to = %room, "viewer switched rooms");

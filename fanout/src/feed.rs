@@ -420,6 +420,13 @@ impl RoomFeed {
         }
     }
 
+    /// Asks the room's source for a keyframe (through the ring's request counter).
+    pub(crate) fn request_keyframe(&self) {
+        if let Some(reader) = &self.reader {
+            reader.request_keyframe();
+        }
+    }
+
     /// The packet at ring position `pos`, for a resend, if the ring still holds it: the payload kept for
     /// replays, or a copy read from the ring.
     pub(crate) fn packet_at(&self, pos: u64, buf: &mut [u8]) -> Option<RingPacket> {

@@ -685,10 +685,20 @@ fn a_viewer_switched_to_a_layers_ring_gets_that_layer() {
     // The layer's ring is no room of /rooms: the room lists its layers.
     let (_, rooms) = world.ingest.status_snapshot(world.now);
     assert_eq!(rooms.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["layers"]);
-    // Back to the room's own layer: once nobody reads the layer's ring for the room grace (10 s here), it goes;
-    // asked for again, it is made and written again.
+    // Back to the room's own layer: from its next keyframe, asked for at once, not from the keyframe cached in
+    // the room's ring (the high layer's keyframes are 20 s apart: that one is seconds old).
+    let newest = world.peers[stays].video().last().map(|(_, w)| w.frame).expect("the high layer");
+    let before = world.peers[moves].received.len();
     assert_eq!(world.switch(moves, "layers"), Response::Done);
-    world.run_for(15 * SECOND);
+    world.run_for(SECOND);
+    let back: Vec<Payload> = world.peers[moves].received[before..].iter().filter_map(Received::what).collect();
+    let first = back.first().copied().expect("the high layer again");
+    assert!(first.keyframe && first.packet == 0 && first.frame > newest, "{first:?} after frame {newest}");
+    assert!(back.iter().all(|w| w.frame >= first.frame), "nothing older than the switch");
+    assert_contiguous(&world.peers[moves]);
+    // Once nobody reads the layer's ring for the room grace (10 s here), it goes; asked for again, it is made
+    // and written again.
+    world.run_for(14 * SECOND);
     assert!(!world.ring_exists("layers~l"), "the unread layer's ring is removed");
     assert_eq!(world.switch(moves, "layers~l"), Response::Done);
     let before = world.peers[moves].received.len();
