@@ -25,6 +25,8 @@ pub struct Scrape {
     pub restarts: Vec<(u32, u64)>,
     /// Viewers per room, over all workers.
     pub viewers: Vec<(RoomName, u32)>,
+    /// Viewers per simulcast layer of a room (rid), over all workers.
+    pub layer_viewers: Vec<(RoomName, String, u32)>,
     /// Signaling's own refusals at its HTTP limits, by reason.
     pub http_refused: Vec<(&'static str, u64)>,
 }
@@ -51,6 +53,7 @@ struct Families {
     ring_laps: Family<Labels, Counter>,
     ring_keyframe_requests: Family<Labels, Counter>,
     room_viewers: Family<Labels, Gauge>,
+    layer_viewers: Family<Labels, Gauge>,
     upstream_pulling: Family<Labels, Gauge>,
     upstream_failures: Family<Labels, Counter>,
     worker_restarts: Family<Labels, Counter>,
@@ -93,6 +96,7 @@ pub fn render(scrape: &Scrape) -> String {
         ring_laps: Family::default(),
         ring_keyframe_requests: Family::default(),
         room_viewers: Family::default(),
+        layer_viewers: Family::default(),
         upstream_pulling: Family::default(),
         upstream_failures: Family::default(),
         worker_restarts: Family::default(),
@@ -159,6 +163,10 @@ pub fn render(scrape: &Scrape) -> String {
             }
         }
     }
+    for (name, rid, n) in &scrape.layer_viewers {
+        let labels = vec![("room".to_string(), name.to_string()), ("layer".to_string(), rid.clone())];
+        f.layer_viewers.get_or_create(&labels).set(i64::from(*n));
+    }
     for (name, n) in &scrape.viewers {
         f.room_viewers.get_or_create(&room(name)).set(i64::from(*n));
     }
@@ -208,6 +216,11 @@ pub fn render(scrape: &Scrape) -> String {
         f.ring_keyframe_requests,
     );
     reg.register("room_viewers", "Viewers of the room over all workers", f.room_viewers);
+    reg.register(
+        "layer_viewers",
+        "Viewers of each simulcast layer of a room: those who chose it, and those on Auto if the room carries it",
+        f.layer_viewers,
+    );
     reg.register(
         "upstream_pulling",
         "On an edge: 1 while the room's media arrives from the upstream",
@@ -271,6 +284,7 @@ mod tests {
             workers: vec![(0, Some(worker)), (1, None)],
             restarts: vec![(1, 2)],
             viewers: vec![(lobby(), 5)],
+            layer_viewers: vec![(lobby(), "h".into(), 4), (lobby(), "l".into(), 1)],
             http_refused: vec![("connections_per_ip", 6)],
         });
         for line in [
@@ -291,6 +305,8 @@ mod tests {
             r#"deadsfu_ring_epoch{room="lobby"} 2"#,
             r#"deadsfu_ring_reader_laps_total{room="lobby"} 3"#,
             r#"deadsfu_room_viewers{room="lobby"} 5"#,
+            r#"deadsfu_layer_viewers{room="lobby",layer="h"} 4"#,
+            r#"deadsfu_layer_viewers{room="lobby",layer="l"} 1"#,
             r#"deadsfu_worker_restarts_total{worker="1"} 2"#,
             r#"deadsfu_upstream_pulling{room="lobby"} 1"#,
             r#"deadsfu_upstream_pull_failures_total{room="lobby",reason="unreachable"} 4"#,

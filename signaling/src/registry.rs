@@ -116,19 +116,23 @@ impl Registry {
 /// layer's ring (`ROOM~RID`, on the workers) are the room's.
 pub fn room_list(views: Vec<Vec<RoomStatus>>) -> RoomList {
     let mut merged: BTreeMap<RoomName, RoomStatus> = BTreeMap::new();
+    // Per room, the viewers of each layer's ring, and of its own ring.
+    let mut on_layer: BTreeMap<(RoomName, String), u32> = BTreeMap::new();
+    let mut on_own: BTreeMap<RoomName, u32> = BTreeMap::new();
     for r in views.into_iter().flatten() {
         let m = merged.entry(r.name.base()).or_insert_with(|| RoomStatus::new(r.name.base()));
-        if r.name.rid().is_some() {
-            m.viewers += r.viewers;
+        m.viewers += r.viewers;
+        if let Some(rid) = r.name.rid() {
+            *on_layer.entry((r.name.base(), rid.to_string())).or_default() += r.viewers;
             continue;
         }
+        *on_own.entry(r.name.clone()).or_default() += r.viewers;
         m.live |= r.live;
         m.slate |= r.slate;
         if !r.codecs.is_empty() {
             m.codecs = r.codecs;
         }
         m.bitrate_bps += r.bitrate_bps;
-        m.viewers += r.viewers;
         if r.upstream.is_some() {
             m.upstream = r.upstream;
         }
@@ -139,6 +143,16 @@ pub fn room_list(views: Vec<Vec<RoomStatus>>) -> RoomList {
     let rooms: Vec<RoomEntry> = merged
         .into_values()
         .map(|r| RoomEntry {
+            layers: r
+                .layers
+                .into_iter()
+                .map(|l| {
+                    let chose = on_layer.get(&(r.name.clone(), l.rid.clone())).copied().unwrap_or(0);
+                    let auto = if l.carried { on_own.get(&r.name).copied().unwrap_or(0) } else { 0 };
+                    let bitrate_kbps = kbps(l.bitrate_bps);
+                    LayerEntry { rid: l.rid, bitrate_kbps, carried: l.carried, viewers: chose + auto }
+                })
+                .collect(),
             state: if r.live {
                 "live"
             } else if r.slate {
@@ -151,18 +165,13 @@ pub fn room_list(views: Vec<Vec<RoomStatus>>) -> RoomList {
             viewers: r.viewers,
             bitrate_kbps: kbps(r.bitrate_bps),
             upstream: r.upstream,
-            layers: r
-                .layers
-                .into_iter()
-                .map(|l| LayerEntry { rid: l.rid, bitrate_kbps: kbps(l.bitrate_bps), carried: l.carried })
-                .collect(),
         })
         .collect();
     // The version covers what a room list shows, except the bitrate, which changes all the time.
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     for r in &rooms {
         let upstream = r.upstream.as_ref().map(|u| (&u.state, u.failures));
-        let layers: Vec<(&str, bool)> = r.layers.iter().map(|l| (l.rid.as_str(), l.carried)).collect();
+        let layers: Vec<(&str, bool, u32)> = r.layers.iter().map(|l| (l.rid.as_str(), l.carried, l.viewers)).collect();
         (&r.name, r.state, &r.codecs, r.viewers, upstream, layers).hash(&mut hasher);
     }
     RoomList { version: hasher.finish() >> 11, rooms }
@@ -321,14 +330,23 @@ mod tests {
         registry.update(Target::Ingest, ingest(vec![layered(900_000, 200_000, false)]));
         let with_layers = *watch.borrow_and_update();
         assert_ne!(with_layers, second);
-        let shown: Vec<_> =
-            registry.room_list().rooms[0].layers.iter().map(|l| (l.rid.clone(), l.bitrate_kbps, l.carried)).collect();
-        assert_eq!(shown, [("h".to_string(), 900.0, false), ("l".to_string(), 200.0, true)]);
+        let shown = |registry: &Registry| -> Vec<(String, f64, bool, u32)> {
+            let room = &registry.room_list().rooms[0];
+            room.layers.iter().map(|l| (l.rid.clone(), l.bitrate_kbps, l.carried, l.viewers)).collect()
+        };
+        // The viewer on the room's own ring gets the carried layer.
+        assert_eq!(shown(&registry), [("h".into(), 900.0, false, 0), ("l".into(), 200.0, true, 1)]);
         registry.update(Target::Ingest, ingest(vec![layered(950_000, 210_000, false)]));
         assert!(!watch.has_changed().unwrap());
         registry.update(Target::Ingest, ingest(vec![layered(950_000, 210_000, true)]));
         assert!(watch.has_changed().unwrap());
+        watch.borrow_and_update();
+        // A viewer on a layer's ring counts for its room and its layer.
+        registry.update(Target::Worker(1), worker(1, &[("a~l", 2)]));
+        assert!(watch.has_changed().unwrap());
         let second = *watch.borrow_and_update();
+        assert_eq!(registry.room_list().rooms[0].viewers, 3);
+        assert_eq!(shown(&registry), [("h".into(), 950.0, true, 1), ("l".into(), 210.0, false, 2)]);
         // So is a room going to the slate.
         let slate = RoomStatus { slate: true, ..RoomStatus::new(room("a")) };
         registry.update(Target::Ingest, ingest(vec![slate]));

@@ -165,8 +165,10 @@ pub struct RoomEntry {
 pub struct LayerEntry {
     pub rid: String,
     pub bitrate_kbps: f64,
-    /// The room's viewers get this layer.
+    /// The room's own ring carries this layer: its viewers on Auto get it.
     pub carried: bool,
+    /// Viewers getting this layer: those who chose it, and those on Auto if it is carried.
+    pub viewers: u32,
 }
 
 /// Longest a `GET /rooms?wait=` is held (by the HTTP server, which waits on a shared room list).
@@ -639,6 +641,12 @@ impl<B: Backend> Router<B> {
             workers,
             restarts,
             viewers: self.room_list().rooms.into_iter().map(|r| (r.name, r.viewers)).collect(),
+            layer_viewers: self
+                .room_list()
+                .rooms
+                .into_iter()
+                .flat_map(|r| r.layers.into_iter().map(move |l| (r.name.clone(), l.rid, l.viewers)))
+                .collect(),
             http_refused: self.refusals.snapshot(),
         };
         HttpResponse::new(
