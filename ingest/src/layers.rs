@@ -47,6 +47,8 @@ struct Stream {
     ssrc: Ssrc,
     /// The publisher's name for the layer, once a packet carried it (the first ones do).
     rid: Option<Rid>,
+    /// Its picture's size, from its last keyframe that said.
+    size: Option<(u16, u16)>,
     /// Bytes since `window_start`, and the bytes a second of the last whole window.
     bytes: u64,
     window_start: Instant,
@@ -86,7 +88,8 @@ impl Layers {
             Some(i) => i,
             None if self.streams.len() >= MAX_STREAMS => return Take::No,
             None => {
-                self.streams.push(Stream { ssrc, rid: None, bytes: 0, window_start: now, rate: None, last: now });
+                let stream = Stream { ssrc, rid: None, size: None, bytes: 0, window_start: now, rate: None, last: now };
+                self.streams.push(stream);
                 self.streams.len() - 1
             }
         };
@@ -147,6 +150,13 @@ impl Layers {
         Some(*ssrc)
     }
 
+    /// The picture size a keyframe of `ssrc` said.
+    pub fn note_size(&mut self, ssrc: Ssrc, size: (u16, u16)) {
+        if let Some(s) = self.streams.iter_mut().find(|s| s.ssrc == ssrc) {
+            s.size = Some(size);
+        }
+    }
+
     /// The SSRC of the layer a packet named `rid`.
     pub fn ssrc_of(&self, rid: &str) -> Option<Ssrc> {
         self.streams.iter().find(|s| s.rid.is_some_and(|r| &*r == rid)).map(|s| s.ssrc)
@@ -177,6 +187,8 @@ impl Layers {
                 rid: s.rid.map_or_else(|| s.ssrc.to_string(), |r| r.to_string()),
                 bitrate_bps: (s.rate.unwrap_or(0.0) * 8.0) as u64,
                 carried: self.carried == Some(s.ssrc),
+                width: s.size.map(|(w, _)| w),
+                height: s.size.map(|(_, h)| h),
             })
             .collect();
         out.sort_by_key(|l| std::cmp::Reverse(l.bitrate_bps));
@@ -241,6 +253,10 @@ mod tests {
         let shown: Vec<(&str, bool)> = status.iter().map(|l| (l.rid.as_str(), l.carried)).collect();
         assert_eq!(shown, [("h", true), ("m", false)]);
         assert!((status[0].bitrate_bps as f64 - 1200.0 * 8.0 * 30.3).abs() < 1200.0 * 8.0 * 3.0, "{status:?}");
+        assert_eq!((status[0].width, status[0].height), (None, None), "no keyframe said its size");
+        run.layers.note_size(2.into(), (1280, 720));
+        let status = run.layers.status(run.t);
+        assert_eq!((status[0].width, status[0].height), (Some(1280), Some(720)));
         // A layer that stops is no longer listed.
         assert_eq!(run.layers.status(run.t + SILENT_AFTER).len(), 0);
     }

@@ -15,6 +15,7 @@
 pub mod ingest;
 pub mod keyframe;
 pub mod layers;
+pub mod picture;
 pub mod pulls;
 pub mod room;
 pub mod shell;

@@ -16,9 +16,9 @@ use shm_proto::ring::{Codec, CodecEntry, Geometry, MediaKind, PacketMeta, RingEr
 use shm_proto::{paths, RoomName};
 use str0m::rtp::{RtpPacket, Ssrc};
 
-use crate::keyframe;
 use crate::layers::{Layers, Take};
 use crate::slate::{Slate, SlatePlayer};
+use crate::{keyframe, picture};
 
 /// Live video missing this long hands the room to the slate.
 pub const LIVE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -209,6 +209,9 @@ impl Room {
                 source.video_ssrcs.push(ssrc);
             }
             if let Some(layers) = &mut source.layers {
+                if let Some(size) = is_keyframe.then(|| picture::size(codec, &pkt.payload)).flatten() {
+                    layers.note_size(ssrc, size);
+                }
                 match layers.on_video(ssrc, pkt.header.ext_vals.rid, pkt.payload.len(), is_keyframe, now) {
                     Take::No => return,
                     Take::Yes => {}

@@ -254,6 +254,11 @@ pub struct LayerStatus {
     pub bitrate_bps: u64,
     /// The room's ring carries this layer.
     pub carried: bool,
+    /// Its picture's width and height, from its last keyframe (VP8 and H.264 say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u16>,
 }
 
 impl RingMetrics {

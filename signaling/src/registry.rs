@@ -150,7 +150,8 @@ pub fn room_list(views: Vec<Vec<RoomStatus>>) -> RoomList {
                     let chose = on_layer.get(&(r.name.clone(), l.rid.clone())).copied().unwrap_or(0);
                     let auto = if l.carried { on_own.get(&r.name).copied().unwrap_or(0) } else { 0 };
                     let bitrate_kbps = kbps(l.bitrate_bps);
-                    LayerEntry { rid: l.rid, bitrate_kbps, carried: l.carried, viewers: chose + auto }
+                    let (width, height) = (l.width, l.height);
+                    LayerEntry { rid: l.rid, bitrate_kbps, carried: l.carried, viewers: chose + auto, width, height }
                 })
                 .collect(),
             state: if r.live {
@@ -171,7 +172,8 @@ pub fn room_list(views: Vec<Vec<RoomStatus>>) -> RoomList {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     for r in &rooms {
         let upstream = r.upstream.as_ref().map(|u| (&u.state, u.failures));
-        let layers: Vec<(&str, bool, u32)> = r.layers.iter().map(|l| (l.rid.as_str(), l.carried, l.viewers)).collect();
+        let layers: Vec<_> =
+            r.layers.iter().map(|l| (l.rid.as_str(), l.carried, l.viewers, l.width, l.height)).collect();
         (&r.name, r.state, &r.codecs, r.viewers, upstream, layers).hash(&mut hasher);
     }
     RoomList { version: hasher.finish() >> 11, rooms }
@@ -322,7 +324,13 @@ mod tests {
         let second = *watch.borrow_and_update();
         assert_ne!(second, first);
         // A simulcast publisher's layers are; their bitrates alone are not, the layer carried is.
-        let layer = |rid: &str, bitrate_bps: u64, carried: bool| LayerStatus { rid: rid.into(), bitrate_bps, carried };
+        let layer = |rid: &str, bitrate_bps: u64, carried: bool| LayerStatus {
+            rid: rid.into(),
+            bitrate_bps,
+            carried,
+            width: None,
+            height: None,
+        };
         let layered = |h: u64, l: u64, high_carried: bool| RoomStatus {
             layers: vec![layer("h", h, high_carried), layer("l", l, !high_carried)],
             ..live("a", 1_000_000)

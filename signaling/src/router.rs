@@ -169,6 +169,11 @@ pub struct LayerEntry {
     pub carried: bool,
     /// Viewers getting this layer: those who chose it, and those on Auto if it is carried.
     pub viewers: u32,
+    /// Its picture's size, when its keyframes say (VP8, H.264).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub width: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub height: Option<u16>,
 }
 
 /// Longest a `GET /rooms?wait=` is held (by the HTTP server, which waits on a shared room list).

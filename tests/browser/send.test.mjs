@@ -244,10 +244,17 @@ test("/send?simulcast=3 sends three layers; a viewer plays the top one, and the 
     const layers = await until("/rooms to list the room's three layers", async () => {
       const room = (await (await fetch(`${sfu.base}/rooms`)).json()).rooms.find((x) => x.name === "simul");
       const l = room?.layers || [];
-      if (l.length === 3 && l[0].rid === "h" && l[0].carried && l.filter((x) => x.carried).length === 1) return l;
+      const sized = l.every((x) => x.width > 0 && x.height > 0);
+      if (l.length === 3 && l[0].rid === "h" && l[0].carried && l.filter((x) => x.carried).length === 1 && sized) return l;
       throw new Error(JSON.stringify(room));
     }, { timeout: 5_000 });
     console.log(`simulcast layers in /rooms: ${JSON.stringify(layers)}`);
+    // Their sizes, read from the layers' VP8 keyframes, are what the publisher says it sends.
+    const sent = await sentLayers(pages.pub);
+    for (const l of layers) {
+      const s = sent.find((x) => x.rid === l.rid);
+      assert.deepEqual([l.width, l.height], [s.width, s.height], `layer ${l.rid}`);
+    }
     playing = true;
   });
   if (!playing) return;
@@ -289,6 +296,7 @@ test("/send?simulcast=3 sends three layers; a viewer plays the top one, and the 
     await waitViewerLive(pages.viewer, top, "the viewer to play the room's own (top) layer again", 10_000);
     assert.equal(await pages.viewer.evaluate(() => window.deadsfu.layer), null);
     assert.match(await menu.evaluate((el) => el.options[el.selectedIndex].text), /^Auto · h$/);
+    assert.match(await menu.evaluate((el) => el.options[1].text), /^h · 1280×720 · \d+ kbit\/s$/);
     await pages.pub.getByRole("button", { name: "Stop" }).click();
   });
 });
