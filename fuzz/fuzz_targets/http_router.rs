@@ -14,17 +14,18 @@ use deadsfu_signaling::router::{Backend, HttpRequest, Router, Target, Tokens};
 use libfuzzer_sys::fuzz_target;
 use shm_proto::control::{
     read_frame, write_frame, ControlError, Envelope, ErrorKind, FanoutRequest, IngestRequest, ProcessMetrics,
-    ProcessStatus, Request, Response, Role, RoomStatus, UpstreamState, UpstreamStatus,
+    LayerStatus, ProcessStatus, Request, Response, Role, RoomStatus, UpstreamState, UpstreamStatus,
 };
 use shm_proto::{Owner, RoomName, SessionId, TOKEN_LEN};
 
-const ERROR_KINDS: [ErrorKind; 9] = [
+const ERROR_KINDS: [ErrorKind; 10] = [
     ErrorKind::BadRequest,
     ErrorKind::BadOffer,
     ErrorKind::NoCommonCodec,
     ErrorKind::RoomBusy,
     ErrorKind::Forbidden,
     ErrorKind::UnknownSession,
+    ErrorKind::UnknownLayer,
     ErrorKind::Unavailable,
     ErrorKind::WrongRole,
     ErrorKind::Internal,
@@ -56,9 +57,9 @@ impl Fake {
                 kind: ERROR_KINDS[usize::from(k) - 1],
                 message: format!("refused by {target:?}"),
             }),
-            10 => Some(Response::Done),
-            11 => Some(Response::Closed),
-            12 => return Err(ControlError::Truncated),
+            11 => Some(Response::Done),
+            12 => Some(Response::Closed),
+            13 => return Err(ControlError::Truncated),
             _ => return Err(ControlError::Io(std::io::Error::from(std::io::ErrorKind::TimedOut))),
         };
         Ok(match request {
@@ -74,7 +75,19 @@ impl Fake {
             },
             Request::Rooms => Response::Rooms {
                 rooms: vec![
-                    RoomStatus { live: true, codecs: vec!["H264".into()], ..RoomStatus::new(room("a")) },
+                    RoomStatus {
+                        live: true,
+                        codecs: vec!["H264".into()],
+                        layers: vec![LayerStatus {
+                            rid: "h".into(),
+                            bitrate_bps: 900_000,
+                            carried: true,
+                            width: Some(1280),
+                            height: Some(720),
+                        }],
+                        ..RoomStatus::new(room("a"))
+                    },
+                    RoomStatus { viewers: index, ..RoomStatus::new(room("a").layer("l").expect("a rid")) },
                     RoomStatus {
                         slate: true,
                         viewers: index,
@@ -93,6 +106,10 @@ impl Fake {
                 Response::Answer { session: SessionId::new(owner, [0xcd; TOKEN_LEN]), answer: "v=0\r\n".into() }
             }
             Request::Close { .. } => Response::Closed,
+            // The viewer reads a layer's ring, or its room's.
+            Request::Fanout(FanoutRequest::Where { .. }) => {
+                Response::Room { room: if n % 2 == 0 { room("a").layer("h").expect("a rid") } else { room("a") } }
+            }
             Request::Fanout(FanoutRequest::Switch { .. })
             | Request::Ingest(IngestRequest::Watch { .. })
             | Request::Check { .. } => Response::Done,
