@@ -376,13 +376,17 @@ impl Ingest {
         let unix_ns = self.env.unix_ns(now);
         room.write_live(&mut publisher.source, &pkt, &self.slate, now, unix_ns);
         self.layer_moves += publisher.source.layers.as_ref().map_or(0, Layers::switches) - moves;
-        // The layers with rings of their own: each gets its layer's video and all the audio.
-        let video = publisher.source.codecs.get(&*pkt.header.payload_type).is_some_and(|e| e.kind == RingKind::Video);
+        // The layers with rings of their own: each gets its layer's video and all the audio. A publisher that
+        // sends no simulcast has its one video written to them all (viewers left on a layer of the publisher
+        // before it keep a picture).
+        let simulcast = publisher.source.layers.is_some();
+        let video = !publisher.layer_rings.is_empty()
+            && publisher.source.codecs.get(&*pkt.header.payload_type).is_some_and(|e| e.kind == RingKind::Video);
         for (rid, source, ssrc) in &mut publisher.layer_rings {
             if ssrc.is_none() {
                 *ssrc = publisher.source.layers.as_ref().and_then(|l| l.ssrc_of(rid));
             }
-            if video && *ssrc != Some(pkt.header.ssrc) {
+            if video && simulcast && *ssrc != Some(pkt.header.ssrc) {
                 continue;
             }
             if let Some(layer_room) = self.rooms.get_mut(&source.room) {
@@ -421,14 +425,16 @@ impl Ingest {
     /// Gives each layer's ring held here a source in its room's simulcast publisher, if it has none yet and the
     /// publisher sends that layer: from then on the ring gets the layer's video and the room's audio.
     fn attach_layer_rings(&mut self, now: Instant) {
-        let Ingest { rooms, host, env, slate, .. } = self;
+        let Ingest { rooms, host, env, slate, keyframe_requests_sent, .. } = self;
         let layer_rooms: Vec<RoomName> = rooms.keys().filter(|n| n.rid().is_some()).cloned().collect();
         for name in layer_rooms {
             let rid = name.rid().expect("a layer's name");
             let Some(key) = rooms.get(&name.base()).and_then(|r| r.publisher) else { continue };
             let Some(session) = host.get_mut(key) else { continue };
             let publisher = &mut session.app;
-            let sends = publisher.source.layers.as_ref().is_some_and(|l| l.ssrc_of(rid).is_some());
+            // A ring already there (a viewer chose the layer of an earlier publisher) also gets the video of a
+            // publisher that sends no simulcast.
+            let sends = publisher.source.layers.as_ref().is_none_or(|l| l.ssrc_of(rid).is_some());
             if !sends || publisher.source.codecs.is_empty() || publisher.layer_rings.iter().any(|(r, _, _)| r == rid) {
                 continue;
             }
@@ -439,8 +445,20 @@ impl Ingest {
             codecs.sort_by_key(|e| e.pt);
             room.set_live_codecs(codecs, slate, &name);
             room.source_started(now);
+            // The ring starts with no keyframe of this source: its readers need one.
+            let ssrcs = match &publisher.source.layers {
+                Some(layers) => layers.ssrc_of(rid).into_iter().collect(),
+                None => publisher.source.keyframe_ssrcs(),
+            };
+            let mut api = session.rtc.direct_api();
+            for ssrc in &ssrcs {
+                if let Some(rx) = api.stream_rx(ssrc) {
+                    rx.request_keyframe(KeyframeRequestKind::Pli);
+                    *keyframe_requests_sent += 1;
+                }
+            }
             tracing::info!(room = %name.base(), rid, "a simulcast layer's ring is written");
-            publisher.layer_rings.push((rid.to_string(), source, None));
+            session.app.layer_rings.push((rid.to_string(), source, None));
         }
     }
 
@@ -477,14 +495,19 @@ impl Ingest {
                 // A layer's ring: its keyframes come from that layer of the room's publisher.
                 let Some(&key) = publishers.get(&name.base()) else { continue };
                 let Some(session) = self.host.get_mut(key) else { continue };
-                let ssrc = session.app.source.layers.as_ref().and_then(|l| l.ssrc_of(rid));
+                let ssrcs = match &session.app.source.layers {
+                    Some(layers) => layers.ssrc_of(rid).into_iter().collect(),
+                    None => session.app.source.keyframe_ssrcs(),
+                };
                 let Some(why) = room.keyframe_due(now, watched, fallback, *keyframe_request_interval) else { continue };
-                let Some(ssrc) = ssrc else { continue };
-                if let Some(rx) = session.rtc.direct_api().stream_rx(&ssrc) {
-                    rx.request_keyframe(KeyframeRequestKind::Pli);
-                    self.keyframe_requests_sent += 1;
-                    tracing::debug!(session = %session.app.id, rid, ?why, "keyframe requested for a layer's ring");
+                let mut api = session.rtc.direct_api();
+                for ssrc in &ssrcs {
+                    if let Some(rx) = api.stream_rx(ssrc) {
+                        rx.request_keyframe(KeyframeRequestKind::Pli);
+                        self.keyframe_requests_sent += 1;
+                    }
                 }
+                tracing::debug!(session = %session.app.id, rid, ?why, "keyframe requested for a layer's ring");
                 continue;
             }
             if room.publisher.is_none() && !pulled {

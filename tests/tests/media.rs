@@ -708,3 +708,22 @@ fn a_viewer_switched_to_a_layers_ring_gets_that_layer() {
     assert!(again.len() >= 30 && again.iter().all(|n| *n == 300), "the low layer again: {} packets", again.len());
     assert_contiguous(&world.peers[moves]);
 }
+
+/// A viewer left on a layer of a simulcast publisher keeps a picture when the next publisher of the room sends
+/// no simulcast: the layer's ring gets that publisher's one video, from its keyframe, one numbering throughout.
+#[test]
+fn a_viewer_on_a_layer_keeps_a_picture_when_the_next_publisher_sends_no_simulcast() {
+    let (mut world, publisher, viewers) = simulcast_room(&[("l", LOW), ("h", HIGH)], 1);
+    let viewer = viewers[0];
+    world.run_for(SECOND);
+    assert_eq!(world.switch(viewer, "layers~l"), Response::Done);
+    world.run_for(SECOND);
+    assert_eq!(world.close(publisher), Response::Closed);
+    world.run_for(200 * MS);
+    world.publish("layers", VideoSpec { gop: 1000, ..Default::default() }, 2).expect("second publisher accepted");
+    world.run_for(2 * SECOND);
+    let v = &world.peers[viewer];
+    let second = assert_clean_start(v, 2);
+    assert!(second.len() >= 30 * 4, "the second publisher's video on the layer's ring: {} packets", second.len());
+    assert_contiguous(v);
+}
