@@ -446,10 +446,7 @@ impl Ingest {
             room.set_live_codecs(codecs, slate, &name);
             room.source_started(now);
             // The ring starts with no keyframe of this source: its readers need one.
-            let ssrcs = match &publisher.source.layers {
-                Some(layers) => layers.ssrc_of(rid).into_iter().collect(),
-                None => publisher.source.keyframe_ssrcs(),
-            };
+            let ssrcs = publisher.source.layer_keyframe_ssrcs(rid);
             let mut api = session.rtc.direct_api();
             for ssrc in &ssrcs {
                 if let Some(rx) = api.stream_rx(ssrc) {
@@ -482,9 +479,12 @@ impl Ingest {
         }
         self.drop_idle_rooms(now, now_ms);
         self.attach_layer_rings(now);
-        // The publisher of each room, for the keyframe requests of its layers' rings.
-        let publishers: HashMap<RoomName, SessionKey> =
-            self.rooms.iter().filter_map(|(name, r)| Some((name.clone(), r.publisher?))).collect();
+        // The publisher of each room with a layer's ring, for the keyframe requests of those rings.
+        let layered = self.rooms.keys().any(|n| n.rid().is_some());
+        let publishers: HashMap<RoomName, SessionKey> = match layered {
+            true => self.rooms.iter().filter_map(|(name, r)| Some((name.clone(), r.publisher?))).collect(),
+            false => HashMap::new(),
+        };
         let Settings { runtime_dir, geometry, slate: slate_on, keyframe_request_interval, .. } = &self.settings;
         for (name, room) in &mut self.rooms {
             room.upkeep(runtime_dir, *geometry, &self.slate, now, now_ms, name);
@@ -495,10 +495,7 @@ impl Ingest {
                 // A layer's ring: its keyframes come from that layer of the room's publisher.
                 let Some(&key) = publishers.get(&name.base()) else { continue };
                 let Some(session) = self.host.get_mut(key) else { continue };
-                let ssrcs = match &session.app.source.layers {
-                    Some(layers) => layers.ssrc_of(rid).into_iter().collect(),
-                    None => session.app.source.keyframe_ssrcs(),
-                };
+                let ssrcs = session.app.source.layer_keyframe_ssrcs(rid);
                 let Some(why) = room.keyframe_due(now, watched, fallback, *keyframe_request_interval) else { continue };
                 let mut api = session.rtc.direct_api();
                 for ssrc in &ssrcs {

@@ -59,6 +59,15 @@ impl Source {
         }
     }
 
+    /// The video SSRCs a keyframe request for the ring of layer `rid` goes to: that layer's, or, from a
+    /// publisher without simulcast (whose video the ring then carries), those of [`Source::keyframe_ssrcs`].
+    pub fn layer_keyframe_ssrcs(&self, rid: &str) -> Vec<Ssrc> {
+        match &self.layers {
+            Some(layers) => layers.ssrc_of(rid).into_iter().collect(),
+            None => self.keyframe_ssrcs(),
+        }
+    }
+
     /// The video SSRCs a keyframe request goes to: the simulcast layer the ring carries, or every one (also
     /// while no layer is carried yet).
     pub fn keyframe_ssrcs(&self) -> Vec<Ssrc> {

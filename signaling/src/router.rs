@@ -440,11 +440,9 @@ impl<B: Backend> Router<B> {
             Ok(room) => room,
             Err(resp) => return resp,
         };
-        // A simulcast layer of the room: the ring of that layer alone (ingest refuses one that does not flow).
-        let ring = match layer.as_deref().map(|rid| room.layer(rid)) {
-            None => room.clone(),
-            Some(Ok(ring)) => ring,
-            Some(Err(e)) => return HttpResponse::error(400, format!("bad layer: {e}")),
+        let ring = match layer_ring(&room, layer.as_deref(), "layer") {
+            Ok(ring) => ring,
+            Err(resp) => return resp,
         };
         let Some(session) = id.parse::<SessionId>().ok().filter(|s| matches!(s.owner(), Owner::Worker(_))) else {
             return HttpResponse::error(404, "no such viewer session");
@@ -490,10 +488,9 @@ impl<B: Backend> Router<B> {
             }
             other => return answer_or_error(other, "fanout worker"),
         };
-        let ring = match rid.as_deref().map(|rid| room.layer(rid)) {
-            None => room.clone(),
-            Some(Ok(ring)) => ring,
-            Some(Err(e)) => return HttpResponse::error(400, format!("bad encodingId: {e}")),
+        let ring = match layer_ring(&room, rid.as_deref(), "encodingId") {
+            Ok(ring) => ring,
+            Err(resp) => return resp,
         };
         self.move_viewer(session, &room, ring)
     }
@@ -694,6 +691,16 @@ impl Kind {
             Owner::Ingest => Kind::Publish,
             Owner::Worker(_) => Kind::View,
         }
+    }
+}
+
+/// The ring a viewer of `room` moves to: simulcast layer `rid`'s alone (ingest refuses one that does not
+/// flow), or without one the room's own; a bad rid is the answer, naming the request's `field`.
+fn layer_ring(room: &RoomName, rid: Option<&str>, field: &str) -> Result<RoomName, HttpResponse> {
+    match rid.map(|rid| room.layer(rid)) {
+        None => Ok(room.clone()),
+        Some(Ok(ring)) => Ok(ring),
+        Some(Err(e)) => Err(HttpResponse::error(400, format!("bad {field}: {e}"))),
     }
 }
 
