@@ -44,6 +44,7 @@ pub struct RtcConfig {
     pub(crate) stats_interval: Option<Duration>,
     pub(crate) intervals: RtcpReportIntervals,
     pub(crate) bwe_config: Option<BweConfig>,
+    pub(crate) twcc_send_history: usize,
     pub(crate) reordering_size_audio: usize,
     pub(crate) reordering_size_video: usize,
     pub(crate) reordering_timeout_audio: Option<Duration>,
@@ -500,6 +501,27 @@ impl RtcConfig {
         self.bwe_config.as_ref().map(|c| c.initial_bitrate)
     }
 
+    /// Sets how many sent packets the session remembers for transport-wide congestion control
+    /// feedback (deadsfu patch). A packet's record (its transport-wide sequence number, send time
+    /// and size, and what the feedback says of it) is about 100 bytes; the default, 1000, is about
+    /// 100 KB per session once that many packets were sent. A packet whose feedback comes after
+    /// this many later packets is not counted in the estimate.
+    ///
+    /// ```
+    /// # use str0m::Rtc;
+    /// let config = Rtc::builder().set_twcc_send_history(255);
+    /// assert_eq!(config.twcc_send_history(), 255);
+    /// ```
+    pub fn set_twcc_send_history(mut self, packets: usize) -> Self {
+        self.twcc_send_history = packets.max(1);
+        self
+    }
+
+    /// The number of sent packets kept for feedback, see [`Self::set_twcc_send_history()`].
+    pub fn twcc_send_history(&self) -> usize {
+        self.twcc_send_history
+    }
+
     /// Sets the number of packets held back for reordering audio packets.
     ///
     /// Str0m tries to deliver the frames in order. This number determines how many
@@ -896,6 +918,7 @@ impl Default for RtcConfig {
                 video: Duration::from_secs(1),
             },
             bwe_config: None,
+            twcc_send_history: 1000,
             reordering_size_audio: 15,
             reordering_size_video: 30,
             reordering_timeout_audio: Some(Duration::from_secs(1)),

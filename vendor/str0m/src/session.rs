@@ -209,7 +209,7 @@ impl Session {
             last_twcc: already_happened(),
             twcc: 0,
             twcc_rx_register: TwccRecvRegister::new(100),
-            twcc_tx_register: TwccSendRegister::new(1000),
+            twcc_tx_register: TwccSendRegister::new(config.twcc_send_history),
             max_rx_seq_lookup: HashMap::new(),
             bwe,
             bwe_last_event: None,
@@ -1350,6 +1350,33 @@ impl Session {
         self.report_due |= quiet;
         self.media_bytes_tx += sent.payload_bytes;
         true
+    }
+
+    /// The transport-wide sequence number the next packet that carries one gets (deadsfu patch, see
+    /// `DirectApi::transport_seq`).
+    pub fn transport_seq(&self) -> u64 {
+        self.twcc
+    }
+
+    /// Registers packets the application numbered from `first` with transport-wide sequence numbers
+    /// and sent itself, one `(send time, payload size)` each, in order (deadsfu patch, see
+    /// `DirectApi::note_sent_transport`): as a packet str0m sends is registered.
+    pub fn note_sent_transport(&mut self, first: u64, sends: &[(Instant, u16)]) {
+        let paces = !matches!(self.pacer, PacerImpl::Null(_));
+        for (i, &(at, size)) in sends.iter().enumerate() {
+            let seq = first + i as u64;
+            let bytes = usize::from(size);
+            self.twcc_tx_register
+                .register_seq(TwccPacketId::new(seq), at, bytes);
+            if paces {
+                self.pacer
+                    .register_send(at, bytes.into(), MidRid(MID_PROBE, None));
+            }
+            if let Some(bwe) = self.bwe.as_mut() {
+                bwe.on_media_sent(bytes.into(), false, at);
+            }
+        }
+        self.twcc = self.twcc.max(first + sends.len() as u64);
     }
 
     /// Sends an RTP packet on the stream of `midrid` at once, protected, appended to `out`; with

@@ -414,8 +414,9 @@ impl<'a> DirectApi<'a> {
     /// extension until [`StreamTx::remote_acked_ssrc`]), protected as RFC 7714 says, sent on
     /// [`DirectApi::send_path`]. It then tells what it sent with [`DirectApi::note_sent_rtp`]
     /// before the session next handles input or is polled, so that sender reports and NACKs
-    /// see it. Not for sessions with BWE, a pacer or transport-wide sequence numbers, whose
-    /// bookkeeping per packet this skips.
+    /// see it. With transport-wide sequence numbers (and BWE, which reads their feedback), it
+    /// numbers the packets itself from [`DirectApi::transport_seq`] and registers them with
+    /// [`DirectApi::note_sent_transport`] before the session next handles input or is polled.
     pub fn srtp_rtp_aead_key(&self) -> Option<crate::rtp::SrtpAeadKey> {
         self.rtc.session.srtp_rtp_aead_key().cloned()
     }
@@ -424,6 +425,25 @@ impl<'a> DirectApi<'a> {
     /// pair, `None` before there is one or once the session is closed (deadsfu patch).
     pub fn send_path(&self) -> Option<(Protocol, SocketAddr, SocketAddr)> {
         self.rtc.send_path()
+    }
+
+    /// The transport-wide sequence number (the transport-cc header extension, its low 16 bits on
+    /// the wire) the next packet that carries one gets (deadsfu patch). An application that
+    /// writes packets itself (see [`DirectApi::srtp_rtp_aead_key`]) to a session whose media
+    /// negotiated the extension numbers them on from here, one each across all of the session's
+    /// streams, and registers them with [`DirectApi::note_sent_transport`] before the session
+    /// next handles input or is polled (which may send packets numbered from the same counter).
+    pub fn transport_seq(&self) -> u64 {
+        self.rtc.session.transport_seq()
+    }
+
+    /// Registers packets the application numbered from `first` on (see
+    /// [`DirectApi::transport_seq`]) and sent itself, in order, one `(send time, payload size)`
+    /// each (deadsfu patch): what transport-wide feedback is matched against, and what the
+    /// bandwidth estimate and the pacer count of media sent, as for a packet str0m sends. The
+    /// next packet str0m numbers comes after them.
+    pub fn note_sent_transport(&mut self, first: u64, sends: &[(Instant, u16)]) {
+        self.rtc.session.note_sent_transport(first, sends);
     }
 
     /// Counts packets the application protected and sent itself on the stream of `mid`/`rid`

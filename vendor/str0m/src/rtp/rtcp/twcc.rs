@@ -1181,6 +1181,11 @@ impl TwccSendRegister {
 
     pub fn register_seq(&mut self, packet_id: TwccPacketId, now: Instant, size: usize) {
         self.last_registered = packet_id.seq();
+        // Make room before the push, so the queue never holds more than `keep` (deadsfu patch: its
+        // buffer then stays at `keep` slots rather than the next size up).
+        while self.queue.len() >= self.keep {
+            self.queue.pop_front();
+        }
         self.queue.push_back(TwccSendRecord {
             packet_id,
             local_send_time: now,
@@ -1190,9 +1195,6 @@ impl TwccSendRegister {
             // The recv report, derived from TWCC feedback later.
             recv_report: None,
         });
-        while self.queue.len() > self.keep {
-            self.queue.pop_front();
-        }
     }
 
     /// Apply a TWCC RTCP report.
@@ -1287,12 +1289,13 @@ impl TwccSendRegister {
         }
 
         if let Some((record_seq, report_seq)) = problematic_seq {
-            let queue_tail: Vec<_> = self.queue.iter().rev().take(100).collect();
-            panic!(
-                "Unexpected TWCC sequence when applying TWCC report. \
-                    Send Record Seq({record_seq}) does not match Report Seq({report_seq}).\
-                    \nLast 100 entires in queue: {queue_tail:?}."
+            // The register is not contiguous (deadsfu patch: this panicked; a session whose
+            // application numbered packets wrongly loses this report, not the process).
+            warn!(
+                "Unexpected TWCC sequence when applying TWCC report: send record {record_seq} \
+                 does not match report {report_seq}; report ignored"
             );
+            return None;
         }
 
         let range = first_seq_no..=last_seq_no;
