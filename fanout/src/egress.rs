@@ -12,9 +12,13 @@
 //! a stream gone quiet) and is taken again. The extension ids, fixed by the answer, are read once.
 //! Resends and everything else (ICE, DTLS, RTCP) stay str0m's.
 //!
+//! Transport-wide sequence numbers (transport-cc, which the viewer's feedback and str0m's bandwidth estimate
+//! read) are drawn here from the session's counter (`DirectApi::transport_seq`, taken at each sync) and each
+//! packet's send time and size handed back (`DirectApi::note_sent_transport`) with the rest.
+//!
 //! A viewer whose session has no AEAD profile (AES_CM_128_HMAC_SHA1_80), or whose extensions str0m would write
-//! in another form (an id above 14, a MID longer than 16 bytes) or with more in them (transport-wide sequence
-//! numbers, abs-send-time), is sent through str0m's `send_rtp_now` as before.
+//! in another form (an id above 14, a MID longer than 16 bytes) or with more in them (abs-send-time), is sent
+//! through str0m's `send_rtp_now` as before.
 
 use std::time::Instant;
 
@@ -32,6 +36,9 @@ use crate::viewer::{Track, Viewer};
 const ONE_BYTE_MAX_ID: u8 = 14;
 /// Longest value of a one-byte header extension.
 const ONE_BYTE_MAX_LEN: usize = 16;
+/// Packets numbered for transport-wide feedback and not yet registered with str0m that make the worker hand
+/// them over at once rather than at the session's next sync: a bound on what a viewer keeps of them.
+const TRANSPORT_UNNOTED_MAX: usize = 64;
 
 /// What a viewer's session sends media with, taken from str0m.
 pub(crate) struct Egress {
@@ -40,6 +47,10 @@ pub(crate) struct Egress {
     /// The session's key as str0m gave it, to see whether it changed (a new DTLS handshake).
     source: SrtpAeadKey,
     path: Option<Path>,
+    /// The transport-wide sequence number of the first of `sends`; the next packet's is past them.
+    transport_first: u64,
+    /// Send time and payload size of each packet numbered since str0m was last told.
+    sends: Vec<(Instant, u16)>,
 }
 
 /// A track's part: its SSRC, its header extensions, and what was sent since str0m was last told.
@@ -61,6 +72,7 @@ struct ExtIds {
     audio_level: Option<u8>,
     video_orientation: Option<u8>,
     mid: Option<u8>,
+    transport_seq: Option<u8>,
 }
 
 /// One packet's header fields.
@@ -77,7 +89,7 @@ pub(crate) struct Header {
 /// Writes one packet of `track` for the viewer whose session `egress` is, appended to `out`, and counts it;
 /// returns where it goes (`None`, with `out` unchanged, when the session has no path).
 pub(crate) fn write(
-    egress: &Egress,
+    egress: &mut Egress,
     track: &mut TrackEgress,
     header: &Header,
     payload: &[u8],
@@ -86,7 +98,8 @@ pub(crate) fn write(
 ) -> Option<Path> {
     let path = egress.path?;
     let start = out.len();
-    write_header(track, header, out);
+    let transport_seq = track.ids.transport_seq.map(|_| egress.transport_first + egress.sends.len() as u64);
+    write_header(track, header, transport_seq, out);
     let header_end = out.len();
     out.extend_from_slice(payload);
     let iv = iv(&egress.salt, track.ssrc, header.seq);
@@ -96,6 +109,9 @@ pub(crate) fn write(
         .seal_in_place_separate_tag(Nonce::assume_unique_for_key(iv), Aad::from(&*head), body)
         .expect("an AES-GCM seal of a datagram-sized packet cannot fail");
     out.extend_from_slice(tag.as_ref());
+    if transport_seq.is_some() {
+        egress.sends.push((now, payload.len() as u16));
+    }
     let sent = &mut track.unnoted;
     sent.packets += 1;
     sent.payload_bytes += payload.len() as u64;
@@ -109,7 +125,7 @@ pub(crate) fn write(
 
 /// The RTP header as str0m writes it: version 2, the extension bit always set, the one-byte extensions in the
 /// order of their ids, zero-padded to a word.
-fn write_header(track: &TrackEgress, h: &Header, out: &mut Vec<u8>) {
+fn write_header(track: &TrackEgress, h: &Header, transport_seq: Option<u64>, out: &mut Vec<u8>) {
     out.push(0b1001_0000);
     out.push(u8::from(h.marker) << 7 | (*h.pt & 0x7f));
     out.extend_from_slice(&(h.seq as u16).to_be_bytes());
@@ -117,10 +133,11 @@ fn write_header(track: &TrackEgress, h: &Header, out: &mut Vec<u8>) {
     out.extend_from_slice(&track.ssrc.to_be_bytes());
     out.extend_from_slice(&[0xbe, 0xde, 0, 0]);
     let ext_start = out.len();
-    // At most three: in id order.
-    let mut exts: [(u8, &[u8]); 3] = [(u8::MAX, &[]); 3];
+    // At most four: in id order.
+    let mut exts: [(u8, &[u8]); 4] = [(u8::MAX, &[]); 4];
     let level;
     let orientation;
+    let transport;
     let mut n = 0;
     if let (Some(id), Some((level_db, voice))) = (track.ids.audio_level, h.audio_level) {
         level = [u8::from(voice) << 7 | (level_db.unsigned_abs() & 0x7f)];
@@ -134,6 +151,11 @@ fn write_header(track: &TrackEgress, h: &Header, out: &mut Vec<u8>) {
     if let (Some(id), Some(o)) = (track.ids.video_orientation, h.video_orientation) {
         orientation = [o];
         exts[n] = (id, &orientation);
+        n += 1;
+    }
+    if let (Some(id), Some(seq)) = (track.ids.transport_seq, transport_seq) {
+        transport = (seq as u16).to_be_bytes();
+        exts[n] = (id, &transport);
         n += 1;
     }
     let exts = &mut exts[..n];
@@ -167,7 +189,12 @@ impl Egress {
             SrtpAeadKey::Aes256Gcm { key, salt } => (UnboundKey::new(&AES_256_GCM, key), *salt),
         };
         let key = LessSafeKey::new(key.expect("an SRTP session key has the cipher's length"));
-        Egress { key, salt, source, path: None }
+        Egress { key, salt, source, path: None, transport_first: 0, sends: Vec::new() }
+    }
+
+    /// True when enough packets were numbered for transport-wide feedback that str0m should be told now.
+    pub(crate) fn transport_full(&self) -> bool {
+        self.sends.len() >= TRANSPORT_UNNOTED_MAX
     }
 }
 
@@ -189,6 +216,7 @@ pub(crate) fn sync(rtc: &mut Rtc, viewer: &mut Viewer, now: Instant, point: Sync
     }
     let egress = viewer.egress.as_mut().expect("made above");
     egress.path = api.send_path();
+    egress.transport_first = api.transport_seq();
     for track in [viewer.audio.as_mut(), viewer.video.as_mut()].into_iter().flatten() {
         track.egress = track_egress(rtc, track, now);
     }
@@ -196,6 +224,12 @@ pub(crate) fn sync(rtc: &mut Rtc, viewer: &mut Viewer, now: Instant, point: Sync
 
 /// Hands what was sent to each track since the last call over to str0m.
 pub(crate) fn note_sent(rtc: &mut Rtc, viewer: &mut Viewer, now: Instant) {
+    if let Some(egress) = viewer.egress.as_mut().filter(|e| !e.sends.is_empty()) {
+        let mut api = rtc.direct_api();
+        api.note_sent_transport(egress.transport_first, &egress.sends);
+        egress.transport_first += egress.sends.len() as u64;
+        egress.sends.clear();
+    }
     for track in [viewer.audio.as_mut(), viewer.video.as_mut()].into_iter().flatten() {
         let Some(egress) = track.egress.as_mut().filter(|e| e.unnoted.packets > 0) else { continue };
         rtc.direct_api().note_sent_rtp(track.mid, None, &egress.unnoted, now);
@@ -203,6 +237,15 @@ pub(crate) fn note_sent(rtc: &mut Rtc, viewer: &mut Viewer, now: Instant) {
         egress.unnoted.payload_bytes = 0;
         egress.unnoted.datagram_bytes = 0;
         egress.quiet = false;
+    }
+}
+
+/// Takes the session's transport-wide counter anew after str0m sent a packet of its own outside a sync (a
+/// resend), which took a number from it.
+pub(crate) fn renumber(rtc: &mut Rtc, viewer: &mut Viewer) {
+    if let Some(egress) = viewer.egress.as_mut() {
+        debug_assert!(egress.sends.is_empty(), "noted before str0m sent");
+        egress.transport_first = rtc.direct_api().transport_seq();
     }
 }
 
@@ -260,6 +303,7 @@ fn ext_ids(rtc: &Rtc, mid: Mid) -> Option<ExtIds> {
             Extension::AudioLevel => ids.audio_level = Some(id),
             Extension::VideoOrientation => ids.video_orientation = Some(id),
             Extension::RtpMid => ids.mid = Some(id),
+            Extension::TransportSequenceNumber => ids.transport_seq = Some(id),
             // Written by str0m only with values deadsfu never gives (or none at all).
             Extension::TransmissionTimeOffset
             | Extension::PlayoutDelay
@@ -271,7 +315,7 @@ fn ext_ids(rtc: &Rtc, mid: Mid) -> Option<ExtIds> {
             | Extension::ColorSpace
             | Extension::AbsoluteCaptureTime
             | Extension::UnknownUri(..) => {}
-            // Transport-wide sequence numbers, abs-send-time, and what else str0m may fill in itself.
+            // Abs-send-time, and what else str0m may fill in itself.
             _ => return None,
         }
     }
@@ -285,7 +329,7 @@ mod tests {
     fn track(audio_level: Option<u8>, video_orientation: Option<u8>, mid: Option<(u8, Mid)>) -> TrackEgress {
         TrackEgress {
             ssrc: 0x1122_3344,
-            ids: ExtIds { audio_level, video_orientation, mid: mid.map(|(id, _)| id) },
+            ids: ExtIds { audio_level, video_orientation, mid: mid.map(|(id, _)| id), transport_seq: None },
             mid: mid.map_or(Mid::from("0"), |(_, m)| m),
             with_mid: mid.is_some(),
             quiet: false,
@@ -304,6 +348,7 @@ mod tests {
         write_header(
             &track(Some(1), None, Some((4, Mid::from("0")))),
             &header(0x1_0203, Some((-37, true)), None),
+            None,
             &mut out,
         );
         #[rustfmt::skip]
@@ -315,13 +360,19 @@ mod tests {
         assert_eq!(out, expected);
         // Video with its orientation on an id below the MID's, a two-byte MID: sorted by id, zero-padded.
         out.clear();
-        write_header(&track(None, Some(3), Some((9, Mid::from("v1")))), &header(7, None, Some(2)), &mut out);
+        write_header(&track(None, Some(3), Some((9, Mid::from("v1")))), &header(7, None, Some(2)), None, &mut out);
         assert_eq!(&out[12..], [0xbe, 0xde, 0x00, 0x02, 0x30, 0x02, 0x91, b'v', b'1', 0, 0, 0]);
         // Acknowledged, nothing to carry: the extension block is there and empty, as str0m writes it.
         out.clear();
-        write_header(&track(Some(1), Some(3), None), &header(7, None, None), &mut out);
+        write_header(&track(Some(1), Some(3), None), &header(7, None, None), None, &mut out);
         assert_eq!(&out[12..], [0xbe, 0xde, 0x00, 0x00]);
         assert_eq!(out[0], 0x90, "version 2, extension bit");
+        // The transport-wide sequence number (id 5 here) in its place among the others: its low 16 bits.
+        out.clear();
+        let mut tx = track(Some(1), None, Some((4, Mid::from("0"))));
+        tx.ids.transport_seq = Some(5);
+        write_header(&tx, &header(7, Some((-20, false)), None), Some(0x3_fffe), &mut out);
+        assert_eq!(&out[12..], [0xbe, 0xde, 0x00, 0x02, 0x10, 20, 0x40, b'0', 0x51, 0xff, 0xfe, 0]);
     }
 
     #[test]

@@ -44,11 +44,14 @@ use shm_proto::control::{
 };
 use shm_proto::ring::MediaKind;
 use shm_proto::{paths, Owner, RoomName, SessionId};
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::media::Mid;
 use str0m::{Candidate, Event, IceConnectionState, RtcConfig};
 
 use crate::egress;
-use crate::feed::{feed, replay_budget, Moment, RoomFeed, DEFAULT_REPLAY_RATE_PERCENT, MAX_LAG, REPLAY_TURN};
+use crate::feed::{
+    feed, replay_budget, Moment, RoomFeed, DEFAULT_REPLAY_RATE_PERCENT, INITIAL_ESTIMATE, MAX_LAG, REPLAY_TURN,
+};
 use crate::viewer::{fit, owes_report, resend, viewer_extensions, Fit, PtMap, Track, Viewer, SENT_LOG};
 
 /// How often rings with viewers are polled besides: new packets come with a wake-up from ingest
@@ -56,6 +59,9 @@ use crate::viewer::{fit, owes_report, resend, viewer_extensions, Fit, PtMap, Tra
 const RING_POLL: Duration = Duration::from_millis(20);
 /// How often viewers are checked for having gone silent.
 const SILENCE_CHECK: Duration = Duration::from_secs(1);
+/// Sent packets a viewer's session remembers for transport-wide feedback: ~1.3 s of a 1.5 Mbit/s stream with its
+/// audio, ~25 KB a viewer (str0m's default, 1000, is ~100 KB).
+const TWCC_SEND_HISTORY: usize = 255;
 /// Resends: a viewer's video track remembers the last [`SENT_LOG`] packets it sent (their ring positions,
 /// `viewer::SentLog`), and a NACKed one is read from the ring again and resent if it was sent to the viewer
 /// no more than this long ago (a packet of a GOP replay may have arrived seconds before). A NACK comes one round trip (plus a packet interval) after the packet left, and again each
@@ -116,6 +122,8 @@ pub struct Fanout {
     slate: bool,
     /// A replay's pace, in percent of its room's bitrate (see [`Fanout::with_replay_rate`]).
     replay_rate_percent: u32,
+    /// Viewers get transport-cc and a bandwidth estimate (see [`Fanout::with_estimation`]).
+    estimation: bool,
 }
 
 impl Fanout {
@@ -152,7 +160,15 @@ impl Fanout {
             lag_skips: 0,
             slate: true,
             replay_rate_percent: DEFAULT_REPLAY_RATE_PERCENT,
+            estimation: false,
         }
+    }
+
+    /// Whether viewers are offered transport-wide congestion control feedback and each gets a send-side
+    /// bandwidth estimate (off by default), which paces its GOP replay within its link.
+    pub fn with_estimation(mut self, estimation: bool) -> Fanout {
+        self.estimation = estimation;
+        self
     }
 
     /// How fast a joining viewer's replay of the cached GOP goes, in percent of the room's bitrate (see
@@ -232,7 +248,15 @@ impl Fanout {
         }
         // Audio and video of a room are one stream at the viewer.
         let offer_sdp = offer::with_stream_id(offer_sdp, &format!("deadsfu-{room}"));
-        let tune = |c: RtcConfig| c.set_extension_map(viewer_extensions());
+        let estimation = self.estimation;
+        let tune = |c: RtcConfig| {
+            let c = c.set_extension_map(viewer_extensions(estimation));
+            if estimation {
+                c.enable_bwe(Some(INITIAL_ESTIMATE)).set_twcc_send_history(TWCC_SEND_HISTORY)
+            } else {
+                c
+            }
+        };
         let mut accepted = match offer::accept(&offer_sdp, &self.candidates, now, tune) {
             Ok(a) => a,
             Err(e) => return error(ErrorKind::BadOffer, &e.to_string()),
@@ -273,6 +297,8 @@ impl Fanout {
             video: None,
             video_choice: None,
             replay: None,
+            estimate: None,
+            estimate_last: 0,
             pts: PtMap::new(negotiated),
             egress: None,
         };
@@ -431,7 +457,15 @@ impl Fanout {
                     tracing::debug!(session = %s.app.id, "viewer connected");
                     if let Some(feed) = rooms.get_mut(&s.app.room) {
                         feed.start(key, &mut s.app, buf, now);
+                        if self.estimation {
+                            // What the viewer would take: probing looks for that much of its link.
+                            s.rtc.bwe().set_bitrate(Bitrate::ZERO, feed.replay_target());
+                        }
                     }
+                }
+                Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+                    let Some(s) = self.host.get_mut(key) else { continue };
+                    s.app.note_estimate(estimate.as_u64());
                 }
                 Event::KeyframeRequest(_) => {
                     let Some(room) = self.host.get(key).map(|s| s.app.room.clone()) else { continue };
@@ -542,6 +576,7 @@ pub fn run(cfg: &Config, index: u32) -> Result<(), StartError> {
         Fanout::new(index, runtime_dir.clone(), candidates, limits, Env::system(), now)
             .with_slate(cfg.slate)
             .with_replay_rate(cfg.replay_rate_percent)
+            .with_estimation(cfg.bandwidth_estimation)
     })
 }
 

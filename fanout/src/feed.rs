@@ -18,6 +18,8 @@ use deadsfu_media::outbox::Outbox;
 use shm_proto::ring::{CodecEntry, MediaKind, ReadOutcome, RingCursor, RingReader};
 use shm_proto::{paths, RoomName};
 
+use str0m::bwe::Bitrate;
+
 use crate::splice::Pace;
 use crate::viewer::{deliver, owes_report, Replay, RingPacket, Viewer};
 
@@ -52,6 +54,8 @@ pub(crate) const REPLAY_CREDIT_TIME: Duration = Duration::from_millis(5);
 pub(crate) const REPLAY_CREDIT_GAP: Duration = Duration::from_millis(50);
 /// The slowest a replay goes, whatever the room's bitrate reads (nothing, while its publisher pauses): 256 kbit/s.
 pub(crate) const REPLAY_MIN_RATE: u64 = 32_000;
+/// A viewer's bandwidth estimate before it has joined a room with a known bitrate.
+pub(crate) const INITIAL_ESTIMATE: Bitrate = Bitrate::kbps(1000);
 /// The room's bitrate is measured over windows this long.
 pub(crate) const RATE_WINDOW: Duration = Duration::from_secs(2);
 
@@ -99,6 +103,26 @@ impl StreamRate {
     pub(crate) fn clear(&mut self) {
         *self = StreamRate::default();
     }
+}
+
+/// A replay's pace in a room of `stream` bytes a second: `percent` of it, [`REPLAY_MIN_RATE`] at least.
+fn replay_rate(stream: u64, percent: u32) -> u64 {
+    (stream.saturating_mul(u64::from(percent)) / 100).max(REPLAY_MIN_RATE)
+}
+
+/// Share of a viewer's estimated link (percent) its replay may take: the rest is for the live audio, the
+/// estimate's error and the viewer's other traffic.
+const REPLAY_LINK_SHARE: u64 = 85;
+/// The slowest a replay goes against the stream (percent), whatever the estimate: a replay no faster than the
+/// stream would never reach live. A link that does not carry this much does not carry the stream either.
+const REPLAY_OVER_STREAM: u64 = 110;
+
+/// A replay's pace (bytes a second): `rate` (the configured multiple of the `stream`), or less where the viewer's
+/// `estimate` (bits a second) says its link carries less, but never below [`REPLAY_OVER_STREAM`] of the stream.
+pub(crate) fn replay_pace(rate: u64, stream: u64, estimate: Option<u64>) -> u64 {
+    let Some(estimate) = estimate else { return rate };
+    let link = estimate / 8 * REPLAY_LINK_SHARE / 100;
+    rate.min(link.max(stream * REPLAY_OVER_STREAM / 100)).max(REPLAY_MIN_RATE)
 }
 
 /// A replay's token bucket: bytes (payload and [`PACKET_OVERHEAD`]) it may send, filled at its rate and holding
@@ -435,10 +459,17 @@ impl RoomFeed {
         Some(RingPacket { pos, meta, payload })
     }
 
-    /// A replay's pace in a room of `stream` bytes a second: `replay_rate_percent` of it, [`REPLAY_MIN_RATE`] at
-    /// least.
+    /// A replay's pace in a room of `stream` bytes a second before the viewer's link is known (see
+    /// [`replay_rate`]).
     fn replay_rate(&self, stream: u64) -> u64 {
-        (stream.saturating_mul(u64::from(self.replay_rate_percent)) / 100).max(REPLAY_MIN_RATE)
+        replay_rate(stream, self.replay_rate_percent)
+    }
+
+    /// What a joining viewer's link is taken to carry until its estimate says otherwise: enough for its replay's
+    /// pace ([`replay_pace`] of it is that pace), [`INITIAL_ESTIMATE`] in a room whose bitrate is not known yet.
+    pub(crate) fn replay_target(&self) -> Bitrate {
+        let link = |b| Bitrate::bps(self.replay_rate(b) * 8 * 100 / REPLAY_LINK_SHARE);
+        self.rate.bytes_per_s().map_or(INITIAL_ESTIMATE, link)
     }
 
     /// Detaches a viewer that leaves the room.
@@ -462,14 +493,15 @@ impl RoomFeed {
         let reader = self.reader.as_ref().expect("replay on an open feed");
         let live_pos = self.cursor.position();
         let (codecs, recent) = (&self.codecs, &self.recent);
-        let measured = self.rate.bytes_per_s().map(|b| self.replay_rate(b));
+        let measured = self.rate.bytes_per_s();
+        let percent = self.replay_rate_percent;
         let mut replayed = 0u64;
         self.replaying.retain(|&key| {
             let Some(session) = host.get_mut(key) else { return false };
             let Some(Replay { mut cursor, mut credit }) = session.app.replay.take() else { return false };
             credit.refill(at.now);
-            if let Some(bytes_per_s) = measured {
-                credit.set_rate(bytes_per_s);
+            if let Some(stream) = measured {
+                credit.set_rate(replay_pace(replay_rate(stream, percent), stream, session.app.estimate));
             }
             let mut sent = 0;
             let done = loop {

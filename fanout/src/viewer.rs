@@ -139,6 +139,23 @@ pub struct Viewer {
     pub(crate) pts: PtMap,
     /// The session's keys and path for packets written past str0m ([`egress`]).
     pub(crate) egress: Option<Egress>,
+    /// What the viewer's link carries, bits a second: its bandwidth estimate once that has come down (see
+    /// [`Viewer::note_estimate`]).
+    pub(crate) estimate: Option<u64>,
+    /// The estimate str0m last gave.
+    pub(crate) estimate_last: u64,
+}
+
+impl Viewer {
+    /// Takes a new bandwidth estimate (bits a second). It says what the link carries only once it has come down:
+    /// the viewer's feedback showed delay or loss. While it only rises it is still climbing from the start value
+    /// it was given (to what the session has sent, and by probes), and says nothing of the link's limit.
+    pub(crate) fn note_estimate(&mut self, bps: u64) {
+        if self.estimate.is_some() || bps < self.estimate_last {
+            self.estimate = Some(bps);
+        }
+        self.estimate_last = bps;
+    }
 }
 
 /// A viewer's replay of its room's cached GOP: where it is, and how much it may send now.
@@ -195,7 +212,7 @@ pub(crate) fn deliver(
     let spliced = splicer.map(SourceId { source: meta.source, ssrc: meta.ssrc }, meta.seq, meta.timestamp, at.ns, pace);
     let mut sent = false;
     out.write(&mut |buf| {
-        let path = match (&viewer.egress, &mut track.egress) {
+        let path = match (&mut viewer.egress, &mut track.egress) {
             (Some(egress), Some(tx)) => {
                 let header = Header {
                     pt,
@@ -218,6 +235,9 @@ pub(crate) fn deliver(
     if sent && meta.kind == MediaKind::Video {
         let log = track.sent.get_or_insert_with(SentLog::new);
         log.record(Sent { seq: spliced.seq, pos: packet.pos, timestamp: spliced.timestamp, sent_ms: at.ms() });
+    }
+    if session.app.egress.as_ref().is_some_and(Egress::transport_full) {
+        egress::note_sent(&mut session.rtc, &mut session.app, at.now);
     }
     sent
 }
@@ -245,14 +265,17 @@ pub(crate) fn resend(
 ) -> bool {
     let (viewer, rtc) = (&mut session.app, &mut session.rtc);
     let Some(pt) = viewer.pts.get(codecs, packet.meta.pt) else { return false };
-    let Some(track) = viewer.video.as_ref() else { return false };
+    let Some(mid) = viewer.video.as_ref().map(|t| t.mid) else { return false };
     let mut write = Some(rtp_write(pt, sent.seq, sent.timestamp, at, &packet.meta, &packet.payload));
     let mut resent = false;
+    // str0m numbers the resend from the session's transport-wide counter: what was numbered past it goes first.
+    egress::note_sent(rtc, viewer, at.now);
     out.write(&mut |buf| {
-        let path = rtc.direct_api().send_resend_now(track.mid, None, sent.seq.into(), write.take()?, at.now, buf);
+        let path = rtc.direct_api().send_resend_now(mid, None, sent.seq.into(), write.take()?, at.now, buf);
         resent = path.is_some();
         path
     });
+    egress::renumber(rtc, viewer);
     resent
 }
 
@@ -270,14 +293,16 @@ fn rtp_write(pt: Pt, seq: u64, timestamp: u32, at: Moment, meta: &PacketMeta, pa
         .nackable(meta.kind == MediaKind::Video)
 }
 
-/// The RTP header extensions offered to viewers: what a forwarder passes on (audio level, video orientation)
-/// and the MID. Transport-wide sequence numbers and abs-send-time feed bandwidth estimation, which deadsfu
-/// does not do yet: leaving them out spares every packet to every viewer their bookkeeping and bytes, and the
-/// viewers their transport feedback.
-pub(crate) fn viewer_extensions() -> str0m::rtp::ExtensionMap {
+/// The RTP header extensions offered to viewers: what a forwarder passes on (audio level, video orientation),
+/// the MID, and with `estimate` transport-wide sequence numbers, whose feedback the viewer's bandwidth estimate
+/// reads. Abs-send-time (the older, receiver-side estimate's) is left out.
+pub(crate) fn viewer_extensions(estimate: bool) -> str0m::rtp::ExtensionMap {
     use str0m::rtp::Extension;
     let mut map = str0m::rtp::ExtensionMap::empty();
     map.set(1, Extension::AudioLevel);
+    if estimate {
+        map.set(3, Extension::TransportSequenceNumber);
+    }
     map.set(4, Extension::RtpMid);
     map.set(13, Extension::VideoOrientation);
     map

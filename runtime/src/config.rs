@@ -128,6 +128,10 @@ pub struct Config {
     /// of its link the replay takes until it is live. Higher catches up sooner and needs a wider link.
     #[arg(long, env = "DEADSFU_REPLAY_RATE_PERCENT", default_value_t = 200)]
     pub replay_rate_percent: u32,
+    /// Estimate each viewer's link (transport-wide congestion control feedback, a send-side estimate per
+    /// viewer): a joining viewer's GOP replay is paced within it. false: viewers are offered no transport-cc.
+    #[arg(long, env = "DEADSFU_BANDWIDTH_ESTIMATION", action = ArgAction::Set, default_value_t = false)]
+    pub bandwidth_estimation: bool,
     /// Least time between two keyframe requests to a room's publisher, in milliseconds.
     #[arg(long, env = "DEADSFU_KEYFRAME_REQUEST_INTERVAL_MS", default_value_t = 1000)]
     pub keyframe_request_interval_ms: u64,

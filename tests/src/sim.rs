@@ -171,6 +171,8 @@ pub struct Received {
     pub audio_level: Option<(i8, bool)>,
     pub video_orientation: Option<VideoOrientation>,
     pub mid: Option<Mid>,
+    /// The transport-wide sequence number (transport-cc), if the packet carried one.
+    pub transport_seq: Option<u16>,
 }
 
 impl Received {
@@ -232,6 +234,8 @@ pub struct Options {
     pub seed: u64,
     /// The workers' replay pace (`replay_rate_percent`); their default if `None`.
     pub replay_rate_percent: Option<u32>,
+    /// Viewers get transport-cc and a bandwidth estimate (`bandwidth_estimation`).
+    pub estimation: bool,
 }
 
 impl Default for Options {
@@ -243,6 +247,7 @@ impl Default for Options {
             keyframe_request_interval: Duration::from_millis(500),
             seed: 1,
             replay_rate_percent: None,
+            estimation: false,
         }
     }
 }
@@ -305,7 +310,8 @@ impl World {
                 let limits = SessionLimits::default();
                 let worker =
                     Fanout::new(k as u32, dir.clone(), candidates(worker_addr(k)), limits, env(1 + k as u64), now)
-                        .with_slate(options.slate);
+                        .with_slate(options.slate)
+                        .with_estimation(options.estimation);
                 match options.replay_rate_percent {
                     Some(percent) => worker.with_replay_rate(percent),
                     None => worker,
@@ -678,6 +684,7 @@ impl World {
                         audio_level: pkt.header.ext_vals.audio_level.zip(pkt.header.ext_vals.voice_activity),
                         video_orientation: pkt.header.ext_vals.video_orientation,
                         mid: pkt.header.ext_vals.mid,
+                        transport_seq: pkt.header.ext_vals.transport_cc,
                     });
                 }
                 Output::Event(Event::SenderFeedback(report)) => {

@@ -295,6 +295,35 @@ fn a_lost_packet_is_resent_from_the_cache() {
 }
 
 #[test]
+fn with_estimation_a_replay_too_fast_for_the_link_is_slowed_to_what_the_estimate_says() {
+    // As above, but the link is 2 Mbit/s: the replay at 200% of the ~1 Mbit/s stream, with its live audio, does not
+    // fit. With the viewer's bandwidth estimate the first overflow brings the estimate down and the replay's pace
+    // with it (not below 110% of the stream, or it would never reach live: here it catches up slowly); without,
+    // the link drops all along.
+    let run = |estimation: bool| {
+        let mut world = started(Options { estimation, ..Options::default() });
+        world.publish("lobby", VideoSpec { gop: 150, ..Default::default() }, 1).expect("publisher accepted");
+        world.run_until("publisher connected", 5 * SECOND, |w| w.all_connected());
+        world.run_for(3 * SECOND);
+        let viewer = world.view("lobby", 0).expect("viewer accepted");
+        world.narrow(viewer, 250_000, 250_000 / 20 + 4096);
+        world.run_until("viewer connected", 5 * SECOND, |w| w.all_connected());
+        world.run_for(8 * SECOND);
+        let v = &world.peers[viewer];
+        let twcc = v.video().iter().all(|(r, _)| r.transport_seq.is_some());
+        let first = v.video().first().map(|(r, _)| r.at);
+        (world.link_drops(viewer), first, twcc, world.now)
+    };
+    let (drops_without, _, twcc_without, _) = run(false);
+    let (drops, first, twcc, end) = run(true);
+    assert!(twcc && !twcc_without, "transport-wide sequence numbers only with estimation");
+    assert!(drops * 3 < drops_without, "{drops} datagrams dropped with the estimate, {drops_without} without");
+    // The picture starts at once all the same (the replay's first packets go before any feedback).
+    let first = first.expect("video");
+    assert!(end - first > 7 * SECOND, "first video {:?} before the end", end - first);
+}
+
+#[test]
 fn a_lost_packet_of_a_replay_is_resent() {
     let mut world = started(Options::default());
     // The viewer joins 2 s into a 3 s GOP: its replay's first packets arrived 2 s before they are sent to it.
