@@ -64,6 +64,8 @@ pub struct RtcConfig {
 #[derive(Debug, Clone)]
 pub(crate) struct BweConfig {
     pub(crate) initial_bitrate: Bitrate,
+    /// A lean estimate (deadsfu patch, see `RtcConfig::set_bwe_lean`).
+    pub(crate) lean: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -488,6 +490,31 @@ impl RtcConfig {
         self
     }
 
+    /// Makes the bandwidth estimate lean, for a server holding many sessions (deadsfu patch).
+    /// By default a session whose media could carry transport-wide sequence numbers pads its link
+    /// (50 kbit/s while media sends less), and its estimate and pacer wake it every 25 and 40 ms,
+    /// and every round trip between two feedback reports, whether it sends anything or not. Lean:
+    ///
+    /// - once no media packet has been sent (or noted, see `DirectApi::note_sent_transport`) for
+    ///   a second, no padding, no probe, and no timeout for the estimate or the pacer; the first
+    ///   media packet wakes them;
+    /// - padding only up to the minimum set with `Bwe::set_bitrate` and for probes, not the
+    ///   automatic 50 kbit/s;
+    /// - the pacer asks for its periodic timeout only while it has padding, a probe or queued
+    ///   packets to send;
+    /// - the delay-based estimate updates on each feedback report and every 100 ms after one,
+    ///   not every 25 ms and every round trip.
+    ///
+    /// For applications that send media with the direct API (`DirectApi::send_rtp_now` or
+    /// packets written themselves), which leaves str0m's own send queues empty. Only has an
+    /// effect after [`Self::enable_bwe()`].
+    pub fn set_bwe_lean(mut self, lean: bool) -> Self {
+        if let Some(conf) = self.bwe_config.as_mut() {
+            conf.lean = lean;
+        }
+        self
+    }
+
     /// The initial bitrate as set by [`Self::enable_bwe()`].
     ///
     /// ```
@@ -895,7 +922,10 @@ impl RtcConfig {
 
 impl BweConfig {
     fn new(initial_bitrate: Bitrate) -> Self {
-        Self { initial_bitrate }
+        Self {
+            initial_bitrate,
+            lean: false,
+        }
     }
 }
 

@@ -56,6 +56,9 @@ const MAX_PENDING_RRTRS: usize = 300;
 /// Maximum number of DLRR items to include in a single ExtendedReport.
 const MAX_DLRR_PER_REPORT: usize = 50;
 
+/// A quiet estimate's media counts as flowing this long after its last packet (deadsfu patch).
+const BWE_MEDIA_ACTIVE: Duration = Duration::from_secs(1);
+
 pub(crate) struct Session {
     id: SessionId,
 
@@ -102,6 +105,11 @@ pub(crate) struct Session {
 
     bwe: Option<Bwe>,
     bwe_last_event: Option<(Bitrate, bool)>,
+    /// deadsfu patch, `RtcConfig::set_bwe_lean`: the estimate is lean; when media was last sent;
+    /// whether it counts as flowing (as of the last `handle_timeout_bwe` or media sent).
+    bwe_lean: bool,
+    last_media_tx: Option<Instant>,
+    bwe_media_active: bool,
 
     enable_twcc_feedback: bool,
 
@@ -176,7 +184,10 @@ impl Session {
         let (pacer, bwe) = if let Some(config) = &config.bwe_config {
             let rate = config.initial_bitrate;
             let pacer = PacerImpl::leaky_bucket(rate * 2.0);
-            let bwe = Bwe::new(rate);
+            let mut bwe = Bwe::new(rate);
+            if config.lean {
+                bwe.set_lean();
+            }
             (pacer, Some(bwe))
         } else {
             (PacerImpl::null(), None)
@@ -213,6 +224,9 @@ impl Session {
             max_rx_seq_lookup: HashMap::new(),
             bwe,
             bwe_last_event: None,
+            bwe_lean: config.bwe_config.as_ref().is_some_and(|c| c.lean),
+            last_media_tx: None,
+            bwe_media_active: false,
             enable_twcc_feedback: false,
             pacer,
             pacer_control: PacerControl::new(),
@@ -364,6 +378,18 @@ impl Session {
 
     fn handle_timeout_bwe(&mut self, now: Instant) -> Option<(Mid, Pt)> {
         self.bwe.as_ref()?;
+        if self.bwe_lean {
+            let active = self
+                .last_media_tx
+                .is_some_and(|t| now.saturating_duration_since(t) < BWE_MEDIA_ACTIVE);
+            if active != self.bwe_media_active {
+                self.bwe_media_active = active;
+                self.configure_pacer();
+            }
+            if !active {
+                return None;
+            }
+        }
 
         // We can request probes once SRTP keys are available and a non-stopped,
         // sending media section has both a transport sequence extension and a
@@ -1319,6 +1345,7 @@ impl Session {
 
         if !is_padding && !header.ssrc.is_probe() {
             self.media_bytes_tx += payload_size as u64;
+            self.note_media_tx(now);
         }
 
         Some(protected.into())
@@ -1358,6 +1385,14 @@ impl Session {
         self.twcc
     }
 
+    /// Marks a packet as received for transport-wide feedback by its transport-wide sequence
+    /// number alone (deadsfu patch, see `DirectApi::note_received_transport_seq`).
+    pub fn note_received_transport_seq(&mut self, transport_cc: u16, now: Instant) {
+        let prev = self.twcc_rx_register.max_seq();
+        let extended = extend_u16(prev.map(|s| *s), transport_cc);
+        self.twcc_rx_register.update_seq(extended.into(), now);
+    }
+
     /// Registers packets the application numbered from `first` with transport-wide sequence numbers
     /// and sent itself, one `(send time, payload size)` each, in order (deadsfu patch, see
     /// `DirectApi::note_sent_transport`): as a packet str0m sends is registered.
@@ -1377,6 +1412,9 @@ impl Session {
             }
         }
         self.twcc = self.twcc.max(first + sends.len() as u64);
+        if let Some(&(at, _)) = sends.last() {
+            self.note_media_tx(at);
+        }
     }
 
     /// Sends an RTP packet on the stream of `midrid` at once, protected, appended to `out`; with
@@ -1430,6 +1468,7 @@ impl Session {
             bwe.on_media_sent(payload_size.into(), false, now);
         }
         self.media_bytes_tx += payload_size as u64;
+        self.note_media_tx(now);
         Some(payload_size)
     }
 
@@ -1446,7 +1485,13 @@ impl Session {
         let feedback_at = self.regular_feedback_at();
         let nack_at = self.nack_at();
         let twcc_at = self.twcc_at();
-        let pacing_at = self.pacer.poll_timeout();
+        // deadsfu patch: a quiet estimate (no media) asks for no timeout; see handle_timeout_bwe.
+        let bwe_quiet = self.bwe_lean && !self.bwe_media_active;
+        let pacing_at = if bwe_quiet || (self.bwe_lean && !self.pacer.needs_ticks()) {
+            (None, Reason::NotHappening)
+        } else {
+            self.pacer.poll_timeout()
+        };
         let packetize_at = self.medias.iter().filter_map(|m| m.poll_timeout()).min();
         let receive_at = self
             .medias
@@ -1461,6 +1506,7 @@ impl Session {
         let bwe_at = self
             .bwe
             .as_ref()
+            .filter(|_| !bwe_quiet)
             .map(|bwe| bwe.poll_timeout())
             // We should never see this reason.
             .unwrap_or((None, Reason::BweDelayControl));
@@ -1582,15 +1628,38 @@ impl Session {
         let has_active_media = self.has_active_outgoing_media();
 
         // Calculate pacing and padding rates
-        let result =
+        let mut result =
             self.pacer_control
                 .calculate(has_active_media, current_estimate, is_overuse, minimum);
+        if self.bwe_lean {
+            // No automatic padding target: the application's minimum only (deadsfu patch).
+            result.padding_rate = if is_overuse || !has_active_media {
+                Bitrate::ZERO
+            } else {
+                minimum.min(current_estimate)
+            };
+        }
 
         self.pacer.set_padding_rate(result.padding_rate);
         self.pacer.set_pacing_rate(result.pacing_rate);
     }
 
+    /// Notes that media left at `at` (deadsfu patch): it wakes a quiet estimate.
+    fn note_media_tx(&mut self, at: Instant) {
+        if !self.bwe_lean {
+            return;
+        }
+        self.last_media_tx = Some(self.last_media_tx.map_or(at, |t| t.max(at)));
+        if !self.bwe_media_active {
+            self.bwe_media_active = true;
+            self.configure_pacer();
+        }
+    }
+
     fn has_active_outgoing_media(&self) -> bool {
+        if self.bwe_lean && !self.bwe_media_active {
+            return false;
+        }
         // Direct API media has no SDP remote payload list, so Media::disabled()
         // is not an availability check here. Use the same negotiated/configured
         // sending capabilities as probing, including TWCC feedback.

@@ -73,6 +73,11 @@ impl Bwe {
         }
     }
 
+    /// See `RtcConfig::set_bwe_lean` (deadsfu patch).
+    pub fn set_lean(&mut self) {
+        self.bwe.delay_controller.set_lean();
+    }
+
     pub fn handle_timeout(&mut self, now: Instant, do_probe: bool) -> Option<ProbeClusterConfig> {
         let result = self.bwe.handle_timeout(self.desired_bitrate, do_probe, now);
         if let Some(estimate) = self.bwe.last_estimate() {

@@ -427,6 +427,16 @@ impl<'a> DirectApi<'a> {
         self.rtc.send_path()
     }
 
+    /// Marks a packet as received at `now` for the transport-wide feedback the session sends, by
+    /// the transport-wide sequence number its header carries (deadsfu patch): for a receiver that
+    /// reads that number from the header, which SRTP leaves in the clear, without handing the
+    /// packet to the session (a load generator standing in for many receivers, which would spend
+    /// more on decrypting than the sender it loads spends on sending). A packet handed to the
+    /// session is marked by it; it must not be marked here too.
+    pub fn note_received_transport_seq(&mut self, transport_cc: u16, now: Instant) {
+        self.rtc.session.note_received_transport_seq(transport_cc, now);
+    }
+
     /// The transport-wide sequence number (the transport-cc header extension, its low 16 bits on
     /// the wire) the next packet that carries one gets (deadsfu patch). An application that
     /// writes packets itself (see [`DirectApi::srtp_rtp_aead_key`]) to a session whose media

@@ -59,6 +59,13 @@ impl Pacer for LeakyBucketPacer {
         // bitrate will be updated on next handle_timeout().
     }
 
+    fn needs_ticks(&self) -> bool {
+        self.padding_bitrate > Bitrate::ZERO
+            || !self.probe_queue.is_empty()
+            || self.next_poll_time.is_some()
+            || self.queue_states.iter().any(|q| q.snapshot.packet_count > 0)
+    }
+
     fn set_padding_rate(&mut self, padding_bitrate: Bitrate) {
         self.padding_bitrate = padding_bitrate;
 

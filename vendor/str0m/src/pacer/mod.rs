@@ -77,6 +77,13 @@ impl Pacer for PacerImpl {
         }
     }
 
+    fn needs_ticks(&self) -> bool {
+        match self {
+            PacerImpl::Null(v) => v.needs_ticks(),
+            PacerImpl::LeakyBucket(v) => v.needs_ticks(),
+        }
+    }
+
     fn handle_timeout(
         &mut self,
         now: Instant,
@@ -117,6 +124,12 @@ pub trait Pacer {
 
     /// Poll for a timeout.
     fn poll_timeout(&self) -> (Option<Instant>, Reason);
+
+    /// Whether the pacer has anything to do at its periodic ticks: padding to send, a probe, or
+    /// queued packets (deadsfu patch, for `RtcConfig::set_bwe_lean`).
+    fn needs_ticks(&self) -> bool {
+        true
+    }
 
     /// Handle time moving forward, should be called periodically as indicated by [`Pacer::poll_timeout`].
     fn handle_timeout(

@@ -13,6 +13,8 @@ const MAX_RTT_HISTORY_WINDOW: usize = 32;
 const UPDATE_INTERVAL: Duration = Duration::from_millis(25);
 /// The maximum time we keep updating our estimate without receiving a TWCC report.
 const MAX_TWCC_GAP: Duration = Duration::from_millis(500);
+/// How often a lean estimate updates between reports (deadsfu patch).
+const LEAN_UPDATE_INTERVAL: Duration = Duration::from_millis(100);
 /// RFC 6298: Exponentially Weighted Moving Average smoothing factor for RTT (alpha = 1/8)
 const RTT_SMOOTHING_FACTOR: f64 = 0.125;
 
@@ -37,6 +39,9 @@ pub struct DelayController {
     next_timeout: Instant,
     /// The last time we ingested a TWCC report.
     last_twcc_report: Instant,
+    /// deadsfu patch (`RtcConfig::set_bwe_lean`): update on reports and every
+    /// [`LEAN_UPDATE_INTERVAL`], not every [`UPDATE_INTERVAL`] and every RTT between reports.
+    lean: bool,
 }
 
 impl DelayController {
@@ -50,6 +55,20 @@ impl DelayController {
             max_rtt_history: VecDeque::default(),
             next_timeout: already_happened(),
             last_twcc_report: already_happened(),
+            lean: false,
+        }
+    }
+
+    /// See `lean` (deadsfu patch).
+    pub fn set_lean(&mut self) {
+        self.lean = true;
+    }
+
+    fn update_interval(&self) -> Duration {
+        if self.lean {
+            LEAN_UPDATE_INTERVAL
+        } else {
+            UPDATE_INTERVAL
         }
     }
 
@@ -114,10 +133,14 @@ impl DelayController {
             // We haven't received a TWCC report in a while. The trendline hypothesis can
             // no longer be considered valid. We need another TWCC report before we can update
             // estimates.
-            let next_timeout_in = self
-                .get_smoothed_rtt()
-                .unwrap_or(MAX_TWCC_GAP)
-                .min(UPDATE_INTERVAL);
+            let next_timeout_in = if self.lean {
+                // The next report updates the estimate (deadsfu patch).
+                MAX_TWCC_GAP
+            } else {
+                self.get_smoothed_rtt()
+                    .unwrap_or(MAX_TWCC_GAP)
+                    .min(UPDATE_INTERVAL)
+            };
 
             // Set this even if we didn't update, otherwise we get stuck in a poll -> handle loop
             // that starves the run loop.
@@ -211,7 +234,7 @@ impl DelayController {
 
         // Set this even if we didn't update, otherwise we get stuck in a poll -> handle loop
         // that starves the run loop.
-        self.next_timeout = now + UPDATE_INTERVAL;
+        self.next_timeout = now + self.update_interval();
     }
 
     /// Whether the current trendline hypothesis is valid i.e. not too old.
