@@ -252,7 +252,7 @@ impl Fanout {
         let tune = |c: RtcConfig| {
             let c = c.set_extension_map(viewer_extensions(estimation));
             if estimation {
-                c.enable_bwe(Some(INITIAL_ESTIMATE)).set_twcc_send_history(TWCC_SEND_HISTORY)
+                c.enable_bwe(Some(INITIAL_ESTIMATE)).set_bwe_lean(true).set_twcc_send_history(TWCC_SEND_HISTORY)
             } else {
                 c
             }

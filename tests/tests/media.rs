@@ -537,10 +537,21 @@ fn a_viewers_packets_and_sender_reports_are_what_its_session_would_make() {
 
 #[test]
 fn a_viewer_is_sent_sender_reports_only_while_media_flows() {
+    reports_only_while_media_flows(false);
+}
+
+#[test]
+fn with_estimation_a_viewer_is_sent_nothing_but_reports_while_media_flows() {
+    // The estimate sends no padding or probes to a viewer of a room without media, and none while media flows
+    // (its bitrate is above the padding the estimate would want).
+    reports_only_while_media_flows(true);
+}
+
+fn reports_only_while_media_flows(estimation: bool) {
     use std::cell::RefCell;
     use std::rc::Rc;
 
-    let mut world = started(Options { slate: false, ..Options::default() });
+    let mut world = started(Options { slate: false, estimation, ..Options::default() });
     let viewer = world.view("lobby", 0).expect("viewer accepted");
     world.run_until("viewer connected", 5 * SECOND, |w| w.all_connected());
     // What the worker sends the viewer, in order: media (true) or a sender report (false).

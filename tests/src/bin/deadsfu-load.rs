@@ -220,6 +220,9 @@ struct Viewer {
     error: Option<String>,
     /// Fanout worker index, from the session id (`w{k}-...`) in the Location.
     worker: Option<usize>,
+    /// The answer's id of the transport-wide sequence number extension: a viewer that does not decrypt still
+    /// sends the transport-wide feedback a browser would, from the packets' headers.
+    transport_cc_id: Option<u8>,
 }
 
 #[derive(Default)]
@@ -347,6 +350,43 @@ struct HttpJob {
 struct HttpResult {
     idx: usize,
     result: Result<(u16, Option<String>, String), String>,
+}
+
+/// How often a viewer sends transport-wide feedback while packets come (str0m's interval, as a browser's).
+const TRANSPORT_FEEDBACK: Duration = Duration::from_millis(100);
+
+/// The id the answer gives the transport-wide sequence number extension (transport-cc), if any.
+fn transport_cc_id(sdp: &str) -> Option<u8> {
+    sdp.lines().find_map(|l| {
+        let rest = l.strip_prefix("a=extmap:")?;
+        let (id, uri) = rest.split_once(' ')?;
+        uri.trim().ends_with("transport-wide-cc-extensions-01").then(|| id.split('/').next()?.parse().ok())?
+    })
+}
+
+/// The value of one-byte header extension `id` (RFC 8285) of an RTP packet, if it carries one.
+fn one_byte_extension(rtp: &[u8], id: u8) -> Option<&[u8]> {
+    if rtp.first()? & 0x10 == 0 {
+        return None;
+    }
+    let start = 12 + 4 * usize::from(rtp[0] & 0x0f);
+    let head = rtp.get(start..start + 4)?;
+    if head[..2] != [0xbe, 0xde] {
+        return None;
+    }
+    let end = start + 4 + 4 * usize::from(u16::from_be_bytes([head[2], head[3]]));
+    let block = rtp.get(start + 4..end)?;
+    let mut i = 0;
+    while i < block.len() {
+        let (eid, len) = (block[i] >> 4, usize::from(block[i] & 0x0f) + 1);
+        match eid {
+            0 => i += 1,
+            15 => return None,
+            _ if eid == id => return block.get(i + 1..i + 1 + len),
+            _ => i += 1 + len,
+        }
+    }
+    None
 }
 
 fn http_post(base: &str, path: &str, body: &str, token: Option<&str>) -> Result<(u16, Option<String>, String), String> {
@@ -611,6 +651,7 @@ impl Load {
         match r.result {
             Ok((201, loc, body)) => {
                 v.pts = parse_pts(&body);
+                v.transport_cc_id = transport_cc_id(&body);
                 v.worker = match loc.as_deref().and_then(|l| l.rsplit('/').next()).map(str::parse::<SessionId>) {
                     Some(Ok(id)) => match id.owner() {
                         Owner::Worker(k) => Some(k as usize),
@@ -690,6 +731,21 @@ impl Load {
                 }
             }
             if !v.sample {
+                // Transport-wide feedback as the viewer's session would send it, from the header alone.
+                if let Some(tcc) = v.transport_cc_id.and_then(|id| one_byte_extension(data, id)) {
+                    if let [a, b] = tcc[..] {
+                        v.rtc.direct_api().note_received_transport_seq(u16::from_be_bytes([a, b]), now);
+                        // The session sends the feedback at its next timeout (every 100 ms while packets come).
+                        let due = now + TRANSPORT_FEEDBACK;
+                        if v.next_timeout.is_none_or(|t| due < t) {
+                            v.next_timeout = Some(due);
+                        }
+                        if v.scheduled.is_none_or(|t| due < t) {
+                            v.scheduled = Some(due);
+                            self.heap.push(std::cmp::Reverse((due, idx)));
+                        }
+                    }
+                }
                 return;
             }
         }
@@ -873,6 +929,7 @@ fn main() {
             decrypted: 0,
             error: None,
             worker: None,
+            transport_cc_id: None,
         });
     }
 
