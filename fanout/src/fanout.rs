@@ -118,6 +118,8 @@ pub struct Fanout {
     packets_resent: u64,
     /// Times a live feed fell [`MAX_LAG`] behind and skipped to the newest keyframe.
     lag_skips: u64,
+    /// Bandwidth estimates the viewers' sessions gave.
+    estimates: u64,
     /// Ingest plays the slate (see [`Fanout::with_slate`]).
     slate: bool,
     /// A replay's pace, in percent of its room's bitrate (see [`Fanout::with_replay_rate`]).
@@ -158,6 +160,7 @@ impl Fanout {
             packets_replayed: 0,
             packets_resent: 0,
             lag_skips: 0,
+            estimates: 0,
             slate: true,
             replay_rate_percent: DEFAULT_REPLAY_RATE_PERCENT,
             estimation: false,
@@ -466,6 +469,7 @@ impl Fanout {
                 Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
                     let Some(s) = self.host.get_mut(key) else { continue };
                     s.app.note_estimate(estimate.as_u64());
+                    self.estimates += 1;
                 }
                 Event::KeyframeRequest(_) => {
                     let Some(room) = self.host.get(key).map(|s| s.app.room.clone()) else { continue };
@@ -550,6 +554,7 @@ impl Core for Fanout {
         m.viewer_packets_replayed = self.packets_replayed;
         m.viewer_packets_resent = self.packets_resent;
         m.lag_skips = self.lag_skips;
+        m.viewer_estimates = self.estimates;
         m.refused = self.refused.to_metrics();
     }
 }

@@ -201,6 +201,10 @@ pub struct ProcessMetrics {
     /// Fanout: times a room's live feed fell too far behind its ring (short of CPU) and skipped ahead.
     #[serde(default)]
     pub lag_skips: u64,
+    /// Fanout: bandwidth estimates its viewers' sessions gave (the start value, then an update at most every
+    /// 100 ms while transport-wide feedback comes; `bandwidth_estimation`).
+    #[serde(default)]
+    pub viewer_estimates: u64,
     /// Requests refused at a limit since start, by limit (`rooms`, `sessions`, `pending_sessions`, ...).
     #[serde(default)]
     pub refused: Vec<(String, u64)>,

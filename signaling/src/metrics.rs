@@ -46,6 +46,7 @@ struct Families {
     layer_moves: Family<Labels, Counter>,
     viewer_packets: Family<Labels, Counter>,
     lag_skips: Family<Labels, Counter>,
+    viewer_estimates: Family<Labels, Counter>,
     ring_head: Family<Labels, Gauge>,
     ring_epoch: Family<Labels, Gauge>,
     ring_packets: Family<Labels, Counter>,
@@ -89,6 +90,7 @@ pub fn render(scrape: &Scrape) -> String {
         layer_moves: Family::default(),
         viewer_packets: Family::default(),
         lag_skips: Family::default(),
+        viewer_estimates: Family::default(),
         ring_head: Family::default(),
         ring_epoch: Family::default(),
         ring_packets: Family::default(),
@@ -144,6 +146,7 @@ pub fn render(scrape: &Scrape) -> String {
                 f.viewer_packets.get_or_create(&labels).inc_by(n);
             }
             f.lag_skips.get_or_create(&labels).inc_by(m.lag_skips);
+            f.viewer_estimates.get_or_create(&labels).inc_by(m.viewer_estimates);
         }
         for r in &m.rings {
             let labels = room(&r.room);
@@ -204,6 +207,11 @@ pub fn render(scrape: &Scrape) -> String {
         "lag_skips",
         "Times a worker fell over a second behind a room's ring (short of CPU) and skipped to its newest keyframe",
         f.lag_skips,
+    );
+    reg.register(
+        "viewer_estimates",
+        "Bandwidth estimates the viewers' transport-wide feedback gave (with bandwidth_estimation)",
+        f.viewer_estimates,
     );
     reg.register("ring_head", "Next position the room's ring writer fills", f.ring_head);
     reg.register("ring_epoch", "Writer epoch of the room's ring (bumped at each ingest restart)", f.ring_epoch);
@@ -275,6 +283,7 @@ mod tests {
             viewer_packets_replayed: 7,
             viewer_packets_resent: 3,
             lag_skips: 1,
+            viewer_estimates: 12,
             refused: vec![("sessions".into(), 3)],
             ..Default::default()
         };
@@ -299,6 +308,7 @@ mod tests {
             r#"deadsfu_viewer_packets_total{process="fanout-0",kind="replay"} 7"#,
             r#"deadsfu_viewer_packets_total{process="fanout-0",kind="resend"} 3"#,
             r#"deadsfu_lag_skips_total{process="fanout-0"} 1"#,
+            r#"deadsfu_viewer_estimates_total{process="fanout-0"} 12"#,
             r#"deadsfu_refused_total{process="fanout-0",limit="sessions"} 3"#,
             r#"deadsfu_refused_total{process="signaling",limit="connections_per_ip"} 6"#,
             r#"deadsfu_ring_head{room="lobby"} 42"#,

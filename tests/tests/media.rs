@@ -135,14 +135,8 @@ fn a_late_joiners_replay_fits_a_link_of_three_times_the_stream() {
     // joins 3 s into a GOP behind a 3 Mbit/s link holding 50 ms (tc's tbf: rate 3mbit, latency 50ms, burst
     // 4 KB): live it needs a third of the link; its replay at 200% of the stream and live audio about 75%.
     let run = |percent: Option<u32>| {
-        let mut world = started(Options { replay_rate_percent: percent, ..Options::default() });
-        world.publish("lobby", VideoSpec { gop: 150, ..Default::default() }, 1).expect("publisher accepted");
-        world.run_until("publisher connected", 5 * SECOND, |w| w.all_connected());
-        world.run_for(3 * SECOND);
-        let viewer = world.view("lobby", 0).expect("viewer accepted");
-        world.narrow(viewer, 375_000, 375_000 / 20 + 4096);
-        world.run_until("viewer connected", 5 * SECOND, |w| w.all_connected());
-        world.run_for(4 * SECOND);
+        let (world, viewer) =
+            join_behind_a_link(Options { replay_rate_percent: percent, ..Options::default() }, 375_000, 4);
         (world.link_drops(viewer), world, viewer)
     };
     let (drops, world, viewer) = run(None);
@@ -294,6 +288,21 @@ fn a_lost_packet_is_resent_from_the_cache() {
     }
 }
 
+/// A world with a ~1 Mbit/s room (a keyframe every 5 s) and a viewer joining 3 s into a GOP behind a link of
+/// `bytes_per_s` holding 50 ms (as tc's tbf with `latency 50ms` and a 4 KB burst), run for `seconds` after it
+/// connected.
+fn join_behind_a_link(options: Options, bytes_per_s: u64, seconds: u32) -> (World, PeerId) {
+    let mut world = started(options);
+    world.publish("lobby", VideoSpec { gop: 150, ..Default::default() }, 1).expect("publisher accepted");
+    world.run_until("publisher connected", 5 * SECOND, |w| w.all_connected());
+    world.run_for(3 * SECOND);
+    let viewer = world.view("lobby", 0).expect("viewer accepted");
+    world.narrow(viewer, bytes_per_s, bytes_per_s / 20 + 4096);
+    world.run_until("viewer connected", 5 * SECOND, |w| w.all_connected());
+    world.run_for(seconds * SECOND);
+    (world, viewer)
+}
+
 #[test]
 fn with_estimation_a_replay_too_fast_for_the_link_is_slowed_to_what_the_estimate_says() {
     // As above, but the link is 2 Mbit/s: the replay at 200% of the ~1 Mbit/s stream, with its live audio, does not
@@ -301,14 +310,7 @@ fn with_estimation_a_replay_too_fast_for_the_link_is_slowed_to_what_the_estimate
     // with it (not below 110% of the stream, or it would never reach live: here it catches up slowly); without,
     // the link drops all along.
     let run = |estimation: bool| {
-        let mut world = started(Options { estimation, ..Options::default() });
-        world.publish("lobby", VideoSpec { gop: 150, ..Default::default() }, 1).expect("publisher accepted");
-        world.run_until("publisher connected", 5 * SECOND, |w| w.all_connected());
-        world.run_for(3 * SECOND);
-        let viewer = world.view("lobby", 0).expect("viewer accepted");
-        world.narrow(viewer, 250_000, 250_000 / 20 + 4096);
-        world.run_until("viewer connected", 5 * SECOND, |w| w.all_connected());
-        world.run_for(8 * SECOND);
+        let (world, viewer) = join_behind_a_link(Options { estimation, ..Options::default() }, 250_000, 8);
         let v = &world.peers[viewer];
         let twcc = v.video().iter().all(|(r, _)| r.transport_seq.is_some());
         let first = v.video().first().map(|(r, _)| r.at);
@@ -570,6 +572,9 @@ fn reports_only_while_media_flows(estimation: bool) {
     // A room without a publisher: the viewer is sent nothing, not a report a second.
     world.run_for(5 * SECOND);
     assert!(sent.borrow().is_empty(), "sent to a viewer of an empty room: {:?}", sent.borrow());
+    // No feedback without packets: the estimate stays at its start value, given once.
+    let estimates = world.worker_metrics(0).viewer_estimates;
+    assert!(estimates <= u64::from(estimation), "{estimates} estimates without media");
 
     // Media flows: the first report follows the first packets at once (the session is polled for it though
     // packets go out without a poll), then about one a second for video and one in five for audio.
@@ -582,6 +587,9 @@ fn reports_only_while_media_flows(estimation: bool) {
     assert!(first_report < 10, "the first report after {first_report} packets");
     let reports = flowing.iter().filter(|media| !**media).count();
     assert!((3..=6).contains(&reports), "{reports} reports in 3 s of audio and video");
+    // The viewer's transport-wide feedback moves its estimate.
+    let estimates = world.worker_metrics(0).viewer_estimates;
+    assert!(if estimation { estimates >= 3 } else { estimates == 0 }, "{estimates} estimates with media");
 
     // The publisher pauses: a last report each (audio's up to 5 s later), then nothing.
     world.peers[publisher].sending = false;
