@@ -52,7 +52,7 @@ use crate::egress;
 use crate::feed::{
     feed, replay_budget, Moment, RoomFeed, DEFAULT_REPLAY_RATE_PERCENT, INITIAL_ESTIMATE, MAX_LAG, REPLAY_TURN,
 };
-use crate::viewer::{fit, owes_report, resend, viewer_extensions, Fit, PtMap, Track, Viewer, SENT_LOG};
+use crate::viewer::{fit, owes_report, resend, viewer_extensions, Fit, LinkEstimate, PtMap, Track, Viewer, SENT_LOG};
 
 /// How often rings with viewers are polled besides: new packets come with a wake-up from ingest
 /// ([`deadsfu_media::wake`]), so this only bounds the wait of a packet whose wake-up was lost.
@@ -60,7 +60,7 @@ const RING_POLL: Duration = Duration::from_millis(20);
 /// How often viewers are checked for having gone silent.
 const SILENCE_CHECK: Duration = Duration::from_secs(1);
 /// Sent packets a viewer's session remembers for transport-wide feedback: ~1.3 s of a 1.5 Mbit/s stream with its
-/// audio, ~25 KB a viewer (str0m's default, 1000, is ~100 KB).
+/// audio, ~22 KB a viewer (str0m's default, 1000, is ~90 KB).
 const TWCC_SEND_HISTORY: usize = 255;
 /// Resends: a viewer's video track remembers the last [`SENT_LOG`] packets it sent (their ring positions,
 /// `viewer::SentLog`), and a NACKed one is read from the ring again and resent if it was sent to the viewer
@@ -300,8 +300,7 @@ impl Fanout {
             video: None,
             video_choice: None,
             replay: None,
-            estimate: None,
-            estimate_last: 0,
+            estimate: LinkEstimate::default(),
             pts: PtMap::new(negotiated),
             egress: None,
         };
@@ -468,7 +467,7 @@ impl Fanout {
                 }
                 Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
                     let Some(s) = self.host.get_mut(key) else { continue };
-                    s.app.note_estimate(estimate.as_u64());
+                    s.app.estimate.note(estimate.as_u64());
                     self.estimates += 1;
                 }
                 Event::KeyframeRequest(_) => {

@@ -17,7 +17,6 @@ use deadsfu_media::host::SessionKey;
 use deadsfu_media::outbox::Outbox;
 use shm_proto::ring::{CodecEntry, MediaKind, ReadOutcome, RingCursor, RingReader};
 use shm_proto::{paths, RoomName};
-
 use str0m::bwe::Bitrate;
 
 use crate::splice::Pace;
@@ -465,8 +464,9 @@ impl RoomFeed {
         replay_rate(stream, self.replay_rate_percent)
     }
 
-    /// What a joining viewer's link is taken to carry until its estimate says otherwise: enough for its replay's
-    /// pace ([`replay_pace`] of it is that pace), [`INITIAL_ESTIMATE`] in a room whose bitrate is not known yet.
+    /// The link a joining viewer would use: enough for its replay at the configured pace (of which
+    /// [`replay_pace`] takes [`REPLAY_LINK_SHARE`]), [`INITIAL_ESTIMATE`] in a room whose bitrate is not known
+    /// yet. Its bandwidth estimate probes for that much.
     pub(crate) fn replay_target(&self) -> Bitrate {
         let link = |b| Bitrate::bps(self.replay_rate(b) * 8 * 100 / REPLAY_LINK_SHARE);
         self.rate.bytes_per_s().map_or(INITIAL_ESTIMATE, link)
@@ -501,7 +501,7 @@ impl RoomFeed {
             let Some(Replay { mut cursor, mut credit }) = session.app.replay.take() else { return false };
             credit.refill(at.now);
             if let Some(stream) = measured {
-                credit.set_rate(replay_pace(replay_rate(stream, percent), stream, session.app.estimate));
+                credit.set_rate(replay_pace(replay_rate(stream, percent), stream, session.app.estimate.link()));
             }
             let mut sent = 0;
             let done = loop {
@@ -600,6 +600,26 @@ impl RoomFeed {
             self.recent.keep_from(keyframe.saturating_sub(KEYFRAME_MARGIN));
         }
         read
+    }
+}
+
+#[cfg(test)]
+mod pace_tests {
+    use super::*;
+
+    #[test]
+    fn a_replay_is_paced_within_the_estimated_link_but_faster_than_the_stream() {
+        let (stream, rate) = (125_000, 250_000); // 1 Mbit/s, replayed at 200%
+                                                 // No estimate: the configured pace.
+        assert_eq!(replay_pace(rate, stream, None), rate);
+        // A wide link: the configured pace still.
+        assert_eq!(replay_pace(rate, stream, Some(10_000_000)), rate);
+        // 2 Mbit/s: 85% of it.
+        assert_eq!(replay_pace(rate, stream, Some(2_000_000)), 212_500);
+        // Narrower than the stream: 110% of the stream, or the replay would never reach live.
+        assert_eq!(replay_pace(rate, stream, Some(500_000)), 137_500);
+        // A silent room's stream: the least pace.
+        assert_eq!(replay_pace(REPLAY_MIN_RATE, 0, Some(100_000)), REPLAY_MIN_RATE);
     }
 }
 

@@ -139,22 +139,33 @@ pub struct Viewer {
     pub(crate) pts: PtMap,
     /// The session's keys and path for packets written past str0m ([`egress`]).
     pub(crate) egress: Option<Egress>,
-    /// What the viewer's link carries, bits a second: its bandwidth estimate once that has come down (see
-    /// [`Viewer::note_estimate`]).
-    pub(crate) estimate: Option<u64>,
-    /// The estimate str0m last gave.
-    pub(crate) estimate_last: u64,
+    /// What its bandwidth estimate says of its link.
+    pub(crate) estimate: LinkEstimate,
 }
 
-impl Viewer {
+/// What a viewer's bandwidth estimate says of its link.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct LinkEstimate {
+    /// What the link carries, bits a second, once the estimate has come down.
+    link: Option<u64>,
+    /// The estimate str0m last gave.
+    last: u64,
+}
+
+impl LinkEstimate {
     /// Takes a new bandwidth estimate (bits a second). It says what the link carries only once it has come down:
     /// the viewer's feedback showed delay or loss. While it only rises it is still climbing from the start value
     /// it was given (to what the session has sent, and by probes), and says nothing of the link's limit.
-    pub(crate) fn note_estimate(&mut self, bps: u64) {
-        if self.estimate.is_some() || bps < self.estimate_last {
-            self.estimate = Some(bps);
+    pub(crate) fn note(&mut self, bps: u64) {
+        if self.link.is_some() || bps < self.last {
+            self.link = Some(bps);
         }
-        self.estimate_last = bps;
+        self.last = bps;
+    }
+
+    /// What the link carries, bits a second, if the estimate has said.
+    pub(crate) fn link(&self) -> Option<u64> {
+        self.link
     }
 }
 
@@ -357,5 +368,25 @@ pub(crate) fn fit(negotiated: &CodecConfig, codecs: &[CodecEntry], sections: &[(
         0 => Fit::Plays,
         n if n == asked => Fit::Nothing(format!("the offer gets nothing: {}", reasons.join("; "))),
         _ => Fit::Without(unplayable),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LinkEstimate;
+
+    #[test]
+    fn an_estimate_says_what_the_link_carries_once_it_has_come_down() {
+        let mut e = LinkEstimate::default();
+        // The start value, then the climb of probes: nothing of the link yet.
+        for bps in [1_000_000, 1_800_000, 2_600_000, 2_600_000] {
+            e.note(bps);
+            assert_eq!(e.link(), None, "at {bps}");
+        }
+        // Delay or loss: it comes down, and from then on every estimate is the link's, up or down.
+        e.note(2_100_000);
+        assert_eq!(e.link(), Some(2_100_000));
+        e.note(2_400_000);
+        assert_eq!(e.link(), Some(2_400_000));
     }
 }
