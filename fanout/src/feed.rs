@@ -533,6 +533,9 @@ impl RoomFeed {
             replayed += sent as u64;
             if !done {
                 session.app.replay = Some(Replay { cursor, credit });
+            } else if let Some(stream) = measured {
+                // Live now: its estimate (if it has one) need look for no more of its link than the stream takes.
+                session.rtc.bwe().set_bitrate(Bitrate::ZERO, Bitrate::bps(stream * 8));
             }
             if owes_report(session, at.now) {
                 host.touch(key);
