@@ -247,7 +247,7 @@ pub(crate) fn deliver(
         let log = track.sent.get_or_insert_with(SentLog::new);
         log.record(Sent { seq: spliced.seq, pos: packet.pos, timestamp: spliced.timestamp, sent_ms: at.ms() });
     }
-    if session.app.egress.as_ref().is_some_and(Egress::transport_full) {
+    if sent && session.app.egress.as_ref().is_some_and(Egress::transport_full) {
         egress::note_sent(&mut session.rtc, &mut session.app, at.now);
     }
     sent
