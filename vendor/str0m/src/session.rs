@@ -1404,8 +1404,9 @@ impl Session {
             self.twcc_tx_register
                 .register_seq(TwccPacketId::new(seq), at, bytes);
             if paces {
-                self.pacer
-                    .register_send(at, bytes.into(), MidRid(MID_PROBE, None));
+                // Not part of a probe cluster: the application sent it on its own schedule and
+                // notes it afterwards, so its send times say nothing of the probe's pace.
+                self.pacer.register_send_unprobed(at, bytes.into());
             }
             if let Some(bwe) = self.bwe.as_mut() {
                 bwe.on_media_sent(bytes.into(), false, at);

@@ -171,6 +171,16 @@ impl Pacer for LeakyBucketPacer {
 }
 
 impl LeakyBucketPacer {
+    /// See [`super::PacerImpl::register_send_unprobed`].
+    pub(crate) fn register_send_unprobed(&mut self, now: Instant, packet_size: DataSize) {
+        self.last_emitted = Some(now);
+        self.media_debt += packet_size;
+        self.media_debt = self
+            .media_debt
+            .min(self.adjusted_bitrate * MAX_DEBT_IN_TIME);
+        self.add_padding_debt(packet_size);
+    }
+
     pub fn new(initial_pacing_bitrate: Bitrate) -> Self {
         const DEFAULT_QUEUE_LIMIT: Duration = Duration::from_secs(2);
 

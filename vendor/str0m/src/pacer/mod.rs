@@ -110,6 +110,18 @@ impl Pacer for PacerImpl {
     }
 }
 
+impl PacerImpl {
+    /// Counts a packet the application sent past the pacer (deadsfu patch, see
+    /// `DirectApi::note_sent_transport`) in the pacer's budgets, but not in a running probe
+    /// cluster: a probe is measured on the packets the pacer itself spaced.
+    pub fn register_send_unprobed(&mut self, now: Instant, packet_size: DataSize) {
+        match self {
+            PacerImpl::Null(_) => {}
+            PacerImpl::LeakyBucket(v) => v.register_send_unprobed(now, packet_size),
+        }
+    }
+}
+
 /// A packet Pacer.
 ///
 /// The pacer is responsible for ensuring correct pacing of packets onto the network at a given
