@@ -18,5 +18,5 @@ pub mod ring;
 mod room;
 mod session;
 
-pub use room::{RoomName, RoomNameError};
+pub use room::{RoomName, RoomNameError, MAX_RID_LEN};
 pub use session::{Owner, SessionId, SessionIdError, TOKEN_LEN};

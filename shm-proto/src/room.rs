@@ -68,7 +68,7 @@ const LAYER_MARK: char = '~';
 /// Longest rid of a simulcast layer accepted.
 pub const MAX_RID_LEN: usize = 16;
 
-fn check_rid(rid: &str) -> Result<(), RoomNameError> {
+pub(crate) fn check_rid(rid: &str) -> Result<(), RoomNameError> {
     if rid.is_empty()
         || rid.len() > MAX_RID_LEN
         || !rid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')

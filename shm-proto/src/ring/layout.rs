@@ -79,7 +79,22 @@ pub const CODEC_TABLE_OFFSET: usize = 0x280;
 /// Size of one codec entry.
 pub const CODEC_ENTRY_LEN: usize = 0x100;
 
-/// Length of the header of this layout version. Space between the codec table and this is reserved.
+// ---- Layer table (minor 3): the simulcast layers of the room's publisher, for readers that choose among the
+// ---- rings of a room's layers. Zero (no layer) in files of minor 2.
+
+/// `u64`: seqlock of the layer table: odd while the writer rewrites it, `2 * n` after the n-th rewrite.
+pub const LAYERS_VERSION_OFFSET: usize = 0x1280;
+/// `u64`: number of valid entries.
+pub const LAYERS_COUNT_OFFSET: usize = 0x1288;
+/// `u64`: the newest time a reader wanted every layer of the room to have a ring of its own, Unix milliseconds
+/// (readers `fetch_max` it). Alone on its line: readers write it.
+pub const LAYERS_WANTED_UNIX_MS_OFFSET: usize = 0x12C0;
+/// `[LayerEntry; MAX_LAYERS]`, each [`LAYER_ENTRY_LEN`] bytes.
+pub const LAYER_TABLE_OFFSET: usize = 0x1300;
+/// Size of one layer entry.
+pub const LAYER_ENTRY_LEN: usize = 0x20;
+
+/// Length of the header of this layout version. Space between the layer table and this is reserved.
 pub const HEADER_LEN: usize = 0x2000;
 /// Largest header length a reader accepts from a (newer-minor) file.
 pub const MAX_HEADER_LEN: usize = 0x10_0000;
@@ -104,6 +119,23 @@ pub const CODEC_FLAGS_OFFSET: usize = 0x0A;
 pub const CODEC_FLAG_SLATE: u8 = 0x01;
 /// `[u8; FMTP_MAX]`: the fmtp string, UTF-8.
 pub const CODEC_FMTP_OFFSET: usize = 0x10;
+
+// ---- Layer entry, offsets from the start of the entry.
+
+/// `u64`: bits a second the layer sends.
+pub const LAYER_BITRATE_OFFSET: usize = 0x00;
+/// `u16`: picture width, 0 if not known.
+pub const LAYER_WIDTH_OFFSET: usize = 0x08;
+/// `u16`: picture height, 0 if not known.
+pub const LAYER_HEIGHT_OFFSET: usize = 0x0A;
+/// `u8`: flags, [`LAYER_FLAG_CARRIED`].
+pub const LAYER_FLAGS_OFFSET: usize = 0x0C;
+/// `u8`: length of the rid, 1 to [`crate::MAX_RID_LEN`].
+pub const LAYER_RID_LEN_OFFSET: usize = 0x0D;
+/// The room's own ring carries this layer.
+pub const LAYER_FLAG_CARRIED: u8 = 0x01;
+/// `[u8; MAX_RID_LEN]`: the rid, ASCII.
+pub const LAYER_RID_OFFSET: usize = 0x10;
 
 // ---- Slot, offsets from the start of the slot.
 
@@ -165,7 +197,12 @@ const _: () = {
     assert!(CODECS_VERSION_OFFSET.is_multiple_of(CACHE_LINE));
     assert!(CODEC_TABLE_OFFSET.is_multiple_of(CACHE_LINE));
     assert!(CODEC_FMTP_OFFSET + FMTP_MAX <= CODEC_ENTRY_LEN && CODEC_ENTRY_LEN.is_multiple_of(8));
-    assert!(CODEC_TABLE_OFFSET + MAX_CODECS * CODEC_ENTRY_LEN <= HEADER_LEN);
+    assert!(CODEC_TABLE_OFFSET + MAX_CODECS * CODEC_ENTRY_LEN <= LAYERS_VERSION_OFFSET);
+    assert!(LAYERS_VERSION_OFFSET.is_multiple_of(CACHE_LINE));
+    assert!(LAYERS_WANTED_UNIX_MS_OFFSET == LAYERS_VERSION_OFFSET + CACHE_LINE);
+    assert!(LAYER_TABLE_OFFSET == LAYERS_WANTED_UNIX_MS_OFFSET + CACHE_LINE);
+    assert!(LAYER_RID_OFFSET + crate::MAX_RID_LEN <= LAYER_ENTRY_LEN);
+    assert!(LAYER_TABLE_OFFSET + super::MAX_LAYERS * LAYER_ENTRY_LEN <= HEADER_LEN);
     assert!(HEADER_LEN.is_multiple_of(CACHE_LINE));
     assert!(SLOT_VIDEO_ORIENTATION_OFFSET < SLOT_PAYLOAD_OFFSET && SLOT_PAYLOAD_OFFSET.is_multiple_of(8));
 };

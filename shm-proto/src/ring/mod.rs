@@ -6,7 +6,7 @@
 //! resyncs at the newest keyframe still in the ring. The file lives on tmpfs (the runtime directory), so
 //! "shared memory" and "file" are the same thing here.
 //!
-//! # Layout (version 1.0)
+//! # Layout (version 1.3)
 //!
 //! All fields are little-endian and every field sits inside one naturally aligned 64-bit word: the file is only
 //! accessed through `AtomicU64` loads and stores, never `memcpy`. Offsets are named in [`layout`].
@@ -41,7 +41,14 @@
 //!         |   +0x00 PT u8 | KIND u8 | CODEC u8 | CHANNELS u8 | CLOCK_RATE u32
 //!         |   +0x08 FMTP_LEN u16 | reserved                              |
 //!         |   +0x10 FMTP [u8; FMTP_MAX] (UTF-8) | reserved               |
-//!  0x1280 | reserved                                                     |
+//!  0x1280 +--------------------------------------------------------------+  minor 3: layer table
+//!         | LAYERS_VERSION u64 (seqlock) | LAYERS_COUNT u64    | reserved|
+//!  0x12C0 | LAYERS_WANTED_UNIX_MS u64 (readers fetch_max)      | reserved|
+//!  0x1300 | LAYER_TABLE [entry; MAX_LAYERS], 0x20 bytes each:           |
+//!         |   +0x00 BITRATE_BPS u64                                      |
+//!         |   +0x08 WIDTH u16 | HEIGHT u16 | FLAGS u8 | RID_LEN u8 | reserved
+//!         |   +0x10 RID [u8; MAX_RID_LEN] (ASCII)                        |
+//!  0x1400 | reserved                                                     |
 //!  0x2000 +==============================================================+  HEADER_LEN
 //!         | slot 0 | slot 1 | ... | slot SLOT_COUNT-1   (SLOT_SIZE each) |
 //!         +--------------------------------------------------------------+
@@ -91,6 +98,7 @@
 //! - `H`: `HEAD`;
 //! - `G`: `GOP_COUNT` (and the fences around the index copy);
 //! - `C`: `CODECS_VERSION` (and the fences around the table copy);
+//! - `L`: `LAYERS_VERSION` (the same, for the layer table);
 //! - `W`: `WRITER_STATE`: a reader that sees closed sees the final `HEAD`;
 //! - `R`: `REPLACED`.
 //!
@@ -107,8 +115,8 @@
 //!   still says [`WriterState::Live`]; what "stale" means is the caller's policy.
 //! - When [`RingReader::is_replaced`] (a writer put a file of another geometry or version at the path, or the
 //!   file was removed), drop the reader and open the path again.
-//! - Everything read from the file is untrusted: a corrupt slot reads as `Lapped`, a corrupt codec entry is
-//!   skipped, nothing panics.
+//! - Everything read from the file is untrusted: a corrupt slot reads as `Lapped`, a corrupt codec or layer
+//!   entry is skipped, nothing panics.
 //!
 //! # The writer
 //! There is one [`RingWriter`] per file, enforced with an exclusive `flock(2)` held for its life. Creating a
@@ -123,6 +131,11 @@
 //!   offered.
 //! - Codec table: what each payload type in the ring means. Rewritten under its own seqlock
 //!   (`CODECS_VERSION`, `SYNC POINT C`); [`RingReader::codecs`] retries until it gets a consistent copy.
+//! - Layer table (minor 3): the simulcast layers of the room's publisher (rid, bitrate, picture size, whether
+//!   the room's own ring carries it), the same in the rings of the room and of its layers (`ROOM~RID`), so a
+//!   reader of any of them can move a viewer among them. Rewritten under its own seqlock (`LAYERS_VERSION`,
+//!   `SYNC POINT L`); [`RingReader::layers`]. A new writer empties it. `LAYERS_WANTED_UNIX_MS`: readers
+//!   `fetch_max` the time ([`RingReader::want_layers`]) while they want every layer to have a ring of its own.
 //! - `KEYFRAME_REQUESTS`: readers `fetch_add` it ([`RingReader::request_keyframe`]); the writer's process
 //!   compares it with the value it saw last and asks the publisher for a keyframe.
 //! - Stats: packets and bytes (writer), laps (readers).
@@ -185,8 +198,11 @@ pub use writer::RingWriter;
 pub const MAGIC: u64 = u64::from_le_bytes(*b"DSFURING");
 /// Major layout version: readers refuse any other.
 pub const LAYOUT_MAJOR: u16 = 1;
-/// Minor layout version: additions in reserved space only. 2: codec entries carry flags (the slate's).
-pub const LAYOUT_MINOR: u16 = 2;
+/// Minor layout version: additions in reserved space only. 2: codec entries carry flags (the slate's). 3: the
+/// layer table (a simulcast publisher's layers) and the readers' wish for the layers' rings.
+pub const LAYOUT_MINOR: u16 = 3;
+/// Entries in the layer table.
+pub const MAX_LAYERS: usize = 8;
 /// Entries in the codec table.
 pub const MAX_CODECS: usize = 16;
 /// Longest fmtp string of a codec entry, in bytes.
@@ -344,6 +360,21 @@ impl CodecEntry {
     }
 }
 
+/// One simulcast layer of the room's publisher, as the ring's layer table says: readers that choose a layer for
+/// a viewer read the room's layers from it (the layer `rid`'s own ring is the room's `ROOM~RID`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerEntry {
+    /// 1 to [`crate::MAX_RID_LEN`] letters, digits, `-` or `_`.
+    pub rid: String,
+    /// Bits a second the layer sends (its payloads, over the last half second).
+    pub bitrate_bps: u64,
+    /// Its picture's size, 0 where not known.
+    pub width: u16,
+    pub height: u16,
+    /// The room's own ring carries this layer.
+    pub carried: bool,
+}
+
 /// Everything about a packet except its payload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PacketMeta {
@@ -421,6 +452,10 @@ pub enum RingError {
     WriterBusy { pid: u64 },
     #[error("{count} codecs do not fit the ring's codec table of {max}")]
     TooManyCodecs { count: usize, max: usize },
+    #[error("{count} layers do not fit the ring's layer table of {max}")]
+    TooManyLayers { count: usize, max: usize },
+    #[error("layer rid {rid:?} is not 1 to 16 letters, digits, '-' and '_'")]
+    BadRid { rid: String },
     #[error("fmtp of payload type {pt} is {len} bytes; the ring holds at most {max}")]
     FmtpTooLong { pt: u8, len: usize, max: usize },
     #[error("payload of {len} bytes does not fit a ring slot (at most {max}); use a larger slot size")]

@@ -10,11 +10,11 @@ use tracing::warn;
 
 use super::layout::*;
 use super::mapping::Mapping;
-use super::record::{decode_codec, decode_meta, payload_len, CodecBytes, MetaBytes};
+use super::record::{decode_codec, decode_layer, decode_meta, payload_len, CodecBytes, LayerBytes, MetaBytes};
 use super::writer::{gop_entry_offset, seq_done, slot_offset};
 use super::{
-    CodecEntry, Geometry, PacketMeta, RingError, RingStats, WriterState, GOP_INDEX_LEN, LAYOUT_MAJOR, LAYOUT_MINOR,
-    MAGIC, MAX_CODECS, MAX_POSITION,
+    CodecEntry, Geometry, LayerEntry, PacketMeta, RingError, RingStats, WriterState, GOP_INDEX_LEN, LAYOUT_MAJOR,
+    LAYOUT_MINOR, MAGIC, MAX_CODECS, MAX_LAYERS, MAX_POSITION,
 };
 
 /// Attempts at a consistent copy of the codec table before concluding its writer died mid-update.
@@ -249,6 +249,46 @@ impl RingReader {
         Vec::new()
     }
 
+    /// The number of rewrites of the layer table: a reader that keeps a copy reads it again when this changes.
+    pub fn layers_version(&self) -> u64 {
+        self.map.word(LAYERS_VERSION_OFFSET).load(Ordering::Acquire) / 2
+    }
+
+    /// A consistent copy of the layer table (empty in a file of minor 2, and when the room's publisher sends
+    /// no simulcast). Entries no correct writer could have written are skipped.
+    pub fn layers(&self) -> Vec<LayerEntry> {
+        let version = self.map.word(LAYERS_VERSION_OFFSET);
+        let mut table = [[0u8; LAYER_ENTRY_LEN]; MAX_LAYERS];
+        for _ in 0..CODECS_ATTEMPTS {
+            // SYNC POINT L: pairs with the writer's release store of the even version.
+            let before = version.load(Ordering::Acquire);
+            if before % 2 == 1 {
+                std::thread::yield_now();
+                continue;
+            }
+            let count = usize::try_from(self.map.word(LAYERS_COUNT_OFFSET).load(Ordering::Relaxed))
+                .unwrap_or(usize::MAX)
+                .min(MAX_LAYERS);
+            for (i, entry) in table.iter_mut().enumerate().take(count) {
+                self.map.load_bytes(LAYER_TABLE_OFFSET + i * LAYER_ENTRY_LEN, entry);
+            }
+            // SYNC POINT L (end): pairs with the writer's release fence after its odd version store.
+            fence(Ordering::Acquire);
+            if version.load(Ordering::Relaxed) != before {
+                continue;
+            }
+            return table[..count].iter().filter_map(|b| self.decode_layer(b)).collect();
+        }
+        Vec::new()
+    }
+
+    /// Asks the writer for a ring of each of the room's layers (call about once a second while wanted): a
+    /// reader that moves viewers between the layers by their links needs every layer at hand.
+    pub fn want_layers(&self, now_unix_ms: u64) {
+        // Relaxed: a standalone value, nothing is published with it.
+        self.map.word(LAYERS_WANTED_UNIX_MS_OFFSET).fetch_max(now_unix_ms, Ordering::Relaxed);
+    }
+
     /// Copies the packet at `pos` into `buf`, or says why not. See the slot protocol in the
     /// [module documentation](super).
     ///
@@ -349,6 +389,12 @@ impl RingReader {
     fn is_readable(&self, pos: u64) -> bool {
         let slot = slot_offset(self.header_len, self.geometry, pos);
         self.map.word(slot + SLOT_SEQ_OFFSET).load(Ordering::Acquire) == seq_done(pos)
+    }
+
+    fn decode_layer(&self, bytes: &LayerBytes) -> Option<LayerEntry> {
+        decode_layer(bytes)
+            .inspect_err(|reason| warn!(path = %self.path.display(), reason, "skipping corrupt ring layer entry"))
+            .ok()
     }
 
     fn decode_codec(&self, bytes: &CodecBytes) -> Option<CodecEntry> {

@@ -1,7 +1,7 @@
 //! Encoding of the records stored in the ring: slot metadata and codec-table entries.
 
 use super::layout::*;
-use super::{Codec, CodecEntry, MediaKind, PacketMeta, FMTP_MAX};
+use super::{Codec, CodecEntry, LayerEntry, MediaKind, PacketMeta, FMTP_MAX};
 
 /// Slot metadata as stored, i.e. the bytes from [`SLOT_ARRIVAL_UNIX_NS_OFFSET`] up to the payload.
 pub(crate) type MetaBytes = [u8; SLOT_META_LEN];
@@ -103,5 +103,34 @@ pub(crate) fn decode_codec(b: &CodecBytes) -> Result<CodecEntry, &'static str> {
         channels: b[CODEC_CHANNELS_OFFSET],
         fmtp: fmtp.to_owned(),
         slate: b[CODEC_FLAGS_OFFSET] & CODEC_FLAG_SLATE != 0,
+    })
+}
+
+pub(crate) type LayerBytes = [u8; LAYER_ENTRY_LEN];
+
+/// Encodes an entry whose rid the caller has checked (1 to [`crate::MAX_RID_LEN`] bytes).
+pub(crate) fn encode_layer(e: &LayerEntry) -> LayerBytes {
+    let mut b = [0u8; LAYER_ENTRY_LEN];
+    put(&mut b, LAYER_BITRATE_OFFSET, &e.bitrate_bps.to_le_bytes());
+    put(&mut b, LAYER_WIDTH_OFFSET, &e.width.to_le_bytes());
+    put(&mut b, LAYER_HEIGHT_OFFSET, &e.height.to_le_bytes());
+    b[LAYER_FLAGS_OFFSET] = if e.carried { LAYER_FLAG_CARRIED } else { 0 };
+    let rid = &e.rid.as_bytes()[..e.rid.len().min(crate::MAX_RID_LEN)];
+    b[LAYER_RID_LEN_OFFSET] = rid.len() as u8;
+    put(&mut b, LAYER_RID_OFFSET, rid);
+    b
+}
+
+/// Decodes a validated entry; the reason if no correct writer could have written it.
+pub(crate) fn decode_layer(b: &LayerBytes) -> Result<LayerEntry, &'static str> {
+    let len = usize::from(b[LAYER_RID_LEN_OFFSET]).min(crate::MAX_RID_LEN);
+    let rid = std::str::from_utf8(&b[LAYER_RID_OFFSET..LAYER_RID_OFFSET + len]).map_err(|_| "rid is not ASCII")?;
+    crate::room::check_rid(rid).map_err(|_| "not a rid")?;
+    Ok(LayerEntry {
+        rid: rid.to_owned(),
+        bitrate_bps: u64_at(b, LAYER_BITRATE_OFFSET),
+        width: u16_at(b, LAYER_WIDTH_OFFSET),
+        height: u16_at(b, LAYER_HEIGHT_OFFSET),
+        carried: b[LAYER_FLAGS_OFFSET] & LAYER_FLAG_CARRIED != 0,
     })
 }

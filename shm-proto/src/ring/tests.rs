@@ -717,3 +717,41 @@ fn a_ring_truncated_under_its_reader_and_writer_kills_neither() {
     let again = RingReader::open(&dir.ring()).expect("reopen");
     assert!(!again.is_replaced());
 }
+
+#[test]
+fn the_layer_table_is_read_whole_refuses_what_does_not_fit_and_is_emptied_by_the_next_writer() {
+    let dir = TempDir::new("layers");
+    let mut w = RingWriter::create(&dir.ring(), SMALL, 1).expect("create");
+    let r = RingReader::open(&dir.ring()).expect("open");
+    assert_eq!(r.layers(), Vec::new(), "a new ring has no layers");
+    let layer = |rid: &str, kbps: u64, carried: bool| LayerEntry {
+        rid: rid.to_string(),
+        bitrate_bps: kbps * 1000,
+        width: 320 * (kbps / 150) as u16,
+        height: 180,
+        carried,
+    };
+    let table = vec![layer("h", 1500, true), layer("m_1-x", 500, false), layer("0123456789abcdef", 150, false)];
+    let before = r.layers_version();
+    w.set_layers(&table).expect("set");
+    assert_eq!(r.layers(), table);
+    assert_eq!(r.layers_version(), before + 1);
+    // Refused, and the table stays what it was.
+    assert!(matches!(w.set_layers(&vec![layer("a", 1, false); MAX_LAYERS + 1]), Err(RingError::TooManyLayers { .. })));
+    for bad in ["", "a/b", "0123456789abcdefg", "é"] {
+        assert!(matches!(w.set_layers(&[layer(bad, 1, false)]), Err(RingError::BadRid { .. })), "{bad:?}");
+    }
+    assert_eq!(r.layers(), table);
+    // A reader's wish for the layers' rings: the newest of any reader's.
+    assert_eq!(w.layers_wanted_unix_ms(), 0);
+    r.want_layers(5_000);
+    r.want_layers(4_000);
+    assert_eq!(w.layers_wanted_unix_ms(), 5_000);
+    // A corrupt entry is skipped, the others are read.
+    w.word(LAYER_TABLE_OFFSET + LAYER_RID_OFFSET).store(u64::from(b'/'), Ordering::Relaxed);
+    assert_eq!(r.layers(), table[1..]);
+    // The next writer does not know the last one's publisher: its table is emptied.
+    drop(w);
+    let _w = RingWriter::create(&dir.ring(), SMALL, 2).expect("reopen");
+    assert_eq!(r.layers(), Vec::new());
+}

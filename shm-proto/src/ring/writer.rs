@@ -12,10 +12,10 @@ use tracing::{debug, trace, warn};
 
 use super::layout::*;
 use super::mapping::Mapping;
-use super::record::{decode_meta, encode_codec, encode_meta, MetaBytes};
+use super::record::{decode_meta, encode_codec, encode_layer, encode_meta, MetaBytes};
 use super::{
-    CodecEntry, Geometry, MediaKind, PacketMeta, RingError, RingStats, FMTP_MAX, LAYOUT_MAJOR, LAYOUT_MINOR, MAGIC,
-    MAX_CODECS, MAX_POSITION,
+    CodecEntry, Geometry, LayerEntry, MediaKind, PacketMeta, RingError, RingStats, FMTP_MAX, LAYOUT_MAJOR,
+    LAYOUT_MINOR, MAGIC, MAX_CODECS, MAX_LAYERS, MAX_POSITION,
 };
 
 /// Rounds of open/lock/create before giving up on a path other writers keep changing under us.
@@ -36,6 +36,7 @@ pub struct RingWriter {
     epoch: u64,
     gop_count: u64,
     codecs_version: u64,
+    layers_version: u64,
     packets: u64,
     bytes: u64,
     /// False only when a test simulates a crash.
@@ -135,6 +136,37 @@ impl RingWriter {
         version.store(self.codecs_version, Ordering::Release);
         debug!(count = codecs.len(), version = self.codecs_version, "codec table written");
         Ok(())
+    }
+
+    /// Replaces the layer table. Readers see either the old or the new table, never a mix.
+    pub fn set_layers(&mut self, layers: &[LayerEntry]) -> Result<(), RingError> {
+        if layers.len() > MAX_LAYERS {
+            return Err(RingError::TooManyLayers { count: layers.len(), max: MAX_LAYERS });
+        }
+        if let Some(e) = layers.iter().find(|e| crate::room::check_rid(&e.rid).is_err()) {
+            return Err(RingError::BadRid { rid: e.rid.clone() });
+        }
+        let version = self.map.word(LAYERS_VERSION_OFFSET);
+        version.store(self.layers_version + 1, Ordering::Relaxed);
+        // SYNC POINT L (begin): as SYNC POINT C, for the layer table.
+        fence(Ordering::Release);
+        for (i, entry) in layers.iter().enumerate() {
+            self.map.store_bytes(LAYER_TABLE_OFFSET + i * LAYER_ENTRY_LEN, &encode_layer(entry));
+        }
+        self.map.word(LAYERS_COUNT_OFFSET).store(layers.len() as u64, Ordering::Relaxed);
+        self.layers_version += 2;
+        // SYNC POINT L: publishes the table to readers that load this even version with acquire.
+        version.store(self.layers_version, Ordering::Release);
+        Ok(())
+    }
+
+    /// The newest time a reader wanted a ring for each of the room's layers ([`RingReader::want_layers`]),
+    /// Unix milliseconds; 0 if none ever did.
+    ///
+    /// [`RingReader::want_layers`]: super::RingReader::want_layers
+    pub fn layers_wanted_unix_ms(&self) -> u64 {
+        // Relaxed: a standalone value, nothing is published with it.
+        self.map.word(LAYERS_WANTED_UNIX_MS_OFFSET).load(Ordering::Relaxed)
     }
 
     /// Writes one packet at [`head`](Self::head) and returns its position.
@@ -280,6 +312,7 @@ impl RingWriter {
             epoch: 1,
             gop_count: 0,
             codecs_version: 0,
+            layers_version: 0,
             packets: 0,
             bytes: 0,
             close_on_drop: true,
@@ -320,6 +353,8 @@ impl RingWriter {
             epoch: word(EPOCH_OFFSET).load(Ordering::Relaxed).wrapping_add(1),
             gop_count: word(GOP_COUNT_OFFSET).load(Ordering::Relaxed),
             codecs_version,
+            // Whatever table the previous writer left (its layers, or half of a rewrite) is its: emptied below.
+            layers_version: word(LAYERS_VERSION_OFFSET).load(Ordering::Relaxed) & !1,
             packets: word(PACKETS_OFFSET).load(Ordering::Relaxed),
             bytes: word(BYTES_OFFSET).load(Ordering::Relaxed),
             close_on_drop: true,
@@ -327,6 +362,7 @@ impl RingWriter {
             _lock: file,
         };
         writer.index_unindexed_keyframe();
+        writer.set_layers(&[]).expect("an empty layer table fits");
 
         let map = &writer.map;
         // This writer's minor version is what the header now promises.
