@@ -33,7 +33,7 @@ use deadsfu_media::{codec, offer};
 use shm_proto::control::{
     ErrorKind, IngestRequest, ProcessMetrics, ProcessStatus, Request, Response, RingMetrics, Role, RoomStatus,
 };
-use shm_proto::ring::{Geometry, MediaKind as RingKind, RingReader};
+use shm_proto::ring::{Geometry, LayerEntry, MediaKind as RingKind, RingReader, MAX_LAYERS};
 use shm_proto::{paths, Owner, RoomName, SessionId};
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid};
 use str0m::net::Transmit;
@@ -478,6 +478,7 @@ impl Ingest {
             self.next_fallback = now + self.settings.keyframe_fallback_interval.unwrap_or(Duration::MAX / 4);
         }
         self.drop_idle_rooms(now, now_ms);
+        self.publish_layers(now, now_ms);
         self.attach_layer_rings(now);
         // The publisher of each room with a layer's ring, for the keyframe requests of those rings.
         let layered = self.rooms.keys().any(|n| n.rid().is_some());
@@ -527,6 +528,58 @@ impl Ingest {
             }
             tracing::debug!(session = %session.app.id, ?why, "keyframe requested from publisher");
             self.host.touch(key);
+        }
+    }
+
+    /// Writes each room's simulcast layers into the layer tables of its ring and its layers' rings, and gives
+    /// every layer that flows a ring of its own while a reader of any of them wants that (a worker choosing its
+    /// viewers' layers by their links: [`RingReader::want_layers`]), as a `Watch` of each would.
+    fn publish_layers(&mut self, now: Instant, now_ms: u64) {
+        let mut tables: HashMap<RoomName, Vec<LayerEntry>> = HashMap::new();
+        let mut wanted: HashMap<RoomName, u64> = HashMap::new();
+        for (name, room) in &self.rooms {
+            let want = wanted.entry(name.base()).or_default();
+            *want = (*want).max(room.ring.layers_wanted_unix_ms());
+            if name.rid().is_some() {
+                continue;
+            }
+            let layers = room.publisher.and_then(|key| self.host.get(key)).and_then(|s| s.app.source.layers.as_ref());
+            let table = layers.map_or_else(Vec::new, |l| {
+                l.status(now)
+                    .into_iter()
+                    // A layer known only by its SSRC so far cannot be asked for by name.
+                    .filter(|s| l.ssrc_of(&s.rid).is_some() && name.layer(&s.rid).is_ok())
+                    .take(MAX_LAYERS)
+                    .map(|s| LayerEntry {
+                        bitrate_bps: s.bitrate_bps,
+                        width: s.width.unwrap_or(0),
+                        height: s.height.unwrap_or(0),
+                        carried: s.carried,
+                        rid: s.rid,
+                    })
+                    .collect()
+            });
+            tables.insert(name.clone(), table);
+        }
+        for (base, table) in &tables {
+            let want = wanted.get(base).copied().unwrap_or(0);
+            if table.len() < 2 || now_ms.saturating_sub(want) >= WATCH_TIMEOUT_MS {
+                continue;
+            }
+            for layer in table {
+                let Ok(name) = base.layer(&layer.rid) else { continue };
+                // Not counted as a refusal: nobody asked, and the room's own ring still serves its viewers.
+                if !self.rooms.contains_key(&name) && self.rooms.len() >= self.settings.max_rooms {
+                    continue;
+                }
+                if let Ok(room) = self.room(&name, now) {
+                    room.watched_until = Some(now + WATCH_GRACE);
+                }
+            }
+        }
+        for (name, room) in &mut self.rooms {
+            let table = tables.get(&name.base()).map_or(&[][..], Vec::as_slice);
+            room.set_layers(table, name);
         }
     }
 

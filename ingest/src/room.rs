@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use deadsfu_media::env::Random;
 use deadsfu_media::host::SessionKey;
-use shm_proto::ring::{Codec, CodecEntry, Geometry, MediaKind, PacketMeta, RingError, RingWriter};
+use shm_proto::ring::{Codec, CodecEntry, Geometry, LayerEntry, MediaKind, PacketMeta, RingError, RingWriter};
 use shm_proto::{paths, RoomName};
 use str0m::rtp::{RtpPacket, Ssrc};
 
@@ -119,6 +119,8 @@ pub struct Room {
     pub bitrate_bps: u64,
     /// Packets were written since the readers were last woken.
     written: bool,
+    /// The layer table last written to the ring.
+    layers: Vec<LayerEntry>,
 }
 
 impl Room {
@@ -148,7 +150,19 @@ impl Room {
             window_bytes: 0,
             bitrate_bps: 0,
             written: false,
+            layers: Vec::new(),
         })
+    }
+
+    /// Writes the room's simulcast layers into the ring's layer table, if they changed.
+    pub fn set_layers(&mut self, layers: &[LayerEntry], name: &RoomName) {
+        if self.layers == layers {
+            return;
+        }
+        match self.ring.set_layers(layers) {
+            Ok(()) => self.layers = layers.to_vec(),
+            Err(e) => tracing::warn!(room = %name, error = %e, "cannot write the layer table"),
+        }
     }
 
     pub fn watched(&self, now: Instant, now_ms: u64) -> bool {
