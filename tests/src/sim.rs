@@ -35,7 +35,7 @@ use str0m::rtp::rtcp::SenderInfo;
 use str0m::rtp::{ExtensionValues, RtpWrite, VideoOrientation};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 
-/// How far the clock moves in one step.
+/// How far the clock moves in one step, unless [`Options::step`] says otherwise.
 pub const STEP: Duration = Duration::from_millis(1);
 /// Ingest's address.
 pub const INGEST: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1)), 10_000);
@@ -236,6 +236,9 @@ pub struct Options {
     pub replay_rate_percent: Option<u32>,
     /// Viewers get transport-cc and a bandwidth estimate (`bandwidth_estimation`).
     pub estimation: bool,
+    /// How far the clock moves in one step: finer for tests of what str0m paces within a millisecond (a
+    /// bandwidth probe's packets go a millisecond or two apart).
+    pub step: Duration,
 }
 
 impl Default for Options {
@@ -248,6 +251,7 @@ impl Default for Options {
             seed: 1,
             replay_rate_percent: None,
             estimation: false,
+            step: STEP,
         }
     }
 }
@@ -258,6 +262,7 @@ pub type PeerId = usize;
 /// The media path in memory.
 pub struct World {
     pub now: Instant,
+    step: Duration,
     pub ingest: Ingest,
     pub workers: Vec<Fanout>,
     pub peers: Vec<Peer>,
@@ -267,6 +272,9 @@ pub struct World {
     pub lost: u64,
     /// Narrow links in front of peers, by the peer's address (see [`World::narrow`]).
     links: HashMap<SocketAddr, Link>,
+    /// Datagrams queued on the narrow links, with when they arrive, in the order they do.
+    queued: std::collections::BTreeMap<(Instant, u64), (PeerId, Datagram)>,
+    queued_count: u64,
     dir: PathBuf,
     wire: VecDeque<Datagram>,
     /// Per worker: stalled (not turned, its datagrams held) until then, as a worker short of CPU.
@@ -319,6 +327,7 @@ impl World {
             })
             .collect();
         World {
+            step: options.step,
             now,
             ingest,
             workers,
@@ -326,6 +335,8 @@ impl World {
             loss: Box::new(|_| false),
             lost: 0,
             links: HashMap::new(),
+            queued: std::collections::BTreeMap::new(),
+            queued_count: 0,
             dir,
             wire: VecDeque::new(),
             stalled_until: vec![None; options.workers],
@@ -337,12 +348,18 @@ impl World {
         }
     }
 
-    /// Puts `peer` behind a link of `bytes_per_s` that holds `buffer` bytes (as `tc`'s tbf with its burst and
-    /// the queue its latency allows): a datagram to the peer (counted with its UDP and IPv4 headers) that
-    /// finds the bucket short is lost.
-    pub fn narrow(&mut self, peer: PeerId, bytes_per_s: u64, buffer: u64) {
-        let link = Link { bytes_per_s, buffer, tokens: buffer as f64, at: self.now, dropped: 0 };
+    /// Puts `peer` behind a link of `bytes_per_s`, as `tc`'s tbf with a 4 KB burst and a queue of `latency`: a
+    /// datagram to the peer (counted with its UDP and IPv4 headers) passes at once while the bucket holds
+    /// enough, else waits in the queue until it does, and is lost if it would wait longer than `latency`. So a
+    /// burst reaches the peer spread out at the link's rate, and the delay grows as the queue fills.
+    pub fn narrow(&mut self, peer: PeerId, bytes_per_s: u64, latency: Duration) {
+        let link = Link { bytes_per_s, latency, tokens: LINK_BURST as f64, at: self.now, dropped: 0 };
         self.links.insert(self.peers[peer].addr, link);
+    }
+
+    /// Takes the link away from in front of `peer` (what it holds still arrives).
+    pub fn widen(&mut self, peer: PeerId) {
+        self.links.remove(&self.peers[peer].addr);
     }
 
     /// Datagrams the link in front of `peer` dropped.
@@ -602,6 +619,11 @@ impl World {
                 }
             }
             let mut busy = !self.wire.is_empty();
+            while let Some(entry) = self.queued.first_entry().filter(|e| e.key().0 <= now) {
+                let (id, d) = entry.remove();
+                self.hand_to_peer(id, d);
+                busy = true;
+            }
             while let Some(d) = self.wire.pop_front() {
                 self.deliver(d);
             }
@@ -636,7 +658,7 @@ impl World {
                 break;
             }
         }
-        self.now += STEP;
+        self.now += self.step;
     }
 
     /// Does what ingest asks its shell for: wake-ups turn the workers named.
@@ -711,20 +733,28 @@ impl World {
             }
             self.workers[k].handle_packet(now, Protocol::Udp, d.from, d.to, &d.data, &mut |t| out.push(datagram(t)));
         } else if let Some(&id) = self.by_addr.get(&d.to) {
-            if let Some(link) = self.links.get_mut(&d.to) {
-                if !link.pass(now, d.data.len() + 28) {
-                    return;
+            match self.links.get_mut(&d.to).map(|link| link.admit(now, d.data.len() + 28)) {
+                None => self.hand_to_peer(id, d),
+                Some(None) => {}
+                Some(Some(at)) if at <= now => self.hand_to_peer(id, d),
+                Some(Some(at)) => {
+                    self.queued_count += 1;
+                    self.queued.insert((at, self.queued_count), (id, d));
                 }
-            }
-            let peer = &mut self.peers[id];
-            if !peer.gone {
-                let receive = Receive::new(Protocol::Udp, d.from, d.to, &d.data).expect("a datagram");
-                peer.rtc.handle_input(Input::Receive(now, receive)).expect("a peer takes a datagram");
-                // str0m wants its output drained after every input.
-                self.drain_peer(id);
             }
         }
         self.wire.extend(out);
+    }
+
+    fn hand_to_peer(&mut self, id: PeerId, d: Datagram) {
+        let now = self.now;
+        let peer = &mut self.peers[id];
+        if !peer.gone {
+            let receive = Receive::new(Protocol::Udp, d.from, d.to, &d.data).expect("a datagram");
+            peer.rtc.handle_input(Input::Receive(now, receive)).expect("a peer takes a datagram");
+            // str0m wants its output drained after every input.
+            self.drain_peer(id);
+        }
     }
 }
 
@@ -734,27 +764,36 @@ impl Drop for World {
     }
 }
 
-/// A token bucket in front of a peer (see [`World::narrow`]).
+/// Bytes a narrow link passes back to back (tbf's burst).
+const LINK_BURST: u64 = 4096;
+
+/// A tbf in front of a peer (see [`World::narrow`]).
 struct Link {
     bytes_per_s: u64,
-    buffer: u64,
+    latency: Duration,
+    /// The bucket's tokens at `at`, the time the last datagram admitted leaves (or the last look, if later).
     tokens: f64,
     at: Instant,
     dropped: u64,
 }
 
 impl Link {
-    /// Whether a datagram of `size` bytes gets through at `now`.
-    fn pass(&mut self, now: Instant, size: usize) -> bool {
-        let earned = now.saturating_duration_since(self.at).as_secs_f64() * self.bytes_per_s as f64;
-        self.tokens = (self.tokens + earned).min(self.buffer as f64);
-        self.at = now;
-        if self.tokens < size as f64 {
+    /// When a datagram of `size` bytes arriving at `now` leaves the link; `None` if it is dropped.
+    fn admit(&mut self, now: Instant, size: usize) -> Option<Instant> {
+        // First in, first out: it leaves no sooner than the one before it.
+        let from = self.at.max(now);
+        let rate = self.bytes_per_s as f64;
+        let tokens =
+            (self.tokens + from.saturating_duration_since(self.at).as_secs_f64() * rate).min(LINK_BURST as f64);
+        let wait = Duration::from_secs_f64(((size as f64 - tokens) / rate).max(0.0));
+        let leaves = from + wait;
+        if leaves.saturating_duration_since(now) > self.latency {
             self.dropped += 1;
-            return false;
+            return None;
         }
-        self.tokens -= size as f64;
-        true
+        self.tokens = tokens + wait.as_secs_f64() * rate - size as f64;
+        self.at = leaves;
+        Some(leaves)
     }
 }
 

@@ -297,7 +297,7 @@ fn join_behind_a_link(options: Options, bytes_per_s: u64, seconds: u32) -> (Worl
     world.run_until("publisher connected", 5 * SECOND, |w| w.all_connected());
     world.run_for(3 * SECOND);
     let viewer = world.view("lobby", 0).expect("viewer accepted");
-    world.narrow(viewer, bytes_per_s, bytes_per_s / 20 + 4096);
+    world.narrow(viewer, bytes_per_s, 50 * MS);
     world.run_until("viewer connected", 5 * SECOND, |w| w.all_connected());
     world.run_for(seconds * SECOND);
     (world, viewer)
