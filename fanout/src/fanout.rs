@@ -25,6 +25,9 @@
 //! around everything str0m does for a session, so the session knows what was sent before it makes a sender
 //! report or reads a NACK, and the worker learns what changed (a new path, an acknowledged SSRC).
 //!
+//! With bandwidth estimation, a viewer of a simulcast room that chose no layer is moved between the room's
+//! layers' rings by its estimate (`layers.rs`), a switch of rings like any other.
+//!
 //! [`Fanout`] (requests, joins, switches, the turn) never touches a socket or a clock itself; [`run`] is the
 //! loop around it.
 
@@ -52,6 +55,7 @@ use crate::egress;
 use crate::feed::{
     feed, replay_budget, Moment, RoomFeed, DEFAULT_REPLAY_RATE_PERCENT, INITIAL_ESTIMATE, MAX_LAG, REPLAY_TURN,
 };
+use crate::layers::LayerChoice;
 use crate::viewer::{fit, owes_report, resend, viewer_extensions, Fit, LinkEstimate, PtMap, Track, Viewer, SENT_LOG};
 
 /// How often rings with viewers are polled besides: new packets come with a wake-up from ingest
@@ -59,6 +63,8 @@ use crate::viewer::{fit, owes_report, resend, viewer_extensions, Fit, LinkEstima
 const RING_POLL: Duration = Duration::from_millis(20);
 /// How often viewers are checked for having gone silent.
 const SILENCE_CHECK: Duration = Duration::from_secs(1);
+/// How often the viewers on Auto of rooms with simulcast layers are looked at (with estimation).
+const LAYER_CHECK: Duration = Duration::from_millis(250);
 /// Sent packets a viewer's session remembers for transport-wide feedback: ~1.3 s of a 1.5 Mbit/s stream with its
 /// audio, ~22 KB a viewer (str0m's default, 1000, is ~90 KB).
 const TWCC_SEND_HISTORY: usize = 255;
@@ -126,6 +132,9 @@ pub struct Fanout {
     replay_rate_percent: u32,
     /// Viewers get transport-cc and a bandwidth estimate (see [`Fanout::with_estimation`]).
     estimation: bool,
+    next_layer_check: Instant,
+    /// Viewers on Auto moved from one simulcast layer of their room to another by their estimates.
+    layer_moves: u64,
 }
 
 impl Fanout {
@@ -164,6 +173,8 @@ impl Fanout {
             slate: true,
             replay_rate_percent: DEFAULT_REPLAY_RATE_PERCENT,
             estimation: false,
+            next_layer_check: now,
+            layer_moves: 0,
         }
     }
 
@@ -301,6 +312,7 @@ impl Fanout {
             video_choice: None,
             replay: None,
             estimate: LinkEstimate::default(),
+            layer: LayerChoice::default(),
             pts: PtMap::new(negotiated),
             egress: None,
         };
@@ -351,13 +363,22 @@ impl Fanout {
         let Some(&key) = self.ids.get(&session) else {
             return error(ErrorKind::UnknownSession, "no such viewer session");
         };
-        let old = self.host.get(key).expect("ids and host agree").app.room.clone();
+        let viewer = &mut self.host.get_mut(key).expect("ids and host agree").app;
+        // A layer the viewer chose stays its layer; its room's own ring is Auto.
+        viewer.layer.pinned = room.rid().is_some();
+        self.move_viewer(now, key, room);
+        Response::Done
+    }
+
+    /// Moves a viewer to the ring of `room` (another room's, or a simulcast layer's of its room).
+    fn move_viewer(&mut self, now: Instant, key: SessionKey, room: RoomName) {
+        let old = self.host.get(key).expect("a viewer of this worker").app.room.clone();
         if old == room {
-            return Response::Done;
+            return;
         }
         let now_ms = self.env.unix_ms(now);
         let Fanout { host, rooms, runtime_dir, buf, index, replay_rate_percent, .. } = self;
-        let session = host.get_mut(key).expect("ids and host agree");
+        let session = host.get_mut(key).expect("a viewer of this worker");
         if let Some(feed) = rooms.get_mut(&old) {
             feed.remove(key);
             if feed.viewers.is_empty() {
@@ -378,7 +399,61 @@ impl Fanout {
             feed.start(key, &mut session.app, buf, now);
         }
         tracing::debug!(session = %session.app.id, from = %old, to = %room, "viewer switched rooms");
-        Response::Done
+    }
+
+    /// Moves each viewer on Auto of a room with simulcast layers to the layer its link carries
+    /// ([`LayerChoice::decide`]), and asks ingest for the layers' rings while such viewers watch.
+    fn choose_layers(&mut self, now: Instant) {
+        if !self.estimation || now < self.next_layer_check {
+            return;
+        }
+        self.next_layer_check = now + LAYER_CHECK;
+        let now_ms = self.env.unix_ms(now);
+        let mut moves = Vec::new();
+        let Fanout { host, rooms, runtime_dir, .. } = self;
+        for (name, feed) in rooms.iter() {
+            let base = name.base();
+            let current = match name.rid() {
+                Some(rid) => Some(rid),
+                None => feed.layers.iter().find(|l| l.carried).map(|l| l.rid.as_str()),
+            };
+            let (Some(current), true) = (current, feed.layers.len() >= 2) else { continue };
+            let mut auto = false;
+            for &key in &feed.viewers {
+                let Some(s) = host.get_mut(key) else { continue };
+                if s.app.layer.pinned || !s.app.connected {
+                    continue;
+                }
+                auto = true;
+                let decision = s.app.layer.decide(&feed.layers, current, s.app.estimate.link(), now);
+                // A replay's estimate looks for the replay's rate until it ends.
+                if s.app.replay.is_none() && decision.desired_bps != s.app.layer.desired_bps {
+                    s.app.layer.desired_bps = decision.desired_bps;
+                    s.rtc.bwe().set_bitrate(Bitrate::ZERO, Bitrate::bps(decision.desired_bps));
+                }
+                let Some(rid) = decision.to else { continue };
+                let carried = feed.layers.iter().any(|l| l.rid == rid && l.carried);
+                let to = match carried {
+                    true => base.clone(),
+                    false => match base.layer(&rid) {
+                        Ok(to) => to,
+                        Err(_) => continue,
+                    },
+                };
+                // A layer's ring comes a moment after it was first wanted: until then the viewer stays.
+                if to != *name && paths::ring(runtime_dir, &to).exists() {
+                    tracing::debug!(session = %s.app.id, from = %name, %to, link = ?s.app.estimate.link(), "viewer moved to the layer its link carries");
+                    moves.push((key, to));
+                }
+            }
+            if let (true, Some(reader)) = (auto, &feed.reader) {
+                reader.want_layers(now_ms);
+            }
+        }
+        for (key, to) in moves {
+            self.move_viewer(now, key, to);
+            self.layer_moves += 1;
+        }
     }
 
     /// Ends a viewer's session: detached from its room at once, gone from the host once its goodbye is out.
@@ -521,6 +596,7 @@ impl Core for Fanout {
     fn poll(&mut self, now: Instant, out: &mut dyn Outbox) {
         self.pump(now, out);
         self.drive(now, out);
+        self.choose_layers(now);
     }
 
     fn next_timeout(&mut self, now: Instant) -> Option<Instant> {
@@ -554,6 +630,7 @@ impl Core for Fanout {
         m.viewer_packets_resent = self.packets_resent;
         m.lag_skips = self.lag_skips;
         m.viewer_estimates = self.estimates;
+        m.viewer_layer_moves = self.layer_moves;
         m.refused = self.refused.to_metrics();
     }
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use deadsfu_media::host::SessionHost;
 use deadsfu_media::host::SessionKey;
 use deadsfu_media::outbox::Outbox;
-use shm_proto::ring::{CodecEntry, MediaKind, ReadOutcome, RingCursor, RingReader};
+use shm_proto::ring::{CodecEntry, LayerEntry, MediaKind, ReadOutcome, RingCursor, RingReader};
 use shm_proto::{paths, RoomName};
 use str0m::bwe::Bitrate;
 
@@ -289,6 +289,9 @@ pub(crate) struct RoomFeed {
     pub(crate) next_check: Instant,
     /// The worker index whose wake-up bit this feed set in the ring.
     pub(crate) wake_bit: Option<u32>,
+    /// The room's simulcast layers, as the ring's layer table last said, and that table's version.
+    pub(crate) layers: Vec<LayerEntry>,
+    layers_version: u64,
 }
 
 impl Drop for RoomFeed {
@@ -347,6 +350,8 @@ pub(crate) fn feed<'a>(
         open_failures: 0,
         next_check: now,
         wake_bit: None,
+        layers: Vec::new(),
+        layers_version: 0,
     });
     feed.open(now, now_ms, index);
     feed
@@ -366,6 +371,10 @@ impl RoomFeed {
                     reader.heartbeat(now_ms);
                     // Again and again: another worker sharing the bit (index + 64) may have cleared it.
                     reader.want_wake(index);
+                    if reader.layers_version() != self.layers_version {
+                        self.layers_version = reader.layers_version();
+                        self.layers = reader.layers();
+                    }
                 }
             }
         }
@@ -383,6 +392,8 @@ impl RoomFeed {
                     self.recent.clear();
                     self.rate.clear();
                     self.codecs = CodecTable::unread();
+                    self.layers_version = reader.layers_version();
+                    self.layers = reader.layers();
                     reader.heartbeat(now_ms);
                     reader.want_wake(index);
                     self.wake_bit = Some(index);
@@ -536,6 +547,7 @@ impl RoomFeed {
             } else if let Some(stream) = measured {
                 // Live now: its estimate (if it has one) need look for no more of its link than the stream takes.
                 session.rtc.bwe().set_bitrate(Bitrate::ZERO, Bitrate::bps(stream * 8));
+                session.app.layer.desired_bps = stream * 8;
             }
             if owes_report(session, at.now) {
                 host.touch(key);

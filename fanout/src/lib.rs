@@ -17,5 +17,6 @@
 mod egress;
 pub mod fanout;
 mod feed;
+mod layers;
 pub mod splice;
 mod viewer;

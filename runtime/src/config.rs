@@ -129,7 +129,8 @@ pub struct Config {
     #[arg(long, env = "DEADSFU_REPLAY_RATE_PERCENT", default_value_t = 200)]
     pub replay_rate_percent: u32,
     /// Estimate each viewer's link (transport-wide congestion control feedback, a send-side estimate per
-    /// viewer): a joining viewer's GOP replay is paced within it. false: viewers are offered no transport-cc.
+    /// viewer): a joining viewer's GOP replay is paced within it, and a viewer of a simulcast room that chose no
+    /// layer gets the best layer its link carries. false: viewers are offered no transport-cc.
     #[arg(long, env = "DEADSFU_BANDWIDTH_ESTIMATION", action = ArgAction::Set, default_value_t = false)]
     pub bandwidth_estimation: bool,
     /// Least time between two keyframe requests to a room's publisher, in milliseconds.

@@ -205,6 +205,9 @@ pub struct ProcessMetrics {
     /// 100 ms while transport-wide feedback comes; `bandwidth_estimation`).
     #[serde(default)]
     pub viewer_estimates: u64,
+    /// Fanout: viewers on Auto moved from one simulcast layer of their room to another by their estimates.
+    #[serde(default)]
+    pub viewer_layer_moves: u64,
     /// Requests refused at a limit since start, by limit (`rooms`, `sessions`, `pending_sessions`, ...).
     #[serde(default)]
     pub refused: Vec<(String, u64)>,

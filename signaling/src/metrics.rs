@@ -47,6 +47,7 @@ struct Families {
     viewer_packets: Family<Labels, Counter>,
     lag_skips: Family<Labels, Counter>,
     viewer_estimates: Family<Labels, Counter>,
+    viewer_layer_moves: Family<Labels, Counter>,
     ring_head: Family<Labels, Gauge>,
     ring_epoch: Family<Labels, Gauge>,
     ring_packets: Family<Labels, Counter>,
@@ -91,6 +92,7 @@ pub fn render(scrape: &Scrape) -> String {
         viewer_packets: Family::default(),
         lag_skips: Family::default(),
         viewer_estimates: Family::default(),
+        viewer_layer_moves: Family::default(),
         ring_head: Family::default(),
         ring_epoch: Family::default(),
         ring_packets: Family::default(),
@@ -147,6 +149,7 @@ pub fn render(scrape: &Scrape) -> String {
             }
             f.lag_skips.get_or_create(&labels).inc_by(m.lag_skips);
             f.viewer_estimates.get_or_create(&labels).inc_by(m.viewer_estimates);
+            f.viewer_layer_moves.get_or_create(&labels).inc_by(m.viewer_layer_moves);
         }
         for r in &m.rings {
             let labels = room(&r.room);
@@ -212,6 +215,11 @@ pub fn render(scrape: &Scrape) -> String {
         "viewer_estimates",
         "Bandwidth estimates the viewers' transport-wide feedback gave (with bandwidth_estimation)",
         f.viewer_estimates,
+    );
+    reg.register(
+        "viewer_layer_moves",
+        "Viewers on Auto moved from one simulcast layer of their room to another by their bandwidth estimates",
+        f.viewer_layer_moves,
     );
     reg.register("ring_head", "Next position the room's ring writer fills", f.ring_head);
     reg.register("ring_epoch", "Writer epoch of the room's ring (bumped at each ingest restart)", f.ring_epoch);
@@ -284,6 +292,7 @@ mod tests {
             viewer_packets_resent: 3,
             lag_skips: 1,
             viewer_estimates: 12,
+            viewer_layer_moves: 4,
             refused: vec![("sessions".into(), 3)],
             ..Default::default()
         };
@@ -309,6 +318,7 @@ mod tests {
             r#"deadsfu_viewer_packets_total{process="fanout-0",kind="resend"} 3"#,
             r#"deadsfu_lag_skips_total{process="fanout-0"} 1"#,
             r#"deadsfu_viewer_estimates_total{process="fanout-0"} 12"#,
+            r#"deadsfu_viewer_layer_moves_total{process="fanout-0"} 4"#,
             r#"deadsfu_refused_total{process="fanout-0",limit="sessions"} 3"#,
             r#"deadsfu_refused_total{process="signaling",limit="connections_per_ip"} 6"#,
             r#"deadsfu_ring_head{room="lobby"} 42"#,

@@ -677,6 +677,12 @@ fn a_simulcast_publishers_best_layer_is_the_rooms_video() {
         }
     }
     assert!(sizes_in_ring == [300, 1100] || sizes_in_ring == [1100], "{sizes_in_ring:?}");
+    // Its layer table says so; without estimation nobody wants the layers' rings, and none is made.
+    assert_eq!(
+        ring.layers().iter().map(|l| (l.rid.as_str(), l.carried)).collect::<Vec<_>>(),
+        [("h", true), ("l", false)]
+    );
+    assert!(!world.ring_exists("layers~l") && !world.ring_exists("layers~h"));
     // /rooms: both layers by their rids, the high one first (4 x 1100 bytes a frame against 300) and carried;
     // the move counted.
     let (_, rooms) = world.ingest.status_snapshot(world.now);
@@ -774,4 +780,90 @@ fn a_viewer_on_a_layer_keeps_a_picture_when_the_next_publisher_sends_no_simulcas
     let second = assert_clean_start(v, 2);
     assert!(second.len() >= 30 * 4, "the second publisher's video on the layer's ring: {} packets", second.len());
     assert_contiguous(v);
+}
+
+/// The layers (told by payload size) a viewer got, in the order of its video's sequence numbers (a resend comes
+/// late), each starting with a keyframe's packets (its first may be one the link lost).
+fn layers_in_order(viewer: &Peer) -> Vec<usize> {
+    let mut video: Vec<(u64, usize, Payload)> =
+        viewer.video().iter().map(|(r, w)| (r.seq, r.payload.len(), *w)).collect();
+    video.sort_by_key(|v| v.0);
+    video.dedup_by_key(|v| v.0);
+    let mut sizes = Vec::new();
+    for (_, size, what) in video {
+        if sizes.last() != Some(&size) {
+            assert!(what.keyframe, "the {size}-byte layer starts at a keyframe: {what:?}");
+            sizes.push(size);
+        }
+    }
+    sizes
+}
+
+/// With estimation, each viewer of a three-layer simulcast room gets the best layer its link carries: one behind
+/// a 600 kbit/s link (a tbf of 50 ms) settles on the low layer within 5 s and then loses next to nothing, the other
+/// keeps the high layer; once the link is lifted the first climbs back to the high layer within 15 s. Every move
+/// is a cut at the new layer's keyframe, and the video the worker sends the viewer has no gap or duplicate in
+/// its sequence numbers (what the link lost while the viewer was still on a layer too big for it aside).
+#[test]
+fn with_estimation_each_viewer_gets_the_best_layer_its_link_carries() {
+    // The layers: 4 x 1100 bytes a frame (1.06 Mbit/s of payload), 3 x 900 (648 kbit/s), 1 x 300 (72 kbit/s).
+    let mid = VideoSpec { packets_per_frame: 3, packet_size: 900, ..LOW };
+    // Finer steps than the default millisecond: a probe's packets go a millisecond or two apart.
+    let step = Duration::from_micros(250);
+    let mut world = started(Options { slate: false, estimation: true, step, ..Default::default() });
+    world.publish_simulcast("layers", &[("h", HIGH), ("m", mid), ("l", LOW)], 1).expect("publisher accepted");
+    let (narrow, wide) = (world.view("layers", 0).expect("viewer"), world.view("layers", 0).expect("viewer"));
+    world.run_until("connected", 5 * SECOND, |w| w.all_connected());
+    // Every RTP datagram the worker sends the narrow viewer, before its link: payload type, sequence number, SSRC.
+    let sent = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let (record, addr) = (sent.clone(), world.peers[narrow].addr);
+    world.loss = Box::new(move |d: &Datagram| {
+        if let (true, Some(rtp)) = (d.to == addr, d.rtp()) {
+            record.borrow_mut().push(rtp);
+        }
+        false
+    });
+    world.run_for(2 * SECOND);
+    world.narrow(narrow, 600_000 / 8, 50 * MS);
+    let narrowed = world.now;
+    let last_size = |w: &World, v: PeerId| w.peers[v].video().last().map(|(r, _)| r.payload.len());
+    world.run_until("the narrow viewer on the low layer", 5 * SECOND, |w| last_size(w, narrow) == Some(300));
+    let settled_after = world.now - narrowed;
+    // Settled: what the link drops from here on.
+    world.run_for(2 * SECOND);
+    let (drops, got) = (world.link_drops(narrow), world.peers[narrow].received.len());
+    world.run_for(10 * SECOND);
+    let dropped = world.link_drops(narrow) - drops;
+    let passed = (world.peers[narrow].received.len() - got) as u64;
+    assert!(dropped * 100 < passed, "{dropped} dropped, {passed} passed after settling in {settled_after:?}");
+    assert_eq!(last_size(&world, narrow), Some(300), "still on the low layer");
+    assert_eq!(last_size(&world, wide), Some(1100), "the other viewer keeps the high layer");
+    // Lifted.
+    world.widen(narrow);
+    let lifted = world.now;
+    world.run_until("the viewer back on the high layer", 15 * SECOND, |w| last_size(w, narrow) == Some(1100));
+    let climbed = world.now - lifted;
+    world.run_for(2 * SECOND);
+    // (The room's ring starts with the layer whose keyframe comes first, and moves to the best at its keyframe.)
+    let sizes = layers_in_order(&world.peers[narrow]);
+    assert_eq!(sizes.last(), Some(&1100), "{sizes:?}");
+    assert!(sizes[1..].contains(&300), "{sizes:?}");
+    let wide_sizes = layers_in_order(&world.peers[wide]);
+    let high_once = wide_sizes.iter().filter(|s| **s == 1100).count() == 1;
+    assert!(high_once && wide_sizes.last() == Some(&1100), "the unconstrained viewer stays: {wide_sizes:?}");
+    let v = &world.peers[narrow];
+    let (ssrc, pt) = v.video().first().map(|(r, _)| (r.ssrc, r.pt)).expect("video");
+    let seqs: Vec<u16> = sent.borrow().iter().filter(|(p, _, s)| (*p, *s) == (pt, ssrc)).map(|(_, q, _)| *q).collect();
+    for pair in seqs.windows(2) {
+        assert_eq!(pair[1], pair[0].wrapping_add(1), "a gap or a duplicate in what was sent");
+    }
+    assert_audio_contiguous(&world.peers[wide]);
+    let moves = world.worker_metrics(0).viewer_layer_moves;
+    assert!((2..=6).contains(&moves), "{moves} moves; layers {sizes:?}");
+    // The rings' layer tables list the layers, the best first; every layer has a ring while viewers choose.
+    let table: Vec<(String, bool)> = world.ring("layers").layers().into_iter().map(|l| (l.rid, l.carried)).collect();
+    assert_eq!(table, [("h".into(), true), ("m".into(), false), ("l".into(), false)]);
+    assert_eq!(world.ring("layers~l").layers().len(), 3);
+    assert!(["layers~h", "layers~m", "layers~l"].iter().all(|r| world.ring_exists(r)));
+    eprintln!("layers {sizes:?}: low after {settled_after:?}, high again after {climbed:?}, {moves} moves");
 }
