@@ -21,18 +21,16 @@
 
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import {
-  ARTIFACTS, CHROMIUM, Sfu, closeAllBrowsers, inboundVideo, launchBrowser, openPage, pageState, until,
+  ARTIFACTS, Sfu, closeAllBrowsers, inboundVideo, launchBrowser, openPage, pageState, until,
 } from "./harness.mjs";
+import { IP, NFT, NetNs } from "./netns.mjs";
 
 const pageLog = [];
 let failures = 0;
 const sfus = [];
-const nets = [];
 
 after(async () => {
   await closeAllBrowsers();
@@ -41,29 +39,10 @@ after(async () => {
     await sfu.stop();
     await sfu.cleanup();
   }
-  for (const n of nets) n.destroy();
 });
-// Should the runner end the process without the hook, the namespaces still go.
-process.on("exit", () => { for (const n of nets) n.destroy(); });
 
 // ---------------------------------------------------------------------------------------------
-// prerequisites and namespaces
-
-/** The path of `name` on PATH (or the sbin directories, which a non-login PATH may lack), or null. */
-function which(name) {
-  const dirs = [...(process.env.PATH || "").split(":"), "/usr/sbin", "/sbin", "/usr/bin", "/bin"];
-  for (const d of dirs) {
-    const p = path.join(d || ".", name);
-    try {
-      fs.accessSync(p, fs.constants.X_OK);
-      return p;
-    } catch {}
-  }
-  return null;
-}
-
-const IP = which("ip");
-const NFT = which("nft");
+// prerequisites
 
 /** Why a part cannot run here, or null. */
 function missing({ nft = false } = {}) {
@@ -71,118 +50,6 @@ function missing({ nft = false } = {}) {
   if (!IP) return "needs `ip` (apt-get install iproute2)";
   if (nft && !NFT) return "needs `nft` (apt-get install nftables)";
   return null;
-}
-
-function run(cmd, args, input) {
-  try {
-    return execFileSync(cmd, args, { input, stdio: ["pipe", "pipe", "pipe"], encoding: "utf8" });
-  } catch (e) {
-    throw new Error(`${cmd} ${args.join(" ")} failed: ${(e.stderr || e.message).trim()}`);
-  }
-}
-
-/** A 10.A.B.0/30 or fd11:XXXX::/64 that no interface of the root namespace has yet. */
-function unusedPrefix(v6) {
-  const used = run(IP, ["-o", v6 ? "-6" : "-4", "addr"]);
-  for (let i = 0; i < 100; i++) {
-    const p = v6
-      ? `fd11:${Math.floor(Math.random() * 0xffff).toString(16)}:${(process.pid & 0xffff).toString(16)}::`
-      : `10.${200 + Math.floor(Math.random() * 50)}.${Math.floor(Math.random() * 256)}.`;
-    if (!used.includes(` ${p}`)) return p;
-  }
-  throw new Error("no unused address prefix found");
-}
-
-/** A namespace `ns` with loopback up and one end of a veth pair; the other end in the root namespace.
- *  `v6`: the pair gets fd11:..::1/64 (host) and ::2/64 (namespace), no IPv4 and no link-local addresses;
- *  otherwise 10.A.B.1/30 and .2/30. */
-class NetNs {
-  constructor(tag, { v6 = false } = {}) {
-    this.v6 = v6;
-    this.ns = `deadsfu-reach-${tag}-${process.pid}`;
-    this.hostIf = `dr${tag}${process.pid}h`.slice(0, 15);
-    this.nsIf = `dr${tag}${process.pid}n`.slice(0, 15);
-    this.made = false;
-    this.gone = false;
-    nets.push(this);
-  }
-
-  inNs(cmd, args, input) {
-    return run(IP, ["netns", "exec", this.ns, cmd, ...args], input);
-  }
-
-  create() {
-    const prefix = unusedPrefix(this.v6);
-    this.made = true;
-    run(IP, ["netns", "add", this.ns]);
-    run(IP, ["link", "add", this.hostIf, "type", "veth", "peer", "name", this.nsIf, "netns", this.ns]);
-    this.inNs(IP, ["link", "set", "lo", "up"]);
-    if (this.v6) {
-      this.hostAddr = `${prefix}1`;
-      this.nsAddr = `${prefix}2`;
-      // No link-local addresses: the namespace's only address besides loopback is nsAddr.
-      run(IP, ["link", "set", this.hostIf, "addrgenmode", "none"]);
-      this.inNs(IP, ["link", "set", this.nsIf, "addrgenmode", "none"]);
-      run(IP, ["-6", "addr", "add", `${this.hostAddr}/64`, "dev", this.hostIf, "nodad"]);
-      this.inNs(IP, ["-6", "addr", "add", `${this.nsAddr}/64`, "dev", this.nsIf, "nodad"]);
-    } else {
-      this.hostAddr = `${prefix}1`;
-      this.nsAddr = `${prefix}2`;
-      run(IP, ["addr", "add", `${this.hostAddr}/30`, "dev", this.hostIf]);
-      this.inNs(IP, ["addr", "add", `${this.nsAddr}/30`, "dev", this.nsIf]);
-    }
-    run(IP, ["link", "set", this.hostIf, "up"]);
-    this.inNs(IP, ["link", "set", this.nsIf, "up"]);
-    if (this.v6) {
-      // The on-link /64 routes come with the addresses; name them anyway so a kernel that waits for the
-      // link does not leave the namespace without a route.
-      run(IP, ["-6", "route", "replace", `${prefix}/64`, "dev", this.hostIf]);
-      this.inNs(IP, ["-6", "route", "replace", `${prefix}/64`, "dev", this.nsIf]);
-    }
-    return this;
-  }
-
-  /** nftables in the namespace: every UDP packet in or out is counted and dropped. */
-  blockUdp() {
-    this.inNs(NFT, ["-f", "-"], [
-      "table inet reach {",
-      "  chain out { type filter hook output priority 0; meta l4proto udp counter drop; }",
-      "  chain in { type filter hook input priority 0; meta l4proto udp counter drop; }",
-      "}",
-    ].join("\n"));
-  }
-
-  /** Packets the UDP rules dropped, { out, in }. */
-  udpDropped() {
-    const text = this.inNs(NFT, ["list", "table", "inet", "reach"]);
-    const counts = [...text.matchAll(/chain (\w+) \{[^}]*?counter packets (\d+)/g)];
-    return Object.fromEntries(counts.map((m) => [m[1], Number(m[2])]));
-  }
-
-  /** The namespace's addresses, `ip -o addr` lines without the lifetimes. */
-  addresses() {
-    return this.inNs(IP, ["-o", "addr"]).split("\n").filter(Boolean)
-      .map((l) => l.replace(/\\.*$/, "").replace(/\s+/g, " ").trim());
-  }
-
-  /** An executable that runs Chromium in the namespace (Playwright launches it in Chromium's place). */
-  chromiumWrapper() {
-    this.wrapperDir = fs.mkdtempSync(path.join(os.tmpdir(), `deadsfu-reach-${this.ns}-`));
-    const file = path.join(this.wrapperDir, "chromium-in-netns");
-    fs.writeFileSync(file, `#!/bin/sh\nexec ${IP} netns exec ${this.ns} ${CHROMIUM} "$@"\n`, { mode: 0o755 });
-    return file;
-  }
-
-  destroy() {
-    if (this.gone) return;
-    this.gone = true;
-    if (this.wrapperDir) fs.rmSync(this.wrapperDir, { recursive: true, force: true });
-    if (!this.made) return;
-    // Deleting the namespace deletes its veth end and so the pair; the explicit delete covers a pair whose
-    // namespace was never made.
-    try { execFileSync(IP, ["netns", "del", this.ns], { stdio: "ignore" }); } catch {}
-    try { execFileSync(IP, ["link", "del", this.hostIf], { stdio: "ignore" }); } catch {}
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -337,7 +204,7 @@ test("UDP blocked: a browser publishes and views over ICE-TCP", { timeout: 45_00
   const why = missing({ nft: true });
   if (why) return t.skip(why);
   await part("udp-blocked", () => {
-    const net = new NetNs("u").create();
+    const net = new NetNs("reach-u").create();
     net.blockUdp();
     return net;
   }, (net) => ({ httpHost: net.hostAddr }), async ({ net, sfu, browser }) => {
@@ -370,7 +237,7 @@ test("IPv6 only: a browser with no IPv4 publishes and views over IPv6", { timeou
   const why = missing();
   if (why) return t.skip(why);
   // `--http :PORT`: one listener for IPv6 (the pages, from the namespace) and IPv4 (checked at the end).
-  await part("ipv6", () => new NetNs("6", { v6: true }).create(),
+  await part("ipv6", () => new NetNs("reach-6", { v6: true }).create(),
     (net) => ({ httpHost: "", baseHost: net.hostAddr }), async ({ net, sfu, browser }) => {
       const addrs = net.addresses();
       assert.ok(!addrs.some((l) => / inet /.test(l) && !/^\d+: lo /.test(l)),
