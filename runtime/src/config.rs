@@ -178,7 +178,8 @@ pub struct Config {
     /// Bytes of a request's head (request line and headers), at least 8192; past it the client gets 431.
     #[arg(long, env = "DEADSFU_HTTP_MAX_HEADER_BYTES", default_value_t = 16384)]
     pub http_max_header_bytes: usize,
-    /// Room-list long-polls (`GET /rooms?wait=`) held at once; past it 503.
+    /// Room-list long-polls (`GET /rooms?wait=`) and WHEP event streams (`GET /session/{id}/events`) held at
+    /// once; past it 503.
     #[arg(long, env = "DEADSFU_HTTP_MAX_LONG_POLLS", default_value_t = 1024)]
     pub http_max_long_polls: usize,
     /// Rooms ingest holds at once (published, watched or pulled); a request for a new room past it gets 503.

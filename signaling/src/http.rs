@@ -4,8 +4,9 @@
 //! Why hyper and not a thread per connection (what tiny_http gave): every connection costs a few hundred
 //! bytes of task instead of a thread, so a crowd of slow clients cannot exhaust threads; the header read
 //! timeout, buffer limits and the body read timeout are enforced by the server before a request reaches the
-//! router; and long-polls of the room list wait on one shared snapshot instead of holding a thread and asking
-//! every media process per waiter. The snapshot is made again from the [`crate::registry::Registry`] as soon
+//! router; and long-polls of the room list, and the WHEP event streams of viewers (a `layers` event when their
+//! room's simulcast layers change), wait on one shared snapshot instead of holding a thread and asking every
+//! media process per waiter. The snapshot is made again from the [`crate::registry::Registry`] as soon
 //! as its room list changes (the media processes push their changes), so a long-poll answers within moments
 //! of a viewer joining; while a process is missing from the registry, it is asked directly every
 //! [`ROOM_POLL_STEP`].
@@ -24,8 +25,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -37,6 +42,7 @@ use tokio_rustls::LazyConfigAcceptor;
 
 use crate::router::{Backend, HttpRequest, HttpResponse, RoomList, Router, LONG_POLL, MAX_BODY};
 use crate::tls::Tls;
+use shm_proto::{RoomName, SessionId};
 
 /// Most header lines in a request.
 pub const MAX_HEADERS: usize = 64;
@@ -45,6 +51,15 @@ pub const MAX_HEADERS: usize = 64;
 const ROOM_POLL_STEP: Duration = Duration::from_millis(250);
 /// How long a request waits for a free slot of [`Limits::max_in_flight`] before it is refused.
 const IN_FLIGHT_WAIT: Duration = Duration::from_secs(2);
+/// Least time between two events of one event stream: the layers' bitrates change with every room list.
+const EVENT_SPACING: Duration = Duration::from_secs(1);
+/// An event stream with nothing to say sends a comment this often, so proxies keep it open.
+const EVENT_KEEPALIVE: Duration = Duration::from_secs(15);
+/// How often an event stream checks that its viewer session still exists (it ends with the session).
+const EVENT_SESSION_CHECK: Duration = Duration::from_secs(30);
+
+/// A response body: whole, or an event stream.
+type Body = Either<Full<Bytes>, EventStream>;
 
 /// The bounds of the HTTP server; the defaults come from the configuration (`http_*` keys).
 #[derive(Clone, Debug)]
@@ -61,7 +76,7 @@ pub struct Limits {
     /// Largest request head (request line and headers), at least 8192; a larger one is answered `431`.
     /// hyper's read buffer is this size, so it also bounds what one connection holds while its head arrives.
     pub max_head_bytes: usize,
-    /// Room-list long-polls waiting at once.
+    /// Room-list long-polls waiting at once, and event streams open.
     pub max_long_polls: usize,
     /// Requests being answered at once (each may call the media processes).
     pub max_in_flight: usize,
@@ -345,7 +360,7 @@ async fn respond<B: Backend + 'static>(
     req: hyper::Request<Incoming>,
     face: Face,
     shared: &Arc<Shared<B>>,
-) -> hyper::Response<Full<Bytes>> {
+) -> hyper::Response<Body> {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path();
     let served_here = match face {
@@ -397,6 +412,12 @@ async fn respond<B: Backend + 'static>(
             .collect(),
         body,
     };
+    if let Some(target) = shared.router.event_stream(&request) {
+        return match target {
+            Ok((session, mid)) => event_stream(session, mid, shared).await,
+            Err(resp) => into_hyper(resp, close),
+        };
+    }
     let resp = match Router::<B>::long_poll(&request) {
         Some(Ok(seen)) => long_poll(seen, shared).await,
         Some(Err(resp)) => resp,
@@ -405,14 +426,102 @@ async fn respond<B: Backend + 'static>(
     into_hyper(resp, close)
 }
 
+/// The body of an event stream: what its task sends, as it comes; it ends when the task does.
+pub struct EventStream(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for EventStream {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|event| event.map(|e| Ok(Frame::data(e))))
+    }
+}
+
+/// `GET /session/{id}/events`: a `layers` event with the viewer's room's simulcast layers at once and each time
+/// they change (at most every [`EVENT_SPACING`]), from the shared room list; a comment every
+/// [`EVENT_KEEPALIVE`]. Counted among the long-polls ([`Limits::max_long_polls`]) while it lasts; it ends when
+/// the client goes or the session does (checked every [`EVENT_SESSION_CHECK`]).
+async fn event_stream<B: Backend + 'static>(
+    session: SessionId,
+    mid: String,
+    shared: &Arc<Shared<B>>,
+) -> hyper::Response<Body> {
+    let Some(slot) = LongPollSlot::take(shared) else {
+        let resp =
+            crate::router::error_response(503, "too many waiting requests; retry shortly").with("Retry-After", "1");
+        return into_hyper(resp, false);
+    };
+    let room = match viewer_room(session, shared).await {
+        Some(Ok(room)) => room,
+        Some(Err(resp)) => return into_hyper(resp, false),
+        None => return into_hyper(busy(shared), false),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let _slot = slot;
+        let mut room = room;
+        let mut rooms = shared.rooms.subscribe();
+        shared.room_poll.notify_one();
+        let mut last: Option<String> = None;
+        let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + EVENT_KEEPALIVE, EVENT_KEEPALIVE);
+        let mut check =
+            tokio::time::interval_at(tokio::time::Instant::now() + EVENT_SESSION_CHECK, EVENT_SESSION_CHECK);
+        loop {
+            let data = rooms.borrow_and_update().as_ref().map(|s| Router::<B>::layers_event(&s.list, &room, &mid));
+            if let Some(data) = data.filter(|d| last.as_ref() != Some(d)) {
+                if tx.send(Bytes::from(format!("event: layers\ndata: {data}\n\n"))).await.is_err() {
+                    return;
+                }
+                last = Some(data);
+                tokio::time::sleep(EVENT_SPACING).await;
+                continue;
+            }
+            tokio::select! {
+                changed = rooms.changed() => if changed.is_err() { return },
+                _ = keepalive.tick() => if tx.send(Bytes::from_static(b":\n\n")).await.is_err() { return },
+                _ = check.tick() => match viewer_room(session, &shared).await {
+                    // A viewer moved to another room has that room's layers from now on.
+                    Some(Ok(now)) => room = now,
+                    Some(Err(_)) => return,
+                    None => {}
+                },
+                () = tx.closed() => return,
+            }
+        }
+    });
+    let mut out = hyper::Response::new(Either::Right(EventStream(rx)));
+    let headers = out.headers_mut();
+    for (name, value) in [
+        ("content-type", "text/event-stream"),
+        ("cache-control", "no-store"),
+        ("access-control-allow-origin", "*"),
+        ("x-accel-buffering", "no"),
+    ] {
+        headers.insert(name, hyper::header::HeaderValue::from_static(value));
+    }
+    out
+}
+
+/// The room of viewer `session`, asked of its worker on the blocking pool within [`Limits::max_in_flight`];
+/// `None` if no place came free within [`IN_FLIGHT_WAIT`].
+async fn viewer_room<B: Backend + 'static>(
+    session: SessionId,
+    shared: &Arc<Shared<B>>,
+) -> Option<Result<RoomName, HttpResponse>> {
+    let permit = tokio::time::timeout(IN_FLIGHT_WAIT, shared.in_flight.acquire()).await.ok()?.ok()?;
+    let router = shared.router.clone();
+    let asked = tokio::task::spawn_blocking(move || router.viewer_room(session)).await;
+    drop(permit);
+    Some(asked.unwrap_or_else(|e| Err(crate::router::error_response(500, format!("request handler failed: {e}")))))
+}
+
 /// Runs the router on the blocking pool, once a place among [`Limits::max_in_flight`] is free.
 async fn call_router<B: Backend + 'static>(request: HttpRequest, shared: &Arc<Shared<B>>) -> HttpResponse {
     let permit = match tokio::time::timeout(IN_FLIGHT_WAIT, shared.in_flight.acquire()).await {
         Ok(Ok(permit)) => permit,
-        _ => {
-            Refusals::count(&shared.refusals.busy);
-            return crate::router::error_response(503, "the server is busy; retry shortly").with("Retry-After", "1");
-        }
+        _ => return busy(shared),
     };
     let router = shared.router.clone();
     let answered = tokio::task::spawn_blocking(move || {
@@ -425,25 +534,40 @@ async fn call_router<B: Backend + 'static>(request: HttpRequest, shared: &Arc<Sh
     answered.unwrap_or_else(|e| crate::router::error_response(500, format!("request handler failed: {e}")))
 }
 
-/// Holds a long-poll counted among [`Limits::max_long_polls`].
-struct LongPollSlot<'a>(&'a AtomicUsize);
+/// The answer when no place among [`Limits::max_in_flight`] came free in time (counted).
+fn busy<B>(shared: &Shared<B>) -> HttpResponse {
+    Refusals::count(&shared.refusals.busy);
+    crate::router::error_response(503, "the server is busy; retry shortly").with("Retry-After", "1")
+}
 
-impl Drop for LongPollSlot<'_> {
+/// Holds a long-poll (or an event stream) counted among [`Limits::max_long_polls`].
+struct LongPollSlot<B>(Arc<Shared<B>>);
+
+impl<B> LongPollSlot<B> {
+    /// A place, or `None` (counted as refused) at the limit.
+    fn take(shared: &Arc<Shared<B>>) -> Option<LongPollSlot<B>> {
+        if shared.long_polls.fetch_add(1, Ordering::AcqRel) >= shared.limits.max_long_polls {
+            shared.long_polls.fetch_sub(1, Ordering::AcqRel);
+            Refusals::count(&shared.refusals.long_polls);
+            return None;
+        }
+        Some(LongPollSlot(shared.clone()))
+    }
+}
+
+impl<B> Drop for LongPollSlot<B> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.long_polls.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 /// `GET /rooms?wait=SEEN`: answered when the shared room list has a version other than `seen`, or after
 /// [`LONG_POLL`] with the list as it is.
 async fn long_poll<B: Backend + 'static>(seen: u64, shared: &Arc<Shared<B>>) -> HttpResponse {
-    if shared.long_polls.fetch_add(1, Ordering::AcqRel) >= shared.limits.max_long_polls {
-        shared.long_polls.fetch_sub(1, Ordering::AcqRel);
-        Refusals::count(&shared.refusals.long_polls);
+    let Some(_slot) = LongPollSlot::take(shared) else {
         return crate::router::error_response(503, "too many waiting room-list requests; retry shortly")
             .with("Retry-After", "1");
-    }
-    let _slot = LongPollSlot(&shared.long_polls);
+    };
     let arrived = Instant::now();
     let mut rooms = shared.rooms.subscribe();
     shared.room_poll.notify_one();
@@ -509,8 +633,8 @@ async fn poll_rooms<B: Backend + 'static>(shared: Arc<Shared<B>>) {
     }
 }
 
-fn into_hyper(resp: HttpResponse, close: bool) -> hyper::Response<Full<Bytes>> {
-    let mut out = hyper::Response::new(Full::new(Bytes::from(resp.body)));
+fn into_hyper(resp: HttpResponse, close: bool) -> hyper::Response<Body> {
+    let mut out = hyper::Response::new(Either::Left(Full::new(Bytes::from(resp.body))));
     *out.status_mut() = hyper::StatusCode::from_u16(resp.status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
     let headers = out.headers_mut();
     for (name, value) in resp.headers {

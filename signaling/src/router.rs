@@ -234,6 +234,65 @@ impl<B: Backend> Router<B> {
         cors(HttpResponse::new(200, "application/json", body).with("Cache-Control", "no-store"))
     }
 
+    /// A `GET /session/{id}/events` (the WHEP server-sent-events extension): the viewer session and the media id
+    /// its events name, once the request is authorized and well formed, for the HTTP server to stream; `None`
+    /// for any other request.
+    pub fn event_stream(&self, req: &HttpRequest) -> Option<Result<(SessionId, String), HttpResponse>> {
+        let (path, query) = req.url.split_once('?').unwrap_or((&req.url, ""));
+        let id = path.strip_prefix("/session/")?.strip_suffix("/events")?;
+        if req.method != "GET" {
+            return None;
+        }
+        Some(self.event_target(req, id, query).map_err(cors))
+    }
+
+    /// The session and media id of a request to `/session/{id}/events`.
+    fn event_target(&self, req: &HttpRequest, id: &str, query: &str) -> Result<(SessionId, String), HttpResponse> {
+        self.authorized(req, query, Kind::View)?;
+        let session = viewer_session(id)?;
+        let mid = query_param(query, "mid").unwrap_or_else(|| DEFAULT_EVENTS_MID.to_string());
+        let valid = !mid.is_empty()
+            && mid.len() <= 32
+            && mid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !valid {
+            return Err(HttpResponse::error(400, "mid is 1 to 32 letters, digits, '-' and '_'"));
+        }
+        Ok((session, mid))
+    }
+
+    /// The data of a `layers` event for a viewer of `room` whose video has media id `mid`, from `list`: the
+    /// layers its room's publisher sends (none without simulcast), the highest bitrate first, all of them
+    /// active (a layer that stops is no longer listed); `carried` names the room's own layer, what Auto gets
+    /// without bandwidth estimation.
+    pub fn layers_event(list: &RoomList, room: &RoomName, mid: &str) -> String {
+        let layers = list.rooms.iter().find(|r| r.name == *room).map_or(&[][..], |r| r.layers.as_slice());
+        let described: Vec<serde_json::Value> = layers
+            .iter()
+            .map(|l| {
+                let mut e = serde_json::json!({ "encodingId": l.rid, "bitrate": (l.bitrate_kbps * 1000.0) as u64 });
+                if let (Some(w), Some(h)) = (l.width, l.height) {
+                    e["width"] = w.into();
+                    e["height"] = h.into();
+                }
+                e
+            })
+            .collect();
+        let carried = layers.iter().find(|l| l.carried).map(|l| l.rid.clone());
+        let media = serde_json::json!({ "layers": described, "active": described, "inactive": [], "carried": carried });
+        serde_json::json!({ mid: media }).to_string()
+    }
+
+    /// The room (not a layer's ring) whose viewer `session` is, asked of its worker; `404` if there is none.
+    pub fn viewer_room(&self, session: SessionId) -> Result<RoomName, HttpResponse> {
+        match self.backend.call(session.owner().into(), &FanoutRequest::Where { session }.into()) {
+            Ok(Response::Room { room }) => Ok(room.base()),
+            Ok(Response::Error { kind: ErrorKind::UnknownSession, .. }) | Err(ControlError::Io(_)) => {
+                Err(HttpResponse::error(404, "no such viewer session"))
+            }
+            other => Err(answer_or_error(other, "fanout worker")),
+        }
+    }
+
     pub fn handle(&self, req: &HttpRequest) -> HttpResponse {
         cors(self.route(req))
     }
@@ -254,6 +313,7 @@ impl<B: Backend> Router<B> {
             ("GET", ["rooms"]) => self.rooms(query),
             ("POST", ["session", id, "switch"]) => self.switch(req, id, query),
             ("POST", ["session", id, "layer"]) => self.layer(req, id, query),
+            ("POST", ["session", id, "events"]) => self.events(req, id, query),
             ("POST", ["whip"]) => self.offer(req, query_param(query, "room"), Kind::Publish, query),
             ("POST", ["whip", room]) => self.offer(req, Some(room.to_string()), Kind::Publish, query),
             ("POST", ["whep"]) | ("POST", ["whap"]) => self.offer(req, query_param(query, "room"), Kind::View, query),
@@ -262,6 +322,11 @@ impl<B: Backend> Router<B> {
             (_, ["session", _, "switch"]) | (_, ["session", _, "layer"]) => {
                 HttpResponse::error(405, format!("method {} not allowed here", req.method))
                     .with("Allow", "POST, OPTIONS")
+            }
+            // A GET of the events is streamed by the HTTP server; one reaching the router is refused.
+            (_, ["session", _, "events"]) => {
+                HttpResponse::error(405, format!("method {} not allowed here", req.method))
+                    .with("Allow", "GET, POST, OPTIONS")
             }
             ("PATCH", ["session", id]) => self.patch(req, id, query),
             (_, ["whip"]) | (_, ["whip", _]) | (_, ["whep"]) | (_, ["whep", _]) | (_, ["whap"]) => {
@@ -332,9 +397,17 @@ impl<B: Backend> Router<B> {
                     self.close_viewer(session);
                     return refused;
                 }
-                // The WHEP layer extension: where a player picks a simulcast layer of the room.
+                // The WHEP layer extension: where a player picks a simulcast layer of the room; and the
+                // server-sent-events extension, where it learns of the layers (for the answer's video).
                 let layer = format!("</session/{session}/layer>; rel=\"{WHEP_LAYER_REL}\"");
-                created(session, answer).with("Link", layer)
+                let events = video_mid(&answer).map(|mid| {
+                    format!("</session/{session}/events?mid={mid}>; rel=\"{WHEP_EVENTS_REL}\"; events=\"layers\"")
+                });
+                let resp = created(session, answer).with("Link", layer);
+                match events {
+                    Some(events) => resp.with("Link", events),
+                    None => resp,
+                }
             }
         }
     }
@@ -444,8 +517,9 @@ impl<B: Backend> Router<B> {
             Ok(ring) => ring,
             Err(resp) => return resp,
         };
-        let Some(session) = id.parse::<SessionId>().ok().filter(|s| matches!(s.owner(), Owner::Worker(_))) else {
-            return HttpResponse::error(404, "no such viewer session");
+        let session = match viewer_session(id) {
+            Ok(session) => session,
+            Err(resp) => return resp,
         };
         // The session first, so an unknown session makes no room.
         match self.backend.call(session.owner().into(), &Request::Check { session }) {
@@ -478,21 +552,43 @@ impl<B: Backend> Router<B> {
             Ok(b) => b.encoding_id,
             Err(e) => return HttpResponse::error(400, format!(r#"expected a JSON body {{"encodingId": "RID"}}: {e}"#)),
         };
-        let Some(session) = id.parse::<SessionId>().ok().filter(|s| matches!(s.owner(), Owner::Worker(_))) else {
-            return HttpResponse::error(404, "no such viewer session");
+        let session = match viewer_session(id) {
+            Ok(session) => session,
+            Err(resp) => return resp,
         };
-        let room = match self.backend.call(session.owner().into(), &FanoutRequest::Where { session }.into()) {
-            Ok(Response::Room { room }) => room.base(),
-            Ok(Response::Error { kind: ErrorKind::UnknownSession, .. }) | Err(ControlError::Io(_)) => {
-                return HttpResponse::error(404, "no such viewer session");
-            }
-            other => return answer_or_error(other, "fanout worker"),
+        let room = match self.viewer_room(session) {
+            Ok(room) => room,
+            Err(resp) => return resp,
         };
         let ring = match layer_ring(&room, rid.as_deref(), "encodingId") {
             Ok(ring) => ring,
             Err(resp) => return resp,
         };
         self.move_viewer(session, &room, ring)
+    }
+
+    /// `POST /session/{id}/events`, the WHEP server-sent-events extension: a JSON list of the events wanted
+    /// (`["layers"]`; events this server does not send are let be); `201` with the `Location` of the event
+    /// stream, which `GET` streams.
+    fn events(&self, req: &HttpRequest, id: &str, query: &str) -> HttpResponse {
+        let (session, mid) = match self.event_target(req, id, query) {
+            Ok(target) => target,
+            Err(resp) => return resp,
+        };
+        let body = req.body.as_deref().unwrap_or_default();
+        match serde_json::from_slice::<Vec<String>>(body) {
+            Ok(events) if events.len() <= MAX_EVENT_NAMES && events.iter().all(|e| e.len() <= 64) => {}
+            _ => {
+                return HttpResponse::error(
+                    400,
+                    format!(r#"expected a JSON list of at most {MAX_EVENT_NAMES} event names, as ["layers"]"#),
+                );
+            }
+        }
+        if let Err(resp) = self.viewer_room(session) {
+            return resp;
+        }
+        HttpResponse::new(201, "text/plain", "").with("Location", format!("/session/{session}/events?mid={mid}"))
     }
 
     /// Moves a viewer known to its worker to `ring` (`room`'s, or one of its layers'): the ring first, so a
@@ -706,6 +802,29 @@ fn layer_ring(room: &RoomName, rid: Option<&str>, field: &str) -> Result<RoomNam
 
 /// The link relation of the WHEP layer extension.
 const WHEP_LAYER_REL: &str = "urn:ietf:params:whep:ext:core:layer";
+/// The link relation of the WHEP server-sent-events extension.
+const WHEP_EVENTS_REL: &str = "urn:ietf:params:whep:ext:core:server-sent-events";
+/// The media id events name when the request names none (what a browser's first video after its audio has).
+const DEFAULT_EVENTS_MID: &str = "1";
+/// Most event names a `POST /session/{id}/events` may list.
+const MAX_EVENT_NAMES: usize = 16;
+
+/// A viewer session's id (a worker's), or `404`.
+fn viewer_session(id: &str) -> Result<SessionId, HttpResponse> {
+    id.parse::<SessionId>()
+        .ok()
+        .filter(|s| matches!(s.owner(), Owner::Worker(_)))
+        .ok_or_else(|| HttpResponse::error(404, "no such viewer session"))
+}
+
+/// The media id of the first video section of an SDP answer, if it names one fit for a URL.
+fn video_mid(sdp: &str) -> Option<&str> {
+    let video = sdp.split("\nm=").skip(1).find(|m| m.starts_with("video "))?;
+    let mid = video.lines().find_map(|l| l.trim_end().strip_prefix("a=mid:"))?;
+    let fits =
+        !mid.is_empty() && mid.len() <= 32 && mid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    fits.then_some(mid)
+}
 
 /// A room name from a URL or a body, or the answer to a bad one. The one place signaling checks room names:
 /// from here on they travel as [`RoomName`].
@@ -907,7 +1026,7 @@ mod tests {
                 Request::Ingest(IngestRequest::Publish { .. }) | Request::Fanout(FanoutRequest::View { .. }) => {
                     *n += 1;
                     let owner = if self.foreign_answers { Owner::Worker(9) } else { owner(target) };
-                    Response::Answer { session: id(owner, *n), answer: "v=0 answer".into() }
+                    Response::Answer { session: id(owner, *n), answer: FAKE_ANSWER.into() }
                 }
                 // Each process knows its own first session only.
                 Request::Close { session }
@@ -1131,6 +1250,100 @@ mod tests {
     }
 
     /// The rings signaling had ingest watch and workers switch viewers to, in order.
+    /// What the fake processes answer every offer with: audio (mid 0) and video (mid v1).
+    const FAKE_ANSWER: &str =
+        "v=0\r\ns=-\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:v1\r\n";
+
+    fn links(resp: &HttpResponse) -> Vec<&str> {
+        resp.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("Link")).map(|(_, v)| v.as_str()).collect()
+    }
+
+    #[test]
+    fn the_whep_events_extension_is_linked_subscribed_to_and_recognised_for_streaming() {
+        let r = Router::new(Fake::new(1), Tokens::default());
+        let resp = r.handle(&sdp("POST", "/whep/b"));
+        let session = resp.header("Location").expect("a session").to_string();
+        let events = format!(
+            "<{session}/events?mid=v1>; rel=\"urn:ietf:params:whep:ext:core:server-sent-events\"; events=\"layers\""
+        );
+        assert_eq!(links(&resp)[1], events);
+        assert_eq!(links(&r.handle(&sdp("POST", "/whip/p"))), Vec::<&str>::new(), "publishers get no events");
+        // Subscribing: a JSON list of names; 201 with the stream's Location.
+        let subscribe = |url: &str, body: &str| r.handle(&req("POST", url, Some("application/json"), body));
+        let url = format!("{session}/events?mid=v1");
+        let resp = subscribe(&url, r#"["layers","viewercount"]"#);
+        assert_eq!((resp.status, resp.header("Location")), (201, Some(url.as_str())));
+        let many = serde_json::to_string(&vec!["layers"; 17]).unwrap();
+        for bad in ["", "{}", r#"["layers", 7]"#, many.as_str()] {
+            assert_eq!(subscribe(&url, bad).status, 400, "{bad}");
+        }
+        assert_eq!(subscribe(&format!("/session/{W2}/events"), r#"["layers"]"#).status, 404, "a session not there");
+        assert_eq!(subscribe(&format!("{session}/events?mid=a/b"), r#"["layers"]"#).status, 400);
+        // The GET is the HTTP server's to stream: recognised with its session and media id (1 by default).
+        let get = |url: &str| r.event_stream(&req("GET", url, None, ""));
+        let (id, mid) = get(&url).expect("an event stream").expect("well formed");
+        assert_eq!((format!("/session/{id}"), mid.as_str()), (session.clone(), "v1"));
+        assert_eq!(get(&format!("{session}/events")).unwrap().unwrap().1, "1");
+        assert_eq!(get(&format!("{session}/events?mid=")).unwrap().unwrap_err().status, 400);
+        assert_eq!(get("/session/nope/events").unwrap().unwrap_err().status, 404);
+        assert!(get(&format!("{session}/layer")).is_none() && get("/rooms").is_none());
+        assert_eq!(r.handle(&req("GET", &url, None, "")).status, 405, "the router itself does not stream");
+        // With a view token: EventSource sends no header, so ?access_token= it is.
+        let tokens = Tokens { view: Some("v".into()), ..Tokens::default() };
+        let r = Router::new(Fake::new(1), tokens);
+        let denied = r.event_stream(&req("GET", &format!("{session}/events"), None, "")).unwrap();
+        assert_eq!(denied.unwrap_err().status, 401);
+        assert!(r.event_stream(&req("GET", &format!("{session}/events?access_token=v"), None, "")).unwrap().is_ok());
+    }
+
+    #[test]
+    fn a_layers_event_lists_the_rooms_layers_under_the_video_media_id() {
+        let layer = |rid: &str, kbps: f64, carried: bool, size: Option<(u16, u16)>| LayerEntry {
+            rid: rid.into(),
+            bitrate_kbps: kbps,
+            carried,
+            viewers: 0,
+            width: size.map(|s| s.0),
+            height: size.map(|s| s.1),
+        };
+        let room = |name: &str, layers: Vec<LayerEntry>| RoomEntry {
+            name: RoomName::new(name).unwrap(),
+            state: "live",
+            codecs: Vec::new(),
+            viewers: 1,
+            bitrate_kbps: 0.0,
+            upstream: None,
+            layers,
+        };
+        let list = RoomList {
+            version: 1,
+            rooms: vec![
+                room("a", vec![layer("h", 1500.5, true, Some((1280, 720))), layer("l", 150.0, false, None)]),
+                room("b", Vec::new()),
+            ],
+        };
+        let event = |name: &str| {
+            let data = Router::<Fake>::layers_event(&list, &RoomName::new(name).unwrap(), "1");
+            serde_json::from_str::<serde_json::Value>(&data).unwrap()
+        };
+        let layers = serde_json::json!([
+            { "encodingId": "h", "bitrate": 1_500_500, "width": 1280, "height": 720 },
+            { "encodingId": "l", "bitrate": 150_000 },
+        ]);
+        let a = serde_json::json!({ "1": { "layers": layers, "active": layers, "inactive": [], "carried": "h" } });
+        assert_eq!(event("a"), a);
+        let none = serde_json::json!({ "1": { "layers": [], "active": [], "inactive": [], "carried": null } });
+        assert_eq!(event("b"), none, "a room without simulcast");
+        assert_eq!(event("c"), none, "a room not listed");
+    }
+
+    #[test]
+    fn the_video_mid_is_read_from_an_answer() {
+        assert_eq!(video_mid(FAKE_ANSWER), Some("v1"));
+        assert_eq!(video_mid("v=0\r\nm=audio 9 RTP/AVP 0\r\na=mid:0\r\n"), None, "no video");
+        assert_eq!(video_mid("v=0\r\nm=video 9 RTP/AVP 96\r\na=mid:a b\r\n"), None, "not fit for a URL");
+    }
+
     fn watches_and_switches(r: &Router<Fake>) -> Vec<String> {
         let sent = r.backend.sent(|r| {
             matches!(r, Request::Ingest(IngestRequest::Watch { .. }) | Request::Fanout(FanoutRequest::Switch { .. }))

@@ -237,6 +237,11 @@ test("/send?simulcast=3 sends three layers; a viewer plays the top one, and the 
   if (!top) return;
   await step("the viewer plays the top layer, live, frames advancing", async () => {
     pages.viewer = await openPage(browser.context, "viewer-simulcast", pageLog);
+    const links = [];
+    pages.viewer.on("response", async (r) => {
+      if (r.request().method() !== "POST" || !new URL(r.url()).pathname.startsWith("/whep/")) return;
+      for (const h of await r.headersArray()) if (h.name.toLowerCase() === "link") links.push(h.value);
+    });
     await pages.viewer.goto(`${sfu.base}/?room=simul`);
     const r = await waitViewerLive(pages.viewer, top, "the viewer to play the top layer", 20_000);
     console.log(`simulcast viewer: ${r.now.w}x${r.now.h}, ${r.now.frames - r.first.frames} frames in ${r.now.at - r.first.at} ms`);
@@ -249,6 +254,41 @@ test("/send?simulcast=3 sends three layers; a viewer plays the top one, and the 
       throw new Error(JSON.stringify(room));
     }, { timeout: 5_000 });
     console.log(`simulcast layers in /rooms: ${JSON.stringify(layers)}`);
+    // The WHEP server-sent-events extension, as a player would use it: the 201 links the viewer's event stream;
+    // a POST of the events wanted gives its Location; its first `layers` event lists the three layers under the
+    // viewer's video media id, the top one first and carried.
+    const link = links.find((l) => l.includes('rel="urn:ietf:params:whep:ext:core:server-sent-events"'));
+    assert.ok(link && /events="layers"/.test(link), `the viewer's 201 links its events: ${JSON.stringify(links)}`);
+    const eventsUrl = link.slice(1, link.indexOf(">"));
+    const mid = new URL(eventsUrl, sfu.base).searchParams.get("mid");
+    const sub = await fetch(`${sfu.base}${eventsUrl}`, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(["layers"]),
+    });
+    assert.equal(sub.status, 201, await sub.text());
+    const abort = new AbortController();
+    const stream = await fetch(new URL(sub.headers.get("Location"), sfu.base), { signal: abort.signal });
+    assert.equal(stream.headers.get("content-type"), "text/event-stream");
+    const reader = stream.body.getReader();
+    let text = "";
+    const event = await until("a layers event with three layers", async () => {
+      const { value, done } = await reader.read();
+      if (done) throw new Error(`the stream ended: ${text}`);
+      text += new TextDecoder().decode(value);
+      for (const block of text.split("\n\n")) {
+        const data = block.match(/^event: layers\ndata: (.*)$/m);
+        const parsed = data && JSON.parse(data[1]);
+        if (parsed && parsed[mid] && parsed[mid].layers.length === 3) return parsed[mid];
+      }
+      return false;
+    }, { timeout: 10_000, interval: 0 });
+    abort.abort();
+    console.log(`layers event for media ${mid}: ${JSON.stringify(event)}`);
+    assert.deepEqual(event.layers.map((l) => l.encodingId), ["h", "m", "l"]);
+    assert.equal(event.carried, "h");
+    for (const l of event.layers) {
+      const listed = layers.find((x) => x.rid === l.encodingId);
+      assert.deepEqual([l.width, l.height], [listed.width, listed.height], `layer ${l.encodingId} in the event`);
+    }
     // Their sizes, read from the layers' VP8 keyframes, are what the publisher says it sends.
     const sent = await sentLayers(pages.pub);
     for (const l of layers) {
