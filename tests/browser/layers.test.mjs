@@ -8,6 +8,7 @@
 // - The narrow one settles, within 5 s of its first frame, on a layer below the top that fits its link (at most
 //   75% of 600 kbit/s, from the layers' bitrates in /rooms), loses under 1% of its packets over the 10 s after
 //   settling (its inbound statistics, and the drops `tc` counts), and keeps decoding.
+// - Its page's quality menu says `Auto · RID` of the layer playing.
 // - Once the shaping is taken away it climbs back to the top layer within 15 s.
 // - /metrics counts the moves (`deadsfu_viewer_layer_moves_total`).
 //
@@ -128,6 +129,14 @@ test("with estimation, a viewer behind 600 kbit/s gets a lower layer, loses next
   const on = now.find((l) => l.width === later.w);
   console.log(`on ${later.w}x${later.h} of ${now.map((l) => `${l.rid} ${l.width}x${l.height} ${l.bitrate_kbps} kbit/s`).join(", ")}`);
   assert.ok(later.w < top && on && on.bitrate_kbps <= RATE_KBPS * 0.75, `on ${JSON.stringify(on)}`);
+  // The page's quality menu names the layer Auto plays.
+  const auto = await until("the quality menu to name the layer playing", async () => {
+    const text = await narrow.getByLabel("Quality").evaluate((el) => el.options[el.selectedIndex]?.text);
+    if (text === `Auto · ${on.rid}`) return text;
+    const v = await narrow.evaluate(() => [document.querySelector("#video").videoWidth, document.querySelector("#video").videoHeight]);
+    throw new Error(`${text} while ${v.join("x")} plays`);
+  }, { timeout: 5_000 });
+  console.log(`the narrow viewer's quality menu: ${auto}`);
   const wideNow = await playing(wide);
   assert.equal(wideNow.w, top, "the unconstrained viewer keeps the top layer");
 
