@@ -54,6 +54,20 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
+/// A WHEP offer (audio and video, receive only) from a peer that never connects: a viewer session to a worker
+/// that no media reaches.
+pub fn viewer_offer() -> String {
+    use str0m::media::{Direction, MediaKind};
+    let mut rtc = str0m::Rtc::builder().build(Instant::now());
+    let addr: std::net::SocketAddr = "127.0.0.1:9".parse().expect("an address");
+    rtc.add_local_candidate(str0m::Candidate::host(addr, "udp").expect("a host candidate"));
+    let mut change = rtc.sdp_api();
+    change.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+    change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+    let (offer, _pending) = change.apply().expect("an offer");
+    offer.to_sdp_string()
+}
+
 /// A minimal HTTP/1.1 client: status and body.
 pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;

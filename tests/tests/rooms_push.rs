@@ -1,27 +1,12 @@
 //! The media processes push their changes to signaling: a subscriber of a worker is told of a viewer that
 //! joins, and a long-poll of the room list answers as the worker reports the viewer, not on a timer.
 
-use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use deadsfu_tests::{http, wait_for, Sfu};
+use deadsfu_tests::{http, viewer_offer, wait_for, Sfu};
 use shm_proto::control::{Role, Subscription};
 use shm_proto::paths;
-use str0m::media::{Direction, MediaKind};
-use str0m::{Candidate, Rtc};
-
-/// A WHEP offer (audio and video, receive only) from a peer that never connects.
-fn viewer_offer() -> String {
-    let mut rtc = Rtc::builder().build(Instant::now());
-    let addr: SocketAddr = "127.0.0.1:9".parse().expect("an address");
-    rtc.add_local_candidate(Candidate::host(addr, "udp").expect("a host candidate"));
-    let mut change = rtc.sdp_api();
-    change.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
-    change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
-    let (offer, _pending) = change.apply().expect("an offer");
-    offer.to_sdp_string()
-}
 
 fn rooms(port: u16, path: &str) -> serde_json::Value {
     let (status, body) = http(port, "GET", path, &[], b"").expect("an answer to GET /rooms");

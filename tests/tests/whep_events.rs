@@ -3,24 +3,10 @@
 //! frees its place when the client goes.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::net::TcpStream;
+use std::time::Duration;
 
-use deadsfu_tests::{http, wait_for, Sfu};
-use str0m::media::{Direction, MediaKind};
-use str0m::{Candidate, Rtc};
-
-/// A WHEP offer (audio and video, receive only) from a peer that never connects.
-fn viewer_offer() -> String {
-    let mut rtc = Rtc::builder().build(Instant::now());
-    let addr: SocketAddr = "127.0.0.1:9".parse().expect("an address");
-    rtc.add_local_candidate(Candidate::host(addr, "udp").expect("a host candidate"));
-    let mut change = rtc.sdp_api();
-    change.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
-    change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
-    let (offer, _pending) = change.apply().expect("an offer");
-    offer.to_sdp_string()
-}
+use deadsfu_tests::{http, viewer_offer, wait_for, Sfu};
 
 /// POSTs a viewer's offer for `room` and returns the response head (status line and headers).
 fn join(port: u16, room: &str) -> String {
