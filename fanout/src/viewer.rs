@@ -151,24 +151,19 @@ pub struct Viewer {
 pub(crate) struct LinkEstimate {
     /// What the link carries, bits a second, once the estimate has come down.
     link: Option<u64>,
-    /// The highest estimate str0m gave.
-    peak: u64,
+    /// The estimate str0m last gave.
+    last: u64,
 }
 
-/// An estimate this far below its peak has come down: congestion cuts it to 85% of what was acknowledged, while
-/// the wavering of a climbing estimate (a probe's result a little under the last) is smaller.
-const CAME_DOWN: f64 = 0.9;
-
 impl LinkEstimate {
-    /// Takes a new bandwidth estimate (bits a second). It says what the link carries only once it has come down
-    /// ([`CAME_DOWN`] of its peak): the viewer's feedback showed delay or loss. While it only rises it is still
-    /// climbing from the start value it was given (to what the session has sent, and by probes), and says
-    /// nothing of the link's limit.
+    /// Takes a new bandwidth estimate (bits a second). It says what the link carries only once it has come down:
+    /// the viewer's feedback showed delay or loss. While it only rises it is still climbing from the start value
+    /// it was given (to what the session has sent, and by probes), and says nothing of the link's limit.
     pub(crate) fn note(&mut self, bps: u64) {
-        if self.link.is_some() || (bps as f64) < self.peak as f64 * CAME_DOWN {
+        if self.link.is_some() || bps < self.last {
             self.link = Some(bps);
         }
-        self.peak = self.peak.max(bps);
+        self.last = bps;
     }
 
     /// What the link carries, bits a second, if the estimate has said.
@@ -391,9 +386,6 @@ mod tests {
             e.note(bps);
             assert_eq!(e.link(), None, "at {bps}");
         }
-        // A little under its peak: a climb's wavering.
-        e.note(2_400_000);
-        assert_eq!(e.link(), None);
         // Delay or loss: it comes down, and from then on every estimate is the link's, up or down.
         e.note(2_100_000);
         assert_eq!(e.link(), Some(2_100_000));
