@@ -412,12 +412,12 @@ impl Fanout {
         let mut moves = Vec::new();
         let Fanout { host, rooms, runtime_dir, .. } = self;
         for (name, feed) in rooms.iter() {
-            let base = name.base();
             let current = match name.rid() {
                 Some(rid) => Some(rid),
                 None => feed.layers.iter().find(|l| l.carried).map(|l| l.rid.as_str()),
             };
             let (Some(current), true) = (current, feed.layers.len() >= 2) else { continue };
+            let base = name.base();
             let mut auto = false;
             for &key in &feed.viewers {
                 let Some(s) = host.get_mut(key) else { continue };
