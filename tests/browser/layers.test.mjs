@@ -45,7 +45,9 @@ async function playing(page) {
     const v = document.querySelector("#video");
     return { w: v.videoWidth, h: v.videoHeight, state: document.querySelector("#state").dataset.state };
   });
-  return { ...el, ...(await inboundVideo(page)), t: Date.now() };
+  // Before the connection has statistics, nothing was decoded or received.
+  const counts = { framesDecoded: 0, packetsReceived: 0, packetsLost: 0 };
+  return { ...el, ...counts, ...(await inboundVideo(page)), t: Date.now() };
 }
 
 /** Waits until `page` plays frames `width` wide (and keeps decoding: 10 frames more over half a second). */
@@ -55,8 +57,9 @@ async function untilPlaying(page, what, accept, timeout) {
     const p = await playing(page);
     if (p.state === "failed") throw Object.assign(new Error(`viewer failed: ${JSON.stringify(await pageState(page))}`), { fatal: true });
     if (p.state !== "live" || !accept(p.w)) { first = null; throw new Error(JSON.stringify(p)); }
-    if (!first || p.framesDecoded < first.framesDecoded) { first = p; return false; }
-    return p.t - first.t >= 500 && p.framesDecoded - first.framesDecoded >= 10 ? { first, now: p } : false;
+    if (!first || p.framesDecoded < first.framesDecoded) { first = p; throw new Error(`starting at ${JSON.stringify(p)}`); }
+    if (p.t - first.t >= 500 && p.framesDecoded - first.framesDecoded >= 10) return { first, now: p };
+    throw new Error(`${p.framesDecoded - first.framesDecoded} frames in ${p.t - first.t} ms: ${JSON.stringify(p)}`);
   }, { timeout, interval: 100 });
 }
 
@@ -94,7 +97,10 @@ test("with estimation, a viewer behind 600 kbit/s gets a lower layer, loses next
 
   const wide = await openPage(root.context, "viewer-wide", pageLog);
   await wide.goto(`${sfu.base}/?room=${ROOM}`);
-  await untilPlaying(wide, "the unconstrained viewer to play the top layer", (w) => w === top, 20_000);
+  await untilPlaying(wide, "the unconstrained viewer to play the top layer", (w) => w === top, 20_000).catch(async (e) => {
+    console.log(`moves ${await metric("deadsfu_viewer_layer_moves_total")}; rooms ${JSON.stringify(await (await fetch(`${sfu.base}/rooms`)).json())}`);
+    throw e;
+  });
 
   net.shape(`${RATE_KBPS}kbit`);
   const narrow = await openPage(inNs.context, "viewer-narrow", pageLog);
