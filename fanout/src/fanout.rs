@@ -78,7 +78,11 @@ const TWCC_SEND_HISTORY: usize = 255;
 const RESEND_AGE: Duration = Duration::from_secs(1);
 /// Resends per viewer, in packets and payload bytes per second: a viewer on a lossy path needs a few
 /// percent of a stream's 100-400 packets a second; a viewer that NACKs everything it can gets at most about
-/// one stream's worth again, not its whole cache many times a second.
+/// one stream's worth again, not its whole cache many times a second. The budget is not held to the viewer's
+/// bandwidth estimate: the estimate reads random loss as a narrow link, and resends held to it (or to what it
+/// leaves beyond the stream) left lost packets unrepaired where unheld ones repaired them, on links with room
+/// and on links barely wider than the stream alike (`tests/tests/media.rs`,
+/// `with_estimation_a_lossy_viewer_is_repaired_in_full`).
 const RTX_BUDGET: (u32, u32) = (200, 256 * 1024);
 /// A viewer that sends nothing (no RTCP, no consent checks) for this long is gone. Browsers send receiver
 /// reports about every second and consent checks every few seconds.

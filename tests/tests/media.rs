@@ -867,3 +867,39 @@ fn with_estimation_each_viewer_gets_the_best_layer_its_link_carries() {
     assert!(["layers~h", "layers~m", "layers~l"].iter().all(|r| world.ring_exists(r)));
     eprintln!("layers {sizes:?}: low after {settled_after:?}, high again after {climbed:?}, {moves} moves");
 }
+
+/// With estimation a viewer whose link has room beyond the stream (1.6 Mbit/s for a ~1 Mbit/s room) but loses 30%
+/// of its video before it (a lossy radio hop) for 2 s gets every lost packet resent: its estimate comes down with
+/// the loss, and resends are not held to it. (Held to what the estimate leaves beyond the stream, 57 of the
+/// packets were never repaired here; held to the whole estimate, as libwebrtc holds its resends, none here, but
+/// 5 to 41 on narrower links where unheld resends left 0 to 9: the estimate reads random loss as a narrow link.)
+#[test]
+fn with_estimation_a_lossy_viewer_is_repaired_in_full() {
+    let mut world = started(Options { estimation: true, ..Options::default() });
+    world.publish("lobby", VideoSpec::default(), 1).expect("publisher accepted");
+    world.run_until("publisher connected", 5 * SECOND, |w| w.all_connected());
+    let viewer = world.view("lobby", 0).expect("viewer accepted");
+    world.narrow(viewer, 200_000, 50 * MS);
+    world.run_until("viewer connected", 5 * SECOND, |w| w.all_connected());
+    world.run_for(6 * SECOND);
+    let estimates = world.worker_metrics(0).viewer_estimates;
+    let received = world.peers[viewer].received.len();
+    let addr = world.peers[viewer].addr;
+    let mut n = 0u64;
+    world.loss = Box::new(move |d: &Datagram| {
+        let Some((pt, _, _)) = d.rtp() else { return false };
+        n += 1;
+        d.to == addr && pt == 96 && n % 10 < 3
+    });
+    world.run_for(2 * SECOND);
+    world.loss = Box::new(|_| false);
+    world.run_for(2 * SECOND);
+    assert!(world.lost > 50, "{} lost", world.lost);
+    assert!(world.worker_metrics(0).viewer_estimates > estimates, "the estimate moved meanwhile");
+    let mut seqs: Vec<u64> =
+        world.peers[viewer].received[received..].iter().filter(|r| r.video).map(|r| r.seq).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    let missing = seqs[seqs.len() - 1] - seqs[0] + 1 - seqs.len() as u64;
+    assert_eq!(missing, 0, "{} lost, {} resent", world.lost, world.worker_metrics(0).viewer_packets_resent);
+}
