@@ -41,11 +41,11 @@ use deadsfu_media::limits::{Refusals, SessionLimits};
 use deadsfu_media::outbox::Outbox;
 use deadsfu_media::process::{self, Core, Endpoints, StartError};
 use deadsfu_media::{codec, offer};
-use deadsfu_runtime::config::Config;
+use deadsfu_runtime::config::{Config, Estimation};
 use shm_proto::control::{
     ErrorKind, FanoutRequest, ProcessMetrics, ProcessStatus, Request, Response, Role, RoomStatus,
 };
-use shm_proto::ring::MediaKind;
+use shm_proto::ring::{MediaKind, RingReader};
 use shm_proto::{paths, Owner, RoomName, SessionId};
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::media::Mid;
@@ -134,8 +134,8 @@ pub struct Fanout {
     slate: bool,
     /// A replay's pace, in percent of its room's bitrate (see [`Fanout::with_replay_rate`]).
     replay_rate_percent: u32,
-    /// Viewers get transport-cc and a bandwidth estimate (see [`Fanout::with_estimation`]).
-    estimation: bool,
+    /// Which viewers get transport-cc and a bandwidth estimate (see [`Fanout::with_estimation`]).
+    estimation: Estimation,
     next_layer_check: Instant,
     /// Viewers on Auto moved from one simulcast layer of their room to another by their estimates.
     layer_moves: u64,
@@ -176,15 +176,16 @@ impl Fanout {
             estimates: 0,
             slate: true,
             replay_rate_percent: DEFAULT_REPLAY_RATE_PERCENT,
-            estimation: false,
+            estimation: Estimation::Off,
             next_layer_check: now,
             layer_moves: 0,
         }
     }
 
-    /// Whether viewers are offered transport-wide congestion control feedback and each gets a send-side
-    /// bandwidth estimate (off by default), which paces its GOP replay within its link.
-    pub fn with_estimation(mut self, estimation: bool) -> Fanout {
+    /// Which viewers are offered transport-wide congestion control feedback and get a send-side bandwidth
+    /// estimate each (none by default), which paces a viewer's GOP replay within its link and chooses its
+    /// simulcast layer.
+    pub fn with_estimation(mut self, estimation: Estimation) -> Fanout {
         self.estimation = estimation;
         self
     }
@@ -266,7 +267,7 @@ impl Fanout {
         }
         // Audio and video of a room are one stream at the viewer.
         let offer_sdp = offer::with_stream_id(offer_sdp, &format!("deadsfu-{room}"));
-        let estimation = self.estimation;
+        let estimation = self.estimation.applies(self.layered(&room));
         let tune = |c: RtcConfig| {
             let c = c.set_extension_map(viewer_extensions(estimation));
             if estimation {
@@ -319,6 +320,7 @@ impl Fanout {
             layer: LayerChoice::default(),
             pts: PtMap::new(negotiated),
             egress: None,
+            estimated: estimation,
         };
         // The answer made the send streams; find them by the media sections of the offer.
         for (mid, is_video) in sections {
@@ -355,6 +357,15 @@ impl Fanout {
     fn drop_feed_if_unwatched(&mut self, room: &RoomName) {
         if self.rooms.get(room).is_some_and(|f| f.viewers.is_empty()) {
             self.rooms.remove(room);
+        }
+    }
+
+    /// Whether `room` has simulcast layers, as this worker's feed of it says, or else its ring (read and let go:
+    /// nothing is kept for a viewer who may yet be refused).
+    fn layered(&self, room: &RoomName) -> bool {
+        match self.rooms.get(room) {
+            Some(feed) => feed.layers.len() >= 2,
+            None => RingReader::open(&paths::ring(&self.runtime_dir, room)).is_ok_and(|r| r.layers().len() >= 2),
         }
     }
 
@@ -408,7 +419,7 @@ impl Fanout {
     /// Moves each viewer on Auto of a room with simulcast layers to the layer its link carries
     /// ([`LayerChoice::decide`]), and asks ingest for the layers' rings while such viewers watch.
     fn choose_layers(&mut self, now: Instant) {
-        if !self.estimation || now < self.next_layer_check {
+        if self.estimation == Estimation::Off || now < self.next_layer_check {
             return;
         }
         self.next_layer_check = now + LAYER_CHECK;
@@ -425,7 +436,7 @@ impl Fanout {
             let mut auto = false;
             for &key in &feed.viewers {
                 let Some(s) = host.get_mut(key) else { continue };
-                if s.app.layer.pinned || !s.app.connected {
+                if s.app.layer.pinned || !s.app.connected || !s.app.estimated {
                     continue;
                 }
                 auto = true;
@@ -538,7 +549,7 @@ impl Fanout {
                     tracing::debug!(session = %s.app.id, "viewer connected");
                     if let Some(feed) = rooms.get_mut(&s.app.room) {
                         feed.start(key, &mut s.app, buf, now);
-                        if self.estimation {
+                        if s.app.estimated {
                             // What the viewer would take: probing looks for that much of its link.
                             s.rtc.bwe().set_bitrate(Bitrate::ZERO, feed.replay_target());
                         }

@@ -140,6 +140,9 @@ pub struct Viewer {
     pub(crate) pts: PtMap,
     /// The session's keys and path for packets written past str0m ([`egress`]).
     pub(crate) egress: Option<Egress>,
+    /// It gets a bandwidth estimate (transport-cc), as [`crate::fanout::Fanout::with_estimation`] says for its
+    /// room when it joined.
+    pub(crate) estimated: bool,
     /// What its bandwidth estimate says of its link.
     pub(crate) estimate: LinkEstimate,
     /// Its choice among its room's simulcast layers.

@@ -128,11 +128,12 @@ pub struct Config {
     /// of its link the replay takes until it is live. Higher catches up sooner and needs a wider link.
     #[arg(long, env = "DEADSFU_REPLAY_RATE_PERCENT", default_value_t = 200)]
     pub replay_rate_percent: u32,
-    /// Estimate each viewer's link (transport-wide congestion control feedback, a send-side estimate per
-    /// viewer): a joining viewer's GOP replay is paced within it, and a viewer of a simulcast room that chose no
-    /// layer gets the best layer its link carries. false: viewers are offered no transport-cc.
-    #[arg(long, env = "DEADSFU_BANDWIDTH_ESTIMATION", action = ArgAction::Set, default_value_t = false)]
-    pub bandwidth_estimation: bool,
+    /// Estimate viewers' links (transport-wide congestion control feedback, a send-side estimate per viewer): a
+    /// joining viewer's GOP replay is paced within it, and a viewer of a simulcast room that chose no layer gets
+    /// the best layer its link carries. `simulcast`: the viewers who join a room whose publisher sends simulcast
+    /// layers; `true`: every viewer; `false`: none (viewers are offered no transport-cc).
+    #[arg(long, env = "DEADSFU_BANDWIDTH_ESTIMATION", value_enum, default_value = "simulcast")]
+    pub bandwidth_estimation: Estimation,
     /// Least time between two keyframe requests to a room's publisher, in milliseconds.
     #[arg(long, env = "DEADSFU_KEYFRAME_REQUEST_INTERVAL_MS", default_value_t = 1000)]
     pub keyframe_request_interval_ms: u64,
@@ -200,6 +201,77 @@ pub struct Config {
     /// On an edge: pulls from the upstream at once; a viewer of a further room gets 503.
     #[arg(long, env = "DEADSFU_MAX_PULLS", default_value_t = 100)]
     pub max_pulls: usize,
+}
+
+/// Which viewers get a bandwidth estimate (`bandwidth_estimation`). Written as `true`, `false` or `simulcast`;
+/// YAML's booleans are taken too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(try_from = "EstimationValue")]
+pub enum Estimation {
+    /// No viewer.
+    #[value(name = "false")]
+    Off,
+    /// Every viewer.
+    #[value(name = "true")]
+    On,
+    /// The viewers who join a room whose publisher sends simulcast layers (as its ring says when they join).
+    Simulcast,
+}
+
+impl From<bool> for Estimation {
+    fn from(every: bool) -> Estimation {
+        if every {
+            Estimation::On
+        } else {
+            Estimation::Off
+        }
+    }
+}
+
+impl Estimation {
+    /// Whether a viewer joining a room gets an estimate, `layered` if the room has simulcast layers.
+    pub fn applies(self, layered: bool) -> bool {
+        match self {
+            Estimation::Off => false,
+            Estimation::On => true,
+            Estimation::Simulcast => layered,
+        }
+    }
+}
+
+/// `bandwidth_estimation` as a file spells it: a YAML boolean or a name.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum EstimationValue {
+    Bool(bool),
+    Name(String),
+}
+
+impl TryFrom<EstimationValue> for Estimation {
+    type Error = String;
+
+    fn try_from(v: EstimationValue) -> Result<Estimation, String> {
+        match v {
+            EstimationValue::Bool(b) => Ok(b.into()),
+            EstimationValue::Name(name) => match name.as_str() {
+                "true" => Ok(Estimation::On),
+                "false" => Ok(Estimation::Off),
+                "simulcast" => Ok(Estimation::Simulcast),
+                _ => Err(format!("`{name}` is not one of true, false, simulcast")),
+            },
+        }
+    }
+}
+
+/// Written back as a file spells it: `true` and `false` as YAML booleans.
+impl Serialize for Estimation {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Estimation::Off => serializer.serialize_bool(false),
+            Estimation::On => serializer.serialize_bool(true),
+            Estimation::Simulcast => serializer.serialize_str("simulcast"),
+        }
+    }
 }
 
 impl Default for Config {
@@ -700,6 +772,28 @@ mod tests {
         let err = parse(&["--workers", "many"]).err().unwrap().to_string();
         assert!(err.contains("--workers"), "{err}");
         assert!(parse(&["--no-such-key", "1"]).is_err());
+    }
+
+    #[test]
+    fn bandwidth_estimation_takes_booleans_and_simulcast() {
+        assert_eq!(Config::default().bandwidth_estimation, Estimation::Simulcast);
+        for (flag, want) in [("true", Estimation::On), ("false", Estimation::Off), ("simulcast", Estimation::Simulcast)]
+        {
+            let cfg = parse(&["--bandwidth-estimation", flag]).unwrap().load().unwrap();
+            assert_eq!(cfg.bandwidth_estimation, want, "--bandwidth-estimation {flag}");
+            let yaml = format!("bandwidth_estimation: {flag}\n");
+            let from_file: Config = serde_yaml::from_str(&yaml).unwrap();
+            assert_eq!(from_file.bandwidth_estimation, want, "{yaml}");
+            let quoted: Config = serde_yaml::from_str(&format!("bandwidth_estimation: \"{flag}\"\n")).unwrap();
+            assert_eq!(quoted.bandwidth_estimation, want);
+            let cfg = Config { bandwidth_estimation: want, ..Config::default() };
+            assert!(cfg.to_yaml().contains(&format!("bandwidth_estimation: {flag}")), "{}", cfg.to_yaml());
+        }
+        assert!(parse(&["--bandwidth-estimation", "some"]).is_err());
+        let err = serde_yaml::from_str::<Config>("bandwidth_estimation: some\n").unwrap_err().to_string();
+        assert!(err.contains("not one of true, false, simulcast"), "{err}");
+        assert!(!Estimation::Off.applies(true) && Estimation::On.applies(false));
+        assert!(Estimation::Simulcast.applies(true) && !Estimation::Simulcast.applies(false));
     }
 
     #[test]

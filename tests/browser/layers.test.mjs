@@ -1,8 +1,9 @@
-// Simulcast layers chosen by bandwidth estimation, with Chromium on every side: deadsfu runs with
-// `--bandwidth-estimation true`; a Chromium in the root namespace publishes its fake camera as three layers
-// (`/send?simulcast=3&resolution=1280x720`) and watches it on one page; a second Chromium, in a network
-// namespace this test makes, watches it through a veth pair whose root end sends through `tc`'s tbf at
-// 600 kbit/s with a 4 KB burst and 50 ms of queue. Both viewers are on Auto (they choose no layer).
+// Simulcast layers chosen by bandwidth estimation, with Chromium on every side: deadsfu runs with its defaults
+// (`bandwidth_estimation: simulcast`: the viewers, who join once the room lists its layers, get an estimate); a
+// Chromium in the root namespace publishes its fake camera as three layers (`/send?simulcast=3&resolution=
+// 1280x720`) and watches it on one page; a second Chromium, in a network namespace this test makes, watches it
+// through a veth pair whose root end sends through `tc`'s tbf at 600 kbit/s with a 4 KB burst and 50 ms of queue.
+// Both viewers are on Auto (they choose no layer).
 //
 // - The unconstrained viewer plays the top layer throughout.
 // - The narrow one settles, within 5 s of its first frame, on a layer below the top that fits its link (at most
@@ -74,7 +75,7 @@ test("with estimation, a viewer behind 600 kbit/s gets a lower layer, loses next
   failures++;
   net = new NetNs("layers").create();
   // The media processes bind the addresses present when they start: the veth first.
-  sfu = new Sfu({ workers: 1, name: "deadsfu-layers", httpHost: net.hostAddr, args: ["--bandwidth-estimation", "true"] });
+  sfu = new Sfu({ workers: 1, name: "deadsfu-layers", httpHost: net.hostAddr });
   await sfu.start();
   const secure = [`--unsafely-treat-insecure-origin-as-secure=${sfu.base}`];
   const root = await launchBrowser("layers", { extraArgs: secure });

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use deadsfu_fanout::fanout::Fanout;
+pub use deadsfu_fanout::Estimation;
 use deadsfu_ingest::ingest::{Action, Ingest, Settings};
 use deadsfu_ingest::slate::Slate;
 use deadsfu_media::env::Env;
@@ -234,8 +235,8 @@ pub struct Options {
     pub seed: u64,
     /// The workers' replay pace (`replay_rate_percent`); their default if `None`.
     pub replay_rate_percent: Option<u32>,
-    /// Viewers get transport-cc and a bandwidth estimate (`bandwidth_estimation`).
-    pub estimation: bool,
+    /// Which viewers get transport-cc and a bandwidth estimate (`bandwidth_estimation`; none unless set).
+    pub estimation: Estimation,
     /// How far the clock moves in one step: finer for tests of what str0m paces within a millisecond (a
     /// bandwidth probe's packets go a millisecond or two apart).
     pub step: Duration,
@@ -250,7 +251,7 @@ impl Default for Options {
             keyframe_request_interval: Duration::from_millis(500),
             seed: 1,
             replay_rate_percent: None,
-            estimation: false,
+            estimation: Estimation::Off,
             step: STEP,
         }
     }

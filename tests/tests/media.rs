@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use deadsfu_media::process::Core;
-use deadsfu_tests::sim::{Datagram, Options, Payload, Peer, PeerId, Received, VideoSpec, World};
+use deadsfu_tests::sim::{Datagram, Estimation, Options, Payload, Peer, PeerId, Received, VideoSpec, World};
 use shm_proto::control::{ErrorKind, Response};
 use str0m::media::Frequency;
 use str0m::Rtc;
@@ -310,7 +310,8 @@ fn with_estimation_a_replay_too_fast_for_the_link_is_slowed_to_what_the_estimate
     // with it (not below 110% of the stream, or it would never reach live: here it catches up slowly); without,
     // the link drops all along.
     let run = |estimation: bool| {
-        let (world, viewer) = join_behind_a_link(Options { estimation, ..Options::default() }, 250_000, 8);
+        let (world, viewer) =
+            join_behind_a_link(Options { estimation: estimation.into(), ..Options::default() }, 250_000, 8);
         let v = &world.peers[viewer];
         let twcc = v.video().iter().all(|(r, _)| r.transport_seq.is_some());
         let first = v.video().first().map(|(r, _)| r.at);
@@ -553,7 +554,7 @@ fn reports_only_while_media_flows(estimation: bool) {
     use std::cell::RefCell;
     use std::rc::Rc;
 
-    let mut world = started(Options { slate: false, estimation, ..Options::default() });
+    let mut world = started(Options { slate: false, estimation: estimation.into(), ..Options::default() });
     let viewer = world.view("lobby", 0).expect("viewer accepted");
     world.run_until("viewer connected", 5 * SECOND, |w| w.all_connected());
     // What the worker sends the viewer, in order: media (true) or a sender report (false).
@@ -810,7 +811,7 @@ fn with_estimation_each_viewer_gets_the_best_layer_its_link_carries() {
     let mid = VideoSpec { packets_per_frame: 3, packet_size: 900, ..LOW };
     // Finer steps than the default millisecond: a probe's packets go a millisecond or two apart.
     let step = Duration::from_micros(250);
-    let mut world = started(Options { slate: false, estimation: true, step, ..Default::default() });
+    let mut world = started(Options { slate: false, estimation: Estimation::On, step, ..Default::default() });
     world.publish_simulcast("layers", &[("h", HIGH), ("m", mid), ("l", LOW)], 1).expect("publisher accepted");
     let (narrow, wide) = (world.view("layers", 0).expect("viewer"), world.view("layers", 0).expect("viewer"));
     world.run_until("connected", 5 * SECOND, |w| w.all_connected());
@@ -875,7 +876,7 @@ fn with_estimation_each_viewer_gets_the_best_layer_its_link_carries() {
 /// 5 to 41 on narrower links where unheld resends left 0 to 9: the estimate reads random loss as a narrow link.)
 #[test]
 fn with_estimation_a_lossy_viewer_is_repaired_in_full() {
-    let mut world = started(Options { estimation: true, ..Options::default() });
+    let mut world = started(Options { estimation: Estimation::On, ..Options::default() });
     world.publish("lobby", VideoSpec::default(), 1).expect("publisher accepted");
     world.run_until("publisher connected", 5 * SECOND, |w| w.all_connected());
     let viewer = world.view("lobby", 0).expect("viewer accepted");
@@ -902,4 +903,33 @@ fn with_estimation_a_lossy_viewer_is_repaired_in_full() {
     seqs.dedup();
     let missing = seqs[seqs.len() - 1] - seqs[0] + 1 - seqs.len() as u64;
     assert_eq!(missing, 0, "{} lost, {} resent", world.lost, world.worker_metrics(0).viewer_packets_resent);
+}
+
+/// With `bandwidth_estimation: simulcast` (the default), the viewers who join a room whose publisher sends
+/// simulcast get transport-cc and an estimate, whether the worker reads the room already or not; a viewer of a
+/// plain room gets neither, nor does one who joined a room before its publisher sent layers.
+#[test]
+fn with_simulcast_estimation_only_viewers_of_layered_rooms_get_an_estimate() {
+    let mut world = started(Options { slate: false, estimation: Estimation::Simulcast, ..Default::default() });
+    let early = world.view("layers", 0).expect("viewer of a room with no publisher yet");
+    world.publish_simulcast("layers", &[("h", HIGH), ("l", LOW)], 1).expect("publisher accepted");
+    world.publish("plain", VideoSpec::default(), 2).expect("publisher accepted");
+    world.run_until("connected", 5 * SECOND, |w| w.all_connected());
+    world.run_for(SECOND);
+    // The first viewer of each room on this worker (its ring read anew), then a second (the worker's feed).
+    let layered = [world.view("layers", 0).expect("viewer"), world.view("layers", 0).expect("viewer")];
+    let plain = [world.view("plain", 0).expect("viewer"), world.view("plain", 0).expect("viewer")];
+    world.run_until("connected", 5 * SECOND, |w| w.all_connected());
+    world.run_for(3 * SECOND);
+    let numbered = |v: PeerId| {
+        let video = world.peers[v].video();
+        assert!(video.len() > 100, "viewer {v}: {} video packets", video.len());
+        let with = video.iter().filter(|(r, _)| r.transport_seq.is_some()).count();
+        assert!(with == 0 || with == video.len(), "viewer {v}: {with} of {} numbered", video.len());
+        with > 0
+    };
+    assert!(layered.iter().all(|&v| numbered(v)), "the viewers of the simulcast room have transport-cc");
+    assert!(!plain.iter().any(|&v| numbered(v)), "the viewers of the plain room have none");
+    assert!(!numbered(early), "a viewer who joined before the room had layers has none");
+    assert!(world.worker_metrics(0).viewer_estimates >= 2);
 }
