@@ -267,7 +267,7 @@ impl Fanout {
         }
         // Audio and video of a room are one stream at the viewer.
         let offer_sdp = offer::with_stream_id(offer_sdp, &format!("deadsfu-{room}"));
-        let estimation = self.estimation.applies(self.layered(&room));
+        let estimation = self.estimation.applies(|| self.layered(&room));
         let tune = |c: RtcConfig| {
             let c = c.set_extension_map(viewer_extensions(estimation));
             if estimation {

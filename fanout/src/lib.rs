@@ -19,7 +19,7 @@ pub mod fanout;
 mod feed;
 mod layers;
 pub mod splice;
+mod viewer;
 
 /// Which viewers get a bandwidth estimate ([`fanout::Fanout::with_estimation`]).
 pub use deadsfu_runtime::config::Estimation;
-mod viewer;

@@ -229,12 +229,13 @@ impl From<bool> for Estimation {
 }
 
 impl Estimation {
-    /// Whether a viewer joining a room gets an estimate, `layered` if the room has simulcast layers.
-    pub fn applies(self, layered: bool) -> bool {
+    /// Whether a viewer joining a room gets an estimate; `layered` says if the room has simulcast layers (asked
+    /// only with [`Estimation::Simulcast`]).
+    pub fn applies(self, layered: impl FnOnce() -> bool) -> bool {
         match self {
             Estimation::Off => false,
             Estimation::On => true,
-            Estimation::Simulcast => layered,
+            Estimation::Simulcast => layered(),
         }
     }
 }
@@ -792,8 +793,9 @@ mod tests {
         assert!(parse(&["--bandwidth-estimation", "some"]).is_err());
         let err = serde_yaml::from_str::<Config>("bandwidth_estimation: some\n").unwrap_err().to_string();
         assert!(err.contains("not one of true, false, simulcast"), "{err}");
-        assert!(!Estimation::Off.applies(true) && Estimation::On.applies(false));
-        assert!(Estimation::Simulcast.applies(true) && !Estimation::Simulcast.applies(false));
+        let unasked = || -> bool { panic!("only simulcast asks whether the room has layers") };
+        assert!(!Estimation::Off.applies(unasked) && Estimation::On.applies(unasked));
+        assert!(Estimation::Simulcast.applies(|| true) && !Estimation::Simulcast.applies(|| false));
     }
 
     #[test]

@@ -871,9 +871,10 @@ fn with_estimation_each_viewer_gets_the_best_layer_its_link_carries() {
 
 /// With estimation a viewer whose link has room beyond the stream (1.6 Mbit/s for a ~1 Mbit/s room) but loses 30%
 /// of its video before it (a lossy radio hop) for 2 s gets every lost packet resent: its estimate comes down with
-/// the loss, and resends are not held to it. (Held to what the estimate leaves beyond the stream, 57 of the
-/// packets were never repaired here; held to the whole estimate, as libwebrtc holds its resends, none here, but
-/// 5 to 41 on narrower links where unheld resends left 0 to 9: the estimate reads random loss as a narrow link.)
+/// the loss, and resends are not held to it. (Held to what the estimate leaves beyond the stream, 57 packets
+/// were never repaired in a run like this one; held to the whole estimate, as libwebrtc holds its resends, none,
+/// but 5 to 41 on narrower links where unheld resends left 0 to 9: the estimate reads random loss as a narrow
+/// link.)
 #[test]
 fn with_estimation_a_lossy_viewer_is_repaired_in_full() {
     let mut world = started(Options { estimation: Estimation::On, ..Options::default() });
@@ -910,13 +911,14 @@ fn with_estimation_a_lossy_viewer_is_repaired_in_full() {
 /// plain room gets neither, nor does one who joined a room before its publisher sent layers.
 #[test]
 fn with_simulcast_estimation_only_viewers_of_layered_rooms_get_an_estimate() {
-    let mut world = started(Options { slate: false, estimation: Estimation::Simulcast, ..Default::default() });
-    let early = world.view("layers", 0).expect("viewer of a room with no publisher yet");
+    let options = Options { workers: 2, slate: false, estimation: Estimation::Simulcast, ..Default::default() };
+    let mut world = started(options);
+    let early = world.view("layers", 1).expect("viewer of a room with no publisher yet");
     world.publish_simulcast("layers", &[("h", HIGH), ("l", LOW)], 1).expect("publisher accepted");
     world.publish("plain", VideoSpec::default(), 2).expect("publisher accepted");
     world.run_until("connected", 5 * SECOND, |w| w.all_connected());
     world.run_for(SECOND);
-    // The first viewer of each room on this worker (its ring read anew), then a second (the worker's feed).
+    // The first viewer of each room on worker 0 (its ring read anew), then a second (the worker's feed).
     let layered = [world.view("layers", 0).expect("viewer"), world.view("layers", 0).expect("viewer")];
     let plain = [world.view("plain", 0).expect("viewer"), world.view("plain", 0).expect("viewer")];
     world.run_until("connected", 5 * SECOND, |w| w.all_connected());
