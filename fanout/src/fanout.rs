@@ -55,7 +55,7 @@ use crate::egress;
 use crate::feed::{
     feed, replay_budget, Moment, RoomFeed, DEFAULT_REPLAY_RATE_PERCENT, INITIAL_ESTIMATE, MAX_LAG, REPLAY_TURN,
 };
-use crate::layers::LayerChoice;
+use crate::layers::{is_simulcast, LayerChoice};
 use crate::viewer::{fit, owes_report, resend, viewer_extensions, Fit, LinkEstimate, PtMap, Track, Viewer, SENT_LOG};
 
 /// How often rings with viewers are polled besides: new packets come with a wake-up from ingest
@@ -364,8 +364,8 @@ impl Fanout {
     /// nothing is kept for a viewer who may yet be refused).
     fn layered(&self, room: &RoomName) -> bool {
         match self.rooms.get(room) {
-            Some(feed) => feed.layers.len() >= 2,
-            None => RingReader::open(&paths::ring(&self.runtime_dir, room)).is_ok_and(|r| r.layers().len() >= 2),
+            Some(feed) => is_simulcast(&feed.layers),
+            None => RingReader::open(&paths::ring(&self.runtime_dir, room)).is_ok_and(|r| is_simulcast(&r.layers())),
         }
     }
 
@@ -431,7 +431,7 @@ impl Fanout {
                 Some(rid) => Some(rid),
                 None => feed.layers.iter().find(|l| l.carried).map(|l| l.rid.as_str()),
             };
-            let (Some(current), true) = (current, feed.layers.len() >= 2) else { continue };
+            let (Some(current), true) = (current, is_simulcast(&feed.layers)) else { continue };
             let base = name.base();
             let mut auto = false;
             for &key in &feed.viewers {

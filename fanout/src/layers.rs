@@ -13,6 +13,11 @@ use std::time::{Duration, Instant};
 
 use shm_proto::ring::LayerEntry;
 
+/// Whether a layer table is a simulcast room's: two layers or more to choose between.
+pub(crate) fn is_simulcast(layers: &[LayerEntry]) -> bool {
+    layers.len() >= 2
+}
+
 /// The share of the link's estimate a layer's bitrate may take: the rest is the room's audio, the packets'
 /// headers (the table counts payloads) and a margin for the layer's keyframes.
 pub(crate) const FIT: f64 = 0.75;
