@@ -37,6 +37,12 @@ pub fn bin_dir() -> PathBuf {
     exe.parent().and_then(Path::parent).expect("test binary lives in target/<profile>/deps").to_path_buf()
 }
 
+/// Asks the kernel to stamp each datagram `socket` receives with the time it was queued there
+/// (`SO_TIMESTAMPNS`), read from the `SCM_TIMESTAMPNS` control message.
+pub fn stamp_receipts(socket: &impl std::os::fd::AsFd) -> nix::Result<()> {
+    nix::sys::socket::setsockopt(socket, nix::sys::socket::sockopt::ReceiveTimestampns, &true)
+}
+
 /// A free TCP port on loopback (free at the time of the call).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("loopback is available")

@@ -7,6 +7,11 @@
 //! of 64 to N UDP sockets on 127.0.0.1. A helper thread drains the sockets (its CPU is reported apart). The
 //! sender's CPU comes from `getrusage(RUSAGE_THREAD)`.
 //!
+//! On loopback the sender pays for the receiving side too, and its sockets are set up as `deadsfu-load`'s are:
+//! the same share of them asks for receive timestamps (`SO_TIMESTAMPNS`). One such socket is enough for the
+//! kernel to stamp every datagram it receives, whichever socket it is for, and without it the floor's runs
+//! before the load client starts would skip that cost while the fanout workers pay it.
+//!
 //! Modes: `--paced` (default) sends each packet to all N viewers at the stream's own pace (its arrival times
 //! in the ring, looped), for `--seconds S`; `--flat` sends `--packets P` packets to all N as fast as it can.
 //!
@@ -34,6 +39,8 @@ use shm_proto::ring::{RingCursor, RingReader};
 const BATCH: usize = 64;
 const DGRAM_MAX: usize = 1600;
 const TAG_LEN: usize = 16;
+/// One receiving socket in this many asks for receive timestamps, as the load client's 5% sample does.
+const STAMPED_EVERY: usize = 20;
 
 struct Packet {
     /// Offset from the first packet of the capture.
@@ -163,6 +170,9 @@ fn main() {
     for i in 0..viewers {
         let s = UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| die(&format!("bind: {e}")));
         s.set_nonblocking(true).expect("nonblocking");
+        if i % STAMPED_EVERY == 0 {
+            deadsfu_tests::stamp_receipts(&s).unwrap_or_else(|e| die(&format!("SO_TIMESTAMPNS: {e}")));
+        }
         let port = s.local_addr().expect("local addr").port();
         let mut key = [0u8; 16];
         let mut salt = [0u8; 12];

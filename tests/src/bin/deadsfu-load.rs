@@ -434,7 +434,7 @@ fn stats(mut v: Vec<f64>) -> Value {
 const CMSG_ROOM: usize = 64;
 
 /// recvmmsg(2) on one socket into preallocated buffers, with each datagram's receive timestamp where the socket
-/// gives one ([`set_timestamps`]).
+/// gives one ([`deadsfu_tests::stamp_receipts`]).
 struct RecvBatch {
     bufs: Vec<[u8; DGRAM_MAX]>,
     addrs: Vec<libc::sockaddr_storage>,
@@ -527,24 +527,6 @@ fn raise_fd_limit() {
             lim.rlim_cur = lim.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
-    }
-}
-
-/// Asks the kernel to stamp each datagram with the time it was queued at the socket (`SO_TIMESTAMPNS`).
-fn set_timestamps(fd: i32) {
-    let on: i32 = 1;
-    // SAFETY: setsockopt with a pointer to an i32 and its size, on an open socket.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_TIMESTAMPNS,
-            (&on as *const i32).cast(),
-            std::mem::size_of::<i32>() as u32,
-        )
-    };
-    if r != 0 {
-        eprintln!("deadsfu-load: SO_TIMESTAMPNS refused: {}", std::io::Error::last_os_error());
     }
 }
 
@@ -903,7 +885,9 @@ fn main() {
         let sample = i % sample_every == 0 && i / sample_every < sample_n;
         if sample {
             // The latency is measured on the sample only.
-            set_timestamps(sock.as_raw_fd());
+            if let Err(e) = deadsfu_tests::stamp_receipts(&sock) {
+                eprintln!("deadsfu-load: SO_TIMESTAMPNS refused: {e}");
+            }
         }
         let local = sock.local_addr().expect("local addr");
         poll.registry().register(&mut sock, Token(i), Interest::READABLE).expect("register");
