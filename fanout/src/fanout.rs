@@ -95,6 +95,14 @@ const VIEWER_TIMEOUT: Duration = Duration::from_secs(15);
 /// packets of a publisher that starts (then media flows and the worker is no longer quiet).
 const QUIET_AFTER: Duration = Duration::from_secs(1);
 const QUIET_GATHER: Duration = Duration::from_millis(50);
+/// While media flows and no viewer is mid-handshake, what viewers send (receiver reports, NACKs, consent checks,
+/// transport-wide feedback) does not wake the worker: it is read on the worker's next turn, which the next
+/// packet of a room brings (a few milliseconds at most for a stream with audio), and at the latest this long
+/// after the last read, the rings' own [`RING_POLL`]. A worker sending a stream to a hundred viewers otherwise
+/// woke for a good part of their reports on their own, each wake-up costing about what sending a packet to
+/// ten viewers costs. A resend then leaves a few milliseconds later, which a jitter buffer that waits a round
+/// trip for it does not notice; a joining viewer's handshake is answered at once.
+const INPUT_WAIT: Duration = RING_POLL;
 
 pub struct Fanout {
     index: u32,
@@ -139,6 +147,8 @@ pub struct Fanout {
     next_layer_check: Instant,
     /// Viewers on Auto moved from one simulcast layer of their room to another by their estimates.
     layer_moves: u64,
+    /// Viewers whose ICE and DTLS have not completed yet.
+    handshaking: usize,
 }
 
 impl Fanout {
@@ -179,6 +189,7 @@ impl Fanout {
             estimation: Estimation::Off,
             next_layer_check: now,
             layer_moves: 0,
+            handshaking: 0,
         }
     }
 
@@ -347,6 +358,7 @@ impl Fanout {
         }
         let key = self.host.insert(accepted.rtc, accepted.ufrag, viewer, now);
         self.ids.insert(id, key);
+        self.handshaking += 1;
         self.feed(&room, now, now_ms).viewers.push(key);
         tracing::debug!(session = %id, %room, "viewer joined");
         Response::Answer { session: id, answer: accepted.answer }
@@ -476,6 +488,9 @@ impl Fanout {
         let Some(s) = self.host.get(key) else { return };
         if self.ids.remove(&s.app.id).is_some() {
             tracing::debug!(session = %s.app.id, room = %s.app.room, "viewer left");
+            if !s.app.connected {
+                self.handshaking -= 1;
+            }
             if let Some(feed) = self.rooms.get_mut(&s.app.room) {
                 feed.remove(key);
                 if feed.viewers.is_empty() {
@@ -543,8 +558,12 @@ impl Fanout {
         for (key, event) in events.drain(..) {
             match event {
                 Event::Connected => {
-                    let Fanout { host, rooms, buf, .. } = self;
+                    let Fanout { host, rooms, buf, handshaking, ids, .. } = self;
                     let Some(s) = host.get_mut(key) else { continue };
+                    // A viewer closed mid-handshake was counted out when it closed.
+                    if !s.app.connected && ids.contains_key(&s.app.id) {
+                        *handshaking -= 1;
+                    }
                     s.app.connected = true;
                     tracing::debug!(session = %s.app.id, "viewer connected");
                     if let Some(feed) = rooms.get_mut(&s.app.room) {
@@ -632,6 +651,11 @@ impl Core for Fanout {
         let quiet = !self.replaying && now.saturating_duration_since(self.last_media) >= QUIET_AFTER;
         // Checked last: it looks at every session.
         (quiet && self.host.pending() == 0).then_some(QUIET_GATHER)
+    }
+
+    fn defer_input(&self, now: Instant) -> Option<Duration> {
+        let flowing = self.replaying || now.saturating_duration_since(self.last_media) < QUIET_AFTER;
+        (flowing && self.handshaking == 0).then_some(INPUT_WAIT)
     }
 
     fn status_snapshot(&self, _now: Instant) -> (ProcessStatus, Vec<RoomStatus>) {
@@ -834,6 +858,33 @@ mod tests {
         assert_eq!(fanout.coalesce(later + QUIET_AFTER / 2), Some(QUIET_GATHER));
         fanout.replaying = true;
         assert_eq!(fanout.coalesce(later + QUIET_AFTER), None);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn input_waits_for_a_turn_only_while_media_flows_and_no_viewer_is_mid_handshake() {
+        let (mut fanout, _ring, dir) = worker("defer", &[opus(), h264()]);
+        let start = fanout.t0;
+        assert_eq!(fanout.defer_input(start), Some(INPUT_WAIT), "media written just now (the worker's start)");
+        assert_eq!(fanout.defer_input(start + QUIET_AFTER), None, "quiet: each datagram wakes the worker");
+        fanout.replaying = true;
+        assert_eq!(fanout.defer_input(start + QUIET_AFTER), Some(INPUT_WAIT), "a replay under way");
+        fanout.replaying = false;
+        // A viewer mid-handshake: its checks and flights are read at once, until it connects or leaves.
+        let Response::Answer { session, .. } = view(&mut fanout, &offer(&[false, true], false)) else { panic!() };
+        assert_eq!(fanout.defer_input(start), None);
+        let key = fanout.ids[&session];
+        fanout.events.push((key, Event::Connected));
+        fanout.drive(start, &mut |_: str0m::net::Transmit| {});
+        assert_eq!(fanout.defer_input(start), Some(INPUT_WAIT), "connected");
+        let Response::Answer { session, .. } = view(&mut fanout, &offer(&[false, true], false)) else { panic!() };
+        assert_eq!(fanout.defer_input(start), None);
+        assert_eq!(fanout.handle_request(start, Request::Close { session }), Response::Closed);
+        assert_eq!(fanout.defer_input(start), Some(INPUT_WAIT), "left mid-handshake");
+        // Its session's own Connected, were it to come after, counts nothing twice.
+        fanout.events.push((fanout.host.keys().last().unwrap(), Event::Connected));
+        fanout.drive(start, &mut |_: str0m::net::Transmit| {});
+        assert_eq!(fanout.handshaking, 0);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -153,11 +153,21 @@ impl UdpSet {
         Ok(())
     }
 
+    /// Takes the sockets off `registry`, to be registered with another (see
+    /// [`crate::process::Core::defer_input`]).
+    pub fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
+        for b in self.sockets.iter_mut() {
+            registry.deregister(&mut b.socket)?;
+        }
+        Ok(())
+    }
+
     /// The socket index a mio token stands for.
     pub fn index_of(&self, token: Token) -> Option<usize> {
         token.0.checked_sub(self.first_token).filter(|i| *i < self.sockets.len())
     }
 
+    /// How many sockets the set has (their indices are `0..len`).
     pub fn len(&self) -> usize {
         self.sockets.len()
     }

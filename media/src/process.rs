@@ -168,6 +168,12 @@ pub trait Core {
     fn coalesce(&self, _now: Instant) -> Option<Duration> {
         None
     }
+    /// How long what peers send may wait to be read, for a core whose turns come often anyway (media to send):
+    /// then the loop does not wake for a peer's datagram but reads its UDP sockets on each turn, and turns at
+    /// least this often. `None`: every datagram wakes the loop.
+    fn defer_input(&self, _now: Instant) -> Option<Duration> {
+        None
+    }
 
     /// A packet that arrived over `proto` on `destination` from `source`; what the session answers at once goes
     /// to `out`.
@@ -418,6 +424,13 @@ pub fn run<C: Core>(
     let mut frames: Vec<crate::tcp::Frame> = Vec::new();
     let mut next_expiry = Instant::now();
     let mut turn_start = Instant::now();
+    // While the core defers input (`Core::defer_input`), the UDP sockets are registered with `input_poll`, which
+    // is looked at on every turn and never waited on, rather than with `poll`; the loop turns again by
+    // `input_due` at the latest.
+    let mut deferring: Option<Duration> = None;
+    let mut input_due = Instant::now();
+    let mut input_poll = Poll::new().map_err(StartError::Poll)?;
+    let mut input_events = Events::with_capacity(8);
     loop {
         let mut now = Instant::now();
         // A quiet core's turns start at most every `gather`: what arrives meanwhile (datagrams, control
@@ -439,10 +452,26 @@ pub fn run<C: Core>(
             break;
         }
         watchdog.tick(now);
+        let defer = core.defer_input(now);
+        if defer.is_some() != deferring.is_some() {
+            // Registered anew, a socket with datagrams waiting is reported at once.
+            let (from, to) = match defer {
+                Some(_) => (&poll, &input_poll),
+                None => (&input_poll, &poll),
+            };
+            udp.deregister(from.registry())
+                .and_then(|()| udp.register(to.registry(), FIRST_UDP))
+                .map_err(StartError::Poll)?;
+            if deferring.is_none() {
+                input_due = now + defer.unwrap_or_default();
+            }
+        }
+        deferring = defer;
         let timeout = if must_turn(&core, &unfinished, &tcp_unfinished) {
             Duration::ZERO
         } else {
-            let due = [core.next_timeout(now), watchdog.deadline()].into_iter().flatten().min();
+            let input = deferring.map(|_| input_due);
+            let due = [core.next_timeout(now), watchdog.deadline(), input].into_iter().flatten().min();
             due.map_or(IDLE_TURN, |t| t.saturating_duration_since(now).min(IDLE_TURN))
         };
         if let Err(e) = poll.poll(&mut events, Some(timeout)) {
@@ -452,6 +481,20 @@ pub fn run<C: Core>(
         }
         ready.append(&mut unfinished);
         tcp_ready.append(&mut tcp_unfinished);
+        if let Some(wait) = deferring {
+            // What came meanwhile is read on this turn: one look, without waiting, at which sockets have any.
+            if let Err(e) = input_poll.poll(&mut input_events, Some(Duration::ZERO)) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(StartError::Poll(e));
+                }
+            }
+            for event in input_events.iter() {
+                if let Some(index) = udp.index_of(event.token()).filter(|i| !ready.contains(i)) {
+                    ready.push(index);
+                }
+            }
+            input_due = Instant::now() + wait;
+        }
         for event in events.iter() {
             if event.token() == WAKE_SOCKET {
                 if let Some(socket) = &wake_socket {
