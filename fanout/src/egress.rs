@@ -57,7 +57,8 @@ pub(crate) struct Egress {
 pub(crate) struct TrackEgress {
     ssrc: u32,
     ids: ExtIds,
-    mid: Mid,
+    /// The MID's bytes as the extension carries them, read out of the track's `Mid` once.
+    mid_value: MidValue,
     /// The MID goes in each packet: the viewer has not acknowledged the SSRC yet.
     with_mid: bool,
     /// The stream had gone quiet (no sender reports while nothing flows) when str0m was last asked.
@@ -73,6 +74,29 @@ struct ExtIds {
     video_orientation: Option<u8>,
     mid: Option<u8>,
     transport_seq: Option<u8>,
+}
+
+/// A MID of at most [`ONE_BYTE_MAX_LEN`] bytes, held as its bytes (str0m's `Mid` trims its padding each time it
+/// is read).
+#[derive(Clone, Copy)]
+struct MidValue {
+    bytes: [u8; ONE_BYTE_MAX_LEN],
+    len: u8,
+}
+
+impl MidValue {
+    /// `mid`'s bytes, the first [`ONE_BYTE_MAX_LEN`] of them (a longer one is never written here: [`ext_ids`]).
+    fn new(mid: Mid) -> MidValue {
+        let value = mid.as_bytes();
+        let len = value.len().min(ONE_BYTE_MAX_LEN);
+        let mut bytes = [0; ONE_BYTE_MAX_LEN];
+        bytes[..len].copy_from_slice(&value[..len]);
+        MidValue { bytes, len: len as u8 }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
 }
 
 /// One packet's header fields.
@@ -145,7 +169,7 @@ fn write_header(track: &TrackEgress, h: &Header, transport_seq: Option<u64>, out
         n += 1;
     }
     if let (Some(id), true) = (track.ids.mid, track.with_mid) {
-        exts[n] = (id, track.mid.as_bytes());
+        exts[n] = (id, track.mid_value.as_bytes());
         n += 1;
     }
     if let (Some(id), Some(o)) = (track.ids.video_orientation, h.video_orientation) {
@@ -260,16 +284,16 @@ pub(crate) fn ends_quiet(viewer: &Viewer) -> bool {
 
 /// A track's part, if its packets can be written here (see the module's doc).
 fn track_egress(rtc: &mut Rtc, track: &Track, now: Instant) -> Option<TrackEgress> {
-    let (ids, unnoted) = match &track.egress {
-        Some(e) => (e.ids, e.unnoted),
-        None => (ext_ids(rtc, track.mid)?, nothing_sent(now)),
+    let (ids, mid_value, unnoted) = match &track.egress {
+        Some(e) => (e.ids, e.mid_value, e.unnoted),
+        None => (ext_ids(rtc, track.mid)?, MidValue::new(track.mid), nothing_sent(now)),
     };
     let mut api = rtc.direct_api();
     let stream = api.stream_tx_by_mid(track.mid, None)?;
     Some(TrackEgress {
         ssrc: *stream.ssrc(),
         ids,
-        mid: track.mid,
+        mid_value,
         with_mid: !stream.remote_acked_ssrc(),
         quiet: stream.is_quiet(),
         unnoted,
@@ -330,7 +354,7 @@ mod tests {
         TrackEgress {
             ssrc: 0x1122_3344,
             ids: ExtIds { audio_level, video_orientation, mid: mid.map(|(id, _)| id), transport_seq: None },
-            mid: mid.map_or(Mid::from("0"), |(_, m)| m),
+            mid_value: MidValue::new(mid.map_or(Mid::from("0"), |(_, m)| m)),
             with_mid: mid.is_some(),
             quiet: false,
             unnoted: nothing_sent(Instant::now()),

@@ -70,6 +70,9 @@ pub struct UdpSet {
     data: Vec<u8>,
     queued: Vec<Queued>,
     headers: MultiHeaders<SockaddrStorage>,
+    /// Room for a flush's lists (which datagrams go one by one, and their destinations), kept across flushes.
+    singles: Vec<usize>,
+    addrs: Vec<Option<SockaddrStorage>>,
     dropped: u64,
     gso: bool,
     counters: NetCounters,
@@ -128,6 +131,8 @@ impl UdpSet {
             data,
             queued,
             headers,
+            singles: Vec::with_capacity(BATCH),
+            addrs: Vec::with_capacity(BATCH),
             dropped: 0,
             gso: true,
             counters: NetCounters::default(),
@@ -252,8 +257,8 @@ impl UdpSet {
 
     /// Sends everything queued: each socket's datagrams in the order they were queued.
     pub fn flush(&mut self) {
-        let UdpSet { sockets, data, queued, headers, dropped, gso, .. } = self;
-        let mut out = Out { data, headers, dropped, gso };
+        let UdpSet { sockets, data, queued, headers, singles, addrs, dropped, gso, .. } = self;
+        let mut out = Out { data, headers, singles, addrs, dropped, gso };
         let mut at = 0;
         while at < queued.len() {
             let socket = queued[at].socket;
@@ -336,60 +341,63 @@ fn socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
 struct Out<'a> {
     data: &'a [u8],
     headers: &'a mut MultiHeaders<SockaddrStorage>,
+    singles: &'a mut Vec<usize>,
+    addrs: &'a mut Vec<Option<SockaddrStorage>>,
     dropped: &'a mut u64,
     gso: &'a mut bool,
 }
 
 impl Out<'_> {
-    fn bytes(&self, q: &Queued) -> &[u8] {
-        &self.data[q.start..q.start + q.len]
-    }
-
     /// Sends `queue` (datagrams of one socket) in order: runs that can go as one GSO message so, the rest
     /// with sendmmsg.
     fn send(&mut self, fd: RawFd, queue: &[Queued]) {
-        // Datagrams that go one by one, waiting for the next sendmmsg.
-        let mut singles: Vec<usize> = Vec::new();
+        // Datagrams that go one by one (`self.singles`) wait for the next sendmmsg.
         let mut at = 0;
         while at < queue.len() {
             let run = if *self.gso { gso_run(&queue[at..]) } else { 1 };
             if run < 2 {
-                singles.push(at);
+                self.singles.push(at);
                 at += 1;
                 continue;
             }
-            self.send_singles(fd, queue, &mut singles);
+            self.send_singles(fd, queue);
             let first = &queue[at];
             let segment = first.len as u16;
-            let slices: Vec<IoSlice<'_>> = queue[at..at + run].iter().map(|q| IoSlice::new(self.bytes(q))).collect();
+            let data = self.data;
+            let mut slices = [IoSlice::new(&[]); GSO_MAX_SEGMENTS];
+            for (slice, q) in slices.iter_mut().zip(&queue[at..at + run]) {
+                *slice = IoSlice::new(&data[q.start..][..q.len]);
+            }
             let cmsg = [socket::ControlMessage::UdpGsoSegments(&segment)];
             let addr = SockaddrStorage::from(first.destination);
-            match socket::sendmsg(fd, &slices, &cmsg, MsgFlags::MSG_DONTWAIT, Some(&addr)) {
+            match socket::sendmsg(fd, &slices[..run], &cmsg, MsgFlags::MSG_DONTWAIT, Some(&addr)) {
                 Ok(_) => {}
                 Err(Errno::EAGAIN) => *self.dropped += run as u64,
                 Err(e) => {
                     // No GSO here (an old kernel, a device without it): send these one by one, and all from now on.
                     tracing::debug!(error = %e, "UDP GSO refused; sending datagrams one by one");
                     *self.gso = false;
-                    singles.extend(at..at + run);
+                    self.singles.extend(at..at + run);
                 }
             }
             at += run;
         }
-        self.send_singles(fd, queue, &mut singles);
+        self.send_singles(fd, queue);
     }
 
-    /// Sends the datagrams of `queue` listed in `singles` with sendmmsg, and empties the list.
-    fn send_singles(&mut self, fd: RawFd, queue: &[Queued], singles: &mut Vec<usize>) {
+    /// Sends the datagrams of `queue` listed in `self.singles` with sendmmsg, and empties the list.
+    fn send_singles(&mut self, fd: RawFd, queue: &[Queued]) {
+        let data = self.data;
         let mut done = 0;
-        while done < singles.len() {
-            let chunk = &singles[done..(done + BATCH).min(singles.len())];
-            let data = self.data;
-            let slices: Vec<[IoSlice<'_>; 1]> =
-                chunk.iter().map(|&i| [IoSlice::new(&data[queue[i].start..][..queue[i].len])]).collect();
-            let addrs: Vec<Option<SockaddrStorage>> =
-                chunk.iter().map(|&i| Some(SockaddrStorage::from(queue[i].destination))).collect();
-            match socket::sendmmsg(fd, self.headers, &slices, &addrs, [], MsgFlags::MSG_DONTWAIT) {
+        while done < self.singles.len() {
+            let chunk = &self.singles[done..(done + BATCH).min(self.singles.len())];
+            let mut slices = [[IoSlice::new(&[])]; BATCH];
+            for (slice, &i) in slices.iter_mut().zip(chunk) {
+                *slice = [IoSlice::new(&data[queue[i].start..][..queue[i].len])];
+            }
+            self.addrs.clear();
+            self.addrs.extend(chunk.iter().map(|&i| Some(SockaddrStorage::from(queue[i].destination))));
+            match socket::sendmmsg(fd, self.headers, &slices[..chunk.len()], &*self.addrs, [], MsgFlags::MSG_DONTWAIT) {
                 // At least one went out, or the call would have failed; continue after the last sent.
                 Ok(results) => done += results.count().max(1),
                 Err(Errno::EINTR) => {}
@@ -401,7 +409,7 @@ impl Out<'_> {
                 }
             }
         }
-        singles.clear();
+        self.singles.clear();
     }
 }
 
