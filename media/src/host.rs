@@ -10,6 +10,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use rustc_hash::FxHashMap;
 use str0m::ice::StunMessage;
 use str0m::net::{Protocol, Receive, Transmit};
 use str0m::{Event, Input, Output, Rtc};
@@ -96,8 +97,10 @@ pub const MAX_REMOTES: usize = 8;
 
 pub struct SessionHost<T> {
     /// Boxed: an `Rtc` is about 10 KB, and a table of them inline would keep that much per empty slot (up to
-    /// half the slots after it grows) and move every session each time it grows.
-    sessions: HashMap<SessionKey, Box<Session<T>>>,
+    /// half the slots after it grows) and move every session each time it grows. Looked up for every viewer a
+    /// packet goes to, by keys this table numbers itself (no peer chooses them): hashed with Fx, a multiply,
+    /// rather than SipHash, which stands against keys chosen to collide.
+    sessions: FxHashMap<SessionKey, Box<Session<T>>>,
     by_remote: HashMap<SocketAddr, SessionKey>,
     by_ufrag: HashMap<String, SessionKey>,
     next_key: u64,
@@ -128,7 +131,7 @@ pub enum SyncPoint {
 impl<T> Default for SessionHost<T> {
     fn default() -> Self {
         SessionHost {
-            sessions: HashMap::new(),
+            sessions: FxHashMap::default(),
             by_remote: HashMap::new(),
             by_ufrag: HashMap::new(),
             next_key: 1,
