@@ -98,32 +98,40 @@ pub(crate) struct VideoChoice {
     pub(crate) ring_pt: u8,
 }
 
+/// Ring payload types a viewer's [`PtMap`] remembers: more than a room's codecs and its slate's.
+const PT_SLOTS: usize = 8;
+
 /// A viewer's payload type for each of a codec table's: which of the room's codecs it negotiated, as what.
 pub(crate) struct PtMap {
     pub(crate) negotiated: CodecConfig,
-    /// Ring payload type to the viewer's, for those looked up so far: a room has a handful of codecs, and a
-    /// short list looked through is faster per packet than a hash map.
-    pub(crate) map: Vec<(u8, Option<Pt>)>,
+    /// Ring payload type to the viewer's, for the first [`PT_SLOTS`] looked up: a room has a handful of codecs,
+    /// and a short list held in place is faster per packet than a hash map or a list elsewhere on the heap.
+    map: [(u8, Option<Pt>); PT_SLOTS],
+    len: usize,
     /// The table version the map was made for.
-    pub(crate) version: u64,
+    version: u64,
 }
 
 impl PtMap {
     pub(crate) fn new(negotiated: CodecConfig) -> PtMap {
-        PtMap { negotiated, map: Vec::new(), version: u64::MAX }
+        PtMap { negotiated, map: [(0, None); PT_SLOTS], len: 0, version: u64::MAX }
     }
 
     /// The viewer's payload type for ring payload type `ring_pt` of `table`, if it negotiated that codec.
     pub(crate) fn get(&mut self, table: &CodecTable, ring_pt: u8) -> Option<Pt> {
         if self.version != table.version {
-            self.map.clear();
+            self.len = 0;
             self.version = table.version;
         }
-        if let Some((_, pt)) = self.map.iter().find(|(r, _)| *r == ring_pt) {
+        if let Some((_, pt)) = self.map[..self.len].iter().find(|(r, _)| *r == ring_pt) {
             return *pt;
         }
         let pt = table.get(ring_pt).and_then(|e| self.negotiated.match_params(codec::params(e))).map(|p| p.pt());
-        self.map.push((ring_pt, pt));
+        // Past the slots (a table of more codecs than any room has) it is looked up each time.
+        if self.len < PT_SLOTS {
+            self.map[self.len] = (ring_pt, pt);
+            self.len += 1;
+        }
         pt
     }
 }
@@ -379,7 +387,37 @@ pub(crate) fn fit(negotiated: &CodecConfig, codecs: &[CodecEntry], sections: &[(
 
 #[cfg(test)]
 mod tests {
-    use super::LinkEstimate;
+    use deadsfu_media::codec;
+    use shm_proto::ring::{Codec, CodecEntry, MediaKind};
+    use str0m::format::CodecConfig;
+
+    use super::{LinkEstimate, PtMap, PT_SLOTS};
+    use crate::feed::CodecTable;
+
+    #[test]
+    fn a_viewer_s_payload_types_follow_the_room_s_table_past_the_slots_and_across_versions() {
+        let opus = CodecEntry::new(111, MediaKind::Audio, Codec::Opus, 48_000, 2, "minptime=10;useinbandfec=1");
+        let vp8 = CodecEntry::new(96, MediaKind::Video, Codec::Vp8, 90_000, 0, "");
+        // The viewer offered Opus as 109 and VP8 as 120.
+        let offered = [CodecEntry { pt: 109, ..opus.clone() }, CodecEntry { pt: 120, ..vp8.clone() }];
+        let mut map = PtMap::new(CodecConfig::new_from_payload_params(offered.iter().map(codec::params).collect()));
+        // A table of more payload types than the map holds: VP8 under many of them, then Opus.
+        let mut entries: Vec<CodecEntry> =
+            (0..PT_SLOTS as u8 + 2).map(|i| CodecEntry { pt: 96 + i, ..vp8.clone() }).collect();
+        entries.push(opus.clone());
+        let table = CodecTable { entries, version: 1 };
+        for _ in 0..2 {
+            for i in 0..PT_SLOTS as u8 + 2 {
+                assert_eq!(map.get(&table, 96 + i).map(|p| *p), Some(120), "ring pt {}", 96 + i);
+            }
+            assert_eq!(map.get(&table, 111).map(|p| *p), Some(109));
+            assert_eq!(map.get(&table, 50), None, "not in the table");
+        }
+        // A new version of the table: 111 is VP8 now.
+        let table = CodecTable { entries: vec![CodecEntry { pt: 111, ..vp8 }], version: 2 };
+        assert_eq!(map.get(&table, 111).map(|p| *p), Some(120));
+        assert_eq!(map.get(&table, 96), None);
+    }
 
     #[test]
     fn an_estimate_says_what_the_link_carries_once_it_has_come_down() {
