@@ -168,6 +168,7 @@ pub trait Core {
     fn coalesce(&self, _now: Instant) -> Option<Duration> {
         None
     }
+
     /// How long what peers send may wait to be read, for a core whose turns come often anyway (media to send):
     /// then the loop does not wake for a peer's datagram but reads its UDP sockets on each turn, and turns at
     /// least this often. `None`: every datagram wakes the loop.
