@@ -87,7 +87,7 @@ def test_bench_smoke(tmp_path):
     assert w["latency_us"]["n"] > 0 and 0 <= w["latency_us"]["p50"] <= w["latency_us"]["p99"], w["latency_us"]
     assert w["sample"]["decrypted_rtp"] > 0, w["sample"]  # the decrypting viewers authenticated SRTP
 
-    # The floor ran twice, before the viewers and after the idle phase; the ratio is over their mean.
+    # The floor ran twice, before the viewers came and after they left; the ratio is over their mean.
     f, f2 = r["floor"], r["floor_after"]
     for run in (f, f2):
         assert run["sent"] > 0 and run["sender_cpu_us_per_packet"] > 0 and run["viewers"] == 5, run
@@ -100,6 +100,7 @@ def test_bench_smoke(tmp_path):
     idle = r["idle"]
     assert idle["viewers_connected"] == 5 and idle["packets_per_s"] == 0, idle
     assert isinstance(idle["fanout_core_percent"], float) and math.isfinite(idle["fanout_core_percent"]), idle
+    assert idle["load_core_percent"] >= 0 and math.isfinite(idle["load_core_percent"]), idle
 
 
 @pytest.mark.skipif(CGROUP_CPU is None or not os.access(CGROUP_CPU, os.W_OK),
