@@ -81,6 +81,7 @@ def test_bench_smoke(tmp_path):
     assert set(w["anomalies"]) == {"gaps", "missing", "duplicates", "reorders"}
     assert w["fanout_us_per_packet"] > 0 and w["ingest_us_per_packet"] > 0, w
     assert w["fanout_throttled_s"] == 0, w  # no --cpu-limit: nothing holds the workers back
+    assert w["fanout_wakeups_per_s"] > 0, w  # the worker slept between its turns
     join_cpu = ramp_cpu - ramp["packets_live"] * w["fanout_us_per_packet"] * 1e-6
     assert ramp["join_cpu_s"] == pytest.approx(join_cpu), (ramp, w["fanout_us_per_packet"])
     assert ramp["joins_per_s_per_core_less_live"] == (pytest.approx(5 / join_cpu) if join_cpu > 0 else None), ramp
