@@ -99,8 +99,9 @@ const QUIET_GATHER: Duration = Duration::from_millis(50);
 /// transport-wide feedback) does not wake the worker: it is read on the worker's next turn, which the next
 /// packet of a room brings (a few milliseconds at most for a stream with audio), and at the latest this long
 /// after the last read, the rings' own [`RING_POLL`]. A worker sending a stream to a hundred viewers otherwise
-/// woke for a good part of their reports on their own (2282 context switches in 8 s against 1872, README). A resend then leaves a few milliseconds later, which a jitter buffer that waits a round
-/// trip for it does not notice; a joining viewer's handshake is answered at once.
+/// woke for a good part of their reports on their own (2282 context switches in 8 s against 1872 at 100 viewers,
+/// BENCHMARKS.md). A resend then leaves a few milliseconds later, which a jitter buffer that waits a round trip
+/// for it does not notice; a joining viewer's handshake is answered at once.
 const INPUT_WAIT: Duration = RING_POLL;
 
 pub struct Fanout {
