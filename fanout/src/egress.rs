@@ -39,6 +39,10 @@ const ONE_BYTE_MAX_LEN: usize = 16;
 /// Packets numbered for transport-wide feedback and not yet registered with str0m that make the worker hand
 /// them over at once rather than at the session's next sync: a bound on what a viewer keeps of them.
 const TRANSPORT_UNNOTED_MAX: usize = 64;
+/// The fixed header and the one-byte extension block's own header (`0xBEDE` and its length in words).
+const FIXED_LEN: usize = 12 + 4;
+/// The longest header [`write_header`] makes: every extension there, the MID at its longest, padded to a word.
+const HEADER_MAX: usize = FIXED_LEN + (2 + (1 + ONE_BYTE_MAX_LEN) + 2 + 3).div_ceil(4) * 4;
 
 /// What a viewer's session sends media with, taken from str0m.
 pub(crate) struct Egress {
@@ -57,6 +61,8 @@ pub(crate) struct Egress {
 pub(crate) struct TrackEgress {
     ssrc: u32,
     ids: ExtIds,
+    /// The negotiated extensions in the order of their ids, the order a header carries them in: made from `ids` once.
+    order: ExtOrder,
     /// The MID's bytes as the extension carries them, read out of the track's `Mid` once.
     mid_value: MidValue,
     /// The MID goes in each packet: the viewer has not acknowledged the SSRC yet.
@@ -74,6 +80,32 @@ struct ExtIds {
     video_orientation: Option<u8>,
     mid: Option<u8>,
     transport_seq: Option<u8>,
+}
+
+/// An extension [`write_header`] may write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ext {
+    AudioLevel,
+    VideoOrientation,
+    Mid,
+    TransportSeq,
+}
+
+/// Extensions with their ids, ascending; the unused places last.
+type ExtOrder = [Option<(u8, Ext)>; 4];
+
+impl ExtIds {
+    fn order(&self) -> ExtOrder {
+        let mut order = [
+            self.audio_level.map(|id| (id, Ext::AudioLevel)),
+            self.video_orientation.map(|id| (id, Ext::VideoOrientation)),
+            self.mid.map(|id| (id, Ext::Mid)),
+            self.transport_seq.map(|id| (id, Ext::TransportSeq)),
+        ];
+        // `None` sorts first: order by (unused, id).
+        order.sort_unstable_by_key(|e| e.map_or((true, 0), |(id, _)| (false, id)));
+        order
+    }
 }
 
 /// A MID of at most [`ONE_BYTE_MAX_LEN`] bytes, held as its bytes (str0m's `Mid` trims its padding each time it
@@ -148,53 +180,47 @@ pub(crate) fn write(
 }
 
 /// The RTP header as str0m writes it: version 2, the extension bit always set, the one-byte extensions in the
-/// order of their ids, zero-padded to a word.
+/// order of their ids, zero-padded to a word. Made in a buffer on the stack and copied out once.
 fn write_header(track: &TrackEgress, h: &Header, transport_seq: Option<u64>, out: &mut Vec<u8>) {
-    out.push(0b1001_0000);
-    out.push(u8::from(h.marker) << 7 | (*h.pt & 0x7f));
-    out.extend_from_slice(&(h.seq as u16).to_be_bytes());
-    out.extend_from_slice(&h.timestamp.to_be_bytes());
-    out.extend_from_slice(&track.ssrc.to_be_bytes());
-    out.extend_from_slice(&[0xbe, 0xde, 0, 0]);
-    let ext_start = out.len();
-    // At most four: in id order.
-    let mut exts: [(u8, &[u8]); 4] = [(u8::MAX, &[]); 4];
-    let level;
-    let orientation;
-    let transport;
-    let mut n = 0;
-    if let (Some(id), Some((level_db, voice))) = (track.ids.audio_level, h.audio_level) {
-        level = [u8::from(voice) << 7 | (level_db.unsigned_abs() & 0x7f)];
-        exts[n] = (id, &level);
-        n += 1;
+    let mut b = [0u8; HEADER_MAX];
+    b[0] = 0b1001_0000;
+    b[1] = u8::from(h.marker) << 7 | (*h.pt & 0x7f);
+    b[2..4].copy_from_slice(&(h.seq as u16).to_be_bytes());
+    b[4..8].copy_from_slice(&h.timestamp.to_be_bytes());
+    b[8..12].copy_from_slice(&track.ssrc.to_be_bytes());
+    b[12..14].copy_from_slice(&[0xbe, 0xde]);
+    let mut at = FIXED_LEN;
+    let mut put = |id: u8, value: &[u8]| {
+        b[at] = id << 4 | (value.len() as u8 - 1);
+        b[at + 1..at + 1 + value.len()].copy_from_slice(value);
+        at += 1 + value.len();
+    };
+    for &(id, ext) in track.order.iter().flatten() {
+        match ext {
+            Ext::AudioLevel => {
+                if let Some((level_db, voice)) = h.audio_level {
+                    put(id, &[u8::from(voice) << 7 | (level_db.unsigned_abs() & 0x7f)]);
+                }
+            }
+            Ext::Mid if track.with_mid => put(id, track.mid_value.as_bytes()),
+            Ext::Mid => {}
+            Ext::VideoOrientation => {
+                if let Some(o) = h.video_orientation {
+                    put(id, &[o]);
+                }
+            }
+            Ext::TransportSeq => {
+                if let Some(seq) = transport_seq {
+                    put(id, &(seq as u16).to_be_bytes());
+                }
+            }
+        }
     }
-    if let (Some(id), true) = (track.ids.mid, track.with_mid) {
-        exts[n] = (id, track.mid_value.as_bytes());
-        n += 1;
-    }
-    if let (Some(id), Some(o)) = (track.ids.video_orientation, h.video_orientation) {
-        orientation = [o];
-        exts[n] = (id, &orientation);
-        n += 1;
-    }
-    if let (Some(id), Some(seq)) = (track.ids.transport_seq, transport_seq) {
-        transport = (seq as u16).to_be_bytes();
-        exts[n] = (id, &transport);
-        n += 1;
-    }
-    let exts = &mut exts[..n];
-    exts.sort_unstable_by_key(|(id, _)| *id);
-    for (id, value) in exts.iter() {
-        out.push(id << 4 | (value.len() as u8 - 1));
-        out.extend_from_slice(value);
-    }
-    let padded = (out.len() - ext_start).div_ceil(4) * 4;
-    out.resize(ext_start + padded, 0);
-    let words = (padded / 4) as u16;
-    out[ext_start - 2..ext_start].copy_from_slice(&words.to_be_bytes());
+    let words = (at - FIXED_LEN).div_ceil(4);
+    b[14..16].copy_from_slice(&(words as u16).to_be_bytes());
+    out.extend_from_slice(&b[..FIXED_LEN + 4 * words]);
 }
 
-/// RFC 7714 8.1: the salt XOR (two zero bytes, SSRC, rollover counter, sequence number).
 fn iv(salt: &[u8; 12], ssrc: u32, seq: u64) -> [u8; 12] {
     let mut iv = [0u8; 12];
     iv[2..6].copy_from_slice(&ssrc.to_be_bytes());
@@ -293,6 +319,7 @@ fn track_egress(rtc: &mut Rtc, track: &Track, now: Instant) -> Option<TrackEgres
     Some(TrackEgress {
         ssrc: *stream.ssrc(),
         ids,
+        order: ids.order(),
         mid_value,
         with_mid: !stream.remote_acked_ssrc(),
         quiet: stream.is_quiet(),
@@ -354,6 +381,7 @@ mod tests {
         TrackEgress {
             ssrc: 0x1122_3344,
             ids: ExtIds { audio_level, video_orientation, mid: mid.map(|(id, _)| id), transport_seq: None },
+            order: ExtIds { audio_level, video_orientation, mid: mid.map(|(id, _)| id), transport_seq: None }.order(),
             mid_value: MidValue::new(mid.map_or(Mid::from("0"), |(_, m)| m)),
             with_mid: mid.is_some(),
             quiet: false,
@@ -395,8 +423,21 @@ mod tests {
         out.clear();
         let mut tx = track(Some(1), None, Some((4, Mid::from("0"))));
         tx.ids.transport_seq = Some(5);
+        tx.order = tx.ids.order();
         write_header(&tx, &header(7, Some((-20, false)), None), Some(0x3_fffe), &mut out);
         assert_eq!(&out[12..], [0xbe, 0xde, 0x00, 0x02, 0x10, 20, 0x40, b'0', 0x51, 0xff, 0xfe, 0]);
+        // The longest: every extension, ids descending from the transport-wide number's, a MID of 16 bytes.
+        out.clear();
+        let mid = Mid::from("0123456789abcdef");
+        let mut tx = track(Some(14), Some(13), Some((12, mid)));
+        tx.ids.transport_seq = Some(11);
+        tx.order = tx.ids.order();
+        write_header(&tx, &header(7, Some((-1, true)), Some(1)), Some(9), &mut out);
+        assert_eq!(out.len(), HEADER_MAX);
+        let mut expected = vec![0xbe, 0xde, 0x00, 0x06, 0xb1, 0x00, 0x09, 0xcf];
+        expected.extend_from_slice(b"0123456789abcdef");
+        expected.extend_from_slice(&[0xd0, 0x01, 0xe0, 0x81]);
+        assert_eq!(&out[12..], expected);
     }
 
     #[test]
