@@ -4,8 +4,10 @@
 //! It takes real packets of a stream (the newest ones in a room's ring, or a synthetic 1.5 Mbit/s mix when no
 //! ring is given) and, for N viewers, copies each packet, rewrites its sequence number and SSRC, seals it with
 //! AES-128-GCM under that viewer's own key (RFC 7714 nonce and AAD), and sends it with `sendmmsg` in batches
-//! of 64 to N UDP sockets on 127.0.0.1. A helper thread drains the sockets (its CPU is reported apart). The
-//! sender's CPU comes from `getrusage(RUSAGE_THREAD)`.
+//! of 64 to N UDP sockets on 127.0.0.1. A helper thread drains the sockets (its CPU is reported apart) every
+//! millisecond, sleeping in between as `deadsfu-load` reads its own, so that no datagram wakes it: on loopback
+//! the sender would pay for each wake-up, which a sender to hosts elsewhere does not. The sender's CPU comes from
+//! `getrusage(RUSAGE_THREAD)`.
 //!
 //! On loopback the sender pays for the receiving side too, and its sockets are set up as `deadsfu-load`'s are:
 //! the same share of them asks for receive timestamps (`SO_TIMESTAMPNS`). One such socket is enough for the
@@ -41,6 +43,8 @@ const DGRAM_MAX: usize = 1600;
 const TAG_LEN: usize = 16;
 /// One receiving socket in this many asks for receive timestamps, as the load client's 5% sample does.
 const STAMPED_EVERY: usize = 20;
+/// How often the drain reads the sockets, as `deadsfu-load` does (its `RECV_TICK`).
+const RECV_TICK: Duration = Duration::from_millis(1);
 
 struct Packet {
     /// Offset from the first packet of the capture.
@@ -423,7 +427,9 @@ fn drain_thread(socks: Vec<UdpSocket>, stop: Arc<AtomicBool>, received: Arc<Atom
     let mut buf = [0u8; DGRAM_MAX];
     let mut count = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        if poll.poll(&mut events, Some(Duration::from_millis(20))).is_err() {
+        // Sleep, then look without waiting, as `deadsfu-load` reads its sockets: the sender wakes nobody.
+        std::thread::sleep(RECV_TICK);
+        if poll.poll(&mut events, Some(Duration::ZERO)).is_err() {
             continue;
         }
         for ev in events.iter() {

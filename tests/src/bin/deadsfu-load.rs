@@ -1,4 +1,5 @@
-//! `deadsfu-load`: hundreds to thousands of real WebRTC viewers (ICE, DTLS, SRTP) on one mio loop.
+//! `deadsfu-load`: hundreds to thousands of real WebRTC viewers (ICE, DTLS, SRTP) on one mio loop, which reads
+//! its sockets every millisecond rather than waiting for them (see `RECV_TICK`).
 //!
 //! Every viewer is a str0m `Rtc` with its own UDP socket on 127.0.0.1 that POSTs a WHEP offer and keeps its
 //! session alive (ICE consent, RTCP) by driving str0m's timers. Media is checked on every viewer from the
@@ -40,6 +41,14 @@ const WAKER: Token = Token(usize::MAX);
 /// Datagrams per `recvmmsg`.
 const BATCH: usize = 32;
 const DGRAM_MAX: usize = 2048;
+/// The client reads its sockets at least this often, sleeping in between rather than waiting in epoll: a
+/// datagram that arrives while it sleeps wakes nobody. Waiting in epoll, the client was woken by the worker
+/// for about every batch of datagrams the worker sent (600-770 times a second at 200 viewers), and on loopback
+/// the sender pays for each wake-up in its own send call (an inter-processor interrupt when the client sits on
+/// the other CPU): a cost a worker sending to viewers elsewhere does not have, and one that moved with the
+/// phase of the two loops from run to run. Latency is read from the kernel's receive timestamps, which the
+/// client's sleep does not move.
+const RECV_TICK: Duration = Duration::from_millis(1);
 /// A viewer with no complete video frame this long after its POST is counted as failed.
 const MEDIA_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the payload -> ring arrival map keeps entries: under the fixture's loop period (10 s), whose
@@ -1032,7 +1041,11 @@ fn main() {
         if next_post < n && in_flight < load.args.concurrency {
             timeout = timeout.min(next_post_at.saturating_duration_since(Instant::now()));
         }
-        if let Err(e) = load.poll.poll(&mut events, Some(timeout)) {
+        // Sleep, then look at the sockets without waiting (see [`RECV_TICK`]).
+        if !timeout.is_zero() {
+            std::thread::sleep(timeout.min(RECV_TICK));
+        }
+        if let Err(e) = load.poll.poll(&mut events, Some(Duration::ZERO)) {
             if e.kind() != std::io::ErrorKind::Interrupted {
                 panic!("epoll: {e}");
             }
