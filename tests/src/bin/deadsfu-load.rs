@@ -41,13 +41,13 @@ const WAKER: Token = Token(usize::MAX);
 /// Datagrams per `recvmmsg`.
 const BATCH: usize = 32;
 const DGRAM_MAX: usize = 2048;
-/// The client reads its sockets at least this often, sleeping in between rather than waiting in epoll: a
-/// datagram that arrives while it sleeps wakes nobody. Waiting in epoll, the client was woken by the worker
-/// for about every batch of datagrams the worker sent (600-770 times a second at 200 viewers), and on loopback
-/// the sender pays for each wake-up in its own send call (an inter-processor interrupt when the client sits on
-/// the other CPU): a cost a worker sending to viewers elsewhere does not have, and one that moved with the
-/// phase of the two loops from run to run. Latency is read from the kernel's receive timestamps, which the
-/// client's sleep does not move.
+/// The client reads its sockets at least this often, sleeping in between rather than waiting in epoll: a datagram
+/// that arrives while it sleeps wakes nobody. Waiting in epoll, the client was woken by the worker for about every
+/// batch of datagrams the worker sent (590-770 times a second at 200 viewers of the 500 kbit/s stream), and on
+/// loopback the sender pays for each wake-up in its own send call (an inter-processor interrupt when the client
+/// sits on the other CPU): a cost a worker sending to viewers elsewhere does not have, and one that moved with the
+/// phase of the two loops from run to run. Latency is read from the kernel's receive timestamps, which the client's
+/// sleep does not move.
 const RECV_TICK: Duration = Duration::from_millis(1);
 /// A viewer with no complete video frame this long after its POST is counted as failed.
 const MEDIA_TIMEOUT: Duration = Duration::from_secs(60);
