@@ -170,8 +170,9 @@ pub trait Core {
     }
 
     /// How long what peers send may wait to be read, for a core whose turns come often anyway (media to send):
-    /// then the loop does not wake for a peer's datagram but reads its UDP sockets on each turn, and turns at
-    /// least this often. `None`: every datagram wakes the loop.
+    /// then the loop does not wake for a peer's datagram but reads its UDP sockets on each turn, after the core's
+    /// poll so that the turn's media is not held up by them, and turns at least this often. `None`: every
+    /// datagram wakes the loop, and a turn reads before it polls.
     fn defer_input(&self, _now: Instant) -> Option<Duration> {
         None
     }
@@ -360,6 +361,43 @@ fn must_turn<C: Core>(core: &C, unfinished: &[usize], tcp_unfinished: &[Token]) 
     core.has_work() || !unfinished.is_empty() || !tcp_unfinished.is_empty()
 }
 
+/// Reads the sockets in `ready`, at most [`DATAGRAM_BUDGET`] datagrams each, and hands every datagram to the
+/// core; a socket left with datagrams goes to `unfinished`.
+fn read_udp<C: Core>(
+    core: &mut C,
+    udp: &mut UdpSet,
+    tcp: &mut Option<TcpSet>,
+    batch: &mut RecvBatch,
+    ready: &mut Vec<usize>,
+    unfinished: &mut Vec<usize>,
+) {
+    for index in ready.drain(..) {
+        let mut dry = false;
+        for _ in 0..DATAGRAM_BUDGET / RECV_BATCH {
+            let n = match udp.recv_batch(index, batch) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::debug!(error = %e, "recv failed");
+                    0
+                }
+            };
+            let now = Instant::now();
+            for (datagram, source, dest) in batch.iter() {
+                let out = &mut Sockets { udp, tcp };
+                core.handle_packet(now, Protocol::Udp, source, dest, datagram, out);
+            }
+            // Fewer than a batch: the kernel had no more (the socket is reported again when more come).
+            if n < RECV_BATCH {
+                dry = true;
+                break;
+            }
+        }
+        if !dry {
+            unfinished.push(index);
+        }
+    }
+}
+
 /// Binds the process's sockets, builds its core from its ICE host candidates (UDP, and passive TCP with
 /// `ice_tcp`) and a waker (which turns the loop at once, for threads that feed the core), and runs it until
 /// SIGTERM or SIGINT.
@@ -511,30 +549,11 @@ pub fn run<C: Core>(
                 tcp_ready.push(event.token());
             }
         }
-        for index in ready.drain(..) {
-            let mut dry = false;
-            for _ in 0..DATAGRAM_BUDGET / RECV_BATCH {
-                let n = match udp.recv_batch(index, &mut batch) {
-                    Ok(n) => n,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "recv failed");
-                        0
-                    }
-                };
-                let now = Instant::now();
-                for (datagram, source, dest) in batch.iter() {
-                    let out = &mut Sockets { udp: &mut udp, tcp: &mut tcp };
-                    core.handle_packet(now, Protocol::Udp, source, dest, datagram, out);
-                }
-                // Fewer than a batch: the kernel had no more (the socket is reported again when more come).
-                if n < RECV_BATCH {
-                    dry = true;
-                    break;
-                }
-            }
-            if !dry {
-                unfinished.push(index);
-            }
+        // While the core defers input, its media goes first: what peers sent is read after the core's poll (see
+        // `Core::defer_input`).
+        let media_first = deferring.is_some();
+        if !media_first {
+            read_udp(&mut core, &mut udp, &mut tcp, &mut batch, &mut ready, &mut unfinished);
         }
         if let Some(set) = &mut tcp {
             let now = Instant::now();
@@ -567,6 +586,9 @@ pub fn run<C: Core>(
             call.reply.send(response);
         }
         core.poll(now, &mut Sockets { udp: &mut udp, tcp: &mut tcp });
+        if media_first {
+            read_udp(&mut core, &mut udp, &mut tcp, &mut batch, &mut ready, &mut unfinished);
+        }
         feed.turn(&core, now, requests);
         udp.flush();
         if let Some(set) = &mut tcp {
