@@ -60,8 +60,7 @@ pub(crate) struct Egress {
 /// A track's part: its SSRC, its header extensions, and what was sent since str0m was last told.
 pub(crate) struct TrackEgress {
     ssrc: u32,
-    ids: ExtIds,
-    /// The negotiated extensions in the order of their ids, the order a header carries them in: made from `ids` once.
+    /// The negotiated extensions in the order of their ids, the order a header carries them in.
     order: ExtOrder,
     /// The MID's bytes as the extension carries them, read out of the track's `Mid` once.
     mid_value: MidValue,
@@ -93,6 +92,11 @@ enum Ext {
 
 /// Extensions with their ids, ascending; the unused places last.
 type ExtOrder = [Option<(u8, Ext)>; 4];
+
+/// Whether `order` has the transport-wide sequence number.
+fn numbered(order: &ExtOrder) -> bool {
+    order.iter().flatten().any(|&(_, ext)| ext == Ext::TransportSeq)
+}
 
 impl ExtIds {
     fn order(&self) -> ExtOrder {
@@ -154,7 +158,7 @@ pub(crate) fn write(
 ) -> Option<Path> {
     let path = egress.path?;
     let start = out.len();
-    let transport_seq = track.ids.transport_seq.map(|_| egress.transport_first + egress.sends.len() as u64);
+    let transport_seq = numbered(&track.order).then(|| egress.transport_first + egress.sends.len() as u64);
     write_header(track, header, transport_seq, out);
     let header_end = out.len();
     out.extend_from_slice(payload);
@@ -310,16 +314,15 @@ pub(crate) fn ends_quiet(viewer: &Viewer) -> bool {
 
 /// A track's part, if its packets can be written here (see the module's doc).
 fn track_egress(rtc: &mut Rtc, track: &Track, now: Instant) -> Option<TrackEgress> {
-    let (ids, mid_value, unnoted) = match &track.egress {
-        Some(e) => (e.ids, e.mid_value, e.unnoted),
-        None => (ext_ids(rtc, track.mid)?, MidValue::new(track.mid), nothing_sent(now)),
+    let (order, mid_value, unnoted) = match &track.egress {
+        Some(e) => (e.order, e.mid_value, e.unnoted),
+        None => (ext_ids(rtc, track.mid)?.order(), MidValue::new(track.mid), nothing_sent(now)),
     };
     let mut api = rtc.direct_api();
     let stream = api.stream_tx_by_mid(track.mid, None)?;
     Some(TrackEgress {
         ssrc: *stream.ssrc(),
-        ids,
-        order: ids.order(),
+        order,
         mid_value,
         with_mid: !stream.remote_acked_ssrc(),
         quiet: stream.is_quiet(),
@@ -380,7 +383,6 @@ mod tests {
     fn track(audio_level: Option<u8>, video_orientation: Option<u8>, mid: Option<(u8, Mid)>) -> TrackEgress {
         TrackEgress {
             ssrc: 0x1122_3344,
-            ids: ExtIds { audio_level, video_orientation, mid: mid.map(|(id, _)| id), transport_seq: None },
             order: ExtIds { audio_level, video_orientation, mid: mid.map(|(id, _)| id), transport_seq: None }.order(),
             mid_value: MidValue::new(mid.map_or(Mid::from("0"), |(_, m)| m)),
             with_mid: mid.is_some(),
@@ -422,16 +424,17 @@ mod tests {
         // The transport-wide sequence number (id 5 here) in its place among the others: its low 16 bits.
         out.clear();
         let mut tx = track(Some(1), None, Some((4, Mid::from("0"))));
-        tx.ids.transport_seq = Some(5);
-        tx.order = tx.ids.order();
+        tx.order =
+            ExtIds { audio_level: Some(1), video_orientation: None, mid: Some(4), transport_seq: Some(5) }.order();
         write_header(&tx, &header(7, Some((-20, false)), None), Some(0x3_fffe), &mut out);
         assert_eq!(&out[12..], [0xbe, 0xde, 0x00, 0x02, 0x10, 20, 0x40, b'0', 0x51, 0xff, 0xfe, 0]);
         // The longest: every extension, ids descending from the transport-wide number's, a MID of 16 bytes.
         out.clear();
         let mid = Mid::from("0123456789abcdef");
         let mut tx = track(Some(14), Some(13), Some((12, mid)));
-        tx.ids.transport_seq = Some(11);
-        tx.order = tx.ids.order();
+        tx.order =
+            ExtIds { audio_level: Some(14), video_orientation: Some(13), mid: Some(12), transport_seq: Some(11) }
+                .order();
         write_header(&tx, &header(7, Some((-1, true)), Some(1)), Some(9), &mut out);
         assert_eq!(out.len(), HEADER_MAX);
         let mut expected = vec![0xbe, 0xde, 0x00, 0x06, 0xb1, 0x00, 0x09, 0xcf];
