@@ -655,8 +655,7 @@ impl Core for Fanout {
 
     fn coalesce(&self, now: Instant) -> Option<Duration> {
         let quiet = !self.replaying && now.saturating_duration_since(self.last_media) >= QUIET_AFTER;
-        // Checked last: it looks at every session.
-        (quiet && self.host.pending() == 0).then_some(QUIET_GATHER)
+        (quiet && self.handshaking == 0).then_some(QUIET_GATHER)
     }
 
     fn defer_input(&self, now: Instant) -> Option<Duration> {
@@ -855,9 +854,8 @@ mod tests {
         // A viewer mid-handshake: its checks and flights are answered at once.
         let Response::Answer { session, .. } = view(&mut fanout, &offer(&[false, true], false)) else { panic!() };
         assert_eq!(fanout.coalesce(later), None);
-        let key = fanout.ids[&session];
-        fanout.host.remove(key);
-        assert_eq!(fanout.coalesce(later), Some(QUIET_GATHER));
+        assert_eq!(fanout.handle_request(later, Request::Close { session }), Response::Closed);
+        assert_eq!(fanout.coalesce(later), Some(QUIET_GATHER), "left mid-handshake");
         // Media written in the last QUIET_AFTER, or a replay under way.
         fanout.last_media = later - QUIET_AFTER / 2;
         assert_eq!(fanout.coalesce(later), None);
