@@ -4,7 +4,7 @@
 //! It takes real packets of a stream (the newest ones in a room's ring, or a synthetic 1.5 Mbit/s mix when no
 //! ring is given) and, for N viewers, copies each packet, rewrites its sequence number and SSRC, seals it with
 //! AES-128-GCM under that viewer's own key (RFC 7714 nonce and AAD), and sends it with `sendmmsg` in batches
-//! of 64 to N UDP sockets on 127.0.0.1. A helper thread drains the sockets (its CPU is reported apart) every
+//! of 64 to N UDP sockets on 127.0.0.1, from a socket set up as the workers' are (`IP_PMTUDISC_PROBE`). A helper thread drains the sockets (its CPU is reported apart) every
 //! millisecond, sleeping in between as `deadsfu-load` reads its own, so that no datagram wakes it: on loopback
 //! the sender would pay for each wake-up, which a sender to hosts elsewhere does not. The sender's CPU comes from
 //! `getrusage(RUSAGE_THREAD)`.
@@ -218,6 +218,8 @@ fn main() {
     }
 
     let send_sock = UdpSocket::bind("127.0.0.1:0").expect("bind sender");
+    // As the workers' sockets: DF and IP ID 0, no draw from the kernel's shared ID counters.
+    deadsfu_media::net::sockopt_df(&send_sock).unwrap_or_else(|e| die(&format!("IP_PMTUDISC_PROBE: {e}")));
     let fd = send_sock.as_raw_fd();
     let mut out = Sender::new();
 
