@@ -64,12 +64,18 @@ struct ViewerKey {
 }
 
 fn thread_cpu() -> Duration {
+    let (user, system) = thread_cpu_split();
+    user + system
+}
+
+/// The calling thread's CPU time in user space and in the kernel.
+fn thread_cpu_split() -> (Duration, Duration) {
     // SAFETY: all-zero bytes are a valid rusage, and getrusage only writes into it.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: a valid pointer to an rusage struct.
     unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(ru.ru_utime) + tv(ru.ru_stime)
+    (tv(ru.ru_utime), tv(ru.ru_stime))
 }
 
 fn capture_from_ring(path: &std::path::Path, want: usize) -> Result<Vec<Packet>, String> {
@@ -224,7 +230,7 @@ fn main() {
     let mut out = Sender::new();
 
     let t0 = Instant::now();
-    let cpu0 = thread_cpu();
+    let (user0, system0) = thread_cpu_split();
     let mut sent: u64 = 0;
     let mut send_errors: u64 = 0;
     let mut ring_packets: u64 = 0;
@@ -279,7 +285,9 @@ fn main() {
             lap += 1;
         }
     }
-    let cpu = thread_cpu() - cpu0;
+    let (user1, system1) = thread_cpu_split();
+    let (user, system) = (user1 - user0, system1 - system0);
+    let cpu = user + system;
     let wall = t0.elapsed();
     // Let the receivers catch up, then stop them.
     std::thread::sleep(Duration::from_millis(200));
@@ -287,6 +295,7 @@ fn main() {
     let recv_cpu = drain.join().expect("drain thread");
     let r = received.load(Ordering::Relaxed);
     latency_us.sort_unstable();
+    let per_packet = |t: Duration| if sent > 0 { t.as_secs_f64() * 1e6 / sent as f64 } else { 0.0 };
     let pct = |q: f64| latency_us.get(((latency_us.len() as f64 - 1.0) * q).round() as usize).copied();
     let report = json!({
         "mode": if flat { "flat" } else { "paced" },
@@ -299,7 +308,9 @@ fn main() {
         "received": r,
         "wall_s": wall.as_secs_f64(),
         "sender_cpu_s": cpu.as_secs_f64(),
-        "sender_cpu_us_per_packet": if sent > 0 { cpu.as_secs_f64() * 1e6 / sent as f64 } else { 0.0 },
+        "sender_cpu_us_per_packet": per_packet(cpu),
+        "sender_user_us_per_packet": per_packet(user),
+        "sender_system_us_per_packet": per_packet(system),
         "receiver_cpu_s": recv_cpu.as_secs_f64(),
         "sender_core_percent": 100.0 * cpu.as_secs_f64() / wall.as_secs_f64(),
         "latency_us": { "p50": pct(0.50), "p99": pct(0.99), "max": latency_us.last() },
