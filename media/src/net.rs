@@ -125,7 +125,7 @@ impl UdpSet {
             let _ = socket::setsockopt(&b.socket, sockopt::RcvBuf, &SOCKET_BUFFER);
             if b.advertised.is_ipv4() {
                 if let Err(e) = sockopt_df(&b.socket) {
-                    tracing::warn!(addr = %b.advertised, error = %e, "IP_PMTUDISC_PROBE not set; each datagram costs an IP ID");
+                    tracing::warn!(addr = %b.advertised, error = %e, "IP_PMTUDISC_PROBE not set: datagrams draw IP IDs");
                 }
             }
         }
@@ -441,24 +441,24 @@ fn gso_run(queue: &[Queued]) -> usize {
     n
 }
 
-/// Every address of an interface that is up: IPv4, then IPv6 except link-local ones (`fe80::/10`, which need
-/// a scope that ICE candidates do not carry), loopback first in each family.
 /// Sets an IPv4 socket's datagrams to leave with the don't-fragment bit and IP ID 0 (`IP_PMTUDISC_PROBE`).
 ///
-/// By default (`IP_PMTUDISC_WANT`) Linux sets DF on a UDP datagram that fits the path MTU too, but still
-/// draws it an IP ID from a hashed table of counters shared by every CPU (`__ip_select_ident`: a SipHash and
-/// an atomic on a cache line of its own, ~7% of the worker's CPU at 200 viewers). A datagram with DF that the
-/// socket will not fragment is atomic (RFC 6864) and gets ID 0. `PROBE` also sizes datagrams by the device's
-/// MTU and never by a path MTU learned from ICMP, so a forged "fragmentation needed" can neither make the
-/// kernel fragment media nor make it refuse to send: a datagram too long for some link on the path is
-/// dropped there, as one with DF already was. A datagram longer than the device's MTU (a publisher's packet
-/// of more than ~1400 bytes, on a 1500-byte link) is refused by the kernel and counted as dropped, where it was
-/// fragmented before; browsers keep their packets near 1200 bytes.
+/// By default (`IP_PMTUDISC_WANT`) Linux sets DF on a UDP datagram that fits the path MTU too, but still draws it an IP
+/// ID from a hashed table of counters shared by every CPU (`__ip_select_ident`: a SipHash and an atomic on a cache line
+/// of its own: 4-5% of a worker's CPU at 200 and 1000 viewers in `perf`). A datagram with DF that the socket will not
+/// fragment is atomic (RFC 6864) and gets ID 0. `PROBE` also sizes datagrams by the device's MTU and never by a path
+/// MTU learned from ICMP, so a forged "fragmentation needed" can neither make the kernel fragment media nor make it
+/// refuse to send: a datagram too long for some link on the path is dropped there, as one with DF already was. A
+/// datagram longer than the device's MTU (a publisher's packet of more than ~1400 bytes, on a 1500-byte link) is
+/// refused by the kernel and counted as dropped, where it was fragmented before; browsers keep their packets near 1200
+/// bytes.
 pub fn sockopt_df(socket: &impl std::os::fd::AsFd) -> io::Result<()> {
     use rustix::net::sockopt::{set_ip_mtu_discover, Ipv4PathMtuDiscovery};
     set_ip_mtu_discover(socket, Ipv4PathMtuDiscovery::PROBE).map_err(io::Error::from)
 }
 
+/// Every address of an interface that is up: IPv4, then IPv6 except link-local ones (`fe80::/10`, which need
+/// a scope that ICE candidates do not carry), loopback first in each family.
 fn local_addresses() -> io::Result<Vec<IpAddr>> {
     let mut out = Vec::new();
     for ifa in nix::ifaddrs::getifaddrs().map_err(io::Error::from)? {
