@@ -4,10 +4,11 @@
 //! It takes real packets of a stream (the newest ones in a room's ring, or a synthetic 1.5 Mbit/s mix when no
 //! ring is given) and, for N viewers, copies each packet, rewrites its sequence number and SSRC, seals it with
 //! AES-128-GCM under that viewer's own key (RFC 7714 nonce and AAD), and sends it with `sendmmsg` in batches
-//! of 64 to N UDP sockets on 127.0.0.1, from a socket set up as the workers' are (`IP_PMTUDISC_PROBE`). A helper thread drains the sockets (its CPU is reported apart) every
-//! millisecond, sleeping in between as `deadsfu-load` reads its own, so that no datagram wakes it: on loopback
-//! the sender would pay for each wake-up, which a sender to hosts elsewhere does not. The sender's CPU comes from
-//! `getrusage(RUSAGE_THREAD)`.
+//! of 64 to N UDP sockets on 127.0.0.1, from a socket set up as the workers' are (`IP_PMTUDISC_PROBE`). A
+//! helper thread drains the sockets (its CPU is reported apart) every millisecond, sleeping in between as
+//! `deadsfu-load` reads its own, so that no datagram wakes it: on loopback the sender would pay for each
+//! wake-up, which a sender to hosts elsewhere does not. The sender's CPU comes from `getrusage(RUSAGE_THREAD)`,
+//! reported whole and split into user space and kernel.
 //!
 //! On loopback the sender pays for the receiving side too, and its sockets are set up as `deadsfu-load`'s are:
 //! the same share of them asks for receive timestamps (`SO_TIMESTAMPNS`). One such socket is enough for the
