@@ -13,8 +13,9 @@
 //! viewer: fanout sends a turn's packets viewer by viewer) go as one UDP GSO message (`UDP_SEGMENT`), which the kernel splits, paying its send
 //! path once; the rest go with `sendmmsg`, up to [`BATCH`] per call. On this machine class the kernel's send
 //! path costs more than the SRTP sealing. A datagram the kernel will not take (socket buffer full) is dropped
-//! and counted, as the network would drop it; it is never retried out of order. If the kernel refuses GSO,
-//! the set falls back to `sendmmsg` for good. IPv4 sockets send with the don't-fragment bit and IP ID 0
+//! and counted, as the network would drop it; it is never retried out of order. A GSO message the kernel
+//! refuses goes again datagram by datagram, and if the device cannot take GSO at all (EIO) the set falls back
+//! to `sendmmsg` for good. IPv4 sockets send with the don't-fragment bit and IP ID 0
 //! ([`sockopt_df`]), which spares the kernel's shared ID counters a draw per datagram.
 
 use std::io;
@@ -380,9 +381,14 @@ impl Out<'_> {
                 Ok(_) => {}
                 Err(Errno::EAGAIN) => *self.dropped += run as u64,
                 Err(e) => {
-                    // No GSO here (an old kernel, a device without it): send these one by one, and all from now on.
-                    tracing::debug!(error = %e, "UDP GSO refused; sending datagrams one by one");
-                    *self.gso = false;
+                    // These go one by one, each dropped alone if the kernel will not take it. An error of this
+                    // destination or this run (EINVAL for port 0, EMSGSIZE, EPERM from a firewall rule) leaves the
+                    // other viewers' runs as they were; EIO says the device cannot checksum GSO segments, so none
+                    // goes as GSO from now on.
+                    if e == Errno::EIO {
+                        tracing::debug!(error = %e, "UDP GSO refused; sending datagrams one by one");
+                        *self.gso = false;
+                    }
                     self.singles.extend(at..at + run);
                 }
             }
@@ -527,6 +533,30 @@ mod tests {
         assert_eq!(set.dropped(), 0);
         // Linux has had UDP GSO on loopback since 4.18; every machine this runs on is newer.
         assert!(set.gso_active(), "the kernel refused UDP GSO");
+    }
+
+    #[test]
+    fn a_destination_that_refuses_a_gso_message_loses_its_own_datagrams_only() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        let mut set = UdpSet::bind(0, Some(IpAddr::V4(Ipv4Addr::LOCALHOST))).unwrap();
+        let source = set.candidates()[0];
+        // Port 0: the kernel refuses every datagram to it (EINVAL), a run of them as one GSO message too.
+        let refused = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        for destination in [refused, rx.local_addr().unwrap()] {
+            for i in 0..3u8 {
+                let contents = vec![i; 1000].into();
+                set.send(Transmit { proto: str0m::net::Protocol::Udp, source, destination, contents });
+            }
+        }
+        set.flush();
+        let mut buf = [0u8; 2000];
+        for i in 0..3u8 {
+            let (n, _) = rx.recv_from(&mut buf).unwrap();
+            assert_eq!((n, buf[0]), (1000, i), "datagram {i}");
+        }
+        assert_eq!(set.dropped(), 3, "the refused destination's datagrams, each counted");
+        assert!(set.gso_active(), "one destination's error turned GSO off for every viewer");
     }
 
     #[test]
