@@ -451,13 +451,12 @@ fn gso_run(queue: &[Queued]) -> usize {
 ///
 /// By default (`IP_PMTUDISC_WANT`) Linux sets DF on a UDP datagram that fits the path MTU too, but still draws it an IP
 /// ID from a hashed table of counters shared by every CPU (`__ip_select_ident`: a SipHash and an atomic on a cache line
-/// of its own: 4-5% of a worker's CPU at 200 and 1000 viewers in `perf`). A datagram with DF that the socket will not
-/// fragment is atomic (RFC 6864) and gets ID 0. `PROBE` also sizes datagrams by the device's MTU and never by a path
-/// MTU learned from ICMP, so a forged "fragmentation needed" can neither make the kernel fragment media nor make it
-/// refuse to send: a datagram too long for some link on the path is dropped there, as one with DF already was. A
-/// datagram longer than the device's MTU (a publisher's packet of more than ~1400 bytes, on a 1500-byte link) is
-/// refused by the kernel and counted as dropped, where it was fragmented before; browsers keep their packets near 1200
-/// bytes.
+/// of its own: 4-5% of a worker's CPU at 200 and 1000 viewers in `perf`, BENCHMARKS.md "Datagrams without an IP ID"). A
+/// datagram with DF that the socket will not fragment is atomic (RFC 6864) and gets ID 0. `PROBE` also sizes datagrams
+/// by the device's MTU and never by a path MTU learned from ICMP, so a forged "fragmentation needed" can neither make
+/// the kernel fragment media nor make it refuse to send: a datagram too long for some link on the path is dropped
+/// there, as one with DF already was. A datagram longer than the device's MTU (a publisher's packet that our header and
+/// tag make longer than it) is refused by the kernel and counted as dropped, where it was fragmented before.
 pub fn sockopt_df(socket: &impl std::os::fd::AsFd) -> io::Result<()> {
     use rustix::net::sockopt::{set_ip_mtu_discover, Ipv4PathMtuDiscovery};
     set_ip_mtu_discover(socket, Ipv4PathMtuDiscovery::PROBE).map_err(io::Error::from)
