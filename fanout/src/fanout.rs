@@ -398,7 +398,14 @@ impl Fanout {
         };
         let viewer = &mut self.host.get_mut(key).expect("ids and host agree").app;
         // A layer the viewer chose stays its layer; its room's own ring is Auto.
+        let unpinned = viewer.layer.pinned && room.rid().is_none();
         viewer.layer.pinned = room.rid().is_some();
+        if unpinned {
+            // Its estimate measured only what its chosen layer sends: a dip then says nothing of the link's room
+            // for the others. Back on Auto it starts as a viewer that joins, on the room's own ring with its link
+            // not known until the estimate comes down.
+            viewer.estimate = LinkEstimate::default();
+        }
         self.move_viewer(now, key, room);
         Response::Done
     }
@@ -917,6 +924,30 @@ mod tests {
         let watch = shm_proto::control::IngestRequest::Watch { room: other };
         let wrong = fanout.handle_request(now, watch.into());
         assert!(matches!(wrong, Response::Error { kind: ErrorKind::WrongRole, .. }), "{wrong:?}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_viewer_back_on_auto_from_a_layer_it_chose_starts_with_its_link_not_known() {
+        let (mut fanout, _ring, dir) = worker("unpin", &[vp8()]);
+        let now = Instant::now();
+        let Response::Answer { session, .. } = view(&mut fanout, &offer(&[true], false)) else { panic!() };
+        let room = RoomName::new("room").unwrap();
+        let to = |fanout: &mut Fanout, room: &RoomName| {
+            let switch = FanoutRequest::Switch { session, room: room.clone() };
+            assert_eq!(fanout.handle_request(now, switch.into()), Response::Done);
+            let s = &mut fanout.host.get_mut(fanout.ids[&session]).unwrap().app;
+            let link = s.estimate.link();
+            // What the estimate said next: it came down to 250 kbit/s.
+            s.estimate.note(300_000);
+            s.estimate.note(250_000);
+            link
+        };
+        // On a layer it chose, its estimate came down while it got that layer alone.
+        assert_eq!(to(&mut fanout, &room.layer("l").unwrap()), None);
+        assert_eq!(to(&mut fanout, &room.layer("m").unwrap()), Some(250_000), "from one chosen layer to another");
+        assert_eq!(to(&mut fanout, &room), None, "back on Auto: the link is not known");
+        assert_eq!(to(&mut fanout, &RoomName::new("other").unwrap()), Some(250_000), "Auto to Auto: the same link");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
