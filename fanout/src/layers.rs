@@ -1,14 +1,13 @@
 //! Which simulcast layer of its room a viewer on Auto gets, chosen by its bandwidth estimate.
 //!
-//! A room whose publisher sends simulcast has a ring per layer besides its own (ingest makes them while a worker wants
-//! them: [`shm_proto::ring::RingReader::want_layers`]), and its rings' layer tables say each layer's bitrate. A viewer
-//! on Auto (it pinned no layer) gets the room's own ring, the best layer, until its estimate says its link carries less
-//! (its layer's bitrate is more than [`DOWN_FIT`] of the estimate): then it moves down to the best layer that fits, at
-//! once if the estimate is under [`CONGESTED`] of the layer's bitrate, else once the link has not carried the layer for
-//! [`DOWN_HOLD`]; and up again once a better one has fitted for [`UP_HOLD`] and the last move is [`SETTLE`] old. A
-//! layer fits when its bitrate is at most [`FIT`] of the estimate. To find out whether the next layer up would fit, the
-//! estimate is asked to probe for what that layer needs (its desired bitrate); probes are short bursts, not sustained
-//! padding. Every move is a cut at the new layer's keyframe, as any switch of rings.
+//! A room whose publisher sends simulcast has a ring per layer besides its own (ingest makes them while a worker
+//! wants them: [`shm_proto::ring::RingReader::want_layers`]), and its rings' layer tables say each layer's
+//! bitrate. A viewer on Auto (it pinned no layer) gets the room's own ring, the best layer, until its estimate
+//! says its link carries less (its layer's bitrate is more than [`DOWN_FIT`] of the estimate): then it moves down
+//! at once to the best layer that fits, and up again once a better one has fitted for [`UP_HOLD`] and the last
+//! move is [`SETTLE`] old. A layer fits when its bitrate is at most [`FIT`] of the estimate. To find out whether the next layer up would fit, the estimate is asked to
+//! probe for what that layer needs (its desired bitrate); probes are short bursts, not sustained padding.
+//! Every move is a cut at the new layer's keyframe, as any switch of rings.
 
 use std::time::{Duration, Instant};
 
@@ -22,19 +21,9 @@ pub(crate) fn is_simulcast(layers: &[LayerEntry]) -> bool {
 /// The share of the link's estimate a layer's bitrate may take: the rest is the room's audio, the packets'
 /// headers (the table counts payloads) and a margin for the layer's keyframes.
 pub(crate) const FIT: f64 = 0.75;
-/// A viewer's link does not carry its layer once the layer's bitrate is more than this share of the estimate, and
-/// it moves down ([`CONGESTED`], [`DOWN_HOLD`]): between this and [`FIT`] it stays where it is, so an estimate that
-/// wavers near a layer's need does not move it back and forth.
+/// A viewer moves down once its layer's bitrate is more than this share of the estimate: between this and [`FIT`]
+/// it stays where it is, so an estimate that wavers near a layer's need does not move it back and forth.
 pub(crate) const DOWN_FIT: f64 = 1.0;
-/// An estimate under this share of the layer's bitrate moves the viewer down at once. A delay-based estimate that
-/// sees its delay grow once sets itself to 0.85 of the bitrate the viewer acknowledged (its layer with the audio
-/// and the headers): a little under the layer's bitrate. A viewer whose link carries its layer gets such a dip
-/// now and then (a busy receiver, a burst of cross traffic), and its estimate climbs back within a second or two.
-/// A link that does not carry the layer keeps the delay growing, and the estimate goes on down: under this share,
-/// or under the layer's bitrate for longer than [`DOWN_HOLD`].
-pub(crate) const CONGESTED: f64 = 0.8;
-/// A viewer whose link has not carried its layer this long (above [`CONGESTED`] all the while) moves down.
-pub(crate) const DOWN_HOLD: Duration = Duration::from_secs(2);
 /// A better layer fits this long before a viewer moves up to it.
 pub(crate) const UP_HOLD: Duration = Duration::from_secs(2);
 /// After a move, no move up for this long: the estimate settles on what the new layer sends.
@@ -51,8 +40,6 @@ pub(crate) struct LayerChoice {
     /// The viewer chose a layer itself (`POST /session/{id}/layer`): it stays there.
     pub(crate) pinned: bool,
     last_move: Option<Instant>,
-    /// Since when the link has not carried the current layer.
-    down_since: Option<Instant>,
     /// Since when a better layer than the current one fits.
     up_since: Option<Instant>,
     /// The desired bitrate its estimate was last given, bits a second.
@@ -89,24 +76,14 @@ impl LayerChoice {
         };
         let Some(link) = link else {
             self.up_since = None;
-            self.down_since = None;
             return Decision { to: None, desired_bps: self.probe(&by_rate, at, now) };
         };
         let best = fitting(link);
-        let bitrate = by_rate[at].bitrate_bps as f64;
-        if bitrate > DOWN_FIT * link as f64 {
-            // The link does not carry what it gets: down to the best that fits (the lowest if none does), at once
-            // if the estimate says congestion, else once it has said so for DOWN_HOLD.
-            self.up_since = None;
-            let since = *self.down_since.get_or_insert(now);
-            let congested = (link as f64) < CONGESTED * bitrate;
-            if at > 0 && (congested || now.saturating_duration_since(since) >= DOWN_HOLD) {
-                return self.moved(by_rate[best.unwrap_or(0)], &by_rate, now);
-            }
-            return Decision { to: None, desired_bps: self.probe(&by_rate, at, now) };
-        }
-        self.down_since = None;
+        let carried = by_rate[at].bitrate_bps as f64 <= DOWN_FIT * link as f64;
         match best {
+            // Down at once: the link does not carry what it gets.
+            Some(best) if best < at && !carried => self.moved(by_rate[best], &by_rate, now),
+            None if at > 0 && !carried => self.moved(by_rate[0], &by_rate, now),
             Some(best) if best > at => {
                 let since = *self.up_since.get_or_insert(now);
                 let settled = self.last_move.is_none_or(|t| now.saturating_duration_since(t) >= SETTLE);
@@ -126,7 +103,6 @@ impl LayerChoice {
     fn moved(&mut self, to: &LayerEntry, by_rate: &[&LayerEntry], now: Instant) -> Decision {
         self.last_move = Some(now);
         self.up_since = None;
-        self.down_since = None;
         self.probe_from = None;
         let at = by_rate.iter().position(|l| l.rid == to.rid).expect("one of the layers");
         Decision { to: Some(to.rid.clone()), desired_bps: self.probe(by_rate, at, now) }
@@ -208,30 +184,6 @@ mod tests {
         assert_eq!(d, Decision { to: Some("h".into()), desired_bps: 2_000_000 }, "straight to the best that fits");
         // Just moved: a better fit right away does not move it again, a worse one does.
         assert_eq!(c.decide(&layers(), "h", Some(900_000), t + 5 * S + MS).to.as_deref(), Some("m"));
-    }
-
-    #[test]
-    fn a_dip_of_the_estimate_moves_a_viewer_down_only_if_it_lasts_or_goes_under_congested() {
-        let (mut c, t) = (LayerChoice::default(), Instant::now());
-        // h sends 1.5 Mbit/s. One delay overuse sets the estimate to 0.85 of what was acknowledged (audio and
-        // headers besides the layer's payload): under h's bitrate, over CONGESTED of it. It stays.
-        let dip = Some(1_300_000);
-        assert_eq!(c.decide(&layers(), "h", dip, t).to, None);
-        assert_eq!(c.decide(&layers(), "h", dip, t + DOWN_HOLD - MS).to, None);
-        // The estimate climbs back over h's bitrate: the next dip counts from its own start.
-        assert_eq!(c.decide(&layers(), "h", Some(1_600_000), t + DOWN_HOLD).to, None);
-        assert_eq!(c.decide(&layers(), "h", dip, t + DOWN_HOLD + MS).to, None);
-        assert_eq!(c.decide(&layers(), "h", dip, t + 2 * DOWN_HOLD).to, None);
-        // A dip that lasts DOWN_HOLD: down to the best that fits (m needs 667 kbit/s).
-        let d = c.decide(&layers(), "h", dip, t + 2 * DOWN_HOLD + MS);
-        assert_eq!(d, Decision { to: Some("m".into()), desired_bps: 666_666 });
-        // Under CONGESTED of the layer's bitrate (1.2 Mbit/s for h): at once.
-        let mut c = LayerChoice::default();
-        assert_eq!(c.decide(&layers(), "h", Some(1_199_999), t).to.as_deref(), Some("m"));
-        // Nothing below the lowest layer, however long it lasts.
-        let mut c = LayerChoice::default();
-        assert_eq!(c.decide(&layers(), "l", Some(140_000), t).to, None);
-        assert_eq!(c.decide(&layers(), "l", Some(140_000), t + 3 * DOWN_HOLD).to, None);
     }
 
     #[test]

@@ -20,6 +20,12 @@ use str0m::rtp::Ssrc;
 
 /// A layer's bitrate is counted over windows of this length.
 const WINDOW: Duration = Duration::from_millis(500);
+/// The bitrate a layer is listed with (the rings' layer tables, `GET /rooms`), from which the workers choose a
+/// viewer's layer by its estimate, is the mean of this many of its last windows. One window's rate jumps with a
+/// keyframe (40-60 KB is 0.6-1 Mbit/s more over half a second): each time a viewer moved to a layer and asked for
+/// its keyframe, the layer looked that much dearer for a moment, and a viewer whose estimate carried it could be
+/// moved off it.
+const LISTED_WINDOWS: usize = 8;
 /// A layer sending this many times the bytes of the carried one is moved to.
 pub const UPGRADE_FACTOR: f64 = 1.5;
 /// A carried layer this long without a packet is moved off.
@@ -53,6 +59,9 @@ struct Stream {
     bytes: u64,
     window_start: Instant,
     rate: Option<f64>,
+    /// The rates of the last [`LISTED_WINDOWS`] whole windows (a ring, `windows` of them filled so far).
+    recent: [f64; LISTED_WINDOWS],
+    windows: usize,
     last: Instant,
 }
 
@@ -61,12 +70,21 @@ impl Stream {
         let elapsed = now.saturating_duration_since(self.window_start);
         if elapsed >= WINDOW {
             // A window with nothing in it (the layer paused) ends with a rate of 0 on the next packet.
-            self.rate = Some(self.bytes as f64 / elapsed.as_secs_f64());
+            let rate = self.bytes as f64 / elapsed.as_secs_f64();
+            self.rate = Some(rate);
+            self.recent[self.windows % LISTED_WINDOWS] = rate;
+            self.windows += 1;
             self.bytes = 0;
             self.window_start = now;
         }
         self.bytes += bytes as u64;
         self.last = now;
+    }
+
+    /// Bytes a second over its last [`LISTED_WINDOWS`] windows (fewer at first), if a window has ended.
+    fn listed_rate(&self) -> Option<f64> {
+        let n = self.windows.min(LISTED_WINDOWS);
+        (n > 0).then(|| self.recent[..n].iter().sum::<f64>() / n as f64)
     }
 }
 
@@ -88,7 +106,17 @@ impl Layers {
             Some(i) => i,
             None if self.streams.len() >= MAX_STREAMS => return Take::No,
             None => {
-                let stream = Stream { ssrc, rid: None, size: None, bytes: 0, window_start: now, rate: None, last: now };
+                let stream = Stream {
+                    ssrc,
+                    rid: None,
+                    size: None,
+                    bytes: 0,
+                    window_start: now,
+                    rate: None,
+                    recent: [0.0; LISTED_WINDOWS],
+                    windows: 0,
+                    last: now,
+                };
                 self.streams.push(stream);
                 self.streams.len() - 1
             }
@@ -177,7 +205,8 @@ impl Layers {
         self.switches
     }
 
-    /// The layers that flow (a packet in the last [`SILENT_AFTER`]), the highest bitrate first.
+    /// The layers that flow (a packet in the last [`SILENT_AFTER`]), the highest bitrate first (as listed: over
+    /// [`LISTED_WINDOWS`] windows).
     pub fn status(&self, now: Instant) -> Vec<LayerStatus> {
         let mut out: Vec<LayerStatus> = self
             .streams
@@ -185,7 +214,7 @@ impl Layers {
             .filter(|s| now.saturating_duration_since(s.last) < SILENT_AFTER)
             .map(|s| LayerStatus {
                 rid: s.rid.map_or_else(|| s.ssrc.to_string(), |r| r.to_string()),
-                bitrate_bps: (s.rate.unwrap_or(0.0) * 8.0) as u64,
+                bitrate_bps: (s.listed_rate().unwrap_or(0.0) * 8.0) as u64,
                 carried: self.carried == Some(s.ssrc),
                 width: s.size.map(|(w, _)| w),
                 height: s.size.map(|(_, h)| h),
@@ -228,6 +257,31 @@ mod tests {
             }
             takes
         }
+    }
+
+    #[test]
+    fn a_layer_is_listed_at_its_rate_over_several_windows_so_a_keyframe_does_not_make_it_look_dearer() {
+        let mut layers = Layers::default();
+        let (mut t, ssrc) = (Instant::now(), Ssrc::from(7));
+        let listed = |layers: &Layers, t| layers.status(t)[0].bitrate_bps as f64;
+        // 4 KB frames at 30 a second (~0.98 Mbit/s) for 5 s.
+        for _ in 0..150 {
+            layers.on_video(ssrc, Some(Rid::from("h")), 4000, false, t);
+            t += 33 * MS;
+        }
+        let steady = listed(&layers, t);
+        assert!((steady - 4000.0 * 8.0 * 30.3).abs() < 4000.0 * 8.0 * 2.0, "{steady}");
+        // A 50 KB keyframe: the half second it falls in carries ~0.8 Mbit/s more, the listed rate a ninth of it.
+        layers.on_video(ssrc, Some(Rid::from("h")), 50_000, true, t);
+        let mut dearest_window = 0f64;
+        for _ in 0..30 {
+            t += 33 * MS;
+            layers.on_video(ssrc, Some(Rid::from("h")), 4000, false, t);
+            let window = layers.rate(ssrc).unwrap() * 8.0;
+            dearest_window = dearest_window.max(window);
+            assert!(listed(&layers, t) < steady * 1.15, "listed {} while a window says {window}", listed(&layers, t));
+        }
+        assert!(dearest_window > steady * 1.5, "the keyframe's window itself is dearer: {dearest_window}");
     }
 
     #[test]
