@@ -271,7 +271,7 @@ mod tests {
         }
         let steady = listed(&layers, t);
         assert!((steady - 4000.0 * 8.0 * 30.3).abs() < 4000.0 * 8.0 * 2.0, "{steady}");
-        // A 50 KB keyframe: the half second it falls in carries ~0.8 Mbit/s more, the listed rate a ninth of it.
+        // A 50 KB keyframe: the half second it falls in carries ~0.8 Mbit/s more, the listed rate an eighth of it.
         layers.on_video(ssrc, Some(Rid::from("h")), 50_000, true, t);
         let mut dearest_window = 0f64;
         for _ in 0..30 {
