@@ -22,9 +22,8 @@ use str0m::rtp::Ssrc;
 const WINDOW: Duration = Duration::from_millis(500);
 /// The bitrate a layer is listed with (the rings' layer tables, `GET /rooms`), from which the workers choose a
 /// viewer's layer by its estimate, is the mean of this many of its last windows. One window's rate jumps with a
-/// keyframe (40-60 KB is 0.6-1 Mbit/s more over half a second): each time a viewer moved to a layer and asked for
-/// its keyframe, the layer looked that much dearer for a moment, and a viewer whose estimate carried it could be
-/// moved off it.
+/// keyframe, which counts whole in it: each time a viewer moved to a layer and asked for its keyframe, the layer
+/// looked that much dearer for a moment, and a viewer whose estimate carried it could be moved off it.
 const LISTED_WINDOWS: usize = 8;
 /// A layer sending this many times the bytes of the carried one is moved to.
 pub const UPGRADE_FACTOR: f64 = 1.5;
@@ -55,11 +54,10 @@ struct Stream {
     rid: Option<Rid>,
     /// Its picture's size, from its last keyframe that said.
     size: Option<(u16, u16)>,
-    /// Bytes since `window_start`, and the bytes a second of the last whole window.
+    /// Bytes since `window_start`.
     bytes: u64,
     window_start: Instant,
-    rate: Option<f64>,
-    /// The rates of the last [`LISTED_WINDOWS`] whole windows (a ring, `windows` of them filled so far).
+    /// The bytes a second of the last [`LISTED_WINDOWS`] whole windows (a ring, `windows` of them ended so far).
     recent: [f64; LISTED_WINDOWS],
     windows: usize,
     last: Instant,
@@ -70,15 +68,18 @@ impl Stream {
         let elapsed = now.saturating_duration_since(self.window_start);
         if elapsed >= WINDOW {
             // A window with nothing in it (the layer paused) ends with a rate of 0 on the next packet.
-            let rate = self.bytes as f64 / elapsed.as_secs_f64();
-            self.rate = Some(rate);
-            self.recent[self.windows % LISTED_WINDOWS] = rate;
+            self.recent[self.windows % LISTED_WINDOWS] = self.bytes as f64 / elapsed.as_secs_f64();
             self.windows += 1;
             self.bytes = 0;
             self.window_start = now;
         }
         self.bytes += bytes as u64;
         self.last = now;
+    }
+
+    /// Bytes a second of the last whole window, if one has ended.
+    fn rate(&self) -> Option<f64> {
+        (self.windows > 0).then(|| self.recent[(self.windows - 1) % LISTED_WINDOWS])
     }
 
     /// Bytes a second over its last [`LISTED_WINDOWS`] windows (fewer at first), if a window has ended.
@@ -112,7 +113,6 @@ impl Layers {
                     size: None,
                     bytes: 0,
                     window_start: now,
-                    rate: None,
                     recent: [0.0; LISTED_WINDOWS],
                     windows: 0,
                     last: now,
@@ -150,14 +150,14 @@ impl Layers {
     /// The layer the ring should move to, if any: the best flowing one when the carried one went silent, or
     /// one sending [`UPGRADE_FACTOR`] times its bytes; none while the carried one is the best.
     fn choose_target(&mut self, carried: Ssrc, now: Instant) {
-        let rate = |s: &Stream| s.rate.unwrap_or(0.0);
+        let rate = |s: &Stream| s.rate().unwrap_or(0.0);
         let Some(current) = self.streams.iter().find(|s| s.ssrc == carried) else { return };
         let silent = now.saturating_duration_since(current.last) >= SILENT_AFTER;
         let floor = if silent { 0.0 } else { rate(current) * UPGRADE_FACTOR };
         let best = self
             .streams
             .iter()
-            .filter(|s| s.ssrc != carried && s.rate.is_some() && now.saturating_duration_since(s.last) < FLOWING)
+            .filter(|s| s.ssrc != carried && s.rate().is_some() && now.saturating_duration_since(s.last) < FLOWING)
             .filter(|s| silent || rate(s) > floor)
             .max_by(|a, b| rate(a).total_cmp(&rate(b)))
             .map(|s| s.ssrc);
@@ -197,7 +197,7 @@ impl Layers {
 
     /// A carried layer's bytes a second, as last measured.
     pub fn rate(&self, ssrc: Ssrc) -> Option<f64> {
-        self.streams.iter().find(|s| s.ssrc == ssrc).and_then(|s| s.rate)
+        self.streams.iter().find(|s| s.ssrc == ssrc).and_then(Stream::rate)
     }
 
     /// Moves from one layer to another so far (the first layer taken up is not a move).
