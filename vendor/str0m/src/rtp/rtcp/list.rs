@@ -2,8 +2,14 @@ use std::fmt;
 use std::ops::Index;
 
 /// List containing max 31 items.
+///
+/// Held on the heap (deadsfu patch): an inline array of 31 slots made every RTCP packet holding a
+/// list about 1 KB, copied each time the packet was moved.
 #[derive(Clone, PartialEq, Eq)]
-pub struct ReportList<T>([Option<T>; 31]);
+pub struct ReportList<T>(Vec<T>);
+
+/// Most items in a list: RTCP counts them in 5 bits.
+const MAX_ITEMS: usize = 31;
 
 impl<T> ReportList<T> {
     pub(crate) fn new() -> Self {
@@ -12,17 +18,19 @@ impl<T> ReportList<T> {
 
     /// Number of elements in the list.
     pub fn len(&self) -> usize {
-        self.0.iter().position(|i| i.is_none()).unwrap_or(31)
+        self.0.len()
     }
 
+    /// Adds an item at the end; a full list (31 items) takes no more.
     pub(crate) fn push(&mut self, v: T) {
-        let pos = self.len();
-        self.0[pos] = Some(v);
+        if self.0.len() < MAX_ITEMS {
+            self.0.push(v);
+        }
     }
 
     /// Get element at position.
     pub fn get(&self, i: usize) -> Option<&T> {
-        self.0[i].as_ref()
+        self.0.get(i)
     }
 
     /// Iterator over the elements in the list.
@@ -32,7 +40,7 @@ impl<T> ReportList<T> {
 
     /// Tells if the list contains zero elements.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.0.is_empty()
     }
 
     pub(crate) fn lists_from_iter(iterator: impl IntoIterator<Item = T>) -> Vec<Self> {
@@ -40,7 +48,7 @@ impl<T> ReportList<T> {
         let mut current = Self::default();
 
         for (i, item) in iterator.into_iter().enumerate() {
-            if i % 31 == 0 && i != 0 {
+            if i % MAX_ITEMS == 0 && i != 0 {
                 result.push(current);
                 current = Self::default();
             }
@@ -56,50 +64,31 @@ impl<T> ReportList<T> {
     }
 
     pub(crate) fn is_full(&self) -> bool {
-        self.len() == 31
+        self.len() == MAX_ITEMS
     }
 }
 
 impl<T: private::WordSized> ReportList<T> {
     pub(crate) fn append_all_possible(&mut self, other: &mut Self, mut words_left: usize) -> usize {
-        // Position where we start inserting in self.
-        let pos = self.len();
-
         // Max number we can move.
-        let max = (31 - pos).min(other.len());
+        let max = (MAX_ITEMS - self.len()).min(other.len());
 
-        // after this loop ends, i will hold the number of items moved.
-        let mut i = 0;
-        loop {
-            if i == max {
-                break;
-            }
-
-            // first borrow item from other, to check the item size will fit.
-            let item = other.0[i].as_ref().unwrap();
-            let item_size = item.word_size();
-
-            // can we fit one more item?
+        // The leading items of other that fit in the words left.
+        let mut n = 0;
+        while n < max {
+            let item_size = other.0[n].word_size();
             if words_left < item_size {
                 break;
             }
-
-            // it fits, move it.
-            self.0[pos + i] = other.0[i].take();
-
-            // reduce space left.
             words_left -= item_size;
-
-            i += 1;
+            n += 1;
         }
 
-        // shift down remaining in other
-        for j in i..31 {
-            other.0[j - i] = other.0[j].take();
-        }
+        // Move them, in order; the rest of other shifts down.
+        self.0.extend(other.0.drain(..n));
 
         // return number of appended items.
-        i
+        n
     }
 }
 
@@ -113,18 +102,13 @@ impl<T> Index<usize> for ReportList<T> {
     type Output = T;
 
     fn index(&self, index: usize) -> &Self::Output {
-        self.0[index].as_ref().unwrap()
+        &self.0[index]
     }
 }
 
 impl<T> Default for ReportList<T> {
     fn default() -> Self {
-        // We don't want to require T: Copy.
-        ReportList([
-            None, None, None, None, None, None, None, None, None, None, None, None, None, None,
-            None, None, None, None, None, None, None, None, None, None, None, None, None, None,
-            None, None, None,
-        ])
+        ReportList(Vec::new())
     }
 }
 
@@ -133,7 +117,7 @@ impl<'a, T> IntoIterator for &'a ReportList<T> {
     type IntoIter = Iter<'a, T>;
 
     fn into_iter(self) -> Self::IntoIter {
-        Iter(self, 0)
+        Iter(self.0.iter())
     }
 }
 
@@ -142,28 +126,19 @@ impl<T> IntoIterator for ReportList<T> {
     type IntoIter = IterOwned<T>;
 
     fn into_iter(self) -> Self::IntoIter {
-        IterOwned(self, 0)
+        IterOwned(self.0.into_iter())
     }
 }
 
-pub struct Iter<'a, T>(&'a ReportList<T>, usize);
+pub struct Iter<'a, T>(std::slice::Iter<'a, T>);
 
-pub struct IterOwned<T>(ReportList<T>, usize);
+pub struct IterOwned<T>(std::vec::IntoIter<T>);
 
 impl<'a, T> Iterator for Iter<'a, T> {
     type Item = &'a T;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.1 > 30 {
-            return None;
-        }
-
-        let n = self.0.0[self.1].as_ref();
-        if n.is_some() {
-            self.1 += 1;
-        }
-
-        n
+        self.0.next()
     }
 }
 
@@ -171,15 +146,7 @@ impl<T> Iterator for IterOwned<T> {
     type Item = T;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.1 > 30 {
-            return None;
-        }
-
-        let n = self.0.0[self.1].take();
-        if n.is_some() {
-            self.1 += 1;
-        }
-        n
+        self.0.next()
     }
 }
 
@@ -194,12 +161,11 @@ impl<T> From<T> for ReportList<T> {
 impl<T: fmt::Debug> fmt::Debug for ReportList<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "[")?;
-        let len = self.len();
-        for (i, s) in self.0.iter().filter_map(|f| f.as_ref()).enumerate() {
-            if i == len - 1 {
+        for (i, s) in self.0.iter().enumerate() {
+            if i == 0 {
                 write!(f, "{s:?}")?;
             } else {
-                write!(f, "{s:?},")?;
+                write!(f, ",{s:?}")?;
             }
         }
         write!(f, "]")
@@ -209,6 +175,41 @@ impl<T: fmt::Debug> fmt::Debug for ReportList<T> {
 #[cfg(test)]
 mod test {
     use super::ReportList;
+
+    /// An item `n` words long.
+    #[derive(Debug, PartialEq, Eq)]
+    struct Words(usize);
+
+    impl super::private::WordSized for Words {
+        fn word_size(&self) -> usize {
+            self.0
+        }
+    }
+
+    #[test]
+    fn append_all_possible_moves_the_leading_items_that_fit() {
+        let mut to: ReportList<Words> = ReportList::new();
+        to.push(Words(1));
+        let mut from = ReportList::new();
+        for n in [2, 3, 4, 1] {
+            from.push(Words(n));
+        }
+        // 6 words left: 2 and 3 fit, 4 does not (and 1 behind it stays behind it).
+        assert_eq!(to.append_all_possible(&mut from, 6), 2);
+        assert_eq!(to.iter().map(|w| w.0).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(from.iter().map(|w| w.0).collect::<Vec<_>>(), [4, 1]);
+        // A full list takes none.
+        let mut full = ReportList::new();
+        for _ in 0..31 {
+            full.push(Words(0));
+        }
+        assert!(full.is_full());
+        assert_eq!(full.append_all_possible(&mut from, 100), 0);
+        full.push(Words(0));
+        assert_eq!(full.len(), 31, "a full list takes no more");
+        assert_eq!(from.len(), 2);
+        assert_eq!(format!("{from:?}"), "[Words(4),Words(1)]");
+    }
 
     #[test]
     fn test_lists_from_iter() {
