@@ -474,7 +474,7 @@ impl<'a> StunMessage<'a> {
         buf[2..4].copy_from_slice(&(attr_len as u16).to_be_bytes());
 
         // Compute and fill in fingerprint
-        let crc = Crc::<u32>::new(&CRC_32_ISO_HDLC)
+        let crc = FINGERPRINT_CRC
             .checksum(&buf[0..(fingerprint_value_offest - ATTR_TLV_LENGTH)])
             ^ 0x5354_554e;
         buf[fingerprint_value_offest..(fingerprint_value_offest + FPRINT_LEN)]
@@ -485,6 +485,10 @@ impl<'a> StunMessage<'a> {
 }
 
 const MAGIC: &[u8; 4] = &[0x21, 0x12, 0xA4, 0x42];
+
+/// The FINGERPRINT attribute's CRC-32, its table made once at compile time (deadsfu patch): made
+/// per message, building the table cost more than the checksum.
+const FINGERPRINT_CRC: Crc<u32> = Crc::<u32>::new(&CRC_32_ISO_HDLC);
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Class {
@@ -1473,6 +1477,24 @@ mod test {
             mac.update(p);
         }
         mac.finalize().into_bytes().into()
+    }
+
+    #[test]
+    fn fingerprint_is_the_crc32_of_the_message_before_it() {
+        let reply = StunMessage::binding_reply(TransId([7; 12]), "192.0.2.1:5000".parse().unwrap());
+        let mut buf = [0u8; 256];
+        let n = reply.to_bytes(Some(b"password"), &mut buf, sha1_hmac).unwrap();
+        // CRC-32 (ISO-HDLC) bit by bit, apart from the crate's table.
+        let mut crc = !0u32;
+        for &b in &buf[..n - 8] {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+            }
+        }
+        let expected = (!crc) ^ 0x5354_554e;
+        assert_eq!(buf[n - 8..n - 4], [0x80, 0x28, 0x00, 0x04], "the FINGERPRINT attribute comes last");
+        assert_eq!(buf[n - 4..n], expected.to_be_bytes());
     }
 
     #[test]
