@@ -488,7 +488,7 @@ const MAGIC: &[u8; 4] = &[0x21, 0x12, 0xA4, 0x42];
 
 /// The FINGERPRINT attribute's CRC-32, its table made once at compile time (deadsfu patch): made
 /// per message, building the table cost more than the checksum.
-const FINGERPRINT_CRC: Crc<u32> = Crc::<u32>::new(&CRC_32_ISO_HDLC);
+static FINGERPRINT_CRC: Crc<u32> = Crc::<u32>::new(&CRC_32_ISO_HDLC);
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Class {
