@@ -431,6 +431,11 @@ impl Fanout {
         session.app.replay = None;
         // The next video packet forwarded must be a keyframe of the new room.
         session.app.video_choice = None;
+        // What was sent is in the old ring, at positions that are other packets in the new one: a NACK for it
+        // is not answered from there.
+        if let Some(video) = session.app.video.as_mut() {
+            video.sent = None;
+        }
         if old.base() == room.base() {
             // Another simulcast layer of the same room: the picture goes on from the layer's next keyframe,
             // asked for now, rather than going back to the layer's cached one and catching up.

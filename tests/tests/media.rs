@@ -288,6 +288,41 @@ fn a_lost_packet_is_resent_from_the_cache() {
     }
 }
 
+/// A viewer moved to another layer's ring asks for packets it lost just before the move (its feedback held up
+/// until after it): they are not resent, for the old ring's positions are other packets in the new one. What it
+/// gets under each sequence number is what it was first sent under it.
+#[test]
+fn a_nack_for_a_packet_of_the_ring_a_viewer_left_is_not_answered_from_the_new_one() {
+    let (mut world, _, viewers) = simulcast_room(&[("h", HIGH), ("l", LOW)], 1);
+    let viewer = viewers[0];
+    world.run_for(SECOND);
+    assert_eq!(world.switch(viewer, "layers~l"), Response::Done);
+    // Long enough for the layer's ring to reach positions the room's ring had when the viewer left it.
+    world.run_for(3 * SECOND);
+    let addr = world.peers[viewer].addr;
+    let mut lost = HashSet::new();
+    world.loss = Box::new(move |d: &Datagram| {
+        if d.from == addr && d.rtcp_type().is_some() {
+            return true;
+        }
+        let Some((pt, seq, _)) = d.rtp() else { return false };
+        d.to == addr && pt == 96 && lost.len() < 3 && lost.insert(seq)
+    });
+    world.run_until("3 video packets lost", SECOND, |w| w.lost >= 3);
+    world.run_for(20 * MS);
+    let resent = world.worker_metrics(0).viewer_packets_resent;
+    assert_eq!(world.switch(viewer, "layers"), Response::Done);
+    world.loss = Box::new(|_| false);
+    world.run_for(SECOND);
+    assert_eq!(world.worker_metrics(0).viewer_packets_resent, resent, "resent after the move");
+    let mut by_seq: Vec<(u64, Payload)> =
+        world.peers[viewer].received.iter().filter_map(|r| Some((r.seq, r.what()?))).collect();
+    by_seq.sort_by_key(|(seq, _)| *seq);
+    for pair in by_seq.windows(2) {
+        assert!(pair[0].0 != pair[1].0 || pair[0].1 == pair[1].1, "two packets as {}: {pair:?}", pair[0].0);
+    }
+}
+
 /// A world with a ~1 Mbit/s room (a keyframe every 5 s) and a viewer joining 3 s into a GOP behind a link of
 /// `bytes_per_s` holding 50 ms (as tc's tbf with `latency 50ms` and a 4 KB burst), run for `seconds` after it
 /// connected.
