@@ -29,6 +29,7 @@ use str0m::media::{Mid, Pt};
 use str0m::rtp::{Extension, SentRtp, SrtpAeadKey};
 use str0m::Rtc;
 
+use crate::splice::Rewrite;
 use crate::viewer::{Track, Viewer};
 
 /// Largest id of a one-byte header extension (RFC 8285 4.2); str0m writes the two-byte form if any id of the
@@ -153,6 +154,7 @@ pub(crate) fn write(
     track: &mut TrackEgress,
     header: &Header,
     payload: &[u8],
+    rewrite: &Rewrite,
     now: Instant,
     out: &mut Vec<u8>,
 ) -> Option<Path> {
@@ -162,6 +164,7 @@ pub(crate) fn write(
     write_header(track, header, transport_seq, out);
     let header_end = out.len();
     out.extend_from_slice(payload);
+    rewrite.apply(&mut out[header_end..]);
     let iv = iv(&egress.salt, track.ssrc, header.seq);
     let (head, body) = out[start..].split_at_mut(header_end - start);
     let tag = egress

@@ -102,6 +102,154 @@ impl Splicer {
     }
 }
 
+/// The picture numbers of a VP8 stream (RFC 7741 4.2: PictureID, TL0PICIDX, KEYIDX) carried over a source
+/// change as [`Splicer`] carries sequence numbers and timestamps: within one source the output follows the input
+/// with fixed offsets; at a change the new source's first picture (a keyframe: a viewer takes up a source at one)
+/// is numbered one past the last one sent. A receiver finds a picture's references by these numbers; each
+/// simulcast layer, and each publisher, numbers from its own random start, and a jump at a cut makes a receiver
+/// wait for the pictures in between, stalling until its next keyframe.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Vp8Numbers {
+    /// The source the offsets are for, and the offsets of the three numbers.
+    mapping: Option<(SourceId, [u16; 3])>,
+    /// The newest of each number sent.
+    last: [Option<u16>; 3],
+}
+
+/// The moduli of PictureID (15 bits; the 7-bit form is its low bits), TL0PICIDX and KEYIDX.
+const VP8_MODULI: [u16; 3] = [1 << 15, 1 << 8, 1 << 5];
+
+/// Where a VP8 payload descriptor's numbers are: each number's offset in the payload and value, and whether the
+/// PictureID is in its 15-bit form.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Vp8Fields {
+    at: [Option<(u8, u16)>; 3],
+    long_picture_id: bool,
+}
+
+/// Reads the numbers' places from a VP8 payload descriptor (RFC 7741 4.2); `None` if it is cut short.
+fn vp8_fields(payload: &[u8]) -> Option<Vp8Fields> {
+    let mut fields = Vp8Fields::default();
+    if payload.first()? & 0x80 == 0 {
+        return Some(fields);
+    }
+    let x = *payload.get(1)?;
+    let mut i = 2;
+    if x & 0x80 != 0 {
+        let high = *payload.get(i)?;
+        fields.long_picture_id = high & 0x80 != 0;
+        let value = match fields.long_picture_id {
+            true => u16::from(high & 0x7f) << 8 | u16::from(*payload.get(i + 1)?),
+            false => u16::from(high & 0x7f),
+        };
+        fields.at[0] = Some((i as u8, value));
+        i += 1 + usize::from(fields.long_picture_id);
+    }
+    if x & 0x40 != 0 {
+        fields.at[1] = Some((i as u8, u16::from(*payload.get(i)?)));
+        i += 1;
+    }
+    if x & 0x10 != 0 {
+        fields.at[2] = Some((i as u8, u16::from(*payload.get(i)? & 0x1f)));
+    }
+    Some(fields)
+}
+
+/// Bytes to write over a payload: at most four (its offset, the byte).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rewrite {
+    len: u8,
+    bytes: [(u8, u8); 4],
+}
+
+impl Rewrite {
+    /// Nothing to write.
+    pub const NONE: Rewrite = Rewrite { len: 0, bytes: [(0, 0); 4] };
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn push(&mut self, at: u8, byte: u8) {
+        self.bytes[usize::from(self.len)] = (at, byte);
+        self.len += 1;
+    }
+
+    /// Writes the bytes over `payload`, the payload they were made for (or a copy of it).
+    pub fn apply(&self, payload: &mut [u8]) {
+        for &(at, byte) in &self.bytes[..usize::from(self.len)] {
+            payload[usize::from(at)] = byte;
+        }
+    }
+}
+
+impl Vp8Numbers {
+    /// The rewrite of the numbers of `payload`, a VP8 packet from `from` about to be sent.
+    pub fn map(&mut self, from: SourceId, payload: &[u8]) -> Rewrite {
+        let Some(fields) = vp8_fields(payload) else { return Rewrite::NONE };
+        let offsets = match self.mapping {
+            Some((source, offsets)) if source == from => offsets,
+            _ => {
+                let mut offsets = [0; 3];
+                for (k, offset) in offsets.iter_mut().enumerate() {
+                    if let (Some(last), Some((_, value))) = (self.last[k], fields.at[k]) {
+                        *offset = last.wrapping_add(1).wrapping_sub(value) % VP8_MODULI[k];
+                    }
+                }
+                self.mapping = Some((from, offsets));
+                offsets
+            }
+        };
+        for (k, &(_, value)) in fields.at.iter().enumerate().filter_map(|(k, f)| Some((k, f.as_ref()?))) {
+            let out = value.wrapping_add(offsets[k]) % VP8_MODULI[k];
+            // The newest: ahead within half the number's range (reordered packets are older).
+            let newer =
+                self.last[k].is_none_or(|l| (0..VP8_MODULI[k] / 2).contains(&(out.wrapping_sub(l) % VP8_MODULI[k])));
+            if newer {
+                self.last[k] = Some(out);
+            }
+        }
+        Self::rewrite(fields, offsets, payload)
+    }
+
+    /// The rewrite a resend of `payload` from `from` gets: the numbers it went out with, if it is of the source
+    /// being sent now (the numbers of an earlier one are not kept).
+    pub fn resent(&self, from: SourceId, payload: &[u8]) -> Option<Rewrite> {
+        let (source, offsets) = self.mapping?;
+        let fields = vp8_fields(payload);
+        match (source == from, fields) {
+            (true, Some(fields)) => Some(Self::rewrite(fields, offsets, payload)),
+            (true, None) => Some(Rewrite::NONE),
+            (false, _) => None,
+        }
+    }
+
+    fn rewrite(fields: Vp8Fields, offsets: [u16; 3], payload: &[u8]) -> Rewrite {
+        let mut rewrite = Rewrite::NONE;
+        if offsets == [0; 3] {
+            return rewrite;
+        }
+        if let Some((at, value)) = fields.at[0] {
+            let out = value.wrapping_add(offsets[0]) % VP8_MODULI[0];
+            match fields.long_picture_id {
+                true => {
+                    rewrite.push(at, 0x80 | (out >> 8) as u8);
+                    rewrite.push(at + 1, out as u8);
+                }
+                false => rewrite.push(at, (out & 0x7f) as u8),
+            }
+        }
+        if let Some((at, value)) = fields.at[1] {
+            rewrite.push(at, value.wrapping_add(offsets[1]) as u8);
+        }
+        if let Some((at, value)) = fields.at[2] {
+            let out = value.wrapping_add(offsets[2]) % VP8_MODULI[2];
+            rewrite.push(at, (payload[usize::from(at)] & !0x1f) | out as u8);
+        }
+        rewrite
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,5 +344,76 @@ mod tests {
         // The second packet of the frame at 3000 arrives live.
         let tail = s.map(A, 12, 3000, 5 * MS, Pace::Live);
         assert_eq!(tail, Spliced { seq: head.seq + 1, timestamp: head.timestamp });
+    }
+
+    /// A VP8 payload: descriptor with a 15-bit PictureID, TL0PICIDX and TID (KEYIDX 5 with `key`), one byte of
+    /// frame after it.
+    fn vp8(picture_id: u16, tl0: u8, tid: u8, key: bool) -> Vec<u8> {
+        let x = 0x80 | 0x40 | 0x20 | if key { 0x10 } else { 0 };
+        vec![0x90, x, 0x80 | (picture_id >> 8) as u8, picture_id as u8, tl0, tid << 6 | if key { 5 } else { 0 }, 0x9d]
+    }
+
+    /// What a receiver reads from `payload` once `rewrite` is written over it: PictureID, TL0PICIDX, KEYIDX.
+    fn numbers(payload: &[u8], rewrite: Rewrite) -> [Option<u16>; 3] {
+        let mut p = payload.to_vec();
+        rewrite.apply(&mut p);
+        vp8_fields(&p).expect("a descriptor").at.map(|f| f.map(|(_, v)| v))
+    }
+
+    #[test]
+    fn vp8_picture_numbers_go_on_from_the_last_sent_across_a_source_change() {
+        let mut n = Vp8Numbers::default();
+        // The first source goes out as it is.
+        let a = [vp8(32_766, 254, 0, true), vp8(32_767, 254, 1, true), vp8(0, 255, 0, true)];
+        for p in &a {
+            assert_eq!(n.map(A, p), Rewrite::NONE);
+        }
+        // Another layer: its keyframe, then a frame of two packets, numbered on from the last sent, wrapping.
+        let b = [vp8(1234, 7, 0, true), vp8(1235, 7, 2, true), vp8(1235, 7, 2, true), vp8(1236, 8, 0, true)];
+        let out: Vec<_> = b.iter().map(|p| numbers(p, n.map(B, p))).collect();
+        assert_eq!(
+            out,
+            [
+                [Some(1), Some(0), Some(6)],
+                [Some(2), Some(0), Some(6)],
+                [Some(2), Some(0), Some(6)],
+                [Some(3), Some(1), Some(6)]
+            ]
+        );
+        // The bytes around the numbers are the packet's own: the descriptor's flags, TID and Y, the frame.
+        let mut p = b[1].clone();
+        n.map(B, &b[1]).apply(&mut p);
+        assert_eq!((p[0], p[1], p[5] & 0xe0, p[6]), (b[1][0], b[1][1], b[1][5] & 0xe0, b[1][6]));
+        // A reordered packet of the source keeps its own place: the next cut follows the newest.
+        assert_eq!(numbers(&b[1], n.map(B, &b[1]))[0], Some(2));
+        assert_eq!(numbers(&a[0], n.map(A, &a[0])), [Some(4), Some(2), Some(7)]);
+    }
+
+    #[test]
+    fn a_vp8_resend_gets_the_numbers_its_packet_went_out_with_or_none_once_the_source_changed() {
+        let mut n = Vp8Numbers::default();
+        n.map(A, &vp8(10, 1, 0, false));
+        let b = vp8(500, 60, 0, false);
+        let sent = n.map(B, &b);
+        assert_eq!(n.resent(B, &b), Some(sent));
+        assert_eq!(numbers(&b, sent)[0], Some(11));
+        // From the source before the change: not resent with numbers that are no longer its own.
+        assert_eq!(n.resent(A, &vp8(10, 1, 0, false)), None);
+    }
+
+    #[test]
+    fn a_short_picture_id_keeps_its_form_and_a_cut_short_descriptor_is_left_alone() {
+        let mut n = Vp8Numbers::default();
+        n.map(A, &vp8(300, 0, 0, false));
+        // 7-bit PictureID 5 (M bit clear), no TL0PICIDX: numbered 301 within 7 bits, the length unchanged.
+        let short = [0x90, 0x80, 0x05, 0x9d];
+        let rewrite = n.map(B, &short);
+        let mut p = short.to_vec();
+        rewrite.apply(&mut p);
+        assert_eq!(p, [0x90, 0x80, (301 & 0x7f) as u8, 0x9d]);
+        // A descriptor cut short, or none at all: nothing written.
+        for p in [&[0x90, 0xc0, 0x81][..], &[0x90][..], &[][..], &[0x10, 0x9d][..]] {
+            assert_eq!(n.map(SourceId { source: 9, ssrc: 9 }, p), Rewrite::NONE);
+        }
     }
 }

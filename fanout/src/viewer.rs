@@ -8,7 +8,7 @@ use deadsfu_media::codec;
 use deadsfu_media::env::Random;
 use deadsfu_media::host::Session;
 use deadsfu_media::outbox::Outbox;
-use shm_proto::ring::{CodecEntry, MediaKind, PacketMeta, RingCursor};
+use shm_proto::ring::{Codec, CodecEntry, MediaKind, PacketMeta, RingCursor};
 use shm_proto::{RoomName, SessionId};
 use str0m::format::CodecConfig;
 use str0m::media::{Mid, Pt};
@@ -17,7 +17,7 @@ use str0m::rtp::{ExtensionValues, RtpWrite, VideoOrientation};
 use crate::egress::{self, Egress, Header, TrackEgress};
 use crate::feed::{CodecTable, Moment, ReplayCredit};
 use crate::layers::LayerChoice;
-use crate::splice::{Pace, SourceId, Splicer};
+use crate::splice::{Pace, Rewrite, SourceId, Splicer, Vp8Numbers};
 
 /// One outgoing track of a viewer.
 pub(crate) struct Track {
@@ -26,6 +26,8 @@ pub(crate) struct Track {
     pub(crate) first: (u16, u32),
     /// Made at its first packet, when the clock rate is known.
     pub(crate) splicer: Option<Splicer>,
+    /// The picture numbers of its VP8 packets, carried over a change of source as the splicer carries the rest.
+    pub(crate) vp8: Vp8Numbers,
     /// What was sent, for resends (video): made at the first packet.
     pub(crate) sent: Option<Box<SentLog>>,
     /// What its packets are written with past str0m, once the session has keys ([`egress`]).
@@ -34,7 +36,14 @@ pub(crate) struct Track {
 
 impl Track {
     pub(crate) fn new(mid: Mid, random: &mut Random) -> Track {
-        Track { mid, first: ((random.u32() % 16_384) as u16, random.u32()), splicer: None, sent: None, egress: None }
+        Track {
+            mid,
+            first: ((random.u32() % 16_384) as u16, random.u32()),
+            splicer: None,
+            vp8: Vp8Numbers::default(),
+            sent: None,
+            egress: None,
+        }
     }
 }
 
@@ -96,6 +105,8 @@ pub(crate) struct VideoChoice {
     pub(crate) source: u32,
     /// The ring payload type of that source being forwarded (a slate may carry several codecs).
     pub(crate) ring_pt: u8,
+    /// That payload type is VP8's: its picture numbers are carried over source changes ([`Vp8Numbers`]).
+    pub(crate) vp8: bool,
 }
 
 /// Ring payload types a viewer's [`PtMap`] remembers: more than a room's codecs and its slate's.
@@ -216,7 +227,10 @@ pub(crate) fn deliver(
             Some(c) if c.ring_pt != meta.pt => return false,
             Some(_) => {}
             // A new source (or the first): taken up at one of its keyframes only.
-            None if meta.keyframe => viewer.video_choice = Some(VideoChoice { source: meta.source, ring_pt: meta.pt }),
+            None if meta.keyframe => {
+                let vp8 = codecs.get(meta.pt).is_some_and(|e| e.codec == Codec::Vp8);
+                viewer.video_choice = Some(VideoChoice { source: meta.source, ring_pt: meta.pt, vp8 });
+            }
             None => return false,
         }
     }
@@ -234,7 +248,12 @@ pub(crate) fn deliver(
         };
         Splicer::new(clock_rate, first_seq, first_ts)
     });
-    let spliced = splicer.map(SourceId { source: meta.source, ssrc: meta.ssrc }, meta.seq, meta.timestamp, at.ns, pace);
+    let from = SourceId { source: meta.source, ssrc: meta.ssrc };
+    let spliced = splicer.map(from, meta.seq, meta.timestamp, at.ns, pace);
+    let rewrite = match meta.kind == MediaKind::Video && viewer.video_choice.is_some_and(|c| c.vp8) {
+        true => track.vp8.map(from, &packet.payload),
+        false => Rewrite::NONE,
+    };
     let mut sent = false;
     out.write(&mut |buf| {
         let path = match (&mut viewer.egress, &mut track.egress) {
@@ -247,10 +266,11 @@ pub(crate) fn deliver(
                     audio_level: meta.audio_level.zip(meta.voice_activity),
                     video_orientation: meta.video_orientation.map(|o| VideoOrientation::from(o) as u8),
                 };
-                egress::write(egress, tx, &header, &packet.payload, at.now, buf)
+                egress::write(egress, tx, &header, &packet.payload, &rewrite, at.now, buf)
             }
             _ => {
-                let write = rtp_write(pt, spliced.seq, spliced.timestamp, at, meta, &packet.payload);
+                let write =
+                    rtp_write(pt, spliced.seq, spliced.timestamp, at, meta, &rewritten(&packet.payload, &rewrite));
                 rtc.direct_api().send_rtp_now(track.mid, None, write, at.now, buf)
             }
         };
@@ -290,8 +310,20 @@ pub(crate) fn resend(
 ) -> bool {
     let (viewer, rtc) = (&mut session.app, &mut session.rtc);
     let Some(pt) = viewer.pts.get(codecs, packet.meta.pt) else { return false };
-    let Some(mid) = viewer.video.as_ref().map(|t| t.mid) else { return false };
-    let mut write = Some(rtp_write(pt, sent.seq, sent.timestamp, at, &packet.meta, &packet.payload));
+    let Some(track) = viewer.video.as_ref() else { return false };
+    let rewrite = match codecs.get(packet.meta.pt).is_some_and(|e| e.codec == Codec::Vp8) {
+        // Its picture numbers as it went out; a packet of a source sent before the last change is not resent.
+        true => {
+            match track.vp8.resent(SourceId { source: packet.meta.source, ssrc: packet.meta.ssrc }, &packet.payload) {
+                Some(rewrite) => rewrite,
+                None => return false,
+            }
+        }
+        false => Rewrite::NONE,
+    };
+    let mid = track.mid;
+    let payload = rewritten(&packet.payload, &rewrite);
+    let mut write = Some(rtp_write(pt, sent.seq, sent.timestamp, at, &packet.meta, &payload));
     let mut resent = false;
     // str0m numbers the resend from the session's transport-wide counter: what was numbered past it goes first.
     egress::note_sent(rtc, viewer, at.now);
@@ -302,6 +334,17 @@ pub(crate) fn resend(
     });
     egress::renumber(rtc, viewer);
     resent
+}
+
+/// `payload` with `rewrite` written over it: a copy if there is anything to write (str0m's send path takes the
+/// payload whole; the path past it writes over its own copy).
+fn rewritten(payload: &Arc<[u8]>, rewrite: &Rewrite) -> Arc<[u8]> {
+    if rewrite.is_empty() {
+        return payload.clone();
+    }
+    let mut copy = payload.to_vec();
+    rewrite.apply(&mut copy);
+    copy.into()
 }
 
 /// A ring packet as a viewer gets it: its payload type, sequence number and timestamp.

@@ -75,6 +75,9 @@ impl Datagram {
 
 /// Marks a test publisher's payloads (the slate's are not).
 const MAGIC: &[u8; 2] = b"ds";
+/// The VP8 payload descriptor's length in a test publisher's payloads: its first byte, the X byte, a 15-bit
+/// PictureID.
+const VP8_DESCRIPTOR: usize = 4;
 
 /// What a test's synthetic video payload says about itself: which publisher (its tag), frame and packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -86,13 +89,15 @@ pub struct Payload {
 }
 
 impl Payload {
-    /// A VP8 payload of `size` bytes (RFC 7741): the payload descriptor (S=1 on a frame's first packet), the
-    /// VP8 header's P bit (0 on a keyframe), then what the packet is.
-    fn vp8(self, size: usize) -> Vec<u8> {
-        let mut p = vec![0u8; size.max(16)];
-        p[0] = if self.packet == 0 { 0x10 } else { 0x00 };
-        p[1] = if self.keyframe { 0x00 } else { 0x01 };
-        self.write(&mut p[2..]);
+    /// A VP8 payload of `size` bytes (RFC 7741): the payload descriptor (S=1 on a frame's first packet, and the
+    /// frame's 15-bit PictureID), the VP8 header's P bit (0 on a keyframe), then what the packet is.
+    fn vp8(self, picture_id: u16, size: usize) -> Vec<u8> {
+        let mut p = vec![0u8; size.max(VP8_DESCRIPTOR + 16)];
+        p[0] = if self.packet == 0 { 0x90 } else { 0x80 };
+        p[1] = 0x80;
+        p[2..4].copy_from_slice(&(0x8000 | picture_id).to_be_bytes());
+        p[VP8_DESCRIPTOR] = if self.keyframe { 0x00 } else { 0x01 };
+        self.write(&mut p[VP8_DESCRIPTOR + 1..]);
         p
     }
 
@@ -106,7 +111,7 @@ impl Payload {
 
     /// The payload a [`Payload::vp8`] made, from its bytes.
     pub fn parse(payload: &[u8]) -> Option<Payload> {
-        let p = payload.get(2..16)?;
+        let p = payload.get(VP8_DESCRIPTOR + 1..VP8_DESCRIPTOR + 15)?;
         if &p[12..14] != MAGIC {
             return None;
         }
@@ -144,6 +149,8 @@ struct VideoOut {
     seq: u64,
     ts: u32,
     frame: u64,
+    /// The next frame's PictureID: each layer numbers from its own start, as a browser's encoders do.
+    picture_id: u16,
     next_at: Instant,
     keyframe_asked: bool,
 }
@@ -180,6 +187,12 @@ impl Received {
     /// What the packet is, if it is a test publisher's video.
     pub fn what(&self) -> Option<Payload> {
         self.video.then(|| Payload::parse(&self.payload)).flatten()
+    }
+
+    /// The PictureID of a test publisher's video packet, as the viewer got it.
+    pub fn picture_id(&self) -> Option<u16> {
+        self.what()?;
+        Some(u16::from_be_bytes([self.payload[2], self.payload[3]]) & 0x7fff)
     }
 
     /// The audio level and voice activity a test publisher sent this audio packet with.
@@ -469,6 +482,7 @@ impl World {
                     seq: 1000 * tag as u64 + 20_000 * k as u64,
                     ts: 90_000 * tag as u32,
                     frame: 0,
+                    picture_id: ((7919 * u32::from(tag) + 12_289 * k as u32) & 0x7fff) as u16,
                     next_at: now,
                     keyframe_asked: false,
                 });
@@ -833,13 +847,14 @@ fn send_media(peer: &mut Peer, now: Instant) {
             let mut api = peer.rtc.direct_api();
             let tx = api.stream_tx_by_mid(v.mid, v.rid).expect("the video send stream");
             for packet in 0..v.spec.packets_per_frame {
-                let payload = Payload { tag, frame: v.frame, packet, keyframe }.vp8(v.spec.packet_size);
+                let payload = Payload { tag, frame: v.frame, packet, keyframe }.vp8(v.picture_id, v.spec.packet_size);
                 let last = packet + 1 == v.spec.packets_per_frame;
                 let ext = ExtensionValues { video_orientation: Some(VideoOrientation::Deg90), ..Default::default() };
                 tx.write_rtp(RtpWrite::new(v.pt, v.seq.into(), v.ts, now, payload).marker(last).ext_vals(ext));
                 v.seq += 1;
             }
             v.frame += 1;
+            v.picture_id = (v.picture_id + 1) & 0x7fff;
             v.ts = v.ts.wrapping_add(90_000 / v.spec.fps);
             v.next_at += Duration::from_secs(1) / v.spec.fps;
         }

@@ -20,6 +20,10 @@ fn assert_contiguous(viewer: &Peer) {
     for pair in video.windows(2) {
         let (a, b) = (pair[0], pair[1]);
         assert_eq!(b.seq, a.seq + 1, "a gap or a duplicate between {:?} and {:?}", a.what(), b.what());
+        // The VP8 PictureIDs go on by one a frame, whichever layer or publisher the frames are of.
+        let (Some(pa), Some(what)) = (a.picture_id(), b.what()) else { continue };
+        let expected = if what.packet == 0 { (pa + 1) & 0x7fff } else { pa };
+        assert_eq!(b.picture_id(), Some(expected), "PictureIDs between {:?} and {what:?}", a.what());
     }
 }
 
