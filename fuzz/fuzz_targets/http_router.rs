@@ -13,8 +13,8 @@ use std::sync::Mutex;
 use deadsfu_signaling::router::{Backend, HttpRequest, Router, Target, Tokens};
 use libfuzzer_sys::fuzz_target;
 use shm_proto::control::{
-    read_frame, write_frame, ControlError, Envelope, ErrorKind, FanoutRequest, IngestRequest, ProcessMetrics,
-    LayerStatus, ProcessStatus, Request, Response, Role, RoomStatus, UpstreamState, UpstreamStatus,
+    read_frame, write_frame, ControlError, Envelope, ErrorKind, FanoutRequest, IngestRequest, LayerStatus,
+    ProcessMetrics, ProcessStatus, Request, Response, Role, RoomStatus, UpstreamState, UpstreamStatus,
 };
 use shm_proto::{Owner, RoomName, SessionId, TOKEN_LEN};
 

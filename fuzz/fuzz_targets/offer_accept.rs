@@ -112,7 +112,14 @@ fn run(data: &[u8]) {
             check(&ingest.handle_request(now, IngestRequest::Publish { room, offer }.into()));
         }
         k => {
-            let mut fanout = Fanout::new(0, w.runtime_dir.clone(), w.candidates.clone(), SessionLimits::default(), Env::system(), now);
+            let mut fanout = Fanout::new(
+                0,
+                w.runtime_dir.clone(),
+                w.candidates.clone(),
+                SessionLimits::default(),
+                Env::system(),
+                now,
+            );
             let room = RoomName::new(if k == 1 { "view" } else { "empty" }).expect("a valid room name");
             check(&fanout.handle_request(now, FanoutRequest::View { room, offer }.into()));
         }
