@@ -33,7 +33,7 @@ use deadsfu_media::{codec, offer};
 use shm_proto::control::{
     ErrorKind, IngestRequest, ProcessMetrics, ProcessStatus, Request, Response, RingMetrics, Role, RoomStatus,
 };
-use shm_proto::ring::{Geometry, LayerEntry, MediaKind as RingKind, RingReader, MAX_LAYERS};
+use shm_proto::ring::{Geometry, LayerEntry, MediaKind as RingKind, RingError, RingReader, MAX_LAYERS};
 use shm_proto::{paths, Owner, RoomName, SessionId};
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid};
 use str0m::net::Transmit;
@@ -260,7 +260,13 @@ impl Ingest {
             }
             let made =
                 Room::create(&self.settings.runtime_dir, room, self.settings.geometry, now, self.env.unix_ms(now))
-                    .map_err(|e| error(ErrorKind::Internal, &format!("cannot open ring for room {room}: {e}")))?;
+                    .map_err(|e| {
+                        let kind = match e {
+                            RingError::NoSpace { .. } => ErrorKind::Unavailable,
+                            _ => ErrorKind::Internal,
+                        };
+                        error(kind, &format!("cannot open ring for room {room}: {e}"))
+                    })?;
             self.rooms.insert(room.clone(), made);
         }
         Ok(self.rooms.get_mut(room).expect("inserted above"))
@@ -854,6 +860,33 @@ mod tests {
             }
         }
         assert!(ingest.rooms.is_empty(), "no room made");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_room_whose_ring_the_runtime_directory_cannot_hold_is_refused_and_leaves_nothing() {
+        // On tmpfs, as the runtime directory is: a ring larger than the whole file system is refused before
+        // anything is allocated.
+        let dir = std::path::Path::new("/dev/shm").join(format!("deadsfu-ingest-nospace-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        paths::prepare(&dir).unwrap();
+        let fs_bytes = nix::sys::statvfs::statvfs(&dir).map(|s| s.blocks() * s.fragment_size()).expect("statvfs");
+        let larger = (8..=20)
+            .flat_map(|c| (11..=16).map(move |s| Geometry { slot_count: 1 << c, slot_size: 1 << s }))
+            .find(|g| fs_bytes > 0 && g.file_len() as u64 > fs_bytes);
+        let Some(geometry) = larger else { return };
+        let t0 = Instant::now();
+        let mut ingest = ingest(&dir, 10, t0);
+        ingest.settings.geometry = geometry;
+        match watch(&mut ingest, "big", t0) {
+            Response::Error { kind: ErrorKind::Unavailable, message } => {
+                assert!(message.contains("room big") && message.contains("ring_slots"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(ingest.rooms.is_empty(), "no room made");
+        let left: Vec<_> = std::fs::read_dir(paths::rings_dir(&dir)).map(|d| d.collect()).unwrap_or_default();
+        assert!(left.is_empty(), "files left behind: {left:?}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -23,10 +23,12 @@ pub(crate) struct Mapping {
 
 impl Mapping {
     /// Maps `len` bytes of `file`, which must be open read-write and at least `len` bytes long (checked by
-    /// the callers before mapping: touching a page past the end of the file raises `SIGBUS`).
+    /// the callers before mapping: touching a page past the end of the file raises `SIGBUS`). The page
+    /// tables are filled at once (`MAP_POPULATE`), so reading and writing the ring never stops for a page
+    /// fault: a fanout worker reads every page of a live ring within a lap anyway.
     pub fn new(file: &File, len: usize) -> io::Result<Mapping> {
         debug_assert!(len.is_multiple_of(8) && len > 0);
-        let raw = MmapOptions::new().len(len).map_raw(file)?;
+        let raw = MmapOptions::new().len(len).populate().map_raw(file)?;
         // mmap(2) returns page-aligned addresses, so this holds on every platform we run on; the check keeps
         // the cast in `words` honest if that ever changes.
         if raw.as_ptr().align_offset(std::mem::align_of::<AtomicU64>()) != 0 {

@@ -460,6 +460,11 @@ pub enum RingError {
     FmtpTooLong { pt: u8, len: usize, max: usize },
     #[error("payload of {len} bytes does not fit a ring slot (at most {max}); use a larger slot size")]
     PayloadTooLarge { len: usize, max: usize },
+    #[error(
+        "no room for a ring of {bytes} bytes where rings are kept (a tmpfs that is full or smaller than that): \
+         give it more, or make rings smaller (ring_slots, ring_slot_size)"
+    )]
+    NoSpace { bytes: u64 },
     #[error("ring file I/O: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -427,6 +427,54 @@ fn writer_reopen_keeps_head_and_bumps_epoch() {
     assert_eq!(r.heartbeat_unix_ms(), 30);
 }
 
+/// Bytes of memory a file holds (tmpfs pages), not its length.
+fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).expect("stat ring").blocks() * 512
+}
+
+#[test]
+fn a_ring_holds_all_its_memory_from_the_start() {
+    let dir = TempDir::new("allocated");
+    let geometry = Geometry { slot_count: 256, slot_size: 1024 };
+    let len = geometry.file_len() as u64;
+    let w = RingWriter::create(&dir.ring(), geometry, 1).expect("create");
+    assert!(allocated(&dir.ring()) >= len, "{} of {len} bytes allocated at creation", allocated(&dir.ring()));
+    drop(w);
+    // A file left sparse (by a writer of an earlier build) is filled in when it is taken over.
+    let file = fs::OpenOptions::new().write(true).open(dir.ring()).expect("open");
+    nix::fcntl::fallocate(
+        std::os::fd::AsRawFd::as_raw_fd(&file),
+        nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+        HEADER_LEN as i64 + 4096,
+        len as i64 - HEADER_LEN as i64 - 4096,
+    )
+    .expect("punch a hole");
+    assert!(allocated(&dir.ring()) < len / 2, "the hole was punched");
+    let w = RingWriter::create(&dir.ring(), geometry, 2).expect("take over");
+    assert_eq!(w.epoch(), 2, "the same file, taken over");
+    assert!(allocated(&dir.ring()) >= len, "{} of {len} bytes allocated after the takeover", allocated(&dir.ring()));
+}
+
+#[test]
+fn a_ring_larger_than_its_file_system_is_refused_at_creation_and_leaves_nothing() {
+    let dir = TempDir::new("nospace");
+    let fs_bytes = nix::sys::statvfs::statvfs(&dir.0).map(|s| s.blocks() * s.fragment_size()).expect("statvfs");
+    // The least geometry larger than the whole file system (a tmpfs refuses it before allocating anything).
+    // (A tmpfs without a size limit says 0 blocks: no ring is larger.)
+    let Some(geometry) = (8..=20)
+        .flat_map(|c| (8..=16).map(move |s| Geometry { slot_count: 1 << c, slot_size: 1 << s }))
+        .find(|g| fs_bytes > 0 && g.file_len() as u64 > fs_bytes)
+    else {
+        return; // a file system larger than the largest ring
+    };
+    let err = RingWriter::create(&dir.ring(), geometry, 1).err().expect("refused");
+    assert!(matches!(err, RingError::NoSpace { bytes } if bytes == geometry.file_len() as u64), "{err:?}");
+    assert!(err.to_string().contains("ring_slots"), "the error says what to change: {err}");
+    let left: Vec<_> = fs::read_dir(&dir.0).expect("list").collect();
+    assert!(left.is_empty(), "files left behind: {left:?}");
+}
+
 #[test]
 fn second_writer_is_refused_while_the_first_lives() {
     let dir = TempDir::new("busy");

@@ -273,6 +273,7 @@ impl RingWriter {
     ) -> Result<Option<RingWriter>, RingError> {
         let file = OpenOptions::new().read(true).write(true).create_new(true).mode(FILE_MODE).open(tmp)?;
         file.set_len(geometry.file_len() as u64)?;
+        allocate(&file, geometry.file_len())?;
         let map = Mapping::new(&file, geometry.file_len())?;
         let identity = Identity {
             magic: MAGIC,
@@ -322,6 +323,7 @@ impl RingWriter {
 
     /// Takes over a compatible file whose previous writer is gone (we hold its lock).
     fn reuse(file: Flock<File>, geometry: Geometry, now_unix_ms: u64) -> Result<RingWriter, RingError> {
+        allocate(&file, geometry.file_len())?;
         let map = Mapping::new(&file, geometry.file_len())?;
         let word = |off| map.word(off);
 
@@ -504,6 +506,20 @@ fn is_compatible(id: &Identity, len: u64, geometry: Geometry) -> bool {
         && id.slot_count == geometry.slot_count
         && id.slot_size == geometry.slot_size
         && len == geometry.file_len() as u64
+}
+
+/// Gives every page of the file's first `len` bytes its memory now rather than at the first write to it. A
+/// runtime directory too small for the ring then fails here, with an error that names it, rather than with
+/// `SIGBUS` at a write minutes later; and in the ring's first lap neither the writer nor a reader pays a page
+/// allocation for every 4 KiB it comes to. A file system without `fallocate(2)` keeps the file sparse.
+fn allocate(file: &File, len: usize) -> Result<(), RingError> {
+    use std::os::fd::AsRawFd;
+    let len = i64::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    match nix::fcntl::fallocate(file.as_raw_fd(), nix::fcntl::FallocateFlags::empty(), 0, len) {
+        Ok(()) | Err(Errno::EOPNOTSUPP) => Ok(()),
+        Err(Errno::ENOSPC) => Err(RingError::NoSpace { bytes: len as u64 }),
+        Err(e) => Err(RingError::Io(io::Error::from(e))),
+    }
 }
 
 /// Tells the readers of a file that is no longer at its path to reopen it: `REPLACED` in the identity line
