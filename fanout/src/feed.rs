@@ -466,7 +466,7 @@ impl RoomFeed {
     pub(crate) fn packet_at(&self, pos: u64, buf: &mut [u8]) -> Option<RingPacket> {
         let ReadOutcome::Packet { meta, len } = self.reader.as_ref()?.read(pos, buf) else { return None };
         let payload = self.recent.get(pos).unwrap_or_else(|| Arc::from(&buf[..len]));
-        Some(RingPacket { pos, meta, payload })
+        Some(RingPacket::new(pos, meta, payload, &self.codecs))
     }
 
     /// A replay's pace in a room of `stream` bytes a second before the viewer's link is known (see
@@ -535,7 +535,7 @@ impl RoomFeed {
                 }
                 if meta.kind == MediaKind::Video {
                     let payload = recent.get(pos).unwrap_or_else(|| Arc::from(&buf[..len]));
-                    if deliver(session, codecs, &RingPacket { pos, meta, payload }, at, Pace::Replay, out) {
+                    if deliver(session, codecs, &RingPacket::new(pos, meta, payload, codecs), at, Pace::Replay, out) {
                         sent += 1;
                         credit.spend(len);
                     }
@@ -592,7 +592,7 @@ impl RoomFeed {
             let payload: Arc<[u8]> = Arc::from(&buf[..len]);
             self.rate.add(at.now, len);
             self.recent.push(pos, payload.clone());
-            turn.push(RingPacket { pos, meta, payload });
+            turn.push(RingPacket::new(pos, meta, payload, &self.codecs));
         }
         if !turn.is_empty() {
             for &key in &self.viewers {

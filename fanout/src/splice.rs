@@ -119,12 +119,27 @@ pub struct Vp8Numbers {
 /// The moduli of PictureID (15 bits; the 7-bit form is its low bits), TL0PICIDX and KEYIDX.
 const VP8_MODULI: [u16; 3] = [1 << 15, 1 << 8, 1 << 5];
 
-/// Where a VP8 payload descriptor's numbers are: each number's offset in the payload and value, and whether the
-/// PictureID is in its 15-bit form.
+/// Where a VP8 payload descriptor's numbers are: each number's offset in the payload and value, whether the
+/// PictureID is in its 15-bit form, and the byte KEYIDX shares with TID and Y.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Vp8Fields {
     at: [Option<(u8, u16)>; 3],
     long_picture_id: bool,
+    keyidx_byte: u8,
+}
+
+/// The picture numbers of a VP8 payload descriptor (RFC 7741 4.2), read once per ring packet for all the
+/// viewers it goes to; each viewer's [`Vp8Numbers`] adds its own offsets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Vp8Descriptor {
+    /// `None` if the descriptor is cut short of what its flags announce.
+    fields: Option<Vp8Fields>,
+}
+
+impl Vp8Descriptor {
+    pub fn read(payload: &[u8]) -> Vp8Descriptor {
+        Vp8Descriptor { fields: vp8_fields(payload) }
+    }
 }
 
 /// Reads the numbers' places from a VP8 payload descriptor (RFC 7741 4.2); `None` if it is cut short.
@@ -150,7 +165,8 @@ fn vp8_fields(payload: &[u8]) -> Option<Vp8Fields> {
         i += 1;
     }
     if x & 0x10 != 0 {
-        fields.at[2] = Some((i as u8, u16::from(*payload.get(i)? & 0x1f)));
+        fields.keyidx_byte = *payload.get(i)?;
+        fields.at[2] = Some((i as u8, u16::from(fields.keyidx_byte & 0x1f)));
     }
     Some(fields)
 }
@@ -184,9 +200,9 @@ impl Rewrite {
 }
 
 impl Vp8Numbers {
-    /// The rewrite of the numbers of `payload`, a VP8 packet from `from` about to be sent.
-    pub fn map(&mut self, from: SourceId, payload: &[u8]) -> Rewrite {
-        let Some(fields) = vp8_fields(payload) else { return Rewrite::NONE };
+    /// The rewrite of the numbers of a VP8 packet from `from` about to be sent, whose descriptor is `read`.
+    pub fn map(&mut self, from: SourceId, read: &Vp8Descriptor) -> Rewrite {
+        let Some(fields) = read.fields else { return Rewrite::NONE };
         let offsets = match self.mapping {
             Some((source, offsets)) if source == from => offsets,
             _ => {
@@ -209,22 +225,21 @@ impl Vp8Numbers {
                 self.last[k] = Some(out);
             }
         }
-        Self::rewrite(fields, offsets, payload)
+        Self::rewrite(fields, offsets)
     }
 
-    /// The rewrite a resend of `payload` from `from` gets: the numbers it went out with, if it is of the source
-    /// being sent now (the numbers of an earlier one are not kept).
-    pub fn resent(&self, from: SourceId, payload: &[u8]) -> Option<Rewrite> {
+    /// The rewrite a resend of a packet from `from`, whose descriptor is `read`, gets: the numbers it went out
+    /// with, if it is of the source being sent now (the numbers of an earlier one are not kept).
+    pub fn resent(&self, from: SourceId, read: &Vp8Descriptor) -> Option<Rewrite> {
         let (source, offsets) = self.mapping?;
-        let fields = vp8_fields(payload);
-        match (source == from, fields) {
-            (true, Some(fields)) => Some(Self::rewrite(fields, offsets, payload)),
+        match (source == from, read.fields) {
+            (true, Some(fields)) => Some(Self::rewrite(fields, offsets)),
             (true, None) => Some(Rewrite::NONE),
             (false, _) => None,
         }
     }
 
-    fn rewrite(fields: Vp8Fields, offsets: [u16; 3], payload: &[u8]) -> Rewrite {
+    fn rewrite(fields: Vp8Fields, offsets: [u16; 3]) -> Rewrite {
         let mut rewrite = Rewrite::NONE;
         if offsets == [0; 3] {
             return rewrite;
@@ -244,7 +259,7 @@ impl Vp8Numbers {
         }
         if let Some((at, value)) = fields.at[2] {
             let out = value.wrapping_add(offsets[2]) % VP8_MODULI[2];
-            rewrite.push(at, (payload[usize::from(at)] & !0x1f) | out as u8);
+            rewrite.push(at, (fields.keyidx_byte & !0x1f) | out as u8);
         }
         rewrite
     }
@@ -366,11 +381,11 @@ mod tests {
         // The first source goes out as it is.
         let a = [vp8(32_766, 254, 0, true), vp8(32_767, 254, 1, true), vp8(0, 255, 0, true)];
         for p in &a {
-            assert_eq!(n.map(A, p), Rewrite::NONE);
+            assert_eq!(n.map(A, &Vp8Descriptor::read(p)), Rewrite::NONE);
         }
         // Another layer: its keyframe, then a frame of two packets, numbered on from the last sent, wrapping.
         let b = [vp8(1234, 7, 0, true), vp8(1235, 7, 2, true), vp8(1235, 7, 2, true), vp8(1236, 8, 0, true)];
-        let out: Vec<_> = b.iter().map(|p| numbers(p, n.map(B, p))).collect();
+        let out: Vec<_> = b.iter().map(|p| numbers(p, n.map(B, &Vp8Descriptor::read(p)))).collect();
         assert_eq!(
             out,
             [
@@ -382,38 +397,38 @@ mod tests {
         );
         // The bytes around the numbers are the packet's own: the descriptor's flags, TID and Y, the frame.
         let mut p = b[1].clone();
-        n.map(B, &b[1]).apply(&mut p);
+        n.map(B, &Vp8Descriptor::read(&b[1])).apply(&mut p);
         assert_eq!((p[0], p[1], p[5] & 0xe0, p[6]), (b[1][0], b[1][1], b[1][5] & 0xe0, b[1][6]));
         // A reordered packet of the source keeps its own place: the next cut follows the newest.
-        assert_eq!(numbers(&b[1], n.map(B, &b[1]))[0], Some(2));
-        assert_eq!(numbers(&a[0], n.map(A, &a[0])), [Some(4), Some(2), Some(7)]);
+        assert_eq!(numbers(&b[1], n.map(B, &Vp8Descriptor::read(&b[1])))[0], Some(2));
+        assert_eq!(numbers(&a[0], n.map(A, &Vp8Descriptor::read(&a[0]))), [Some(4), Some(2), Some(7)]);
     }
 
     #[test]
     fn a_vp8_resend_gets_the_numbers_its_packet_went_out_with_or_none_once_the_source_changed() {
         let mut n = Vp8Numbers::default();
-        n.map(A, &vp8(10, 1, 0, false));
+        n.map(A, &Vp8Descriptor::read(&vp8(10, 1, 0, false)));
         let b = vp8(500, 60, 0, false);
-        let sent = n.map(B, &b);
-        assert_eq!(n.resent(B, &b), Some(sent));
+        let sent = n.map(B, &Vp8Descriptor::read(&b));
+        assert_eq!(n.resent(B, &Vp8Descriptor::read(&b)), Some(sent));
         assert_eq!(numbers(&b, sent)[0], Some(11));
         // From the source before the change: not resent with numbers that are no longer its own.
-        assert_eq!(n.resent(A, &vp8(10, 1, 0, false)), None);
+        assert_eq!(n.resent(A, &Vp8Descriptor::read(&vp8(10, 1, 0, false))), None);
     }
 
     #[test]
     fn a_short_picture_id_keeps_its_form_and_a_cut_short_descriptor_is_left_alone() {
         let mut n = Vp8Numbers::default();
-        n.map(A, &vp8(300, 0, 0, false));
+        n.map(A, &Vp8Descriptor::read(&vp8(300, 0, 0, false)));
         // 7-bit PictureID 5 (M bit clear), no TL0PICIDX: numbered 301 within 7 bits, the length unchanged.
         let short = [0x90, 0x80, 0x05, 0x9d];
-        let rewrite = n.map(B, &short);
+        let rewrite = n.map(B, &Vp8Descriptor::read(&short));
         let mut p = short.to_vec();
         rewrite.apply(&mut p);
         assert_eq!(p, [0x90, 0x80, (301 & 0x7f) as u8, 0x9d]);
         // A descriptor cut short, or none at all: nothing written.
         for p in [&[0x90, 0xc0, 0x81][..], &[0x90][..], &[][..], &[0x10, 0x9d][..]] {
-            assert_eq!(n.map(SourceId { source: 9, ssrc: 9 }, p), Rewrite::NONE);
+            assert_eq!(n.map(SourceId { source: 9, ssrc: 9 }, &Vp8Descriptor::read(p)), Rewrite::NONE);
         }
     }
 }

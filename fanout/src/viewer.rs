@@ -17,7 +17,7 @@ use str0m::rtp::{ExtensionValues, RtpWrite, VideoOrientation};
 use crate::egress::{self, Egress, Header, TrackEgress};
 use crate::feed::{CodecTable, Moment, ReplayCredit};
 use crate::layers::LayerChoice;
-use crate::splice::{Pace, Rewrite, SourceId, Splicer, Vp8Numbers};
+use crate::splice::{Pace, Rewrite, SourceId, Splicer, Vp8Descriptor, Vp8Numbers};
 
 /// One outgoing track of a viewer.
 pub(crate) struct Track {
@@ -91,11 +91,21 @@ impl SentLog {
     }
 }
 
-/// A packet read from a room's ring: its position, what the ring says of it, and its payload.
+/// A packet read from a room's ring: its position, what the ring says of it, its payload, and for VP8 its
+/// payload descriptor's picture numbers.
 pub(crate) struct RingPacket {
     pub(crate) pos: u64,
     pub(crate) meta: PacketMeta,
     pub(crate) payload: Arc<[u8]>,
+    pub(crate) vp8: Option<Vp8Descriptor>,
+}
+
+impl RingPacket {
+    pub(crate) fn new(pos: u64, meta: PacketMeta, payload: Arc<[u8]>, codecs: &CodecTable) -> RingPacket {
+        let vp8 = (meta.kind == MediaKind::Video && codecs.get(meta.pt).is_some_and(|e| e.codec == Codec::Vp8))
+            .then(|| Vp8Descriptor::read(&payload));
+        RingPacket { pos, meta, payload, vp8 }
+    }
 }
 
 /// Where a viewer's video stands.
@@ -105,8 +115,6 @@ pub(crate) struct VideoChoice {
     pub(crate) source: u32,
     /// The ring payload type of that source being forwarded (a slate may carry several codecs).
     pub(crate) ring_pt: u8,
-    /// That payload type is VP8's: its picture numbers are carried over source changes ([`Vp8Numbers`]).
-    pub(crate) vp8: bool,
 }
 
 /// Ring payload types a viewer's [`PtMap`] remembers: more than a room's codecs and its slate's.
@@ -227,10 +235,7 @@ pub(crate) fn deliver(
             Some(c) if c.ring_pt != meta.pt => return false,
             Some(_) => {}
             // A new source (or the first): taken up at one of its keyframes only.
-            None if meta.keyframe => {
-                let vp8 = codecs.get(meta.pt).is_some_and(|e| e.codec == Codec::Vp8);
-                viewer.video_choice = Some(VideoChoice { source: meta.source, ring_pt: meta.pt, vp8 });
-            }
+            None if meta.keyframe => viewer.video_choice = Some(VideoChoice { source: meta.source, ring_pt: meta.pt }),
             None => return false,
         }
     }
@@ -250,9 +255,10 @@ pub(crate) fn deliver(
     });
     let from = SourceId { source: meta.source, ssrc: meta.ssrc };
     let spliced = splicer.map(from, meta.seq, meta.timestamp, at.ns, pace);
-    let rewrite = match meta.kind == MediaKind::Video && viewer.video_choice.is_some_and(|c| c.vp8) {
-        true => track.vp8.map(from, &packet.payload),
-        false => Rewrite::NONE,
+    // Only a VP8 video packet has a descriptor: its picture numbers are carried over source changes.
+    let rewrite = match &packet.vp8 {
+        Some(read) => track.vp8.map(from, read),
+        None => Rewrite::NONE,
     };
     let mut sent = false;
     out.write(&mut |buf| {
@@ -311,15 +317,13 @@ pub(crate) fn resend(
     let (viewer, rtc) = (&mut session.app, &mut session.rtc);
     let Some(pt) = viewer.pts.get(codecs, packet.meta.pt) else { return false };
     let Some(track) = viewer.video.as_ref() else { return false };
-    let rewrite = match codecs.get(packet.meta.pt).is_some_and(|e| e.codec == Codec::Vp8) {
+    let rewrite = match &packet.vp8 {
         // Its picture numbers as it went out; a packet of a source sent before the last change is not resent.
-        true => {
-            match track.vp8.resent(SourceId { source: packet.meta.source, ssrc: packet.meta.ssrc }, &packet.payload) {
-                Some(rewrite) => rewrite,
-                None => return false,
-            }
-        }
-        false => Rewrite::NONE,
+        Some(read) => match track.vp8.resent(SourceId { source: packet.meta.source, ssrc: packet.meta.ssrc }, read) {
+            Some(rewrite) => rewrite,
+            None => return false,
+        },
+        None => Rewrite::NONE,
     };
     let mid = track.mid;
     let payload = rewritten(&packet.payload, &rewrite);

@@ -5,7 +5,7 @@
 //! differs from the payload only in the descriptor's picture numbers.
 #![no_main]
 
-use deadsfu_fanout::splice::{SourceId, Vp8Numbers};
+use deadsfu_fanout::splice::{SourceId, Vp8Descriptor, Vp8Numbers};
 use deadsfu_ingest::{keyframe, picture};
 use libfuzzer_sys::fuzz_target;
 use shm_proto::ring::Codec;
@@ -23,9 +23,10 @@ fuzz_target!(|data: &[u8]| {
     }
     if codec == Codec::Vp8 {
         // Numbered from a first source, then the same payload as a second source's first: rewritten.
+        let read = Vp8Descriptor::read(payload);
         let mut numbers = Vp8Numbers::default();
-        numbers.map(SourceId { source: 1, ssrc: 1 }, payload);
-        let rewrite = numbers.map(SourceId { source: 2, ssrc: 2 }, payload);
+        numbers.map(SourceId { source: 1, ssrc: 1 }, &read);
+        let rewrite = numbers.map(SourceId { source: 2, ssrc: 2 }, &read);
         let mut out = payload.to_vec();
         rewrite.apply(&mut out);
         // The descriptor's first bytes (at most 6: the flags, 2 of PictureID, TL0PICIDX, TID/Y/KEYIDX) at most.
@@ -33,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(changed.is_none_or(|at| at >= 2 && at < 6), "byte {changed:?} of {payload:02x?} rewritten");
         assert!(payload.iter().zip(&out).skip(6).all(|(a, b)| a == b), "past the descriptor: {payload:02x?}");
         // A resend of it is rewritten alike (a payload too short to number is not numbered, nor resent).
-        let resent = numbers.resent(SourceId { source: 2, ssrc: 2 }, payload);
+        let resent = numbers.resent(SourceId { source: 2, ssrc: 2 }, &read);
         assert!(resent.is_none_or(|r| r == rewrite), "{resent:?} against {rewrite:?}");
     }
 });
