@@ -175,6 +175,7 @@ pub fn run(cfg: &Config) -> Result<(), RunError> {
         wake_socket: None,
     };
     process::run(endpoints, |candidates, waker, now| {
+        warn_if_rings_do_not_fit(&settings);
         let pulls = upstream.map(|upstream| {
             let (sender, events) = mpsc::channel();
             PullRunner { upstream, running: HashMap::new(), ending: Vec::new(), sender, events, waker }
@@ -183,6 +184,31 @@ pub fn run(cfg: &Config) -> Result<(), RunError> {
         Shell { core: Ingest::new(settings, slate, candidates, Env::system(), now), wakes, pulls }
     })?;
     Ok(())
+}
+
+/// Warns at start if the runtime directory's file system holds fewer rings than `max_rooms` (each room's ring, and
+/// each simulcast layer's, takes its whole size when it is made): the rooms past what it holds are refused.
+fn warn_if_rings_do_not_fit(settings: &Settings) {
+    let Ok(fs) = nix::sys::statvfs::statvfs(&settings.runtime_dir) else { return };
+    let fs_bytes = fs.blocks() * fs.fragment_size();
+    let ring_bytes = settings.geometry.file_len() as u64;
+    if let Some(fit) = rings_short_of_max_rooms(fs_bytes, ring_bytes, settings.max_rooms) {
+        tracing::warn!(
+            runtime_dir = %settings.runtime_dir.display(),
+            size_mib = fs_bytes >> 20,
+            ring_mib = ring_bytes >> 20,
+            max_rooms = settings.max_rooms,
+            "the runtime directory holds {fit} rings, fewer than max_rooms: rooms past them are refused (503); \
+             give it more room (a tmpfs's size), lower max_rooms, or make rings smaller (ring_slots, ring_slot_size)"
+        );
+    }
+}
+
+/// How many rings of `ring_bytes` a file system of `fs_bytes` holds, if fewer than `max_rooms`. `None` also for
+/// a file system that does not say its size (a tmpfs without a limit says 0).
+fn rings_short_of_max_rooms(fs_bytes: u64, ring_bytes: u64, max_rooms: usize) -> Option<u64> {
+    let fit = fs_bytes.checked_div(ring_bytes)?;
+    (fs_bytes > 0 && fit < max_rooms as u64).then_some(fit)
 }
 
 /// Why ingest stopped.
@@ -194,4 +220,20 @@ pub enum RunError {
     Upstream(#[from] crate::upstream::CaError),
     #[error(transparent)]
     Start(#[from] StartError),
+}
+
+#[cfg(test)]
+mod ring_room_tests {
+    use super::*;
+
+    #[test]
+    fn a_runtime_directory_smaller_than_max_rooms_rings_is_told() {
+        const MIB: u64 = 1 << 20;
+        // /run on a 16 GiB host (10%): 1638 MiB holds 204 rings of 8 MiB.
+        assert_eq!(rings_short_of_max_rooms(1638 * MIB, 8 * MIB, 1000), Some(204));
+        assert_eq!(rings_short_of_max_rooms(1638 * MIB, 8 * MIB, 204), None);
+        assert_eq!(rings_short_of_max_rooms(12 * 1024 * MIB, 8 * MIB, 1000), None);
+        // A size not said.
+        assert_eq!(rings_short_of_max_rooms(0, 8 * MIB, 1000), None);
+    }
 }
