@@ -101,6 +101,7 @@ class Sfu:
     def __init__(
         self, log_dir: Path, workers: int = 2, token: str | None = None, name: str = "deadsfu",
         extra_args: list[str] | None = None, http_port: int | None = None, http_host: str = "127.0.0.1",
+        runtime_dir: Path | None = None,
     ) -> None:
         for binary in (SUPERVISOR, RING_TOOL):
             if not binary.exists():
@@ -115,7 +116,9 @@ class Sfu:
         self.fanout_port = free_udp_range(workers)
         self.url = f"http://{http_host}:{self.http_port}"
         shm = Path("/dev/shm")
-        self.runtime_dir = Path(tempfile.mkdtemp(prefix="deadsfu-test-", dir=shm if shm.is_dir() else None))
+        self.runtime_dir = runtime_dir or Path(
+            tempfile.mkdtemp(prefix="deadsfu-test-", dir=shm if shm.is_dir() else None)
+        )
         self.log_path = log_dir / f"{name}.log"
         self.args = [
             str(SUPERVISOR),

@@ -141,6 +141,46 @@ def test_a_viewer_past_the_room_limit_is_503_and_holds_nothing(start_sfu):
     asyncio.run(run())
 
 
+def test_a_room_past_what_the_runtime_directory_holds_is_503_and_holds_nothing(tmp_path):
+    """A runtime directory on a 20 MiB tmpfs holds two rings of the default 8 MiB: ingest says so at start, a
+    third room is refused with a reason, leaves no file, and the two rooms it holds keep working."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m,mode=0700", "tmpfs", str(small)], check=True)
+    sfu = Sfu(tmp_path, name="deadsfu-small-tmpfs", workers=1, runtime_dir=small / "d")
+    try:
+        sfu.start()
+        assert "holds 2 rings, fewer than max_rooms" in sfu.log_text(), sfu.log_text()
+        pids = _pids(sfu)
+
+        async def run() -> None:
+            viewers = [Viewer(name) for name in ("one", "two", "three")]
+            try:
+                for v in viewers[:2]:
+                    r = await v.view(sfu.url, v.name)
+                    assert r.status == 201, r.body
+                    await v.wait_connected()
+                r = await viewers[2].view(sfu.url, "three")
+                assert r.status == 503, (r.status, r.body)
+                assert "no room for a ring" in r.body and "ring_slots" in r.body, r.body
+                assert _ring_files(sfu) == ["one.ring", "two.ring"]
+                # The rooms it holds still play (the slate, there being no publisher).
+                for v in viewers[:2]:
+                    await wait_for(lambda v=v: len(v.rx.frames) > 0, 10, f"viewer {v.name}'s first frame")
+            finally:
+                for v in viewers:
+                    await v.close()
+
+        asyncio.run(run())
+        assert _pids(sfu) == pids, "a process restarted"
+    finally:
+        problems = sfu.stop()
+        subprocess.run(["umount", "-l", str(small)], check=False)
+    assert not problems, problems
+
+
 # Payload types bound to different codecs in different m-lines: str0m asserted on these.
 PT_REUSE_OFFERS = {
     "video vp8 96 + audio opus 96": (
