@@ -123,7 +123,10 @@
 //! file initialises it under a temporary name and links it into place, so no reader ever maps a half-written
 //! header. Reopening a file of the same major version and geometry keeps its positions; a file of another
 //! version or geometry is replaced by a new one (atomic rename), and the old one gets `REPLACED` set so its
-//! readers move on. Dropping the writer sets `WRITER_STATE` to closed; the file stays.
+//! readers move on. Dropping the writer sets `WRITER_STATE` to closed; the file stays. A file's memory is taken
+//! when it is made or taken over (`fallocate(2)`; a file system without room refuses with
+//! [`RingError::NoSpace`]), and every mapping, the writer's and the readers', is populated when made, so no
+//! access to a ring takes a page fault.
 //!
 //! # Other shared state
 //! - GOP index: positions of the last [`GOP_INDEX_LEN`] video keyframes. An entry is written only after its
