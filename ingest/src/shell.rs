@@ -189,8 +189,7 @@ pub fn run(cfg: &Config) -> Result<(), RunError> {
 /// Warns at start if the runtime directory's file system holds fewer rings than `max_rooms` (each room's ring, and
 /// each simulcast layer's, takes its whole size when it is made): the rooms past what it holds are refused.
 fn warn_if_rings_do_not_fit(settings: &Settings) {
-    let Ok(fs) = nix::sys::statvfs::statvfs(&settings.runtime_dir) else { return };
-    let fs_bytes = fs.blocks() * fs.fragment_size();
+    let Some(fs_bytes) = paths::file_system_bytes(&settings.runtime_dir) else { return };
     let ring_bytes = settings.geometry.file_len() as u64;
     if let Some(fit) = rings_short_of_max_rooms(fs_bytes, ring_bytes, settings.max_rooms) {
         tracing::warn!(
@@ -204,8 +203,8 @@ fn warn_if_rings_do_not_fit(settings: &Settings) {
     }
 }
 
-/// How many rings of `ring_bytes` a file system of `fs_bytes` holds, if fewer than `max_rooms`. `None` also for
-/// a file system that does not say its size (a tmpfs without a limit says 0).
+/// How many rings of `ring_bytes` a file system of `fs_bytes` holds, if fewer than `max_rooms`; `None` for a size
+/// of 0 (not said).
 fn rings_short_of_max_rooms(fs_bytes: u64, ring_bytes: u64, max_rooms: usize) -> Option<u64> {
     let fit = fs_bytes.checked_div(ring_bytes)?;
     (fs_bytes > 0 && fit < max_rooms as u64).then_some(fit)

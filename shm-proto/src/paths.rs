@@ -37,6 +37,13 @@ pub fn ring(runtime_dir: &Path, room: &RoomName) -> PathBuf {
     rings_dir(runtime_dir).join(format!("{room}.ring"))
 }
 
+/// The size in bytes of the file system `dir` is on (a tmpfs's limit), `None` if it says none (a tmpfs without a
+/// limit says 0) or cannot be asked. Every ring takes its whole size when it is made, so this bounds how many fit.
+pub fn file_system_bytes(dir: &Path) -> Option<u64> {
+    let fs = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some(fs.blocks() * fs.fragment_size()).filter(|&bytes| bytes > 0)
+}
+
 /// Creates the runtime directory and its `rings/` subdirectory, private to the user, and checks that both
 /// are trustworthy (see [`check_private`]): whoever can write there can stand in for a process of deadsfu.
 pub fn prepare(runtime_dir: &Path) -> std::io::Result<()> {
