@@ -34,9 +34,10 @@ AUDIO_FRAME_SAMPLES = 960  # 20 ms Opus frames, as make-fixtures encodes them
 @dataclass(frozen=True)
 class Fixture:
     path: Path
+    codec: str  # "h264" or "vp8"
     width: int
     height: int
-    video: tuple[bytes, ...]  # one Annex-B access unit per frame, in decode (= display) order
+    video: tuple[bytes, ...]  # one frame each (H.264: an Annex-B access unit), in decode (= display) order
     keyframes: tuple[int, ...]  # indexes into `video` of the IDR frames
     audio: tuple[bytes, ...]  # one Opus packet (20 ms) each
 
@@ -52,10 +53,11 @@ def load_fixture(path: Path = MAIN_FIXTURE) -> Fixture:
     with av.open(str(path)) as container:
         vstream = container.streams.video[0]
         astream = container.streams.audio[0]
-        if vstream.codec_context.name != "h264" or astream.codec_context.name != "opus":
-            raise ValueError(f"{path}: expected H.264 + Opus")
-        # Matroska stores length-prefixed NAL units; aiortc splits on start codes.
-        bsf = av.bitstream.BitStreamFilterContext("h264_mp4toannexb", vstream)
+        codec = vstream.codec_context.name
+        if codec not in ("h264", "vp8") or astream.codec_context.name != "opus":
+            raise ValueError(f"{path}: expected H.264 or VP8, and Opus")
+        # Matroska stores length-prefixed NAL units; aiortc splits on start codes. A VP8 frame goes as it is.
+        bsf = av.bitstream.BitStreamFilterContext("h264_mp4toannexb", vstream) if codec == "h264" else None
         video: list[bytes] = []
         keyframes: list[int] = []
         audio: list[bytes] = []
@@ -63,7 +65,7 @@ def load_fixture(path: Path = MAIN_FIXTURE) -> Fixture:
             if packet.size == 0:
                 continue
             if packet.stream is vstream:
-                for out in bsf.filter(packet):
+                for out in bsf.filter(packet) if bsf else [packet]:
                     if out.is_keyframe:
                         keyframes.append(len(video))
                     video.append(bytes(out))
@@ -74,7 +76,7 @@ def load_fixture(path: Path = MAIN_FIXTURE) -> Fixture:
         raise ValueError(f"{path}: the first video frame is not a keyframe")
     # Loop on whole 20 ms audio frames covering the video's duration.
     audio_frames = len(video) * AUDIO_RATE // VIDEO_FPS // AUDIO_FRAME_SAMPLES
-    return Fixture(path, width, height, tuple(video), tuple(keyframes), tuple(audio[:audio_frames]))
+    return Fixture(path, codec, width, height, tuple(video), tuple(keyframes), tuple(audio[:audio_frames]))
 
 
 class Clock:

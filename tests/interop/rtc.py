@@ -167,7 +167,7 @@ class Peer:
 
 
 class Publisher(Peer):
-    """Publishes a fixture, pre-encoded, H.264 (profile-level-id 42e01f) + Opus."""
+    """Publishes a fixture, pre-encoded, Opus and its video: H.264 (profile-level-id 42e01f) or VP8."""
 
     def __init__(self, fixture: Fixture, name: str = "publisher", kinds: tuple[str, ...] = ("audio", "video")) -> None:
         super().__init__(name)
@@ -180,15 +180,18 @@ class Publisher(Peer):
             return
         vt = self.pc.addTransceiver(self.video, direction="sendonly")
         caps = RTCRtpSender.getCapabilities("video").codecs
-        h264 = [
-            c for c in caps
-            if c.mimeType == "video/H264"
-            and c.parameters.get("profile-level-id") == H264_PROFILE_LEVEL_ID
-            and c.parameters.get("packetization-mode") == "1"
-        ]
-        assert h264, "aiortc offers no H.264 42e01f packetization-mode 1"
+        if fixture.codec == "vp8":
+            video = [c for c in caps if c.mimeType == "video/VP8"]
+        else:
+            video = [
+                c for c in caps
+                if c.mimeType == "video/H264"
+                and c.parameters.get("profile-level-id") == H264_PROFILE_LEVEL_ID
+                and c.parameters.get("packetization-mode") == "1"
+            ]
+        assert video, f"aiortc offers no {fixture.codec} as the fixture needs"
         rtx = [c for c in caps if c.mimeType == "video/rtx"]
-        vt.setCodecPreferences(h264 + rtx)
+        vt.setCodecPreferences(video + rtx)
 
     async def publish(self, base_url: str, room: str, token: str | None = None) -> Response:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
