@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Publishes the looping H.264 + Opus fixture into one room of a deadsfu host, for the benchmark.
+"""Publishes a looping fixture (H.264 or VP8, with Opus) into one room of a deadsfu host, for the benchmark.
 
 Usage: publish.py BASE_URL ROOM [FIXTURE] [--pacing F]
 

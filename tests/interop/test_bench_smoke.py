@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def bench(tmp_path, *args: str) -> subprocess.CompletedProcess:
-    for b in ("deadsfu", "deadsfu-load", "deadsfu-floor"):
+    for b in ("deadsfu", "deadsfu-load", "deadsfu-floor", "deadsfu-ring"):
         assert (BIN_DIR / b).exists(), f"{BIN_DIR / b} missing: run `cargo build --release --workspace`"
     proc = subprocess.run(
         [sys.executable, str(REPO_ROOT / "scripts" / "bench"), "--seconds", "3", "--warmup", "1",
@@ -50,13 +50,15 @@ def test_bench_smoke(tmp_path):
     out = tmp_path / "bench.json"
     proc = bench(tmp_path, "--viewers", "5", "--workers", "1", "--pin", "--json", str(out))
     assert "| workers | viewers |" in proc.stdout, proc.stdout
-    # The default publisher paces its packets as a browser does.
+    # The default publisher paces its packets as a browser does, and sends the H.264 fixture, as the report says.
     assert "pacing RTP at" in (tmp_path / "publisher-bench.log").read_text()
+    assert "Stream: testsrc-h264-opus.mkv (H264, opus), paced at 2.5x its bitrate" in proc.stdout, proc.stdout
     report = json.loads(out.read_text())
     assert report["machine"]
     (r,) = report["results"]
     assert "error" not in r, r
     assert (r["workers"], r["viewers"]) == (1, 5)
+    assert r["codecs"] == ["H264", "opus"], r["codecs"]
     # --pin: the worker on the second CPU this process may use, the rest on the first.
     first, second = sorted(os.sched_getaffinity(0))[:2]
     assert r["pinned"] == {"fanout_cpu": second, "other_cpu": first}, r
@@ -106,18 +108,22 @@ def test_bench_smoke(tmp_path):
 
 @pytest.mark.skipif(CGROUP_CPU is None or not os.access(CGROUP_CPU, os.W_OK),
                     reason="no writable cgroup cpu controller (run as root)")
-def test_bench_cpu_limit_and_pacing_smoke(tmp_path):
+def test_bench_cpu_limit_pacing_and_fixture_smoke(tmp_path):
     """`--cpu-limit` holds each worker to its share of a core and prints what each worker count carried; with
-    `--publisher-pacing 0` the publisher sends a frame's packets back to back."""
+    `--publisher-pacing 0` the publisher sends a frame's packets back to back; with `--fixture` it publishes that
+    file, here the VP8 one, which the room's ring then carries."""
     out = tmp_path / "bench.json"
+    vp8 = REPO_ROOT / "tests" / "fixtures" / "testsrc-vp8-opus.mkv"
     proc = bench(tmp_path, "--viewers", "5", "--workers", "1,2", "--no-floor", "--cpu-limit", "0.5",
-                 "--publisher-pacing", "0", "--json", str(out))
+                 "--publisher-pacing", "0", "--fixture", str(vp8), "--json", str(out))
     assert "pacing RTP at" not in (tmp_path / "publisher-bench.log").read_text()
+    assert "Stream: testsrc-vp8-opus.mkv (VP8, opus), unpaced" in proc.stdout, proc.stdout
     assert "| workers | viewers | limit per worker |" in proc.stdout, proc.stdout
     assert "- 2 workers: at most 5 viewers" in proc.stdout, proc.stdout
     results = json.loads(out.read_text())["results"]
     assert [(r["workers"], r.get("cpu_limit")) for r in results] == [(1, 0.5), (2, 0.5)], results
     for r in results:
+        assert r["codecs"] == ["VP8", "opus"], r["codecs"]
         w = r["window"]
         assert w["delivery_ratio"] >= 0.99 and w["delivered_per_s"] > 0, w
         # Throttled time is read from each worker's cgroup, in seconds: a worker cannot be throttled longer
