@@ -38,7 +38,7 @@ class Fixture:
     width: int
     height: int
     video: tuple[bytes, ...]  # one frame each (H.264: an Annex-B access unit), in decode (= display) order
-    keyframes: tuple[int, ...]  # indexes into `video` of the IDR frames
+    keyframes: tuple[int, ...]  # indexes into `video` of the keyframes (H.264: IDR)
     audio: tuple[bytes, ...]  # one Opus packet (20 ms) each
 
     @property
