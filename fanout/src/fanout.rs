@@ -429,6 +429,9 @@ impl Fanout {
         feed.viewers.push(key);
         session.app.room = room.clone();
         session.app.replay = None;
+        // What the viewer's link lost of the old ring's packets says nothing of the new one's.
+        session.rtc.bwe().count_loss_from(now);
+        session.app.layer.forget_loss();
         // The next video packet forwarded must be a keyframe of the new room.
         session.app.video_choice = None;
         // What was sent is in the old ring, at positions that are other packets in the new one: a NACK for it
@@ -470,6 +473,8 @@ impl Fanout {
                     continue;
                 }
                 auto = true;
+                s.app.layer.note_loss(s.rtc.bwe().take_loss_count());
+                let (reported, lost) = (s.app.layer.reported, s.app.layer.lost);
                 let decision = s.app.layer.decide(&feed.layers, current, s.app.estimate.link(), now);
                 // A replay's estimate looks for the replay's rate until it ends.
                 if s.app.replay.is_none() && decision.desired_bps != s.app.layer.desired_bps {
@@ -487,7 +492,8 @@ impl Fanout {
                 };
                 // A layer's ring comes a moment after it was first wanted: until then the viewer stays.
                 if to != *name && paths::ring(runtime_dir, &to).exists() {
-                    tracing::debug!(session = %s.app.id, from = %name, %to, link = ?s.app.estimate.link(), "viewer moved to the layer its link carries");
+                    tracing::debug!(session = %s.app.id, from = %name, %to, link = ?s.app.estimate.link(),
+                        reported, lost, "viewer moved to the layer its link carries");
                     moves.push((key, to));
                 }
             }

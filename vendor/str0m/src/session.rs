@@ -1589,6 +1589,18 @@ impl Session {
         }
     }
 
+    /// deadsfu patch: see `Bwe::count_loss_from` (src/bwe/api.rs).
+    pub fn count_bwe_loss_from(&mut self, from: Instant) {
+        if let Some(bwe) = self.bwe.as_mut() {
+            bwe.count_loss_from(from);
+        }
+    }
+
+    /// deadsfu patch: see `Bwe::take_loss_count` (src/bwe/api.rs).
+    pub fn take_bwe_loss_count(&mut self) -> crate::bwe::LossCount {
+        self.bwe.as_mut().map(|bwe| bwe.take_loss_count()).unwrap_or_default()
+    }
+
     pub fn reset_bwe(&mut self, init_bitrate: Bitrate) {
         if let Some(bwe) = self.bwe.as_mut() {
             bwe.reset(init_bitrate);

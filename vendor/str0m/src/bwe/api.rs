@@ -3,6 +3,7 @@
 use crate::poll::RtcMut;
 use crate::{Rtc, rtp_::Mid};
 
+pub use super::LossCount;
 pub use crate::rtp_::Bitrate;
 
 #[derive(Debug, PartialEq)]
@@ -89,6 +90,30 @@ impl<'a> Bwe<'a> {
         // Reconfiguring BWE only re-arms the estimator/pacer timers; any probing
         // padding is produced later from the timeout path, so no event is queued.
         m.no_events();
+    }
+
+    /// Counts from now on only the packets sent at or after `from` in
+    /// [`take_loss_count`][Self::take_loss_count], and drops what was counted so far (deadsfu
+    /// patch). An application that changes what it sends (a lower simulcast layer) can so tell
+    /// the loss of what it sends now from that of what it sent before, which feedback still
+    /// reports for a round trip. Without a call, every packet counts.
+    pub fn count_loss_from(&mut self, from: std::time::Instant) {
+        let mut m = self.0.mutate();
+        m.session.count_bwe_loss_from(from);
+        // Bookkeeping only: no output, no timer.
+        m.no_events();
+        m.no_timeout();
+    }
+
+    /// The packets transport-wide feedback reported on since the last call (of those sent at or
+    /// after the time given to [`count_loss_from`][Self::count_loss_from], probes' padding aside),
+    /// and how many of them it reported lost (deadsfu patch). Zero without BWE or feedback.
+    pub fn take_loss_count(&mut self) -> LossCount {
+        let mut m = self.0.mutate();
+        let count = m.session.take_bwe_loss_count();
+        m.no_events();
+        m.no_timeout();
+        count
     }
 
     /// Reset the BWE with a new init_bitrate

@@ -137,6 +137,27 @@ impl Bwe {
     pub fn minimum_bitrate(&self) -> Bitrate {
         self.minimum_bitrate
     }
+
+    /// See `Bwe::count_loss_from` in api.rs (deadsfu patch).
+    pub fn count_loss_from(&mut self, from: Instant) {
+        self.bwe.loss_count = LossCount::default();
+        self.bwe.loss_from = Some(from);
+    }
+
+    /// See `Bwe::take_loss_count` in api.rs (deadsfu patch).
+    pub fn take_loss_count(&mut self) -> LossCount {
+        std::mem::take(&mut self.bwe.loss_count)
+    }
+}
+
+/// Packets whose fate transport-wide feedback reported, and how many of them it reported lost
+/// (deadsfu patch, see `Bwe::take_loss_count` in api.rs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LossCount {
+    /// Packets the feedback reported on, received or lost.
+    pub reported: u32,
+    /// Of those, the packets it reported lost.
+    pub lost: u32,
 }
 
 struct SendSideBandwidthEstimator {
@@ -150,6 +171,10 @@ struct SendSideBandwidthEstimator {
     alr_detector: AlrDetector,
     link_capacity_estimator: LinkCapacityEstimator,
     last_updated_estimate: Option<Bitrate>,
+    // deadsfu patch: the fate of the packets sent at or after `loss_from` (all, without it),
+    // as feedback reported it since the application last took the count.
+    loss_from: Option<Instant>,
+    loss_count: LossCount,
 }
 
 impl SendSideBandwidthEstimator {
@@ -173,6 +198,8 @@ impl SendSideBandwidthEstimator {
             alr_detector,
             link_capacity_estimator: LinkCapacityEstimator::new(),
             last_updated_estimate: None,
+            loss_from: None,
+            loss_count: LossCount::default(),
         }
     }
 
@@ -221,8 +248,18 @@ impl SendSideBandwidthEstimator {
         let mut lost = 0;
         for record in send_records.iter() {
             count += 1;
+            // A probe's padding is sent faster than the link is known to carry: its loss says
+            // nothing of what the application sends.
+            let counted = record.cluster().is_none()
+                && self.loss_from.is_none_or(|from| record.local_send_time() >= from);
+            if counted {
+                self.loss_count.reported = self.loss_count.reported.saturating_add(1);
+            }
             let Ok(acked_packet) = (*record).try_into() else {
                 lost += 1;
+                if counted {
+                    self.loss_count.lost = self.loss_count.lost.saturating_add(1);
+                }
                 continue;
             };
             acked_packets.push(acked_packet);
@@ -557,6 +594,36 @@ mod test {
                     .is_none()
             );
         }
+    }
+
+    #[test]
+    fn the_loss_count_counts_what_was_sent_since_its_start_and_is_taken_once() {
+        let start = Instant::now();
+        let mut bwe = Bwe::new(Bitrate::kbps(300));
+        let ms = Duration::from_millis;
+        // Packets 0-9 sent 1 ms apart, reported 50 ms on; odd ones lost.
+        let records: Vec<_> = (0..10u64)
+            .map(|i| {
+                let sent = start + ms(i);
+                let received = (i % 2 == 0).then(|| sent + ms(20));
+                TwccSendRecord::test_new(TwccPacketId::new(i), sent, 1000, sent + ms(50), received)
+            })
+            .collect();
+        // Without a start, everything counts.
+        bwe.update(records[..4].iter(), start + ms(60));
+        assert_eq!(bwe.take_loss_count(), LossCount { reported: 4, lost: 2 });
+        assert_eq!(bwe.take_loss_count(), LossCount::default(), "taken");
+        // Counted from packet 5's send time: 5-9 count, 4 does not.
+        bwe.update(records[4..6].iter(), start + ms(70));
+        bwe.count_loss_from(start + ms(5));
+        assert_eq!(bwe.take_loss_count(), LossCount::default(), "what was counted before the start is dropped");
+        bwe.update(records[4..].iter(), start + ms(80));
+        assert_eq!(bwe.take_loss_count(), LossCount { reported: 5, lost: 3 });
+        // A probe's packets do not count, lost or not.
+        let probe = TwccPacketId::with_cluster(10u64, 1u64);
+        let lost = TwccSendRecord::test_new(probe, start + ms(10), 1000, start + ms(60), None);
+        bwe.update(std::iter::once(&lost), start + ms(90));
+        assert_eq!(bwe.take_loss_count(), LossCount::default());
     }
 
     #[test]
