@@ -5,10 +5,10 @@
 //! bitrate. A viewer on Auto (it pinned no layer) gets the room's own ring, the best layer, until its estimate
 //! says its link carries less (its layer's bitrate is more than [`DOWN_FIT`] times the estimate) and the link shows
 //! it: packets sent on the layer are lost ([`LOSS_CONFIRM`]). Then it moves down at once to the best layer that
-//! fits, and up again once a better one has fitted for [`UP_HOLD`] and the last move is [`SETTLE`] old. A layer fits when its bitrate is at most [`FIT`] of the
-//! estimate. To find out whether the next layer up would fit, the estimate is asked to probe for what that layer
-//! needs (its desired bitrate); probes are short bursts, not sustained padding. Every move is a cut at the new
-//! layer's keyframe, as any switch of rings.
+//! fits, and up again once a better one has fitted for [`UP_HOLD`] and the last move is [`SETTLE`] old. A layer
+//! fits when its bitrate is at most [`FIT`] of the estimate. To find out whether the next layer up would fit, the
+//! estimate is asked to probe for what that layer needs (its desired bitrate); probes are short bursts, not
+//! sustained padding. Every move is a cut at the new layer's keyframe, as any switch of rings.
 
 use std::time::{Duration, Instant};
 
