@@ -102,49 +102,54 @@ impl Splicer {
     }
 }
 
-/// The picture numbers of a VP8 stream (RFC 7741 4.2: PictureID, TL0PICIDX, KEYIDX) carried over a source
-/// change as [`Splicer`] carries sequence numbers and timestamps: within one source the output follows the input
-/// with fixed offsets; at a change the new source's first picture (a keyframe: a viewer takes up a source at one)
-/// is numbered one past the last one sent. A receiver finds a picture's references by these numbers; each
-/// simulcast layer, and each publisher, numbers from its own random start, and a jump at a cut makes a receiver
-/// wait for the pictures in between, stalling until its next keyframe.
+/// The picture numbers of a VP8 or VP9 stream (VP8: RFC 7741 4.2, PictureID, TL0PICIDX, KEYIDX; VP9: RFC 9628
+/// 4.2, PictureID and, in non-flexible mode, TL0PICIDX) carried over a source change as [`Splicer`] carries
+/// sequence numbers and timestamps: within one source the output follows the input with fixed offsets; at a change
+/// the new source's first picture (a keyframe: a viewer takes up a source at one) is numbered one past the last one
+/// sent. A receiver finds a picture's references by these numbers; each simulcast layer, and each publisher,
+/// numbers from its own random start, and a jump at a cut makes a receiver wait for the pictures in between,
+/// stalling until its next keyframe.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Vp8Numbers {
+pub struct PictureNumbers {
     /// The source the offsets are for, and the offsets of the three numbers.
     mapping: Option<(SourceId, [u16; 3])>,
     /// The newest of each number sent.
     last: [Option<u16>; 3],
 }
 
-/// The moduli of PictureID (15 bits; the 7-bit form is its low bits), TL0PICIDX and KEYIDX.
-const VP8_MODULI: [u16; 3] = [1 << 15, 1 << 8, 1 << 5];
+/// The moduli of PictureID (15 bits; the 7-bit form is its low bits), TL0PICIDX and KEYIDX (VP8 only).
+const PICTURE_MODULI: [u16; 3] = [1 << 15, 1 << 8, 1 << 5];
 
-/// Where a VP8 payload descriptor's numbers are: each number's offset in the payload and value, whether the
-/// PictureID is in its 15-bit form, and the byte KEYIDX shares with TID and Y.
+/// Where a payload descriptor's numbers are: each number's offset in the payload and value, whether the
+/// PictureID is in its 15-bit form, and the byte KEYIDX shares with TID and Y (VP8's).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Vp8Fields {
+struct PictureFields {
     at: [Option<(u8, u16)>; 3],
     long_picture_id: bool,
     keyidx_byte: u8,
 }
 
-/// The picture numbers of a VP8 payload descriptor (RFC 7741 4.2), read once per ring packet for all the
-/// viewers it goes to; each viewer's [`Vp8Numbers`] adds its own offsets.
+/// The picture numbers of a VP8 or VP9 payload descriptor, read once per ring packet for all the viewers it goes
+/// to; each viewer's [`PictureNumbers`] adds its own offsets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Vp8Descriptor {
+pub struct PictureDescriptor {
     /// `None` if the descriptor is cut short of what its flags announce.
-    fields: Option<Vp8Fields>,
+    fields: Option<PictureFields>,
 }
 
-impl Vp8Descriptor {
-    pub fn read(payload: &[u8]) -> Vp8Descriptor {
-        Vp8Descriptor { fields: vp8_fields(payload) }
+impl PictureDescriptor {
+    pub fn read_vp8(payload: &[u8]) -> PictureDescriptor {
+        PictureDescriptor { fields: vp8_fields(payload) }
+    }
+
+    pub fn read_vp9(payload: &[u8]) -> PictureDescriptor {
+        PictureDescriptor { fields: vp9_fields(payload) }
     }
 }
 
 /// Reads the numbers' places from a VP8 payload descriptor (RFC 7741 4.2); `None` if it is cut short.
-fn vp8_fields(payload: &[u8]) -> Option<Vp8Fields> {
-    let mut fields = Vp8Fields::default();
+fn vp8_fields(payload: &[u8]) -> Option<PictureFields> {
+    let mut fields = PictureFields::default();
     if payload.first()? & 0x80 == 0 {
         return Some(fields);
     }
@@ -167,6 +172,33 @@ fn vp8_fields(payload: &[u8]) -> Option<Vp8Fields> {
     if x & 0x10 != 0 {
         fields.keyidx_byte = *payload.get(i)?;
         fields.at[2] = Some((i as u8, u16::from(fields.keyidx_byte & 0x1f)));
+    }
+    Some(fields)
+}
+
+/// Reads the numbers' places from a VP9 payload descriptor (RFC 9628 4.2: I P L F B E V Z, then the PictureID if
+/// I, in the same two forms as VP8's, then the layer indices if L and after them TL0PICIDX in non-flexible mode);
+/// `None` if it is cut short.
+fn vp9_fields(payload: &[u8]) -> Option<PictureFields> {
+    let mut fields = PictureFields::default();
+    let flags = *payload.first()?;
+    let mut i = 1;
+    if flags & 0x80 != 0 {
+        let high = *payload.get(i)?;
+        fields.long_picture_id = high & 0x80 != 0;
+        let value = match fields.long_picture_id {
+            true => u16::from(high & 0x7f) << 8 | u16::from(*payload.get(i + 1)?),
+            false => u16::from(high & 0x7f),
+        };
+        fields.at[0] = Some((i as u8, value));
+        i += 1 + usize::from(fields.long_picture_id);
+    }
+    if flags & 0x20 != 0 {
+        payload.get(i)?;
+        i += 1;
+        if flags & 0x10 == 0 {
+            fields.at[1] = Some((i as u8, u16::from(*payload.get(i)?)));
+        }
     }
     Some(fields)
 }
@@ -199,9 +231,9 @@ impl Rewrite {
     }
 }
 
-impl Vp8Numbers {
-    /// The rewrite of the numbers of a VP8 packet from `from` about to be sent, whose descriptor is `read`.
-    pub fn map(&mut self, from: SourceId, read: &Vp8Descriptor) -> Rewrite {
+impl PictureNumbers {
+    /// The rewrite of the numbers of a VP8 or VP9 packet from `from` about to be sent, whose descriptor is `read`.
+    pub fn map(&mut self, from: SourceId, read: &PictureDescriptor) -> Rewrite {
         let Some(fields) = read.fields else { return Rewrite::NONE };
         let offsets = match self.mapping {
             Some((source, offsets)) if source == from => offsets,
@@ -209,7 +241,7 @@ impl Vp8Numbers {
                 let mut offsets = [0; 3];
                 for (k, offset) in offsets.iter_mut().enumerate() {
                     if let (Some(last), Some((_, value))) = (self.last[k], fields.at[k]) {
-                        *offset = last.wrapping_add(1).wrapping_sub(value) % VP8_MODULI[k];
+                        *offset = last.wrapping_add(1).wrapping_sub(value) % PICTURE_MODULI[k];
                     }
                 }
                 self.mapping = Some((from, offsets));
@@ -217,10 +249,10 @@ impl Vp8Numbers {
             }
         };
         for (k, &(_, value)) in fields.at.iter().enumerate().filter_map(|(k, f)| Some((k, f.as_ref()?))) {
-            let out = value.wrapping_add(offsets[k]) % VP8_MODULI[k];
+            let out = value.wrapping_add(offsets[k]) % PICTURE_MODULI[k];
             // The newest: ahead within half the number's range (reordered packets are older).
-            let newer =
-                self.last[k].is_none_or(|l| (0..VP8_MODULI[k] / 2).contains(&(out.wrapping_sub(l) % VP8_MODULI[k])));
+            let newer = self.last[k]
+                .is_none_or(|l| (0..PICTURE_MODULI[k] / 2).contains(&(out.wrapping_sub(l) % PICTURE_MODULI[k])));
             if newer {
                 self.last[k] = Some(out);
             }
@@ -230,7 +262,7 @@ impl Vp8Numbers {
 
     /// The rewrite a resend of a packet from `from`, whose descriptor is `read`, gets: the numbers it went out
     /// with, if it is of the source being sent now (the numbers of an earlier one are not kept).
-    pub fn resent(&self, from: SourceId, read: &Vp8Descriptor) -> Option<Rewrite> {
+    pub fn resent(&self, from: SourceId, read: &PictureDescriptor) -> Option<Rewrite> {
         let (source, offsets) = self.mapping?;
         match (source == from, read.fields) {
             (true, Some(fields)) => Some(Self::rewrite(fields, offsets)),
@@ -239,13 +271,13 @@ impl Vp8Numbers {
         }
     }
 
-    fn rewrite(fields: Vp8Fields, offsets: [u16; 3]) -> Rewrite {
+    fn rewrite(fields: PictureFields, offsets: [u16; 3]) -> Rewrite {
         let mut rewrite = Rewrite::NONE;
         if offsets == [0; 3] {
             return rewrite;
         }
         if let Some((at, value)) = fields.at[0] {
-            let out = value.wrapping_add(offsets[0]) % VP8_MODULI[0];
+            let out = value.wrapping_add(offsets[0]) % PICTURE_MODULI[0];
             match fields.long_picture_id {
                 true => {
                     rewrite.push(at, 0x80 | (out >> 8) as u8);
@@ -258,7 +290,7 @@ impl Vp8Numbers {
             rewrite.push(at, value.wrapping_add(offsets[1]) as u8);
         }
         if let Some((at, value)) = fields.at[2] {
-            let out = value.wrapping_add(offsets[2]) % VP8_MODULI[2];
+            let out = value.wrapping_add(offsets[2]) % PICTURE_MODULI[2];
             rewrite.push(at, (fields.keyidx_byte & !0x1f) | out as u8);
         }
         rewrite
@@ -377,15 +409,15 @@ mod tests {
 
     #[test]
     fn vp8_picture_numbers_go_on_from_the_last_sent_across_a_source_change() {
-        let mut n = Vp8Numbers::default();
+        let mut n = PictureNumbers::default();
         // The first source goes out as it is.
         let a = [vp8(32_766, 254, 0, true), vp8(32_767, 254, 1, true), vp8(0, 255, 0, true)];
         for p in &a {
-            assert_eq!(n.map(A, &Vp8Descriptor::read(p)), Rewrite::NONE);
+            assert_eq!(n.map(A, &PictureDescriptor::read_vp8(p)), Rewrite::NONE);
         }
         // Another layer: its keyframe, then a frame of two packets, numbered on from the last sent, wrapping.
         let b = [vp8(1234, 7, 0, true), vp8(1235, 7, 2, true), vp8(1235, 7, 2, true), vp8(1236, 8, 0, true)];
-        let out: Vec<_> = b.iter().map(|p| numbers(p, n.map(B, &Vp8Descriptor::read(p)))).collect();
+        let out: Vec<_> = b.iter().map(|p| numbers(p, n.map(B, &PictureDescriptor::read_vp8(p)))).collect();
         assert_eq!(
             out,
             [
@@ -397,38 +429,87 @@ mod tests {
         );
         // The bytes around the numbers are the packet's own: the descriptor's flags, TID and Y, the frame.
         let mut p = b[1].clone();
-        n.map(B, &Vp8Descriptor::read(&b[1])).apply(&mut p);
+        n.map(B, &PictureDescriptor::read_vp8(&b[1])).apply(&mut p);
         assert_eq!((p[0], p[1], p[5] & 0xe0, p[6]), (b[1][0], b[1][1], b[1][5] & 0xe0, b[1][6]));
         // A reordered packet of the source keeps its own place: the next cut follows the newest.
-        assert_eq!(numbers(&b[1], n.map(B, &Vp8Descriptor::read(&b[1])))[0], Some(2));
-        assert_eq!(numbers(&a[0], n.map(A, &Vp8Descriptor::read(&a[0]))), [Some(4), Some(2), Some(7)]);
+        assert_eq!(numbers(&b[1], n.map(B, &PictureDescriptor::read_vp8(&b[1])))[0], Some(2));
+        assert_eq!(numbers(&a[0], n.map(A, &PictureDescriptor::read_vp8(&a[0]))), [Some(4), Some(2), Some(7)]);
     }
 
     #[test]
     fn a_vp8_resend_gets_the_numbers_its_packet_went_out_with_or_none_once_the_source_changed() {
-        let mut n = Vp8Numbers::default();
-        n.map(A, &Vp8Descriptor::read(&vp8(10, 1, 0, false)));
+        let mut n = PictureNumbers::default();
+        n.map(A, &PictureDescriptor::read_vp8(&vp8(10, 1, 0, false)));
         let b = vp8(500, 60, 0, false);
-        let sent = n.map(B, &Vp8Descriptor::read(&b));
-        assert_eq!(n.resent(B, &Vp8Descriptor::read(&b)), Some(sent));
+        let sent = n.map(B, &PictureDescriptor::read_vp8(&b));
+        assert_eq!(n.resent(B, &PictureDescriptor::read_vp8(&b)), Some(sent));
         assert_eq!(numbers(&b, sent)[0], Some(11));
         // From the source before the change: not resent with numbers that are no longer its own.
-        assert_eq!(n.resent(A, &Vp8Descriptor::read(&vp8(10, 1, 0, false))), None);
+        assert_eq!(n.resent(A, &PictureDescriptor::read_vp8(&vp8(10, 1, 0, false))), None);
     }
 
     #[test]
     fn a_short_picture_id_keeps_its_form_and_a_cut_short_descriptor_is_left_alone() {
-        let mut n = Vp8Numbers::default();
-        n.map(A, &Vp8Descriptor::read(&vp8(300, 0, 0, false)));
+        let mut n = PictureNumbers::default();
+        n.map(A, &PictureDescriptor::read_vp8(&vp8(300, 0, 0, false)));
         // 7-bit PictureID 5 (M bit clear), no TL0PICIDX: numbered 301 within 7 bits, the length unchanged.
         let short = [0x90, 0x80, 0x05, 0x9d];
-        let rewrite = n.map(B, &Vp8Descriptor::read(&short));
+        let rewrite = n.map(B, &PictureDescriptor::read_vp8(&short));
         let mut p = short.to_vec();
         rewrite.apply(&mut p);
         assert_eq!(p, [0x90, 0x80, (301 & 0x7f) as u8, 0x9d]);
         // A descriptor cut short, or none at all: nothing written.
         for p in [&[0x90, 0xc0, 0x81][..], &[0x90][..], &[][..], &[0x10, 0x9d][..]] {
-            assert_eq!(n.map(SourceId { source: 9, ssrc: 9 }, &Vp8Descriptor::read(p)), Rewrite::NONE);
+            assert_eq!(n.map(SourceId { source: 9, ssrc: 9 }, &PictureDescriptor::read_vp8(p)), Rewrite::NONE);
+        }
+    }
+
+    /// A VP9 payload (RFC 9628 4.2): descriptor with a 15-bit PictureID, the layer indices (TID 1, SID 0) and in
+    /// non-flexible mode TL0PICIDX `tl0`; in flexible mode (`tl0` none) one reference index; one byte of frame.
+    fn vp9(picture_id: u16, tl0: Option<u8>) -> Vec<u8> {
+        let (pid_high, pid_low) = (0x80 | (picture_id >> 8) as u8, picture_id as u8);
+        match tl0 {
+            // I L B, non-flexible: PictureID, layer indices, TL0PICIDX.
+            Some(tl0) => vec![0x80 | 0x20 | 0x08, pid_high, pid_low, 1 << 5, tl0, 0x83],
+            // I P L F B, flexible: PictureID, layer indices, one P_DIFF (no TL0PICIDX).
+            None => vec![0x80 | 0x40 | 0x20 | 0x10 | 0x08, pid_high, pid_low, 1 << 5, 1 << 1, 0x83],
+        }
+    }
+
+    /// What a receiver reads from a VP9 `payload` once `rewrite` is written over it: PictureID, TL0PICIDX.
+    fn vp9_numbers(payload: &[u8], rewrite: Rewrite) -> [Option<u16>; 2] {
+        let mut p = payload.to_vec();
+        rewrite.apply(&mut p);
+        let at = vp9_fields(&p).expect("a descriptor").at.map(|f| f.map(|(_, v)| v));
+        assert_eq!(at[2], None, "VP9 has no KEYIDX");
+        [at[0], at[1]]
+    }
+
+    #[test]
+    fn vp9_picture_numbers_go_on_from_the_last_sent_across_a_source_change() {
+        let mut n = PictureNumbers::default();
+        let a = [vp9(32_766, Some(254)), vp9(32_767, Some(255))];
+        for p in &a {
+            assert_eq!(n.map(A, &PictureDescriptor::read_vp9(p)), Rewrite::NONE);
+        }
+        // Another publisher's keyframe and next picture: on from the last sent, wrapping.
+        let b = [vp9(1234, Some(7)), vp9(1235, Some(8))];
+        let out: Vec<_> = b.iter().map(|p| vp9_numbers(p, n.map(B, &PictureDescriptor::read_vp9(p)))).collect();
+        assert_eq!(out, [[Some(0), Some(0)], [Some(1), Some(1)]]);
+        // The flags, the layer indices and the frame are the packet's own.
+        let mut p = b[1].clone();
+        n.map(B, &PictureDescriptor::read_vp9(&b[1])).apply(&mut p);
+        assert_eq!((p[0], p[3], p[5]), (b[1][0], b[1][3], b[1][5]));
+        // Flexible mode has no TL0PICIDX: the PictureID alone goes on, the reference index is left as it is.
+        let c = vp9(77, None);
+        let rewrite = n.map(SourceId { source: 3, ssrc: 300 }, &PictureDescriptor::read_vp9(&c));
+        assert_eq!(vp9_numbers(&c, rewrite), [Some(2), None]);
+        let mut p = c.clone();
+        rewrite.apply(&mut p);
+        assert_eq!(p[4], c[4]);
+        // A descriptor cut short, or none of the numbers: nothing written.
+        for p in [&[0xa8, 0x81][..], &[0xa8, 0x80, 0x01, 0x20][..], &[][..], &[0x08, 0x83][..]] {
+            assert_eq!(n.map(SourceId { source: 9, ssrc: 9 }, &PictureDescriptor::read_vp9(p)), Rewrite::NONE);
         }
     }
 }

@@ -17,7 +17,7 @@ use str0m::rtp::{ExtensionValues, RtpWrite, VideoOrientation};
 use crate::egress::{self, Egress, Header, TrackEgress};
 use crate::feed::{CodecTable, Moment, ReplayCredit};
 use crate::layers::LayerChoice;
-use crate::splice::{Pace, Rewrite, SourceId, Splicer, Vp8Descriptor, Vp8Numbers};
+use crate::splice::{Pace, PictureDescriptor, PictureNumbers, Rewrite, SourceId, Splicer};
 
 /// One outgoing track of a viewer.
 pub(crate) struct Track {
@@ -26,8 +26,9 @@ pub(crate) struct Track {
     pub(crate) first: (u16, u32),
     /// Made at its first packet, when the clock rate is known.
     pub(crate) splicer: Option<Splicer>,
-    /// The picture numbers of its VP8 packets, carried over a change of source as the splicer carries the rest.
-    pub(crate) vp8: Vp8Numbers,
+    /// The picture numbers of its VP8 and VP9 packets, carried over a change of source as the splicer carries the
+    /// rest.
+    pub(crate) pictures: PictureNumbers,
     /// What was sent, for resends (video): made at the first packet.
     pub(crate) sent: Option<Box<SentLog>>,
     /// What its packets are written with past str0m, once the session has keys ([`egress`]).
@@ -40,7 +41,7 @@ impl Track {
             mid,
             first: ((random.u32() % 16_384) as u16, random.u32()),
             splicer: None,
-            vp8: Vp8Numbers::default(),
+            pictures: PictureNumbers::default(),
             sent: None,
             egress: None,
         }
@@ -91,20 +92,23 @@ impl SentLog {
     }
 }
 
-/// A packet read from a room's ring: its position, what the ring says of it, its payload, and for VP8 its
+/// A packet read from a room's ring: its position, what the ring says of it, its payload, and for VP8 and VP9 its
 /// payload descriptor's picture numbers.
 pub(crate) struct RingPacket {
     pub(crate) pos: u64,
     pub(crate) meta: PacketMeta,
     pub(crate) payload: Arc<[u8]>,
-    pub(crate) vp8: Option<Vp8Descriptor>,
+    pub(crate) pictures: Option<PictureDescriptor>,
 }
 
 impl RingPacket {
     pub(crate) fn new(pos: u64, meta: PacketMeta, payload: Arc<[u8]>, codecs: &CodecTable) -> RingPacket {
-        let vp8 = (meta.kind == MediaKind::Video && codecs.get(meta.pt).is_some_and(|e| e.codec == Codec::Vp8))
-            .then(|| Vp8Descriptor::read(&payload));
-        RingPacket { pos, meta, payload, vp8 }
+        let pictures = match codecs.get(meta.pt).map(|e| e.codec).filter(|_| meta.kind == MediaKind::Video) {
+            Some(Codec::Vp8) => Some(PictureDescriptor::read_vp8(&payload)),
+            Some(Codec::Vp9) => Some(PictureDescriptor::read_vp9(&payload)),
+            _ => None,
+        };
+        RingPacket { pos, meta, payload, pictures }
     }
 }
 
@@ -255,9 +259,9 @@ pub(crate) fn deliver(
     });
     let from = SourceId { source: meta.source, ssrc: meta.ssrc };
     let spliced = splicer.map(from, meta.seq, meta.timestamp, at.ns, pace);
-    // Only a VP8 video packet has a descriptor: its picture numbers are carried over source changes.
-    let rewrite = match &packet.vp8 {
-        Some(read) => track.vp8.map(from, read),
+    // Only a VP8 or VP9 video packet has a descriptor: its picture numbers are carried over source changes.
+    let rewrite = match &packet.pictures {
+        Some(read) => track.pictures.map(from, read),
         None => Rewrite::NONE,
     };
     let mut sent = false;
@@ -317,12 +321,14 @@ pub(crate) fn resend(
     let (viewer, rtc) = (&mut session.app, &mut session.rtc);
     let Some(pt) = viewer.pts.get(codecs, packet.meta.pt) else { return false };
     let Some(track) = viewer.video.as_ref() else { return false };
-    let rewrite = match &packet.vp8 {
+    let rewrite = match &packet.pictures {
         // Its picture numbers as it went out; a packet of a source sent before the last change is not resent.
-        Some(read) => match track.vp8.resent(SourceId { source: packet.meta.source, ssrc: packet.meta.ssrc }, read) {
-            Some(rewrite) => rewrite,
-            None => return false,
-        },
+        Some(read) => {
+            match track.pictures.resent(SourceId { source: packet.meta.source, ssrc: packet.meta.ssrc }, read) {
+                Some(rewrite) => rewrite,
+                None => return false,
+            }
+        }
         None => Rewrite::NONE,
     };
     let mid = track.mid;
