@@ -1,11 +1,11 @@
 //! RTP payloads of every codec to ingest's per-packet parsers, `keyframe::is_keyframe` and `picture::size`, and
-//! VP8 payloads to the fanout's rewrite of their picture numbers (`splice::Vp8Numbers`, across a change of
-//! source). Input: a codec byte (its value modulo the codecs), then the payload. None may panic; a size said is
-//! never zero, a VP8 or H.264 payload that says a size is one that starts a keyframe, and a rewritten VP8 payload
-//! differs from the payload only in the descriptor's picture numbers.
+//! VP8 and VP9 payloads to the fanout's rewrite of their picture numbers (`splice::PictureNumbers`, across a change
+//! of source). Input: a codec byte (its value modulo the codecs), then the payload. None may panic; a size said is
+//! never zero, a VP8 or H.264 payload that says a size is one that starts a keyframe, and a rewritten VP8 or VP9
+//! payload differs from the payload only in the descriptor's picture numbers.
 #![no_main]
 
-use deadsfu_fanout::splice::{SourceId, Vp8Descriptor, Vp8Numbers};
+use deadsfu_fanout::splice::{PictureDescriptor, PictureNumbers, SourceId};
 use deadsfu_ingest::{keyframe, picture};
 use libfuzzer_sys::fuzz_target;
 use shm_proto::ring::Codec;
@@ -21,20 +21,22 @@ fuzz_target!(|data: &[u8]| {
         assert!(w > 0 && h > 0, "{codec:?}: size {w}x{h}");
         assert!(key, "{codec:?}: a size from a payload that starts no keyframe");
     }
-    if codec == Codec::Vp8 {
-        // Numbered from a first source, then the same payload as a second source's first: rewritten.
-        let read = Vp8Descriptor::read(payload);
-        let mut numbers = Vp8Numbers::default();
-        numbers.map(SourceId { source: 1, ssrc: 1 }, &read);
-        let rewrite = numbers.map(SourceId { source: 2, ssrc: 2 }, &read);
-        let mut out = payload.to_vec();
-        rewrite.apply(&mut out);
-        // The descriptor's first bytes (at most 6: the flags, 2 of PictureID, TL0PICIDX, TID/Y/KEYIDX) at most.
-        let changed = payload.iter().zip(&out).position(|(a, b)| a != b);
-        assert!(changed.is_none_or(|at| at >= 2 && at < 6), "byte {changed:?} of {payload:02x?} rewritten");
-        assert!(payload.iter().zip(&out).skip(6).all(|(a, b)| a == b), "past the descriptor: {payload:02x?}");
-        // A resend of it is rewritten alike (a payload too short to number is not numbered, nor resent).
-        let resent = numbers.resent(SourceId { source: 2, ssrc: 2 }, &read);
-        assert!(resent.is_none_or(|r| r == rewrite), "{resent:?} against {rewrite:?}");
-    }
+    // Where each codec's descriptor may have its numbers: VP8's flags and X byte, then 2 of PictureID, TL0PICIDX,
+    // TID/Y/KEYIDX (bytes 2-5); VP9's flags, then 2 of PictureID, the layer indices, TL0PICIDX (bytes 1-4).
+    let (read, numbered) = match codec {
+        Codec::Vp8 => (PictureDescriptor::read_vp8(payload), 2..6),
+        Codec::Vp9 => (PictureDescriptor::read_vp9(payload), 1..5),
+        _ => return,
+    };
+    // Numbered from a first source, then the same payload as a second source's first: rewritten.
+    let mut numbers = PictureNumbers::default();
+    numbers.map(SourceId { source: 1, ssrc: 1 }, &read);
+    let rewrite = numbers.map(SourceId { source: 2, ssrc: 2 }, &read);
+    let mut out = payload.to_vec();
+    rewrite.apply(&mut out);
+    let changed: Vec<usize> = payload.iter().zip(&out).enumerate().filter(|(_, (a, b))| a != b).map(|(i, _)| i).collect();
+    assert!(changed.iter().all(|at| numbered.contains(at)), "{codec:?}: bytes {changed:?} of {payload:02x?} rewritten");
+    // A resend of it is rewritten alike (a payload too short to number is not numbered, nor resent).
+    let resent = numbers.resent(SourceId { source: 2, ssrc: 2 }, &read);
+    assert!(resent.is_none_or(|r| r == rewrite), "{resent:?} against {rewrite:?}");
 });
