@@ -147,6 +147,21 @@ impl PictureDescriptor {
     }
 }
 
+impl PictureFields {
+    /// Reads the PictureID at `i` of a VP8 or VP9 descriptor, in either form (M bit set: 15 bits, else 7); the
+    /// index past it, or `None` if the payload ends first.
+    fn read_picture_id(&mut self, payload: &[u8], i: usize) -> Option<usize> {
+        let high = *payload.get(i)?;
+        self.long_picture_id = high & 0x80 != 0;
+        let value = match self.long_picture_id {
+            true => u16::from(high & 0x7f) << 8 | u16::from(*payload.get(i + 1)?),
+            false => u16::from(high & 0x7f),
+        };
+        self.at[0] = Some((i as u8, value));
+        Some(i + 1 + usize::from(self.long_picture_id))
+    }
+}
+
 /// Reads the numbers' places from a VP8 payload descriptor (RFC 7741 4.2); `None` if it is cut short.
 fn vp8_fields(payload: &[u8]) -> Option<PictureFields> {
     let mut fields = PictureFields::default();
@@ -156,14 +171,7 @@ fn vp8_fields(payload: &[u8]) -> Option<PictureFields> {
     let x = *payload.get(1)?;
     let mut i = 2;
     if x & 0x80 != 0 {
-        let high = *payload.get(i)?;
-        fields.long_picture_id = high & 0x80 != 0;
-        let value = match fields.long_picture_id {
-            true => u16::from(high & 0x7f) << 8 | u16::from(*payload.get(i + 1)?),
-            false => u16::from(high & 0x7f),
-        };
-        fields.at[0] = Some((i as u8, value));
-        i += 1 + usize::from(fields.long_picture_id);
+        i = fields.read_picture_id(payload, i)?;
     }
     if x & 0x40 != 0 {
         fields.at[1] = Some((i as u8, u16::from(*payload.get(i)?)));
@@ -184,14 +192,7 @@ fn vp9_fields(payload: &[u8]) -> Option<PictureFields> {
     let flags = *payload.first()?;
     let mut i = 1;
     if flags & 0x80 != 0 {
-        let high = *payload.get(i)?;
-        fields.long_picture_id = high & 0x80 != 0;
-        let value = match fields.long_picture_id {
-            true => u16::from(high & 0x7f) << 8 | u16::from(*payload.get(i + 1)?),
-            false => u16::from(high & 0x7f),
-        };
-        fields.at[0] = Some((i as u8, value));
-        i += 1 + usize::from(fields.long_picture_id);
+        i = fields.read_picture_id(payload, i)?;
     }
     if flags & 0x20 != 0 {
         payload.get(i)?;
