@@ -12,6 +12,11 @@
 //! a stream gone quiet) and is taken again. The extension ids, fixed by the answer, are read once.
 //! Resends and everything else (ICE, DTLS, RTCP) stay str0m's.
 //!
+//! The seal is ring's AES-GCM, its key (round keys and GHASH table) held in place in [`Egress`]. aws-lc's, which
+//! str0m's own SRTP uses, keeps a key behind a pointer and copies its GHASH table into a context at each seal:
+//! from a key that the rest of the worker's turn has pushed out of the cache, that was half of the seal's cost
+//! (BENCHMARKS.md, "The seal from a key in place").
+//!
 //! Transport-wide sequence numbers (transport-cc, which the viewer's feedback and str0m's bandwidth estimate
 //! read) are drawn here from the session's counter (`DirectApi::transport_seq`, taken at each sync) and each
 //! packet's send time and size handed back (`DirectApi::note_sent_transport`) with the rest.
@@ -22,9 +27,9 @@
 
 use std::time::Instant;
 
-use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM, AES_256_GCM};
 use deadsfu_media::host::SyncPoint;
 use deadsfu_media::outbox::Path;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM, AES_256_GCM};
 use str0m::media::{Mid, Pt};
 use str0m::rtp::{Extension, SentRtp, SrtpAeadKey};
 use str0m::Rtc;

@@ -3,8 +3,9 @@
 //!
 //! It takes real packets of a stream (the newest ones in a room's ring, or a synthetic 1.5 Mbit/s mix when no
 //! ring is given) and, for N viewers, copies each packet, rewrites its sequence number and SSRC, seals it with
-//! AES-128-GCM under that viewer's own key (RFC 7714 nonce and AAD), and sends it with `sendmmsg` in batches
-//! of 64 to N UDP sockets on 127.0.0.1, from a socket set up as the workers' are (`IP_PMTUDISC_PROBE`). A
+//! AES-128-GCM under that viewer's own key (RFC 7714 nonce and AAD; ring's AES-GCM, as the workers seal), and
+//! sends it with `sendmmsg` in batches of 64 to N UDP sockets on 127.0.0.1, from a socket set up as the workers'
+//! are (`IP_PMTUDISC_PROBE`). A
 //! helper thread drains the sockets (its CPU is reported apart) every millisecond, sleeping in between as
 //! `deadsfu-load` reads its own, so that no datagram wakes it: on loopback the sender would pay for each
 //! wake-up, which a sender to hosts elsewhere does not. The sender's CPU comes from `getrusage(RUSAGE_THREAD)`,
@@ -34,7 +35,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM};
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM};
 use serde_json::json;
 use shm_proto::ring::{RingCursor, RingReader};
 
