@@ -429,9 +429,10 @@ impl Fanout {
         feed.viewers.push(key);
         session.app.room = room.clone();
         session.app.replay = None;
-        // What the viewer's link lost of the old ring's packets says nothing of the new one's.
+        // What the viewer's link lost of the old ring's packets says nothing of the new one's; its layer choice
+        // starts afresh from the move.
         session.rtc.bwe().count_loss_from(now);
-        session.app.layer.forget_loss();
+        session.app.layer.moved(now);
         // The next video packet forwarded must be a keyframe of the new room.
         session.app.video_choice = None;
         // What was sent is in the old ring, at positions that are other packets in the new one: a NACK for it
@@ -490,7 +491,8 @@ impl Fanout {
                         Err(_) => continue,
                     },
                 };
-                // A layer's ring comes a moment after it was first wanted: until then the viewer stays.
+                // A layer's ring comes a moment after it was first wanted: until then the viewer stays, and its choice
+                // is as it was (`LayerChoice::moved` is for a move made).
                 if to != *name && paths::ring(runtime_dir, &to).exists() {
                     tracing::debug!(session = %s.app.id, from = %name, %to, link = ?s.app.estimate.link(),
                         reported, lost, "viewer moved to the layer its link carries");

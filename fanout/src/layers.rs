@@ -98,7 +98,7 @@ impl LayerChoice {
                 Some(link) => by_rate[fitting(link).unwrap_or(0)],
                 None => by_rate.iter().find(|l| l.carried).unwrap_or(&by_rate[by_rate.len() - 1]),
             };
-            return self.moved(to, &by_rate, now);
+            return LayerChoice::move_to(to);
         };
         let Some(link) = link else {
             self.up_since = None;
@@ -110,13 +110,13 @@ impl LayerChoice {
         let carried = bitrate <= DOWN_FIT * link as f64 || !lossy;
         match best {
             // Down at once: the link does not carry what it gets.
-            Some(best) if best < at && !carried => self.moved(by_rate[best], &by_rate, now),
-            None if at > 0 && !carried => self.moved(by_rate[0], &by_rate, now),
+            Some(best) if best < at && !carried => LayerChoice::move_to(by_rate[best]),
+            None if at > 0 && !carried => LayerChoice::move_to(by_rate[0]),
             Some(best) if best > at => {
                 let since = *self.up_since.get_or_insert(now);
                 let settled = self.last_move.is_none_or(|t| now.saturating_duration_since(t) >= SETTLE);
                 if now.saturating_duration_since(since) >= UP_HOLD && settled {
-                    self.moved(by_rate[best], &by_rate, now)
+                    LayerChoice::move_to(by_rate[best])
                 } else {
                     Decision { to: None, desired_bps: self.probe(&by_rate, at, now) }
                 }
@@ -137,17 +137,24 @@ impl LayerChoice {
 
     /// Forgets the loss counted: the viewer is sent another ring now, and what its link lost of the one before
     /// says nothing of it (its session counts from the move on: [`str0m::bwe::Bwe::count_loss_from`]).
-    pub(crate) fn forget_loss(&mut self) {
+    fn forget_loss(&mut self) {
         (self.reported, self.lost) = (0.0, 0.0);
     }
 
-    fn moved(&mut self, to: &LayerEntry, by_rate: &[&LayerEntry], now: Instant) -> Decision {
+    /// A move to `to`, wanting what it needs (the first half of a probing period, which starts at the move).
+    fn move_to(to: &LayerEntry) -> Decision {
+        Decision { to: Some(to.rid.clone()), desired_bps: (to.bitrate_bps as f64 / FIT) as u64 }
+    }
+
+    /// The viewer was moved to another ring at `now` (a move [`LayerChoice::decide`] said, or one asked for): the
+    /// next move up waits [`SETTLE`], the probing period starts anew, and the loss counted is forgotten. Not called
+    /// for a move decided but not made (the layer's ring not there yet): the viewer stays, and the next look
+    /// decides again from what it counted.
+    pub(crate) fn moved(&mut self, now: Instant) {
         self.last_move = Some(now);
         self.up_since = None;
-        self.probe_from = None;
+        self.probe_from = Some(now);
         self.forget_loss();
-        let at = by_rate.iter().position(|l| l.rid == to.rid).expect("one of the layers");
-        Decision { to: Some(to.rid.clone()), desired_bps: self.probe(by_rate, at, now) }
     }
 
     /// The desired bitrate for a viewer of layer `at` (of `by_rate`, lowest first): the next layer's need in the
@@ -207,6 +214,7 @@ mod tests {
         // 600 kbit/s: m needs 667: the low layer.
         let d = c.decide(&layers(), "h", Some(600_000), t + MS);
         assert_eq!(d, Decision { to: Some("l".into()), desired_bps: 200_000 });
+        c.moved(t + MS);
         // Then the estimate is asked to look for what m needs in the second half of every PROBE_EVERY: a rise of
         // the desired bitrate is what makes str0m probe.
         let desired: Vec<u64> = (1..=8)
@@ -226,6 +234,7 @@ mod tests {
         let (mut c, t) = (LayerChoice::default(), Instant::now());
         c.note_loss(LOSSY);
         assert_eq!(c.decide(&layers(), "h", Some(300_000), t).to.as_deref(), Some("l"));
+        c.moved(t);
         // The link widens: h fits (it needs 2 Mbit/s) but only after UP_HOLD of fitting and SETTLE since the move.
         let wide = Some(2_500_000);
         assert_eq!(c.decide(&layers(), "l", wide, t + S).to, None);
@@ -236,6 +245,7 @@ mod tests {
         assert_eq!(c.decide(&layers(), "l", wide, t + 4 * S + 900 * MS).to, None);
         let d = c.decide(&layers(), "l", wide, t + 5 * S);
         assert_eq!(d, Decision { to: Some("h".into()), desired_bps: 2_000_000 }, "straight to the best that fits");
+        c.moved(t + 5 * S);
         // Just moved: a better fit right away does not move it again, a worse one does (if the link shows it).
         assert_eq!(c.decide(&layers(), "h", Some(900_000), t + 5 * S + MS).to, None, "nothing lost of h yet");
         c.note_loss(LOSSY);
@@ -294,6 +304,34 @@ mod tests {
         let mut c = LayerChoice::default();
         c.note_loss(LOSSY);
         assert_eq!(c.decide(&layers(), "h", Some(1_000_000), t).to.as_deref(), Some("m"));
+        c.moved(t);
         assert_eq!(c.decide(&layers(), "m", Some(560_000), t + MS).to, None);
+    }
+
+    #[test]
+    fn a_move_decided_but_not_made_changes_nothing_of_the_choice() {
+        // The lower layer's ring is not there yet: the viewer stays on h, and the next look decides the same
+        // from the loss it counted, rather than from nothing.
+        let (mut c, t) = (LayerChoice::default(), Instant::now());
+        c.note_loss(LOSSY);
+        assert_eq!(c.decide(&layers(), "h", Some(600_000), t).to.as_deref(), Some("l"));
+        assert_eq!(c.decide(&layers(), "h", Some(600_000), t + S / 4).to.as_deref(), Some("l"));
+        // Nor does it hold a move up back as a move made would (SETTLE).
+        let mut c = LayerChoice::default();
+        let wide = Some(2_500_000);
+        assert_eq!(c.decide(&layers(), "l", wide, t).to, None);
+        assert_eq!(c.decide(&layers(), "l", wide, t + 2 * S).to.as_deref(), Some("h"), "fitted UP_HOLD");
+        assert_eq!(c.decide(&layers(), "l", wide, t + 2 * S + S / 4).to.as_deref(), Some("h"));
+        c.moved(t + 2 * S + S / 4);
+        c.note_loss(LOSSY);
+        assert_eq!(c.decide(&layers(), "h", Some(600_000), t + 3 * S).to.as_deref(), Some("l"), "down at once");
+        c.moved(t + 3 * S);
+        assert_eq!(c.decide(&layers(), "l", wide, t + 3 * S + MS).to, None);
+        assert_eq!(
+            c.decide(&layers(), "l", wide, t + 5 * S + S / 2).to,
+            None,
+            "held UP_HOLD, not SETTLE since the move"
+        );
+        assert_eq!(c.decide(&layers(), "l", wide, t + 6 * S).to.as_deref(), Some("h"));
     }
 }
