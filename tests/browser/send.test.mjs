@@ -197,13 +197,22 @@ test("/send publishes again on its own when ingest is killed, and a viewer gets 
   });
 });
 
-/** The publisher's video layers as its statistics show them: rid, size and bytes sent of each. */
+/** The publisher's video layers as its statistics show them: rid, size and bytes sent of each, and why
+ * Chromium holds a layer back if it does (`limit`: `cpu` or `bandwidth`, its target bitrate `kbps`), for the
+ * failure message: a layer it does not send says which. */
 async function sentLayers(page) {
   return page.evaluate(async () => {
     const out = [];
     (await window.pc.getStats()).forEach((s) => {
       if (s.type === "outbound-rtp" && (s.kind || s.mediaType) === "video") {
-        out.push({ rid: s.rid, width: s.frameWidth || 0, height: s.frameHeight || 0, bytes: s.bytesSent || 0 });
+        out.push({
+          rid: s.rid,
+          width: s.frameWidth || 0,
+          height: s.frameHeight || 0,
+          bytes: s.bytesSent || 0,
+          limit: s.qualityLimitationReason,
+          kbps: Math.round((s.targetBitrate || 0) / 1000),
+        });
       }
     });
     return out.sort((a, b) => a.width - b.width);
