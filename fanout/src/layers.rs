@@ -23,6 +23,11 @@ pub(crate) fn is_simulcast(layers: &[LayerEntry]) -> bool {
 /// The share of the link's estimate a layer's bitrate may take: the rest is the room's audio, the packets'
 /// headers (the table counts payloads) and a margin for the layer's keyframes.
 pub(crate) const FIT: f64 = 0.75;
+/// What a viewer's estimate must say for `layer` to fit (its bitrate within [`FIT`] of it), bits a second.
+fn needs(layer: &LayerEntry) -> u64 {
+    (layer.bitrate_bps as f64 / FIT) as u64
+}
+
 /// A viewer moves down once its layer's bitrate is more than this many times the estimate: between this and [`FIT`]
 /// it stays where it is, so an estimate that wavers near a layer's need does not move it back and forth. A
 /// delay-based estimate that sees the viewer's queue grow comes down to 85% of what it measured arriving (GCC's
@@ -89,7 +94,6 @@ impl LayerChoice {
     pub(crate) fn decide(&mut self, layers: &[LayerEntry], current: &str, link: Option<u64>, now: Instant) -> Decision {
         let mut by_rate: Vec<&LayerEntry> = layers.iter().collect();
         by_rate.sort_by_key(|l| l.bitrate_bps);
-        let needs = |l: &LayerEntry| (l.bitrate_bps as f64 / FIT) as u64;
         let fitting = |link: u64| by_rate.iter().rposition(|l| needs(l) <= link);
         let Some(at) = by_rate.iter().position(|l| l.rid == current) else {
             // Its layer stopped: the best that fits, or the room's own (the best there is) while the link is not
@@ -143,7 +147,7 @@ impl LayerChoice {
 
     /// A move to `to`, wanting what it needs (the first half of a probing period, which starts at the move).
     fn move_to(to: &LayerEntry) -> Decision {
-        Decision { to: Some(to.rid.clone()), desired_bps: (to.bitrate_bps as f64 / FIT) as u64 }
+        Decision { to: Some(to.rid.clone()), desired_bps: needs(to) }
     }
 
     /// The viewer was moved to another ring at `now` (a move [`LayerChoice::decide`] said, or one asked for): the
@@ -160,7 +164,6 @@ impl LayerChoice {
     /// The desired bitrate for a viewer of layer `at` (of `by_rate`, lowest first): the next layer's need in the
     /// second half of each [`PROBE_EVERY`], the current one's in the first (the top layer's need on the top).
     fn probe(&mut self, by_rate: &[&LayerEntry], at: usize, now: Instant) -> u64 {
-        let needs = |l: &LayerEntry| (l.bitrate_bps as f64 / FIT) as u64;
         let Some(next) = by_rate.get(at + 1) else { return needs(by_rate[at]) };
         let from = *self.probe_from.get_or_insert(now);
         let into = now.saturating_duration_since(from);
