@@ -5,8 +5,9 @@
 //! (`viewer.rs`) maps the room's payload types to its own and numbers its tracks across sources.
 //!
 //! A viewer that joins (or switches to) a room whose ring holds a keyframe starts with a *replay*: its own
-//! cursor walks the cached GOP from that keyframe up to the feed's live position, sending video in a burst
-//! with compressed timestamps, and then it joins the live feed at exactly the packet where its replay ended:
+//! cursor walks the cached GOP from that keyframe up to the feed's live position, sending video faster than
+//! real time, each frame stamped with the time it goes out (see [`crate::splice::Pace::Replay`]), and then it
+//! joins the live feed at exactly the packet where its replay ended:
 //! nothing twice, nothing skipped. Without a cached keyframe it joins live at once and its video waits for the
 //! next keyframe, which it asks for through the ring header.
 //!

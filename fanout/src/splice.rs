@@ -19,8 +19,11 @@ pub struct SourceId {
 pub enum Pace {
     /// Live media: timestamps keep the source's spacing.
     Live,
-    /// A cached GOP sent in a burst to a joining viewer: each new frame one tick after the previous one, so
-    /// the decoder catches up at once instead of playing the GOP back in real time behind live.
+    /// A cached GOP sent faster than real time to a joining viewer: each new frame stamped with the time that
+    /// passed since the previous packet went out (at least one tick), so the receiver plays each frame as it
+    /// comes and catches up with live, and learns the same clock from the replay as from the live packets
+    /// after it. (Frames stamped one tick apart would teach it a clock that barely moves: a browser then held
+    /// the live frames after the replay for seconds, until it had learned the real one again.)
     Replay,
 }
 
@@ -39,7 +42,9 @@ struct Last {
     seq: u64,
     ts_in: u32,
     ts_out: u32,
-    ns: u64,
+    /// When the first packet stamped `ts_out` went out: a frame's packets may leave over several milliseconds
+    /// (paced), and the next frame's timestamp counts from its start.
+    frame_ns: u64,
 }
 
 /// Output sequence number and timestamp for one packet.
@@ -76,13 +81,7 @@ impl Splicer {
                     None => (self.first_seq, self.first_ts),
                     // The rest of a frame whose first packets went out before the cut keeps their timestamp.
                     Some(last) if last.from == from && last.ts_in == ts => (last.seq + 1, last.ts_out),
-                    Some(last) if pace == Pace::Replay => (last.seq + 1, last.ts_out.wrapping_add(1)),
-                    Some(last) => {
-                        let elapsed_ns = now_ns.saturating_sub(last.ns);
-                        let ticks = (elapsed_ns as u128 * self.clock_rate as u128 / 1_000_000_000) as u32;
-                        // At least one tick, so the new source's first frame is never stamped as the old one's.
-                        (last.seq + 1, last.ts_out.wrapping_add(ticks.max(1)))
-                    }
+                    Some(last) => (last.seq + 1, self.after(&last, now_ns)),
                 };
                 let m = Mapping { from, pace, seq_delta: out_seq.wrapping_sub(seq), ts_delta: out_ts.wrapping_sub(ts) };
                 self.mapping = Some(m);
@@ -91,14 +90,23 @@ impl Splicer {
         };
         let seq_out = seq.wrapping_add(mapping.seq_delta);
         let ts_out = match (pace, self.last) {
-            (Pace::Replay, Some(last)) if last.ts_in == ts => last.ts_out,
-            (Pace::Replay, Some(last)) if last.from == from && seq_out > last.seq => last.ts_out.wrapping_add(1),
+            (Pace::Replay, Some(last)) if last.from == from && last.ts_in == ts => last.ts_out,
+            (Pace::Replay, Some(last)) if last.from == from && seq_out > last.seq => self.after(&last, now_ns),
             _ => ts.wrapping_add(mapping.ts_delta),
         };
         if self.last.is_none_or(|l| seq_out > l.seq) {
-            self.last = Some(Last { from, seq: seq_out, ts_in: ts, ts_out, ns: now_ns });
+            let frame_ns = self.last.filter(|l| l.ts_out == ts_out).map_or(now_ns, |l| l.frame_ns);
+            self.last = Some(Last { from, seq: seq_out, ts_in: ts, ts_out, frame_ns });
         }
         Spliced { seq: seq_out, timestamp: ts_out }
+    }
+
+    /// The timestamp of a new frame sent at `now_ns` after `last`'s: the ticks of the time since that frame's
+    /// first packet went out, at least one, so that it is never stamped as the frame before it.
+    fn after(&self, last: &Last, now_ns: u64) -> u32 {
+        let elapsed_ns = now_ns.saturating_sub(last.frame_ns);
+        let ticks = (elapsed_ns as u128 * self.clock_rate as u128 / 1_000_000_000) as u32;
+        last.ts_out.wrapping_add(ticks.max(1))
     }
 }
 
@@ -368,20 +376,37 @@ mod tests {
     }
 
     #[test]
-    fn replay_compresses_frames_then_live_resumes_the_real_spacing() {
+    fn a_replay_stamps_its_frames_by_the_time_they_go_out_and_live_goes_on_with_the_source_s_spacing() {
         let mut s = Splicer::new(90_000, 0, 1000);
-        // A cached GOP of three frames (the first in two packets), sent in a burst at t = 0.
-        let r: Vec<Spliced> = [(10, 0), (11, 0), (12, 3000), (13, 6000)]
+        // A cached GOP of four frames, 100 ms of stream replayed in 27 ms: the first in two packets 4 ms apart,
+        // the second and third sent in the same instant.
+        let r: Vec<Spliced> = [(10, 0, 0), (11, 0, 4), (12, 3000, 16), (13, 6000, 16), (14, 9000, 27)]
             .iter()
-            .map(|&(seq, ts)| s.map(A, seq, ts, 0, Pace::Replay))
+            .map(|&(seq, ts, ms)| s.map(A, seq, ts, ms * MS, Pace::Replay))
             .collect();
-        assert_eq!(r.iter().map(|x| x.seq).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
-        assert_eq!(r.iter().map(|x| x.timestamp).collect::<Vec<_>>(), vec![1000, 1000, 1001, 1002]);
+        assert_eq!(r.iter().map(|x| x.seq).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+        // Each frame the ticks of the time since the frame before it started, at least one: 16 ms (not the 12
+        // since its last packet), one tick, 11 ms.
+        assert_eq!(r.iter().map(|x| x.timestamp).collect::<Vec<_>>(), vec![1000, 1000, 2440, 2441, 3431]);
         // Live continues 33 ms later with the next frame: contiguous, and 33 ms of ticks later.
-        let live = s.map(A, 14, 9000, 33 * MS, Pace::Live);
-        assert_eq!(live, Spliced { seq: 4, timestamp: 1002 + 2970 });
+        let live = s.map(A, 15, 12_000, 60 * MS, Pace::Live);
+        assert_eq!(live, Spliced { seq: 5, timestamp: 3431 + 2970 });
         // From then on the source's own spacing.
-        assert_eq!(s.map(A, 15, 12_000, 66 * MS, Pace::Live), Spliced { seq: 5, timestamp: 1002 + 2970 + 3000 });
+        assert_eq!(s.map(A, 16, 15_000, 93 * MS, Pace::Live), Spliced { seq: 6, timestamp: 3431 + 2970 + 3000 });
+    }
+
+    #[test]
+    fn a_replay_after_a_cut_is_stamped_by_the_time_since_the_last_frame_started() {
+        let mut s = Splicer::new(90_000, 0, 0);
+        // A live frame of two packets, 6 ms apart.
+        s.map_live(A, 100, 50_000, 0);
+        let live = s.map_live(A, 101, 50_000, 6 * MS);
+        // A switch to another room 20 ms after that frame started: its replay's keyframe, then its next frame 2 ms
+        // after.
+        let key = s.map(B, 7, 123_456, 20 * MS, Pace::Replay);
+        assert_eq!(key, Spliced { seq: live.seq + 1, timestamp: live.timestamp + 1800 });
+        let next = s.map(B, 8, 126_456, 22 * MS, Pace::Replay);
+        assert_eq!(next, Spliced { seq: key.seq + 1, timestamp: key.timestamp + 180 });
     }
 
     #[test]
