@@ -7,7 +7,15 @@
 // Then a video-only viewer whose offer allows only VP8 asks for a room an AV1 publisher is live in: 406 with a
 // one-line reason (and the same page code allowing AV1 gets 201, so the 406 is about the codec and nothing
 // else); with audio too it gets 201, its video section answered inactive, and receives audio. A video-only and
-// an audio-only viewer of a VP8 room each get what they asked for.
+// an audio-only viewer of a VP8 room each get what they asked for. For VP8 and VP9, a viewer joining a room
+// whose newest keyframe is seconds old (a long replay, run faster than real time) decodes on without a stall
+// when the replay has caught up with live (10 frames or more in each of the 6 seconds after its first 20), and
+// switched to another room of the codec and back decodes each at once: 20 frames or more in the 2 s after each
+// switch, with no PLI of its own. (A replay whose frames were stamped one tick apart taught Chromium a clock that
+// barely moved: it held the live frames after the replay for about 2 s, and a switch back to a room the viewer
+// had joined mid-replay could decode nothing in its 2 s. Chromium plays on with the picture numbers jumping at
+// the switch: it was the same with the fanout's carry-over of them turned off; where that mattered was a move
+// between simulcast layers, which layers.test.mjs covers for VP8.)
 //
 // Run from the repository root after `cargo build --release --workspace`:
 //   (cd tests/browser && npm ci) && node --test tests/browser/codecs.test.mjs
@@ -19,7 +27,8 @@ import fs from "node:fs";
 import path from "node:path";
 import { ARTIFACTS, Sfu, closeAllBrowsers, fatal, launchBrowser, openPage, until } from "./harness.mjs";
 
-const WORKERS = 2;
+// One worker: the switch steps' second viewer of a room must find the feed the first opened.
+const WORKERS = 1;
 const PREFIX = "/__codecs/"; // served by the test through page.route, never by the SFU
 const CODECS = [
   // name in the test (and room codec-<name>), mimeType as Chromium names it, name in GET /rooms; with fmtp,
@@ -279,7 +288,7 @@ async function closePages(...pages) {
 // ---------------------------------------------------------------------------------------------
 // the tests
 
-test("every video codec Chromium offers goes through deadsfu", { timeout: 90_000 }, async (t) => {
+test("every video codec Chromium offers goes through deadsfu", { timeout: 120_000 }, async (t) => {
   fs.mkdirSync(ARTIFACTS, { recursive: true });
   let open = []; // [name, page] of the running step, screenshotted if it fails
 
@@ -439,6 +448,68 @@ test("every video codec Chromium offers goes through deadsfu", { timeout: 90_000
     }, { timeout: 10_000, interval: 150 });
     console.log(`video-only viewer: ${v.framesDecoded} ${v.codec} frames; audio-only viewer: ${au.packets} packets`);
   });
+
+  // A cut from one publisher to another: each numbers its pictures from its own start, and a receiver that finds
+  // a picture's references by those numbers (VP8's and VP9's PictureID, TL0PICIDX) waits for the pictures between
+  // unless the numbers go on from the last it got. The viewer must decode the second room at once, without a
+  // keyframe of its own asking.
+  for (const name of ["VP8", "VP9"]) {
+    const codec = CODECS.find((c) => c.name === name);
+    const can = offers(caps.send, codec.mime) && offers(caps.recv, codec.mime);
+    await step(`${name}: a viewer switched to another ${name} room decodes it at once, asking for no keyframe`, async () => {
+      const [a, b] = [`switch-${name.toLowerCase()}-a`, `switch-${name.toLowerCase()}-b`];
+      await publish(browser.context, a, codec, track);
+      await publish(browser.context, b, codec, track);
+      // A first viewer opens the worker's feed of a, which asks the publisher for a keyframe once. Chromium sends
+      // one at its start and on request only: 4 s on, the second viewer's replay is 4 s of stream long.
+      const holder = track(`${a}-holder`, await helperPage(browser.context, `${a}-holder`));
+      const h = await holder.evaluate(([url, mime]) => window.view(url, [mime]), [`${sfu.base}/whep/${a}`, codec.mime]);
+      assert.equal(h.status, 201, `POST /whep/${a}: ${h.status} ${h.body}`);
+      await until(`the first viewer to decode ${a}`, async () => {
+        const st = await videoStats(holder, "inbound");
+        return (st && st.framesDecoded > 0) || Promise.reject(new Error(JSON.stringify(st)));
+      }, { timeout: 10_000, interval: 150 });
+      await new Promise((res) => setTimeout(res, 4_000));
+      const viewer = track(`${a}-viewer`, await helperPage(browser.context, `${a}-viewer`));
+      const r = await viewer.evaluate(([url, mime]) => window.view(url, [mime]), [`${sfu.base}/whep/${a}`, codec.mime]);
+      assert.equal(r.status, 201, `POST /whep/${a}: ${r.status} ${r.body}`);
+      const decoding = await until(`the viewer to decode ${a}`, async () => {
+        const st = await videoStats(viewer, "inbound");
+        return (st && st.framesDecoded > 20 && st.codec === codec.mime && st) || Promise.reject(new Error(JSON.stringify(st)));
+      }, { timeout: 10_000, interval: 150 });
+      // The replay catches up with live within about 3 s; the live frames after it play at once.
+      let before = decoding;
+      for (let second = 1; second <= 6; second++) {
+        await new Promise((res) => setTimeout(res, 1_000));
+        const now = await videoStats(viewer, "inbound");
+        const frames = now.framesDecoded - before.framesDecoded;
+        console.log(`${name} on ${a}, second ${second} after the first 20 frames: ${frames} frames decoded`);
+        assert.ok(frames >= 10, `${frames} frames decoded in second ${second} after the first 20 in ${a}`);
+        before = now;
+      }
+      // To b and back to a: the two publishers' numbers are apart by one amount, ahead one way and behind the
+      // other, and a receiver may take one direction as a gap to wait for and the other as old pictures.
+      for (const room of [b, a]) {
+        const switched = await viewer.evaluate(async (room) => {
+          const res = await fetch(`${window.session}/switch`, {
+            method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ room }),
+          });
+          return { status: res.status, body: await res.text() };
+        }, room);
+        assert.equal(switched.status, 200, `POST /session/{id}/switch to ${room}: ${switched.body}`);
+        // The room's cached keyframe comes at once; 2 s later the viewer must have decoded most of what it sent.
+        await new Promise((res) => setTimeout(res, 2_000));
+        const after = await videoStats(viewer, "inbound");
+        const frames = after.framesDecoded - before.framesDecoded;
+        console.log(`${name} switch to ${room}: ${frames} frames decoded in ${((after.at - before.at) / 1000).toFixed(1)} s ` +
+          `since, ${after.keyFramesDecoded - before.keyFramesDecoded} keyframes, ${after.pliCount - before.pliCount} PLIs, ` +
+          `${after.framesDropped - before.framesDropped} dropped, ${after.packetsLost - before.packetsLost} lost`);
+        assert.equal(after.pliCount, before.pliCount, `the viewer asked for no keyframe after the switch to ${room}`);
+        assert.ok(frames >= 20, `${frames} frames decoded in the 2 s after the switch to ${room}`);
+        before = after;
+      }
+    }, can ? {} : { skip: `this Chromium cannot send and receive ${codec.mime}` });
+  }
 
   await step("the pages threw nothing", async () => {
     assert.deepEqual(pageLog.filter((l) => l.includes(" pageerror]")), [], "no uncaught errors in the pages");
