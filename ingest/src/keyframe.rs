@@ -92,54 +92,70 @@ fn vp8(payload: &[u8]) -> bool {
     payload.get(i).is_some_and(|h| h & 0x01 == 0)
 }
 
-/// RFC 9628 section 4.2: `I|P|L|F|B|E|V|Z`, then picture ID, layer indices, reference indices and the
-/// scalability structure, each optional; then the VP9 frame.
+/// A VP9 keyframe's first packet ([`vp9_start`]) whose uncompressed header says KEY_FRAME.
 fn vp9(payload: &[u8]) -> bool {
-    let Some(&b0) = payload.first() else { return false };
+    vp9_start(payload).and_then(|start| payload.get(start.header)).is_some_and(|&h| vp9_frame_is_key(h))
+}
+
+/// The first packet of a VP9 picture of spatial layer 0, not inter-picture predicted, as its payload descriptor
+/// says: where its uncompressed header starts, and the size of its top spatial layer if the descriptor's
+/// scalability structure gives it.
+pub(crate) struct Vp9Start {
+    pub header: usize,
+    pub size: Option<(u16, u16)>,
+}
+
+/// RFC 9628 section 4.2: `I|P|L|F|B|E|V|Z`, then picture ID, layer indices, reference indices and the
+/// scalability structure, each optional; then the VP9 frame. `None` unless the packet begins a picture (B=1)
+/// of spatial layer 0 with P=0, or if the descriptor is cut short.
+pub(crate) fn vp9_start(payload: &[u8]) -> Option<Vp9Start> {
+    let &b0 = payload.first()?;
     let (i_bit, p_bit, l_bit, f_bit, b_bit, v_bit) =
         (b0 & 0x80 != 0, b0 & 0x40 != 0, b0 & 0x20 != 0, b0 & 0x10 != 0, b0 & 0x08 != 0, b0 & 0x02 != 0);
     if p_bit || !b_bit {
-        return false;
+        return None;
     }
     let mut r = Reader { bytes: payload, pos: 1 };
-    let parsed = (|| {
-        if i_bit {
-            let pid = r.byte()?;
-            if pid & 0x80 != 0 {
-                r.skip(1)?;
+    if i_bit {
+        let pid = r.byte()?;
+        if pid & 0x80 != 0 {
+            r.skip(1)?;
+        }
+    }
+    if l_bit {
+        let layers = r.byte()?;
+        if (layers >> 1) & 0x07 != 0 {
+            return None; // an upper spatial layer
+        }
+        if !f_bit {
+            r.skip(1)?; // TL0PICIDX
+        }
+    }
+    // F=1 with P=1 would carry reference indices here; P=0, so there are none.
+    let mut size = None;
+    if v_bit {
+        let ss = r.byte()?;
+        let spatial_layers = usize::from(ss >> 5) + 1;
+        if ss & 0x10 != 0 {
+            // WIDTH and HEIGHT per layer, 16 bits each: the last is the top layer.
+            for _ in 0..spatial_layers {
+                let wh = r.take(4)?;
+                size = Some((u16::from_be_bytes([wh[0], wh[1]]), u16::from_be_bytes([wh[2], wh[3]])));
             }
         }
-        if l_bit {
-            let layers = r.byte()?;
-            if (layers >> 1) & 0x07 != 0 {
-                return None; // an upper spatial layer
-            }
-            if !f_bit {
-                r.skip(1)?; // TL0PICIDX
+        if ss & 0x08 != 0 {
+            for _ in 0..r.byte()? {
+                let refs = usize::from((r.byte()? >> 2) & 0x03);
+                r.skip(refs)?;
             }
         }
-        // F=1 with P=1 would carry reference indices here; P=0, so there are none.
-        if v_bit {
-            let ss = r.byte()?;
-            let spatial_layers = usize::from(ss >> 5) + 1;
-            if ss & 0x10 != 0 {
-                r.skip(4 * spatial_layers)?; // WIDTH and HEIGHT per layer
-            }
-            if ss & 0x08 != 0 {
-                for _ in 0..r.byte()? {
-                    let refs = usize::from((r.byte()? >> 2) & 0x03);
-                    r.skip(refs)?;
-                }
-            }
-        }
-        r.byte()
-    })();
-    parsed.is_some_and(vp9_frame_is_key)
+    }
+    Some(Vp9Start { header: r.pos, size: size.filter(|&(w, h)| w > 0 && h > 0) })
 }
 
 /// The first byte of a VP9 uncompressed header (VP9 bitstream spec 6.2): `frame_marker(2)`, `profile_low_bit`,
 /// `profile_high_bit`, a reserved zero bit in profile 3 only, `show_existing_frame`, `frame_type` (0 = KEY).
-fn vp9_frame_is_key(h: u8) -> bool {
+pub(crate) fn vp9_frame_is_key(h: u8) -> bool {
     if h & 0xc0 != 0x80 {
         return false;
     }
@@ -326,6 +342,38 @@ mod tests {
         assert!(packets.iter().any(|p| !p.keyframe && p.name.contains("spatial layer 1 of a keyframe")));
         for p in packets.iter().filter(|p| !p.keyframe && p.payload[0] & 0x40 == 0) {
             assert!(str0m::format::detect_vp9_keyframe(&p.payload), "the str0m verdict this replaces: {}", p.name);
+        }
+    }
+
+    /// Every keyframe start of the captures says its picture's size, from its scalability structure (the top
+    /// spatial layer's) and, with that taken out, from its uncompressed header (its own layer's): the same for a
+    /// single layer, smaller for the base layer of an SVC keyframe.
+    #[test]
+    fn vp9_real_keyframes_say_their_size_both_ways() {
+        for p in fixtures("vp9.json").iter().filter(|p| p.keyframe) {
+            let (w, h) = crate::picture::size(Codec::Vp9, &p.payload).unwrap_or_else(|| panic!("{}", p.name));
+            // The same packet with V cleared and its scalability structure cut out (it follows the picture ID
+            // and, with L, the layer indices).
+            let b0 = p.payload[0];
+            assert!(b0 & 0x02 != 0, "Chromium's keyframes carry their scalability structure: {}", p.name);
+            let mut ss_from = 1;
+            if b0 & 0x80 != 0 {
+                ss_from += if p.payload[1] & 0x80 != 0 { 2 } else { 1 };
+            }
+            if b0 & 0x20 != 0 {
+                ss_from += if b0 & 0x10 != 0 { 1 } else { 2 };
+            }
+            let header = vp9_start(&p.payload).expect("a keyframe start").header;
+            let mut plain = vec![b0 & !0x02];
+            plain.extend_from_slice(&p.payload[1..ss_from]);
+            plain.extend_from_slice(&p.payload[header..]);
+            assert!(is_keyframe(Codec::Vp9, &plain), "{}", p.name);
+            let (hw, hh) = crate::picture::size(Codec::Vp9, &plain).unwrap_or_else(|| panic!("{} header", p.name));
+            let layers = usize::from(p.payload[ss_from] >> 5) + 1;
+            match layers {
+                1 => assert_eq!((hw, hh), (w, h), "{}", p.name),
+                _ => assert!(hw < w && hh < h, "{}: base {hw}x{hh}, top {w}x{h}", p.name),
+            }
         }
     }
 

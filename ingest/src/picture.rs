@@ -5,6 +5,10 @@
 //! - H.264 (RFC 6184, ITU-T H.264 section 7.3.2.1.1): the sequence parameter set, sent as a single NAL unit or
 //!   inside a STAP-A with each IDR, gives the size in macroblocks less the frame cropping.
 //!
+//! - VP9 (RFC 9628, VP9 bitstream spec 6.2): a keyframe's first packet carries the size in its payload
+//!   descriptor's scalability structure (the top spatial layer's, as Chromium sends it), or else in the frame's
+//!   uncompressed header, after the sync code and the colour configuration.
+//!
 //! Other codecs give none. Every payload is untrusted: a short or malformed one gives no size, never a panic,
 //! and the exponential-Golomb reader refuses codes longer than 32 bits.
 
@@ -18,8 +22,46 @@ pub fn size(codec: Codec, payload: &[u8]) -> Option<(u16, u16)> {
     match codec {
         Codec::Vp8 => vp8(payload),
         Codec::H264 => h264(payload),
+        Codec::Vp9 => vp9(payload),
         _ => None,
     }
+}
+
+fn vp9(payload: &[u8]) -> Option<(u16, u16)> {
+    let start = crate::keyframe::vp9_start(payload)?;
+    let header = payload.get(start.header..)?;
+    if !header.first().is_some_and(|&h| crate::keyframe::vp9_frame_is_key(h)) {
+        return None;
+    }
+    if start.size.is_some() {
+        return start.size;
+    }
+    let mut r = Bits { bytes: header, pos: 0 };
+    r.bits(2)?; // frame_marker
+    let low = r.bits(1)?;
+    let profile = r.bits(1)? << 1 | low;
+    // The reserved bit of profile 3, show_existing_frame, frame_type (both 0: a keyframe, checked above),
+    // show_frame, error_resilient_mode.
+    r.bits(if profile == 3 { 5 } else { 4 })?;
+    if r.bits(24)? != 0x49_83_42 {
+        return None; // frame_sync_code
+    }
+    if profile >= 2 {
+        r.bits(1)?; // ten_or_twelve_bit
+    }
+    const CS_RGB: u64 = 7;
+    let color_space = r.bits(3)?;
+    let odd_profile = profile == 1 || profile == 3;
+    match (color_space != CS_RGB, odd_profile) {
+        // color_range; and in profiles 1 and 3 subsampling_x, subsampling_y, a reserved bit.
+        (true, true) => r.bits(4)?,
+        (true, false) => r.bits(1)?,
+        // RGB: a reserved bit in profiles 1 and 3.
+        (false, true) => r.bits(1)?,
+        (false, false) => 0,
+    };
+    let (w, h) = (r.bits(16)? + 1, r.bits(16)? + 1);
+    Some((u16::try_from(w).ok()?, u16::try_from(h).ok()?))
 }
 
 fn vp8(payload: &[u8]) -> Option<(u16, u16)> {
@@ -215,6 +257,34 @@ mod tests {
         assert_eq!(size(Codec::Vp8, &later), None, "not a frame's first packet");
         for n in 0..12 {
             assert_eq!(size(Codec::Vp8, &vp8_keyframe(640, 360)[..n]), None, "cut to {n} bytes");
+        }
+    }
+
+    #[test]
+    fn a_vp9_keyframe_says_its_size_in_its_scalability_structure_or_its_header() {
+        // Chromium's: descriptor I B V Z, a 15-bit picture ID, one spatial layer of 640x480 (Y), then the
+        // uncompressed header (profile 0, a shown keyframe) and its sync code.
+        let chromium = hex("9be78b10028001e08249834200270000");
+        assert_eq!(size(Codec::Vp9, &chromium), Some((640, 480)));
+        // No scalability structure: the header says 1280x720 (sizes less one, after colour space 2 and the
+        // colour range).
+        let plain = [0x08, 0x82, 0x49, 0x83, 0x42, 0x40, 0x4f, 0xf0, 0x2c, 0xf0];
+        assert_eq!(size(Codec::Vp9, &plain), Some((1280, 720)));
+        // Profile 1 (4:4:4): three more colour bits before the size.
+        let profile1 = [0x08, 0xa2, 0x49, 0x83, 0x42, 0x40, 0x09, 0xfe, 0x05, 0x9e];
+        assert_eq!(size(Codec::Vp9, &profile1), Some((1280, 720)));
+        // An interframe (P=1), a frame whose header says it is not a keyframe, a later packet (B=0), an upper
+        // spatial layer: no size.
+        assert_eq!(size(Codec::Vp9, &[0x48, 0x82, 0x49, 0x83, 0x42, 0x40, 0x4f, 0xf0, 0x2c, 0xf0]), None);
+        assert_eq!(size(Codec::Vp9, &[0x08, 0x86, 0x49, 0x83, 0x42, 0x40, 0x4f, 0xf0, 0x2c, 0xf0]), None);
+        assert_eq!(size(Codec::Vp9, &[0x00, 0x82, 0x49, 0x83, 0x42, 0x40, 0x4f, 0xf0, 0x2c, 0xf0]), None);
+        assert_eq!(size(Codec::Vp9, &[0x28, 0x02, 0x82, 0x49, 0x83, 0x42, 0x40, 0x4f, 0xf0, 0x2c, 0xf0]), None);
+        for n in 0..plain.len() {
+            assert_eq!(size(Codec::Vp9, &plain[..n]), None, "cut to {n} bytes");
+        }
+        // Its size needs the header's first byte too (a keyframe's, or no size at all).
+        for n in 0..9 {
+            assert_eq!(size(Codec::Vp9, &chromium[..n]), None, "cut to {n} bytes");
         }
     }
 
