@@ -1,7 +1,7 @@
 //! RTP payloads of every codec to ingest's per-packet parsers, `keyframe::is_keyframe` and `picture::size`, and
 //! VP8 and VP9 payloads to the fanout's rewrite of their picture numbers (`splice::PictureNumbers`, across a change
 //! of source). Input: a codec byte (its value modulo the codecs), then the payload. None may panic; a size said is
-//! never zero, a VP8 or H.264 payload that says a size is one that starts a keyframe, and a rewritten VP8 or VP9
+//! never zero, a payload that says a size is one that starts a keyframe, and a rewritten VP8 or VP9
 //! payload differs from the payload only in the descriptor's picture numbers.
 #![no_main]
 

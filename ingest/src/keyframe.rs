@@ -196,6 +196,30 @@ fn av1(payload: &[u8]) -> bool {
     }
 }
 
+/// The payload of the sequence header OBU a packet starts with (after its OBU header, extension and size), if
+/// it starts with one: as an AV1 keyframe's first packet does.
+pub(crate) fn av1_sequence_header(payload: &[u8]) -> Option<&[u8]> {
+    let &agg = payload.first()?;
+    if agg & 0x80 != 0 {
+        return None; // Z: it continues an OBU
+    }
+    let mut r = Reader { bytes: payload, pos: 1 };
+    let first = av1_element(&mut r, (agg >> 4) & 0x03, 0)?;
+    if av1_obu_type(first) != Some(AV1_OBU_SEQUENCE_HEADER) {
+        return None;
+    }
+    let mut obu = Reader { bytes: first, pos: 0 };
+    let header = obu.byte()?;
+    if header & 0x04 != 0 {
+        obu.skip(1)?;
+    }
+    if header & 0x02 != 0 {
+        let len = obu.leb128()?;
+        return obu.take(len);
+    }
+    obu.take(first.len() - obu.pos)
+}
+
 /// OBU element `index` of a packet with `w` in its aggregation header.
 fn av1_element<'a>(r: &mut Reader<'a>, w: u8, index: u8) -> Option<&'a [u8]> {
     let len = if w != 0 && index + 1 == w { r.bytes.len() - r.pos } else { r.leb128()? };
@@ -380,6 +404,15 @@ mod tests {
     #[test]
     fn av1_real_packets() {
         check(Codec::Av1, "av1.json");
+    }
+
+    /// Chromium's AV1 keyframe starts, one temporal layer or three (whose sequence header has an operating point
+    /// a layer), say the size of the capture's pictures, 320x180.
+    #[test]
+    fn av1_real_keyframes_say_their_size() {
+        for p in fixtures("av1.json").iter().filter(|p| p.keyframe) {
+            assert_eq!(crate::picture::size(Codec::Av1, &p.payload), Some((320, 180)), "{}", p.name);
+        }
     }
 
     /// A packetizer that does not set N (the payload format only requires it at a new coded video sequence):

@@ -8,6 +8,9 @@
 //! - VP9 (RFC 9628, VP9 bitstream spec 6.2): a keyframe's first packet carries the size in its payload
 //!   descriptor's scalability structure (the top spatial layer's, as Chromium sends it), or else in the frame's
 //!   uncompressed header, after the sync code and the colour configuration.
+//! - AV1 (AV1 spec 5.5.1): a keyframe's first packet starts with the sequence header; its maximum frame size is
+//!   taken for the picture's (a frame may be smaller; Chromium's encoder writes the size it sends there, as the
+//!   captured keyframes show).
 //!
 //! Other codecs give none. Every payload is untrusted: a short or malformed one gives no size, never a panic,
 //! and the exponential-Golomb reader refuses codes longer than 32 bits.
@@ -23,6 +26,7 @@ pub fn size(codec: Codec, payload: &[u8]) -> Option<(u16, u16)> {
         Codec::Vp8 => vp8(payload),
         Codec::H264 => h264(payload),
         Codec::Vp9 => vp9(payload),
+        Codec::Av1 => av1(payload),
         _ => None,
     }
 }
@@ -110,6 +114,54 @@ fn h264(payload: &[u8]) -> Option<(u16, u16)> {
         }
         _ => None,
     }
+}
+
+fn av1(payload: &[u8]) -> Option<(u16, u16)> {
+    if !crate::keyframe::is_keyframe(Codec::Av1, payload) {
+        return None;
+    }
+    let mut r = Bits { bytes: crate::keyframe::av1_sequence_header(payload)?, pos: 0 };
+    r.bits(3)?; // seq_profile
+    r.bits(1)?; // still_picture
+    if r.bits(1)? == 1 {
+        r.bits(5)?; // reduced_still_picture_header: seq_level_idx[0] alone
+    } else {
+        let mut decoder_model_info = false;
+        let mut buffer_delay_bits = 0;
+        if r.bits(1)? == 1 {
+            // timing_info: num_units_in_display_tick, time_scale, equal_picture_interval (and then
+            // num_ticks_per_picture_minus_1).
+            r.bits(64)?;
+            if r.bits(1)? == 1 {
+                r.uvlc()?;
+            }
+            decoder_model_info = r.bits(1)? == 1;
+            if decoder_model_info {
+                buffer_delay_bits = r.bits(5)? as u32 + 1;
+                // num_units_in_decoding_tick, buffer_removal_time_length_minus_1,
+                // frame_presentation_time_length_minus_1.
+                r.bits(42)?;
+            }
+        }
+        let initial_display_delay = r.bits(1)? == 1;
+        for _ in 0..=r.bits(5)? {
+            r.bits(12)?; // operating_point_idc
+            if r.bits(5)? > 7 {
+                r.bits(1)?; // seq_tier
+            }
+            if decoder_model_info && r.bits(1)? == 1 {
+                // decoder_buffer_delay, encoder_buffer_delay, low_delay_mode_flag.
+                r.bits(2 * buffer_delay_bits + 1)?;
+            }
+            if initial_display_delay && r.bits(1)? == 1 {
+                r.bits(4)?;
+            }
+        }
+    }
+    let width_bits = r.bits(4)? as u32 + 1;
+    let height_bits = r.bits(4)? as u32 + 1;
+    let (w, h) = (r.bits(width_bits)? + 1, r.bits(height_bits)? + 1);
+    Some((u16::try_from(w).ok()?, u16::try_from(h).ok()?))
 }
 
 /// The size a sequence parameter set (its RBSP after the NAL header, emulation prevention bytes included)
@@ -224,6 +276,18 @@ impl Bits<'_> {
         Some((1 << zeros) - 1 + self.bits(zeros)?)
     }
 
+    /// AV1's `uvlc()`: an unsigned variable-length code of at most 32 bits of value.
+    fn uvlc(&mut self) -> Option<u64> {
+        let mut zeros = 0;
+        while self.bit()? == 0 {
+            zeros += 1;
+        }
+        if zeros >= 32 {
+            return Some(u64::from(u32::MAX));
+        }
+        Some(self.bits(zeros)? + (1 << zeros) - 1)
+    }
+
     /// A signed exponential-Golomb code.
     fn se(&mut self) -> Option<i64> {
         let k = self.ue()? as i64;
@@ -286,6 +350,66 @@ mod tests {
         for n in 0..9 {
             assert_eq!(size(Codec::Vp9, &chromium[..n]), None, "cut to {n} bytes");
         }
+    }
+
+    #[test]
+    fn an_av1_sequence_header_says_the_maximum_frame_size() {
+        // Chromium's first packet of a keyframe (W=2, N=1): an 11-byte sequence header, 320x180 in 9 and 8 bits.
+        let chromium = hex("680b08000000043cfecc01a0083010");
+        assert_eq!(size(Codec::Av1, &chromium), Some((320, 180)));
+        // A sequence header with timing and decoder model info, two operating points (the second with a decoder
+        // model and an initial display delay) and 1280x720 in 11 and 10 bits; one OBU with its size field.
+        let mut bits = String::new();
+        let mut put = |v: u64, n: u32| bits.push_str(&format!("{v:0n$b}", n = n as usize));
+        put(0, 3); // seq_profile
+        put(0, 2); // still_picture, reduced_still_picture_header
+        put(1, 1); // timing_info_present_flag
+        put(1, 32); // num_units_in_display_tick
+        put(90_000, 32); // time_scale
+        put(1, 1); // equal_picture_interval
+        put(0b00101, 5); // uvlc: two leading zeros, then 01: 1 + 4 - 1 = 4
+        put(1, 1); // decoder_model_info_present_flag
+        put(9, 5); // buffer_delay_length_minus_1: 10 bits each below
+        put(1, 32); // num_units_in_decoding_tick
+        put(0, 10); // buffer_removal_time_length_minus_1, frame_presentation_time_length_minus_1
+        put(1, 1); // initial_display_delay_present_flag
+        put(1, 5); // operating_points_cnt_minus_1: two
+        put(0, 12);
+        put(8, 5); // seq_level_idx over 7: a tier bit
+        put(0, 1);
+        put(0, 1); // no decoder model for this one
+        put(0, 1); // nor an initial display delay
+        put(0x103, 12);
+        put(4, 5);
+        put(1, 1); // decoder_model_present_for_this_op: 10 + 10 + 1 bits
+        put(0, 21);
+        put(1, 1); // initial_display_delay_present_for_this_op: 4 bits
+        put(9, 4);
+        put(10, 4); // frame_width_bits_minus_1
+        put(9, 4); // frame_height_bits_minus_1
+        put(1279, 11);
+        put(719, 10);
+        while !bits.len().is_multiple_of(8) {
+            bits.push('0');
+        }
+        let header: Vec<u8> = bits
+            .as_bytes()
+            .chunks(8)
+            .map(|c| u8::from_str_radix(std::str::from_utf8(c).unwrap(), 2).unwrap())
+            .collect();
+        // Aggregation header W=1 N=1, then the OBU: type 1 with a size field, its size, the header.
+        let mut packet = vec![0x18, 0x0a, header.len() as u8];
+        packet.extend_from_slice(&header);
+        assert_eq!(size(Codec::Av1, &packet), Some((1280, 720)));
+        // Cut anywhere: no size, no panic.
+        for n in 0..packet.len() {
+            assert_eq!(size(Codec::Av1, &packet[..n]), None, "cut to {n} bytes");
+        }
+        // A packet that continues an OBU (Z), or starts with a frame: no size.
+        let mut z = chromium.clone();
+        z[0] |= 0x80;
+        assert_eq!(size(Codec::Av1, &z), None);
+        assert_eq!(size(Codec::Av1, &hex("10344034000000000252810c30c2292040008000")), None);
     }
 
     // Sequence parameter sets as encoders wrote them (NAL header first).

@@ -9,9 +9,9 @@
 // answers getDisplayMedia with its fake display-capture device (displaySurface "monitor"), which is what
 // the screen-share test publishes.
 //
-// The simulcast test runs in VP8 and in VP9 (`&codec=vp9`: Chromium sends VP9 as simulcast only with a
-// scalability mode on each encoding, which the page sets; the room lists each layer's size, read from its VP9
-// keyframes; and a viewer moved between layers decodes each, its picture numbers carried over the cut).
+// The simulcast test runs in VP8, VP9 and AV1 (`&codec=`: Chromium sends VP9 and AV1 as simulcast only with a
+// scalability mode on each encoding, which the page sets; the room lists each layer's size, read from its
+// keyframes; and a viewer moved between layers decodes each, VP9's picture numbers carried over the cut).
 //
 // Run from the repository root after `cargo build --release --workspace`: node --test tests/browser/
 
@@ -225,7 +225,7 @@ async function sentLayers(page) {
   });
 }
 
-for (const codec of ["VP8", "VP9"]) {
+for (const codec of ["VP8", "VP9", "AV1"]) {
   test(`/send?simulcast=3&codec=${codec.toLowerCase()} sends three layers; a viewer plays the top one, and the low one when switched to it`, { timeout: 60_000 }, async (t) => {
     const room = `simul-${codec.toLowerCase()}`;
     fs.mkdirSync(ARTIFACTS, { recursive: true });
