@@ -5,7 +5,7 @@
 //! offsets, so loss and reordering on the publisher's path show through unchanged. At a source change (a new
 //! publisher, a reconnect, a writer restart, later a room switch or the slate) the offsets are recomputed so
 //! that the first packet of the new source gets the next sequence number and a timestamp that has advanced
-//! with wall-clock time since the last packet sent: no gap, no duplicate, no jump.
+//! with wall-clock time since the last frame sent started going out: no gap, no duplicate, no jump.
 
 /// Identity of a source: the ring writer's session id and the publisher's SSRC.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,7 +20,7 @@ pub enum Pace {
     /// Live media: timestamps keep the source's spacing.
     Live,
     /// A cached GOP sent faster than real time to a joining viewer: each new frame stamped with the time that
-    /// passed since the previous packet went out (at least one tick), so the receiver plays each frame as it
+    /// passed since the previous frame started going out (at least one tick), so the receiver plays each frame as it
     /// comes and catches up with live, and learns the same clock from the replay as from the live packets
     /// after it. (Frames stamped one tick apart would teach it a clock that barely moves: a browser then held
     /// the live frames after the replay for seconds, until it had learned the real one again.)
