@@ -456,7 +456,7 @@ test("every video codec Chromium offers goes through deadsfu", { timeout: 120_00
   for (const name of ["VP8", "VP9"]) {
     const codec = CODECS.find((c) => c.name === name);
     const can = offers(caps.send, codec.mime) && offers(caps.recv, codec.mime);
-    await step(`${name}: a viewer switched to another ${name} room decodes it at once, asking for no keyframe`, async () => {
+    await step(`${name}: a viewer's long replay runs into live without a stall; switched to another ${name} room and back, it decodes each at once, asking for no keyframe`, async () => {
       const [a, b] = [`switch-${name.toLowerCase()}-a`, `switch-${name.toLowerCase()}-b`];
       await publish(browser.context, a, codec, track);
       await publish(browser.context, b, codec, track);
