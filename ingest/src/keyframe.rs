@@ -196,8 +196,8 @@ fn av1(payload: &[u8]) -> bool {
     }
 }
 
-/// The payload of the sequence header OBU a packet starts with (after its OBU header, extension and size), if
-/// it starts with one: as an AV1 keyframe's first packet does.
+/// The payload of the sequence header OBU a packet starts with ([`av1_obu_payload`]), if it starts with one: as
+/// an AV1 keyframe's first packet does.
 pub(crate) fn av1_sequence_header(payload: &[u8]) -> Option<&[u8]> {
     let &agg = payload.first()?;
     if agg & 0x80 != 0 {
@@ -208,16 +208,21 @@ pub(crate) fn av1_sequence_header(payload: &[u8]) -> Option<&[u8]> {
     if av1_obu_type(first) != Some(AV1_OBU_SEQUENCE_HEADER) {
         return None;
     }
-    let mut obu = Reader { bytes: first, pos: 0 };
-    let header = obu.byte()?;
+    av1_obu_payload(first)
+}
+
+/// What follows an OBU's header (`obu_header`, its optional extension byte and size field): up to the packet's
+/// end, as a packet may carry only the start of an OBU.
+fn av1_obu_payload(obu: &[u8]) -> Option<&[u8]> {
+    let mut r = Reader { bytes: obu, pos: 0 };
+    let header = r.byte()?;
     if header & 0x04 != 0 {
-        obu.skip(1)?;
+        r.skip(1)?;
     }
     if header & 0x02 != 0 {
-        let len = obu.leb128()?;
-        return obu.take(len);
+        r.leb128()?;
     }
-    obu.take(first.len() - obu.pos)
+    obu.get(r.pos..)
 }
 
 /// OBU element `index` of a packet with `w` in its aggregation header.
@@ -234,18 +239,7 @@ fn av1_obu_type(obu: &[u8]) -> Option<u8> {
 /// which (`reduced_still_picture_header` being 0 in any WebRTC stream) begins `show_existing_frame(1)
 /// frame_type(2)`, KEY_FRAME being 0.
 fn av1_frame_is_key(obu: &[u8]) -> bool {
-    let mut r = Reader { bytes: obu, pos: 0 };
-    let parsed = (|| {
-        let header = r.byte()?;
-        if header & 0x04 != 0 {
-            r.skip(1)?;
-        }
-        if header & 0x02 != 0 {
-            r.leb128()?;
-        }
-        r.byte()
-    })();
-    parsed.is_some_and(|h| h & 0x80 == 0 && (h >> 5) & 0x03 == 0)
+    av1_obu_payload(obu).and_then(|p| p.first()).is_some_and(|&h| h & 0x80 == 0 && (h >> 5) & 0x03 == 0)
 }
 
 /// Bounds-checked reading of untrusted bytes.
