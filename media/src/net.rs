@@ -19,7 +19,7 @@
 //! ([`sockopt_df`]), which spares the kernel's shared ID counters a draw per datagram.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, RawFd};
@@ -27,7 +27,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use mio::net::UdpSocket;
 use mio::{Interest, Registry, Token};
 use nix::errno::Errno;
-use nix::sys::socket::{self, sockopt, MsgFlags, MultiHeaders, SockaddrStorage};
+use nix::sys::socket::{self, sockopt, MsgFlags, MultiHeaders, SockaddrIn, SockaddrIn6, SockaddrLike, SockaddrStorage};
 use str0m::net::{Protocol, Transmit};
 
 use crate::outbox::Path;
@@ -71,10 +71,10 @@ pub struct UdpSet {
     /// allocation), and where each goes.
     data: Vec<u8>,
     queued: Vec<Queued>,
-    headers: MultiHeaders<SockaddrStorage>,
     /// Room for a flush's lists (which datagrams go one by one, and their destinations), kept across flushes.
     singles: Vec<usize>,
-    addrs: Vec<Option<SockaddrStorage>>,
+    v4: Dests<SockaddrIn>,
+    v6: Dests<SockaddrIn6>,
     dropped: u64,
     gso: bool,
     counters: NetCounters,
@@ -131,15 +131,14 @@ impl UdpSet {
             }
         }
         let (data, queued) = (Vec::with_capacity(SEND_BUFFER), Vec::with_capacity(BATCH));
-        let headers = MultiHeaders::preallocate(BATCH, None);
         Ok(UdpSet {
             sockets,
             first_token: 0,
             data,
             queued,
-            headers,
             singles: Vec::with_capacity(BATCH),
-            addrs: Vec::with_capacity(BATCH),
+            v4: Dests::new(),
+            v6: Dests::new(),
             dropped: 0,
             gso: true,
             counters: NetCounters::default(),
@@ -264,13 +263,14 @@ impl UdpSet {
 
     /// Sends everything queued: each socket's datagrams in the order they were queued.
     pub fn flush(&mut self) {
-        let UdpSet { sockets, data, queued, headers, singles, addrs, dropped, gso, .. } = self;
-        let mut out = Out { data, headers, singles, addrs, dropped, gso };
+        let UdpSet { sockets, data, queued, singles, v4, v6, dropped, gso, .. } = self;
+        let mut out = Out { data, singles, v4, v6, dropped, gso };
         let mut at = 0;
         while at < queued.len() {
             let socket = queued[at].socket;
             let run = queued[at..].iter().take_while(|q| q.socket == socket).count();
-            out.send(sockets[socket].socket.as_raw_fd(), &queued[at..at + run]);
+            let b = &sockets[socket];
+            out.send(b.socket.as_raw_fd(), b.advertised.is_ipv6(), &queued[at..at + run]);
             at += run;
         }
         queued.clear();
@@ -347,17 +347,17 @@ fn socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
 /// What sending a run of queued datagrams needs of a [`UdpSet`].
 struct Out<'a> {
     data: &'a [u8],
-    headers: &'a mut MultiHeaders<SockaddrStorage>,
     singles: &'a mut Vec<usize>,
-    addrs: &'a mut Vec<Option<SockaddrStorage>>,
+    v4: &'a mut Dests<SockaddrIn>,
+    v6: &'a mut Dests<SockaddrIn6>,
     dropped: &'a mut u64,
     gso: &'a mut bool,
 }
 
 impl Out<'_> {
-    /// Sends `queue` (datagrams of one socket) in order: runs that can go as one GSO message so, the rest
-    /// with sendmmsg.
-    fn send(&mut self, fd: RawFd, queue: &[Queued]) {
+    /// Sends `queue` (datagrams of one socket, IPv6 or not) in order: runs that can go as one GSO message so,
+    /// the rest with sendmmsg.
+    fn send(&mut self, fd: RawFd, v6: bool, queue: &[Queued]) {
         // Datagrams that go one by one (`self.singles`) wait for the next sendmmsg.
         let mut at = 0;
         while at < queue.len() {
@@ -367,7 +367,7 @@ impl Out<'_> {
                 at += 1;
                 continue;
             }
-            self.send_singles(fd, queue);
+            self.send_singles(fd, v6, queue);
             let first = &queue[at];
             let segment = first.len as u16;
             let data = self.data;
@@ -394,11 +394,11 @@ impl Out<'_> {
             }
             at += run;
         }
-        self.send_singles(fd, queue);
+        self.send_singles(fd, v6, queue);
     }
 
     /// Sends the datagrams of `queue` listed in `self.singles` with sendmmsg, and empties the list.
-    fn send_singles(&mut self, fd: RawFd, queue: &[Queued]) {
+    fn send_singles(&mut self, fd: RawFd, v6: bool, queue: &[Queued]) {
         let data = self.data;
         let mut done = 0;
         while done < self.singles.len() {
@@ -407,11 +407,16 @@ impl Out<'_> {
             for (slice, &i) in slices.iter_mut().zip(chunk) {
                 *slice = [IoSlice::new(&data[queue[i].start..][..queue[i].len])];
             }
-            self.addrs.clear();
-            self.addrs.extend(chunk.iter().map(|&i| Some(SockaddrStorage::from(queue[i].destination))));
-            match socket::sendmmsg(fd, self.headers, &slices[..chunk.len()], &*self.addrs, [], MsgFlags::MSG_DONTWAIT) {
+            let slices = &slices[..chunk.len()];
+            let destinations = chunk.iter().map(|&i| queue[i].destination);
+            let sent = if v6 {
+                self.v6.sendmmsg(fd, slices, destinations)
+            } else {
+                self.v4.sendmmsg(fd, slices, destinations)
+            };
+            match sent {
                 // At least one went out, or the call would have failed; continue after the last sent.
-                Ok(results) => done += results.count().max(1),
+                Ok(sent) => done += sent.max(1),
                 Err(Errno::EINTR) => {}
                 Err(e) => {
                     // Full buffer, or a bad destination: drop this datagram, keep the rest in order.
@@ -422,6 +427,59 @@ impl Out<'_> {
             }
         }
         self.singles.clear();
+    }
+}
+
+/// The destinations of one `sendmmsg` in the address type of the socket's family, and nix's headers for them
+/// (both kept across calls). A `SockaddrStorage` is 128 bytes to fill per datagram, and nix copies each sent
+/// datagram's address once more as it counts them; an IPv4 address is 16 bytes.
+struct Dests<S> {
+    headers: MultiHeaders<S>,
+    addrs: Vec<Option<S>>,
+}
+
+/// A socket address type [`Dests`] holds: made from a [`SocketAddr`] of its family.
+trait Dest: SockaddrLike + Copy {
+    fn of(addr: SocketAddr) -> Option<Self>;
+}
+
+impl Dest for SockaddrIn {
+    fn of(addr: SocketAddr) -> Option<Self> {
+        match addr {
+            SocketAddr::V4(v4) => Some(v4.into()),
+            SocketAddr::V6(_) => None,
+        }
+    }
+}
+
+impl Dest for SockaddrIn6 {
+    /// An IPv4 address as IPv4-mapped, as a dual-stack socket (bound to `::`) sends to it.
+    fn of(addr: SocketAddr) -> Option<Self> {
+        let v6 = match addr {
+            SocketAddr::V6(v6) => v6,
+            SocketAddr::V4(v4) => SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0),
+        };
+        Some(v6.into())
+    }
+}
+
+impl<S: Dest> Dests<S> {
+    fn new() -> Dests<S> {
+        Dests { headers: MultiHeaders::preallocate(BATCH, None), addrs: Vec::with_capacity(BATCH) }
+    }
+
+    /// Sends datagram `i` of `slices` to destination `i` with one `sendmmsg`; returns how many the kernel took.
+    /// An IPv6 destination of an IPv4 socket goes without an address, which the kernel refuses.
+    fn sendmmsg(
+        &mut self,
+        fd: RawFd,
+        slices: &[[IoSlice<'_>; 1]],
+        destinations: impl Iterator<Item = SocketAddr>,
+    ) -> nix::Result<usize> {
+        self.addrs.clear();
+        self.addrs.extend(destinations.map(S::of));
+        socket::sendmmsg(fd, &mut self.headers, slices, &*self.addrs, [], MsgFlags::MSG_DONTWAIT)
+            .map(|results| results.count())
     }
 }
 
@@ -556,6 +614,36 @@ mod tests {
         }
         assert_eq!(set.dropped(), 3, "the refused destination's datagrams, each counted");
         assert!(set.gso_active(), "one destination's error turned GSO off for every viewer");
+    }
+
+    #[test]
+    fn datagrams_go_one_by_one_from_either_family() {
+        let rx4 = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let rx6 = std::net::UdpSocket::bind("[::1]:0").unwrap();
+        for rx in [&rx4, &rx6] {
+            rx.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        }
+        let (to4, to6) = (rx4.local_addr().unwrap(), rx6.local_addr().unwrap());
+        // The IPv6 set's one socket is bound to `::` and reaches IPv4 peers too (as IPv4-mapped); the IPv4 one
+        // cannot send to an IPv6 address and drops those datagrams alone.
+        for (advertise, reaches6) in [(Ipv4Addr::LOCALHOST.into(), false), (Ipv6Addr::LOCALHOST.into(), true)] {
+            let mut set = UdpSet::bind(0, Some(advertise)).unwrap();
+            let source = set.candidates()[0];
+            // Destinations alternate: no two consecutive datagrams could go as one GSO message.
+            for i in 0..6u8 {
+                let destination = if i % 2 == 0 { to4 } else { to6 };
+                let contents = vec![i; 100 + usize::from(i)].into();
+                set.send(Transmit { proto: str0m::net::Protocol::Udp, source, destination, contents });
+            }
+            set.flush();
+            let mut buf = [0u8; 2000];
+            for i in (0..6u8).filter(|i| i % 2 == 0 || reaches6) {
+                let rx = if i % 2 == 0 { &rx4 } else { &rx6 };
+                let (n, _) = rx.recv_from(&mut buf).unwrap();
+                assert_eq!((n, buf[0]), (100 + usize::from(i), i), "datagram {i} from {advertise}");
+            }
+            assert_eq!(set.dropped(), if reaches6 { 0 } else { 3 }, "from {advertise}");
+        }
     }
 
     #[test]
