@@ -184,11 +184,19 @@ impl RingReader {
 
     /// The newest indexed video keyframe still in the ring.
     pub fn latest_keyframe(&self) -> Option<u64> {
-        self.keyframes().last().copied()
+        let (found, n) = self.indexed_keyframes();
+        n.checked_sub(1).map(|last| found[last])
     }
 
     /// Every indexed video keyframe still in the ring, oldest first.
     pub fn keyframes(&self) -> Vec<u64> {
+        let (found, n) = self.indexed_keyframes();
+        found[..n].to_vec()
+    }
+
+    /// The indexed keyframes still in the ring, oldest first: the first `n` of the array. Held in place, not
+    /// allocated: a fanout worker asks for the newest at each turn.
+    fn indexed_keyframes(&self) -> ([u64; GOP_INDEX_LEN], usize) {
         // SYNC POINT G: pairs with the writer's release store of GOP_COUNT after the entry.
         let count = self.map.word(GOP_COUNT_OFFSET).load(Ordering::Acquire);
         let first = count.saturating_sub(GOP_INDEX_LEN as u64);
@@ -203,14 +211,15 @@ impl RingReader {
         // While GOP_COUNT is `now`, the writer may be rewriting the entry of keyframe now - GOP_INDEX_SLOTS.
         let intact = now.saturating_add(1).saturating_sub(GOP_INDEX_SLOTS as u64).max(first);
         let head = self.head();
-        let mut out = Vec::with_capacity(GOP_INDEX_LEN);
+        let (mut found, mut n) = ([0u64; GOP_INDEX_LEN], 0);
         for i in intact..count {
             let pos = entries[(i - first) as usize];
-            if pos < head && out.last().is_none_or(|&last| pos > last) && self.is_readable(pos) {
-                out.push(pos);
+            if pos < head && (n == 0 || pos > found[n - 1]) && self.is_readable(pos) {
+                found[n] = pos;
+                n += 1;
             }
         }
-        out
+        (found, n)
     }
 
     /// Counts completed codec-table rewrites; compare with the last value seen to learn of a change cheaply.
