@@ -61,6 +61,9 @@ pub(crate) struct Egress {
     transport_first: u64,
     /// Send time and payload size of each packet numbered since str0m was last told.
     sends: Vec<(Instant, u16)>,
+    /// A packet of a track that had gone quiet was written since str0m was last told ([`ends_quiet`]): kept
+    /// here, beside what each packet writes, so that asking after a turn reads no track's state again.
+    ends_quiet: bool,
 }
 
 /// A track's part: its SSRC, its header extensions, and what was sent since str0m was last told.
@@ -180,6 +183,7 @@ pub(crate) fn write(
     if transport_seq.is_some() {
         egress.sends.push((now, payload.len() as u16));
     }
+    egress.ends_quiet |= track.quiet;
     let sent = &mut track.unnoted;
     sent.packets += 1;
     sent.payload_bytes += payload.len() as u64;
@@ -251,7 +255,7 @@ impl Egress {
             SrtpAeadKey::Aes256Gcm { key, salt } => (UnboundKey::new(&AES_256_GCM, key), *salt),
         };
         let key = LessSafeKey::new(key.expect("an SRTP session key has the cipher's length"));
-        Egress { key, salt, source, path: None, transport_first: 0, sends: Vec::new() }
+        Egress { key, salt, source, path: None, transport_first: 0, sends: Vec::new(), ends_quiet: false }
     }
 
     /// True when enough packets were numbered for transport-wide feedback that str0m should be told now.
@@ -286,11 +290,13 @@ pub(crate) fn sync(rtc: &mut Rtc, viewer: &mut Viewer, now: Instant, point: Sync
 
 /// Hands what was sent to each track since the last call over to str0m.
 pub(crate) fn note_sent(rtc: &mut Rtc, viewer: &mut Viewer, now: Instant) {
-    if let Some(egress) = viewer.egress.as_mut().filter(|e| !e.sends.is_empty()) {
-        let mut api = rtc.direct_api();
-        api.note_sent_transport(egress.transport_first, &egress.sends);
-        egress.transport_first += egress.sends.len() as u64;
-        egress.sends.clear();
+    if let Some(egress) = viewer.egress.as_mut() {
+        egress.ends_quiet = false;
+        if !egress.sends.is_empty() {
+            rtc.direct_api().note_sent_transport(egress.transport_first, &egress.sends);
+            egress.transport_first += egress.sends.len() as u64;
+            egress.sends.clear();
+        }
     }
     for track in [viewer.audio.as_mut(), viewer.video.as_mut()].into_iter().flatten() {
         let Some(egress) = track.egress.as_mut().filter(|e| e.unnoted.packets > 0) else { continue };
@@ -313,11 +319,7 @@ pub(crate) fn renumber(rtc: &mut Rtc, viewer: &mut Viewer) {
 
 /// True if a track sent its first packets after a quiet spell: str0m owes the viewer a sender report once told.
 pub(crate) fn ends_quiet(viewer: &Viewer) -> bool {
-    [viewer.audio.as_ref(), viewer.video.as_ref()]
-        .into_iter()
-        .flatten()
-        .filter_map(|t| t.egress.as_ref())
-        .any(|e| e.quiet && e.unnoted.packets > 0)
+    viewer.egress.as_ref().is_some_and(|e| e.ends_quiet)
 }
 
 /// A track's part, if its packets can be written here (see the module's doc).
