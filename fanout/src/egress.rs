@@ -291,7 +291,7 @@ pub(crate) fn sync(rtc: &mut Rtc, viewer: &mut Viewer, now: Instant, point: Sync
 /// Hands what was sent to each track since the last call over to str0m.
 pub(crate) fn note_sent(rtc: &mut Rtc, viewer: &mut Viewer, now: Instant) {
     if let Some(egress) = viewer.egress.as_mut() {
-        egress.ends_quiet = false;
+        viewer.may_owe_report |= std::mem::take(&mut egress.ends_quiet);
         if !egress.sends.is_empty() {
             rtc.direct_api().note_sent_transport(egress.transport_first, &egress.sends);
             egress.transport_first += egress.sends.len() as u64;

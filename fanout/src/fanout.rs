@@ -338,6 +338,7 @@ impl Fanout {
             layer: LayerChoice::default(),
             pts: PtMap::new(negotiated),
             egress: None,
+            may_owe_report: false,
             estimated: estimation,
         };
         // The answer made the send streams; find them by the media sections of the offer.

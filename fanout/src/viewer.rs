@@ -171,6 +171,9 @@ pub struct Viewer {
     pub(crate) pts: PtMap,
     /// The session's keys and path for packets written past str0m ([`egress`]).
     pub(crate) egress: Option<Egress>,
+    /// str0m may have made a sender report due since [`owes_report`] last asked: a packet went out through its
+    /// own send path (`send_rtp_now`, a resend), or packets that ended a quiet spell were counted into it.
+    pub(crate) may_owe_report: bool,
     /// It gets a bandwidth estimate (transport-cc), as [`crate::fanout::Fanout::with_estimation`] says for its
     /// room when it joined.
     pub(crate) estimated: bool,
@@ -281,7 +284,9 @@ pub(crate) fn deliver(
             _ => {
                 let write =
                     rtp_write(pt, spliced.seq, spliced.timestamp, at, meta, &rewritten(&packet.payload, &rewrite));
-                rtc.direct_api().send_rtp_now(track.mid, None, write, at.now, buf)
+                let path = rtc.direct_api().send_rtp_now(track.mid, None, write, at.now, buf);
+                viewer.may_owe_report |= path.is_some();
+                path
             }
         };
         sent = path.is_some();
@@ -300,12 +305,14 @@ pub(crate) fn deliver(
 /// True if packets just sent to a viewer made a sender report due: the first of a track after a pause (its
 /// streams send no reports while they send nothing; see [`crate::fanout`]). The session must then be polled,
 /// which [`deliver`], sending without a poll, does not do. Packets written past str0m are counted into it
-/// first if they end a pause.
+/// first if they end a pause. Asked after every turn that sent the viewer something, it reads str0m's answer
+/// (a cache line of the session no packet touches) only when something since the last ask may have changed it
+/// ([`Viewer::may_owe_report`]); a report that was due before had its poll asked for then.
 pub(crate) fn owes_report(session: &mut Session<Viewer>, now: Instant) -> bool {
     if egress::ends_quiet(&session.app) {
         egress::note_sent(&mut session.rtc, &mut session.app, now);
     }
-    session.rtc.direct_api().sender_report_due()
+    std::mem::take(&mut session.app.may_owe_report) && session.rtc.direct_api().sender_report_due()
 }
 
 /// Resends what a viewer's video track sent as `seq`, as `packet` (read again from the ring at the position it
@@ -340,6 +347,7 @@ pub(crate) fn resend(
     out.write(&mut |buf| {
         let path = rtc.direct_api().send_resend_now(mid, None, sent.seq.into(), write.take()?, at.now, buf);
         resent = path.is_some();
+        viewer.may_owe_report |= resent;
         path
     });
     egress::renumber(rtc, viewer);
