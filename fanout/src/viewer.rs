@@ -33,6 +33,18 @@ pub(crate) struct Track {
     pub(crate) sent: Option<Box<SentLog>>,
     /// What its packets are written with past str0m, once the session has keys ([`egress`]).
     pub(crate) egress: Option<TrackEgress>,
+    /// The viewer's payload type of the ring payload type it was last asked for ([`Track::pt`]).
+    pt: PtMemo,
+}
+
+/// A track's last answer from the viewer's [`PtMap`]: the ring payload type and codec table version asked for,
+/// and the viewer's payload type for them. A track's packets are mostly of one codec, so a packet finds its
+/// payload type beside the rest of its track's state rather than in another part of the viewer.
+#[derive(Clone, Copy)]
+struct PtMemo {
+    version: u64,
+    ring_pt: u8,
+    pt: Option<Pt>,
 }
 
 impl Track {
@@ -44,7 +56,18 @@ impl Track {
             pictures: PictureNumbers::default(),
             sent: None,
             egress: None,
+            pt: PtMemo { version: u64::MAX, ring_pt: 0, pt: None },
         }
+    }
+
+    /// The viewer's payload type (from `pts`) for ring payload type `ring_pt` of `table`, if it negotiated that
+    /// codec; asked again of `pts` only when the payload type or the table's version changed since the last call.
+    pub(crate) fn pt(&mut self, pts: &mut PtMap, table: &CodecTable, ring_pt: u8) -> Option<Pt> {
+        let memo = &mut self.pt;
+        if memo.version != table.version || memo.ring_pt != ring_pt {
+            *memo = PtMemo { version: table.version, ring_pt, pt: pts.get(table, ring_pt) };
+        }
+        memo.pt
     }
 }
 
@@ -124,7 +147,8 @@ pub(crate) struct VideoChoice {
 /// Ring payload types a viewer's [`PtMap`] remembers: more than a room's codecs and its slate's.
 const PT_SLOTS: usize = 8;
 
-/// A viewer's payload type for each of a codec table's: which of the room's codecs it negotiated, as what.
+/// A viewer's payload type for each of a codec table's: which of the room's codecs it negotiated, as what. A
+/// packet asks its track ([`Track::pt`]), which asks here only when its codec or the table changed.
 pub(crate) struct PtMap {
     pub(crate) negotiated: CodecConfig,
     /// Ring payload type to the viewer's, for the first [`PT_SLOTS`] looked up: a room has a handful of codecs,
@@ -235,7 +259,12 @@ pub(crate) fn deliver(
     if !viewer.connected || (pace == Pace::Live && replaying) {
         return false;
     }
-    let Some(pt) = viewer.pts.get(codecs, meta.pt) else { return false };
+    let track = match meta.kind {
+        MediaKind::Video => viewer.video.as_mut(),
+        MediaKind::Audio => viewer.audio.as_mut(),
+    };
+    let Some(track) = track else { return false };
+    let Some(pt) = track.pt(&mut viewer.pts, codecs, meta.pt) else { return false };
     if meta.kind == MediaKind::Video {
         let current = viewer.video_choice.filter(|c| c.source == meta.source);
         match current {
@@ -246,11 +275,6 @@ pub(crate) fn deliver(
             None => return false,
         }
     }
-    let track = match meta.kind {
-        MediaKind::Video => viewer.video.as_mut(),
-        MediaKind::Audio => viewer.audio.as_mut(),
-    };
-    let Some(track) = track else { return false };
     let (first_seq, first_ts) = track.first;
     // The clock rate is looked up once, at the track's first packet, not for every packet.
     let splicer = track.splicer.get_or_insert_with(|| {
@@ -452,7 +476,10 @@ mod tests {
     use shm_proto::ring::{Codec, CodecEntry, MediaKind};
     use str0m::format::CodecConfig;
 
-    use super::{LinkEstimate, PtMap, PT_SLOTS};
+    use deadsfu_media::env::Random;
+    use str0m::media::Mid;
+
+    use super::{LinkEstimate, PtMap, Track, PT_SLOTS};
     use crate::feed::CodecTable;
 
     #[test]
@@ -478,6 +505,26 @@ mod tests {
         let table = CodecTable { entries: vec![CodecEntry { pt: 111, ..vp8 }], version: 2 };
         assert_eq!(map.get(&table, 111).map(|p| *p), Some(120));
         assert_eq!(map.get(&table, 96), None);
+    }
+
+    #[test]
+    fn a_track_asks_for_its_payload_type_anew_when_the_codec_or_the_table_changes() {
+        let vp8 = CodecEntry::new(96, MediaKind::Video, Codec::Vp8, 90_000, 0, "");
+        let vp9 = CodecEntry::new(98, MediaKind::Video, Codec::Vp9, 90_000, 0, "profile-id=0");
+        // The viewer offered VP8 as 120, not VP9.
+        let offered = [CodecEntry { pt: 120, ..vp8.clone() }];
+        let mut pts = PtMap::new(CodecConfig::new_from_payload_params(offered.iter().map(codec::params).collect()));
+        let mut track = Track::new(Mid::from("1"), &mut Random::Seeded(7));
+        let table = CodecTable { entries: vec![vp8.clone(), vp9.clone()], version: 1 };
+        assert_eq!(track.pt(&mut pts, &table, 96).map(|p| *p), Some(120));
+        assert_eq!(track.pt(&mut pts, &table, 98).map(|p| *p), None, "VP9 was not negotiated");
+        assert_eq!(track.pt(&mut pts, &table, 96).map(|p| *p), Some(120));
+        // The same ring payload type in a new table: VP9 now.
+        let table = CodecTable { entries: vec![CodecEntry { pt: 96, ..vp9 }], version: 2 };
+        assert_eq!(track.pt(&mut pts, &table, 96).map(|p| *p), None);
+        // And VP8 again.
+        let table = CodecTable { entries: vec![vp8], version: 3 };
+        assert_eq!(track.pt(&mut pts, &table, 96).map(|p| *p), Some(120));
     }
 
     #[test]
