@@ -329,7 +329,7 @@ pub(crate) fn deliver(
 /// True if packets just sent to a viewer made a sender report due: the first of a track after a pause (its
 /// streams send no reports while they send nothing; see [`crate::fanout`]). The session must then be polled,
 /// which [`deliver`], sending without a poll, does not do. Packets written past str0m are counted into it
-/// first if they end a pause. Asked after every turn that sent the viewer something, it reads str0m's answer
+/// first if they end a pause. Asked of every viewer of a room after each of its turns, it reads str0m's answer
 /// (a cache line of the session no packet touches) only when something since the last ask may have changed it
 /// ([`Viewer::may_owe_report`]); a report that was due before had its poll asked for then.
 pub(crate) fn owes_report(session: &mut Session<Viewer>, now: Instant) -> bool {
