@@ -130,3 +130,46 @@ def test_bench_cpu_limit_pacing_and_fixture_smoke(tmp_path):
         # than the window on each core (a figure off by the unit, ns or µs, would be far beyond).
         assert 0 <= w["fanout_throttled_s"] <= r["workers"] * os.cpu_count() * w["wall_s"], w
     assert not list(CGROUP_CPU.glob("deadsfu-bench-*")), "the bench removed its cgroups"
+
+
+def load_bench():
+    """`scripts/bench` as a module (it has no .py suffix), for its report's pure functions."""
+    import importlib.machinery
+    import importlib.util
+
+    loader = importlib.machinery.SourceFileLoader("bench", str(REPO_ROOT / "scripts" / "bench"))
+    spec = importlib.util.spec_from_loader("bench", loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def test_rounds_summary_gives_medians_over_the_rounds_and_the_worst_p99():
+    bench_module = load_bench()
+
+    def run(viewers, ratio, p50, floor_p50, p99, floor_p99):
+        return {
+            "workers": 1, "viewers": viewers, "ratio_fanout_floor": ratio,
+            "floor_us_per_packet": {"mean": 4.0},
+            "floor": {"latency_us": {"p50": floor_p50, "p99": floor_p99}},
+            "window": {"fanout_us_per_packet": 4.0 * ratio, "latency_us": {"p50": p50, "p99": p99}},
+            "idle": {"fanout_core_percent": 1.0},
+        }
+
+    results = [
+        run(200, 1.2, 600, 700, 1500, 4000),
+        run(200, 1.5, 1900, 700, 5000, 4000),  # a slow round: its p99 is the worst, 1 ms over the floor's
+        run(200, 1.1, 800, 700, 1200, 4000),
+        run(1000, 1.3, 2500, 2000, 9000, 20000),
+    ]
+    text, summary = bench_module.rounds_summary(results)
+    at200, at1000 = summary["by_count"]
+    assert at200["ratio_fanout_floor"] == pytest.approx(1.2)
+    # p50 over the floor's: -0.1, 1.2 and 0.1 ms; their median.
+    assert at200["latency_p50_over_floor_ms"] == pytest.approx(0.1)
+    assert at200["latency_p99_over_floor_ms_worst"] == pytest.approx(1.0)
+    assert at1000["latency_p50_over_floor_ms"] == pytest.approx(0.5)
+    assert at1000["latency_p99_over_floor_ms_worst"] == pytest.approx(-11.0)
+    assert summary["flatness"][1]["spread"] == pytest.approx(1.3 / 1.2 - 1)
+    assert "| 1 | 200 | 3 of 3 | 4.80 | 4.00 | 1.20 (1.20, 1.50, 1.10) | 0.10 (-0.10, 1.20, 0.10) | 1.00 | 1.00 |" \
+        in text, text
