@@ -565,7 +565,7 @@ impl Fanout {
         let at = Moment { now, ns: now.duration_since(*t0).as_nanos() as u64 };
         for &seq in seqs {
             let log = session.app.video.as_ref().and_then(|t| t.sent.as_ref());
-            let Some(sent) = log.and_then(|l| l.get(*seq)) else { continue };
+            let Some(sent) = log.and_then(|l| l.get(*seq, feed.cursor.position())) else { continue };
             if u128::from(sent.age_ms(at)) > RESEND_AGE.as_millis() {
                 continue;
             }
