@@ -25,6 +25,12 @@ const WINDOW: Duration = Duration::from_millis(500);
 /// keyframe, which counts whole in it: each time a viewer moved to a layer and asked for its keyframe, the layer
 /// looked that much dearer for a moment, and a viewer whose estimate carried it could be moved off it.
 const LISTED_WINDOWS: usize = 8;
+/// ... or the median of this many of its last windows, if more: a layer that ramps up (a browser starts its top
+/// layer low and raises it over seconds) or resumes after a pause (a browser short of CPU or uplink pauses its
+/// top layer) is listed at what it sends now within two windows, not at a mean the slower or silent seconds pull
+/// down, at which a narrow viewer's estimate would take it for one its link carries. The median leaves a
+/// keyframe's window out as the mean spreads it.
+const RECENT_WINDOWS: usize = 3;
 /// A layer sending this many times the bytes of the carried one is moved to.
 pub const UPGRADE_FACTOR: f64 = 1.5;
 /// A carried layer this long without a packet is moved off.
@@ -82,10 +88,21 @@ impl Stream {
         (self.windows > 0).then(|| self.recent[(self.windows - 1) % LISTED_WINDOWS])
     }
 
-    /// Bytes a second over its last [`LISTED_WINDOWS`] windows (fewer at first), if a window has ended.
+    /// Bytes a second over its last [`LISTED_WINDOWS`] windows (fewer at first), or the median of its last
+    /// [`RECENT_WINDOWS`] if more, if a window has ended.
     fn listed_rate(&self) -> Option<f64> {
         let n = self.windows.min(LISTED_WINDOWS);
-        (n > 0).then(|| self.recent[..n].iter().sum::<f64>() / n as f64)
+        if n == 0 {
+            return None;
+        }
+        let mean = self.recent[..n].iter().sum::<f64>() / n as f64;
+        if n < RECENT_WINDOWS {
+            return Some(mean);
+        }
+        let mut last: [f64; RECENT_WINDOWS] =
+            std::array::from_fn(|k| self.recent[(self.windows - 1 - k) % LISTED_WINDOWS]);
+        last.sort_by(f64::total_cmp);
+        Some(mean.max(last[RECENT_WINDOWS / 2]))
     }
 }
 
@@ -282,6 +299,34 @@ mod tests {
             assert!(listed(&layers, t) < steady * 1.15, "listed {} while a window says {window}", listed(&layers, t));
         }
         assert!(dearest_window > steady * 1.5, "the keyframe's window itself is dearer: {dearest_window}");
+    }
+
+    #[test]
+    fn a_layer_that_ramps_up_or_resumes_after_a_pause_is_listed_at_what_it_sends_now_within_two_windows() {
+        let mut layers = Layers::default();
+        let (mut t, ssrc) = (Instant::now(), Ssrc::from(7));
+        let listed = |layers: &Layers, t| layers.status(t)[0].bitrate_bps as f64;
+        let send = |layers: &mut Layers, frames: usize, bytes: usize, t: &mut Instant| {
+            for _ in 0..frames {
+                layers.on_video(ssrc, Some(Rid::from("h")), bytes, false, *t);
+                *t += 33 * MS;
+            }
+        };
+        // 1 KB frames for 4 s (~0.24 Mbit/s), then 3 KB (~0.73 Mbit/s): the mean of 4 s says half of that for
+        // seconds; within a second and a half of the ramp (two whole windows) the layer is listed at its new rate.
+        send(&mut layers, 120, 1000, &mut t);
+        send(&mut layers, 46, 3000, &mut t);
+        let now_rate = 3000.0 * 8.0 * 30.3;
+        assert!(listed(&layers, t) > now_rate * 0.9, "ramped: listed {} of {now_rate}", listed(&layers, t));
+        // 3 KB frames for 4 s, a pause of 2 s, and 3 KB frames again: within two windows of resuming it is listed at
+        // its rate, not at a mean with the pause in it.
+        send(&mut layers, 120, 3000, &mut t);
+        t += 2 * SILENT_AFTER;
+        send(&mut layers, 46, 3000, &mut t);
+        assert!(listed(&layers, t) > now_rate * 0.9, "resumed: listed {} of {now_rate}", listed(&layers, t));
+        // The mean still counts when it is the higher: a layer that comes down is listed high a while.
+        send(&mut layers, 31, 1000, &mut t);
+        assert!(listed(&layers, t) > 1000.0 * 8.0 * 30.3 * 1.5, "came down: listed {}", listed(&layers, t));
     }
 
     #[test]
