@@ -496,8 +496,10 @@ impl Fanout {
                 // A layer's ring comes a moment after it was first wanted: until then the viewer stays, and its choice
                 // is as it was (`LayerChoice::moved` is for a move made).
                 if to != *name && paths::ring(runtime_dir, &to).exists() {
+                    let table: Vec<String> =
+                        feed.layers.iter().map(|l| format!("{}:{}", l.rid, l.bitrate_bps / 1000)).collect();
                     tracing::debug!(session = %s.app.id, from = %name, %to, link = ?s.app.estimate.link(),
-                        reported, lost, "viewer moved to the layer its link carries");
+                        reported, lost, kbit_s = ?table, "viewer moved to the layer its link carries");
                     moves.push((key, to));
                 }
             }

@@ -40,7 +40,8 @@ test("the viewer page on an edge plays the origin's room, and says why when the 
     const viewer = await openPage(browser.context, "edge viewer", pageLog);
     await viewer.goto(`${edge.base}/?room=edgeroom`);
     await until("the edge viewer to play live", async () => (await stateText(viewer)) === "live", { timeout: 15_000 });
-    const v0 = await inboundVideo(viewer);
+    // "live" can come a moment before the page's connection has video stats to read.
+    const v0 = await until("the edge viewer's video stats", async () => (await inboundVideo(viewer)) || false, { timeout: 5_000 });
     await new Promise((r) => setTimeout(r, 1000));
     const v1 = await inboundVideo(viewer);
     assert.ok(v1 && v0 && v1.framesDecoded > v0.framesDecoded, `frames advance at the edge: ${JSON.stringify([v0, v1])}`);

@@ -90,7 +90,8 @@ test("with estimation, a viewer behind 600 kbit/s gets a lower layer, loses next
   failures++;
   net = new NetNs("layers").create();
   // The media processes bind the addresses present when they start: the veth first.
-  sfu = new Sfu({ workers: 1, name: "deadsfu-layers", httpHost: net.hostAddr });
+  // The worker's layer moves (with the estimate and the layer table they were decided on) in its output.
+  sfu = new Sfu({ workers: 1, name: "deadsfu-layers", httpHost: net.hostAddr, args: ["--log", "info,deadsfu_fanout=debug"] });
   await sfu.start();
   const secure = [`--unsafely-treat-insecure-origin-as-secure=${sfu.base}`];
   const root = await launchBrowser("layers", { extraArgs: secure });
@@ -140,10 +141,12 @@ test("with estimation, a viewer behind 600 kbit/s gets a lower layer, loses next
   for (let end = Date.now() + 10_000; Date.now() < end;) {
     await new Promise((r) => setTimeout(r, Math.min(500, end - Date.now())));
     const p = await playing(narrow);
+    const table = (await (await fetch(`${sfu.base}/rooms`)).json()).rooms.find((r) => r.name === ROOM)?.layers || [];
     trace.push(`${((p.t - before.t) / 1000).toFixed(1)}s ${p.w}x${p.h} ${p.framesDecoded - before.framesDecoded}f ` +
       `${p.packetsReceived - before.packetsReceived}p ${p.packetsLost - before.packetsLost}l ${net.shapeDrops() - dropsBefore}d ` +
       `${p.keyFramesDecoded - before.keyFramesDecoded}k ${p.pliCount - before.pliCount}pli ${p.nackCount - before.nackCount}nack ` +
-      `${p.framesReceived - before.framesReceived}fr ${p.framesDropped - before.framesDropped}fd`);
+      `${p.framesReceived - before.framesReceived}fr ${p.framesDropped - before.framesDropped}fd ` +
+      `(${table.map((l) => `${l.rid} ${Math.round(l.bitrate_kbps)}`).join(" ")})`);
   }
   console.log(`settled, every half second: ${trace.join(", ")}`);
   const [later, dropsLater, sentLater] = [await playing(narrow), net.shapeDrops(), await framesSent(pub)];
