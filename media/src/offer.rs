@@ -43,7 +43,9 @@ pub fn accept(
     }
     check_sections(offer)?;
     let offer = SdpOffer::from_sdp_string(offer).map_err(|e| OfferError::Malformed(e.to_string()))?;
-    let config = Rtc::builder().set_rtp_mode(true).set_ice_lite(true);
+    // The session host gives every session each timeout `poll_output` returns (`SessionHost::poll`):
+    // a peer's RTCP, most of what a connected viewer sends, need not run all the session's timers too.
+    let config = Rtc::builder().set_rtp_mode(true).set_ice_lite(true).set_timers_after_rtcp(false);
     let mut config = tune(config);
     if config.dtls_cert().is_none() {
         if let Some(cert) = process_dtls_cert(&config, now) {

@@ -59,6 +59,9 @@ pub struct RtcConfig {
     pub(crate) vp9_packetizer_mode: Vp9PacketizerMode,
     pub(crate) snap_enabled: bool,
     pub(crate) mtu: RangeInclusive<usize>,
+    /// Whether an SRTCP packet received also runs the timers (deadsfu patch, see
+    /// `RtcConfig::set_timers_after_rtcp`).
+    pub(crate) timers_after_rtcp: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -487,6 +490,24 @@ impl RtcConfig {
             }
         }
 
+        self
+    }
+
+    /// Whether an SRTCP packet given to [`crate::Rtc::handle_input`] also runs the timers of the
+    /// session (deadsfu patch). By default every datagram received is followed by the whole timeout
+    /// pass (ICE, SCTP, the channels, every stream's reports and NACKs, the estimate), as if
+    /// `Input::Timeout` at the datagram's time had been given too. Off, an SRTCP packet costs its
+    /// own handling only, and the pass runs when it is due: at once if the last timeout
+    /// [`crate::Rtc::poll_output`] gave has come, else when the application gives that timeout.
+    /// Nothing the packet carries waits on the pass: a NACK's resends, a keyframe request and a
+    /// report's figures are taken as it is read, and what they make is output at the next
+    /// `poll_output`. STUN, DTLS and SRTP are followed by the pass either way, and so is SRTCP
+    /// while the bandwidth estimate is on (it reads transport-wide feedback in the pass).
+    ///
+    /// For an application that gives `Input::Timeout` at each timeout `poll_output` returns, as
+    /// str0m asks: it then only saves the pass a received report would have run early.
+    pub fn set_timers_after_rtcp(mut self, on: bool) -> Self {
+        self.timers_after_rtcp = on;
         self
     }
 
@@ -963,6 +984,7 @@ impl Default for RtcConfig {
             vp9_packetizer_mode: Vp9PacketizerMode::default(),
             snap_enabled: false,
             mtu: DATAGRAM_MTU_TARGET..=DATAGRAM_MTU_WARN,
+            timers_after_rtcp: true,
         }
     }
 }

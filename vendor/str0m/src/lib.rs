@@ -944,6 +944,9 @@ pub struct Rtc {
     // Last timeout returned by `poll_output`, reused while the readiness says
     // the timeout is still valid.
     cached_timeout: Instant,
+    // Whether an SRTCP packet received runs the timers at once (deadsfu patch,
+    // `RtcConfig::set_timers_after_rtcp`; always with the bandwidth estimate on).
+    timers_after_rtcp: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -1322,6 +1325,7 @@ impl Rtc {
             close_dtls_started: false,
             readiness: Readiness::armed(),
             cached_timeout: start,
+            timers_after_rtcp: config.timers_after_rtcp || config.bwe_config.is_some(),
         })
     }
 
@@ -2058,8 +2062,13 @@ impl Rtc {
         match input {
             Input::Timeout(now) => self.do_handle_timeout(now)?,
             Input::Receive(recv_time, r) => {
+                let rtcp = matches!(r.contents.inner, DatagramRecvInner::Rtcp(_));
                 self.do_handle_receive(recv_time, r)?;
-                self.do_handle_timeout(recv_time)?;
+                // deadsfu patch: an SRTCP packet leaves the timers to their timeout unless asked
+                // (`RtcConfig::set_timers_after_rtcp`) or due.
+                if !rtcp || self.timers_after_rtcp || recv_time >= self.cached_timeout {
+                    self.do_handle_timeout(recv_time)?;
+                }
             }
         }
         Ok(())
@@ -2381,6 +2390,39 @@ mod test {
     fn rtc_is_unwind_safe() {
         fn is_unwind_safe<T: UnwindSafe>(_t: T) {}
         is_unwind_safe(Rtc::new(Instant::now()));
+    }
+
+    #[test]
+    fn rtcp_leaves_the_timers_to_their_timeout_when_asked() {
+        // deadsfu patch (`RtcConfig::set_timers_after_rtcp`). An RTCP receiver report, which a
+        // session without SRTP keys drops: the timeout pass after it is what is looked at.
+        let rr = [0x80, 201, 0, 1, 0, 0, 0, 1];
+        let source = "127.0.0.1:5000".parse().unwrap();
+        let destination = "127.0.0.1:6000".parse().unwrap();
+        let receive = |rtc: &mut Rtc, at: Instant| {
+            let r = net::Receive::new(net::Protocol::Udp, source, destination, &rr).unwrap();
+            rtc.handle_input(Input::Receive(at, r)).unwrap();
+        };
+        let start = Instant::now();
+        for timers_after_rtcp in [true, false] {
+            let mut rtc = Rtc::builder()
+                .set_ice_lite(true)
+                .set_timers_after_rtcp(timers_after_rtcp)
+                .build(start);
+            rtc.handle_input(Input::Timeout(start)).unwrap();
+            let timeout = loop {
+                if let Output::Timeout(t) = rtc.poll_output().unwrap() {
+                    break t;
+                }
+            };
+            let early = start + Duration::from_millis(1);
+            assert!(timeout > early, "timeout {:?} after the start", timeout - start);
+            receive(&mut rtc, early);
+            assert_eq!(rtc.last_now == early, timers_after_rtcp, "the pass ran before its timeout");
+            // Once the timeout has come, an RTCP packet runs the pass, as the timeout would.
+            receive(&mut rtc, timeout);
+            assert_eq!(rtc.last_now, timeout, "the pass ran at its timeout");
+        }
     }
 
     #[test]
