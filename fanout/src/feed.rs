@@ -19,6 +19,7 @@ use shm_proto::ring::{CodecEntry, LayerEntry, MediaKind, ReadOutcome, RingCursor
 use shm_proto::{paths, RoomName};
 use str0m::bwe::Bitrate;
 
+use crate::prefetch::prefetch;
 use crate::splice::Pace;
 use crate::viewer::{deliver, owes_report, Replay, RingPacket, Viewer};
 
@@ -595,7 +596,11 @@ impl RoomFeed {
             turn.push(RingPacket::new(pos, meta, payload, &self.codecs));
         }
         if !turn.is_empty() {
-            for &key in &self.viewers {
+            for (k, &key) in self.viewers.iter().enumerate() {
+                // The next viewer's state comes into the cache while this one's packets are sealed and sent.
+                if let Some(next) = self.viewers.get(k + 1).and_then(|&next| host.get(next)) {
+                    prefetch(&next.app);
+                }
                 let Some(session) = host.get_mut(key) else { continue };
                 for packet in &turn {
                     if deliver(session, &self.codecs, packet, at, Pace::Live, out) {

@@ -12,12 +12,14 @@
 //! [`fanout::run`]; the modules are public so tests (`deadsfu_tests::sim`) and fuzz targets drive the core
 //! without a process.
 
-#![forbid(unsafe_code)]
+// Denied, not forbidden: `prefetch` allows it for one CPU hint.
+#![deny(unsafe_code)]
 
 mod egress;
 pub mod fanout;
 mod feed;
 mod layers;
+mod prefetch;
 pub mod splice;
 mod viewer;
 
