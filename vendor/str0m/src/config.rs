@@ -502,7 +502,8 @@ impl RtcConfig {
     /// Nothing the packet carries waits on the pass: a NACK's resends, a keyframe request and a
     /// report's figures are taken as it is read, and what they make is output at the next
     /// `poll_output`. STUN, DTLS and SRTP are followed by the pass either way, and so is SRTCP
-    /// while the bandwidth estimate is on (it reads transport-wide feedback in the pass).
+    /// while the bandwidth estimate is on (what it reads from transport-wide feedback reaches the
+    /// application through the pass).
     ///
     /// For an application that gives `Input::Timeout` at each timeout `poll_output` returns, as
     /// str0m asks: it then only saves the pass a received report would have run early.
