@@ -2,10 +2,14 @@
 //! fanout workers with.
 //!
 //! It takes real packets of a stream (the newest ones in a room's ring, or a synthetic 1.5 Mbit/s mix when no
-//! ring is given) and, for N viewers, copies each packet, rewrites its sequence number and SSRC, seals it with
-//! AES-128-GCM under that viewer's own key (RFC 7714 nonce and AAD; ring's AES-GCM, as the workers seal), and
-//! sends it with `sendmmsg` in batches of 64 to N UDP sockets on 127.0.0.1, from a socket set up as the workers'
-//! are (`IP_PMTUDISC_PROBE`). A
+//! ring is given), cut to whole GOPs (from a keyframe to the start of the last one) so that a loop of them has
+//! the stream's own share of keyframes. A capture that begins at the stream's start leaves out its first GOP where
+//! a later one is whole: a publisher's first keyframe leaves it unpaced (the bench's: 17 packets within 0.8 ms,
+//! where its later keyframes are paced over 33-35 ms), and a floor that looped it read a p99 latency 2-8x that
+//! of a capture later in the same stream. Then, for N viewers, it copies each packet, rewrites its sequence
+//! number and SSRC, seals it with AES-128-GCM under that viewer's own key (RFC 7714 nonce and AAD; ring's AES-GCM,
+//! as the workers seal), and sends it with `sendmmsg` in batches of 64 to N UDP sockets on 127.0.0.1, from a
+//! socket set up as the workers' are (`IP_PMTUDISC_PROBE`). A
 //! helper thread drains the sockets (its CPU is reported apart) every millisecond, sleeping in between as
 //! `deadsfu-load` reads its own, so that no datagram wakes it: on loopback the sender would pay for each
 //! wake-up, which a sender to hosts elsewhere does not. The sender's CPU comes from `getrusage(RUSAGE_THREAD)`,
@@ -48,12 +52,15 @@ const STAMPED_EVERY: usize = 20;
 /// How often the drain reads the sockets, as `deadsfu-load` does (its `RECV_TICK`).
 const RECV_TICK: Duration = Duration::from_millis(1);
 
+#[derive(Clone)]
 struct Packet {
     /// Offset from the first packet of the capture.
     at: Duration,
     pt: u8,
     marker: bool,
     timestamp: u32,
+    /// The first packet of a keyframe.
+    keyframe: bool,
     payload: Vec<u8>,
 }
 
@@ -80,7 +87,8 @@ fn thread_cpu_split() -> (Duration, Duration) {
     (tv(ru.ru_utime), tv(ru.ru_stime))
 }
 
-fn capture_from_ring(path: &std::path::Path, want: usize) -> Result<Vec<Packet>, String> {
+/// The newest `want` packets of the ring (at most half of it), and whether they begin with the stream's first.
+fn capture_from_ring(path: &std::path::Path, want: usize) -> Result<(Vec<Packet>, bool), String> {
     let reader = RingReader::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let head = reader.head();
     let slots = reader.geometry().slot_count as u64;
@@ -100,13 +108,52 @@ fn capture_from_ring(path: &std::path::Path, want: usize) -> Result<Vec<Packet>,
             pt: meta.pt,
             marker: meta.marker,
             timestamp: meta.timestamp,
+            keyframe: meta.keyframe,
             payload: buf[..len].to_vec(),
         });
     }
     if out.len() < 2 {
         return Err(format!("{}: fewer than 2 packets in the ring", path.display()));
     }
-    Ok(out)
+    Ok((out, start == 0))
+}
+
+/// A capture as the floor loops it.
+struct Looped {
+    packets: Vec<Packet>,
+    /// From the first packet of one lap to the first of the next.
+    period: Duration,
+    /// Whole GOPs in a lap; 0 where the capture held too few keyframes and is looped whole.
+    gops: usize,
+    /// The capture's first GOP was left out (it began at the stream's start).
+    skipped_first: bool,
+}
+
+/// `capture` from a keyframe to the start of its last, looped at the distance between the two: each lap has
+/// keyframes as often as the stream has them. From its first keyframe, or from its second where it holds the
+/// stream's start (`at_stream_start`) and at least three. With fewer than two keyframes, the whole capture, looped
+/// at its span plus one mean gap between its packets.
+fn whole_gops(mut capture: Vec<Packet>, at_stream_start: bool) -> Looped {
+    let mut starts: Vec<usize> = capture.iter().enumerate().filter(|(_, p)| p.keyframe).map(|(i, _)| i).collect();
+    let skipped_first = at_stream_start && starts.len() >= 3;
+    if skipped_first {
+        starts.remove(0);
+    }
+    let (&first, &last) = match (starts.first(), starts.last()) {
+        (Some(first), Some(last)) if first < last => (first, last),
+        _ => {
+            let span = capture.last().map(|p| p.at).unwrap_or_default();
+            let period = span + span / capture.len().max(1) as u32;
+            return Looped { packets: capture, period, gops: 0, skipped_first: false };
+        }
+    };
+    let (base, end) = (capture[first].at, capture[last].at);
+    capture.truncate(last);
+    capture.drain(..first);
+    for p in &mut capture {
+        p.at -= base;
+    }
+    Looped { packets: capture, period: end - base, gops: starts.len() - 1, skipped_first }
 }
 
 /// A 1.5 Mbit/s 30 fps video + 50 packets/s audio mix, one second of it, when no ring is given.
@@ -126,7 +173,14 @@ fn synthetic() -> Vec<Packet> {
     for f in 0..30u32 {
         let t = Duration::from_millis(f as u64 * 1000 / 30);
         for p in 0..5 {
-            out.push(Packet { at: t, pt: 102, marker: p == 4, timestamp: f * 3000, payload: rnd(1150) });
+            out.push(Packet {
+                at: t,
+                pt: 102,
+                marker: p == 4,
+                timestamp: f * 3000,
+                keyframe: false,
+                payload: rnd(1150),
+            });
         }
     }
     for a in 0..50u32 {
@@ -135,6 +189,7 @@ fn synthetic() -> Vec<Packet> {
             pt: 111,
             marker: false,
             timestamp: a * 960,
+            keyframe: false,
             payload: rnd(80),
         });
     }
@@ -166,15 +221,11 @@ fn main() {
     }
     let viewers = viewers.max(1);
     raise_fd_limit();
-    let capture = match &ring {
+    let (capture, at_stream_start) = match &ring {
         Some(p) => capture_from_ring(p, 4096).unwrap_or_else(|e| die(&e)),
-        None => synthetic(),
+        None => (synthetic(), false),
     };
-    let period = {
-        // The loop period: the capture's span plus one mean inter-packet gap.
-        let span = capture.last().map(|p| p.at).unwrap_or_default();
-        span + span / capture.len().max(1) as u32
-    };
+    let Looped { packets: capture, period, gops, skipped_first } = whole_gops(capture, at_stream_start);
 
     // Receivers.
     let mut socks = Vec::with_capacity(viewers);
@@ -304,6 +355,8 @@ fn main() {
         "viewers": viewers,
         "source": ring.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "synthetic".into()),
         "capture_packets": capture.len(),
+        "capture_gops": gops,
+        "capture_skipped_first_gop": skipped_first,
         "ring_packets": ring_packets,
         "sent": sent,
         "send_errors": send_errors,
@@ -472,4 +525,71 @@ fn raise_fd_limit() {
 fn die(msg: &str) -> ! {
     eprintln!("deadsfu-floor: {msg}");
     std::process::exit(2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet(ms: u64, keyframe: bool) -> Packet {
+        Packet { at: Duration::from_millis(ms), pt: 96, marker: false, timestamp: 0, keyframe, payload: vec![0; 10] }
+    }
+
+    #[test]
+    fn a_capture_is_looped_as_whole_gops_from_its_first_keyframe() {
+        // Audio and video before the first keyframe, three keyframes 2 s apart, a part-GOP after the last.
+        let capture = vec![
+            packet(0, false),
+            packet(300, false),
+            packet(500, true),
+            packet(520, false),
+            packet(1500, false),
+            packet(2500, true),
+            packet(3000, false),
+            packet(4500, true),
+            packet(4600, false),
+        ];
+        let looped = whole_gops(capture, false);
+        assert_eq!(looped.gops, 2);
+        assert!(!looped.skipped_first);
+        assert_eq!(looped.period, Duration::from_millis(4000));
+        let at: Vec<u64> = looped.packets.iter().map(|p| p.at.as_millis() as u64).collect();
+        assert_eq!(at, [0, 20, 1000, 2000, 2500]);
+        assert!(looped.packets[0].keyframe && looped.packets[3].keyframe);
+    }
+
+    #[test]
+    fn a_capture_with_one_keyframe_is_looped_whole() {
+        let looped = whole_gops(vec![packet(0, true), packet(100, false), packet(200, false)], false);
+        assert_eq!(looped.gops, 0);
+        assert_eq!(looped.packets.len(), 3);
+        // The span and one mean gap (200 / 3 ms).
+        assert_eq!(looped.period, Duration::from_millis(200) + Duration::from_millis(200) / 3);
+        assert_eq!(whole_gops(synthetic(), false).gops, 0);
+    }
+
+    #[test]
+    fn a_capture_of_the_streams_start_leaves_out_its_first_gop_where_a_later_one_is_whole() {
+        let capture = || {
+            vec![
+                packet(0, true),
+                packet(1, false),
+                packet(2000, true),
+                packet(2030, false),
+                packet(4000, true),
+                packet(4010, false),
+            ]
+        };
+        let looped = whole_gops(capture(), true);
+        assert!(looped.skipped_first);
+        assert_eq!((looped.gops, looped.period), (1, Duration::from_millis(2000)));
+        let at: Vec<u64> = looped.packets.iter().map(|p| p.at.as_millis() as u64).collect();
+        assert_eq!(at, [0, 30]);
+        // Later in the stream, the same packets loop from the first keyframe.
+        assert_eq!(whole_gops(capture(), false).gops, 2);
+        // With two keyframes only, the first GOP is all there is.
+        let looped = whole_gops(capture()[..4].to_vec(), true);
+        assert!(!looped.skipped_first);
+        assert_eq!(looped.gops, 1);
+    }
 }
