@@ -5,11 +5,11 @@
 //! ring is given), cut to whole GOPs (from a keyframe to the start of the last one) so that a loop of them has
 //! the stream's own share of keyframes. A capture that begins at the stream's start leaves out its first GOP where
 //! a later one is whole: a publisher's first keyframe leaves it unpaced (the bench's: 17 packets within 0.8 ms,
-//! where its later keyframes are paced over 33-35 ms), and a floor that looped it read a p99 latency 2-8x that
-//! of a capture later in the same stream. Then, for N viewers, it copies each packet, rewrites its sequence
-//! number and SSRC, seals it with AES-128-GCM under that viewer's own key (RFC 7714 nonce and AAD; ring's AES-GCM,
-//! as the workers seal), and sends it with `sendmmsg` in batches of 64 to N UDP sockets on 127.0.0.1, from a
-//! socket set up as the workers' are (`IP_PMTUDISC_PROBE`). A
+//! where its next two are paced over 33-35 ms), and a floor that looped it read a p99 latency 2-8x that of a
+//! capture later in the same stream (100 and 200 viewers). Then, for N viewers, it copies each packet, rewrites
+//! its sequence number and SSRC, seals it with AES-128-GCM under that viewer's own key (RFC 7714 nonce and AAD;
+//! ring's AES-GCM, as the workers seal), and sends it with `sendmmsg` in batches of 64 to N UDP sockets on
+//! 127.0.0.1, from a socket set up as the workers' are (`IP_PMTUDISC_PROBE`). A
 //! helper thread drains the sockets (its CPU is reported apart) every millisecond, sleeping in between as
 //! `deadsfu-load` reads its own, so that no datagram wakes it: on loopback the sender would pay for each
 //! wake-up, which a sender to hosts elsewhere does not. The sender's CPU comes from `getrusage(RUSAGE_THREAD)`,
