@@ -70,7 +70,7 @@ def test_bench_smoke(tmp_path):
     # when the ramp was shorter than a CPU tick).
     ramp_cpu = ramp["cpu_s"]["signaling"] + ramp["cpu_s"]["fanout"]
     assert ramp["joins_per_s_per_core"] == (pytest.approx(5 / ramp_cpu) if ramp_cpu > 0 else None), ramp
-    # Every joining viewer got the cached GOP replayed (the publisher ran 2.5 s before the viewers came). Live
+    # Every joining viewer got the cached GOP replayed (the ring held three keyframes before they came). Live
     # packets may be none yet in so short a ramp, but the count must be there: the "less live" figure is
     # the ramp's CPU less that count at the window's cost per packet.
     assert ramp["packets_replayed"] >= 5, ramp
@@ -94,6 +94,10 @@ def test_bench_smoke(tmp_path):
     f, f2 = r["floor"], r["floor_after"]
     for run in (f, f2):
         assert run["sent"] > 0 and run["sender_cpu_us_per_packet"] > 0 and run["viewers"] == 5, run
+        # It looped whole GOPs of the stream as it flows: the first run, at the stream's start, left out the
+        # first GOP, whose keyframe the publisher sends unpaced.
+        assert run["capture_gops"] >= 1, run
+    assert f["capture_skipped_first_gop"], f
     runs = (f["sender_cpu_us_per_packet"], f2["sender_cpu_us_per_packet"])
     assert r["floor_us_per_packet"] == pytest.approx({"before": runs[0], "after": runs[1], "mean": sum(runs) / 2})
     assert r["ratio_fanout_floor"] == pytest.approx(w["fanout_us_per_packet"] / (sum(runs) / 2))
