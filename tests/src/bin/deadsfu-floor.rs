@@ -49,6 +49,8 @@ const DGRAM_MAX: usize = 1600;
 const TAG_LEN: usize = 16;
 /// One receiving socket in this many asks for receive timestamps, as the load client's 5% sample does.
 const STAMPED_EVERY: usize = 20;
+/// The shortest lap of a capture.
+const MIN_LAP: Duration = Duration::from_millis(1);
 /// How often the drain reads the sockets, as `deadsfu-load` does (its `RECV_TICK`).
 const RECV_TICK: Duration = Duration::from_millis(1);
 
@@ -139,11 +141,12 @@ fn whole_gops(mut capture: Vec<Packet>, at_stream_start: bool) -> Looped {
     if skipped_first {
         starts.remove(0);
     }
-    let (&first, &last) = match (starts.first(), starts.last()) {
-        (Some(first), Some(last)) if first < last => (first, last),
+    // Arrival times out of order (a clock step) cannot make a lap of no time, which would never end.
+    let (first, last) = match (starts.first(), starts.last()) {
+        (Some(&first), Some(&last)) if capture[last].at > capture[first].at => (first, last),
         _ => {
             let span = capture.last().map(|p| p.at).unwrap_or_default();
-            let period = span + span / capture.len().max(1) as u32;
+            let period = (span + span / capture.len().max(1) as u32).max(MIN_LAP);
             return Looped { packets: capture, period, gops: 0, skipped_first: false };
         }
     };
@@ -151,7 +154,7 @@ fn whole_gops(mut capture: Vec<Packet>, at_stream_start: bool) -> Looped {
     capture.truncate(last);
     capture.drain(..first);
     for p in &mut capture {
-        p.at -= base;
+        p.at = p.at.saturating_sub(base);
     }
     Looped { packets: capture, period: end - base, gops: starts.len() - 1, skipped_first }
 }
@@ -566,6 +569,20 @@ mod tests {
         // The span and one mean gap (200 / 3 ms).
         assert_eq!(looped.period, Duration::from_millis(200) + Duration::from_millis(200) / 3);
         assert_eq!(whole_gops(synthetic(), false).gops, 0);
+    }
+
+    #[test]
+    fn arrival_times_out_of_order_still_make_a_lap_of_some_time() {
+        // Two keyframes stamped at the same instant: looped whole, not as a GOP of no time.
+        let looped = whole_gops(vec![packet(5, true), packet(3, false), packet(5, true)], false);
+        assert_eq!(looped.gops, 0);
+        assert!(looped.period >= MIN_LAP);
+        // A packet stamped before its GOP's keyframe: at the lap's start.
+        let looped = whole_gops(vec![packet(10, true), packet(4, false), packet(2010, true)], false);
+        assert_eq!(looped.gops, 1);
+        assert_eq!(looped.packets[1].at, Duration::ZERO);
+        let looped = whole_gops(vec![packet(0, false), packet(0, false)], false);
+        assert_eq!(looped.period, MIN_LAP);
     }
 
     #[test]
