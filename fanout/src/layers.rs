@@ -5,8 +5,9 @@
 //! bitrate. A viewer on Auto (it pinned no layer) gets the room's own ring, the best layer, until its estimate
 //! says its link carries less (its layer's bitrate is more than [`DOWN_FIT`] times the estimate) and the link shows
 //! it: packets sent on the layer are lost ([`LOSS_CONFIRM`]). Then it moves down at once to the best layer that
-//! fits, and up again once a better one has fitted for [`UP_HOLD`] and the last move is [`SETTLE`] old. A layer
-//! fits when its bitrate is at most [`FIT`] of the estimate. To find out whether the next layer up would fit, the
+//! fits, and up again once a better one has fitted for [`UP_HOLD`] and the last move is [`SETTLE`] old; up to a
+//! layer the link lost packets of (or a better one), only [`RETRY_AFTER`] after, twice as long after each time it
+//! failed again. A layer fits when its bitrate is at most [`FIT`] of the estimate. To find out whether the next layer up would fit, the
 //! estimate is asked to probe for what that layer needs (its desired bitrate); probes are short bursts, not
 //! sustained padding. Every move is a cut at the new layer's keyframe, as any switch of rings.
 
@@ -55,6 +56,16 @@ pub(crate) const LOSS_MEMORY: f64 = 0.7;
 pub(crate) const UP_HOLD: Duration = Duration::from_secs(2);
 /// After a move, no move up for this long: the estimate settles on what the new layer sends.
 pub(crate) const SETTLE: Duration = Duration::from_secs(3);
+/// A viewer that moved down because its link lost packets of a layer moves up to that layer (or a better one) again
+/// no sooner than this after, and twice as long after each further time it moved down from it within
+/// [`FAILURES_FORGOTTEN`], up to [`RETRY_MAX`]. A probe is a burst of 15 ms, which a token bucket with a burst of
+/// a few KB lets through whole at any rate: the estimate then reads what the link does not carry, and holds it while
+/// the viewer is sent less than it (the layers test, `tests/browser/layers.test.mjs`: a viewer behind 600 kbit/s
+/// with a 4 KB burst, moved down from the 780 kbit/s layer, read exactly 1 Mbit/s after a probe, moved back up 13 s
+/// later, and 29 packets were lost and 41 dropped by the tbf, of 465, before it moved down again).
+pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(15);
+pub(crate) const RETRY_MAX: Duration = Duration::from_secs(120);
+pub(crate) const FAILURES_FORGOTTEN: Duration = Duration::from_secs(300);
 /// While the next layer up does not fit, its need is probed for this often. An estimate grows only to about 1.5
 /// times what is sent; str0m probes when the desired bitrate rises, so the desired bitrate is the current layer's
 /// need for the first half of each period and the next layer's for the second: a probe (two short bursts, at the
@@ -77,6 +88,28 @@ pub(crate) struct LayerChoice {
     /// [`LOSS_MEMORY`] a look.
     pub(crate) reported: f64,
     pub(crate) lost: f64,
+    /// The layer its link last lost packets of, as it moved down from it: not to be tried again before its time.
+    failed: Option<Failed>,
+    /// The layer the move [`LayerChoice::decide`] last said leaves because the link loses its packets: a failure
+    /// once the move is made ([`LayerChoice::moved`]).
+    leaving_lossy: Option<String>,
+}
+
+/// A layer a viewer's link lost packets of.
+#[derive(Clone, Debug)]
+struct Failed {
+    rid: String,
+    at: Instant,
+    /// Times in a row, each within [`FAILURES_FORGOTTEN`] of the one before.
+    times: u32,
+}
+
+impl Failed {
+    /// When a move up to its layer (or a better one) may be made again.
+    fn retry_at(&self) -> Instant {
+        let wait = RETRY_AFTER.saturating_mul(1 << self.times.saturating_sub(1).min(8)).min(RETRY_MAX);
+        self.at + wait
+    }
 }
 
 /// What [`LayerChoice::decide`] says.
@@ -92,6 +125,7 @@ impl LayerChoice {
     /// Decides for a viewer getting layer `current` (a rid) of a room with `layers` (two at least), whose link
     /// carries `link` bits a second if its estimate has said ([`crate::viewer::LinkEstimate::link`]).
     pub(crate) fn decide(&mut self, layers: &[LayerEntry], current: &str, link: Option<u64>, now: Instant) -> Decision {
+        self.leaving_lossy = None;
         let mut by_rate: Vec<&LayerEntry> = layers.iter().collect();
         by_rate.sort_by_key(|l| l.bitrate_bps);
         let fitting = |link: u64| by_rate.iter().rposition(|l| needs(l) <= link);
@@ -112,10 +146,26 @@ impl LayerChoice {
         let bitrate = by_rate[at].bitrate_bps as f64;
         let lossy = self.reported >= LOSS_REPORTED_MIN && self.lost >= LOSS_CONFIRM * self.reported;
         let carried = bitrate <= DOWN_FIT * link as f64 || !lossy;
+        // Not up to a layer the link failed (or a better one) before its time.
+        let barred = self
+            .failed
+            .as_ref()
+            .filter(|f| now < f.retry_at())
+            .and_then(|f| by_rate.iter().position(|l| l.rid == f.rid));
+        let best = match (best, barred) {
+            (Some(best), Some(barred)) if best >= barred && best > at => {
+                Some(best.min(barred.saturating_sub(1)).max(at))
+            }
+            _ => best,
+        };
+        let down = |to: &LayerEntry, choice: &mut LayerChoice| {
+            choice.leaving_lossy = lossy.then(|| by_rate[at].rid.clone());
+            LayerChoice::move_to(to)
+        };
         match best {
             // Down at once: the link does not carry what it gets.
-            Some(best) if best < at && !carried => LayerChoice::move_to(by_rate[best]),
-            None if at > 0 && !carried => LayerChoice::move_to(by_rate[0]),
+            Some(best) if best < at && !carried => down(by_rate[best], self),
+            None if at > 0 && !carried => down(by_rate[0], self),
             Some(best) if best > at => {
                 let since = *self.up_since.get_or_insert(now);
                 let settled = self.last_move.is_none_or(|t| now.saturating_duration_since(t) >= SETTLE);
@@ -151,10 +201,19 @@ impl LayerChoice {
     }
 
     /// The viewer was moved to another ring at `now` (a move [`LayerChoice::decide`] said, or one asked for): the
-    /// next move up waits [`SETTLE`], the probing period starts anew, and the loss counted is forgotten. Not called
+    /// next move up waits [`SETTLE`], the probing period starts anew, and the loss counted is forgotten; a move
+    /// down that the link's loss made marks the layer left as failed ([`RETRY_AFTER`]). Not called
     /// for a move decided but not made (the layer's ring not there yet): the viewer stays, and the next look
     /// decides again from what it counted.
     pub(crate) fn moved(&mut self, now: Instant) {
+        if let Some(rid) = self.leaving_lossy.take() {
+            let again = self
+                .failed
+                .as_ref()
+                .filter(|f| f.rid == rid && now.saturating_duration_since(f.at) < FAILURES_FORGOTTEN);
+            let times = again.map_or(1, |f| f.times + 1);
+            self.failed = Some(Failed { rid, at: now, times });
+        }
         self.last_move = Some(now);
         self.up_since = None;
         self.probe_from = Some(now);
@@ -246,13 +305,63 @@ mod tests {
         assert_eq!(c.decide(&layers(), "l", Some(300_000), t + 2 * S + 600 * MS).to, None);
         assert_eq!(c.decide(&layers(), "l", wide, t + 3 * S).to, None);
         assert_eq!(c.decide(&layers(), "l", wide, t + 4 * S + 900 * MS).to, None);
+        // Straight to the best that fits, short of h: its link lost h's packets 5 s before (RETRY_AFTER).
         let d = c.decide(&layers(), "l", wide, t + 5 * S);
-        assert_eq!(d, Decision { to: Some("h".into()), desired_bps: 2_000_000 }, "straight to the best that fits");
+        assert_eq!(d, Decision { to: Some("m".into()), desired_bps: 666_666 });
         c.moved(t + 5 * S);
+        assert_eq!(c.decide(&layers(), "m", wide, t + 15 * S - MS).to, None, "h lost packets under 15 s ago");
+        assert_eq!(c.decide(&layers(), "m", wide, t + 15 * S).to, None, "h fits from now");
+        let d = c.decide(&layers(), "m", wide, t + 17 * S);
+        assert_eq!(d, Decision { to: Some("h".into()), desired_bps: 2_000_000 });
+        c.moved(t + 17 * S);
         // Just moved: a better fit right away does not move it again, a worse one does (if the link shows it).
-        assert_eq!(c.decide(&layers(), "h", Some(900_000), t + 5 * S + MS).to, None, "nothing lost of h yet");
+        assert_eq!(c.decide(&layers(), "h", Some(900_000), t + 17 * S + MS).to, None, "nothing lost of h yet");
         c.note_loss(LOSSY);
-        assert_eq!(c.decide(&layers(), "h", Some(900_000), t + 5 * S + MS).to.as_deref(), Some("m"));
+        assert_eq!(c.decide(&layers(), "h", Some(900_000), t + 17 * S + MS).to.as_deref(), Some("m"));
+    }
+
+    #[test]
+    fn a_layer_the_link_lost_packets_of_is_tried_again_later_each_time_it_fails() {
+        let (mut c, t) = (LayerChoice::default(), Instant::now());
+        let wide = Some(2_500_000);
+        // h loses packets: down to m.
+        c.note_loss(LOSSY);
+        assert_eq!(c.decide(&layers(), "h", Some(900_000), t).to.as_deref(), Some("m"));
+        c.moved(t);
+        // An estimate that says h fits (a probe let through whole by a token bucket's burst) does not take the
+        // viewer back there before RETRY_AFTER; then it fits UP_HOLD first.
+        for k in 1..15 {
+            assert_eq!(c.decide(&layers(), "m", wide, t + k * S).to, None, "{k} s after");
+        }
+        assert_eq!(c.decide(&layers(), "m", wide, t + 15 * S).to, None);
+        assert_eq!(c.decide(&layers(), "m", wide, t + 17 * S).to.as_deref(), Some("h"));
+        c.moved(t + 17 * S);
+        // It fails again: twice as long.
+        c.note_loss(LOSSY);
+        assert_eq!(c.decide(&layers(), "h", Some(900_000), t + 18 * S).to.as_deref(), Some("m"));
+        c.moved(t + 18 * S);
+        assert_eq!(c.decide(&layers(), "m", wide, t + 47 * S).to, None, "29 s after the second failure");
+        assert_eq!(c.decide(&layers(), "m", wide, t + 48 * S).to, None);
+        assert_eq!(c.decide(&layers(), "m", wide, t + 50 * S).to.as_deref(), Some("h"));
+        c.moved(t + 50 * S);
+        // A failure long after the last (FAILURES_FORGOTTEN) waits RETRY_AFTER again.
+        let late = t + 50 * S + FAILURES_FORGOTTEN;
+        c.note_loss(LOSSY);
+        assert_eq!(c.decide(&layers(), "h", Some(900_000), late).to.as_deref(), Some("m"));
+        c.moved(late);
+        assert_eq!(c.decide(&layers(), "m", wide, late + 15 * S).to, None);
+        assert_eq!(c.decide(&layers(), "m", wide, late + 17 * S).to.as_deref(), Some("h"));
+        // A move down decided but not made, then a move asked for: no failure counted.
+        let mut c = LayerChoice::default();
+        c.note_loss(LOSSY);
+        assert_eq!(c.decide(&layers(), "h", Some(900_000), t).to.as_deref(), Some("m"));
+        assert_eq!(c.decide(&layers(), "h", None, t + S / 4).to, None);
+        c.moved(t + S / 4);
+        assert_eq!(c.decide(&layers(), "l", wide, t + 4 * S).to, None);
+        assert_eq!(c.decide(&layers(), "l", wide, t + 6 * S).to.as_deref(), Some("h"));
+        // Never more than RETRY_MAX.
+        let failed = Failed { rid: "h".into(), at: t, times: 30 };
+        assert_eq!(failed.retry_at(), t + RETRY_MAX);
     }
 
     #[test]
@@ -335,6 +444,7 @@ mod tests {
             None,
             "held UP_HOLD, not SETTLE since the move"
         );
-        assert_eq!(c.decide(&layers(), "l", wide, t + 6 * S).to.as_deref(), Some("h"));
+        // Short of h, which lost packets at 3 s (RETRY_AFTER).
+        assert_eq!(c.decide(&layers(), "l", wide, t + 6 * S).to.as_deref(), Some("m"));
     }
 }
