@@ -7,9 +7,9 @@
 //! it: packets sent on the layer are lost ([`LOSS_CONFIRM`]). Then it moves down at once to the best layer that
 //! fits, and up again once a better one has fitted for [`UP_HOLD`] and the last move is [`SETTLE`] old; up to a
 //! layer the link lost packets of (or a better one), only [`RETRY_AFTER`] after, twice as long after each time it
-//! failed again. A layer fits when its bitrate is at most [`FIT`] of the estimate. To find out whether the next layer up would fit, the
-//! estimate is asked to probe for what that layer needs (its desired bitrate); probes are short bursts, not
-//! sustained padding. Every move is a cut at the new layer's keyframe, as any switch of rings.
+//! failed again. A layer fits when its bitrate is at most [`FIT`] of the estimate. To find out whether the next
+//! layer up would fit, the estimate is asked to probe for what that layer needs (its desired bitrate); probes are
+//! short bursts, not sustained padding. Every move is a cut at the new layer's keyframe, as any switch of rings.
 
 use std::time::{Duration, Instant};
 
@@ -202,9 +202,9 @@ impl LayerChoice {
 
     /// The viewer was moved to another ring at `now` (a move [`LayerChoice::decide`] said, or one asked for): the
     /// next move up waits [`SETTLE`], the probing period starts anew, and the loss counted is forgotten; a move
-    /// down that the link's loss made marks the layer left as failed ([`RETRY_AFTER`]). Not called
-    /// for a move decided but not made (the layer's ring not there yet): the viewer stays, and the next look
-    /// decides again from what it counted.
+    /// down that the link's loss made marks the layer left as failed ([`RETRY_AFTER`]). Not called for a move
+    /// decided but not made (the layer's ring not there yet): the viewer stays, and the next look decides again
+    /// from what it counted.
     pub(crate) fn moved(&mut self, now: Instant) {
         if let Some(rid) = self.leaving_lossy.take() {
             let again = self
