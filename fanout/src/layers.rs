@@ -158,8 +158,9 @@ impl LayerChoice {
             }
             _ => best,
         };
+        // A move down is made only for loss (`carried` otherwise): the layer left failed.
         let down = |to: &LayerEntry, choice: &mut LayerChoice| {
-            choice.leaving_lossy = lossy.then(|| by_rate[at].rid.clone());
+            choice.leaving_lossy = Some(by_rate[at].rid.clone());
             LayerChoice::move_to(to)
         };
         match best {
