@@ -21,6 +21,10 @@ pub trait Outbox {
     /// A datagram written in place: `write` appends it to the buffer it is given and returns where it goes,
     /// or appends nothing and returns `None` (nothing to send).
     fn write(&mut self, write: &mut dyn FnMut(&mut Vec<u8>) -> Option<Path>);
+
+    /// Sends what is queued now rather than at the end of the turn. An outbox that sends at once (a closure)
+    /// has nothing to do.
+    fn flush(&mut self) {}
 }
 
 /// Any `FnMut(Transmit)` is an outbox; a datagram written in place is made into a [`Transmit`] for it.

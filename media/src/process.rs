@@ -349,6 +349,10 @@ impl Outbox for Sockets<'_> {
             tcp.send(t);
         }
     }
+
+    fn flush(&mut self) {
+        self.udp.flush();
+    }
 }
 
 /// Datagrams read from one socket in a loop turn, [`RECV_BATCH`] per system call. A flood of datagrams

@@ -24,6 +24,7 @@ use deadsfu_ingest::slate::Slate;
 use deadsfu_media::env::Env;
 use deadsfu_media::limits::SessionLimits;
 use deadsfu_media::offer;
+use deadsfu_media::outbox::{Outbox, Path};
 use deadsfu_media::process::Core;
 use shm_proto::control::{FanoutRequest, IngestRequest, ProcessMetrics, Request, Response};
 use shm_proto::ring::Geometry;
@@ -298,6 +299,34 @@ pub struct World {
     worker_due: Vec<Instant>,
     ingest_due: Instant,
     by_addr: HashMap<SocketAddr, PeerId>,
+    /// While `Some`, each worker turn's outbox calls in order, one string per turn: `w` a datagram written in
+    /// place (media), `t` a session's own datagram, `f` a flush.
+    pub turn_calls: Option<Vec<String>>,
+}
+
+/// A worker's outbox in the simulation: its datagrams go on the wire, and its calls are noted in `calls`.
+struct Wire<'a> {
+    out: &'a mut Vec<Datagram>,
+    calls: String,
+}
+
+impl Outbox for Wire<'_> {
+    fn transmit(&mut self, t: Transmit) {
+        self.calls.push('t');
+        self.out.push(datagram(t));
+    }
+
+    fn write(&mut self, write: &mut dyn FnMut(&mut Vec<u8>) -> Option<Path>) {
+        let mut buf = Vec::new();
+        if let Some((_, from, to)) = write(&mut buf) {
+            self.calls.push('w');
+            self.out.push(Datagram { from, to, data: buf });
+        }
+    }
+
+    fn flush(&mut self) {
+        self.calls.push('f');
+    }
 }
 
 impl World {
@@ -359,6 +388,7 @@ impl World {
             worker_due: vec![now; options.workers],
             ingest_due: now,
             by_addr: HashMap::new(),
+            turn_calls: None,
         }
     }
 
@@ -663,7 +693,11 @@ impl World {
                 let worker = &mut self.workers[k];
                 if std::mem::take(&mut self.woken[k]) || now >= self.worker_due[k] || worker.has_work() {
                     let mut out = Vec::new();
-                    worker.poll(now, &mut |t| out.push(datagram(t)));
+                    let mut wire = Wire { out: &mut out, calls: String::new() };
+                    worker.poll(now, &mut wire);
+                    if let Some(turns) = &mut self.turn_calls {
+                        turns.push(wire.calls);
+                    }
                     self.worker_due[k] = worker.next_timeout(now).unwrap_or(now + Duration::from_millis(100));
                     busy |= !out.is_empty();
                     self.wire.extend(out);

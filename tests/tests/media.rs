@@ -980,3 +980,28 @@ fn with_simulcast_estimation_only_viewers_of_layered_rooms_get_an_estimate() {
     assert!(!numbered(early), "a viewer who joined before the room had layers has none");
     assert!(world.worker_metrics(0).viewer_estimates >= 2);
 }
+
+/// A worker's turn hands the media it read to the sockets before it drives the sessions: what they send, and the
+/// viewers' datagrams the process reads after the turn, never hold a pass's last partial batch (the sockets send
+/// by 64) until the turn's end.
+#[test]
+fn a_turns_media_is_sent_before_the_sessions_are_driven() {
+    let mut world = started(Options::default());
+    world.publish("lobby", VideoSpec::default(), 1).expect("publisher accepted");
+    for _ in 0..4 {
+        world.view("lobby", 0).expect("viewer accepted");
+    }
+    world.run_until("connected", 5 * SECOND, |w| w.all_connected());
+    world.run_for(SECOND);
+    world.turn_calls = Some(Vec::new());
+    world.run_for(3 * SECOND);
+    let turns = world.turn_calls.take().expect("recorded");
+    let media: Vec<&String> = turns.iter().filter(|t| t.starts_with('w')).collect();
+    // 30 frames of 4 packets and 50 audio packets a second, to 4 viewers.
+    let sent: usize = media.iter().map(|t| t.matches('w').count()).sum();
+    assert!(sent > 4 * 3 * 150, "{sent} media datagrams in {} turns", media.len());
+    for turn in media {
+        let pass = turn.find(|c| c != 'w').unwrap_or(turn.len());
+        assert_eq!(turn[pass..].chars().next(), Some('f'), "the pass's media not flushed at its end: {turn}");
+    }
+}
