@@ -148,7 +148,7 @@ def load_bench():
     return module
 
 
-def test_rounds_summary_gives_medians_over_the_rounds_and_the_worst_p99():
+def test_rounds_summary_gives_medians_over_the_rounds_each_rounds_p99_and_the_floors():
     bench_module = load_bench()
 
     def run(viewers, ratio, p50, floor_p50, p99, floor_p99):
@@ -163,7 +163,7 @@ def test_rounds_summary_gives_medians_over_the_rounds_and_the_worst_p99():
     results = [
         run(200, 1.2, 600, 700, 1500, 4000),
         run(200, 1.5, 1900, 700, 5000, 4000),  # a slow round: its p99 is the worst, 1 ms over the floor's
-        run(200, 1.1, 800, 700, 1200, 4000),
+        run(200, 1.1, 800, 700, 1200, 4200),
         run(1000, 1.3, 2500, 2000, 9000, 20000),
     ]
     text, summary = bench_module.rounds_summary(results)
@@ -171,9 +171,11 @@ def test_rounds_summary_gives_medians_over_the_rounds_and_the_worst_p99():
     assert at200["ratio_fanout_floor"] == pytest.approx(1.2)
     # p50 over the floor's: -0.1, 1.2 and 0.1 ms; their median.
     assert at200["latency_p50_over_floor_ms"] == pytest.approx(0.1)
+    # p99 over the floor's: -2.5, 1.0 and -3.0 ms; their median and the worst.
+    assert at200["latency_p99_over_floor_ms"] == pytest.approx(-2.5)
     assert at200["latency_p99_over_floor_ms_worst"] == pytest.approx(1.0)
     assert at1000["latency_p50_over_floor_ms"] == pytest.approx(0.5)
     assert at1000["latency_p99_over_floor_ms_worst"] == pytest.approx(-11.0)
     assert summary["flatness"][1]["spread"] == pytest.approx(1.3 / 1.2 - 1)
-    assert "| 1 | 200 | 3 of 3 | 4.80 | 4.00 | 1.20 (1.20, 1.50, 1.10) | 0.10 (-0.10, 1.20, 0.10) | 1.00 | 1.00 |" \
-        in text, text
+    assert "| 1 | 200 | 3 of 3 | 4.80 | 4.00 | 1.20 (1.20, 1.50, 1.10) | 0.10 (-0.10, 1.20, 0.10) " \
+        "| -2.50 (-2.50, 1.00, -3.00) | 4.00, 4.00, 4.20 | 1.00 |" in text, text
