@@ -171,8 +171,9 @@ pub trait Core {
 
     /// How long what peers send may wait to be read, for a core whose turns come often anyway (media to send):
     /// then the loop does not wake for a peer's datagram but reads its UDP sockets on each turn, after the core's
-    /// poll so that the turn's media is not held up by them, and turns at least this often. `None`: every
-    /// datagram wakes the loop, and a turn reads before it polls.
+    /// poll so that the turn's media is not held up by them (the core sends its media with [`Outbox::flush`] as
+    /// soon as it is written, else the last of it waits in the sockets' queue until the turn's end), and turns at
+    /// least this often. `None`: every datagram wakes the loop, and a turn reads before it polls.
     fn defer_input(&self, _now: Instant) -> Option<Duration> {
         None
     }
