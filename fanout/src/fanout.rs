@@ -661,7 +661,7 @@ impl Core for Fanout {
         self.pump(now, out);
         // The media leaves now, not at the turn's end: the sessions' turn and the viewers' datagrams the process
         // reads after it would hold the pass's last partial batch (the sockets send by 64). At 200 viewers that
-        // read followed most turns with media and took 90 µs (p50; 300 p99, a timer around it).
+        // read took 80-96 µs p50, 300-359 p99 on the turns that had any (a timer around it, BENCHMARKS.md).
         out.flush();
         self.drive(now, out);
         self.choose_layers(now);
