@@ -19,7 +19,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mio::{Events, Poll, Token, Waker};
+use mio::{Events, Poll, Registry, Token, Waker};
 use nix::sys::signal::{SigSet, Signal};
 use shm_proto::control::{
     self, ErrorKind, ProcessMetrics, ProcessStatus, Request, Response, RoomStatus, Update, Updates,
@@ -330,10 +330,12 @@ pub struct Endpoints<'a> {
     pub wake_socket: Option<PathBuf>,
 }
 
-/// A process's outbox: its UDP sockets, and its ICE-TCP connections for a datagram over TCP.
+/// A process's outbox: its UDP sockets, and its ICE-TCP connections for a datagram over TCP (`registry`: where
+/// a connection left with bytes to write asks to hear when it can).
 struct Sockets<'a> {
     udp: &'a mut UdpSet,
     tcp: &'a mut Option<TcpSet>,
+    registry: &'a Registry,
 }
 
 impl Outbox for Sockets<'_> {
@@ -353,6 +355,9 @@ impl Outbox for Sockets<'_> {
 
     fn flush(&mut self) {
         self.udp.flush();
+        if let Some(tcp) = self.tcp {
+            tcp.flush(self.registry);
+        }
     }
 }
 
@@ -370,8 +375,7 @@ fn must_turn<C: Core>(core: &C, unfinished: &[usize], tcp_unfinished: &[Token]) 
 /// core; a socket left with datagrams goes to `unfinished`.
 fn read_udp<C: Core>(
     core: &mut C,
-    udp: &mut UdpSet,
-    tcp: &mut Option<TcpSet>,
+    out: &mut Sockets<'_>,
     batch: &mut RecvBatch,
     ready: &mut Vec<usize>,
     unfinished: &mut Vec<usize>,
@@ -379,7 +383,7 @@ fn read_udp<C: Core>(
     for index in ready.drain(..) {
         let mut dry = false;
         for _ in 0..DATAGRAM_BUDGET / RECV_BATCH {
-            let n = match udp.recv_batch(index, batch) {
+            let n = match out.udp.recv_batch(index, batch) {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::debug!(error = %e, "recv failed");
@@ -388,7 +392,6 @@ fn read_udp<C: Core>(
             };
             let now = Instant::now();
             for (datagram, source, dest) in batch.iter() {
-                let out = &mut Sockets { udp, tcp };
                 core.handle_packet(now, Protocol::Udp, source, dest, datagram, out);
             }
             // Fewer than a batch: the kernel had no more (the socket is reported again when more come).
@@ -558,7 +561,8 @@ pub fn run<C: Core>(
         // `Core::defer_input`).
         let media_first = deferring.is_some();
         if !media_first {
-            read_udp(&mut core, &mut udp, &mut tcp, &mut batch, &mut ready, &mut unfinished);
+            let out = &mut Sockets { udp: &mut udp, tcp: &mut tcp, registry: poll.registry() };
+            read_udp(&mut core, out, &mut batch, &mut ready, &mut unfinished);
         }
         if let Some(set) = &mut tcp {
             let now = Instant::now();
@@ -573,7 +577,7 @@ pub fn run<C: Core>(
             }
         }
         for frame in frames.drain(..) {
-            let out = &mut Sockets { udp: &mut udp, tcp: &mut tcp };
+            let out = &mut Sockets { udp: &mut udp, tcp: &mut tcp, registry: poll.registry() };
             let (source, dest) = (frame.source, frame.destination);
             let routed = core.handle_packet(Instant::now(), Protocol::Tcp, source, dest, &frame.data, out);
             if let Some(set) = &mut tcp {
@@ -590,9 +594,10 @@ pub fn run<C: Core>(
             };
             call.reply.send(response);
         }
-        core.poll(now, &mut Sockets { udp: &mut udp, tcp: &mut tcp });
+        core.poll(now, &mut Sockets { udp: &mut udp, tcp: &mut tcp, registry: poll.registry() });
         if media_first {
-            read_udp(&mut core, &mut udp, &mut tcp, &mut batch, &mut ready, &mut unfinished);
+            let out = &mut Sockets { udp: &mut udp, tcp: &mut tcp, registry: poll.registry() };
+            read_udp(&mut core, out, &mut batch, &mut ready, &mut unfinished);
         }
         feed.turn(&core, now, requests);
         udp.flush();
